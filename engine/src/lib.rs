@@ -1,0 +1,2 @@
+//! engine
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]

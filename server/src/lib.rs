@@ -1,0 +1,2 @@
+//! server
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]

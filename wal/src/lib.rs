@@ -1,0 +1,2 @@
+//! wal
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
