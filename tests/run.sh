@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The one command that runs every MemoryRouter test (README: "Run the tests").
+#
+#   bash tests/run.sh
+#
+# 1. the Rust suites of every crate (unit, property, crash and end-to-end tests);
+# 2. the Python client tests (official `openai` SDK, `httpx`) against the real binary;
+# 3. the dashboard test in headless Chromium driven by playwright-core.
+# It installs what the last two need if it is missing (pip, npm, apt-get as root) so it
+# works on a fresh machine.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo test (all crates)"
+# The Python and browser tests drive target/debug/memoryrouter, which this builds too.
+cargo build --locked -p server --bin memoryrouter
+cargo test --locked --workspace
+
+step "Python client tests"
+python3 - <<'PY' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+import openai, httpx, pytest  # noqa: F401
+PY
+python3 -m pytest -q tests/python
+
+if [ -d tests/browser ]; then
+  step "Dashboard test in headless Chromium"
+  if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+      echo "headless Chromium is needed at /usr/bin/chromium (Debian package 'chromium')" >&2
+      exit 1
+    fi
+  fi
+  (cd tests/browser && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --silent; } && node --test)
+fi
