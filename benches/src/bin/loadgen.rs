@@ -1,0 +1,258 @@
+//! HTTP load generator for `prepare` and `ingest` (issue 3's load benchmark).
+//!
+//! Drives a running `memoryrouter` over real loopback HTTP/1.1 from many concurrent keep-alive
+//! connections: seeds one vault with N memories through `/v1/memory/ingest`, then measures
+//! `/v1/memory/prepare` and `/v1/memory/ingest` latency (p50/p99) and throughput.
+//! `benches/scripts/load.sh` starts a release server on a temp data dir and runs this.
+//!
+//! ```text
+//! loadgen --base-url http://127.0.0.1:PORT --admin-key mk_… [--memories 100000]
+//!         [--connections 32] [--seconds 10]
+//! ```
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use benches::words::{Rng, sentence};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::client::conn::http1;
+use tokio::net::TcpStream;
+
+/// Messages per ingest request while seeding: big enough to amortise the request, small
+/// enough to stay well inside the server's default per-request message limit.
+const SEED_BATCH_MESSAGES: usize = 50;
+/// Concurrent seeding connections; the WAL's group commit shares fsyncs between them.
+const SEED_CONNECTIONS: usize = 8;
+
+struct Args {
+    base_url: String,
+    admin_key: String,
+    memories: usize,
+    connections: usize,
+    seconds: u64,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        base_url: String::new(),
+        admin_key: String::new(),
+        memories: 100_000,
+        connections: 32,
+        seconds: 10,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--base-url" => args.base_url = value,
+            "--admin-key" => args.admin_key = value,
+            "--memories" => args.memories = value.parse()?,
+            "--connections" => args.connections = value.parse()?,
+            "--seconds" => args.seconds = value.parse()?,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    if args.base_url.is_empty() || args.admin_key.is_empty() {
+        bail!(
+            "usage: loadgen --base-url URL --admin-key KEY [--memories N] [--connections N] [--seconds N]"
+        );
+    }
+    Ok(args)
+}
+
+/// One persistent HTTP/1.1 connection.
+struct Conn {
+    sender: http1::SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Conn {
+    async fn open(base_url: &str) -> Result<Conn> {
+        let host = base_url
+            .strip_prefix("http://")
+            .context("base url must be http://")?
+            .trim_end_matches('/')
+            .to_string();
+        let stream = TcpStream::connect(&host).await?;
+        stream.set_nodelay(true)?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (sender, conn) = http1::handshake(io).await?;
+        tokio::spawn(conn);
+        Ok(Conn { sender, host })
+    }
+
+    async fn post(
+        &mut self,
+        path: &str,
+        key: &str,
+        body: &serde_json::Value,
+    ) -> Result<(u16, Bytes)> {
+        self.sender.ready().await?;
+        let req = Request::post(path)
+            .header("host", &self.host)
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn report(name: &str, mut lat: Vec<Duration>, elapsed: Duration) {
+    lat.sort_unstable();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{name:<8} requests={:<7} throughput={:>8.0} req/s  p50={:.3} ms  p99={:.3} ms  max={:.3} ms",
+        lat.len(),
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        ms(percentile(&lat, 0.50)),
+        ms(percentile(&lat, 0.99)),
+        ms(lat.last().copied().unwrap_or_default()),
+    );
+}
+
+async fn mint_key(base_url: &str, admin_key: &str) -> Result<String> {
+    let mut conn = Conn::open(base_url).await?;
+    let (status, body) = conn
+        .post(
+            "/v1/keys",
+            admin_key,
+            &serde_json::json!({"name": "loadgen"}),
+        )
+        .await?;
+    if status != 201 {
+        bail!(
+            "minting a key failed: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    v["key"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("no key in {v}"))
+}
+
+async fn seed(args: &Args, key: &str) -> Result<()> {
+    let started = Instant::now();
+    let batches = args.memories.div_ceil(SEED_BATCH_MESSAGES);
+    let mut tasks = Vec::new();
+    for worker in 0..SEED_CONNECTIONS {
+        let base = args.base_url.clone();
+        let key = key.to_string();
+        let total = args.memories;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&base).await?;
+            let mut rng = Rng::new(0x5eed_0000 + worker as u64);
+            for batch in (worker..batches).step_by(SEED_CONNECTIONS) {
+                let first = batch * SEED_BATCH_MESSAGES;
+                let last = (first + SEED_BATCH_MESSAGES).min(total);
+                let messages: Vec<_> = (first..last)
+                    .map(|i| {
+                        let role = if i % 2 == 0 { "user" } else { "assistant" };
+                        serde_json::json!({"role": role, "content": format!("{} (#{i})", sentence(&mut rng, 14))})
+                    })
+                    .collect();
+                let body = serde_json::json!({"session_id": format!("s{}", batch % 200), "messages": messages});
+                let (status, resp) = conn.post("/v1/memory/ingest", &key, &body).await?;
+                if status != 202 {
+                    bail!("seed ingest failed: {status} {}", String::from_utf8_lossy(&resp));
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "seeded {} memories in {:.1} s ({:.0} memories/s over HTTP)",
+        args.memories,
+        secs,
+        args.memories as f64 / secs
+    );
+    Ok(())
+}
+
+/// Runs `connections` workers for `seconds`, each sending requests made by `make` in a loop;
+/// returns every latency and the wall time.
+async fn drive(
+    args: &Args,
+    key: &str,
+    path: &'static str,
+    expect: u16,
+    make: fn(&mut Rng, u64) -> serde_json::Value,
+) -> Result<(Vec<Duration>, Duration)> {
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..args.connections {
+        let base = args.base_url.clone();
+        let key = key.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&base).await?;
+            let mut rng = Rng::new(0xbeef + worker as u64);
+            let mut lat = Vec::new();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let body = make(&mut rng, (worker as u64) << 32 | n);
+                n += 1;
+                let t = Instant::now();
+                let (status, resp) = conn.post(path, &key, &body).await?;
+                lat.push(t.elapsed());
+                if status != expect {
+                    bail!("{path}: {status} {}", String::from_utf8_lossy(&resp));
+                }
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok((all, started.elapsed()))
+}
+
+fn prepare_body(rng: &mut Rng, _n: u64) -> serde_json::Value {
+    serde_json::json!({"messages": [{"role": "user", "content": sentence(rng, 10)}]})
+}
+
+fn ingest_body(rng: &mut Rng, n: u64) -> serde_json::Value {
+    serde_json::json!({
+        "session_id": "load",
+        "messages": [
+            {"role": "user", "content": format!("{} (load {n})", sentence(rng, 12))},
+            {"role": "assistant", "content": format!("{} (answer {n})", sentence(rng, 16))}
+        ]
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let key = mint_key(&args.base_url, &args.admin_key).await?;
+    seed(&args, &key).await?;
+    println!(
+        "load: {} connections, {} s per phase, vault of {} memories",
+        args.connections, args.seconds, args.memories
+    );
+    let (lat, elapsed) = drive(&args, &key, "/v1/memory/prepare", 200, prepare_body).await?;
+    report("prepare", lat, elapsed);
+    let (lat, elapsed) = drive(&args, &key, "/v1/memory/ingest", 202, ingest_body).await?;
+    report("ingest", lat, elapsed);
+    Ok(())
+}
