@@ -1,0 +1,246 @@
+//! Embedders turn text into unit vectors. [`Embedder`] is the plug-in point (an
+//! OpenAI-compatible endpoint or a local model later); [`BuiltinEmbedder`] is the default
+//! that needs no network and no model file.
+//!
+//! The built-in embedder is honest about what it is: a *lexical* sketch, not a semantic
+//! model. It hashes three kinds of features of the analyzed text into a fixed number of
+//! dimensions with a random sign (the "hashing trick"), so cosine similarity approximates
+//! the weighted overlap of:
+//! - word unigrams (stopwords dropped, Porter-stemmed) — the main signal;
+//! - word bigrams of adjacent content words — phrases ("support group");
+//! - character 3–5-grams of each content word with boundary marks — typos, inflections
+//!   the stemmer misses, compounds ("educaton" still meets "education").
+//!
+//! Term frequencies are sublinear (1 + ln tf) and each word's character n-grams share one
+//! word's worth of weight, so long words do not dominate. It cannot know that "identity"
+//! and "transgender" are related; fused with BM25 it adds fuzzy matching, not meaning.
+
+use crate::analyzer::{for_each_token, is_stopword};
+use crate::stem::stem;
+
+/// Turns text into a vector of `dim()` floats with unit L2 norm.
+pub trait Embedder: Send + Sync {
+    /// Names the algorithm, its version and dimension; a vault refuses vectors from
+    /// another id.
+    fn id(&self) -> &str;
+    fn dim(&self) -> usize;
+    fn embed(&self, text: &str) -> Vec<f32>;
+}
+
+/// Output dimension of the built-in embedder.
+pub const BUILTIN_DIM: usize = 384;
+/// Algorithm version: bump on any change to features, weights, hashing or the analyzer.
+pub const BUILTIN_VERSION: u32 = 1;
+
+/// Feature weights, relative to a content word's unigram (1.0).
+const BIGRAM_WEIGHT: f32 = 0.5;
+/// Total weight of one word's character n-grams together.
+const CHAR_NGRAMS_WEIGHT: f32 = 0.6;
+const CHAR_NGRAM_MIN: usize = 3;
+const CHAR_NGRAM_MAX: usize = 5;
+
+/// Seeds that keep the three feature families in separate hash spaces.
+const SEED_UNIGRAM: u64 = 0x9e37_79b9_7f4a_7c15;
+const SEED_BIGRAM: u64 = 0xc2b2_ae3d_27d4_eb4f;
+const SEED_CHAR: u64 = 0x1656_67b1_9e37_79f9;
+/// The feature an input without any content word (empty, or only stopwords) maps to, so
+/// that every output is a unit vector and cosine is always defined.
+const EMPTY_FEATURE: &str = "\u{0}empty";
+
+/// The default, network-free embedder. Deterministic across runs and platforms (its hash
+/// is written out here, not `std`'s randomly seeded one).
+#[derive(Debug, Clone)]
+pub struct BuiltinEmbedder {
+    id: String,
+}
+
+impl BuiltinEmbedder {
+    pub fn new() -> Self {
+        Self {
+            id: format!("builtin-hash-v{BUILTIN_VERSION}-{BUILTIN_DIM}"),
+        }
+    }
+}
+
+impl Default for BuiltinEmbedder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// FNV-1a over `bytes` then a SplitMix64 finaliser so low bits are well mixed.
+fn hash(seed: u64, bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Collected features: (hash, summed weight, occurrences).
+struct Features(Vec<(u64, f32, u32)>);
+
+impl Features {
+    fn push(&mut self, h: u64, weight: f32) {
+        self.0.push((h, weight, 1));
+    }
+
+    /// Merges equal features and writes them into `out` with sublinear tf and a sign bit.
+    fn project(mut self, out: &mut [f32]) {
+        self.0.sort_unstable_by_key(|f| f.0);
+        let mut merged: Vec<(u64, f32, u32)> = Vec::with_capacity(self.0.len());
+        for f in self.0 {
+            match merged.last_mut() {
+                Some(last) if last.0 == f.0 => {
+                    last.1 += f.1;
+                    last.2 += 1;
+                }
+                _ => merged.push(f),
+            }
+        }
+        let dim = out.len() as u64;
+        for (h, weight_sum, count) in merged {
+            let mean = weight_sum / count as f32;
+            let value = mean * (1.0 + (count as f32).ln());
+            let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
+            out[((h & 0x7fff_ffff_ffff_ffff) % dim) as usize] += sign * value;
+        }
+    }
+}
+
+impl Embedder for BuiltinEmbedder {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn dim(&self) -> usize {
+        BUILTIN_DIM
+    }
+
+    fn embed(&self, text: &str) -> Vec<f32> {
+        let mut features = Features(Vec::new());
+        let mut previous_stem: Option<String> = None;
+        let mut gram = String::new();
+        for_each_token(text, |token| {
+            if is_stopword(token) {
+                return;
+            }
+            let stemmed = stem(token);
+            features.push(hash(SEED_UNIGRAM, stemmed.as_bytes()), 1.0);
+            if let Some(prev) = &previous_stem {
+                gram.clear();
+                gram.push_str(prev);
+                gram.push(' ');
+                gram.push_str(&stemmed);
+                features.push(hash(SEED_BIGRAM, gram.as_bytes()), BIGRAM_WEIGHT);
+            }
+            add_char_ngrams(token, &mut features);
+            previous_stem = Some(stemmed);
+        });
+        if features.0.is_empty() {
+            features.push(hash(SEED_UNIGRAM, EMPTY_FEATURE.as_bytes()), 1.0);
+        }
+        let mut out = vec![0.0f32; BUILTIN_DIM];
+        features.project(&mut out);
+        let norm = out.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            out.iter_mut().for_each(|x| *x /= norm);
+        } else {
+            // Features cancelled exactly (astronomically unlikely): fall back to the empty
+            // text's vector rather than return zeros.
+            return self.embed("");
+        }
+        out
+    }
+}
+
+/// Character n-grams of `<word>`, sharing [`CHAR_NGRAMS_WEIGHT`] between them.
+fn add_char_ngrams(word: &str, features: &mut Features) {
+    let chars: Vec<char> = std::iter::once('<')
+        .chain(word.chars())
+        .chain(std::iter::once('>'))
+        .collect();
+    let count: usize = (CHAR_NGRAM_MIN..=CHAR_NGRAM_MAX)
+        .map(|n| chars.len().saturating_sub(n - 1))
+        .sum();
+    if count == 0 {
+        return;
+    }
+    let weight = CHAR_NGRAMS_WEIGHT / (count as f32).sqrt();
+    let mut buf = String::new();
+    for n in CHAR_NGRAM_MIN..=CHAR_NGRAM_MAX {
+        for window in chars.windows(n) {
+            buf.clear();
+            buf.extend(window);
+            features.push(hash(SEED_CHAR, buf.as_bytes()), weight);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cos(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    #[test]
+    fn id_encodes_version_and_dim() {
+        let e = BuiltinEmbedder::new();
+        assert_eq!(e.id(), "builtin-hash-v1-384");
+        assert_eq!(e.dim(), 384);
+    }
+
+    #[test]
+    fn deterministic_and_unit_norm() {
+        let e = BuiltinEmbedder::new();
+        for text in [
+            "",
+            "the of and",
+            "Hello world",
+            "Caroline went to a LGBTQ support group",
+            "東京",
+        ] {
+            let a = e.embed(text);
+            assert_eq!(a.len(), BUILTIN_DIM);
+            assert_eq!(a, e.embed(text));
+            let norm = cos(&a, &a).sqrt();
+            assert!((norm - 1.0).abs() < 1e-4, "{text:?}: norm {norm}");
+        }
+        // Pinned values: a change here changes every stored vector, so it needs a new id.
+        let v = e.embed("painting sunrise");
+        let nonzero = v.iter().filter(|x| **x != 0.0).count();
+        assert!(nonzero > 10 && nonzero < 60, "{nonzero} nonzero dims");
+    }
+
+    #[test]
+    fn similar_texts_are_closer() {
+        let e = BuiltinEmbedder::new();
+        let q = e.embed("When did Melanie paint a sunrise?");
+        let near = e.embed("Melanie: I painted that sunrise last year, it was so calming.");
+        let far = e.embed("Caroline: I went to a support group yesterday.");
+        assert!(cos(&q, &near) > cos(&q, &far) + 0.1);
+        // Character n-grams forgive a typo the stemmer cannot.
+        let typo = e.embed("educaton");
+        let right = e.embed("education counseling");
+        let other = e.embed("painting a sunset");
+        assert!(
+            cos(&typo, &right) > cos(&typo, &other) + 0.05,
+            "{} vs {}",
+            cos(&typo, &right),
+            cos(&typo, &other)
+        );
+    }
+
+    #[test]
+    fn stopword_only_texts_share_the_empty_vector() {
+        let e = BuiltinEmbedder::new();
+        assert_eq!(e.embed(""), e.embed("the and of it"));
+    }
+}

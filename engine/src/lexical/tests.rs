@@ -1,0 +1,231 @@
+use super::*;
+use proptest::prelude::*;
+
+fn mem(docs: &[&str]) -> MemLexical {
+    let mut index = MemLexical::new();
+    for (i, text) in docs.iter().enumerate() {
+        index.add(i as u32, text);
+    }
+    index
+}
+
+fn built(docs: &[&str]) -> Vec<u8> {
+    let mut builder = LexicalBuilder::new();
+    for (i, text) in docs.iter().enumerate() {
+        builder.add(i as u32, text);
+    }
+    builder.finish()
+}
+
+const ALL: &dyn Fn(usize, u32) -> bool = &|_, _| true;
+
+#[test]
+fn rare_query_term_wins() {
+    let index = mem(&[
+        "we went to the beach and the beach was sunny",
+        "the museum had a dinosaur exhibit",
+        "we went to the park",
+        "we went shopping",
+    ]);
+    let hits = bm25(&[&index], "did we go to the dinosaur museum", 10, ALL);
+    assert_eq!(hits[0].1, 1);
+    assert!(hits.iter().all(|h| h.2 > 0.0));
+    let hits = bm25(&[&index], "beach went", 10, ALL);
+    assert_eq!(
+        hits[0].1, 0,
+        "the doc with the rare term beats the ones with only 'went'"
+    );
+    assert_eq!(hits.len(), 3);
+}
+
+#[test]
+fn stemming_matches_across_forms_and_stopwords_never_match() {
+    let index = mem(&["Melanie painted a sunrise", "Caroline is running"]);
+    assert_eq!(bm25(&[&index], "paintings", 5, ALL)[0].1, 0);
+    assert_eq!(bm25(&[&index], "runs", 5, ALL)[0].1, 1);
+    assert!(bm25(&[&index], "is a the", 5, ALL).is_empty());
+}
+
+#[test]
+fn accept_filters_during_scoring_so_k_results_come_back() {
+    let docs: Vec<String> = (0..20).map(|i| format!("apple note {i}")).collect();
+    let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
+    let index = mem(&refs);
+    let even = |_: usize, d: u32| d.is_multiple_of(2);
+    let hits = bm25(&[&index], "apple", 5, &even);
+    assert_eq!(hits.len(), 5);
+    assert!(hits.iter().all(|h| h.1.is_multiple_of(2)));
+}
+
+#[test]
+fn corpus_statistics_span_all_sources() {
+    // The same doc scores the same whether the corpus is one source or split in two.
+    let docs = ["red fox", "blue fox", "green frog", "red frog jumps"];
+    let whole = mem(&docs);
+    let a = mem(&docs[..2]);
+    let bytes = built(&docs[2..]);
+    let b = LexicalView::parse(&bytes).expect("valid");
+    let one = bm25(&[&whole], "red frog", 10, ALL);
+    let two = bm25(&[&a, &b], "red frog", 10, ALL);
+    assert_eq!(one.len(), two.len());
+    for (x, y) in one.iter().zip(&two) {
+        let global = if y.0 == 0 { y.1 } else { y.1 + 2 };
+        assert_eq!(x.1, global);
+        assert!((x.2 - y.2).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn empty_inputs() {
+    let empty = MemLexical::new();
+    assert!(bm25(&[&empty], "anything", 5, ALL).is_empty());
+    assert!(bm25(&[], "anything", 5, ALL).is_empty());
+    let bytes = LexicalBuilder::new().finish();
+    let view = LexicalView::parse(&bytes).expect("empty index is valid");
+    assert_eq!(view.n_docs(), 0);
+    assert!(bm25(&[&view], "anything", 5, ALL).is_empty());
+}
+
+#[test]
+fn rejects_every_single_bit_flip() {
+    let bytes = built(&[
+        "Caroline went to a support group",
+        "Melanie paints sunsets",
+        "",
+    ]);
+    assert!(LexicalView::parse(&bytes).is_ok());
+    for i in 0..bytes.len() {
+        for bit in 0..8 {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1 << bit;
+            assert!(
+                LexicalView::parse(&bad).is_err(),
+                "flip of byte {i} bit {bit} accepted"
+            );
+        }
+    }
+}
+
+#[test]
+fn rejects_wrong_magic_version_and_truncation_with_specific_errors() {
+    let bytes = built(&["hello world"]);
+    let mut bad = bytes.clone();
+    bad[0] = b'X';
+    assert!(matches!(
+        LexicalView::parse(&bad),
+        Err(LexicalError::BadMagic { .. })
+    ));
+    let mut bad = bytes.clone();
+    bad[8..12].copy_from_slice(&99u32.to_le_bytes());
+    assert!(matches!(
+        LexicalView::parse(&bad),
+        Err(LexicalError::UnsupportedVersion { found: 99, .. })
+    ));
+    assert!(matches!(
+        LexicalView::parse(&bytes[..bytes.len() - 1]),
+        Err(LexicalError::ChecksumMismatch { .. })
+    ));
+    assert!(matches!(
+        LexicalView::parse(&bytes[..10]),
+        Err(LexicalError::TooShort { .. })
+    ));
+}
+
+#[test]
+fn rejects_inconsistent_content_behind_a_valid_checksum() {
+    // A writer bug (not disk damage) must also be caught: corrupt n_docs, re-seal the crc.
+    let mut bytes = built(&["alpha beta", "beta gamma"]);
+    bytes[12..16].copy_from_slice(&1u32.to_le_bytes());
+    let end = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..end]);
+    bytes[end..].copy_from_slice(&crc.to_le_bytes());
+    assert!(matches!(
+        LexicalView::parse(&bytes),
+        Err(LexicalError::BadEntry { .. } | LexicalError::SectionOutOfBounds { .. })
+    ));
+}
+
+const WORDS: &[&str] = &[
+    "apple",
+    "apples",
+    "banana",
+    "cherry",
+    "the",
+    "running",
+    "runs",
+    "paint",
+    "painting",
+    "sunrise",
+    "museum",
+    "café",
+    "2023",
+    "caroline's",
+    "a",
+    "zebra",
+    "kids",
+    "kid",
+];
+
+fn doc_strategy() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(WORDS), 0..12).prop_map(|w| w.join(" "))
+}
+
+proptest! {
+    #[test]
+    fn view_round_trip_scores_equal_mem(
+        docs in prop::collection::vec(doc_strategy(), 0..30),
+        query in doc_strategy(),
+        k in 1usize..20,
+    ) {
+        let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
+        let m = mem(&refs);
+        let bytes = built(&refs);
+        let v = LexicalView::parse(&bytes).expect("builder output parses");
+        prop_assert_eq!(v.n_docs(), m.n_docs());
+        prop_assert_eq!(v.total_len(), m.total_len());
+        for term in WORDS.iter().flat_map(|w| analyze(w)) {
+            prop_assert_eq!(v.doc_freq(&term), m.doc_freq(&term));
+        }
+        let a = bm25(&[&m], &query, k, ALL);
+        let b = bm25(&[&v], &query, k, ALL);
+        prop_assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            prop_assert_eq!(x.1, y.1);
+            prop_assert!((x.2 - y.2).abs() < 1e-5);
+        }
+        for w in a.windows(2) {
+            prop_assert!(w[0].2 >= w[1].2);
+        }
+    }
+
+    #[test]
+    fn parse_never_panics_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = LexicalView::parse(&bytes);
+        let mut with_magic = MAGIC.to_vec();
+        with_magic.extend_from_slice(&bytes);
+        let _ = LexicalView::parse(&with_magic);
+    }
+
+    #[test]
+    fn parse_never_panics_on_corrupted_files_even_with_a_fixed_checksum(
+        docs in prop::collection::vec(doc_strategy(), 1..8),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
+        let mut bytes = built(&refs);
+        let body = bytes.len() - 4;
+        for (at, value) in edits {
+            bytes[at.index(body)] = value;
+        }
+        // Re-seal so the structural checks, not just the crc, are exercised.
+        let crc = crc32fast::hash(&bytes[..body]);
+        bytes[body..].copy_from_slice(&crc.to_le_bytes());
+        if let Ok(view) = LexicalView::parse(&bytes) {
+            // Whatever survived validation must be safe to query.
+            let _ = bm25(&[&view], "apple paint zebra café", 10, ALL);
+        }
+        let cut = cut.index(bytes.len());
+        let _ = LexicalView::parse(&bytes[..cut]);
+    }
+}
