@@ -1,2 +1,174 @@
-//! wal
+//! `wal`: the write-ahead log under every MemoryRouter vault and the server's catalog.
+//!
+//! **What it is.** Bytes in, bytes out: callers append `(kind, payload)` records and get back
+//! a log sequence number ([`Lsn`]) once the record is durable. Records live in segment files
+//! (a checksummed header, then length + kind + flags + payload + crc32 frames, specified to
+//! the byte in `docs/format.md`). Concurrent appenders share fsyncs through group commit.
+//! On open the log replays every record above the last [`Wal::checkpoint`], cuts off a torn
+//! tail (and says how many bytes), and refuses — naming file and offset — any damage that is
+//! not a torn tail. [`verify`] checks a log directory read-only.
+//!
+//! **What it is not.** It knows nothing of vaults, vectors or JSON; it does not index or
+//! read back individual records after open (replay hands everything to the caller once); it
+//! does not compact (callers checkpoint, the log deletes whole segments); it is not shared
+//! between processes (one `Wal` per directory).
+//!
+//! **Limits.** A payload is at most [`WalOptions::record_bytes_max`] (≤ [`RECORD_BYTES_LIMIT`]);
+//! a batch at most [`BATCH_RECORDS_MAX`] records and [`BATCH_BYTES_MAX`] bytes. Segments
+//! rotate once the next batch would take them past [`WalOptions::segment_bytes_max`]; a
+//! batch never spans two segments, so a single batch larger than that gets a segment of its
+//! own. Replay holds one segment and every replayed record in memory.
+//!
+//! **Modules.** `writer` (the [`Wal`] handle, group commit, poisoning), `record` (frame
+//! codec), `segment` (segment header, naming, scanning), `recovery` (replay on open,
+//! [`verify`]), `checkpoint` (the checkpoint file), `file` (the I/O seam that tests use to
+//! inject failures), `error` ([`WalError`]).
+//!
+//! # Example
+//!
+//! ```
+//! use wal::{Wal, WalOptions};
+//!
+//! # fn main() -> Result<(), wal::WalError> {
+//! let dir = std::env::temp_dir().join(format!("wal-doc-{}", std::process::id()));
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! let (log, recovery) = Wal::open(&dir, WalOptions::default())?;
+//! assert!(recovery.records.is_empty());
+//! let first = log.append(1, b"hello")?;
+//! let last = log.append_batch(&[(2, b"a".as_slice()), (2, b"".as_slice())])?;
+//! assert_eq!((first, last), (1, 3));
+//! drop(log);
+//!
+//! let (log, recovery) = Wal::open(&dir, WalOptions::default())?;
+//! assert_eq!(recovery.records.len(), 3);
+//! assert_eq!(recovery.records[0].payload, b"hello");
+//! log.checkpoint(3)?; // Records 1..=3 now live elsewhere.
+//! drop(log);
+//! let (_log, recovery) = Wal::open(&dir, WalOptions::default())?;
+//! assert!(recovery.records.is_empty());
+//! assert_eq!(recovery.checkpoint, 3);
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(())
+//! # }
+//! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod checkpoint;
+mod error;
+mod file;
+mod record;
+mod recovery;
+mod segment;
+mod writer;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use error::WalError;
+pub use recovery::{SegmentReport, VerifyReport, verify};
+pub use writer::Wal;
+
+/// Log sequence number: the first record ever appended is 1; strictly increasing, never reused.
+pub type Lsn = u64;
+
+/// Default for [`WalOptions::segment_bytes_max`]: 64 MiB.
+pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 << 20;
+/// Smallest accepted [`WalOptions::segment_bytes_max`] (room for a header and small records).
+pub const SEGMENT_BYTES_MIN: u64 = 256;
+/// Default for [`WalOptions::record_bytes_max`]: 16 MiB.
+pub const RECORD_BYTES_MAX_DEFAULT: u32 = 16 << 20;
+/// Hard ceiling on any payload, whatever the options: recovery treats longer lengths as
+/// damage, so a flipped length bit cannot make it allocate gigabytes.
+pub const RECORD_BYTES_LIMIT: u32 = 1 << 30;
+/// Most records in one `append_batch`.
+pub const BATCH_RECORDS_MAX: usize = 1 << 20;
+/// Most payload bytes in one `append_batch`.
+pub const BATCH_BYTES_MAX: u64 = 1 << 30;
+
+const _: () = assert!(RECORD_BYTES_MAX_DEFAULT <= RECORD_BYTES_LIMIT);
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX_DEFAULT);
+const _: () = assert!(RECORD_BYTES_LIMIT < u32::MAX);
+
+/// When `append` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Durability {
+    /// After the fsync that covers the record (group commit shares it). The default.
+    #[default]
+    Fsync,
+    /// After `write(2)`: survives a process crash, not an OS crash or power loss, until the
+    /// next [`Wal::sync`] or segment rotation. Opt-in.
+    Buffered,
+}
+
+impl Durability {
+    /// The setting's name in config files: `"fsync"` or `"buffered"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Fsync => "fsync",
+            Durability::Buffered => "buffered",
+        }
+    }
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Durability {
+    type Err = WalError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fsync" => Ok(Durability::Fsync),
+            "buffered" => Ok(Durability::Buffered),
+            _ => Err(WalError::InvalidOptions {
+                detail: "durability must be \"fsync\" or \"buffered\"",
+            }),
+        }
+    }
+}
+
+/// How a log is opened; validated by [`Wal::open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalOptions {
+    /// Rotate to a new segment file once the next batch would pass this size.
+    pub segment_bytes_max: u64,
+    /// Larger payloads are refused with [`WalError::RecordTooLarge`].
+    pub record_bytes_max: u32,
+    /// When appends are acknowledged.
+    pub durability: Durability,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
+            record_bytes_max: RECORD_BYTES_MAX_DEFAULT,
+            durability: Durability::Fsync,
+        }
+    }
+}
+
+/// One replayed record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Its log sequence number.
+    pub lsn: Lsn,
+    /// The caller-defined kind it was appended with.
+    pub kind: u8,
+    /// The payload, byte for byte.
+    pub payload: Vec<u8>,
+}
+
+/// What [`Wal::open`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Every record with `lsn > checkpoint`, in order.
+    pub records: Vec<Record>,
+    /// The last checkpointed LSN (0 if none).
+    pub checkpoint: Lsn,
+    /// Bytes of torn tail cut off the last segment (0 if it was clean).
+    pub truncated_bytes: u64,
+}

@@ -1,0 +1,199 @@
+//! The file-system seam: every write, fsync, rename and delete the log performs at run time
+//! goes through [`Storage`] and [`LogFile`], so tests can swap in a layer that fails the Nth
+//! write or fsync (see `FaultyStorage` below) and check that the log poisons itself and that a
+//! reopen recovers the acknowledged records intact.
+//!
+//! Reads (recovery, `verify`) use `std::fs` directly: a failed read fails `open` and
+//! poisons nothing, so there is nothing to inject there.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+
+/// An open file the log appends to.
+pub(crate) trait LogFile: Send {
+    /// Writes the whole buffer at the end of the file (a short write is an error).
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Makes everything written so far durable (`fdatasync`).
+    fn sync_data(&mut self) -> io::Result<()>;
+}
+
+/// The directory operations the log performs after `open`.
+pub(crate) trait Storage: Send + Sync {
+    /// Creates `path` (truncating any previous file) for writing.
+    fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>>;
+    /// Opens the existing file `path` for appending at its end.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn LogFile>>;
+    /// Atomically renames `from` to `to` (same directory).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Deletes `path`.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (creations, renames, deletions) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// The real file system.
+#[derive(Debug, Default)]
+pub(crate) struct OsStorage;
+
+struct OsFile(File);
+
+impl LogFile for OsFile {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.write_all(buf)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+impl Storage for OsStorage {
+    fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        Ok(Box::new(OsFile(file)))
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+        let file = OpenOptions::new().append(true).open(path)?;
+        Ok(Box::new(OsFile(file)))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        // On Unix a directory opened read-only can be fsynced, which persists its entries.
+        File::open(dir)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+pub(crate) use fault::{FaultPlan, FaultyStorage};
+
+#[cfg(test)]
+mod fault {
+    use super::{LogFile, OsStorage, Storage};
+    use std::io;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Which operation to fail. Counters are 1-based and shared by every file of the storage;
+    /// directory fsyncs count as fsyncs.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub(crate) struct FaultPlan {
+        /// Fail the Nth `write_all`, after writing the first half of its buffer (a short write).
+        pub fail_write_at: Option<u64>,
+        /// Fail the Nth fsync without syncing.
+        pub fail_sync_at: Option<u64>,
+    }
+
+    #[derive(Default)]
+    struct Counters {
+        writes: AtomicU64,
+        syncs: AtomicU64,
+    }
+
+    /// Real files, with one injected failure.
+    pub(crate) struct FaultyStorage {
+        plan: FaultPlan,
+        counters: Arc<Counters>,
+    }
+
+    impl FaultyStorage {
+        pub(crate) fn new(plan: FaultPlan) -> Self {
+            FaultyStorage {
+                plan,
+                counters: Arc::default(),
+            }
+        }
+
+        /// How many writes have been attempted so far.
+        pub(crate) fn writes(&self) -> u64 {
+            self.counters.writes.load(Ordering::SeqCst)
+        }
+
+        /// How many fsyncs (file and directory) have been attempted so far.
+        pub(crate) fn syncs(&self) -> u64 {
+            self.counters.syncs.load(Ordering::SeqCst)
+        }
+    }
+
+    fn injected(what: &str) -> io::Error {
+        io::Error::other(format!("injected {what} failure"))
+    }
+
+    fn sync_fails(plan: &FaultPlan, counters: &Counters) -> bool {
+        let n = counters.syncs.fetch_add(1, Ordering::SeqCst) + 1;
+        plan.fail_sync_at == Some(n)
+    }
+
+    struct FaultyFile {
+        inner: Box<dyn LogFile>,
+        plan: FaultPlan,
+        counters: Arc<Counters>,
+    }
+
+    impl LogFile for FaultyFile {
+        fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+            let n = self.counters.writes.fetch_add(1, Ordering::SeqCst) + 1;
+            if self.plan.fail_write_at == Some(n) {
+                self.inner.write_all(&buf[..buf.len() / 2])?;
+                return Err(injected("write"));
+            }
+            self.inner.write_all(buf)
+        }
+
+        fn sync_data(&mut self) -> io::Result<()> {
+            if sync_fails(&self.plan, &self.counters) {
+                return Err(injected("fsync"));
+            }
+            self.inner.sync_data()
+        }
+    }
+
+    impl FaultyStorage {
+        fn wrap(&self, inner: Box<dyn LogFile>) -> Box<dyn LogFile> {
+            Box::new(FaultyFile {
+                inner,
+                plan: self.plan,
+                counters: Arc::clone(&self.counters),
+            })
+        }
+    }
+
+    impl Storage for FaultyStorage {
+        fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+            Ok(self.wrap(OsStorage.create(path)?))
+        }
+
+        fn open_append(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+            Ok(self.wrap(OsStorage.open_append(path)?))
+        }
+
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            OsStorage.rename(from, to)
+        }
+
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            OsStorage.remove(path)
+        }
+
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            if sync_fails(&self.plan, &self.counters) {
+                return Err(injected("directory fsync"));
+            }
+            OsStorage.sync_dir(dir)
+        }
+    }
+}

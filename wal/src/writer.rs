@@ -1,0 +1,418 @@
+//! The [`Wal`] handle: appends with group commit, `sync`, and `checkpoint`.
+//!
+//! # Group commit
+//!
+//! Appenders never fsync on their own. Each one, under the `commit` mutex, takes the next LSNs
+//! and copies its records into the shared queue, then waits until `acked_lsn` covers its last
+//! LSN. If no leader is active, the waiter *becomes* the leader: it takes the whole queue,
+//! releases the mutex, writes the queued records with one `write(2)` and covers them with one
+//! `fdatasync`, then publishes the new `acked_lsn` and wakes everyone on the condvar. Records
+//! that arrive while a leader is busy pile up and go out together in the next group, so under
+//! load one fsync acknowledges many appends and no thread spins. There is at most one leader,
+//! which keeps the file in LSN order.
+//!
+//! # Poisoning
+//!
+//! The first failed write or fsync (of a segment, the directory or the checkpoint) sets
+//! `poisoned` for good: the state of the file is unknown (a failed fsync may have dropped dirty
+//! pages), so retrying could acknowledge data that is not on disk. Every later call returns
+//! [`WalError::Poisoned`] until the log is reopened, which re-reads the truth from disk.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::checkpoint;
+use crate::error::WalError;
+use crate::file::{OsStorage, Storage};
+use crate::record::{self, FLAG_END_OF_BATCH, FRAME_OVERHEAD_BYTES};
+use crate::recovery::{self, SegmentFile};
+use crate::segment::{self, ActiveSegment};
+use crate::{
+    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, Durability, Lsn, RECORD_BYTES_LIMIT, Recovery,
+    SEGMENT_BYTES_MIN, WalOptions,
+};
+
+/// A reused encode buffer larger than this is dropped after its group, so one huge batch
+/// does not pin memory for the life of the log.
+const SCRATCH_KEEP_BYTES_MAX: usize = 4 << 20;
+
+/// A write-ahead log open for appending. `Send + Sync`: share it as `Arc<Wal>`.
+pub struct Wal {
+    dir: PathBuf,
+    options: WalOptions,
+    storage: Arc<dyn Storage>,
+    /// Queue, LSN counters and the leader flag; see the module docs.
+    commit: Mutex<Commit>,
+    /// Signalled whenever a leader finishes a group (successfully or not).
+    committed: Condvar,
+    /// The files. Locked by the leader while it writes, and by `sync` and `checkpoint`;
+    /// never while holding `commit`.
+    log: Mutex<Log>,
+}
+
+/// Group-commit state, guarded by `Wal::commit`.
+struct Commit {
+    /// LSN the next enqueued record gets. Assigned under the lock, so queue order is LSN order.
+    next_lsn: Lsn,
+    /// Every LSN up to this one is acknowledged: fsynced (Fsync) or written (Buffered).
+    acked_lsn: Lsn,
+    /// True while a leader writes a group outside the lock. At most one leader at a time.
+    leader_active: bool,
+    /// Set by the first failed write or fsync; never cleared.
+    poisoned: bool,
+    /// Records waiting for the next leader. Bounded: each caller blocked in `append_batch`
+    /// has at most one batch in it.
+    queue: Queue,
+}
+
+/// Queued records: payload bytes back to back, plus one entry per record.
+#[derive(Default)]
+struct Queue {
+    /// LSN of `entries[0]`.
+    first_lsn: Lsn,
+    entries: Vec<Entry>,
+    payloads: Vec<u8>,
+}
+
+struct Entry {
+    kind: u8,
+    flags: u8,
+    len: u32,
+}
+
+/// The files, guarded by `Wal::log`.
+struct Log {
+    active: ActiveSegment,
+    /// Older segments still on disk, oldest first.
+    sealed: Vec<SegmentFile>,
+    /// The persisted checkpoint.
+    checkpoint: Lsn,
+    /// Encode buffer reused across groups.
+    scratch: Vec<u8>,
+}
+
+impl fmt::Debug for Wal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("options", &self.options)
+            .field("last_lsn", &self.last_lsn())
+            .finish_non_exhaustive()
+    }
+}
+
+fn validate(options: &WalOptions) -> Result<(), WalError> {
+    if options.record_bytes_max > RECORD_BYTES_LIMIT {
+        return Err(WalError::InvalidOptions {
+            detail: "record_bytes_max exceeds RECORD_BYTES_LIMIT",
+        });
+    }
+    if options.segment_bytes_max < SEGMENT_BYTES_MIN {
+        return Err(WalError::InvalidOptions {
+            detail: "segment_bytes_max is below SEGMENT_BYTES_MIN",
+        });
+    }
+    Ok(())
+}
+
+impl Wal {
+    /// Opens (creating if missing) the log in `dir` and replays it.
+    ///
+    /// The returned [`Recovery`] holds every record above the persisted checkpoint. A torn
+    /// tail is cut off and its size reported; any other damage is an error.
+    pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, Recovery), WalError> {
+        Self::open_with(dir, options, Arc::new(OsStorage))
+    }
+
+    /// [`Wal::open`] over an injectable storage layer (tests use a faulty one).
+    pub(crate) fn open_with(
+        dir: &Path,
+        options: WalOptions,
+        storage: Arc<dyn Storage>,
+    ) -> Result<(Wal, Recovery), WalError> {
+        validate(&options)?;
+        let replayed = recovery::replay(&*storage, dir)?;
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            options,
+            storage,
+            commit: Mutex::new(Commit {
+                next_lsn: replayed.next_lsn,
+                acked_lsn: replayed.next_lsn - 1,
+                leader_active: false,
+                poisoned: false,
+                queue: Queue::default(),
+            }),
+            committed: Condvar::new(),
+            log: Mutex::new(Log {
+                active: replayed.active,
+                sealed: replayed.sealed,
+                checkpoint: replayed.recovery.checkpoint,
+                scratch: Vec::new(),
+            }),
+        };
+        Ok((wal, replayed.recovery))
+    }
+
+    /// Appends one record; returns its LSN once it is acknowledged (see [`Durability`]).
+    pub fn append(&self, kind: u8, payload: &[u8]) -> Result<Lsn, WalError> {
+        self.append_batch(&[(kind, payload)])
+    }
+
+    /// Appends records that survive a crash all together or not at all; returns the LSN of
+    /// the last one once the batch is acknowledged. LSNs within the batch are consecutive.
+    pub fn append_batch(&self, records: &[(u8, &[u8])]) -> Result<Lsn, WalError> {
+        self.check_batch(records)?;
+        let mut commit = self.commit.lock();
+        if commit.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        let count = records.len() as u64;
+        let last = commit.next_lsn + count - 1;
+        if commit.queue.entries.is_empty() {
+            commit.queue.first_lsn = commit.next_lsn;
+        }
+        commit.next_lsn = last + 1;
+        for (i, (kind, payload)) in records.iter().enumerate() {
+            let flags = if i + 1 == records.len() {
+                FLAG_END_OF_BATCH
+            } else {
+                0
+            };
+            commit.queue.payloads.extend_from_slice(payload);
+            commit.queue.entries.push(Entry {
+                kind: *kind,
+                flags,
+                len: payload.len() as u32, // Checked against record_bytes_max above.
+            });
+        }
+        loop {
+            if commit.acked_lsn >= last {
+                return Ok(last);
+            }
+            if commit.poisoned {
+                return Err(WalError::Poisoned);
+            }
+            if commit.leader_active {
+                self.committed.wait(&mut commit);
+                continue;
+            }
+            self.lead(&mut commit)?;
+        }
+    }
+
+    /// Runs one group as the leader: takes the queue, writes and syncs it outside the lock,
+    /// publishes the outcome and wakes the followers.
+    fn lead(&self, commit: &mut MutexGuard<'_, Commit>) -> Result<(), WalError> {
+        commit.leader_active = true;
+        let mut group = std::mem::take(&mut commit.queue);
+        let group_last = group.first_lsn + group.entries.len() as u64 - 1;
+        let result = MutexGuard::unlocked(commit, || self.write_group(&group));
+        commit.leader_active = false;
+        // Waking everyone is right in both outcomes: acknowledged followers return, the rest
+        // elect the next leader, and after a failure all of them see `poisoned`. They run only
+        // once this guard is released, after the state below is published.
+        self.committed.notify_all();
+        match result {
+            Ok(()) => {
+                commit.acked_lsn = group_last;
+                // Hand the group's allocations back to the queue if nobody queued meanwhile.
+                if commit.queue.entries.is_empty()
+                    && group.payloads.capacity() <= SCRATCH_KEEP_BYTES_MAX
+                {
+                    group.entries.clear();
+                    group.payloads.clear();
+                    commit.queue = group;
+                }
+                Ok(())
+            }
+            Err(err) => {
+                commit.poisoned = true;
+                Err(err)
+            }
+        }
+    }
+
+    /// Encodes and writes one group, rotating between batches as needed, then fsyncs it
+    /// (Fsync mode). Called by the leader only.
+    fn write_group(&self, group: &Queue) -> Result<(), WalError> {
+        let mut guard = self.log.lock();
+        let log = &mut *guard;
+        let mut buf = std::mem::take(&mut log.scratch);
+        buf.clear();
+        let mut lsn = group.first_lsn;
+        let mut payload_at = 0;
+        let mut rest = &group.entries[..];
+        while !rest.is_empty() {
+            let batch_len = rest
+                .iter()
+                .position(|e| e.flags & FLAG_END_OF_BATCH != 0)
+                .map_or(rest.len(), |i| i + 1);
+            let (batch, tail) = rest.split_at(batch_len);
+            rest = tail;
+            let batch_bytes: u64 = batch
+                .iter()
+                .map(|e| u64::from(e.len) + FRAME_OVERHEAD_BYTES as u64)
+                .sum();
+            // A batch never spans two segments: that keeps "all or none" a property of one
+            // file's tail. An oversized batch gets a segment of its own.
+            if log.active.records > 0
+                && log.active.bytes + batch_bytes > self.options.segment_bytes_max
+            {
+                write_all(&mut log.active, &buf)?;
+                buf.clear();
+                self.rotate(log, lsn)?;
+            }
+            for entry in batch {
+                let end = payload_at + entry.len as usize;
+                let payload = &group.payloads[payload_at..end];
+                record::encode(
+                    &mut buf,
+                    log.active.header.seed,
+                    entry.kind,
+                    entry.flags,
+                    payload,
+                );
+                payload_at = end;
+            }
+            log.active.bytes += batch_bytes;
+            log.active.records += batch.len() as u64;
+            lsn += batch.len() as u64;
+        }
+        write_all(&mut log.active, &buf)?;
+        if self.options.durability == Durability::Fsync {
+            sync_data(&mut log.active)?;
+        }
+        if buf.capacity() <= SCRATCH_KEEP_BYTES_MAX {
+            log.scratch = buf;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (fsync, even in Buffered mode, so only the last segment can
+    /// ever be torn) and starts a new one at `first_lsn`.
+    fn rotate(&self, log: &mut Log, first_lsn: Lsn) -> Result<(), WalError> {
+        sync_data(&mut log.active)?;
+        let next = segment::create(&*self.storage, &self.dir, first_lsn)?;
+        let old = std::mem::replace(&mut log.active, next);
+        log.sealed.push(SegmentFile {
+            first_lsn: old.header.first_lsn,
+            path: old.path,
+        });
+        Ok(())
+    }
+
+    fn check_batch(&self, records: &[(u8, &[u8])]) -> Result<(), WalError> {
+        if records.is_empty() {
+            return Err(WalError::EmptyBatch);
+        }
+        let mut bytes = 0u64;
+        for (_, payload) in records {
+            if payload.len() > self.options.record_bytes_max as usize {
+                return Err(WalError::RecordTooLarge {
+                    len: payload.len(),
+                    max: self.options.record_bytes_max,
+                });
+            }
+            bytes += payload.len() as u64;
+        }
+        if records.len() > BATCH_RECORDS_MAX || bytes > BATCH_BYTES_MAX {
+            return Err(WalError::BatchTooLarge {
+                records: records.len(),
+                bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records `lsn` as the checkpoint: records up to it live elsewhere and will not be
+    /// replayed. Durable on return; deletes segment files that hold only such records.
+    pub fn checkpoint(&self, lsn: Lsn) -> Result<(), WalError> {
+        let acked = {
+            let commit = self.commit.lock();
+            if commit.poisoned {
+                return Err(WalError::Poisoned);
+            }
+            commit.acked_lsn
+        };
+        if lsn > acked {
+            return Err(WalError::CheckpointBeyondEnd { lsn, last: acked });
+        }
+        let mut guard = self.log.lock();
+        let log = &mut *guard;
+        if lsn <= log.checkpoint {
+            return Ok(());
+        }
+        let result = checkpoint::write(&*self.storage, &self.dir, lsn).and_then(|()| {
+            log.checkpoint = lsn;
+            let active_first = log.active.header.first_lsn;
+            recovery::delete_covered(
+                &*self.storage,
+                &self.dir,
+                &mut log.sealed,
+                active_first,
+                lsn,
+            )
+        });
+        drop(guard);
+        self.poison_on_error(result)
+    }
+
+    /// The highest acknowledged LSN (0 for an empty log).
+    pub fn last_lsn(&self) -> Lsn {
+        self.commit.lock().acked_lsn
+    }
+
+    /// Flushes and fsyncs the active segment: makes Buffered-mode acknowledgements durable
+    /// (call it at shutdown). Cheap in Fsync mode.
+    pub fn sync(&self) -> Result<(), WalError> {
+        if self.commit.lock().poisoned {
+            return Err(WalError::Poisoned);
+        }
+        let result = sync_data(&mut self.log.lock().active);
+        self.poison_on_error(result)
+    }
+
+    /// The directory this log lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn poison_on_error(&self, result: Result<(), WalError>) -> Result<(), WalError> {
+        if result.is_err() {
+            self.commit.lock().poisoned = true;
+            self.committed.notify_all();
+        }
+        result
+    }
+}
+
+impl Drop for Wal {
+    /// Best effort for Buffered mode: a log dropped without `sync` still gets its last writes
+    /// fsynced. Errors cannot be reported from here; callers that care call `sync` first.
+    fn drop(&mut self) {
+        if self.options.durability == Durability::Buffered && !self.commit.get_mut().poisoned {
+            let _ = self.log.get_mut().active.file.sync_data();
+        }
+    }
+}
+
+fn write_all(active: &mut ActiveSegment, buf: &[u8]) -> Result<(), WalError> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    active
+        .file
+        .write_all(buf)
+        .map_err(|e| WalError::io("write", &active.path, e))
+}
+
+fn sync_data(active: &mut ActiveSegment) -> Result<(), WalError> {
+    active
+        .file
+        .sync_data()
+        .map_err(|e| WalError::io("fsync", &active.path, e))
+}
