@@ -1,4 +1,52 @@
-//! engine
+//! The per-vault storage engine of MemoryRouter: it stores each user's memories in a private
+//! vault directory and answers "which memories matter for this message?" with hybrid
+//! (vector + BM25) retrieval.
+//!
+//! **Is:** records and their durable write path (WAL → memtable → immutable mmapped segments),
+//! dedupe of resent chat history, tombstone deletes, background compaction, HNSW graphs for
+//! large segments, SIMD exact search for small ones, BM25, rank fusion, the built-in embedder
+//! and the registry that opens and closes vaults lazily.
+//! **Is not:** aware of HTTP, keys or providers; it never does network I/O.
+//!
+//! **Limits** (named constants): [`SEARCH_K_MAX`] results per search, [`CHUNK_CHARS_MAX`]
+//! characters per record (longer messages are chunked with [`CHUNK_OVERLAP_CHARS`] overlap),
+//! [`OPEN_VAULTS_MAX_DEFAULT`] open vaults, vault ids of at most [`VAULT_ID_BYTES_MAX`] bytes of
+//! `[A-Za-z0-9_-]`, 4 GiB of text per segment, one embedder (id + dimension) per vault.
+//!
+//! **Modules:** `vault` (open, write path, reads), `search` (hybrid retrieval),
+//! `compaction` (seal + merge), `memtable`, `segment` (files of a sealed segment), `hnsw`
+//! (graph build via `hnsw_rs`, in-place search), `distance` (simsimd), `manifest`, `file`
+//! (common header, durable writes), `mmap` (the only `unsafe`), `record` (types, WAL payloads),
+//! `query`, `chunk`, `registry` ([`Engine`]), `error`; retrieval quality: `embedder`,
+//! `analyzer`, `lexical`, `fusion`. File formats: `docs/format.md`.
+//!
+//! ```
+//! use engine::{Engine, EngineConfig, Filter, NewMemory, Role, SearchQuery};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let engine = Engine::open(EngineConfig::new(dir.path().to_path_buf()))?;
+//! let vault = engine.vault("key_0123456789abcdef")?;
+//! let said = |text: &str| NewMemory {
+//!     session_id: "chat-1".into(),
+//!     role: Role::User,
+//!     text: text.into(),
+//!     created_at_ms: 1_700_000_000_000,
+//!     model: None,
+//!     metadata: None,
+//! };
+//! vault.ingest(vec![said("My cat is called Miso"), said("I live in Lyon")])?;
+//! // Clients resend the whole history: nothing is stored twice.
+//! assert_eq!(vault.ingest(vec![said("My cat is called Miso")])?.skipped, 1);
+//! let hits = vault.search(&SearchQuery {
+//!     text: "what is the name of my cat".into(),
+//!     k: 1,
+//!     filter: Filter::default(),
+//!     boost_session: None,
+//!     now_ms: 1_700_000_100_000,
+//! })?;
+//! assert_eq!(hits[0].memory.text, "My cat is called Miso");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod analyzer;
@@ -7,4 +55,33 @@ pub mod fusion;
 pub mod lexical;
 mod stem;
 
+mod chunk;
+mod compaction;
+mod distance;
+mod error;
+mod file;
+mod hnsw;
+mod manifest;
+mod memtable;
+mod mmap;
+mod query;
+mod record;
+mod registry;
+mod search;
+mod segment;
+mod vault;
+
 pub use embedder::{BuiltinEmbedder, Embedder};
+
+pub use chunk::{CHUNK_CHARS_MAX, CHUNK_OVERLAP_CHARS, chunk_text};
+pub use compaction::{COMPACTION_DELETED_SHARE_MIN, COMPACTION_FANIN};
+pub use distance::{UnitDistance, dot, exact_top_k};
+pub use error::{Error, Result};
+pub use hnsw::HnswParams;
+pub use query::{Filter, Hit, SearchQuery};
+pub use record::{Memory, MemoryId, Metadata, NewMemory, Role, content_hash};
+pub use registry::{Engine, EngineConfig, OPEN_VAULTS_MAX_DEFAULT, VAULT_ID_BYTES_MAX, validate_vault_id};
+pub use search::SEARCH_K_MAX;
+pub use segment::Segment;
+pub use vault::{CrashPoint, IngestOutcome, MEMTABLE_RECORDS_MAX_DEFAULT, Vault, VaultOptions, VaultStats};
+pub use wal::Durability;

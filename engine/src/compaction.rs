@@ -1,0 +1,297 @@
+//! Sealing and compaction: turning the memtable into segments, and merging segments while
+//! dropping deleted records. Both write a new segment directory first and then swap it in
+//! through the manifest, so a crash at any point leaves the old or the new set of segments,
+//! never a mix; both run on the rayon pool, off the request path, when the vault runs in
+//! background mode.
+//!
+//! Policy (tiered): segments fall into size tiers of factor [`COMPACTION_FANIN`]; when a tier
+//! holds `COMPACTION_FANIN` segments they merge into one of the next tier, so a record is
+//! rewritten O(log n) times. A segment whose deleted share reaches
+//! [`COMPACTION_DELETED_SHARE_MIN`] is rewritten alone to give the space back.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::error::{Error, Result};
+use crate::record::{Memory, MemoryId};
+use crate::segment::{self, Segment, SegmentInput};
+use crate::vault::{CrashPoint, Inner, Vault, remove_segment_dirs};
+
+/// Segments per tier that trigger a merge (and the size ratio between tiers).
+pub const COMPACTION_FANIN: usize = 4;
+/// Deleted share of a segment's records that triggers rewriting it.
+pub const COMPACTION_DELETED_SHARE_MIN: f64 = 0.3;
+
+fn crash(inner: &Inner, point: CrashPoint) -> Result<()> {
+    if inner.options.crash_at == Some(point) {
+        return Err(Error::InjectedCrash { point });
+    }
+    Ok(())
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("seg-{seq:016x}")
+}
+
+/// Chooses segments to merge: indices into `segments`, or `None` when nothing is worth it.
+pub(crate) fn plan(segments: &[Arc<Segment>], deleted: &HashSet<MemoryId>) -> Option<Vec<usize>> {
+    let live = |s: &Segment| {
+        let dead = deleted.iter().filter(|&&id| s.doc_of(id).is_some()).count();
+        (s.len() as usize - dead, dead)
+    };
+    let mut tiers: Vec<Vec<usize>> = Vec::new();
+    for (i, s) in segments.iter().enumerate() {
+        let (alive, dead) = live(s);
+        if dead > 0 && dead as f64 >= COMPACTION_DELETED_SHARE_MIN * s.len() as f64 {
+            return Some(vec![i]);
+        }
+        let mut tier = 0;
+        let mut size = alive.max(1);
+        while size >= COMPACTION_FANIN {
+            size /= COMPACTION_FANIN;
+            tier += 1;
+        }
+        if tiers.len() <= tier {
+            tiers.resize(tier + 1, Vec::new());
+        }
+        tiers[tier].push(i);
+    }
+    tiers.into_iter().find(|t| t.len() >= COMPACTION_FANIN)
+}
+
+impl Vault {
+    /// Seals the memtable into a segment now (synchronously). Returns false when there was
+    /// nothing to seal.
+    pub fn seal(&self) -> Result<bool> {
+        self.check_open()?;
+        let inner = &*self.inner;
+        let _seal = inner.seal_lock.lock();
+        // Freeze: with the gate closed no ingest or delete is between its WAL append and its
+        // memtable apply, so `last_lsn` covers exactly what the frozen memtable and the
+        // tombstone set hold. A frozen memtable left by a failed seal is retried first.
+        let existing = inner.state.read().frozen.first().cloned();
+        let (frozen, lsn) = match existing {
+            Some(f) => f,
+            None => {
+                let _gate = inner.gate.write();
+                let mut state = inner.state.write();
+                if state.memtable.is_empty() {
+                    return Ok(false);
+                }
+                let mt = Arc::new(std::mem::replace(
+                    &mut state.memtable,
+                    crate::memtable::Memtable::new(inner.dim),
+                ));
+                let lsn = inner.wal.last_lsn();
+                state.frozen.push((Arc::clone(&mt), lsn));
+                (mt, lsn)
+            }
+        };
+
+        // Write the segment from the live records, in id order.
+        let mut docs: Vec<u32> = {
+            let state = inner.state.read();
+            (0..frozen.len() as u32)
+                .filter(|&d| !state.deleted.contains(&frozen.memory(d).id))
+                .collect()
+        };
+        docs.sort_by_key(|&d| frozen.memory(d).id);
+        let inputs: Vec<SegmentInput<'_>> = docs
+            .iter()
+            .map(|&d| SegmentInput {
+                memory: frozen.memory(d),
+                vector: frozen.vector(d),
+            })
+            .collect();
+        let new_segment = if inputs.is_empty() {
+            None
+        } else {
+            let name = segment_name(inner.next_segment.fetch_add(1, Ordering::SeqCst));
+            let crash_at = inner
+                .options
+                .crash_at
+                .filter(|p| *p == CrashPoint::SealAfterTempDir);
+            let path = segment::write(
+                &inner.dir,
+                &name,
+                inner.dim,
+                &inputs,
+                &inner.options.hnsw,
+                crash_at,
+            )?;
+            crash(inner, CrashPoint::SealAfterRename)?;
+            Some(Arc::new(Segment::open(&path, inner.dim)?))
+        };
+        drop(inputs);
+
+        // Swap in through the manifest, then let the WAL forget what the segment holds.
+        {
+            let mut manifest = inner.manifest.lock();
+            let mut next = manifest.clone();
+            let state = inner.state.read();
+            let mut segments = state.segments.clone();
+            if let Some(s) = &new_segment {
+                segments.push(Arc::clone(s));
+                next.segments.push(s.name().to_string());
+            }
+            next.checkpoint_lsn = lsn;
+            next.next_id = inner.next_id.load(Ordering::SeqCst);
+            next.next_segment = inner.next_segment.load(Ordering::SeqCst);
+            next.tombstones = state.tombstones_for(&segments);
+            drop(state);
+            next.store(&inner.dir)?;
+            *manifest = next;
+        }
+        crash(inner, CrashPoint::SealAfterManifest)?;
+        inner.wal.checkpoint(lsn)?;
+        let mut state = inner.state.write();
+        state.frozen.retain(|(m, _)| !Arc::ptr_eq(m, &frozen));
+        if let Some(s) = new_segment {
+            state.segments.push(s);
+        }
+        state.prune_deleted();
+        Ok(true)
+    }
+
+    /// Runs one compaction step now (synchronously) if the policy finds one; returns whether
+    /// it merged anything.
+    pub fn compact(&self) -> Result<bool> {
+        self.check_open()?;
+        let inner = &*self.inner;
+        let _compact = inner.compact_lock.lock();
+        let (chosen, deleted): (Vec<Arc<Segment>>, HashSet<MemoryId>) = {
+            let state = inner.state.read();
+            match plan(&state.segments, &state.deleted) {
+                Some(idx) => (
+                    idx.iter()
+                        .map(|&i| Arc::clone(&state.segments[i]))
+                        .collect(),
+                    state.deleted.clone(),
+                ),
+                None => return Ok(false),
+            }
+        };
+        self.merge(&chosen, &deleted)?;
+        Ok(true)
+    }
+
+    /// Merges every segment into one, whatever the policy says (tests and benches).
+    pub fn compact_all(&self) -> Result<bool> {
+        self.check_open()?;
+        let inner = &*self.inner;
+        let _compact = inner.compact_lock.lock();
+        let (chosen, deleted) = {
+            let state = inner.state.read();
+            (state.segments.clone(), state.deleted.clone())
+        };
+        if chosen.is_empty() || (chosen.len() == 1 && !chosen[0].has_graph() && deleted.is_empty())
+        {
+            return Ok(false);
+        }
+        self.merge(&chosen, &deleted)?;
+        Ok(true)
+    }
+
+    fn merge(&self, chosen: &[Arc<Segment>], deleted: &HashSet<MemoryId>) -> Result<()> {
+        let inner = &*self.inner;
+        // Live records of the chosen segments, in id order (ids never repeat across segments).
+        let memories: Vec<(Memory, &[f32])> = {
+            let mut v: Vec<(Memory, &[f32])> = chosen
+                .iter()
+                .flat_map(|s| (0..s.len()).map(move |d| (s, d)))
+                .filter(|(s, d)| !deleted.contains(&s.id(*d)))
+                .map(|(s, d)| (s.memory(d), s.vector(d)))
+                .collect();
+            v.sort_by_key(|(m, _)| m.id);
+            v
+        };
+        let inputs: Vec<SegmentInput<'_>> = memories
+            .iter()
+            .map(|(m, v)| SegmentInput {
+                memory: m,
+                vector: v,
+            })
+            .collect();
+        let output = if inputs.is_empty() {
+            None
+        } else {
+            let name = segment_name(inner.next_segment.fetch_add(1, Ordering::SeqCst));
+            let crash_at = inner
+                .options
+                .crash_at
+                .filter(|p| *p == CrashPoint::CompactAfterTempDir);
+            let path = segment::write(
+                &inner.dir,
+                &name,
+                inner.dim,
+                &inputs,
+                &inner.options.hnsw,
+                crash_at,
+            )?;
+            crash(inner, CrashPoint::CompactAfterRename)?;
+            Some(Arc::new(Segment::open(&path, inner.dim)?))
+        };
+        drop(inputs);
+        drop(memories);
+        let is_chosen = |s: &Arc<Segment>| chosen.iter().any(|c| Arc::ptr_eq(c, s));
+        {
+            let mut manifest = inner.manifest.lock();
+            let state = inner.state.read();
+            let mut segments: Vec<Arc<Segment>> = state
+                .segments
+                .iter()
+                .filter(|s| !is_chosen(s))
+                .cloned()
+                .collect();
+            segments.extend(output.iter().cloned());
+            let mut next = manifest.clone();
+            next.segments = segments.iter().map(|s| s.name().to_string()).collect();
+            next.next_segment = inner.next_segment.load(Ordering::SeqCst);
+            next.tombstones = state.tombstones_for(&segments);
+            drop(state);
+            next.store(&inner.dir)?;
+            *manifest = next;
+        }
+        crash(inner, CrashPoint::CompactAfterManifest)?;
+        {
+            let mut state = inner.state.write();
+            state.segments.retain(|s| !is_chosen(s));
+            state.segments.extend(output);
+            state.prune_deleted();
+        }
+        remove_segment_dirs(chosen)
+    }
+
+    /// Queues a seal (and then any compaction it enables) on the rayon pool, once.
+    pub(crate) fn schedule_seal(&self) {
+        let inner = &self.inner;
+        if inner.seal_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        inner.jobs.fetch_add(1, Ordering::AcqRel);
+        let vault = Vault {
+            inner: Arc::clone(inner),
+        };
+        rayon::spawn(move || {
+            vault.inner.seal_scheduled.store(false, Ordering::Release);
+            let result = vault.seal().and_then(|_| while_compacting(&vault));
+            if let Err(e) = result {
+                tracing::error!(vault = %vault.inner.name, error = %e, "background seal/compaction failed");
+            }
+            vault.inner.jobs.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+/// Runs compaction steps until the policy is satisfied (bounded: each step removes at least
+/// one segment or one segment's worth of tombstones).
+fn while_compacting(vault: &Vault) -> Result<()> {
+    const STEPS_MAX: usize = 16;
+    for _ in 0..STEPS_MAX {
+        if !vault.compact()? {
+            break;
+        }
+    }
+    Ok(())
+}

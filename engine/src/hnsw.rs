@@ -1,0 +1,357 @@
+//! HNSW graphs for large segments: built with `hnsw_rs`, stored as flat neighbour lists in
+//! `graph.bin`, searched in place over the mapped file.
+//!
+//! Why not reload `hnsw_rs`'s own dump: reloading allocates one `Arc<Point>` and one lock per
+//! vector (hundreds of milliseconds for 100k points), while a vault must open in
+//! milliseconds. So `hnsw_rs` does what it is good at — building the graph in parallel —
+//! and we copy its neighbour lists into a fixed-stride array that search walks directly from
+//! the map, with filters and tombstones applied during the walk.
+//!
+//! `graph.bin` payload (after the common 64-byte header, magic `MRSEGHNS`), all `u32` LE:
+//! ```text
+//! n, m0, m, levels, entry, reserved × 3          (32 bytes)
+//! layer 0: n rows of (1 + m0): count, neighbours…, zero padding
+//! for each level 1..=levels:
+//!   count_l, reserved
+//!   nodes_l[count_l]            sorted doc ids present on this level
+//!   rows of (1 + m) per node:   count, neighbours…, zero padding
+//! ```
+
+use std::cell::RefCell;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::path::Path;
+
+use hnsw_rs::prelude::Hnsw;
+
+use crate::distance::{UnitDistance, dot};
+use crate::error::{Error, Result};
+
+pub const MAGIC: &[u8; 8] = b"MRSEGHNS";
+pub const VERSION: u32 = 1;
+const SUBHEADER_WORDS: usize = 8;
+/// hnsw_rs caps the number of layers at 16.
+const LAYERS_MAX: usize = 16;
+
+/// Graph construction and search parameters.
+#[derive(Clone, Debug)]
+pub struct HnswParams {
+    /// Neighbours per node on upper levels (layer 0 keeps twice as many). 16 is the usual
+    /// sweet spot for 100-1000 dimensions.
+    pub m: usize,
+    /// Beam width while building; 200 buys recall ≥ 0.99 at modest search beams.
+    pub ef_construction: usize,
+    /// Beam width while searching (raised to k when k is larger).
+    pub ef_search: usize,
+    /// Segments with fewer records are scanned exactly instead: below this size a SIMD scan
+    /// is about as fast as a graph walk and needs no build (measured, `docs/benchmarks.md`).
+    pub min_records: usize,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        HnswParams {
+            m: 16,
+            ef_construction: 200,
+            ef_search: 64,
+            min_records: 20_000,
+        }
+    }
+}
+
+/// Builds the graph of `vectors` (`n × dim`, unit length) and returns the `graph.bin`
+/// payload. Runs `hnsw_rs`'s parallel insert on the rayon pool.
+pub fn build(vectors: &[f32], dim: usize, params: &HnswParams) -> Vec<u8> {
+    let n = vectors.len().checked_div(dim).unwrap_or(0);
+    let m = params.m.clamp(2, 128);
+    let m0 = 2 * m;
+    let mut words: Vec<u32> = vec![0; SUBHEADER_WORDS];
+    words[0] = n as u32;
+    words[1] = m0 as u32;
+    words[2] = m as u32;
+    if n == 0 {
+        return bytemuck::cast_slice(&words).to_vec();
+    }
+    let hnsw: Hnsw<f32, UnitDistance> = Hnsw::new(
+        m,
+        n,
+        LAYERS_MAX,
+        params.ef_construction.max(m),
+        UnitDistance,
+    );
+    let data: Vec<(&[f32], usize)> = vectors
+        .chunks_exact(dim)
+        .enumerate()
+        .map(|(i, v)| (v, i))
+        .collect();
+    hnsw.parallel_insert_slice(&data);
+
+    // Extract every node's level and neighbour lists.
+    let mut level = vec![0u8; n];
+    let mut lists: Vec<Vec<Vec<u32>>> = vec![Vec::new(); n];
+    for point in hnsw.get_point_indexation() {
+        let doc = point.get_origin_id();
+        if doc >= n {
+            continue;
+        }
+        let l = point.get_point_id().0;
+        level[doc] = l;
+        lists[doc] = point
+            .get_neighborhood_id()
+            .into_iter()
+            .take(usize::from(l) + 1)
+            .map(|layer| {
+                layer
+                    .iter()
+                    .map(|nb| nb.get_origin_id() as u32)
+                    .filter(|&d| (d as usize) < n && d as usize != doc)
+                    .collect()
+            })
+            .collect();
+    }
+    drop(hnsw);
+    let levels = level.iter().copied().max().unwrap_or(0) as usize;
+    let entry = level
+        .iter()
+        .position(|&l| l as usize == levels)
+        .unwrap_or(0);
+    words[3] = levels as u32;
+    words[4] = entry as u32;
+
+    let push_row = |words: &mut Vec<u32>, list: Option<&Vec<u32>>, width: usize| {
+        let list = list.map(|l| &l[..l.len().min(width)]).unwrap_or(&[]);
+        words.push(list.len() as u32);
+        words.extend_from_slice(list);
+        words.extend(std::iter::repeat_n(0, width - list.len()));
+    };
+    words.reserve(n * (1 + m0));
+    for list in &lists {
+        push_row(&mut words, list.first(), m0);
+    }
+    for l in 1..=levels {
+        let nodes: Vec<u32> = (0..n as u32)
+            .filter(|&d| level[d as usize] as usize >= l)
+            .collect();
+        words.push(nodes.len() as u32);
+        words.push(0);
+        words.extend_from_slice(&nodes);
+        for &d in &nodes {
+            push_row(&mut words, lists[d as usize].get(l), m);
+        }
+    }
+    bytemuck::cast_slice(&words).to_vec()
+}
+
+/// Offsets into a validated `graph.bin` payload; the payload itself stays in the map.
+#[derive(Clone, Debug)]
+pub struct Graph {
+    n: u32,
+    m0: usize,
+    m: usize,
+    entry: u32,
+    /// Per upper level: (offset of nodes_l, count, offset of rows) in words.
+    levels: Vec<(usize, usize, usize)>,
+}
+
+impl Graph {
+    /// Validates the layout (sizes, ids in range) of a payload for a segment of `n` docs.
+    pub fn parse(path: &Path, payload: &[u8], n: u32) -> Result<Graph> {
+        let bad = |why: &str| Error::corrupt(path, format!("graph: {why}"));
+        if !payload.len().is_multiple_of(4) || payload.len() < SUBHEADER_WORDS * 4 {
+            return Err(bad("size"));
+        }
+        let w: &[u32] = bytemuck::try_cast_slice(payload).map_err(|_| bad("alignment"))?;
+        let (gn, m0, m, levels, entry) = (w[0], w[1] as usize, w[2] as usize, w[3] as usize, w[4]);
+        if gn != n || (n > 0 && entry >= n) || levels >= LAYERS_MAX || m0 == 0 || m == 0 {
+            return Err(bad("sub-header"));
+        }
+        let mut at = SUBHEADER_WORDS + n as usize * (1 + m0);
+        let check_rows = |rows: &[u32], width: usize| {
+            rows.chunks_exact(1 + width)
+                .all(|r| (r[0] as usize) <= width && r[1..=r[0] as usize].iter().all(|&d| d < n))
+        };
+        if w.len() < at || !check_rows(&w[SUBHEADER_WORDS..at], m0) {
+            return Err(bad("layer 0"));
+        }
+        let mut lv = Vec::with_capacity(levels);
+        for _ in 0..levels {
+            let count = *w.get(at).ok_or_else(|| bad("level header"))? as usize;
+            let nodes = at + 2;
+            let rows = nodes + count;
+            let end = rows + count * (1 + m);
+            if end > w.len()
+                || w[nodes..rows].iter().any(|&d| d >= n)
+                || !w[nodes..rows].is_sorted()
+                || !check_rows(&w[rows..end], m)
+            {
+                return Err(bad("upper level"));
+            }
+            lv.push((nodes, count, rows));
+            at = end;
+        }
+        if at != w.len() {
+            return Err(bad("trailing words"));
+        }
+        Ok(Graph {
+            n,
+            m0,
+            m,
+            entry,
+            levels: lv,
+        })
+    }
+
+    fn neighbours<'a>(&self, w: &'a [u32], level: usize, doc: u32) -> &'a [u32] {
+        if level == 0 {
+            let s = SUBHEADER_WORDS + doc as usize * (1 + self.m0);
+            return &w[s + 1..s + 1 + w[s] as usize];
+        }
+        let (nodes, count, rows) = self.levels[level - 1];
+        match w[nodes..nodes + count].binary_search(&doc) {
+            Ok(i) => {
+                let s = rows + i * (1 + self.m);
+                &w[s + 1..s + 1 + w[s] as usize]
+            }
+            Err(_) => &[],
+        }
+    }
+
+    /// Top-`k` docs by cosine among those `accept` lets through, best first. Rejected docs are
+    /// still walked through (they connect the graph) but never take a result slot.
+    #[allow(clippy::too_many_arguments)]
+    pub fn search(
+        &self,
+        payload: &[u8],
+        vectors: &[f32],
+        dim: usize,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        accept: &dyn Fn(u32) -> bool,
+    ) -> Vec<(u32, f32)> {
+        if self.n == 0 || k == 0 {
+            return Vec::new();
+        }
+        let Ok(w) = bytemuck::try_cast_slice::<u8, u32>(payload) else {
+            return Vec::new();
+        };
+        let dist = |d: u32| {
+            let s = d as usize * dim;
+            1.0 - dot(query, &vectors[s..s + dim])
+        };
+        // Greedy descent through the upper levels.
+        let mut ep = self.entry;
+        let mut d_ep = dist(ep);
+        for level in (1..=self.levels.len()).rev() {
+            loop {
+                let mut moved = false;
+                for &nb in self.neighbours(w, level, ep) {
+                    let d = dist(nb);
+                    if d < d_ep {
+                        (ep, d_ep, moved) = (nb, d, true);
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+        // Beam search on layer 0.
+        let ef = ef.max(k);
+        VISITED.with(|cell| {
+            let mut visited = cell.borrow_mut();
+            let epoch = visited.next_epoch(self.n as usize);
+            let mut candidates: BinaryHeap<Near> = BinaryHeap::with_capacity(ef * 2);
+            let mut results: BinaryHeap<Far> = BinaryHeap::with_capacity(ef + 1);
+            visited.marks[ep as usize] = epoch;
+            candidates.push(Near(d_ep, ep));
+            if accept(ep) {
+                results.push(Far(d_ep, ep));
+            }
+            while let Some(Near(d, doc)) = candidates.pop() {
+                let bound = results.peek().map_or(f32::INFINITY, |f| f.0);
+                if d > bound && results.len() >= ef {
+                    break;
+                }
+                for &nb in self.neighbours(w, 0, doc) {
+                    if visited.marks[nb as usize] == epoch {
+                        continue;
+                    }
+                    visited.marks[nb as usize] = epoch;
+                    let dn = dist(nb);
+                    let bound = results.peek().map_or(f32::INFINITY, |f| f.0);
+                    if results.len() < ef || dn < bound {
+                        candidates.push(Near(dn, nb));
+                        if accept(nb) {
+                            results.push(Far(dn, nb));
+                            if results.len() > ef {
+                                results.pop();
+                            }
+                        }
+                    }
+                }
+            }
+            let mut out: Vec<(u32, f32)> = results
+                .into_iter()
+                .map(|Far(d, doc)| (doc, 1.0 - d))
+                .collect();
+            out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            out.truncate(k);
+            out
+        })
+    }
+}
+
+/// Per-thread visited marks, reused across searches: an epoch counter instead of clearing.
+struct Visited {
+    marks: Vec<u32>,
+    epoch: u32,
+}
+
+impl Visited {
+    fn next_epoch(&mut self, n: usize) -> u32 {
+        if self.marks.len() < n {
+            self.marks.resize(n, 0);
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.marks.fill(0);
+            self.epoch = 1;
+        }
+        self.epoch
+    }
+}
+
+thread_local! {
+    static VISITED: RefCell<Visited> = const { RefCell::new(Visited { marks: Vec::new(), epoch: 0 }) };
+}
+
+/// Min-heap entry on distance (candidates: nearest first).
+#[derive(Clone, Copy, PartialEq)]
+struct Near(f32, u32);
+impl Eq for Near {}
+impl Ord for Near {
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.0.total_cmp(&self.0).then(o.1.cmp(&self.1))
+    }
+}
+impl PartialOrd for Near {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+/// Max-heap entry on distance (results: farthest at the root, evicted first).
+#[derive(Clone, Copy, PartialEq)]
+struct Far(f32, u32);
+impl Eq for Far {}
+impl Ord for Far {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.0.total_cmp(&o.0).then(self.1.cmp(&o.1))
+    }
+}
+impl PartialOrd for Far {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}

@@ -1,0 +1,198 @@
+//! The registry of vaults ([`Engine`]): opens a vault on first use, keeps at most
+//! `open_vaults_max` of them open (least recently used idle ones are closed), and never scans
+//! the vault directories at start — 100k vaults on disk cost nothing until they are used.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use wal::Durability;
+
+use crate::embedder::{BuiltinEmbedder, Embedder};
+use crate::error::{Error, Result};
+use crate::hnsw::HnswParams;
+use crate::vault::{MEMTABLE_RECORDS_MAX_DEFAULT, Vault, VaultOptions};
+
+/// Default bound on open vaults. An idle open vault costs its memtable plus a few file
+/// descriptors (WAL, maps); 1024 of them fit comfortably in a small server's limits.
+pub const OPEN_VAULTS_MAX_DEFAULT: usize = 1024;
+/// Longest vault id, in bytes (it is a directory name).
+pub const VAULT_ID_BYTES_MAX: usize = 64;
+
+/// How the engine runs.
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// One directory per vault under it, e.g. `DATA_DIR/vaults`.
+    pub root: PathBuf,
+    pub durability: Durability,
+    /// Idle vaults beyond this are closed, least recently used first.
+    pub open_vaults_max: usize,
+    /// Seal threshold of each vault's memtable, in records.
+    pub memtable_records_max: usize,
+    pub embedder: Arc<dyn Embedder>,
+    /// Graph parameters for large segments.
+    pub hnsw: HnswParams,
+}
+
+impl EngineConfig {
+    /// Defaults: fsync durability, [`OPEN_VAULTS_MAX_DEFAULT`], [`MEMTABLE_RECORDS_MAX_DEFAULT`],
+    /// the built-in embedder.
+    pub fn new(root: PathBuf) -> Self {
+        EngineConfig {
+            root,
+            durability: Durability::Fsync,
+            open_vaults_max: OPEN_VAULTS_MAX_DEFAULT,
+            memtable_records_max: MEMTABLE_RECORDS_MAX_DEFAULT,
+            embedder: Arc::new(BuiltinEmbedder::new()),
+            hnsw: HnswParams::default(),
+        }
+    }
+}
+
+struct Slot {
+    vault: Arc<Vault>,
+    last_used: u64,
+}
+
+/// All vaults of one node. `Send + Sync`; share it by reference or `Arc`.
+pub struct Engine {
+    config: EngineConfig,
+    open: Mutex<(HashMap<String, Slot>, u64)>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("root", &self.config.root)
+            .finish()
+    }
+}
+
+/// Checks `[A-Za-z0-9_-]{1,64}`.
+pub fn validate_vault_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= VAULT_ID_BYTES_MAX
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidVaultId { id: id.to_string() })
+    }
+}
+
+impl Engine {
+    /// Creates the root directory if needed. Does not look inside it.
+    pub fn open(config: EngineConfig) -> Result<Engine> {
+        std::fs::create_dir_all(&config.root).map_err(Error::io(&config.root))?;
+        Ok(Engine {
+            config,
+            open: Mutex::new((HashMap::new(), 0)),
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    fn options(&self) -> VaultOptions {
+        let mut o = VaultOptions::new(Arc::clone(&self.config.embedder));
+        o.durability = self.config.durability;
+        o.memtable_records_max = self.config.memtable_records_max;
+        o.hnsw = self.config.hnsw.clone();
+        o
+    }
+
+    /// The vault `id`, opened (or created) on first use.
+    pub fn vault(&self, id: &str) -> Result<Arc<Vault>> {
+        validate_vault_id(id)?;
+        let mut guard = self.open.lock();
+        let (map, clock) = &mut *guard;
+        *clock += 1;
+        if let Some(slot) = map.get_mut(id) {
+            slot.last_used = *clock;
+            return Ok(Arc::clone(&slot.vault));
+        }
+        // Opening under the registry lock keeps two callers from opening one directory
+        // twice; an open is a manifest read, a few maps and a WAL replay (milliseconds).
+        let vault = Arc::new(Vault::open(&self.config.root.join(id), self.options())?);
+        map.insert(
+            id.to_string(),
+            Slot {
+                vault: Arc::clone(&vault),
+                last_used: *clock,
+            },
+        );
+        Self::evict(map, self.config.open_vaults_max);
+        Ok(vault)
+    }
+
+    /// Closes least recently used vaults until at most `max` are open, skipping vaults that
+    /// someone still holds or that have background work in flight (closing those would let a
+    /// second instance open the same directory).
+    fn evict(map: &mut HashMap<String, Slot>, max: usize) {
+        while map.len() > max {
+            let victim = map
+                .iter()
+                .filter(|(_, s)| Arc::strong_count(&s.vault) == 1 && !s.vault.is_busy())
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(k, _)| k.clone());
+            let Some(id) = victim else {
+                break;
+            };
+            if let Some(Err(e)) = map.remove(&id).map(|slot| slot.vault.sync()) {
+                tracing::error!(vault = %id, error = %e, "sync on close failed");
+            }
+        }
+    }
+
+    pub fn open_vault_count(&self) -> usize {
+        self.open.lock().0.len()
+    }
+
+    /// Lists vault directories (admin/dashboard only: this one does read the root).
+    pub fn vault_ids(&self) -> Result<Vec<String>> {
+        let root = &self.config.root;
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(root).map_err(Error::io(root))? {
+            let entry = entry.map_err(Error::io(root))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) && validate_vault_id(&name).is_ok() {
+                ids.push(name);
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Closes and deletes a vault's directory. Handles still held elsewhere fail with
+    /// [`Error::VaultClosed`] from then on.
+    pub fn purge_vault(&self, id: &str) -> Result<()> {
+        validate_vault_id(id)?;
+        let mut guard = self.open.lock();
+        if let Some(slot) = guard.0.remove(id) {
+            slot.vault.mark_closed();
+        }
+        let dir = self.config.root.join(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&dir)(e)),
+        }
+        crate::file::sync_dir(&self.config.root)
+    }
+
+    /// Syncs every open vault's WAL (shutdown, `Buffered` durability).
+    pub fn flush(&self) -> Result<()> {
+        let vaults: Vec<Arc<Vault>> = self
+            .open
+            .lock()
+            .0
+            .values()
+            .map(|s| Arc::clone(&s.vault))
+            .collect();
+        vaults.iter().try_for_each(|v| v.sync())
+    }
+}

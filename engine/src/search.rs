@@ -1,0 +1,208 @@
+//! Hybrid search over one vault: vector candidates from every source (exact SIMD scans of
+//! the memtables and small segments, HNSW walks of large ones), BM25 candidates over all of
+//! them as one corpus, fused by `fusion::fuse` with a small recency and session prior.
+//! Filters and tombstones are applied inside every scan, walk and posting loop, so deleted or
+//! filtered-out records never take a slot and `k` results come back whenever `k` match.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::fusion::fuse;
+use crate::lexical::{LexicalSource, bm25};
+use crate::query::{Hit, SearchQuery};
+use crate::record::MemoryId;
+use crate::vault::{Loc, State, Vault};
+
+/// Largest `k` a search may ask for.
+pub const SEARCH_K_MAX: usize = 1000;
+/// Each retriever proposes this many times `k` candidates to fusion (a memory ranked low by
+/// one retriever but high by the other must still reach the fuser).
+const CANDIDATES_PER_K: usize = 4;
+/// ... and at least this many.
+const CANDIDATES_MIN: usize = 40;
+/// Weight of the recency prior for a memory created at `now_ms`; halves every
+/// [`RECENCY_HALF_LIFE_DAYS`]. Small: it breaks near-ties, it does not outrank relevance.
+const RECENCY_PRIOR_MAX: f32 = 0.03;
+const RECENCY_HALF_LIFE_DAYS: f32 = 30.0;
+/// Prior added to memories of `boost_session`.
+const SESSION_BOOST: f32 = 0.05;
+const MS_PER_DAY: f32 = 86_400_000.0;
+
+/// Facts the prior needs about one candidate.
+struct Candidate {
+    loc: Loc,
+    created_at_ms: i64,
+    in_boost_session: bool,
+}
+
+impl Vault {
+    /// Hybrid search; hits sorted by score (in [0, 1]) best first.
+    pub fn search(&self, q: &SearchQuery) -> Result<Vec<Hit>> {
+        self.check_open()?;
+        if q.k > SEARCH_K_MAX {
+            return Err(Error::InvalidArgument {
+                name: "k",
+                reason: format!("{} is above the limit of {SEARCH_K_MAX}", q.k),
+            });
+        }
+        if q.k == 0 {
+            return Ok(Vec::new());
+        }
+        let inner = &*self.inner;
+        let query = inner.options.embedder.embed(&q.text);
+        if query.len() != inner.dim {
+            return Err(Error::InvalidArgument {
+                name: "embedder",
+                reason: format!(
+                    "query vector has length {}, vault dim is {}",
+                    query.len(),
+                    inner.dim
+                ),
+            });
+        }
+        let pool = (q.k * CANDIDATES_PER_K).max(CANDIDATES_MIN);
+        let ef = inner.options.hnsw.ef_search.max(pool);
+        let state = inner.state.read();
+        let filter = &q.filter;
+        let boost = q.boost_session.as_deref();
+        let mut cands: HashMap<MemoryId, Candidate> = HashMap::new();
+        let mut note = |state: &State, id: MemoryId, loc: Loc| {
+            cands.entry(id).or_insert_with(|| {
+                let (created_at_ms, in_boost_session) = match loc {
+                    Loc::Memtable(d) => {
+                        let m = state.memtable.memory(d);
+                        (m.created_at_ms, boost == Some(m.session_id.as_str()))
+                    }
+                    Loc::Frozen(i, d) => {
+                        let m = state.frozen[i].0.memory(d);
+                        (m.created_at_ms, boost == Some(m.session_id.as_str()))
+                    }
+                    Loc::Segment(i, d) => {
+                        let s = &state.segments[i];
+                        (s.created_at(d), boost == Some(s.session(d)))
+                    }
+                };
+                Candidate {
+                    loc,
+                    created_at_ms,
+                    in_boost_session,
+                }
+            });
+        };
+
+        // Sources in a fixed order: memtable, frozen memtables, segments.
+        let n_frozen = state.frozen.len();
+        let loc_of = |src: usize, doc: u32| -> Loc {
+            if src == 0 {
+                Loc::Memtable(doc)
+            } else if src <= n_frozen {
+                Loc::Frozen(src - 1, doc)
+            } else {
+                Loc::Segment(src - 1 - n_frozen, doc)
+            }
+        };
+        let accept = |src: usize, doc: u32| -> bool {
+            match loc_of(src, doc) {
+                Loc::Memtable(d) => {
+                    let m = state.memtable.memory(d);
+                    !state.deleted.contains(&m.id) && filter.matches_memory(m)
+                }
+                Loc::Frozen(i, d) => {
+                    let m = state.frozen[i].0.memory(d);
+                    !state.deleted.contains(&m.id) && filter.matches_memory(m)
+                }
+                Loc::Segment(i, d) => {
+                    let s = &state.segments[i];
+                    !state.deleted.contains(&s.id(d)) && s.matches(d, filter)
+                }
+            }
+        };
+        let id_of = |loc: Loc| match loc {
+            Loc::Memtable(d) => state.memtable.memory(d).id,
+            Loc::Frozen(i, d) => state.frozen[i].0.memory(d).id,
+            Loc::Segment(i, d) => state.segments[i].id(d),
+        };
+
+        // Vector candidates.
+        let mut vector: Vec<(MemoryId, f32)> = Vec::new();
+        let mut push_hits =
+            |src: usize, hits: Vec<(u32, f32)>, vector: &mut Vec<(MemoryId, f32)>| {
+                for (doc, score) in hits {
+                    let loc = loc_of(src, doc);
+                    let id = id_of(loc);
+                    note(&state, id, loc);
+                    vector.push((id, score));
+                }
+            };
+        push_hits(
+            0,
+            state.memtable.search(&query, pool, &|d| accept(0, d)),
+            &mut vector,
+        );
+        for (i, (f, _)) in state.frozen.iter().enumerate() {
+            push_hits(
+                1 + i,
+                f.search(&query, pool, &|d| accept(1 + i, d)),
+                &mut vector,
+            );
+        }
+        for (i, s) in state.segments.iter().enumerate() {
+            let src = 1 + n_frozen + i;
+            push_hits(
+                src,
+                s.search(&query, pool, ef, &|d| accept(src, d)),
+                &mut vector,
+            );
+        }
+        vector.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        vector.truncate(pool);
+
+        // Lexical candidates, with corpus statistics over every source together.
+        let mut sources: Vec<&dyn LexicalSource> = vec![state.memtable.lexical()];
+        sources.extend(
+            state
+                .frozen
+                .iter()
+                .map(|(f, _)| f.lexical() as &dyn LexicalSource),
+        );
+        sources.extend(
+            state
+                .segments
+                .iter()
+                .map(|s| s.lexical() as &dyn LexicalSource),
+        );
+        let lexical: Vec<(MemoryId, f32)> = bm25(&sources, &q.text, pool, &accept)
+            .into_iter()
+            .map(|(src, doc, score)| {
+                let loc = loc_of(src, doc);
+                let id = id_of(loc);
+                note(&state, id, loc);
+                (id, score)
+            })
+            .collect();
+
+        let prior = |id: MemoryId| -> f32 {
+            let Some(c) = cands.get(&id) else {
+                return 0.0;
+            };
+            let age_days = ((q.now_ms - c.created_at_ms).max(0) as f32) / MS_PER_DAY;
+            let recency = RECENCY_PRIOR_MAX * 0.5f32.powf(age_days / RECENCY_HALF_LIFE_DAYS);
+            recency
+                + if c.in_boost_session {
+                    SESSION_BOOST
+                } else {
+                    0.0
+                }
+        };
+        let fused = fuse(&vector, &lexical, &prior, q.k);
+        Ok(fused
+            .into_iter()
+            .filter_map(|(id, score)| {
+                cands.get(&id).map(|c| Hit {
+                    memory: state.memory(c.loc),
+                    score: score.clamp(0.0, 1.0),
+                })
+            })
+            .collect())
+    }
+}

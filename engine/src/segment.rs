@@ -1,0 +1,513 @@
+//! Immutable segments: a directory of files holding sealed records, mapped read-only.
+//!
+//! ```text
+//! seg-<seq:016x>/
+//!   vectors.bin   MRSEGVEC  n × dim little-endian f32, doc-major, 64-byte aligned
+//!   records.bin   MRSEGREC  n fixed 64-byte rows sorted by id + a string heap
+//!   lexical.bin   MRLEXIDX  BM25 index (lexical.rs, its own framing and crc)
+//!   graph.bin     MRSEGHNS  HNSW neighbour lists (hnsw.rs), only for large segments
+//! ```
+//! Byte layouts in `docs/format.md` ("engine: segment files"). A segment is written to
+//! `<name>.tmp/`, every file fsynced, the directory fsynced, renamed to `<name>/`, the vault
+//! directory fsynced; only then does a manifest name it. A directory the manifest does not
+//! name is garbage from a crash and is removed at open.
+
+use std::path::{Path, PathBuf};
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::file::{self, HEADER_BYTES};
+use crate::hnsw::{self, Graph, HnswParams};
+use crate::lexical::{LexicalBuilder, LexicalSource};
+use crate::mmap::{MappedFile, MappedLexical};
+use crate::query::Filter;
+use crate::record::{Memory, MemoryId, Metadata, Role, parse_metadata};
+use crate::vault::CrashPoint;
+
+const VECTORS_MAGIC: &[u8; 8] = b"MRSEGVEC";
+const RECORDS_MAGIC: &[u8; 8] = b"MRSEGREC";
+const VERSION: u32 = 1;
+const VERSION_OLDEST: u32 = 1;
+const VECTORS_FILE: &str = "vectors.bin";
+const RECORDS_FILE: &str = "records.bin";
+const LEXICAL_FILE: &str = "lexical.bin";
+const GRAPH_FILE: &str = "graph.bin";
+/// Sub-header at the start of the vectors payload (n, dim, zero padding), sized so the floats
+/// start 64-byte aligned in the file.
+const VECTORS_SUBHEADER_BYTES: usize = 64;
+/// Sub-header at the start of the records payload (n, reserved, heap offset).
+const RECORDS_SUBHEADER_BYTES: usize = 16;
+/// Strings live in one heap addressed by u32 offsets.
+const HEAP_BYTES_MAX: usize = u32::MAX as usize;
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("segment files are little-endian and mapped as native arrays");
+
+/// One record's fixed-size row in `records.bin`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(crate) struct Row {
+    pub id: u64,
+    pub created_at_ms: i64,
+    pub content_hash: u64,
+    pub chunk: u32,
+    pub role: u8,
+    pub flags: u8,
+    pub reserved: u16,
+    pub session: [u32; 2],
+    pub text: [u32; 2],
+    pub model: [u32; 2],
+    pub metadata: [u32; 2],
+}
+
+const _: () = assert!(std::mem::size_of::<Row>() == 64);
+const ROW_HAS_MODEL: u8 = 1;
+const ROW_HAS_METADATA: u8 = 2;
+
+/// A record to write into a new segment.
+pub(crate) struct SegmentInput<'a> {
+    pub memory: &'a Memory,
+    pub vector: &'a [f32],
+}
+
+/// Writes a segment directory `dir/name` from records sorted by id. Returns its path.
+pub(crate) fn write(
+    vault_dir: &Path,
+    name: &str,
+    dim: usize,
+    inputs: &[SegmentInput<'_>],
+    hnsw: &HnswParams,
+    crash: Option<CrashPoint>,
+) -> Result<PathBuf> {
+    debug_assert!(inputs.windows(2).all(|w| w[0].memory.id < w[1].memory.id));
+    let tmp = vault_dir.join(format!("{name}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(Error::io(&tmp))?;
+    }
+    std::fs::create_dir(&tmp).map_err(Error::io(&tmp))?;
+
+    // Vectors.
+    let n = inputs.len();
+    let mut vectors = Vec::with_capacity(VECTORS_SUBHEADER_BYTES + n * dim * 4);
+    vectors.extend_from_slice(&(n as u32).to_le_bytes());
+    vectors.extend_from_slice(&(dim as u32).to_le_bytes());
+    vectors.resize(VECTORS_SUBHEADER_BYTES, 0);
+    let mut flat = Vec::with_capacity(n * dim);
+    for input in inputs {
+        if input.vector.len() != dim {
+            return Err(Error::corrupt(&tmp, "vector of the wrong dimension"));
+        }
+        flat.extend_from_slice(input.vector);
+    }
+    vectors.extend_from_slice(bytemuck::cast_slice(&flat));
+    file::write_new(&tmp.join(VECTORS_FILE), VECTORS_MAGIC, VERSION, &vectors)?;
+    drop(vectors);
+
+    // Records.
+    let mut rows: Vec<Row> = Vec::with_capacity(n);
+    let mut heap: Vec<u8> = Vec::new();
+    let mut put = |bytes: &[u8]| -> Result<[u32; 2]> {
+        let off = heap.len();
+        if off + bytes.len() > HEAP_BYTES_MAX {
+            return Err(Error::corrupt(&tmp, "segment string heap above 4 GiB"));
+        }
+        heap.extend_from_slice(bytes);
+        Ok([off as u32, bytes.len() as u32])
+    };
+    for input in inputs {
+        let m = input.memory;
+        let mut flags = 0;
+        let model = match &m.model {
+            Some(s) => {
+                flags |= ROW_HAS_MODEL;
+                put(s.as_bytes())?
+            }
+            None => [0, 0],
+        };
+        let metadata = match &m.metadata {
+            Some(md) => {
+                flags |= ROW_HAS_METADATA;
+                put(&serde_json::to_vec(md).unwrap_or_default())?
+            }
+            None => [0, 0],
+        };
+        rows.push(Row {
+            id: m.id,
+            created_at_ms: m.created_at_ms,
+            content_hash: m.content_hash,
+            chunk: m.chunk,
+            role: m.role.code(),
+            flags,
+            reserved: 0,
+            session: put(m.session_id.as_bytes())?,
+            text: put(m.text.as_bytes())?,
+            model,
+            metadata,
+        });
+    }
+    let mut records = Vec::with_capacity(RECORDS_SUBHEADER_BYTES + n * 64 + heap.len());
+    records.extend_from_slice(&(n as u32).to_le_bytes());
+    records.extend_from_slice(&0u32.to_le_bytes());
+    let heap_offset = (RECORDS_SUBHEADER_BYTES + n * 64) as u64;
+    records.extend_from_slice(&heap_offset.to_le_bytes());
+    records.extend_from_slice(bytemuck::cast_slice(&rows));
+    records.extend_from_slice(&heap);
+    file::write_new(&tmp.join(RECORDS_FILE), RECORDS_MAGIC, VERSION, &records)?;
+    drop(records);
+
+    // Lexical index (carries its own magic, version and crc).
+    let mut lex = LexicalBuilder::new();
+    for (doc, input) in inputs.iter().enumerate() {
+        lex.add(doc as u32, &input.memory.text);
+    }
+    write_raw(&tmp.join(LEXICAL_FILE), &lex.finish())?;
+
+    // Graph, only where it beats a scan.
+    if n >= hnsw.min_records {
+        let graph = hnsw::build(&flat, dim, hnsw);
+        file::write_new(&tmp.join(GRAPH_FILE), hnsw::MAGIC, hnsw::VERSION, &graph)?;
+    }
+    file::sync_dir(&tmp)?;
+    if crash == Some(CrashPoint::SealAfterTempDir) || crash == Some(CrashPoint::CompactAfterTempDir)
+    {
+        return Err(Error::InjectedCrash {
+            point: crash.unwrap_or(CrashPoint::SealAfterTempDir),
+        });
+    }
+    let dest = vault_dir.join(name);
+    std::fs::rename(&tmp, &dest).map_err(Error::io(&dest))?;
+    file::sync_dir(vault_dir)?;
+    Ok(dest)
+}
+
+fn write_raw(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(Error::io(path))?;
+    f.write_all(bytes).map_err(Error::io(path))?;
+    f.sync_all().map_err(Error::io(path))
+}
+
+/// An open, immutable, mapped segment.
+pub struct Segment {
+    name: String,
+    dir: PathBuf,
+    n: u32,
+    dim: usize,
+    vectors: MappedFile,
+    records: MappedFile,
+    lexical: MappedLexical,
+    graph: Option<(MappedFile, Graph)>,
+    min_id: MemoryId,
+    max_id: MemoryId,
+    bytes_on_disk: u64,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("name", &self.name)
+            .field("n", &self.n)
+            .field("hnsw", &self.graph.is_some())
+            .finish()
+    }
+}
+
+impl Segment {
+    /// Maps and validates a segment directory. Headers, sizes, row bounds and the lexical
+    /// index are checked; the payload crcs of vectors and graph are not (they are the bulk of
+    /// the bytes and checking them would turn a millisecond open into a full read) — see
+    /// [`Segment::verify`].
+    pub fn open(dir: &Path, expected_dim: usize) -> Result<Segment> {
+        let name = dir
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let vectors = MappedFile::open(&dir.join(VECTORS_FILE))?;
+        let (_, vp) = file::parse(
+            vectors.path(),
+            vectors.bytes(),
+            VECTORS_MAGIC,
+            VERSION_OLDEST,
+            VERSION,
+            false,
+        )?;
+        if vp.len() < VECTORS_SUBHEADER_BYTES {
+            return Err(Error::corrupt(vectors.path(), "vectors sub-header missing"));
+        }
+        let n = file::u32_at(vp, 0);
+        let dim = file::u32_at(vp, 4) as usize;
+        if dim != expected_dim {
+            return Err(Error::corrupt(
+                vectors.path(),
+                format!("dim {dim}, vault dim {expected_dim}"),
+            ));
+        }
+        if vp.len() != VECTORS_SUBHEADER_BYTES + n as usize * dim * 4 {
+            return Err(Error::corrupt(
+                vectors.path(),
+                "vector count does not match the size",
+            ));
+        }
+
+        let records = MappedFile::open(&dir.join(RECORDS_FILE))?;
+        let (_, rp) = file::parse(
+            records.path(),
+            records.bytes(),
+            RECORDS_MAGIC,
+            VERSION_OLDEST,
+            VERSION,
+            true,
+        )?;
+        if rp.len() < RECORDS_SUBHEADER_BYTES || file::u32_at(rp, 0) != n {
+            return Err(Error::corrupt(
+                records.path(),
+                "record count differs from vector count",
+            ));
+        }
+        let heap_offset = u64::from_le_bytes(
+            rp[8..16]
+                .try_into()
+                .map_err(|_| Error::corrupt(records.path(), "sub-header"))?,
+        ) as usize;
+        if heap_offset != RECORDS_SUBHEADER_BYTES + n as usize * 64 || heap_offset > rp.len() {
+            return Err(Error::corrupt(records.path(), "heap offset"));
+        }
+        let lexical = MappedLexical::open(&dir.join(LEXICAL_FILE))?;
+        let graph_path = dir.join(GRAPH_FILE);
+        let graph = if graph_path.exists() {
+            let map = MappedFile::open(&graph_path)?;
+            let (_, gp) = file::parse(
+                &graph_path,
+                map.bytes(),
+                hnsw::MAGIC,
+                hnsw::VERSION,
+                hnsw::VERSION,
+                false,
+            )?;
+            let graph = Graph::parse(&graph_path, gp, n)?;
+            Some((map, graph))
+        } else {
+            None
+        };
+        let mut seg = Segment {
+            name,
+            dir: dir.to_path_buf(),
+            n,
+            dim,
+            bytes_on_disk: 0,
+            vectors,
+            records,
+            lexical,
+            graph,
+            min_id: 0,
+            max_id: 0,
+        };
+        // Validate every row once so later accessors can slice without checks failing.
+        let heap_len = seg.heap().len();
+        let mut prev = None;
+        for row in seg.rows() {
+            for [off, len] in [row.session, row.text, row.model, row.metadata] {
+                if off as usize + len as usize > heap_len {
+                    return Err(Error::corrupt(
+                        seg.records.path(),
+                        format!("row {} points past the heap", row.id),
+                    ));
+                }
+            }
+            if Role::from_code(row.role).is_none() || prev.is_some_and(|p| p >= row.id) {
+                return Err(Error::corrupt(
+                    seg.records.path(),
+                    "rows unsorted or bad role",
+                ));
+            }
+            prev = Some(row.id);
+        }
+        if seg.lexical.view().n_docs() > n {
+            return Err(Error::corrupt(
+                seg.lexical.path(),
+                "more lexical docs than records",
+            ));
+        }
+        seg.min_id = seg.rows().first().map_or(0, |r| r.id);
+        seg.max_id = seg.rows().last().map_or(0, |r| r.id);
+        seg.bytes_on_disk = (seg.vectors.bytes().len()
+            + seg.records.bytes().len()
+            + seg.lexical.file_bytes()
+            + seg.graph.as_ref().map_or(0, |g| g.0.bytes().len()))
+            as u64;
+        Ok(seg)
+    }
+
+    /// Checks every payload checksum (the vectors and graph too).
+    pub fn verify(&self) -> Result<()> {
+        for (map, magic) in [
+            (&self.vectors, VECTORS_MAGIC),
+            (&self.records, RECORDS_MAGIC),
+        ] {
+            file::parse(
+                map.path(),
+                map.bytes(),
+                magic,
+                VERSION_OLDEST,
+                VERSION,
+                true,
+            )?;
+        }
+        if let Some((map, _)) = &self.graph {
+            file::parse(
+                map.path(),
+                map.bytes(),
+                hnsw::MAGIC,
+                hnsw::VERSION,
+                hnsw::VERSION,
+                true,
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn len(&self) -> u32 {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    pub fn has_graph(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.bytes_on_disk
+    }
+
+    pub fn id_range(&self) -> (MemoryId, MemoryId) {
+        (self.min_id, self.max_id)
+    }
+
+    fn records_payload(&self) -> &[u8] {
+        &self.records.bytes()[HEADER_BYTES..]
+    }
+
+    pub(crate) fn rows(&self) -> &[Row] {
+        let start = RECORDS_SUBHEADER_BYTES;
+        bytemuck::cast_slice(&self.records_payload()[start..start + self.n as usize * 64])
+    }
+
+    fn heap(&self) -> &[u8] {
+        &self.records_payload()[RECORDS_SUBHEADER_BYTES + self.n as usize * 64..]
+    }
+
+    fn str_at(&self, [off, len]: [u32; 2]) -> &str {
+        // Validated as in-bounds at open; written from `String`s, so UTF-8 unless the disk
+        // lies, in which case the lossy fallback is an empty string, not a panic.
+        std::str::from_utf8(&self.heap()[off as usize..off as usize + len as usize]).unwrap_or("")
+    }
+
+    pub fn vectors(&self) -> &[f32] {
+        let start = HEADER_BYTES + VECTORS_SUBHEADER_BYTES;
+        bytemuck::cast_slice(&self.vectors.bytes()[start..start + self.n as usize * self.dim * 4])
+    }
+
+    pub fn vector(&self, doc: u32) -> &[f32] {
+        let s = doc as usize * self.dim;
+        &self.vectors()[s..s + self.dim]
+    }
+
+    pub fn lexical(&self) -> &crate::lexical::LexicalView<'_> {
+        self.lexical.view()
+    }
+
+    pub fn id(&self, doc: u32) -> MemoryId {
+        self.rows()[doc as usize].id
+    }
+
+    /// The doc holding `id`, by binary search over the sorted rows.
+    pub fn doc_of(&self, id: MemoryId) -> Option<u32> {
+        if id < self.min_id || id > self.max_id {
+            return None;
+        }
+        self.rows()
+            .binary_search_by_key(&id, |r| r.id)
+            .ok()
+            .map(|d| d as u32)
+    }
+
+    pub fn session(&self, doc: u32) -> &str {
+        self.str_at(self.rows()[doc as usize].session)
+    }
+
+    pub fn content_hash(&self, doc: u32) -> u64 {
+        self.rows()[doc as usize].content_hash
+    }
+
+    fn metadata(&self, row: &Row) -> Option<Metadata> {
+        (row.flags & ROW_HAS_METADATA != 0)
+            .then(|| parse_metadata(self.str_at(row.metadata).as_bytes()).ok())
+            .flatten()
+    }
+
+    /// Evaluates `filter` on a doc without materialising the memory.
+    pub fn matches(&self, doc: u32, filter: &Filter) -> bool {
+        let row = &self.rows()[doc as usize];
+        let role = Role::from_code(row.role).unwrap_or(Role::Note);
+        filter.matches(self.str_at(row.session), role, row.created_at_ms, || {
+            self.metadata(row)
+        })
+    }
+
+    pub fn created_at(&self, doc: u32) -> i64 {
+        self.rows()[doc as usize].created_at_ms
+    }
+
+    pub fn memory(&self, doc: u32) -> Memory {
+        let row = &self.rows()[doc as usize];
+        Memory {
+            id: row.id,
+            session_id: self.str_at(row.session).to_string(),
+            role: Role::from_code(row.role).unwrap_or(Role::Note),
+            text: self.str_at(row.text).to_string(),
+            created_at_ms: row.created_at_ms,
+            model: (row.flags & ROW_HAS_MODEL != 0).then(|| self.str_at(row.model).to_string()),
+            metadata: self.metadata(row),
+            content_hash: row.content_hash,
+            chunk: row.chunk,
+        }
+    }
+
+    /// Top-`k` by cosine among accepted docs: the HNSW graph when there is one (falling back
+    /// to a scan when the filter starves it of results), else an exact scan. Best first.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        accept: &dyn Fn(u32) -> bool,
+    ) -> Vec<(u32, f32)> {
+        if let Some((map, graph)) = &self.graph {
+            let payload = &map.bytes()[HEADER_BYTES..];
+            let hits = graph.search(payload, self.vectors(), self.dim, query, k, ef, accept);
+            if hits.len() >= k.min(self.n as usize) {
+                return hits;
+            }
+            // A selective filter can leave the graph walk with fewer than k accepted docs even
+            // though more exist; the scan is exact and, for a selective filter, cheap enough.
+        }
+        crate::distance::exact_top_k(self.vectors(), self.dim, query, k, accept)
+    }
+}

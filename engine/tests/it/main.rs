@@ -1,0 +1,4 @@
+//! Integration tests of the engine's public API: one binary, one module per concern.
+
+mod basic;
+mod common;
