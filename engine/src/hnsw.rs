@@ -355,3 +355,120 @@ impl PartialOrd for Far {
         Some(self.cmp(o))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::distance::exact_top_k;
+
+    /// xorshift64*: deterministic test data without a rand dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            ((self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 24) as f32) * 2.0
+                - 1.0
+        }
+    }
+
+    fn normalize(v: &mut [f32]) {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+
+    fn random(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+        let mut rng = Rng(seed);
+        let mut out = Vec::with_capacity(n * dim);
+        for _ in 0..n {
+            let mut v: Vec<f32> = (0..dim).map(|_| rng.next()).collect();
+            normalize(&mut v);
+            out.extend(v);
+        }
+        out
+    }
+
+    /// Points around `clusters` random centres: the hard case for graph search (dense
+    /// neighbourhoods, long hops between them).
+    fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
+        let centres = random(clusters, dim, seed ^ 0xabc);
+        let mut rng = Rng(seed);
+        let mut out = Vec::with_capacity(n * dim);
+        for i in 0..n {
+            let c = &centres[(i % clusters) * dim..(i % clusters + 1) * dim];
+            let mut v: Vec<f32> = c.iter().map(|x| x + 0.35 * rng.next()).collect();
+            normalize(&mut v);
+            out.extend(v);
+        }
+        out
+    }
+
+    fn recall(vectors: &[f32], queries: &[f32], dim: usize, accept: &dyn Fn(u32) -> bool) -> f64 {
+        let params = HnswParams::default();
+        let payload = build(vectors, dim, &params);
+        let n = (vectors.len() / dim) as u32;
+        let graph = Graph::parse(Path::new("test"), &payload, n).unwrap();
+        let (mut found, mut total) = (0usize, 0usize);
+        for q in queries.chunks_exact(dim) {
+            let truth: Vec<u32> = exact_top_k(vectors, dim, q, 10, accept)
+                .into_iter()
+                .map(|r| r.0)
+                .collect();
+            let got = graph.search(&payload, vectors, dim, q, 10, params.ef_search, accept);
+            assert!(
+                got.iter().all(|r| accept(r.0)),
+                "a rejected doc was returned"
+            );
+            found += got.iter().filter(|r| truth.contains(&r.0)).count();
+            total += truth.len();
+        }
+        found as f64 / total as f64
+    }
+
+    #[test]
+    fn recall_at_10_on_random_data() {
+        let dim = 48;
+        let data = random(4000, dim, 7);
+        let queries = random(100, dim, 99);
+        let r = recall(&data, &queries, dim, &|_| true);
+        assert!(r >= 0.95, "recall@10 {r}");
+    }
+
+    #[test]
+    fn recall_at_10_on_clustered_data_with_and_without_a_filter() {
+        let dim = 48;
+        let data = clustered(4000, dim, 40, 3);
+        let queries = clustered(100, dim, 40, 1234);
+        let r = recall(&data, &queries, dim, &|_| true);
+        assert!(r >= 0.95, "recall@10 {r}");
+        // Half the docs filtered out (e.g. deleted): still k results, still close to exact.
+        let r = recall(&data, &queries, dim, &|d| d % 2 == 0);
+        assert!(r >= 0.95, "filtered recall@10 {r}");
+    }
+
+    #[test]
+    fn damaged_graph_is_refused_and_tiny_graphs_work() {
+        let dim = 8;
+        let data = random(50, dim, 5);
+        let payload = build(&data, dim, &HnswParams::default());
+        assert!(Graph::parse(Path::new("g"), &payload, 51).is_err());
+        assert!(Graph::parse(Path::new("g"), &payload[..payload.len() - 4], 50).is_err());
+        let mut bad = payload.clone();
+        let at = SUBHEADER_WORDS * 4 + 4; // first neighbour of doc 0
+        bad[at..at + 4].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(Graph::parse(Path::new("g"), &bad, 50).is_err());
+        let g = Graph::parse(Path::new("g"), &payload, 50).unwrap();
+        let q = &data[0..dim];
+        let hits = g.search(&payload, &data, dim, q, 5, 16, &|_| true);
+        assert_eq!(hits[0].0, 0);
+        assert_eq!(hits.len(), 5);
+        let one = build(&data[..dim], dim, &HnswParams::default());
+        let g1 = Graph::parse(Path::new("g"), &one, 1).unwrap();
+        assert_eq!(
+            g1.search(&one, &data[..dim], dim, q, 3, 16, &|_| true)
+                .len(),
+            1
+        );
+    }
+}

@@ -36,6 +36,54 @@ struct Candidate {
 }
 
 impl Vault {
+    /// Pure vector search (no lexical part, no prior): the top `k` live memories passing
+    /// `filter` by cosine similarity to `query`, best first. For benchmarks, tests and callers
+    /// that bring their own query vector.
+    pub fn search_vectors(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &crate::query::Filter,
+    ) -> Result<Vec<(MemoryId, f32)>> {
+        self.check_open()?;
+        let inner = &*self.inner;
+        if query.len() != inner.dim {
+            return Err(Error::InvalidArgument {
+                name: "query",
+                reason: format!(
+                    "vector has length {}, vault dim is {}",
+                    query.len(),
+                    inner.dim
+                ),
+            });
+        }
+        let ef = inner.options.hnsw.ef_search.max(k);
+        let state = inner.state.read();
+        let mut out: Vec<(MemoryId, f32)> = Vec::new();
+        let live_mem =
+            |m: &crate::record::Memory| !state.deleted.contains(&m.id) && filter.matches_memory(m);
+        for (d, s) in state
+            .memtable
+            .search(query, k, &|d| live_mem(state.memtable.memory(d)))
+        {
+            out.push((state.memtable.memory(d).id, s));
+        }
+        for (f, _) in &state.frozen {
+            for (d, s) in f.search(query, k, &|d| live_mem(f.memory(d))) {
+                out.push((f.memory(d).id, s));
+            }
+        }
+        for seg in &state.segments {
+            let accept = |d: u32| !state.deleted.contains(&seg.id(d)) && seg.matches(d, filter);
+            for (d, s) in seg.search(query, k, ef, &accept) {
+                out.push((seg.id(d), s));
+            }
+        }
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out.truncate(k);
+        Ok(out)
+    }
+
     /// Hybrid search; hits sorted by score (in [0, 1]) best first.
     pub fn search(&self, q: &SearchQuery) -> Result<Vec<Hit>> {
         self.check_open()?;

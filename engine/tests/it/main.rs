@@ -2,3 +2,6 @@
 
 mod basic;
 mod common;
+mod crash;
+mod model;
+mod registry;
