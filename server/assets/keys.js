@@ -30,8 +30,17 @@ export async function fetchKeys() {
   return listIn(await api('GET', '/v1/keys'), 'keys', 'data');
 }
 
+/** The short, non-secret start of the key (`mk_AbCd`), shown to tell keys apart. */
+export function keyPrefix(key) {
+  return key.prefix ?? key.hint ?? null;
+}
+
 export function keyLabel(key) {
-  return key.name ? key.name : `(unnamed) ${key.prefix ?? key.id}`;
+  return key.name ? key.name : `(unnamed) ${keyPrefix(key) ?? key.id}`;
+}
+
+function isAdmin(key) {
+  return Boolean(key.is_admin ?? key.admin);
 }
 
 async function mint() {
@@ -78,13 +87,17 @@ async function revoke(key) {
 }
 
 function row(key) {
-  const revoked = Boolean(key.revoked);
-  const created = el('time', { datetime: isoDate(key.created_at), text: formatDate(key.created_at) });
-  const used = key.last_used_at
-    ? el('time', { datetime: isoDate(key.last_used_at), text: formatDate(key.last_used_at) })
+  const revoked = Boolean(key.revoked ?? key.revoked_at);
+  const createdAt = key.created_at ?? key.created_at_ms;
+  const lastUsedAt = key.last_used_at ?? key.last_used_at_ms;
+  const created = el('time', { datetime: isoDate(createdAt), text: formatDate(createdAt) });
+  const used = lastUsedAt
+    ? el('time', { datetime: isoDate(lastUsedAt), text: formatDate(lastUsedAt) })
     : el('span', { className: 'muted', text: 'never' });
   const actions = el('td', { className: 'actions' });
-  if (!revoked) {
+  // The admin key is the one signed in here; revoking it from the dashboard would lock
+  // the operator out, so it is rotated with the CLI instead.
+  if (!revoked && !isAdmin(key)) {
     actions.append(el('button', {
       type: 'button', className: 'danger small', text: 'Revoke',
       'aria-label': `Revoke ${keyLabel(key)}`,
@@ -92,8 +105,8 @@ function row(key) {
     }));
   }
   return el('tr', { className: revoked ? 'revoked' : null, dataset: { keyId: key.id } },
-    el('td', { text: key.name || '(unnamed)' }),
-    el('td', {}, el('code', { text: key.prefix ? `${key.prefix}…` : key.id, title: key.id })),
+    el('td', {}, key.name || '(unnamed)', isAdmin(key) ? el('span', { className: 'badge role', text: 'admin' }) : null),
+    el('td', {}, el('code', { text: keyPrefix(key) ? `${keyPrefix(key)}…` : key.id, title: key.id })),
     el('td', {}, created),
     el('td', {}, used),
     el('td', {}, el('span', { className: revoked ? 'badge revoked' : 'badge', text: revoked ? 'Revoked' : 'Active' })),
@@ -103,8 +116,8 @@ function row(key) {
 export async function show() {
   const keys = await fetchKeys();
   // Newest first, revoked keys after the active ones.
-  keys.sort((a, b) => Number(Boolean(a.revoked)) - Number(Boolean(b.revoked))
-    || String(b.created_at ?? '').localeCompare(String(a.created_at ?? '')));
+  const time = (k) => new Date(k.created_at ?? k.created_at_ms ?? 0).getTime() || 0;
+  keys.sort((a, b) => Number(Boolean(a.revoked)) - Number(Boolean(b.revoked)) || time(b) - time(a));
   $('keys-table').tBodies[0].replaceChildren(...keys.map(row));
   $('keys-empty').hidden = keys.length > 0;
 }

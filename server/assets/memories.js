@@ -2,7 +2,7 @@
 // delete a memory, clear the vault, export it as JSON Lines.
 import { api, listIn } from './api.js';
 import { $, busy, clear, confirmAction, el, flash, formatDate, isoDate } from './ui.js';
-import { fetchKeys, keyLabel } from './keys.js';
+import { fetchKeys, keyLabel, keyPrefix } from './keys.js';
 
 const PAGE_SIZE = 25;
 const SEARCH_LIMIT = 50;
@@ -184,7 +184,7 @@ export async function show() {
   state.keys = (await fetchKeys()).filter((k) => !k.revoked);
   const select = $('mem-key');
   // new Option() sets the label as text, so a key name cannot inject markup.
-  select.replaceChildren(...state.keys.map((k) => new Option(`${keyLabel(k)} (${k.prefix ? `${k.prefix}…` : k.id})`, k.id)));
+  select.replaceChildren(...state.keys.map((k) => new Option(`${keyLabel(k)} (${keyPrefix(k) ? `${keyPrefix(k)}…` : k.id})`, k.id)));
   if (state.keys.length === 0) {
     state.keyId = '';
     setControlsEnabled(false);

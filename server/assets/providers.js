@@ -61,7 +61,7 @@ function replace(entry) {
 
 function row(entry) {
   const hint = entry.hint ?? entry.masked ?? entry.key_hint ?? entry.api_key_hint ?? '••••';
-  const updated = entry.updated_at ?? entry.created_at;
+  const updated = entry.updated_at ?? entry.updated_at_ms ?? entry.created_at;
   return el('tr', { dataset: { provider: entry.provider } },
     el('td', {}, el('strong', { text: entry.provider }),
       updated ? el('div', { className: 'hint' }, 'saved ', el('time', { datetime: isoDate(updated), text: formatDate(updated) })) : null),
