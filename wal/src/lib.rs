@@ -61,6 +61,9 @@ mod recovery;
 mod segment;
 mod writer;
 
+#[cfg(test)]
+mod fault_tests;
+
 use std::fmt;
 use std::str::FromStr;
 

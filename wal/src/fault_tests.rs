@@ -1,0 +1,231 @@
+//! Fault injection: fail the Nth write or fsync (segment, directory or checkpoint) and check
+//! that the log poisons itself, refuses all later work, and that a reopen over the real file
+//! system recovers every acknowledged record intact and nothing that was never attempted.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::file::{FaultPlan, FaultyStorage};
+use crate::{Durability, Lsn, Wal, WalError, WalOptions};
+
+fn options(durability: Durability) -> WalOptions {
+    WalOptions {
+        segment_bytes_max: 300,
+        durability,
+        ..WalOptions::default()
+    }
+}
+
+/// The payload the `i`th append of writer `t` carries: recognisable, varied in length.
+fn payload(t: u8, i: u32) -> Vec<u8> {
+    let mut p = vec![t; (i % 40) as usize];
+    p.extend_from_slice(&i.to_le_bytes());
+    p
+}
+
+/// Checks a reopened log against what was acknowledged: every acked record present with its
+/// LSN and bytes; every other record one that some writer really attempted.
+fn check_reopen(
+    dir: &Path,
+    options: &WalOptions,
+    acked: &HashMap<Lsn, (u8, Vec<u8>)>,
+    writers: u8,
+    attempts: u32,
+) {
+    let (log, recovery) = Wal::open(dir, options.clone()).expect("reopen after fault");
+    let by_lsn: HashMap<Lsn, (u8, Vec<u8>)> = recovery
+        .records
+        .iter()
+        .map(|r| (r.lsn, (r.kind, r.payload.clone())))
+        .collect();
+    for (lsn, want) in acked {
+        assert_eq!(
+            by_lsn.get(lsn),
+            Some(want),
+            "acknowledged lsn {lsn} lost or changed"
+        );
+    }
+    for r in &recovery.records {
+        let attempted = r.kind < writers && (0..attempts).any(|i| payload(r.kind, i) == r.payload);
+        assert!(attempted, "lsn {} holds bytes nobody wrote", r.lsn);
+    }
+    let lsns: Vec<Lsn> = recovery.records.iter().map(|r| r.lsn).collect();
+    assert!(
+        lsns.windows(2).all(|w| w[1] == w[0] + 1),
+        "lsns not contiguous: {lsns:?}"
+    );
+    // The reopened log is healthy again.
+    let next = log.append(0, b"after").expect("append after reopen");
+    assert_eq!(next, lsns.last().copied().unwrap_or(0) + 1);
+}
+
+/// One writer appends until the injected fault hits; returns what was acknowledged.
+fn run_single(
+    dir: &Path,
+    options: &WalOptions,
+    plan: FaultPlan,
+    attempts: u32,
+) -> (HashMap<Lsn, (u8, Vec<u8>)>, bool) {
+    let storage = Arc::new(FaultyStorage::new(plan));
+    let (log, _) = match Wal::open_with(dir, options.clone(), storage) {
+        Ok(opened) => opened,
+        Err(WalError::Io { .. }) => return (HashMap::new(), true), // The fault hit segment creation.
+        Err(other) => panic!("unexpected open error {other}"),
+    };
+    let mut acked = HashMap::new();
+    let mut failed = false;
+    for i in 0..attempts {
+        let p = payload(0, i);
+        match log.append(0, &p) {
+            Ok(lsn) => {
+                acked.insert(lsn, (0, p));
+            }
+            Err(WalError::Io { .. }) => {
+                failed = true;
+                break;
+            }
+            Err(other) => panic!("first failure must be the I/O error, got {other}"),
+        }
+    }
+    if failed {
+        assert!(matches!(log.append(0, b"x"), Err(WalError::Poisoned)));
+        assert!(matches!(
+            log.append_batch(&[(0, b"y".as_slice())]),
+            Err(WalError::Poisoned)
+        ));
+        assert!(matches!(log.sync(), Err(WalError::Poisoned)));
+        assert!(matches!(log.checkpoint(0), Err(WalError::Poisoned)));
+    }
+    (acked, failed)
+}
+
+#[test]
+fn failed_write_poisons_and_reopen_keeps_exactly_the_acknowledged_records() {
+    for n in 1..40 {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let options = options(Durability::Fsync);
+        let plan = FaultPlan {
+            fail_write_at: Some(n),
+            ..FaultPlan::default()
+        };
+        let (acked, failed) = run_single(tmp.path(), &options, plan, 60);
+        assert!(failed, "write {n} was never reached");
+        // A failed write leaves at most half a frame, which recovery cuts off.
+        let (_log, recovery) = Wal::open(tmp.path(), options.clone()).expect("reopen");
+        assert_eq!(recovery.records.len(), acked.len(), "write fault {n}");
+        drop(_log);
+        check_reopen(tmp.path(), &options, &acked, 1, 60);
+    }
+}
+
+#[test]
+fn failed_fsync_poisons_and_reopen_keeps_the_acknowledged_records() {
+    for durability in [Durability::Fsync, Durability::Buffered] {
+        for n in 1..40 {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let options = options(durability);
+            let plan = FaultPlan {
+                fail_sync_at: Some(n),
+                ..FaultPlan::default()
+            };
+            let (acked, _failed) = run_single(tmp.path(), &options, plan, 30);
+            check_reopen(tmp.path(), &options, &acked, 1, 30);
+        }
+    }
+}
+
+#[test]
+fn fsync_failure_is_never_retried() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let storage = Arc::new(FaultyStorage::new(FaultPlan {
+        fail_sync_at: Some(3),
+        ..FaultPlan::default()
+    }));
+    let (log, _) =
+        Wal::open_with(tmp.path(), options(Durability::Fsync), storage.clone()).expect("open");
+    // Open used two fsyncs (segment header, directory); the first append's fsync fails.
+    assert!(matches!(
+        log.append(1, b"a"),
+        Err(WalError::Io { op: "fsync", .. })
+    ));
+    let syncs = storage.syncs();
+    for _ in 0..3 {
+        assert!(matches!(log.append(1, b"b"), Err(WalError::Poisoned)));
+    }
+    assert!(matches!(log.sync(), Err(WalError::Poisoned)));
+    assert_eq!(
+        storage.syncs(),
+        syncs,
+        "a poisoned log must not fsync again"
+    );
+    assert_eq!(log.last_lsn(), 0);
+}
+
+#[test]
+fn checkpoint_failure_poisons() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Open: 1 header write. Then five appends (writes 2..=6); the checkpoint's write is the 7th.
+    let storage = Arc::new(FaultyStorage::new(FaultPlan {
+        fail_write_at: Some(7),
+        ..FaultPlan::default()
+    }));
+    let (log, _) =
+        Wal::open_with(tmp.path(), options(Durability::Fsync), storage.clone()).expect("open");
+    for i in 0..5 {
+        log.append(1, &[i]).expect("append");
+    }
+    assert_eq!(storage.writes(), 6);
+    assert!(matches!(log.checkpoint(3), Err(WalError::Io { .. })));
+    assert!(matches!(log.append(1, b"x"), Err(WalError::Poisoned)));
+    drop(log);
+    let (_log, recovery) = Wal::open(tmp.path(), options(Durability::Fsync)).expect("reopen");
+    assert_eq!(
+        recovery.checkpoint, 0,
+        "the failed checkpoint must not be visible"
+    );
+    assert_eq!(recovery.records.len(), 5);
+}
+
+#[test]
+fn concurrent_writers_under_a_write_fault_lose_no_acknowledged_record() {
+    const WRITERS: u8 = 4;
+    const ATTEMPTS: u32 = 40;
+    for n in [3, 8, 15, 30] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let options = options(Durability::Fsync);
+        let storage = Arc::new(FaultyStorage::new(FaultPlan {
+            fail_write_at: Some(n),
+            ..FaultPlan::default()
+        }));
+        let (log, _) = Wal::open_with(tmp.path(), options.clone(), storage).expect("open");
+        let log = Arc::new(log);
+        let handles: Vec<_> = (0..WRITERS)
+            .map(|t| {
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || {
+                    let mut acked = Vec::new();
+                    for i in 0..ATTEMPTS {
+                        let p = payload(t, i);
+                        match log.append(t, &p) {
+                            Ok(lsn) => acked.push((lsn, (t, p))),
+                            Err(WalError::Io { .. } | WalError::Poisoned) => break,
+                            Err(other) => panic!("unexpected error {other}"),
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        let acked: HashMap<Lsn, (u8, Vec<u8>)> = handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("writer"))
+            .collect();
+        assert!(
+            matches!(log.append(0, b"x"), Err(WalError::Poisoned)),
+            "write {n} never failed"
+        );
+        drop(log);
+        check_reopen(tmp.path(), &options, &acked, WRITERS, ATTEMPTS);
+    }
+}
