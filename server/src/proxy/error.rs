@@ -39,6 +39,9 @@ pub enum ProxyError {
     /// A `[providers.NAME]` table in the config is invalid.
     #[error("invalid config [providers.{name}]: {reason}")]
     Config { name: String, reason: String },
+    /// The durable queue of exchanges awaiting ingest failed (disk full, I/O error).
+    #[error("proxy outbox: {reason}")]
+    Outbox { reason: String },
     /// The TLS client could not be built (no usable root store or protocol versions).
     #[error("could not build the TLS client: {reason}")]
     Tls { reason: String },
@@ -68,6 +71,7 @@ impl ProxyError {
             | ProxyError::MissingProviderKey { .. } => 400,
             ProxyError::Unreachable { .. } | ProxyError::BadUpstreamResponse { .. } => 502,
             ProxyError::Timeout { .. } => 504,
+            ProxyError::Outbox { .. } => 503,
             ProxyError::Config { .. } | ProxyError::Tls { .. } => 500,
         }
     }
@@ -92,6 +96,7 @@ impl ProxyError {
             ProxyError::BadUpstreamResponse { .. } => "bad_provider_response",
             ProxyError::Config { .. } => "invalid_config",
             ProxyError::Tls { .. } => "tls_error",
+            ProxyError::Outbox { .. } => "storage_unavailable",
         }
     }
 

@@ -19,6 +19,7 @@ pub mod error;
 pub mod inject;
 pub mod openai;
 pub mod options;
+pub mod outbox;
 pub mod providers;
 pub mod relay;
 pub mod sse;
