@@ -60,7 +60,7 @@ mod compaction;
 mod distance;
 mod error;
 mod file;
-mod hnsw;
+pub mod hnsw;
 mod manifest;
 mod memtable;
 mod mmap;
