@@ -299,8 +299,7 @@ fn truncation_at_every_byte_of_the_last_records_keeps_exactly_the_whole_batches_
             .ends
             .iter()
             .copied()
-            .filter(|(len, _)| *len <= cut)
-            .next_back()
+            .rfind(|(len, _)| *len <= cut)
             .expect("the first batch is always whole");
         let (log, recovery) = open(&dir, &WalOptions::default());
         assert_eq!(
