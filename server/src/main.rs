@@ -1,1 +1,111 @@
-fn main() {}
+//! The `memoryrouter` binary: parses the command line, sets up logging, and hands over to
+//! the `server` library.
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use server::cli::{Cli, Command, KeysCommand};
+use server::config::Config;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Logs go to stderr so stdout carries only what scripts read (the listen line, keys).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MEMORYROUTER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve { listen, location } => serve(location.flags(listen)),
+        Command::Keys {
+            command:
+                KeysCommand::Create {
+                    name,
+                    admin,
+                    location,
+                },
+        } => Ok(server::commands::keys_create(
+            &location.flags(None),
+            name,
+            admin,
+        )?),
+        Command::Keys {
+            command: KeysCommand::List { location },
+        } => Ok(server::commands::keys_list(&location.flags(None))?),
+        Command::Keys {
+            command:
+                KeysCommand::Revoke {
+                    id,
+                    purge,
+                    location,
+                },
+        } => Ok(server::commands::keys_revoke(
+            &location.flags(None),
+            &id,
+            purge,
+        )?),
+        Command::Verify { dir } => Ok(server::commands::verify(&dir)?),
+        Command::Export {
+            key_id,
+            out,
+            location,
+        } => Ok(server::commands::export(
+            &location.flags(None),
+            &key_id,
+            out.as_deref(),
+        )?),
+        Command::Import {
+            key_id,
+            file,
+            location,
+        } => Ok(server::commands::import(
+            &location.flags(None),
+            &key_id,
+            &file,
+        )?),
+    }
+}
+
+fn serve(flags: server::config::Flags) -> anyhow::Result<()> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let config = Config::load(&flags, &env)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        // Machine-readable: tests and scripts that pass port 0 read the port from this line.
+        println!("listening on http://{}", listener.local_addr()?);
+        server::run(listener, config, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Completes on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,147 @@
+//! Authentication: turns request headers into an [`AuthContext`] (which key, which vault,
+//! which memory mode), or the one uniform 401.
+//!
+//! Accepted: `Authorization: Bearer mk_…`, `x-api-key: mk_…`, and BYOK
+//! (`X-Memory-Key: mk_…` with the provider's key as the bearer token). A key may end in
+//! `:read`, `:write` or `:off` to pick the memory mode. A missing, malformed, unknown or
+//! revoked key all get the same answer, so a caller learns nothing about other keys.
+
+use std::time::Instant;
+
+use http::HeaderMap;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::http::header;
+use crate::request::MemoryMode;
+use crate::secret;
+
+/// Who is calling. The vault of a request is `key_id` (or, for an admin acting with
+/// `?key_id=`, that key's id; see [`AuthContext::target_vault`]).
+#[derive(Clone, Debug)]
+pub struct AuthContext {
+    pub key_id: String,
+    pub account_id: String,
+    pub is_admin: bool,
+    /// From the key suffix; requests may override it (see [`MemoryMode::resolve`]).
+    pub mode: MemoryMode,
+    /// BYOK: the bearer token when the Memory Key came in `X-Memory-Key`. Never stored.
+    pub provider_key: Option<String>,
+}
+
+impl std::fmt::Display for AuthContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.key_id)
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = header(headers, "authorization")?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Splits `mk_…:read` into the key and its mode. An unknown suffix is a malformed key.
+fn split_suffix(presented: &str) -> Option<(&str, MemoryMode)> {
+    match presented.split_once(':') {
+        None => Some((presented, MemoryMode::On)),
+        Some((key, "read")) => Some((key, MemoryMode::Read)),
+        Some((key, "write")) => Some((key, MemoryMode::Write)),
+        Some((key, "off")) => Some((key, MemoryMode::Off)),
+        Some(_) => None,
+    }
+}
+
+/// Authenticates a request, applies the per-key rate limit and records the key's use.
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AuthContext, ApiError> {
+    let (presented, provider_key) = match header(headers, "x-memory-key") {
+        Some(memory_key) => (Some(memory_key), bearer(headers).map(str::to_owned)),
+        None => (
+            bearer(headers).or_else(|| header(headers, "x-api-key")),
+            None,
+        ),
+    };
+    let (key, mode) = presented
+        .and_then(split_suffix)
+        .ok_or_else(ApiError::invalid_key)?;
+    if !secret::looks_like_key(key) {
+        return Err(ApiError::invalid_key());
+    }
+    let record = state
+        .catalog
+        .lookup(key)
+        .ok_or_else(ApiError::invalid_key)?;
+    state
+        .limiter
+        .check(&record.id, Instant::now())
+        .map_err(ApiError::rate_limited)?;
+    state.catalog.touch(&record.id, crate::time::now_ms());
+    Ok(AuthContext {
+        key_id: record.id,
+        account_id: record.account_id,
+        is_admin: record.is_admin,
+        mode,
+        provider_key,
+    })
+}
+
+impl AuthContext {
+    /// The vault a memory request acts on: the caller's own, or with `?key_id=` from an
+    /// admin key, that key's vault (same account only; anything else is 404 so the answer
+    /// does not reveal keys of other accounts).
+    pub fn target_vault(&self, state: &AppState, key_id: Option<&str>) -> Result<String, ApiError> {
+        let Some(key_id) = key_id.filter(|k| !k.is_empty() && *k != self.key_id) else {
+            return Ok(self.key_id.clone());
+        };
+        if !self.is_admin {
+            return Err(ApiError::forbidden(
+                "`key_id` needs the account's admin key.",
+            ));
+        }
+        match state.catalog.key(key_id) {
+            Some(key) if key.account_id == self.account_id => Ok(key.id),
+            _ => Err(ApiError::not_found(format!("No key with id {key_id}."))),
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "This endpoint needs the account's admin key.",
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suffixes_pick_the_mode() {
+        assert_eq!(split_suffix("mk_a"), Some(("mk_a", MemoryMode::On)));
+        assert_eq!(split_suffix("mk_a:read"), Some(("mk_a", MemoryMode::Read)));
+        assert_eq!(
+            split_suffix("mk_a:write"),
+            Some(("mk_a", MemoryMode::Write))
+        );
+        assert_eq!(split_suffix("mk_a:off"), Some(("mk_a", MemoryMode::Off)));
+        assert_eq!(split_suffix("mk_a:sometimes"), None);
+    }
+
+    #[test]
+    fn bearer_parsing_is_tolerant_of_case_and_strict_about_shape() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "bearer mk_x".parse().unwrap());
+        assert_eq!(bearer(&headers), Some("mk_x"));
+        headers.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&headers), None);
+        headers.insert("authorization", "Bearer".parse().unwrap());
+        assert_eq!(bearer(&headers), None);
+    }
+}

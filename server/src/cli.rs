@@ -1,0 +1,111 @@
+//! The command line (clap derive). `main.rs` parses it and calls [`crate::commands`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Flags;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "memoryrouter",
+    version,
+    about = "Self-hosted memory server for AI apps"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the data and the settings are; shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct Location {
+    /// Data directory (default ./memoryrouter-data; env MEMORYROUTER_DATA_DIR).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// TOML config file (env MEMORYROUTER_CONFIG).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+impl Location {
+    pub fn flags(&self, listen: Option<String>) -> Flags {
+        Flags {
+            config: self.config.clone(),
+            listen,
+            data_dir: self.data_dir.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server. Prints `listening on http://ADDR` on stdout once bound.
+    Serve {
+        /// Address to listen on (default 127.0.0.1:8787; port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<String>,
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Manage Memory Keys offline (the server must be stopped: it holds the data directory).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Check every checksum of the catalog and every vault (WALs and segment files).
+    Verify {
+        /// The data directory to check.
+        dir: PathBuf,
+    },
+    /// Write one vault as JSON Lines (offline).
+    Export {
+        /// The key whose vault to export.
+        #[arg(long)]
+        key_id: String,
+        /// Output file (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Read JSON Lines (as written by export) into a vault (offline).
+    Import {
+        /// The key whose vault receives the memories.
+        #[arg(long)]
+        key_id: String,
+        /// JSON Lines file.
+        file: PathBuf,
+        #[command(flatten)]
+        location: Location,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Mint a key and print it once.
+    Create {
+        /// A label such as `user:42`.
+        #[arg(long)]
+        name: Option<String>,
+        /// Make it an account-level (admin) key.
+        #[arg(long)]
+        admin: bool,
+        #[command(flatten)]
+        location: Location,
+    },
+    /// List the account's keys (never the keys themselves).
+    List {
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        id: String,
+        /// Also delete the key's vault.
+        #[arg(long)]
+        purge: bool,
+        #[command(flatten)]
+        location: Location,
+    },
+}

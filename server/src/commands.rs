@@ -1,0 +1,258 @@
+//! The CLI's commands other than `serve`, and the first-start bootstrap they share with it.
+//!
+//! Offline commands open the data directory themselves, so they take its lock: running one
+//! while the server runs is refused with a clear message instead of corrupting a WAL.
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, Write as _};
+use std::path::Path;
+
+use crate::catalog::Catalog;
+use crate::config::{Config, Flags};
+use crate::datadir;
+use crate::error::Error;
+use crate::time::{format_ms, now_ms};
+
+/// First start: creates the account if there is none, and its admin key if it has none.
+/// The key is written to `DATA_DIR/admin.key` (0600) *before* the catalog records it, so
+/// a crash in between cannot leave an admin key whose text nobody has. Returns the key
+/// when one was minted; a restart finds the key and never rotates it.
+pub fn bootstrap(catalog: &Catalog, data_dir: &Path) -> Result<Option<String>, Error> {
+    let account = match catalog.accounts().into_iter().next() {
+        Some(account) => account,
+        None => catalog.create_account(now_ms())?,
+    };
+    if catalog.keys(&account.id).iter().any(|k| k.is_admin) {
+        return Ok(None);
+    }
+    let key = crate::secret::mint_key()?;
+    datadir::write_secret_file(&data_dir.join(datadir::ADMIN_KEY_FILE), &format!("{key}\n"))?;
+    catalog.register_key(&key, &account.id, Some("admin".to_owned()), true, now_ms())?;
+    Ok(Some(key))
+}
+
+/// The first-start message: the key once, where it is saved, and how to use it.
+pub fn admin_key_banner(key: &str, data_dir: &Path, address: &str) -> String {
+    let file = data_dir.join(datadir::ADMIN_KEY_FILE);
+    format!(
+        "\nCreated the account's admin key (shown once; saved to {file} with mode 0600):\n\n    {key}\n\n\
+         Mint a Memory Key per user:\n\n    curl -s -X POST http://{address}/v1/keys -H \"Authorization: Bearer $(cat {file})\" \
+         -H 'Content-Type: application/json' -d '{{\"name\":\"user:42\"}}'\n",
+        file = file.display()
+    )
+}
+
+fn load(flags: &Flags) -> Result<Config, Error> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    Config::load(flags, &env)
+}
+
+/// Opens the catalog alone (keys commands do not need the engine).
+fn open_catalog(config: &Config) -> Result<(datadir::DirLock, Catalog), Error> {
+    datadir::ensure(&config.data_dir)?;
+    let lock = datadir::lock(&config.data_dir)?;
+    let secret =
+        datadir::load_or_create_secret(&config.data_dir, config.secret_key_hex.as_deref())?;
+    let catalog = Catalog::open(
+        &config.data_dir.join(datadir::CATALOG_DIR),
+        config.durability.to_wal(),
+        &secret,
+    )?;
+    if let Some(key) = bootstrap(&catalog, &config.data_dir)? {
+        println!(
+            "{}",
+            admin_key_banner(&key, &config.data_dir, &config.listen.to_string())
+        );
+    }
+    Ok((lock, catalog))
+}
+
+pub fn keys_create(flags: &Flags, name: Option<String>, admin: bool) -> Result<(), Error> {
+    let config = load(flags)?;
+    let (_lock, catalog) = open_catalog(&config)?;
+    let account = catalog
+        .accounts()
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::KeyNotFound {
+            id: "account".into(),
+        })?;
+    let (record, key) = catalog.create_key(&account.id, name, admin, now_ms())?;
+    println!("{key}");
+    eprintln!(
+        "created {} (shown once; only its hash is stored)",
+        record.id
+    );
+    Ok(())
+}
+
+pub fn keys_list(flags: &Flags) -> Result<(), Error> {
+    let config = load(flags)?;
+    let (_lock, catalog) = open_catalog(&config)?;
+    println!(
+        "{:<22} {:<8} {:<6} {:<25} {:<8} NAME",
+        "ID", "PREFIX", "ADMIN", "CREATED", "REVOKED"
+    );
+    for account in catalog.accounts() {
+        for key in catalog.keys(&account.id) {
+            println!(
+                "{:<22} {:<8} {:<6} {:<25} {:<8} {}",
+                key.id,
+                key.hint,
+                key.is_admin,
+                format_ms(key.created_at_ms),
+                key.revoked_at_ms.is_some(),
+                key.name.unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn keys_revoke(flags: &Flags, id: &str, purge: bool) -> Result<(), Error> {
+    let config = load(flags)?;
+    let (lock, catalog) = open_catalog(&config)?;
+    let revoked = catalog.revoke_key(id, now_ms())?;
+    catalog.sync()?;
+    if purge {
+        let engine = open_engine(&config)?;
+        engine.purge_vault(id)?;
+    }
+    drop(lock);
+    println!(
+        "{id} {}",
+        if revoked {
+            "revoked"
+        } else {
+            "was already revoked"
+        }
+    );
+    Ok(())
+}
+
+fn open_engine(config: &Config) -> Result<engine::Engine, Error> {
+    let mut engine_config = engine::EngineConfig::new(config.data_dir.join(datadir::VAULTS_DIR));
+    engine_config.durability = config.durability.to_wal();
+    Ok(engine::Engine::open(engine_config)?)
+}
+
+/// Checks the catalog WAL, every vault WAL (read-only), then opens each vault and checks
+/// every segment file's checksums. Prints one line per part; fails on the first fault.
+pub fn verify(dir: &Path) -> Result<(), Error> {
+    let catalog = wal::verify(&dir.join(datadir::CATALOG_DIR))?;
+    println!(
+        "catalog: {} records in {} segment(s): ok",
+        catalog.records,
+        catalog.segments.len()
+    );
+    let vaults_dir = dir.join(datadir::VAULTS_DIR);
+    if !vaults_dir.exists() {
+        println!("no vaults");
+        return Ok(());
+    }
+    let engine = engine::Engine::open(engine::EngineConfig::new(vaults_dir.clone()))?;
+    let ids = engine.vault_ids()?;
+    for id in &ids {
+        let wal_dir = vaults_dir.join(id).join("wal");
+        let report = if wal_dir.exists() {
+            Some(wal::verify(&wal_dir)?)
+        } else {
+            None
+        };
+        let torn: u64 = report
+            .iter()
+            .flat_map(|r| &r.segments)
+            .map(|s| s.torn_bytes)
+            .sum();
+        let vault = engine.vault(id)?;
+        vault.verify()?;
+        let stats = vault.stats()?;
+        println!(
+            "vault {id}: {} memories, {} segment(s), wal {} records{}: ok",
+            stats.memories,
+            stats.segments,
+            report.map(|r| r.records).unwrap_or(0),
+            if torn > 0 {
+                format!(" (cut a torn tail of {torn} bytes)")
+            } else {
+                String::new()
+            }
+        );
+    }
+    println!("verified {} vault(s): every checksum matches", ids.len());
+    Ok(())
+}
+
+pub fn export(flags: &Flags, key_id: &str, out: Option<&Path>) -> Result<(), Error> {
+    let config = load(flags)?;
+    let (_lock, catalog) = open_catalog(&config)?;
+    catalog.key(key_id).ok_or_else(|| Error::KeyNotFound {
+        id: key_id.to_owned(),
+    })?;
+    let engine = open_engine(&config)?;
+    let vault = engine.vault(key_id)?;
+    let mut sink: Box<dyn std::io::Write> = match out {
+        Some(path) => Box::new(std::fs::File::create(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let io = |source| Error::Io {
+        path: out.map(Path::to_owned).unwrap_or_else(|| "stdout".into()),
+        source,
+    };
+    let mut count = 0usize;
+    crate::memories::for_each_memory(&vault, |memory| {
+        count += 1;
+        writeln!(sink, "{}", crate::memories::export_line(memory)).map_err(io)
+    })?;
+    sink.flush().map_err(io)?;
+    eprintln!("exported {count} memories from {key_id}");
+    Ok(())
+}
+
+pub fn import(flags: &Flags, key_id: &str, file: &Path) -> Result<(), Error> {
+    let config = load(flags)?;
+    let (_lock, catalog) = open_catalog(&config)?;
+    catalog.key(key_id).ok_or_else(|| Error::KeyNotFound {
+        id: key_id.to_owned(),
+    })?;
+    let engine = open_engine(&config)?;
+    let vault = engine.vault(key_id)?;
+    let reader =
+        std::io::BufReader::new(std::fs::File::open(file).map_err(|source| Error::Io {
+            path: file.to_owned(),
+            source,
+        })?);
+    let (mut stored, mut skipped) = (0usize, 0usize);
+    let mut batch = Vec::new();
+    for (index, line) in reader.lines().enumerate() {
+        let line = line.map_err(|source| Error::Io {
+            path: file.to_owned(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let memory =
+            crate::memories::import_line(&line, now_ms()).map_err(|reason| Error::ImportLine {
+                line: index + 1,
+                reason,
+            })?;
+        batch.push(memory);
+        if batch.len() >= crate::memories::IMPORT_BATCH_MAX {
+            let outcome = vault.ingest(std::mem::take(&mut batch))?;
+            stored += outcome.stored.len();
+            skipped += outcome.skipped;
+        }
+    }
+    if !batch.is_empty() {
+        let outcome = vault.ingest(batch)?;
+        stored += outcome.stored.len();
+        skipped += outcome.skipped;
+    }
+    engine.flush()?;
+    eprintln!("imported into {key_id}: {stored} stored, {skipped} already present");
+    Ok(())
+}

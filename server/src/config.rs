@@ -1,0 +1,410 @@
+//! Typed configuration, layered defaults < TOML file < `MEMORYROUTER_*` env < CLI flags, and
+//! validated once at start with messages that name the setting.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8787"
+//! data_dir = "./memoryrouter-data"
+//! durability = "fsync"             # or "buffered": acknowledged writes may be lost on power loss
+//!
+//! [limits]
+//! body_bytes_max = 8388608
+//! messages_per_request_max = 1000
+//! message_chars_max = 200000
+//! requests_per_minute = 1200        # per key; 0 = unlimited
+//! open_vaults_max = 1024
+//! connections_max = 1024
+//!
+//! [retrieval]
+//! score_min = 0.05                  # prepare drops memories scoring below this
+//!
+//! [ingest]
+//! store_system = false              # system messages are instructions, not memories
+//! ```
+//!
+//! A new section is one more field with `#[serde(default)]` on [`Config`]; the file parser
+//! denies unknown keys so a typo is an error, not a silently ignored setting.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// Default listen address: loopback only, so a fresh install is not exposed by accident.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:8787";
+pub const DATA_DIR_DEFAULT: &str = "./memoryrouter-data";
+pub const BODY_BYTES_MAX_DEFAULT: usize = 8 * 1024 * 1024;
+/// Smallest body limit accepted: below this even a one-message ingest cannot fit.
+pub const BODY_BYTES_MAX_FLOOR: usize = 1024;
+/// Largest body limit accepted; bodies are buffered in memory.
+pub const BODY_BYTES_MAX_CEILING: usize = 1024 * 1024 * 1024;
+pub const MESSAGES_PER_REQUEST_MAX_DEFAULT: usize = 1000;
+pub const MESSAGE_CHARS_MAX_DEFAULT: usize = 200_000;
+pub const REQUESTS_PER_MINUTE_DEFAULT: u32 = 1200;
+pub const OPEN_VAULTS_MAX_DEFAULT: usize = 1024;
+pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// Minimum fused score for prepare; see `prepare.rs` for how it was chosen.
+pub const SCORE_MIN_DEFAULT: f32 = 0.05;
+
+/// Whether an acknowledged write has been fsynced (`fsync`, the default) or only written
+/// to the OS (`buffered`: faster, loses the last moments of writes on power loss).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilitySetting {
+    #[default]
+    Fsync,
+    Buffered,
+}
+
+impl DurabilitySetting {
+    pub fn to_wal(self) -> wal::Durability {
+        match self {
+            DurabilitySetting::Fsync => wal::Durability::Fsync,
+            DurabilitySetting::Buffered => wal::Durability::Buffered,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body accepted (413 above).
+    pub body_bytes_max: usize,
+    /// Most messages in one prepare/ingest request (413 above).
+    pub messages_per_request_max: usize,
+    /// Longest message text, in characters (413 above).
+    pub message_chars_max: usize,
+    /// Requests per minute per key (429 with `Retry-After` above); 0 = unlimited.
+    pub requests_per_minute: u32,
+    /// Vaults kept open at once; idle ones beyond are closed (LRU) by the engine.
+    pub open_vaults_max: usize,
+    /// Simultaneous client connections; more wait in the kernel's accept queue.
+    pub connections_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            body_bytes_max: BODY_BYTES_MAX_DEFAULT,
+            messages_per_request_max: MESSAGES_PER_REQUEST_MAX_DEFAULT,
+            message_chars_max: MESSAGE_CHARS_MAX_DEFAULT,
+            requests_per_minute: REQUESTS_PER_MINUTE_DEFAULT,
+            open_vaults_max: OPEN_VAULTS_MAX_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retrieval {
+    /// Memories scoring below this are not put into a prepared context.
+    pub score_min: f32,
+}
+
+impl Default for Retrieval {
+    fn default() -> Self {
+        Self {
+            score_min: SCORE_MIN_DEFAULT,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ingest {
+    /// Store `system` messages too (off by default: they are instructions, not memories).
+    pub store_system: bool,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub durability: DurabilitySetting,
+    pub limits: Limits,
+    pub retrieval: Retrieval,
+    pub ingest: Ingest,
+    /// Provider-key encryption secret as 64 hex digits; env only (`MEMORYROUTER_SECRET_KEY`)
+    /// so it is never written to a config file by accident. `None` = `DATA_DIR/secret.key`.
+    #[serde(skip)]
+    pub secret_key_hex: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: LISTEN_DEFAULT
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8787))),
+            data_dir: PathBuf::from(DATA_DIR_DEFAULT),
+            durability: DurabilitySetting::default(),
+            limits: Limits::default(),
+            retrieval: Retrieval::default(),
+            ingest: Ingest::default(),
+            secret_key_hex: None,
+        }
+    }
+}
+
+// The secret must never reach a log line through `{:?}`.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("durability", &self.durability)
+            .field("limits", &self.limits)
+            .field("retrieval", &self.retrieval)
+            .field("ingest", &self.ingest)
+            .field(
+                "secret_key_hex",
+                &self.secret_key_hex.as_ref().map(|_| "<set>"),
+            )
+            .finish()
+    }
+}
+
+/// Values given on the command line; `None` = not given.
+#[derive(Clone, Debug, Default)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Builds the configuration from every layer. `env` is passed in (normally
+    /// `std::env::vars()`) so tests do not have to mutate the process environment.
+    pub fn load(flags: &Flags, env: &HashMap<String, String>) -> Result<Config, Error> {
+        let file = flags
+            .config
+            .clone()
+            .or_else(|| env.get("MEMORYROUTER_CONFIG").map(PathBuf::from));
+        let mut config = match file {
+            Some(path) => Config::from_file(&path)?,
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        if let Some(listen) = &flags.listen {
+            config.listen = parse_listen(listen, "--listen")?;
+        }
+        if let Some(dir) = &flags.data_dir {
+            config.data_dir = dir.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| Error::ConfigParse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), Error> {
+        for (name, value) in env {
+            let Some(setting) = name.strip_prefix("MEMORYROUTER_") else {
+                continue;
+            };
+            match setting {
+                "LISTEN" => self.listen = parse_listen(value, name)?,
+                "DATA_DIR" => self.data_dir = PathBuf::from(value),
+                "DURABILITY" => {
+                    self.durability = match value.as_str() {
+                        "fsync" => DurabilitySetting::Fsync,
+                        "buffered" => DurabilitySetting::Buffered,
+                        _ => {
+                            return Err(invalid(
+                                name,
+                                format!("`{value}` is not `fsync` or `buffered`"),
+                            ));
+                        }
+                    }
+                }
+                "BODY_BYTES_MAX" => self.limits.body_bytes_max = parse_number(name, value)?,
+                "MESSAGES_PER_REQUEST_MAX" => {
+                    self.limits.messages_per_request_max = parse_number(name, value)?
+                }
+                "MESSAGE_CHARS_MAX" => self.limits.message_chars_max = parse_number(name, value)?,
+                "REQUESTS_PER_MINUTE" => {
+                    self.limits.requests_per_minute = parse_number(name, value)?
+                }
+                "OPEN_VAULTS_MAX" => self.limits.open_vaults_max = parse_number(name, value)?,
+                "CONNECTIONS_MAX" => self.limits.connections_max = parse_number(name, value)?,
+                "SCORE_MIN" => self.retrieval.score_min = parse_number(name, value)?,
+                "STORE_SYSTEM" => self.ingest.store_system = parse_number(name, value)?,
+                "SECRET_KEY" => self.secret_key_hex = Some(value.clone()),
+                // Read by `load` itself, by the logger, or by other components.
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every setting once; the message names the setting and the accepted range.
+    pub fn validate(&self) -> Result<(), Error> {
+        let limits = &self.limits;
+        if !(BODY_BYTES_MAX_FLOOR..=BODY_BYTES_MAX_CEILING).contains(&limits.body_bytes_max) {
+            return Err(invalid(
+                "limits.body_bytes_max",
+                format!(
+                    "{} is outside {BODY_BYTES_MAX_FLOOR}..={BODY_BYTES_MAX_CEILING}",
+                    limits.body_bytes_max
+                ),
+            ));
+        }
+        for (field, value) in [
+            (
+                "limits.messages_per_request_max",
+                limits.messages_per_request_max,
+            ),
+            ("limits.message_chars_max", limits.message_chars_max),
+            ("limits.open_vaults_max", limits.open_vaults_max),
+            ("limits.connections_max", limits.connections_max),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be at least 1".to_owned()));
+            }
+        }
+        let score_min = self.retrieval.score_min;
+        if !(0.0..=1.0).contains(&score_min) {
+            return Err(invalid(
+                "retrieval.score_min",
+                format!("{score_min} is outside 0..=1"),
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty".to_owned()));
+        }
+        if let Some(hex) = &self.secret_key_hex
+            && crate::secret::from_hex(hex)
+                .is_none_or(|bytes| bytes.len() != crate::secret::SECRET_KEY_BYTES)
+        {
+            return Err(invalid(
+                "MEMORYROUTER_SECRET_KEY",
+                "must be 64 hex digits (32 bytes)".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(field: &str, reason: String) -> Error {
+    Error::Config {
+        field: field.to_owned(),
+        reason,
+    }
+}
+
+fn parse_listen(value: &str, field: &str) -> Result<SocketAddr, Error> {
+    value.parse().map_err(|_| {
+        invalid(
+            field,
+            format!("`{value}` is not an address like 127.0.0.1:8787"),
+        )
+    })
+}
+
+fn parse_number<T: std::str::FromStr>(field: &str, value: &str) -> Result<T, Error> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| invalid(field, format!("`{value}` is not a valid value")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:1000\"\ndurability = \"buffered\"\n[limits]\nbody_bytes_max = 5000\nmessage_chars_max = 7\n").unwrap();
+        let flags = Flags {
+            config: Some(file),
+            listen: Some("127.0.0.1:3000".into()),
+            data_dir: None,
+        };
+        let config = Config::load(
+            &flags,
+            &env(&[
+                ("MEMORYROUTER_BODY_BYTES_MAX", "6000"),
+                ("MEMORYROUTER_LISTEN", "127.0.0.1:2000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 3000, "flag beats env beats file");
+        assert_eq!(config.limits.body_bytes_max, 6000, "env beats file");
+        assert_eq!(config.limits.message_chars_max, 7, "file beats default");
+        assert_eq!(config.durability, DurabilitySetting::Buffered);
+        assert_eq!(
+            config.limits.messages_per_request_max,
+            MESSAGES_PER_REQUEST_MAX_DEFAULT
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values_with_the_setting_named() {
+        assert!(
+            Config::from_toml("lissen = \"x\"")
+                .unwrap_err()
+                .contains("lissen")
+        );
+        assert!(
+            Config::from_toml("durability = \"sometimes\"")
+                .unwrap_err()
+                .contains("sometimes")
+        );
+        let err = Config::load(
+            &Flags::default(),
+            &env(&[("MEMORYROUTER_BODY_BYTES_MAX", "10")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("limits.body_bytes_max"), "{err}");
+        let err = Config::load(
+            &Flags::default(),
+            &env(&[("MEMORYROUTER_SECRET_KEY", "abc")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("MEMORYROUTER_SECRET_KEY"), "{err}");
+        let err = Config::load(
+            &Flags {
+                listen: Some("nowhere".into()),
+                ..Flags::default()
+            },
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("--listen"), "{err}");
+    }
+
+    #[test]
+    fn debug_hides_the_secret() {
+        let config = Config {
+            secret_key_hex: Some("ab".repeat(32)),
+            ..Config::default()
+        };
+        assert!(!format!("{config:?}").contains("abab"));
+    }
+}

@@ -1,0 +1,216 @@
+//! Errors: the crate's one error enum, and the OpenAI-shaped HTTP error every handler returns.
+//!
+//! [`Error`] is what library functions (config, catalog, crypto, commands) fail with.
+//! [`ApiError`] is what an HTTP request fails with; [`From<Error>`] and the engine mapping
+//! below are the one place where a storage or service fault becomes a status code: user
+//! errors are 4xx, anything that smells of the disk is 503 (never a 500 for a known fault).
+
+use std::path::PathBuf;
+
+use http::StatusCode;
+use serde_json::json;
+
+/// Everything the server library can fail with outside an HTTP request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {field}: {reason}")]
+    Config { field: String, reason: String },
+    #[error("cannot read config file {path}: {source}")]
+    ConfigFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse config file {path}: {message}")]
+    ConfigParse { path: PathBuf, message: String },
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("catalog write-ahead log: {0}")]
+    Wal(#[from] wal::WalError),
+    #[error("storage engine: {0}")]
+    Engine(#[from] engine::Error),
+    #[error("catalog record {lsn} (kind {kind}) is corrupt: {reason}")]
+    CorruptCatalog { lsn: u64, kind: u8, reason: String },
+    #[error("secret key: {reason}")]
+    SecretKey { reason: String },
+    #[error("provider key for {provider} cannot be decrypted (wrong secret key?)")]
+    Decrypt { provider: String },
+    #[error("no key with id {id}")]
+    KeyNotFound { id: String },
+    #[error("the system random number generator failed")]
+    Random,
+    #[error("{what} failed checksum verification: {reason}")]
+    Verify { what: String, reason: String },
+    #[error("import line {line}: {reason}")]
+    ImportLine { line: usize, reason: String },
+}
+
+/// An error answered to an HTTP client as
+/// `{"error":{"message","type","param","code"}}` with `status`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: &'static str,
+    /// Seconds to put in `Retry-After` (429 and 503 only).
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code,
+            retry_after_secs: None,
+        }
+    }
+
+    /// Names the request field the error is about (`messages[2].role`).
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            code,
+            message,
+        )
+    }
+
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request_error",
+            code,
+            message,
+        )
+    }
+
+    /// The one answer for a missing, malformed, unknown or revoked key: it never says which,
+    /// so a caller cannot probe whether another key exists.
+    pub fn invalid_key() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid_memory_key",
+            "Invalid or missing Memory Key. Send `Authorization: Bearer mk_…`.",
+        )
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "admin_key_required",
+            message,
+        )
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "not_found",
+            message,
+        )
+    }
+
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            message,
+        )
+    }
+
+    pub fn too_large(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            code,
+            message,
+        )
+    }
+
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "rate_limit_exceeded",
+            format!("Too many requests for this key; retry in {retry_after_secs} s."),
+        );
+        error.retry_after_secs = Some(retry_after_secs);
+        error
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        let mut error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "storage_unavailable",
+            message,
+        );
+        error.retry_after_secs = Some(1);
+        error
+    }
+
+    /// Last resort for a panicked handler; the plan is that this never happens.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal_error",
+            "Internal error.",
+        )
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
+    }
+}
+
+impl From<engine::Error> for ApiError {
+    fn from(error: engine::Error) -> Self {
+        if error.is_user_error() {
+            ApiError::unprocessable("invalid_memory_request", error.to_string())
+        } else {
+            // Storage faults are logged here, once, and hidden from the client: the message
+            // may name paths on the server.
+            tracing::error!(%error, "storage fault");
+            ApiError::unavailable("Memory storage is unavailable; the write was not acknowledged.")
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Engine(inner) => inner.into(),
+            Error::KeyNotFound { id } => ApiError::not_found(format!("No key with id {id}.")),
+            Error::Decrypt { provider } => ApiError::unavailable(format!(
+                "The stored {provider} provider key cannot be decrypted with this server's secret key."
+            )),
+            other => {
+                tracing::error!(error = %other, "service fault");
+                ApiError::unavailable("The key catalog is unavailable.")
+            }
+        }
+    }
+}

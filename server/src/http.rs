@@ -1,0 +1,228 @@
+//! HTTP plumbing shared by every handler: the response body type, JSON responses, bounded
+//! body reading, JSON parsing into OpenAI-shaped errors, and query strings.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use crate::error::ApiError;
+
+/// Error type of streamed response bodies (proxy SSE relays can fail mid-stream).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+/// Every response body: a full buffer or a stream, boxed.
+pub type Body = BoxBody<Bytes, BodyError>;
+
+/// How long a client may take to send its body once the headers are in. A slow or stalled
+/// upload is cut off instead of holding a connection slot forever.
+pub const BODY_READ_TIMEOUT_SECS: u64 = 30;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => with_type(status, bytes, "application/json"),
+        Err(error) => {
+            tracing::error!(%error, "response serialisation failed");
+            error_response(&ApiError::internal())
+        }
+    }
+}
+
+pub fn text_response(
+    status: StatusCode,
+    text: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<Body> {
+    with_type(status, text, content_type)
+}
+
+fn with_type(
+    status: StatusCode,
+    bytes: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<Body> {
+    let mut response = Response::new(full(bytes));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+pub fn error_response(error: &ApiError) -> Response<Body> {
+    let body = error.body().to_string();
+    let mut response = with_type(error.status, body, "application/json");
+    if let Some(secs) = error.retry_after_secs {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with 413 (checked against
+/// `Content-Length` first, then while streaming for chunked bodies).
+pub async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let collect = Limited::new(body, limit).collect();
+    match tokio::time::timeout(Duration::from_secs(BODY_READ_TIMEOUT_SECS), collect).await {
+        Err(_) => Err(ApiError::bad_request(
+            "body_timeout",
+            "The request body was not received in time.",
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(too_large(limit))
+        }
+        Ok(Err(_)) => Err(ApiError::bad_request(
+            "body_read_error",
+            "The request body could not be read.",
+        )),
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::too_large(
+        "body_too_large",
+        format!("Request body is larger than the limit of {limit} bytes."),
+    )
+}
+
+/// Parses a JSON request body. Invalid UTF-8, syntax errors, nesting beyond serde_json's
+/// recursion limit (128) and wrong types all become 400 with serde's position-bearing message.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "The request body is empty; send a JSON object.",
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|error| {
+        ApiError::bad_request("invalid_json", format!("Invalid JSON body: {error}."))
+    })
+}
+
+/// Query-string parameters (percent-decoded; later duplicates win).
+pub fn query_params(query: Option<&str>) -> HashMap<String, String> {
+    let mut params = HashMap::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        params.insert(percent_decode(name), percent_decode(value));
+    }
+    params
+}
+
+/// Decodes `%XX` escapes and `+` as space; malformed escapes are kept literally and
+/// invalid UTF-8 is replaced, so a hostile query string can never fail a request here.
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Runs blocking engine or catalog work (fsync, file reads) on the blocking pool so it
+/// never stalls the async workers that accept and parse requests.
+pub async fn blocking<T, F>(work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(error) => {
+            tracing::error!(%error, "blocking task failed");
+            Err(ApiError::internal())
+        }
+    }
+}
+
+/// A header's value as text, if present and visible ASCII.
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_queries() {
+        let q = query_params(Some("session_id=a%20b&limit=5&x=%zz&flag&plus=a+b&end=%4"));
+        assert_eq!(q["session_id"], "a b");
+        assert_eq!(q["limit"], "5");
+        assert_eq!(q["x"], "%zz");
+        assert_eq!(q["flag"], "");
+        assert_eq!(q["plus"], "a b");
+        assert_eq!(q["end"], "%4");
+    }
+
+    #[test]
+    fn json_errors_are_400() {
+        assert_eq!(
+            parse_json::<serde_json::Value>(b"{").unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            parse_json::<serde_json::Value>(b"  ").unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            parse_json::<serde_json::Value>(b"\"\xff\"")
+                .unwrap_err()
+                .status,
+            StatusCode::BAD_REQUEST
+        );
+        let deep = "[".repeat(10_000);
+        assert_eq!(
+            parse_json::<serde_json::Value>(deep.as_bytes())
+                .unwrap_err()
+                .status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+}

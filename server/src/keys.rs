@@ -1,0 +1,129 @@
+//! `/v1/keys`: mint (any active key of the account), list (admin), revoke.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::AppState;
+use crate::auth::authenticate;
+use crate::catalog::{KEY_NAME_CHARS_MAX, KeyRecord};
+use crate::error::ApiError;
+use crate::http::{Body, blocking, json_response, parse_json, query_params, read_body};
+use crate::time::{format_ms, now_ms};
+
+#[derive(Deserialize, Default)]
+struct CreateBody {
+    name: Option<String>,
+}
+
+/// The public view of a key: never the key or its hash.
+pub fn key_json(key: &KeyRecord) -> serde_json::Value {
+    json!({
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.hint,
+        "admin": key.is_admin,
+        "created_at": format_ms(key.created_at_ms),
+        "last_used_at": key.last_used_at_ms.map(format_ms),
+        "revoked": key.revoked_at_ms.is_some(),
+        "revoked_at": key.revoked_at_ms.map(format_ms),
+    })
+}
+
+/// `POST /v1/keys` → 201 `{id, key, name, created_at, prefix}`.
+pub async fn create(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let auth = authenticate(state, &parts.headers).await?;
+    let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
+    let request: CreateBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        CreateBody::default()
+    } else {
+        parse_json(&bytes)?
+    };
+    if let Some(name) = &request.name
+        && name.chars().count() > KEY_NAME_CHARS_MAX
+    {
+        return Err(ApiError::bad_request(
+            "name_too_long",
+            format!("`name` is longer than {KEY_NAME_CHARS_MAX} characters."),
+        )
+        .with_param("name"));
+    }
+    let st = state.clone();
+    let (record, key) = blocking(move || {
+        Ok(st
+            .catalog
+            .create_key(&auth.account_id, request.name, false, now_ms())?)
+    })
+    .await?;
+    tracing::info!(key_id = %record.id, "key created");
+    let mut body = key_json(&record);
+    body["key"] = json!(key);
+    Ok(json_response(StatusCode::CREATED, &body))
+}
+
+/// `GET /v1/keys` (admin) → `{"keys": [...]}`, oldest first.
+pub async fn list(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let auth = authenticate(state, req.headers()).await?;
+    auth.require_admin()?;
+    let keys: Vec<_> = state
+        .catalog
+        .keys(&auth.account_id)
+        .iter()
+        .map(key_json)
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "keys": keys}),
+    ))
+}
+
+/// `DELETE /v1/keys/{id}[?purge=true]` → `{id, revoked: true, purged}`. The admin key may
+/// revoke any key of the account except itself; any other key may revoke only itself.
+pub async fn revoke(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let auth = authenticate(state, req.headers()).await?;
+    let purge = query_params(req.uri().query())
+        .get("purge")
+        .is_some_and(|v| v == "true" || v == "1");
+    let target = state
+        .catalog
+        .key(id)
+        .filter(|k| k.account_id == auth.account_id);
+    let Some(target) = target.filter(|k| auth.is_admin || k.id == auth.key_id) else {
+        return Err(ApiError::not_found(format!("No key with id {id}.")));
+    };
+    if target.is_admin && target.id == auth.key_id {
+        return Err(ApiError::bad_request(
+            "cannot_revoke_admin_key",
+            "The admin key cannot revoke itself; use `memoryrouter keys revoke` on the server.",
+        ));
+    }
+    let st = state.clone();
+    let key_id = target.id.clone();
+    blocking(move || {
+        st.catalog.revoke_key(&key_id, now_ms())?;
+        if purge {
+            st.engine.purge_vault(&key_id)?;
+        }
+        Ok(())
+    })
+    .await?;
+    tracing::info!(key_id = %target.id, purge, "key revoked");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"id": target.id, "revoked": true, "purged": purge}),
+    ))
+}

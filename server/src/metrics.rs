@@ -1,0 +1,241 @@
+//! Prometheus metrics: per-route request latency histograms, retrieval latency, request
+//! counts by status class, and gauges read at scrape time (open vaults, uptime).
+//!
+//! Hand-rolled rather than a metrics crate: a fixed bucket layout of atomics is all that
+//! Prometheus needs, costs a few nanoseconds per request, and keeps the dependency list
+//! short. The same histograms give the dashboard's p50/p99 (bucket interpolation).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+
+/// Upper bounds of the latency buckets, in seconds (Prometheus convention). 100 µs to 10 s
+/// covers a warm prepare (sub-millisecond) through a cold vault open or a slow fsync.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
+];
+
+/// A latency histogram with fixed buckets; lock-free to record.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_SECONDS.len()],
+    /// Observations above the last bucket (the `+Inf` bucket minus the others).
+    overflow: AtomicU64,
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        match LATENCY_BUCKETS_SECONDS
+            .iter()
+            .position(|bound| seconds <= *bound)
+        {
+            Some(i) => self.buckets[i].fetch_add(1, Ordering::Relaxed),
+            None => self.overflow.fetch_add(1, Ordering::Relaxed),
+        };
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The `q` quantile in milliseconds, linearly interpolated inside its bucket. `None`
+    /// before the first observation.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).ceil().max(1.0);
+        let mut seen = 0.0;
+        let mut lower = 0.0;
+        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS_SECONDS) {
+            let n = bucket.load(Ordering::Relaxed) as f64;
+            if n > 0.0 && seen + n >= rank {
+                let fraction = (rank - seen) / n;
+                return Some((lower + (bound - lower) * fraction) * 1000.0);
+            }
+            seen += n;
+            lower = bound;
+        }
+        Some(lower * 1000.0)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS_SECONDS) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Counters per route and status class.
+#[derive(Default)]
+struct RouteMetrics {
+    latency: Histogram,
+    status_2xx: AtomicU64,
+    status_4xx: AtomicU64,
+    status_5xx: AtomicU64,
+}
+
+/// All server metrics. Routes are labelled by their pattern (`GET /v1/memory/{id}`), never
+/// by the raw path, so the label set stays bounded.
+#[derive(Default)]
+pub struct Metrics {
+    routes: RwLock<BTreeMap<&'static str, Arc<RouteMetrics>>>,
+    /// Time spent in the engine's search for prepare and search requests.
+    pub retrieval: Histogram,
+    /// Time an ingest spends until the engine acknowledges (includes the WAL fsync).
+    pub ingest_durable: Histogram,
+    pub memories_stored: AtomicU64,
+}
+
+/// A route's count and latency quantiles, for `GET /v1/admin/overview`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteSummary {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Metrics {
+    fn route(&self, route: &'static str) -> Arc<RouteMetrics> {
+        if let Some(found) = self.routes.read().get(route) {
+            return found.clone();
+        }
+        self.routes.write().entry(route).or_default().clone()
+    }
+
+    pub fn record_request(&self, route: &'static str, status: u16, elapsed: Duration) {
+        let metrics = self.route(route);
+        metrics.latency.observe(elapsed);
+        let counter = match status {
+            500.. => &metrics.status_5xx,
+            400..=499 => &metrics.status_4xx,
+            _ => &metrics.status_2xx,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn route_summaries(&self) -> BTreeMap<String, RouteSummary> {
+        self.routes
+            .read()
+            .iter()
+            .map(|(route, m)| {
+                let summary = RouteSummary {
+                    count: m.latency.count(),
+                    p50_ms: m.latency.quantile_ms(0.5).unwrap_or(0.0),
+                    p99_ms: m.latency.quantile_ms(0.99).unwrap_or(0.0),
+                };
+                ((*route).to_owned(), summary)
+            })
+            .collect()
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self, open_vaults: usize, uptime: Duration) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        out.push_str("# HELP memoryrouter_request_duration_seconds Request latency by route.\n");
+        out.push_str("# TYPE memoryrouter_request_duration_seconds histogram\n");
+        let routes = self.routes.read();
+        for (route, m) in routes.iter() {
+            m.latency.render(
+                &mut out,
+                "memoryrouter_request_duration_seconds",
+                &format!("route=\"{route}\""),
+            );
+        }
+        out.push_str("# HELP memoryrouter_requests_total Requests by route and status class.\n");
+        out.push_str("# TYPE memoryrouter_requests_total counter\n");
+        for (route, m) in routes.iter() {
+            for (class, counter) in [
+                ("2xx", &m.status_2xx),
+                ("4xx", &m.status_4xx),
+                ("5xx", &m.status_5xx),
+            ] {
+                let n = counter.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "memoryrouter_requests_total{{route=\"{route}\",status=\"{class}\"}} {n}"
+                );
+            }
+        }
+        drop(routes);
+        out.push_str("# HELP memoryrouter_retrieval_duration_seconds Engine search latency.\n");
+        out.push_str("# TYPE memoryrouter_retrieval_duration_seconds histogram\n");
+        self.retrieval
+            .render(&mut out, "memoryrouter_retrieval_duration_seconds", "");
+        out.push_str(
+            "# HELP memoryrouter_ingest_durable_duration_seconds Ingest latency until durable.\n",
+        );
+        out.push_str("# TYPE memoryrouter_ingest_durable_duration_seconds histogram\n");
+        self.ingest_durable
+            .render(&mut out, "memoryrouter_ingest_durable_duration_seconds", "");
+        let stored = self.memories_stored.load(Ordering::Relaxed);
+        out.push_str(
+            "# HELP memoryrouter_memories_stored_total Memory records written by ingest.\n",
+        );
+        out.push_str("# TYPE memoryrouter_memories_stored_total counter\n");
+        let _ = writeln!(out, "memoryrouter_memories_stored_total {stored}");
+        out.push_str("# HELP memoryrouter_open_vaults Vaults currently open.\n");
+        out.push_str("# TYPE memoryrouter_open_vaults gauge\n");
+        let _ = writeln!(out, "memoryrouter_open_vaults {open_vaults}");
+        out.push_str("# HELP memoryrouter_uptime_seconds Seconds since start.\n");
+        out.push_str("# TYPE memoryrouter_uptime_seconds gauge\n");
+        let _ = writeln!(out, "memoryrouter_uptime_seconds {}", uptime.as_secs());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_buckets() {
+        let h = Histogram::default();
+        for _ in 0..99 {
+            h.observe(Duration::from_micros(200));
+        }
+        h.observe(Duration::from_millis(80));
+        let p50 = h.quantile_ms(0.5).unwrap();
+        assert!(p50 > 0.1 && p50 <= 0.25, "{p50}");
+        let p100 = h.quantile_ms(1.0).unwrap();
+        assert!(p100 > 50.0 && p100 <= 100.0, "{p100}");
+    }
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.record_request("GET /healthz", 200, Duration::from_millis(1));
+        m.record_request("GET /healthz", 404, Duration::from_millis(1));
+        let text = m.render(3, Duration::from_secs(5));
+        assert!(
+            text.contains("memoryrouter_request_duration_seconds_count{route=\"GET /healthz\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("memoryrouter_requests_total{route=\"GET /healthz\",status=\"4xx\"} 1")
+        );
+        assert!(text.contains("memoryrouter_open_vaults 3"));
+    }
+}

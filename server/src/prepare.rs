@@ -1,0 +1,385 @@
+//! `POST /v1/memory/prepare`: retrieve what the vault knows that is relevant to the
+//! conversation, and format it as a context block within a token budget.
+//!
+//! The query is the last user message (or the last message with text). Hits come from the
+//! engine's fused lexical + vector search with the current session ranked up; hits below
+//! `retrieval.score_min` are dropped so an unrelated vault yields an empty context, and
+//! memories already present verbatim in `messages` are not repeated. Within the density's
+//! token budget the most relevant memories are kept, then shown oldest first, each with
+//! its date and role, so the model reads them as a timeline.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use engine::{Filter, Hit, SearchQuery};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::{AuthContext, authenticate};
+use crate::error::ApiError;
+use crate::http::{Body, blocking, json_response, parse_json, query_params, read_body};
+use crate::request::{ChatMessage, FiltersBody, MemoryMode, parse_messages, session_id};
+use crate::time::now_ms;
+
+/// Token budgets of the context per density. Sized for chat models: `low` is a couple of
+/// facts, `default` about a page, `xhigh` a long brief for large-context models.
+pub const DENSITY_LOW_TOKENS: usize = 400;
+pub const DENSITY_DEFAULT_TOKENS: usize = 1200;
+pub const DENSITY_HIGH_TOKENS: usize = 2400;
+pub const DENSITY_XHIGH_TOKENS: usize = 4800;
+const _: () = assert!(DENSITY_LOW_TOKENS < DENSITY_DEFAULT_TOKENS);
+const _: () = assert!(DENSITY_DEFAULT_TOKENS < DENSITY_HIGH_TOKENS);
+const _: () = assert!(DENSITY_HIGH_TOKENS < DENSITY_XHIGH_TOKENS);
+/// Memories retrieved when the client does not say (`context_limit` 0 or absent).
+pub const CONTEXT_LIMIT_DEFAULT: usize = 30;
+/// Most memories one prepare may return.
+pub const CONTEXT_LIMIT_MAX: usize = 200;
+/// Token estimate: English text averages about four characters per token in the common
+/// BPE vocabularies; precise enough for a budget, and needs no tokenizer.
+pub const CHARS_PER_TOKEN: usize = 4;
+/// First line of a non-empty context.
+pub const CONTEXT_HEADER: &str =
+    "Relevant memories from earlier conversations (oldest first, times in UTC):";
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Density {
+    Low,
+    #[default]
+    Default,
+    High,
+    Xhigh,
+}
+
+impl Density {
+    pub fn parse(text: &str) -> Option<Density> {
+        match text {
+            "low" => Some(Density::Low),
+            "default" | "medium" => Some(Density::Default),
+            "high" => Some(Density::High),
+            "xhigh" => Some(Density::Xhigh),
+            _ => None,
+        }
+    }
+
+    pub fn budget_tokens(self) -> usize {
+        match self {
+            Density::Low => DENSITY_LOW_TOKENS,
+            Density::Default => DENSITY_DEFAULT_TOKENS,
+            Density::High => DENSITY_HIGH_TOKENS,
+            Density::Xhigh => DENSITY_XHIGH_TOKENS,
+        }
+    }
+}
+
+/// How to retrieve (shared with the proxy).
+#[derive(Clone, Debug, Default)]
+pub struct PrepareOptions {
+    pub density: Density,
+    /// Most memories to return; 0 = [`CONTEXT_LIMIT_DEFAULT`].
+    pub context_limit: usize,
+    /// The conversation's session ("" = none): ranked up, or the only one searched when
+    /// `session_only`.
+    pub session_id: String,
+    pub session_only: bool,
+    pub filter: Filter,
+}
+
+/// A prepared context.
+pub struct Prepared {
+    /// The formatted block; empty when nothing relevant was found.
+    pub context: String,
+    /// The memories in the context, most relevant first.
+    pub memories: Vec<Hit>,
+    /// Estimated tokens of `context`.
+    pub tokens: usize,
+}
+
+pub fn estimate_tokens(text: &str) -> usize {
+    text.chars().count().div_ceil(CHARS_PER_TOKEN)
+}
+
+/// The text to search with: the last user message, else the last message with text.
+fn query_text(messages: &[ChatMessage]) -> Option<&str> {
+    let with_text = |m: &&ChatMessage| !m.text.trim().is_empty();
+    messages
+        .iter()
+        .rev()
+        .filter(with_text)
+        .find(|m| m.role == engine::Role::User)
+        .or_else(|| messages.iter().rev().find(with_text))
+        .map(|m| m.text.as_str())
+}
+
+/// Retrieves and formats the context for `messages` from the caller's vault.
+pub fn retrieve(
+    state: &AppState,
+    auth: &AuthContext,
+    messages: &[ChatMessage],
+    opts: &PrepareOptions,
+) -> Result<Prepared, ApiError> {
+    let empty = Prepared {
+        context: String::new(),
+        memories: Vec::new(),
+        tokens: 0,
+    };
+    let Some(query) = query_text(messages) else {
+        return Ok(empty);
+    };
+    let limit = match opts.context_limit {
+        0 => CONTEXT_LIMIT_DEFAULT,
+        n => n.min(CONTEXT_LIMIT_MAX),
+    };
+    let mut filter = opts.filter.clone();
+    if opts.session_only && !opts.session_id.is_empty() {
+        filter.session_id = Some(opts.session_id.clone());
+    }
+    let search = SearchQuery {
+        text: query.to_owned(),
+        // Room for the hits that turn out to be verbatim copies of the conversation.
+        k: (limit + messages.len()).min(engine::SEARCH_K_MAX),
+        filter,
+        boost_session: (!opts.session_id.is_empty() && !opts.session_only)
+            .then(|| opts.session_id.clone()),
+        now_ms: now_ms(),
+    };
+    let vault = state.engine.vault(&auth.key_id)?;
+    let started = Instant::now();
+    let hits = vault.search(&search)?;
+    state.metrics.retrieval.observe(started.elapsed());
+
+    let score_min = state.config.retrieval.score_min;
+    let relevant: Vec<Hit> = hits
+        .into_iter()
+        .filter(|hit| hit.score >= score_min)
+        .filter(|hit| !in_conversation(&hit.memory.text, messages))
+        .take(limit)
+        .collect();
+    Ok(format_context(relevant, opts.density.budget_tokens()))
+}
+
+/// True when the memory's text already appears word for word in a message.
+fn in_conversation(memory: &str, messages: &[ChatMessage]) -> bool {
+    let memory = memory.trim();
+    !memory.is_empty() && messages.iter().any(|m| m.text.contains(memory))
+}
+
+/// Keeps hits (most relevant first) while the context fits `budget_tokens`, then renders
+/// them oldest first.
+pub fn format_context(hits: Vec<Hit>, budget_tokens: usize) -> Prepared {
+    let budget_chars = budget_tokens * CHARS_PER_TOKEN;
+    let mut used = CONTEXT_HEADER.chars().count();
+    let mut kept: Vec<(Hit, String)> = Vec::new();
+    for hit in hits {
+        let line = context_line(&hit);
+        let cost = line.chars().count() + 1;
+        if used + cost > budget_chars {
+            continue;
+        }
+        used += cost;
+        kept.push((hit, line));
+    }
+    if kept.is_empty() {
+        return Prepared {
+            context: String::new(),
+            memories: Vec::new(),
+            tokens: 0,
+        };
+    }
+    let mut timeline: Vec<&(Hit, String)> = kept.iter().collect();
+    timeline.sort_by_key(|(hit, _)| (hit.memory.created_at_ms, hit.memory.id));
+    let mut context = String::from(CONTEXT_HEADER);
+    for (_, line) in timeline {
+        context.push('\n');
+        context.push_str(line);
+    }
+    let tokens = estimate_tokens(&context);
+    Prepared {
+        context,
+        memories: kept.into_iter().map(|(hit, _)| hit).collect(),
+        tokens,
+    }
+}
+
+/// `- [2026-06-05 21:00] user: text` (newlines in the text folded so each memory is one line).
+fn context_line(hit: &Hit) -> String {
+    let stamp = crate::time::format_ms(hit.memory.created_at_ms);
+    let minute = stamp.get(..16).unwrap_or(&stamp).replace('T', " ");
+    let text = hit
+        .memory
+        .text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!("- [{minute}] {}: {text}", hit.memory.role.as_str())
+}
+
+#[derive(Deserialize)]
+struct PrepareBody {
+    messages: Value,
+    session_id: Option<String>,
+    density: Option<String>,
+    context_limit: Option<u64>,
+    filters: Option<FiltersBody>,
+    scope: Option<String>,
+    memory_mode: Option<String>,
+}
+
+/// A hit as the API shows it.
+pub fn hit_json(hit: &Hit) -> Value {
+    let mut value = crate::memories::memory_json(&hit.memory);
+    value["score"] = json!(hit.score);
+    value
+}
+
+/// The handler.
+pub async fn handle(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let auth = authenticate(state, &parts.headers).await?;
+    let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
+    let request: PrepareBody = parse_json(&bytes)?;
+    let messages = parse_messages(&request.messages, &state.config.limits)?;
+    let query = query_params(parts.uri.query());
+    let mode = MemoryMode::resolve(
+        auth.mode,
+        &parts.headers,
+        query.get("mode").map(String::as_str),
+        request.memory_mode.as_deref(),
+    )?;
+    let density = match request.density.as_deref() {
+        None | Some("") => Density::Default,
+        Some(name) => Density::parse(name).ok_or_else(|| {
+            ApiError::unprocessable(
+                "invalid_density",
+                "`density` must be low, default, high or xhigh.",
+            )
+            .with_param("density")
+        })?,
+    };
+    let scope = request
+        .scope
+        .as_deref()
+        .or_else(|| crate::http::header(&parts.headers, "x-memory-scope"));
+    let opts = PrepareOptions {
+        density,
+        context_limit: usize::try_from(request.context_limit.unwrap_or(0))
+            .unwrap_or(CONTEXT_LIMIT_MAX),
+        session_id: session_id(request.session_id.as_deref(), &parts.headers)?,
+        session_only: scope == Some("session"),
+        filter: request
+            .filters
+            .as_ref()
+            .map(FiltersBody::to_filter)
+            .transpose()?
+            .unwrap_or_default(),
+    };
+    if !mode.retrieves() {
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"context": "", "memories_found": 0, "memories": [], "tokens": 0}),
+        ));
+    }
+    let st = state.clone();
+    let prepared = blocking(move || retrieve(&st, &auth, &messages, &opts)).await?;
+    let memories: Vec<Value> = prepared.memories.iter().map(hit_json).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "context": prepared.context,
+            "memories_found": memories.len(),
+            "memories": memories,
+            "tokens": prepared.tokens,
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::{Memory, Role};
+
+    fn hit(id: u64, text: &str, created_at_ms: i64, score: f32) -> Hit {
+        Hit {
+            memory: Memory {
+                id,
+                session_id: String::new(),
+                role: Role::User,
+                text: text.to_owned(),
+                created_at_ms,
+                model: None,
+                metadata: None,
+                content_hash: id,
+                chunk: 0,
+            },
+            score,
+        }
+    }
+
+    #[test]
+    fn context_names_date_and_role_oldest_first() {
+        let prepared = format_context(
+            vec![
+                hit(2, "likes tea", 1_780_693_200_000, 0.9),
+                hit(1, "trains at 6am", 1_780_606_800_000, 0.5),
+            ],
+            DENSITY_DEFAULT_TOKENS,
+        );
+        let lines: Vec<&str> = prepared.context.lines().collect();
+        assert_eq!(lines[0], CONTEXT_HEADER);
+        assert_eq!(lines[1], "- [2026-06-04 21:00] user: trains at 6am");
+        assert_eq!(lines[2], "- [2026-06-05 21:00] user: likes tea");
+        assert_eq!(
+            prepared.memories[0].memory.id, 2,
+            "memories stay most relevant first"
+        );
+        assert_eq!(prepared.tokens, estimate_tokens(&prepared.context));
+    }
+
+    #[test]
+    fn budget_bounds_the_context_and_nothing_gives_empty() {
+        let long = "word ".repeat(150); // about one engine chunk (CHUNK_CHARS_MAX)
+        let hits: Vec<Hit> = (0..20).map(|i| hit(i, &long, 0, 0.5)).collect();
+        for density in [
+            Density::Low,
+            Density::Default,
+            Density::High,
+            Density::Xhigh,
+        ] {
+            let prepared = format_context(hits.clone(), density.budget_tokens());
+            assert!(
+                prepared.tokens <= density.budget_tokens(),
+                "{density:?}: {}",
+                prepared.tokens
+            );
+            assert!(!prepared.memories.is_empty());
+        }
+        let none = format_context(Vec::new(), DENSITY_DEFAULT_TOKENS);
+        assert_eq!(none.context, "");
+        assert_eq!(none.tokens, 0);
+    }
+
+    #[test]
+    fn query_is_the_last_user_message() {
+        let m = |role, text: &str| ChatMessage {
+            role,
+            text: text.into(),
+            created_at_ms: None,
+            remember: true,
+        };
+        let messages = vec![
+            m(Role::User, "first"),
+            m(Role::User, "second"),
+            m(Role::Assistant, "reply"),
+            m(Role::User, " "),
+        ];
+        assert_eq!(query_text(&messages), Some("second"));
+        assert_eq!(query_text(&[m(Role::Assistant, "only")]), Some("only"));
+        assert!(in_conversation("second", &messages));
+        assert!(!in_conversation("third", &messages));
+    }
+}

@@ -1,0 +1,134 @@
+//! `/v1/provider-keys/{provider}`: the account's stored provider keys (admin key only),
+//! encrypted at rest and only ever listed masked.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::AppState;
+use crate::auth::authenticate;
+use crate::catalog::{PROVIDER_VALUE_CHARS_MAX, ProviderKeyInfo, valid_provider_name};
+use crate::error::ApiError;
+use crate::http::{Body, blocking, json_response, parse_json, read_body};
+use crate::time::{format_ms, now_ms};
+
+#[derive(Deserialize)]
+struct PutBody {
+    api_key: String,
+    base_url: Option<String>,
+}
+
+fn info_json(info: &ProviderKeyInfo) -> serde_json::Value {
+    json!({"provider": info.provider, "hint": info.hint, "base_url": info.base_url, "updated_at": format_ms(info.updated_at_ms)})
+}
+
+fn check_provider(provider: &str) -> Result<(), ApiError> {
+    if valid_provider_name(provider) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_provider",
+            "Provider names are 1-64 characters of a-z, 0-9, `_` and `-`.",
+        )
+        .with_param("provider"))
+    }
+}
+
+/// `GET /v1/provider-keys` → `{"providers": [{provider, hint, base_url, updated_at}]}`.
+pub async fn list(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let auth = authenticate(state, req.headers()).await?;
+    auth.require_admin()?;
+    let providers: Vec<_> = state
+        .catalog
+        .provider_keys(&auth.account_id)
+        .iter()
+        .map(info_json)
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"providers": providers}),
+    ))
+}
+
+/// `PUT /v1/provider-keys/{provider}` `{"api_key", "base_url"?}` → the masked entry.
+pub async fn put(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    provider: &str,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let auth = authenticate(state, &parts.headers).await?;
+    auth.require_admin()?;
+    check_provider(provider)?;
+    let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
+    let request: PutBody = parse_json(&bytes)?;
+    if request.api_key.trim().is_empty() {
+        return Err(
+            ApiError::bad_request("empty_api_key", "`api_key` must not be empty.")
+                .with_param("api_key"),
+        );
+    }
+    if request.api_key.len() > PROVIDER_VALUE_CHARS_MAX
+        || request
+            .base_url
+            .as_ref()
+            .is_some_and(|u| u.len() > PROVIDER_VALUE_CHARS_MAX)
+    {
+        return Err(ApiError::too_large(
+            "value_too_long",
+            format!("Values are limited to {PROVIDER_VALUE_CHARS_MAX} bytes."),
+        ));
+    }
+    if let Some(url) = &request.base_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_base_url",
+            "`base_url` must start with http:// or https://.",
+        )
+        .with_param("base_url"));
+    }
+    let st = state.clone();
+    let provider = provider.to_owned();
+    let info = blocking(move || {
+        Ok(st.catalog.set_provider_key(
+            &auth.account_id,
+            &provider,
+            request.api_key.trim(),
+            request.base_url,
+            now_ms(),
+        )?)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &info_json(&info)))
+}
+
+/// `DELETE /v1/provider-keys/{provider}` → `{provider, deleted: true}` or 404.
+pub async fn delete(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    provider: &str,
+) -> Result<Response<Body>, ApiError> {
+    let auth = authenticate(state, req.headers()).await?;
+    auth.require_admin()?;
+    check_provider(provider)?;
+    let st = state.clone();
+    let name = provider.to_owned();
+    let deleted =
+        blocking(move || Ok(st.catalog.delete_provider_key(&auth.account_id, &name)?)).await?;
+    if !deleted {
+        return Err(ApiError::not_found(format!(
+            "No stored key for provider {provider}."
+        )));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"provider": provider, "deleted": true}),
+    ))
+}

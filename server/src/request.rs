@@ -1,0 +1,441 @@
+//! Request pieces shared by prepare, ingest, search and the proxy: chat messages (string or
+//! content-part content), filters, the session id and the memory-mode spellings.
+//!
+//! Every check here answers 400 (wrong shape or type), 413 (over a configured limit) or 422
+//! (well-formed but meaningless value) with `param` naming the field, never a panic.
+
+use engine::{Filter, Role};
+use http::HeaderMap;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::Limits;
+use crate::error::ApiError;
+use crate::http::header;
+
+/// Longest session id accepted, in bytes.
+pub const SESSION_ID_BYTES_MAX: usize = 256;
+
+/// One chat message as the memory paths see it: its role, its text (text parts joined),
+/// and the per-message options clients send.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub text: String,
+    /// `created_at` for backfill (RFC 3339 or epoch ms), if the client gave one.
+    pub created_at_ms: Option<i64>,
+    /// False when the client sent `"memory": false`: never store this message.
+    pub remember: bool,
+}
+
+/// Parses a role, including the spellings OpenAI and Anthropic clients send for the same
+/// thing (`developer` is the new name of `system`, `function` the old name of `tool`).
+pub fn parse_role(text: &str) -> Option<Role> {
+    match text {
+        "developer" => Some(Role::System),
+        "function" => Some(Role::Tool),
+        other => Role::parse(other),
+    }
+}
+
+/// Parses and validates `messages`. `allow_empty` is false for prepare/ingest.
+pub fn parse_messages(value: &Value, limits: &Limits) -> Result<Vec<ChatMessage>, ApiError> {
+    let Value::Array(items) = value else {
+        return Err(ApiError::bad_request(
+            "invalid_type",
+            "`messages` must be an array of messages.",
+        )
+        .with_param("messages"));
+    };
+    if items.is_empty() {
+        return Err(
+            ApiError::bad_request("empty_messages", "`messages` must not be empty.")
+                .with_param("messages"),
+        );
+    }
+    if items.len() > limits.messages_per_request_max {
+        return Err(ApiError::too_large(
+            "too_many_messages",
+            format!(
+                "{} messages exceed the limit of {} per request.",
+                items.len(),
+                limits.messages_per_request_max
+            ),
+        )
+        .with_param("messages"));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| parse_message(i, item, limits))
+        .collect()
+}
+
+fn parse_message(index: usize, item: &Value, limits: &Limits) -> Result<ChatMessage, ApiError> {
+    let at = |field: &str| format!("messages[{index}]{field}");
+    let Value::Object(fields) = item else {
+        return Err(
+            ApiError::bad_request("invalid_type", "Each message must be an object.")
+                .with_param(at("")),
+        );
+    };
+    let role = match fields.get("role") {
+        Some(Value::String(role)) => parse_role(role).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_role",
+                format!(
+                    "Unknown role `{}`; expected user, assistant, system, tool or note.",
+                    truncate(role, 32)
+                ),
+            )
+            .with_param(at(".role"))
+        })?,
+        Some(_) => {
+            return Err(
+                ApiError::bad_request("invalid_type", "`role` must be a string.")
+                    .with_param(at(".role")),
+            );
+        }
+        None => {
+            return Err(
+                ApiError::bad_request("missing_role", "Each message needs a `role`.")
+                    .with_param(at(".role")),
+            );
+        }
+    };
+    let text = content_text(fields.get("content").unwrap_or(&Value::Null))
+        .map_err(|e| e.with_param(at(".content")))?;
+    if text.len() > limits.message_chars_max && text.chars().count() > limits.message_chars_max {
+        return Err(ApiError::too_large(
+            "message_too_long",
+            format!(
+                "A message is longer than the limit of {} characters.",
+                limits.message_chars_max
+            ),
+        )
+        .with_param(at(".content")));
+    }
+    let created_at_ms = match fields.get("created_at") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(crate::time::parse_json_ms(value).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_created_at",
+                "`created_at` must be an RFC 3339 string or epoch milliseconds.",
+            )
+            .with_param(at(".created_at"))
+        })?),
+    };
+    let remember = match fields.get("memory") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(flag)) => *flag,
+        Some(_) => {
+            return Err(
+                ApiError::bad_request("invalid_type", "`memory` must be a boolean.")
+                    .with_param(at(".memory")),
+            );
+        }
+    };
+    Ok(ChatMessage {
+        role,
+        text,
+        created_at_ms,
+        remember,
+    })
+}
+
+/// The text of a `content`: a string, `null` (assistant tool calls), or an array of content
+/// parts whose text parts are joined by newlines (images, audio and files are skipped).
+pub fn content_text(content: &Value) -> Result<String, ApiError> {
+    match content {
+        Value::String(text) => Ok(text.clone()),
+        Value::Null => Ok(String::new()),
+        Value::Array(parts) => {
+            let mut texts = Vec::new();
+            for part in parts {
+                match part {
+                    Value::String(text) => texts.push(text.as_str()),
+                    Value::Object(fields) => {
+                        let kind = fields.get("type").and_then(Value::as_str);
+                        match kind {
+                            Some("text" | "input_text" | "output_text") => match fields.get("text")
+                            {
+                                Some(Value::String(text)) => texts.push(text),
+                                _ => {
+                                    return Err(ApiError::bad_request(
+                                        "invalid_content_part",
+                                        "A text content part needs a string `text`.",
+                                    ));
+                                }
+                            },
+                            Some(_) => {}
+                            None => {
+                                return Err(ApiError::bad_request(
+                                    "invalid_content_part",
+                                    "Each content part needs a string `type`.",
+                                ));
+                            }
+                        }
+                    }
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "invalid_content_part",
+                            "`content` parts must be objects like {\"type\":\"text\",\"text\":\"…\"}.",
+                        ));
+                    }
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+        _ => Err(ApiError::bad_request(
+            "invalid_type",
+            "`content` must be a string or an array of content parts.",
+        )),
+    }
+}
+
+fn truncate(text: &str, chars: usize) -> String {
+    text.chars().take(chars).collect()
+}
+
+/// The session: body `session_id` beats the `X-Session-ID` header; "" = none.
+pub fn session_id(body: Option<&str>, headers: &HeaderMap) -> Result<String, ApiError> {
+    let session = body
+        .or_else(|| header(headers, "x-session-id"))
+        .unwrap_or("");
+    if session.len() > SESSION_ID_BYTES_MAX {
+        return Err(ApiError::too_large(
+            "session_id_too_long",
+            format!("`session_id` is longer than {SESSION_ID_BYTES_MAX} bytes."),
+        )
+        .with_param("session_id"));
+    }
+    Ok(session.to_owned())
+}
+
+/// Memory mode: what a request may do with memory. Only [`MemoryMode::On`] does both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MemoryMode {
+    #[default]
+    On,
+    /// Retrieve only.
+    Read,
+    /// Store only.
+    Write,
+    /// Neither (plain proxy).
+    Off,
+}
+
+impl MemoryMode {
+    /// Every spelling clients use: `on`/`default`/`all`, `read`/`selective`, `write`,
+    /// `off`/`none` (case-insensitive).
+    pub fn parse(text: &str) -> Option<MemoryMode> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "on" | "default" | "all" => Some(MemoryMode::On),
+            "read" | "selective" => Some(MemoryMode::Read),
+            "write" => Some(MemoryMode::Write),
+            "off" | "none" => Some(MemoryMode::Off),
+            _ => None,
+        }
+    }
+
+    pub fn retrieves(self) -> bool {
+        matches!(self, MemoryMode::On | MemoryMode::Read)
+    }
+
+    pub fn stores(self) -> bool {
+        matches!(self, MemoryMode::On | MemoryMode::Write)
+    }
+
+    /// Resolves the mode: body `memory_mode` > `?mode=` > `X-Memory-Mode` > key suffix.
+    pub fn resolve(
+        key_suffix: MemoryMode,
+        headers: &HeaderMap,
+        query_mode: Option<&str>,
+        body_mode: Option<&str>,
+    ) -> Result<MemoryMode, ApiError> {
+        let given = [
+            (body_mode, "memory_mode"),
+            (query_mode, "mode"),
+            (header(headers, "x-memory-mode"), "X-Memory-Mode"),
+        ];
+        for (value, param) in given {
+            if let Some(value) = value {
+                return MemoryMode::parse(value).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_memory_mode",
+                        "Memory mode must be on, read, write or off.",
+                    )
+                    .with_param(param)
+                });
+            }
+        }
+        Ok(key_suffix)
+    }
+}
+
+/// `filters` in prepare/search bodies.
+#[derive(Debug, Default, Deserialize)]
+pub struct FiltersBody {
+    pub session_id: Option<String>,
+    pub role: Option<String>,
+    pub roles: Option<Vec<String>>,
+    pub created_after: Option<Value>,
+    pub created_before: Option<Value>,
+    pub metadata: Option<serde_json::Map<String, Value>>,
+}
+
+impl FiltersBody {
+    pub fn to_filter(&self) -> Result<Filter, ApiError> {
+        let mut roles = Vec::new();
+        for name in self.role.iter().chain(self.roles.iter().flatten()) {
+            roles.push(parse_role(name).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_role",
+                    format!("Unknown role `{}` in filters.", truncate(name, 32)),
+                )
+                .with_param("filters.roles")
+            })?);
+        }
+        let time = |value: &Option<Value>, param: &str| -> Result<Option<i64>, ApiError> {
+            match value {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => crate::time::parse_json_ms(v).map(Some).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_time",
+                        "Times must be RFC 3339 strings or epoch milliseconds.",
+                    )
+                    .with_param(param)
+                }),
+            }
+        };
+        Ok(Filter {
+            session_id: self.session_id.clone().filter(|s| !s.is_empty()),
+            roles: (!roles.is_empty()).then_some(roles),
+            created_after_ms: time(&self.created_after, "filters.created_after")?,
+            created_before_ms: time(&self.created_before, "filters.created_before")?,
+            metadata: self
+                .metadata
+                .clone()
+                .map(|m| m.into_iter().collect())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn limits() -> Limits {
+        Limits {
+            messages_per_request_max: 3,
+            message_chars_max: 10,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn parses_strings_parts_and_options() {
+        let messages = parse_messages(
+            &json!([
+                {"role": "user", "content": "hi", "created_at": 5, "memory": false},
+                {"role": "developer", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {}}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": null},
+            ]),
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(
+            messages[0],
+            ChatMessage {
+                role: Role::User,
+                text: "hi".into(),
+                created_at_ms: Some(5),
+                remember: false
+            }
+        );
+        assert_eq!(messages[1].role, Role::System);
+        assert_eq!(messages[1].text, "a\nb");
+        assert_eq!(messages[2].text, "");
+    }
+
+    #[test]
+    fn refuses_bad_messages_with_the_right_status() {
+        let status = |v: Value| parse_messages(&v, &limits()).unwrap_err().status.as_u16();
+        assert_eq!(status(json!({})), 400);
+        assert_eq!(status(json!([])), 400);
+        assert_eq!(status(json!([{"role": "wizard", "content": "x"}])), 400);
+        assert_eq!(status(json!([{"role": 1, "content": "x"}])), 400);
+        assert_eq!(status(json!([{"content": "x"}])), 400);
+        assert_eq!(status(json!([{"role": "user", "content": 7}])), 400);
+        assert_eq!(
+            status(json!([{"role": "user", "content": [{"type": "text"}]}])),
+            400
+        );
+        assert_eq!(status(json!([{"role": "user", "content": [3]}])), 400);
+        assert_eq!(
+            status(json!([{"role": "user", "content": "x", "created_at": "soon"}])),
+            400
+        );
+        assert_eq!(
+            status(json!([{"role": "user", "content": "x", "memory": "no"}])),
+            400
+        );
+        assert_eq!(
+            status(json!([{"role": "user", "content": "more than ten chars"}])),
+            413
+        );
+        assert_eq!(
+            status(json!([{"role": "user"}, {"role": "user"}, {"role": "user"}, {"role": "user"}])),
+            413
+        );
+    }
+
+    #[test]
+    fn mode_precedence_is_body_query_header_suffix() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            MemoryMode::resolve(MemoryMode::Read, &headers, None, None).unwrap(),
+            MemoryMode::Read
+        );
+        headers.insert("x-memory-mode", "none".parse().unwrap());
+        assert_eq!(
+            MemoryMode::resolve(MemoryMode::Read, &headers, None, None).unwrap(),
+            MemoryMode::Off
+        );
+        assert_eq!(
+            MemoryMode::resolve(MemoryMode::Read, &headers, Some("selective"), None).unwrap(),
+            MemoryMode::Read
+        );
+        assert_eq!(
+            MemoryMode::resolve(MemoryMode::Read, &headers, Some("off"), Some("all")).unwrap(),
+            MemoryMode::On
+        );
+        assert_eq!(
+            MemoryMode::resolve(MemoryMode::On, &headers, None, Some("sometimes"))
+                .unwrap_err()
+                .status
+                .as_u16(),
+            400
+        );
+    }
+
+    #[test]
+    fn session_from_body_beats_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-session-id", "from-header".parse().unwrap());
+        assert_eq!(
+            session_id(Some("from-body"), &headers).unwrap(),
+            "from-body"
+        );
+        assert_eq!(session_id(None, &headers).unwrap(), "from-header");
+        assert_eq!(
+            session_id(Some(&"x".repeat(300)), &headers)
+                .unwrap_err()
+                .status
+                .as_u16(),
+            413
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! Routing: one `match` on (method, path segments). Each arm names the route's metrics label
+//! and calls its handler; adding an endpoint is adding one line here.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::http::{Body, error_response};
+use crate::{admin, ingest, keys, memories, ops, prepare, provider_keys};
+
+/// Handles one request; never fails (errors become OpenAI-shaped responses).
+pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let state = &state;
+
+    let (label, result): (&'static str, Result<Response<Body>, ApiError>) =
+        match (&method, segments.as_slice()) {
+            (&Method::GET, ["healthz"]) => ("GET /healthz", ops::healthz(state)),
+            (&Method::GET, ["readyz"]) => ("GET /readyz", ops::readyz(state)),
+            (&Method::GET, ["metrics"]) => ("GET /metrics", ops::metrics(state)),
+            (&Method::POST, ["v1", "keys"]) => ("POST /v1/keys", keys::create(state, req).await),
+            (&Method::GET, ["v1", "keys"]) => ("GET /v1/keys", keys::list(state, req).await),
+            (&Method::DELETE, ["v1", "keys", id]) => {
+                ("DELETE /v1/keys/{id}", keys::revoke(state, req, id).await)
+            }
+            (&Method::GET, ["v1", "provider-keys"]) => (
+                "GET /v1/provider-keys",
+                provider_keys::list(state, req).await,
+            ),
+            (&Method::PUT, ["v1", "provider-keys", p]) => (
+                "PUT /v1/provider-keys/{provider}",
+                provider_keys::put(state, req, p).await,
+            ),
+            (&Method::DELETE, ["v1", "provider-keys", p]) => (
+                "DELETE /v1/provider-keys/{provider}",
+                provider_keys::delete(state, req, p).await,
+            ),
+            (&Method::POST, ["v1", "memory", "prepare"]) => {
+                ("POST /v1/memory/prepare", prepare::handle(state, req).await)
+            }
+            (&Method::POST, ["v1", "memory", "ingest"]) => {
+                ("POST /v1/memory/ingest", ingest::handle(state, req).await)
+            }
+            (&Method::POST, ["v1", "memory", "search"]) => {
+                ("POST /v1/memory/search", memories::search(state, req).await)
+            }
+            (&Method::GET, ["v1", "memory"]) => {
+                ("GET /v1/memory", memories::list(state, req).await)
+            }
+            (&Method::DELETE, ["v1", "memory"]) => {
+                ("DELETE /v1/memory", memories::clear(state, req).await)
+            }
+            (&Method::GET, ["v1", "memory", "export"]) => {
+                ("GET /v1/memory/export", memories::export(state, req).await)
+            }
+            (&Method::POST, ["v1", "memory", "import"]) => {
+                ("POST /v1/memory/import", memories::import(state, req).await)
+            }
+            (&Method::POST, ["v1", "memory", "upload"]) => {
+                ("POST /v1/memory/upload", memories::upload(state, req).await)
+            }
+            (&Method::POST, ["v1", "memory", "warmup"]) => {
+                ("POST /v1/memory/warmup", memories::warmup(state, req).await)
+            }
+            (&Method::GET, ["v1", "memory", "stats"]) => {
+                ("GET /v1/memory/stats", memories::stats(state, req).await)
+            }
+            (&Method::GET, ["v1", "memory", id]) => {
+                ("GET /v1/memory/{id}", memories::get(state, req, id).await)
+            }
+            (&Method::DELETE, ["v1", "memory", id]) => (
+                "DELETE /v1/memory/{id}",
+                memories::delete(state, req, id).await,
+            ),
+            (&Method::GET, ["v1", "admin", "overview"]) => {
+                ("GET /v1/admin/overview", admin::overview(state, req).await)
+            }
+            _ => ("unmatched", Err(unmatched(&method, &segments))),
+        };
+
+    let response = match result {
+        Ok(response) => response,
+        Err(error) => error_response(&error),
+    };
+    state
+        .metrics
+        .record_request(label, response.status().as_u16(), started.elapsed());
+    if response.status() == StatusCode::INTERNAL_SERVER_ERROR
+        || response.status() == StatusCode::SERVICE_UNAVAILABLE
+    {
+        tracing::warn!(
+            route = label,
+            status = response.status().as_u16(),
+            "request failed"
+        );
+    } else {
+        tracing::debug!(
+            route = label,
+            status = response.status().as_u16(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "request"
+        );
+    }
+    response
+}
+
+/// Paths that exist (with `*` for a parameter): a known path with another method is 405.
+const KNOWN_PATHS: &[&[&str]] = &[
+    &["healthz"],
+    &["readyz"],
+    &["metrics"],
+    &["v1", "keys"],
+    &["v1", "keys", "*"],
+    &["v1", "provider-keys"],
+    &["v1", "provider-keys", "*"],
+    &["v1", "memory"],
+    &["v1", "memory", "*"],
+    &["v1", "admin", "overview"],
+];
+
+fn unmatched(method: &Method, segments: &[&str]) -> ApiError {
+    let known = KNOWN_PATHS.iter().any(|pattern| {
+        pattern.len() == segments.len()
+            && pattern
+                .iter()
+                .zip(segments)
+                .all(|(p, s)| *p == "*" || p == s)
+    });
+    if known {
+        ApiError::method_not_allowed(format!(
+            "Method {method} is not allowed on /{}.",
+            segments.join("/")
+        ))
+    } else {
+        ApiError::not_found(format!("No route for {method} /{}.", segments.join("/")))
+    }
+}

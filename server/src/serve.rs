@@ -1,0 +1,178 @@
+//! The server loop: accept connections, serve HTTP/1.1 on each, and shut down gracefully.
+//!
+//! Shutdown protocol: when the `shutdown` future completes, `/readyz` turns 503, the
+//! listener is dropped (no new connections), every connection is told to finish its
+//! in-flight request and close, and the loop waits (bounded) until all connection tasks
+//! have ended. Then the engine and the catalog are flushed, so every acknowledged write
+//! and the pending `last_used_at` times are on disk before `run` returns.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+
+use crate::AppState;
+use crate::config::Config;
+use crate::error::{ApiError, Error};
+use crate::http::error_response;
+
+/// A client gets this long to send its request headers before the connection is closed.
+pub const HEADER_READ_TIMEOUT_SECS: u64 = 10;
+/// At shutdown, in-flight requests get this long to finish.
+pub const DRAIN_TIMEOUT_SECS: u64 = 30;
+/// How often pending `last_used_at` times are written to the catalog.
+pub const LAST_USED_FLUSH_INTERVAL_SECS: u64 = 60;
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
+pub const ACCEPT_ERROR_BACKOFF_MS: u64 = 100;
+
+/// Opens the data directory described by `config`, then serves `listener` until
+/// `shutdown` completes. Prints the admin key once on first start.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let data_dir = config.data_dir.clone();
+    let opened = tokio::task::spawn_blocking(move || AppState::open(config))
+        .await
+        .map_err(|e| Error::Io {
+            path: data_dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+    if let Some(key) = &opened.new_admin_key {
+        let address = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "127.0.0.1:8787".into());
+        println!(
+            "{}",
+            crate::commands::admin_key_banner(key, &data_dir, &address)
+        );
+    }
+    serve(listener, Arc::new(opened.state), shutdown).await
+}
+
+/// Serves an already opened state (see [`run`]).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    // `stop` tells connections to finish; each connection task holds a clone of `done_tx`,
+    // so `done_rx.recv()` returns `None` exactly when the last one has ended.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let permits = Arc::new(Semaphore::new(state.config.limits.connections_max));
+    let flusher = tokio::spawn(flush_last_used_periodically(state.clone()));
+    tracing::info!(address = ?listener.local_addr().ok(), "serving");
+
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(connection(
+            stream,
+            state.clone(),
+            stop_rx.clone(),
+            done_tx.clone(),
+            permit,
+        ));
+    }
+
+    tracing::info!("shutting down: finishing in-flight requests");
+    state.shutting_down.store(true, Ordering::SeqCst);
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(done_tx);
+    if tokio::time::timeout(Duration::from_secs(DRAIN_TIMEOUT_SECS), done_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {DRAIN_TIMEOUT_SECS} s; closing them");
+    }
+    flusher.abort();
+    let flushed = state.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), Error> {
+        flushed.engine.flush()?;
+        flushed.catalog.sync()
+    })
+    .await
+    .map_err(|e| Error::Io {
+        path: state.config.data_dir.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })??;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn connection(
+    stream: TcpStream,
+    state: Arc<AppState>,
+    mut stop: watch::Receiver<bool>,
+    _done: mpsc::Sender<()>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move {
+            // Each request runs in its own task: a panic in a handler (a bug; the plan is
+            // that none can happen) becomes a 500 instead of a dropped connection, and a
+            // client that disconnects mid-ingest does not cancel the write.
+            let response = match tokio::spawn(crate::router::route(state, req)).await {
+                Ok(response) => response,
+                Err(_) => error_response(&ApiError::internal()),
+            };
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(HEADER_READ_TIMEOUT_SECS))
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+async fn flush_last_used_periodically(state: Arc<AppState>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(LAST_USED_FLUSH_INTERVAL_SECS));
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        let catalog_state = state.clone();
+        let result =
+            tokio::task::spawn_blocking(move || catalog_state.catalog.flush_last_used()).await;
+        if let Ok(Err(error)) = result {
+            tracing::warn!(%error, "could not persist key last-used times");
+        }
+    }
+}
