@@ -15,7 +15,7 @@
 //! connections_max = 1024
 //!
 //! [retrieval]
-//! score_min = 0.05                  # prepare drops memories scoring below this
+//! similarity_min = 0.3              # prepare: embedding cosine that counts as relevant
 //!
 //! [ingest]
 //! store_system = false              # system messages are instructions, not memories
@@ -45,8 +45,11 @@ pub const MESSAGE_CHARS_MAX_DEFAULT: usize = 200_000;
 pub const REQUESTS_PER_MINUTE_DEFAULT: u32 = 1200;
 pub const OPEN_VAULTS_MAX_DEFAULT: usize = 1024;
 pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
-/// Minimum fused score for prepare; see `prepare.rs` for how it was chosen.
-pub const SCORE_MIN_DEFAULT: f32 = 0.05;
+/// Cosine similarity (of the configured embedder) at which a memory that shares no word
+/// with the query still counts as relevant for prepare. 0.3 sits above the built-in
+/// embedder's noise between unrelated sentences (measured up to ~0.18) and below its score
+/// for paraphrases that share word pieces; see `prepare.rs`.
+pub const SIMILARITY_MIN_DEFAULT: f32 = 0.3;
 
 /// Whether an acknowledged write has been fsynced (`fsync`, the default) or only written
 /// to the OS (`buffered`: faster, loses the last moments of writes on power loss).
@@ -100,14 +103,14 @@ impl Default for Limits {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Retrieval {
-    /// Memories scoring below this are not put into a prepared context.
-    pub score_min: f32,
+    /// See [`SIMILARITY_MIN_DEFAULT`]. A semantic embedder needs its own value.
+    pub similarity_min: f32,
 }
 
 impl Default for Retrieval {
     fn default() -> Self {
         Self {
-            score_min: SCORE_MIN_DEFAULT,
+            similarity_min: SIMILARITY_MIN_DEFAULT,
         }
     }
 }
@@ -128,6 +131,13 @@ pub struct Config {
     pub limits: Limits,
     pub retrieval: Retrieval,
     pub ingest: Ingest,
+    /// Proxy providers beyond (or overriding) the built-ins: `[providers.NAME]` with
+    /// `kind`, `base_url`, `models`, `key_required` (see `proxy::providers`).
+    pub providers: std::collections::BTreeMap<String, crate::proxy::ProviderConfig>,
+    /// Proxy: longest wait for a provider's whole answer, or between two stream chunks.
+    pub proxy_timeout_ms: u64,
+    /// Proxy: TCP connect timeout to a provider.
+    pub proxy_connect_timeout_ms: u64,
     /// Provider-key encryption secret as 64 hex digits; env only (`MEMORYROUTER_SECRET_KEY`)
     /// so it is never written to a config file by accident. `None` = `DATA_DIR/secret.key`.
     #[serde(skip)]
@@ -145,6 +155,9 @@ impl Default for Config {
             limits: Limits::default(),
             retrieval: Retrieval::default(),
             ingest: Ingest::default(),
+            providers: std::collections::BTreeMap::new(),
+            proxy_timeout_ms: crate::proxy::client::TIMEOUT_MS_DEFAULT,
+            proxy_connect_timeout_ms: crate::proxy::client::CONNECT_TIMEOUT_MS_DEFAULT,
             secret_key_hex: None,
         }
     }
@@ -160,6 +173,9 @@ impl std::fmt::Debug for Config {
             .field("limits", &self.limits)
             .field("retrieval", &self.retrieval)
             .field("ingest", &self.ingest)
+            .field("providers", &self.providers)
+            .field("proxy_timeout_ms", &self.proxy_timeout_ms)
+            .field("proxy_connect_timeout_ms", &self.proxy_connect_timeout_ms)
             .field(
                 "secret_key_hex",
                 &self.secret_key_hex.as_ref().map(|_| "<set>"),
@@ -244,7 +260,7 @@ impl Config {
                 }
                 "OPEN_VAULTS_MAX" => self.limits.open_vaults_max = parse_number(name, value)?,
                 "CONNECTIONS_MAX" => self.limits.connections_max = parse_number(name, value)?,
-                "SCORE_MIN" => self.retrieval.score_min = parse_number(name, value)?,
+                "SIMILARITY_MIN" => self.retrieval.similarity_min = parse_number(name, value)?,
                 "STORE_SYSTEM" => self.ingest.store_system = parse_number(name, value)?,
                 "SECRET_KEY" => self.secret_key_hex = Some(value.clone()),
                 // Read by `load` itself, by the logger, or by other components.
@@ -279,11 +295,11 @@ impl Config {
                 return Err(invalid(field, "must be at least 1".to_owned()));
             }
         }
-        let score_min = self.retrieval.score_min;
-        if !(0.0..=1.0).contains(&score_min) {
+        let similarity_min = self.retrieval.similarity_min;
+        if !(0.0..=1.0).contains(&similarity_min) {
             return Err(invalid(
-                "retrieval.score_min",
-                format!("{score_min} is outside 0..=1"),
+                "retrieval.similarity_min",
+                format!("{similarity_min} is outside 0..=1"),
             ));
         }
         if self.data_dir.as_os_str().is_empty() {

@@ -2,11 +2,27 @@
 //! conversation, and format it as a context block within a token budget.
 //!
 //! The query is the last user message (or the last message with text). Hits come from the
-//! engine's fused lexical + vector search with the current session ranked up; hits below
-//! `retrieval.score_min` are dropped so an unrelated vault yields an empty context, and
-//! memories already present verbatim in `messages` are not repeated. Within the density's
-//! token budget the most relevant memories are kept, then shown oldest first, each with
-//! its date and role, so the model reads them as a timeline.
+//! engine's fused lexical + vector search with the current session ranked up. The fused
+//! score is rank-based (reciprocal-rank fusion), so it says how a hit ranks, not whether it
+//! is relevant at all: the top hit of an unrelated vault still scores ~0.5. Relevance is
+//! therefore decided here, per hit, on absolute evidence:
+//!
+//! * **Relevant** = the memory shares at least one index term with the query (the engine's
+//!   analyzer: stopwords dropped, Porter-stemmed, so "training" meets "train"), or the
+//!   embedder's cosine between them is at least `retrieval.similarity_min` (0.3 for the
+//!   built-in embedder, whose noise between unrelated sentences measured up to ~0.18).
+//!   Irrelevant hits are dropped, so a large unrelated vault yields an empty context.
+//! * **Recency fallback** (small vaults only): when the searched vault or session holds at
+//!   most [`RECENCY_FALLBACK_VAULT_MAX`] memories and the request has no `filters`, the
+//!   [`RECENCY_FALLBACK_COUNT`] most recent *user* memories are offered too. A new user's
+//!   first few statements ("Remember that I prefer concise coaching and train at 6am.")
+//!   are what the next conversation most needs ("How should we adjust tomorrow?"), yet a
+//!   lexical embedder cannot see that link. Past that size the vault has enough history for
+//!   relevance to decide alone. An empty vault still gives an empty context.
+//!
+//! Memories already present verbatim in `messages` are never repeated. Within the
+//! density's token budget the most relevant memories are kept, then shown oldest first,
+//! each with its date and role, so the model reads them as a timeline.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,6 +56,10 @@ pub const CONTEXT_LIMIT_MAX: usize = 200;
 /// Token estimate: English text averages about four characters per token in the common
 /// BPE vocabularies; precise enough for a budget, and needs no tokenizer.
 pub const CHARS_PER_TOKEN: usize = 4;
+/// A vault (or session, with `scope: "session"`) this small gets the recency fallback.
+pub const RECENCY_FALLBACK_VAULT_MAX: usize = 20;
+/// Most recent user memories offered by the fallback.
+pub const RECENCY_FALLBACK_COUNT: usize = 3;
 /// First line of a non-empty context.
 pub const CONTEXT_HEADER: &str =
     "Relevant memories from earlier conversations (oldest first, times in UTC):";
@@ -150,14 +170,81 @@ pub fn retrieve(
     let hits = vault.search(&search)?;
     state.metrics.retrieval.observe(started.elapsed());
 
-    let score_min = state.config.retrieval.score_min;
-    let relevant: Vec<Hit> = hits
-        .into_iter()
-        .filter(|hit| hit.score >= score_min)
-        .filter(|hit| !in_conversation(&hit.memory.text, messages))
-        .take(limit)
-        .collect();
+    let relevance = Relevance::new(state, query);
+    let mut relevant: Vec<Hit> = Vec::new();
+    for hit in &hits {
+        if relevant.len() == limit {
+            break;
+        }
+        if !in_conversation(&hit.memory.text, messages) && relevance.is_relevant(&hit.memory.text) {
+            relevant.push(hit.clone());
+        }
+    }
+    let no_filters = opts.filter.session_id.is_none()
+        && opts.filter.roles.is_none()
+        && opts.filter.created_after_ms.is_none()
+        && opts.filter.created_before_ms.is_none()
+        && opts.filter.metadata.is_empty();
+    if relevant.len() < limit && no_filters {
+        let session =
+            (opts.session_only && !opts.session_id.is_empty()).then_some(opts.session_id.as_str());
+        let newest = vault.list(None, RECENCY_FALLBACK_VAULT_MAX + 1, session)?;
+        if newest.len() <= RECENCY_FALLBACK_VAULT_MAX {
+            let recent: Vec<Hit> = newest
+                .into_iter()
+                .filter(|m| m.role == engine::Role::User)
+                .filter(|m| !relevant.iter().any(|h| h.memory.id == m.id))
+                .filter(|m| !in_conversation(&m.text, messages))
+                .take(RECENCY_FALLBACK_COUNT.min(limit - relevant.len()))
+                .map(|memory| {
+                    let score = hits
+                        .iter()
+                        .find(|h| h.memory.id == memory.id)
+                        .map_or(0.0, |h| h.score);
+                    Hit { memory, score }
+                })
+                .collect();
+            relevant.extend(recent);
+        }
+    }
     Ok(format_context(relevant, opts.density.budget_tokens()))
+}
+
+/// Decides whether a memory is relevant to the query at all (see the module docs).
+struct Relevance {
+    terms: std::collections::HashSet<String>,
+    embedder: Arc<dyn engine::Embedder>,
+    query_vector: Vec<f32>,
+    similarity_min: f32,
+}
+
+impl Relevance {
+    fn new(state: &AppState, query: &str) -> Self {
+        let embedder = state.engine.config().embedder.clone();
+        Self {
+            terms: engine::analyzer::analyze(query).into_iter().collect(),
+            query_vector: embedder.embed(query),
+            embedder,
+            similarity_min: state.config.retrieval.similarity_min,
+        }
+    }
+
+    fn is_relevant(&self, text: &str) -> bool {
+        if engine::analyzer::analyze(text)
+            .iter()
+            .any(|t| self.terms.contains(t))
+        {
+            return true;
+        }
+        let vector = self.embedder.embed(text);
+        let cosine: f32 = self
+            .query_vector
+            .iter()
+            .zip(&vector)
+            .map(|(a, b)| a * b)
+            .sum();
+        cosine >= self.similarity_min
+    }
 }
 
 /// True when the memory's text already appears word for word in a message.
