@@ -31,6 +31,7 @@ pub mod catalog;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod dashboard;
 pub mod datadir;
 pub mod error;
 pub mod http;
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod ops;
 pub mod prepare;
 pub mod provider_keys;
+pub mod proxy;
 pub mod ratelimit;
 pub mod request;
 pub mod router;
@@ -60,6 +62,8 @@ pub struct AppState {
     pub engine: engine::Engine,
     pub metrics: metrics::Metrics,
     pub limiter: ratelimit::RateLimiter,
+    /// Providers, the upstream client and the outbox of exchanges awaiting ingest.
+    pub proxy: proxy::ProxyState,
     pub started: Instant,
     /// Set when shutdown begins: `/readyz` turns 503 so load balancers stop sending.
     pub shutting_down: AtomicBool,
@@ -92,6 +96,10 @@ impl AppState {
         engine_config.durability = config.durability.to_wal();
         engine_config.open_vaults_max = config.limits.open_vaults_max;
         let engine = engine::Engine::open(engine_config)?;
+        let proxy = proxy::ProxyState::open(&config).map_err(|e| error::Error::Config {
+            field: "providers".into(),
+            reason: e.to_string(),
+        })?;
         let state = AppState {
             limiter: ratelimit::RateLimiter::new(config.limits.requests_per_minute),
             config,
@@ -100,8 +108,11 @@ impl AppState {
             metrics: metrics::Metrics::default(),
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
+            proxy,
             _lock: lock,
         };
+        // Exchanges a crash left unstored are stored before the first request is served.
+        state.proxy.replay(&state);
         Ok(Opened {
             state,
             new_admin_key,

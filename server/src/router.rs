@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::http::{Body, error_response};
-use crate::{admin, ingest, keys, memories, ops, prepare, provider_keys};
+use crate::{admin, ingest, keys, memories, ops, prepare, provider_keys, proxy};
 
 /// Handles one request; never fails (errors become OpenAI-shaped responses).
 pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
@@ -29,6 +29,10 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bod
             (&Method::GET, ["healthz"]) => ("GET /healthz", ops::healthz(state)),
             (&Method::GET, ["readyz"]) => ("GET /readyz", ops::readyz(state)),
             (&Method::GET, ["metrics"]) => ("GET /metrics", ops::metrics(state)),
+            (&Method::GET, [] | ["index.html"] | ["assets", _]) => (
+                "GET /",
+                Ok(crate::dashboard::response(&path, req.headers())),
+            ),
             (&Method::POST, ["v1", "keys"]) => ("POST /v1/keys", keys::create(state, req).await),
             (&Method::GET, ["v1", "keys"]) => ("GET /v1/keys", keys::list(state, req).await),
             (&Method::DELETE, ["v1", "keys", id]) => {
@@ -86,6 +90,17 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bod
             (&Method::GET, ["v1", "admin", "overview"]) => {
                 ("GET /v1/admin/overview", admin::overview(state, req).await)
             }
+            (&Method::POST, ["v1", "chat", "completions"]) => (
+                "POST /v1/chat/completions",
+                proxy::chat::handle(state, req).await,
+            ),
+            (&Method::POST, ["v1", "messages"]) => (
+                "POST /v1/messages",
+                proxy::messages::handle(state, req).await,
+            ),
+            (&Method::GET, ["v1", "models"]) => {
+                ("GET /v1/models", proxy::chat::models(state, req).await)
+            }
             _ => ("unmatched", Err(unmatched(&method, &segments))),
         };
 
@@ -127,6 +142,9 @@ const KNOWN_PATHS: &[&[&str]] = &[
     &["v1", "memory"],
     &["v1", "memory", "*"],
     &["v1", "admin", "overview"],
+    &["v1", "chat", "completions"],
+    &["v1", "messages"],
+    &["v1", "models"],
 ];
 
 fn unmatched(method: &Method, segments: &[&str]) -> ApiError {

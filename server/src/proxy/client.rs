@@ -24,6 +24,12 @@ pub const POOL_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Largest non-streaming provider answer read into memory.
 pub const UPSTREAM_BODY_BYTES_MAX: usize = 32 * 1024 * 1024;
 
+/// Default `proxy_timeout_ms`: generous, because a long non-streamed answer from a large
+/// model can take minutes; a dead provider is still noticed within this bound.
+pub const TIMEOUT_MS_DEFAULT: u64 = 300_000;
+/// Default `proxy_connect_timeout_ms`.
+pub const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
 /// Shared by every request; cloning is cheap (the pool is behind an `Arc`).
 #[derive(Clone)]
 pub struct UpstreamClient {

@@ -14,17 +14,22 @@
 //! request's auth header; it is never stored by this module or written to a log.
 
 pub mod anthropic;
+pub mod chat;
 pub mod client;
 pub mod error;
+pub mod forward;
 pub mod inject;
+pub mod messages;
 pub mod openai;
 pub mod options;
 pub mod outbox;
 pub mod providers;
 pub mod relay;
 pub mod sse;
+pub mod state;
 
 pub use client::UpstreamClient;
 pub use error::ProxyError;
 pub use openai::upstream_error_body;
 pub use providers::{Provider, ProviderConfig, ProviderKind, ProviderTable};
+pub use state::ProxyState;

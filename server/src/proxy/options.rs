@@ -15,39 +15,7 @@ pub const CONTEXT_LIMIT_DEFAULT: usize = 30;
 /// Largest accepted context limit (chunks); more would not fit any model's context.
 pub const CONTEXT_LIMIT_MAX: usize = 200;
 
-/// What a request does with memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Retrieve and store.
-    On,
-    /// Retrieve only.
-    Read,
-    /// Store only.
-    Write,
-    /// Neither: a plain proxy.
-    Off,
-}
-
-impl Mode {
-    /// Parses a mode name or alias (case-insensitive).
-    pub fn parse(text: &str) -> Option<Mode> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "on" | "default" | "all" => Some(Mode::On),
-            "read" | "selective" => Some(Mode::Read),
-            "write" => Some(Mode::Write),
-            "off" | "none" => Some(Mode::Off),
-            _ => None,
-        }
-    }
-
-    pub fn retrieves(self) -> bool {
-        matches!(self, Mode::On | Mode::Read)
-    }
-
-    pub fn stores(self) -> bool {
-        matches!(self, Mode::On | Mode::Write)
-    }
-}
+pub use crate::request::MemoryMode as Mode;
 
 /// The resolved memory plan for one proxied request.
 #[derive(Clone, Debug, PartialEq, Eq)]

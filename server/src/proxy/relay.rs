@@ -32,7 +32,7 @@ pub trait StreamTransform: Send + Unpin + 'static {
 }
 
 /// Called once with the answer text after a complete stream.
-pub type OnComplete = Box<dyn FnOnce(String) + Send>;
+pub type OnComplete = Box<dyn FnOnce(String) + Send + Sync>;
 
 /// A response body relaying a provider stream. `B` is the upstream body (hyper's
 /// `Incoming` in the server; a scripted body in tests).

@@ -1,0 +1,341 @@
+//! The steps both proxy endpoints share: reading the request and memory plan, retrieving,
+//! choosing the provider key, building the upstream request, the timing headers, and
+//! queueing the exchange once the answer is complete.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use http::request::Parts;
+use http::{HeaderMap, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde_json::{Map, Value};
+
+use super::error::ProxyError;
+use super::options::{self, MemoryPlan};
+use super::outbox::PendingExchange;
+use super::providers::{Provider, ProviderKind};
+use super::state::schedule_ingest;
+use crate::AppState;
+use crate::auth::{AuthContext, authenticate};
+use crate::error::ApiError;
+use crate::http::{blocking, header, parse_json, read_body};
+use crate::prepare::{PrepareOptions, retrieve};
+use crate::request::{ChatMessage, parse_messages};
+
+/// Client headers forwarded to providers as they are (OpenRouter's attribution headers,
+/// Anthropic's beta switches). Nothing else from the client reaches the provider.
+const FORWARDED_HEADERS: &[&str] = &[
+    "http-referer",
+    "x-title",
+    "anthropic-beta",
+    "openai-organization",
+    "openai-project",
+];
+
+impl From<ProxyError> for ApiError {
+    fn from(error: ProxyError) -> Self {
+        let status =
+            http::StatusCode::from_u16(error.status()).unwrap_or(http::StatusCode::BAD_GATEWAY);
+        let mut api = ApiError::new(status, error.error_type(), error.code(), error.to_string());
+        if let Some(param) = error.param() {
+            api = api.with_param(param);
+        }
+        if matches!(error, ProxyError::Outbox { .. }) {
+            api.retry_after_secs = Some(1);
+        }
+        api
+    }
+}
+
+/// A proxy request after authentication and option parsing.
+pub struct ProxyRequest {
+    pub started: Instant,
+    pub parts: Parts,
+    pub auth: AuthContext,
+    pub body: Map<String, Value>,
+    pub plan: MemoryPlan,
+}
+
+/// Authenticates, reads the JSON object body and resolves the memory plan (removing
+/// MemoryRouter's own fields from the body).
+pub async fn begin(state: &AppState, req: Request<Incoming>) -> Result<ProxyRequest, ApiError> {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let auth = authenticate(state, &parts.headers).await?;
+    let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
+    let mut body: Map<String, Value> = parse_json(&bytes)?;
+    let plan = options::resolve(&mut body, parts.uri.query(), &parts.headers, auth.mode)?;
+    Ok(ProxyRequest {
+        started,
+        parts,
+        auth,
+        body,
+        plan,
+    })
+}
+
+/// Parses `messages` for the memory paths and strips the `"memory"` flags from the raw
+/// messages that will be forwarded.
+pub fn chat_messages(
+    state: &AppState,
+    messages: &mut Vec<Value>,
+) -> Result<Vec<ChatMessage>, ApiError> {
+    let value = Value::Array(std::mem::take(messages));
+    let parsed = parse_messages(&value, &state.config.limits);
+    if let Value::Array(raw) = value {
+        *messages = raw;
+    }
+    let parsed = parsed?;
+    super::openai::strip_memory_flags(messages);
+    Ok(parsed)
+}
+
+/// What retrieval produced, for injection and the response headers.
+#[derive(Default)]
+pub struct Retrieved {
+    pub context: String,
+    pub memories: usize,
+    pub tokens: usize,
+    pub latency_ms: f64,
+}
+
+/// Retrieves memories for `messages` unless the plan says not to.
+pub async fn retrieve_for(
+    state: &Arc<AppState>,
+    auth: &AuthContext,
+    plan: &MemoryPlan,
+    messages: Vec<ChatMessage>,
+) -> Result<Retrieved, ApiError> {
+    if !plan.mode.retrieves() {
+        return Ok(Retrieved::default());
+    }
+    let started = Instant::now();
+    let opts = PrepareOptions {
+        context_limit: plan.context_limit,
+        session_id: plan.session_id.clone(),
+        session_only: plan.session_scope,
+        ..PrepareOptions::default()
+    };
+    let (st, auth) = (state.clone(), auth.clone());
+    let prepared = blocking(move || retrieve(&st, &auth, &messages, &opts)).await?;
+    Ok(Retrieved {
+        memories: prepared.memories.len(),
+        tokens: prepared.tokens,
+        context: prepared.context,
+        latency_ms: ms(started.elapsed()),
+    })
+}
+
+/// The provider key: `X-Provider-Key` > the bearer token sent with `X-Memory-Key` (or, for
+/// Anthropic clients, `x-api-key` with `X-Memory-Key`) > the account's stored key.
+pub fn provider_key(
+    state: &AppState,
+    auth: &AuthContext,
+    headers: &HeaderMap,
+    provider: &Provider,
+) -> Result<Option<String>, ApiError> {
+    if let Some(key) = header(headers, "x-provider-key") {
+        return Ok(Some(key.to_owned()));
+    }
+    if let Some(key) = &auth.provider_key {
+        return Ok(Some(key.clone()));
+    }
+    if header(headers, "x-memory-key").is_some()
+        && let Some(key) = header(headers, "x-api-key")
+    {
+        return Ok(Some(key.to_owned()));
+    }
+    // The stored entry's base_url is deliberately not used: hosts come only from the config.
+    if let Some(stored) = state
+        .catalog
+        .provider_key(&auth.account_id, &provider.name)?
+    {
+        return Ok(Some(stored.api_key));
+    }
+    if provider.key_required {
+        return Err(ProxyError::MissingProviderKey {
+            provider: provider.name.clone(),
+        }
+        .into());
+    }
+    Ok(None)
+}
+
+/// Builds the upstream POST for `provider` with `body`.
+pub fn upstream_request(
+    provider: &Provider,
+    key: Option<&str>,
+    client_headers: &HeaderMap,
+    body: Vec<u8>,
+) -> Result<Request<Full<Bytes>>, ApiError> {
+    let mut builder = Request::post(provider.chat_url()?).header(CONTENT_TYPE, "application/json");
+    match provider.kind {
+        ProviderKind::Openai => {
+            if let Some(key) = key {
+                builder = builder.header(AUTHORIZATION, bearer_value(key, &provider.name)?);
+            }
+        }
+        ProviderKind::Anthropic => {
+            if let Some(key) = key {
+                builder = builder.header("x-api-key", secret_value(key, &provider.name)?);
+            }
+            let version = header(client_headers, "anthropic-version")
+                .unwrap_or(super::anthropic::ANTHROPIC_VERSION);
+            builder = builder.header("anthropic-version", version);
+        }
+    }
+    for name in FORWARDED_HEADERS {
+        if let Some(value) = client_headers.get(*name) {
+            builder = builder.header(*name, value.clone());
+        }
+    }
+    builder.body(Full::new(Bytes::from(body))).map_err(|e| {
+        ApiError::from(ProxyError::invalid(format!(
+            "the upstream request could not be built: {e}"
+        )))
+    })
+}
+
+fn secret_value(key: &str, provider: &str) -> Result<HeaderValue, ApiError> {
+    let mut value = HeaderValue::from_str(key).map_err(|_| {
+        ApiError::from(ProxyError::invalid(format!(
+            "the {provider} provider key contains characters not allowed in a header"
+        )))
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn bearer_value(key: &str, provider: &str) -> Result<HeaderValue, ApiError> {
+    secret_value(&format!("Bearer {key}"), provider)
+}
+
+/// Calls the provider and returns its response head and how long that took.
+pub async fn call(
+    state: &AppState,
+    provider: &Provider,
+    request: Request<Full<Bytes>>,
+) -> Result<(Response<Incoming>, Instant, tokio::time::Instant), ApiError> {
+    let deadline = tokio::time::Instant::now() + state.proxy.client.timeout();
+    let sent = Instant::now();
+    let response = state
+        .proxy
+        .client
+        .send(&provider.name, request, deadline)
+        .await?;
+    Ok((response, sent, deadline))
+}
+
+/// The `X-Memory-*`, `X-MR-*` and `X-Provider-Response-Ms` headers.
+pub fn timing_headers(
+    headers: &mut HeaderMap,
+    started: Instant,
+    provider_ms: f64,
+    retrieved: &Retrieved,
+) {
+    let processing = ms(started.elapsed());
+    let values = [
+        ("x-memory-retrieved", retrieved.memories.to_string()),
+        ("x-memory-chunks-retrieved", retrieved.memories.to_string()),
+        ("x-memory-tokens-injected", retrieved.tokens.to_string()),
+        (
+            "x-memory-latency-ms",
+            format!("{:.2}", retrieved.latency_ms),
+        ),
+        ("x-provider-response-ms", format!("{provider_ms:.2}")),
+        ("x-mr-processing-ms", format!("{processing:.2}")),
+        (
+            "x-mr-overhead-ms",
+            format!("{:.2}", (processing - provider_ms).max(0.0)),
+        ),
+    ];
+    for (name, value) in values {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// Milliseconds as a float.
+pub fn ms(elapsed: std::time::Duration) -> f64 {
+    elapsed.as_secs_f64() * 1000.0
+}
+
+/// What is needed to store the exchange once the answer is known.
+pub struct ExchangeDraft {
+    pub state: Arc<AppState>,
+    pub key_id: String,
+    pub account_id: String,
+    pub session_id: String,
+    pub model: String,
+    /// The user's turn, if it is to be stored.
+    pub user_turn: Option<String>,
+    pub store_response: bool,
+}
+
+impl ExchangeDraft {
+    pub fn new(
+        state: &Arc<AppState>,
+        req: &ProxyRequest,
+        model: &str,
+        user_turn: Option<String>,
+    ) -> Self {
+        ExchangeDraft {
+            state: state.clone(),
+            key_id: req.auth.key_id.clone(),
+            account_id: req.auth.account_id.clone(),
+            session_id: req.plan.session_id.clone(),
+            model: model.to_owned(),
+            user_turn: user_turn.filter(|_| req.plan.store_input),
+            store_response: req.plan.store_response,
+        }
+    }
+
+    /// Whether anything would be stored at all (saves the work of assembling the answer).
+    pub fn stores_anything(&self) -> bool {
+        self.user_turn.is_some() || self.store_response
+    }
+
+    /// Queues the exchange with the assistant's `answer`.
+    pub fn finish(self, answer: String) {
+        let mut turns = Vec::with_capacity(2);
+        if let Some(user) = self.user_turn {
+            turns.push(("user".to_owned(), user));
+        }
+        if self.store_response && !answer.trim().is_empty() {
+            turns.push(("assistant".to_owned(), answer));
+        }
+        let exchange = PendingExchange {
+            key_id: self.key_id,
+            account_id: self.account_id,
+            session_id: self.session_id,
+            model: Some(self.model),
+            turns,
+            created_at_ms: crate::time::now_ms(),
+        };
+        schedule_ingest(self.state, exchange);
+    }
+}
+
+/// The user turn to store: the last user message, unless it was sent with `"memory": false`.
+pub fn user_turn(messages: &[ChatMessage]) -> Option<String> {
+    let last = messages
+        .iter()
+        .rev()
+        .find(|m| m.role == engine::Role::User)?;
+    (last.remember && !last.text.trim().is_empty()).then(|| last.text.clone())
+}
+
+/// The request body's `model` string.
+pub fn model_field(body: &Map<String, Value>) -> Result<String, ApiError> {
+    match body.get("model") {
+        Some(Value::String(model)) => Ok(model.clone()),
+        Some(_) => Err(ProxyError::invalid_param("model must be a string", "model").into()),
+        None => {
+            Err(ProxyError::invalid_param("model is required (\"provider/model\")", "model").into())
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! What the proxy keeps for the life of the server: the provider table, the pooled client,
+//! and the outbox of exchanges waiting to be stored — plus the store-after-answer logic.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use engine::Role;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use wal::Lsn;
+
+use super::client::UpstreamClient;
+use super::error::ProxyError;
+use super::outbox::{Outbox, PendingExchange};
+use super::providers::ProviderTable;
+use crate::AppState;
+use crate::auth::AuthContext;
+use crate::config::Config;
+use crate::request::{ChatMessage, MemoryMode};
+
+/// The outbox's directory under `DATA_DIR`.
+pub const OUTBOX_DIR: &str = "proxy-outbox";
+/// Attempts to store one exchange before leaving it to the next start's replay.
+pub const INGEST_ATTEMPTS_MAX: u32 = 5;
+/// Wait before the first retry; doubled after each failed attempt (0.2, 0.4, 0.8, 1.6 s).
+pub const INGEST_RETRY_BACKOFF_MS: u64 = 200;
+
+/// Shared by every proxy request (a field of `AppState`).
+pub struct ProxyState {
+    pub providers: ProviderTable,
+    pub client: UpstreamClient,
+    pub outbox: Outbox,
+    /// Exchanges a previous run left pending; taken once by [`ProxyState::replay`].
+    recovered: Mutex<Vec<(Lsn, PendingExchange)>>,
+    /// Exchanges scheduled and not yet finished (stored or given up on); with `settled`,
+    /// lets shutdown and tests wait until every answered exchange has been handled.
+    in_flight: AtomicUsize,
+    settled: Notify,
+}
+
+impl std::fmt::Debug for ProxyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyState")
+            .field("providers", &self.providers)
+            .field("outbox", &self.outbox)
+            .finish()
+    }
+}
+
+impl ProxyState {
+    /// Validates the `[providers.*]` config, builds the client and opens the outbox.
+    pub fn open(config: &Config) -> Result<ProxyState, ProxyError> {
+        let providers = ProviderTable::new(&config.providers)?;
+        for (name, value) in [
+            ("proxy_timeout_ms", config.proxy_timeout_ms),
+            ("proxy_connect_timeout_ms", config.proxy_connect_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ProxyError::Config {
+                    name: name.into(),
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        let client = UpstreamClient::new(
+            Duration::from_millis(config.proxy_connect_timeout_ms),
+            Duration::from_millis(config.proxy_timeout_ms),
+        )?;
+        let (outbox, recovered) = Outbox::open(
+            &config.data_dir.join(OUTBOX_DIR),
+            config.durability.to_wal(),
+        )?;
+        if !recovered.is_empty() {
+            tracing::info!(
+                count = recovered.len(),
+                "proxy exchanges left pending by the last run will be stored now"
+            );
+        }
+        Ok(ProxyState {
+            providers,
+            client,
+            outbox,
+            recovered: Mutex::new(recovered),
+            in_flight: AtomicUsize::new(0),
+            settled: Notify::new(),
+        })
+    }
+
+    /// Stores the exchanges the last run left pending (blocking; called once at start).
+    pub fn replay(&self, state: &AppState) {
+        let recovered = std::mem::take(&mut *self.recovered.lock());
+        for (lsn, exchange) in recovered {
+            match store_exchange(state, &exchange) {
+                Ok(()) => self.mark_done(lsn),
+                Err(error) => {
+                    tracing::error!(lsn, error = %error.message, "replaying a proxy exchange failed; it stays queued for the next start")
+                }
+            }
+        }
+    }
+
+    /// Resolves once no scheduled exchange is still being stored.
+    pub async fn settled(&self) {
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a finish between the check and the await
+            // still wakes this waiter.
+            notified.as_mut().enable();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn finished_one(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.settled.notify_waiters();
+        }
+    }
+
+    fn mark_done(&self, lsn: Lsn) {
+        if let Err(error) = self.outbox.done(lsn) {
+            // The exchange is stored; a failed checkpoint only means it is stored again
+            // (and deduplicated) after a restart.
+            tracing::warn!(lsn, %error, "proxy outbox checkpoint failed");
+        }
+    }
+}
+
+/// Queues a finished exchange: appends it to the outbox, then stores it in the vault,
+/// retrying with backoff, all off the response path.
+pub fn schedule_ingest(state: Arc<AppState>, exchange: PendingExchange) {
+    if exchange.turns.is_empty() {
+        return;
+    }
+    state.proxy.in_flight.fetch_add(1, Ordering::SeqCst);
+    tokio::spawn(async move {
+        store_with_retries(&state, exchange).await;
+        state.proxy.finished_one();
+    });
+}
+
+/// Appends to the outbox, stores, and marks done, retrying the store with backoff.
+async fn store_with_retries(state: &Arc<AppState>, exchange: PendingExchange) {
+    {
+        let exchange = Arc::new(exchange);
+        let (st, ex) = (state.clone(), exchange.clone());
+        let lsn = match tokio::task::spawn_blocking(move || st.proxy.outbox.append(&ex)).await {
+            Ok(Ok(lsn)) => Some(lsn),
+            Ok(Err(error)) => {
+                // Still worth storing now: only the crash-safety of this one exchange is lost.
+                tracing::error!(%error, "proxy exchange could not be queued durably; storing it directly");
+                None
+            }
+            Err(error) => {
+                tracing::error!(%error, "proxy outbox task failed; storing the exchange directly");
+                None
+            }
+        };
+        let mut backoff = Duration::from_millis(INGEST_RETRY_BACKOFF_MS);
+        for attempt in 1..=INGEST_ATTEMPTS_MAX {
+            let (st, ex) = (state.clone(), exchange.clone());
+            let result = tokio::task::spawn_blocking(move || store_exchange(&st, &ex)).await;
+            match result {
+                Ok(Ok(())) => {
+                    if let Some(lsn) = lsn {
+                        let st = state.clone();
+                        let _ = tokio::task::spawn_blocking(move || st.proxy.mark_done(lsn)).await;
+                    }
+                    return;
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(?lsn, attempt, error = %error.message, "storing a proxy exchange failed; will retry")
+                }
+                Err(error) => {
+                    tracing::warn!(?lsn, attempt, %error, "proxy ingest task failed; will retry")
+                }
+            }
+            if attempt < INGEST_ATTEMPTS_MAX {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+        }
+        tracing::error!(
+            ?lsn,
+            "storing a proxy exchange failed {INGEST_ATTEMPTS_MAX} times; it stays queued (if it was queued) and is retried at the next start"
+        );
+    }
+}
+
+/// Stores one exchange in its key's vault through the regular ingest path (blocking).
+fn store_exchange(
+    state: &AppState,
+    exchange: &PendingExchange,
+) -> Result<(), crate::error::ApiError> {
+    let auth = AuthContext {
+        key_id: exchange.key_id.clone(),
+        account_id: exchange.account_id.clone(),
+        is_admin: false,
+        mode: MemoryMode::On,
+        provider_key: None,
+    };
+    let messages: Vec<ChatMessage> = exchange
+        .turns
+        .iter()
+        .filter_map(|(role, text)| {
+            Some(ChatMessage {
+                role: Role::parse(role)?,
+                text: text.clone(),
+                created_at_ms: Some(exchange.created_at_ms),
+                remember: true,
+            })
+        })
+        .collect();
+    crate::ingest::store(
+        state,
+        &auth,
+        &messages,
+        &exchange.session_id,
+        exchange.model.as_deref(),
+        None,
+    )?;
+    Ok(())
+}
