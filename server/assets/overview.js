@@ -1,6 +1,6 @@
 // Overview page: what the server holds and how fast it has been answering.
 import { api } from './api.js';
-import { $, busy, clear, el, formatBytes, formatMs, formatNumber } from './ui.js';
+import { $, busy, clear, el, formatBytes, formatDuration, formatMs, formatNumber } from './ui.js';
 
 let report = () => {};
 
@@ -24,11 +24,13 @@ function stat(label, value, id) {
 export async function show() {
   const data = await api('GET', '/v1/admin/overview');
   $('overview-stats').replaceChildren(
-    stat('Memory keys', formatNumber(data.keys), 'keys'),
+    stat('Active keys', formatNumber(data.keys), 'keys'),
     stat('Vaults', formatNumber(data.vaults), 'vaults'),
     stat('Open vaults', formatNumber(data.open_vaults), 'open_vaults'),
-    stat('Memories', formatNumber(data.memories), 'memories'),
+    // The server sums a bounded number of vaults; past that the count is a lower bound.
+    stat('Memories', `${formatNumber(data.memories)}${data.memories_partial ? '+' : ''}`, 'memories'),
     stat('Disk use', formatBytes(data.disk_bytes), 'disk_bytes'),
+    stat('Up for', formatDuration(data.uptime_secs), 'uptime_secs'),
   );
   const routes = Object.entries(data.requests ?? {})
     .filter(([, r]) => r && typeof r === 'object')

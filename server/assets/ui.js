@@ -62,6 +62,14 @@ export function formatBytes(bytes) {
   return `${unit === 0 ? value : value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
 }
 
+export function formatDuration(secs) {
+  if (typeof secs !== 'number' || !Number.isFinite(secs)) return '—';
+  if (secs < 60) return `${Math.floor(secs)} s`;
+  if (secs < 3600) return `${Math.floor(secs / 60)} min`;
+  if (secs < 86400) return `${Math.floor(secs / 3600)} h ${Math.floor((secs % 3600) / 60)} min`;
+  return `${Math.floor(secs / 86400)} d ${Math.floor((secs % 86400) / 3600)} h`;
+}
+
 export function formatMs(ms) {
   if (typeof ms !== 'number' || !Number.isFinite(ms)) return '—';
   return ms < 10 ? `${ms.toFixed(2)} ms` : `${Math.round(ms)} ms`;

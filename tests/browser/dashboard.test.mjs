@@ -127,6 +127,12 @@ test('dashboard: sign in, keys, provider keys, memories, overview, revoke', asyn
 
   try {
     const base = await server.ready;
+    // The address is printed once bound, before the data directory is opened; the first
+    // answered request means start-up (and the admin key file) is complete.
+    current = 'wait for the server to answer';
+    const health = await call(base, 'GET', '/healthz');
+    assert.equal(health.status, 200, health.text);
+    current = 'read the admin key';
     const adminKey = readFileSync(path.join(dataDir, 'admin.key'), 'utf8').trim();
     assert.match(adminKey, /^mk_/, 'admin.key holds a Memory Key');
 
@@ -316,7 +322,21 @@ test('dashboard: sign in, keys, provider keys, memories, overview, revoke', asyn
       assert.match(contents, /Miso/);
     });
 
+    await step('the overview shows counts and request latency', async () => {
+      await goTo('Overview', 'Overview');
+      await page.getByRole('button', { name: 'Refresh' }).click();
+      const keys = await page.locator('#overview-stats [data-stat="keys"]').textContent();
+      assert.ok(Number(keys.replace(/\D/g, '')) >= 2, `keys stat counts the admin and minted key: ${keys}`);
+      const memories = await page.locator('#overview-stats [data-stat="memories"]').textContent();
+      assert.ok(Number(memories.replace(/\D/g, '')) >= 2, `memories stat counts the ingested memories: ${memories}`);
+      await page.locator('#overview-requests tbody tr').first().waitFor();
+      assert.match(await page.locator('#overview-requests').textContent(), /ingest/);
+      await shot('overview');
+    });
+
     await step('delete one memory', async () => {
+      await goTo('Memories', 'Memories');
+      await page.getByLabel('Memory Key', { exact: true }).selectOption(userKeyId);
       await memoryItem('Lisbon').getByRole('button', { name: 'Delete this memory' }).click();
       await confirmDialog(/Delete this memory/);
       await memoryItem('Lisbon').waitFor({ state: 'detached' });
@@ -338,16 +358,6 @@ test('dashboard: sign in, keys, provider keys, memories, overview, revoke', asyn
       const list = await call(base, 'GET', '/v1/memory', { key: userKey });
       assert.equal(list.status, 200, list.text);
       assert.ok(!list.text.includes('Miso'), `the vault is empty: ${list.text}`);
-    });
-
-    await step('the overview shows counts and request latency', async () => {
-      await goTo('Overview', 'Overview');
-      await page.getByRole('button', { name: 'Refresh' }).click();
-      const keys = await page.locator('#overview-stats [data-stat="keys"]').textContent();
-      assert.ok(Number(keys.replace(/\D/g, '')) >= 2, `keys stat counts the admin and minted key: ${keys}`);
-      await page.locator('#overview-requests tbody tr').first().waitFor();
-      assert.match(await page.locator('#overview-requests').textContent(), /ingest/);
-      await shot('overview');
     });
 
     await step('revoke the key with confirmation', async () => {
