@@ -1,0 +1,757 @@
+//! Proxy mode end to end: the real server in-process on loopback, calling the fake provider
+//! of `fake_provider.rs` on another loopback port.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{HeaderMap, Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use server::AppState;
+use server::config::Config;
+use server::proxy::ProviderConfig;
+use tokio::sync::oneshot;
+
+use crate::fake_provider::{Behavior, FakeProvider};
+
+/// Guards waits that must end (a broken proxy would otherwise hang the suite); never
+/// reached when the code is right, so not a timing assertion.
+const HANG_GUARD_SECS: u64 = 30;
+
+const PREFERENCE: &str = "I prefer concise coaching and train at 6am";
+const FOLLOW_UP: &str = "How should we adjust tomorrow?";
+
+struct Proxy {
+    base: String,
+    admin: String,
+    state: Arc<AppState>,
+    http: Client<HttpConnector, Full<Bytes>>,
+    _dir: tempfile::TempDir,
+    _stop: oneshot::Sender<()>,
+}
+
+struct Reply {
+    status: u16,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+fn provider(kind: Option<&str>, base_url: String) -> ProviderConfig {
+    let kind = kind.map(|k| toml_kind(k));
+    ProviderConfig {
+        kind,
+        base_url: Some(base_url),
+        models: Some(vec!["fake-model".into()]),
+        key_required: None,
+    }
+}
+
+fn toml_kind(kind: &str) -> server::proxy::ProviderKind {
+    match kind {
+        "anthropic" => server::proxy::ProviderKind::Anthropic,
+        _ => server::proxy::ProviderKind::Openai,
+    }
+}
+
+impl Proxy {
+    /// A server whose `openai` and `anthropic` providers point at `fake`.
+    async fn start(fake: &FakeProvider, tweak: impl FnOnce(&mut Config)) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        config
+            .providers
+            .insert("openai".into(), provider(None, fake.openai_base()));
+        config
+            .providers
+            .insert("anthropic".into(), provider(None, fake.anthropic_base()));
+        config
+            .providers
+            .insert("local".into(), provider(Some("openai"), fake.openai_base()));
+        tweak(&mut config);
+        let opened = tokio::task::spawn_blocking(move || AppState::open(config))
+            .await
+            .unwrap()
+            .unwrap();
+        let admin = opened
+            .new_admin_key
+            .expect("first start mints the admin key");
+        let state = Arc::new(opened.state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(server::serve::serve(listener, state.clone(), async move {
+            let _ = stopped.await;
+        }));
+        let http = Client::builder(TokioExecutor::new()).build_http();
+        Proxy {
+            base,
+            admin,
+            state,
+            http,
+            _dir: dir,
+            _stop: stop,
+        }
+    }
+
+    async fn open(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Response<Incoming> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let request = builder
+            .header("content-type", "application/json")
+            .body(Full::new(bytes))
+            .unwrap();
+        self.http.request(request).await.unwrap()
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Reply {
+        let response = self.open(method, path, headers, body).await;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// Chat completion with `key` as the bearer token; waits until the exchange is stored.
+    async fn chat(&self, key: &str, body: Value) -> Reply {
+        let auth = format!("Bearer {key}");
+        self.chat_with(&[("authorization", &auth)], body).await
+    }
+
+    async fn chat_with(&self, headers: &[(&str, &str)], body: Value) -> Reply {
+        let reply = self
+            .send("POST", "/v1/chat/completions", headers, Some(&body))
+            .await;
+        self.settled().await;
+        reply
+    }
+
+    async fn settled(&self) {
+        tokio::time::timeout(
+            Duration::from_secs(HANG_GUARD_SECS),
+            self.state.proxy.settled(),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn new_key(&self, name: &str) -> String {
+        let auth = format!("Bearer {}", self.admin);
+        let reply = self
+            .send(
+                "POST",
+                "/v1/keys",
+                &[("authorization", &auth)],
+                Some(&json!({"name": name})),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        reply.json()["key"].as_str().unwrap().to_owned()
+    }
+
+    async fn store_provider_key(&self, provider: &str, api_key: &str) {
+        let auth = format!("Bearer {}", self.admin);
+        let path = format!("/v1/provider-keys/{provider}");
+        let reply = self
+            .send(
+                "PUT",
+                &path,
+                &[("authorization", &auth)],
+                Some(&json!({"api_key": api_key})),
+            )
+            .await;
+        assert!(reply.status < 300, "{} {}", reply.status, reply.text());
+    }
+
+    async fn memory_texts(&self, key: &str) -> Vec<String> {
+        let auth = format!("Bearer {key}");
+        let reply = self
+            .send(
+                "GET",
+                "/v1/memory?limit=100",
+                &[("authorization", &auth)],
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let body = reply.json();
+        let list = body
+            .get("memories")
+            .or_else(|| body.get("data"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        list.iter()
+            .filter_map(|m| {
+                m["content"]
+                    .as_str()
+                    .or(m["text"].as_str())
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+}
+
+fn ask(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+/// Reads an SSE response body to the end, returning every `data:` payload.
+async fn sse_data(body: Bytes) -> Vec<String> {
+    String::from_utf8_lossy(&body)
+        .split("\n\n")
+        .filter_map(|event| {
+            event
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+fn streamed_text(data: &[String]) -> String {
+    data.iter()
+        .filter(|d| d.as_str() != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn memory_reaches_the_next_call_and_never_another_user() {
+    let fake = FakeProvider::start().await;
+    let proxy = Proxy::start(&fake, |_| {}).await;
+    proxy.store_provider_key("openai", "sk-stored").await;
+    let alice = proxy.new_key("alice").await;
+    let bob = proxy.new_key("bob").await;
+
+    let first = proxy.chat(&alice, ask("openai/gpt-test", PREFERENCE)).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(
+        first.json()["choices"][0]["message"]["content"],
+        format!("Reply to: {PREFERENCE}")
+    );
+    let seen = fake.last();
+    assert_eq!(seen.path, "/v1/chat/completions");
+    assert_eq!(
+        seen.body["model"], "gpt-test",
+        "the provider prefix is stripped"
+    );
+    assert_eq!(seen.headers["authorization"], "Bearer sk-stored");
+    let stored = proxy.memory_texts(&alice).await;
+    assert!(stored.iter().any(|t| t == PREFERENCE), "{stored:?}");
+    assert!(
+        stored.iter().any(|t| t.starts_with("Reply to:")),
+        "the answer is stored too: {stored:?}"
+    );
+
+    let second = proxy.chat(&alice, ask("openai/gpt-test", FOLLOW_UP)).await;
+    assert_eq!(second.status, 200, "{}", second.text());
+    let system = fake.last().system_text();
+    assert!(
+        system.contains("<memory>") && system.contains("6am"),
+        "system message: {system:?}"
+    );
+    assert!(
+        second
+            .header("x-memory-retrieved")
+            .parse::<usize>()
+            .unwrap()
+            >= 1
+    );
+    for name in [
+        "x-memory-latency-ms",
+        "x-mr-processing-ms",
+        "x-mr-overhead-ms",
+        "x-provider-response-ms",
+    ] {
+        assert!(
+            second.header(name).parse::<f64>().is_ok(),
+            "{name}: {:?}",
+            second.header(name)
+        );
+    }
+    assert!(
+        second
+            .header("x-memory-tokens-injected")
+            .parse::<usize>()
+            .unwrap()
+            > 0
+    );
+
+    let other = proxy.chat(&bob, ask("openai/gpt-test", FOLLOW_UP)).await;
+    assert_eq!(other.status, 200);
+    let system = fake.last().system_text();
+    assert!(
+        !system.contains("6am"),
+        "another key's vault leaked: {system:?}"
+    );
+    assert_eq!(other.header("x-memory-retrieved"), "0");
+}
+
+#[tokio::test]
+async fn streaming_relays_chunks_ends_with_done_and_stores_the_answer() {
+    let fake = FakeProvider::start().await;
+    let proxy = Proxy::start(&fake, |_| {}).await;
+    let key = proxy.new_key("streamer").await;
+    let auth = format!("Bearer {key}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-provider-key", "sk-byok"),
+        ("x-session-id", "s-1"),
+    ];
+    let mut body = ask("openai/gpt-test", PREFERENCE);
+    body["stream"] = json!(true);
+    let reply = proxy.chat_with(&headers, body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("content-type"), "text/event-stream");
+    let data = sse_data(reply.body.clone()).await;
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(data.iter().filter(|d| *d == "[DONE]").count(), 1);
+    assert!(data.len() > 4, "several chunks relayed: {data:?}");
+    assert_eq!(streamed_text(&data), format!("Reply to: {PREFERENCE}"));
+    assert_eq!(fake.last().headers["authorization"], "Bearer sk-byok");
+
+    let stored = proxy.memory_texts(&key).await;
+    assert!(
+        stored
+            .iter()
+            .any(|t| t == &format!("Reply to: {PREFERENCE}")),
+        "{stored:?}"
+    );
+
+    let mut follow = ask("openai/gpt-test", FOLLOW_UP);
+    follow["stream"] = json!(true);
+    proxy.chat_with(&headers, follow).await;
+    assert!(fake.last().system_text().contains("6am"));
+}
+
+#[tokio::test]
+async fn byok_and_missing_keys() {
+    let fake = FakeProvider::start().await;
+    let proxy = Proxy::start(&fake, |_| {}).await;
+    let key = proxy.new_key("byok").await;
+
+    // BYOK: provider key as the bearer, Memory Key in X-Memory-Key.
+    let headers = [
+        ("authorization", "Bearer sk-provider"),
+        ("x-memory-key", key.as_str()),
+    ];
+    let reply = proxy
+        .chat_with(&headers, ask("openai/gpt-test", PREFERENCE))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(fake.last().headers["authorization"], "Bearer sk-provider");
+    assert!(
+        proxy
+            .memory_texts(&key)
+            .await
+            .iter()
+            .any(|t| t == PREFERENCE),
+        "BYOK still stores memory"
+    );
+
+    // X-Provider-Key beats the bearer.
+    let headers = [
+        ("authorization", "Bearer sk-provider"),
+        ("x-memory-key", key.as_str()),
+        ("x-provider-key", "sk-explicit"),
+    ];
+    proxy
+        .chat_with(&headers, ask("openai/gpt-test", "hi"))
+        .await;
+    assert_eq!(fake.last().headers["authorization"], "Bearer sk-explicit");
+
+    // No stored key and none sent: 400 naming the provider and the header, nothing sent.
+    let before = fake.requests().len();
+    let reply = proxy.chat(&key, ask("openai/gpt-test", "hi")).await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("openai") && message.contains("X-Provider-Key"),
+        "{message}"
+    );
+    assert_eq!(fake.requests().len(), before);
+
+    // A configured local provider needs no key.
+    let reply = proxy.chat(&key, ask("local/any", "hi")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(fake.last().headers.get("authorization").is_none());
+
+    // A wrong Memory Key is the uniform 401, provider never called.
+    let reply = proxy.chat("mk_wrong", ask("local/any", "hi")).await;
+    assert_eq!(reply.status, 401);
+}
+
+#[tokio::test]
+async fn key_suffix_and_mode_options() {
+    let fake = FakeProvider::start().await;
+    let proxy = Proxy::start(&fake, |_| {}).await;
+    let key = proxy.new_key("modes").await;
+    let model = "local/m";
+
+    // :write stores but does not retrieve.
+    proxy
+        .chat(&format!("{key}:write"), ask(model, PREFERENCE))
+        .await;
+    assert!(
+        proxy
+            .memory_texts(&key)
+            .await
+            .iter()
+            .any(|t| t == PREFERENCE)
+    );
+    proxy
+        .chat(&format!("{key}:write"), ask(model, FOLLOW_UP))
+        .await;
+    assert_eq!(fake.last().system_text(), "", ":write never injects");
+
+    // :read retrieves but stores nothing new.
+    let before = proxy.memory_texts(&key).await.len();
+    let reply = proxy
+        .chat(
+            &format!("{key}:read"),
+            ask(model, "Anything new about 6am training?"),
+        )
+        .await;
+    assert!(fake.last().system_text().contains("6am"));
+    assert!(reply.header("x-memory-retrieved") != "0");
+    assert_eq!(
+        proxy.memory_texts(&key).await.len(),
+        before,
+        ":read stores nothing"
+    );
+
+    // :off is a plain proxy.
+    proxy
+        .chat(&format!("{key}:off"), ask(model, "Off the record: 6am"))
+        .await;
+    assert_eq!(fake.last().system_text(), "");
+    assert_eq!(proxy.memory_texts(&key).await.len(), before);
+
+    // The header beats the suffix, the body beats the header, and the body field and the
+    // per-message flag never reach the provider.
+    let auth = format!("Bearer {key}:off");
+    let headers = [("authorization", auth.as_str()), ("x-memory-mode", "read")];
+    let mut body = ask(model, "Tell me about 6am again");
+    body["memory_mode"] = json!("on");
+    body["messages"][0]["memory"] = json!(false);
+    proxy.chat_with(&headers, body).await;
+    let seen = fake.last();
+    assert!(seen.system_text().contains("6am"));
+    assert!(seen.body.get("memory_mode").is_none());
+    assert!(
+        seen.body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m.get("memory").is_none())
+    );
+    let texts = proxy.memory_texts(&key).await;
+    assert!(
+        !texts.iter().any(|t| t == "Tell me about 6am again"),
+        "memory:false is not stored"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t == "Reply to: Tell me about 6am again"),
+        "the answer still is"
+    );
+}
+
+#[tokio::test]
+async fn anthropic_models_are_translated_both_ways() {
+    let fake = FakeProvider::start().await;
+    let proxy = Proxy::start(&fake, |_| {}).await;
+    let key = proxy.new_key("claude").await;
+    proxy.store_provider_key("anthropic", "sk-ant-stored").await;
+
+    let mut body = ask("anthropic/claude-test", PREFERENCE);
+    body["messages"] = json!([{"role": "system", "content": "You are a coach."}, {"role": "user", "content": PREFERENCE}]);
+    let reply = proxy.chat(&key, body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let completion = reply.json();
+    assert_eq!(completion["object"], "chat.completion");
+    assert_eq!(
+        completion["choices"][0]["message"]["content"],
+        format!("Reply to: {PREFERENCE}")
+    );
+    assert_eq!(completion["choices"][0]["finish_reason"], "stop");
+    assert_eq!(completion["usage"]["total_tokens"], 15);
+    let seen = fake.last();
+    assert_eq!(seen.path, "/v1/messages");
+    assert_eq!(seen.headers["x-api-key"], "sk-ant-stored");
+    assert_eq!(seen.headers["anthropic-version"], "2023-06-01");
+    assert_eq!(seen.body["model"], "claude-test");
+    assert_eq!(seen.body["max_tokens"], 4096);
+    assert_eq!(seen.body["system"], "You are a coach.");
+    assert_eq!(
+        seen.body["messages"],
+        json!([{"role": "user", "content": PREFERENCE}])
+    );
+
+    let mut body = ask("anthropic/claude-test", FOLLOW_UP);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let reply = proxy.chat(&key, body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let system = fake.last().system_text();
+    assert!(
+        system.contains("6am"),
+        "memory reaches Anthropic's system field: {system:?}"
+    );
+    let data = sse_data(reply.body).await;
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(streamed_text(&data), format!("Reply to: {FOLLOW_UP}"));
+    let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["prompt_tokens"], 11);
+}
+
+#[tokio::test]
+async fn native_messages_endpoint_adds_memory() {
+    let fake = FakeProvider::start().await;
+    let proxy = Proxy::start(&fake, |_| {}).await;
+    let key = proxy.new_key("native").await;
+    proxy.store_provider_key("anthropic", "sk-ant").await;
+    let headers = [
+        ("x-api-key", key.as_str()),
+        ("anthropic-version", "2023-06-01"),
+    ];
+    let body = json!({"model": "claude-test", "max_tokens": 100,
+                      "messages": [{"role": "user", "content": PREFERENCE}]});
+    let reply = proxy
+        .send("POST", "/v1/messages", &headers, Some(&body))
+        .await;
+    proxy.settled().await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        reply.json()["content"][0]["text"],
+        format!("Reply to: {PREFERENCE}")
+    );
+    assert_eq!(fake.last().headers["x-api-key"], "sk-ant");
+
+    let body = json!({"model": "anthropic/claude-test", "max_tokens": 100, "stream": true, "system": "Be brief.",
+                      "messages": [{"role": "user", "content": FOLLOW_UP}]});
+    let reply = proxy
+        .send("POST", "/v1/messages", &headers, Some(&body))
+        .await;
+    proxy.settled().await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = fake.last();
+    let system = seen.system_text();
+    assert!(
+        system.starts_with("Be brief.") && system.contains("6am"),
+        "{system:?}"
+    );
+    assert_eq!(seen.body["max_tokens"], 100);
+    let text = reply.text();
+    assert!(
+        text.contains("event: message_stop"),
+        "relayed in Anthropic's format: {text}"
+    );
+    let stored = proxy.memory_texts(&key).await;
+    assert!(
+        stored
+            .iter()
+            .any(|t| t == &format!("Reply to: {FOLLOW_UP}")),
+        "{stored:?}"
+    );
+
+    let reply = proxy
+        .send(
+            "POST",
+            "/v1/messages",
+            &headers,
+            Some(&json!({"model": "local/x", "messages": [{"role": "user", "content": "x"}]})),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        400,
+        "OpenAI-format providers are refused on /v1/messages: {}",
+        reply.text()
+    );
+}
+
+#[tokio::test]
+async fn provider_errors_pass_through_unreachable_is_502_slow_is_504() {
+    let fake = FakeProvider::start().await;
+    let closed_port = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let proxy = Proxy::start(&fake, |c| {
+        c.proxy_timeout_ms = 300;
+        c.providers.insert(
+            "gone".into(),
+            provider(Some("openai"), format!("http://127.0.0.1:{closed_port}/v1")),
+        );
+    })
+    .await;
+    let key = proxy.new_key("errors").await;
+
+    let openai_error = r#"{"error":{"message":"Rate limit reached","type":"rate_limit_error","param":null,"code":"rate_limit_exceeded"}}"#;
+    fake.set(Behavior::Fail(429, openai_error.into()));
+    let reply = proxy.chat(&key, ask("local/m", "hi")).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(
+        reply.text(),
+        openai_error,
+        "an OpenAI-shaped error passes unchanged"
+    );
+    assert!(
+        proxy.memory_texts(&key).await.is_empty(),
+        "a failed call stores nothing"
+    );
+
+    fake.set(Behavior::Fail(
+        529,
+        r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#.into(),
+    ));
+    proxy.store_provider_key("anthropic", "sk-ant").await;
+    let reply = proxy.chat(&key, ask("anthropic/claude", "hi")).await;
+    assert_eq!(reply.status, 529);
+    assert_eq!(reply.json()["error"]["message"], "Overloaded");
+    assert_eq!(reply.json()["error"]["type"], "overloaded_error");
+
+    fake.set(Behavior::Answer);
+    let reply = proxy.chat(&key, ask("gone/m", "hi")).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(reply.json()["error"]["code"], "provider_unreachable");
+
+    fake.set(Behavior::Hang);
+    let reply = proxy.chat(&key, ask("local/m", "hi")).await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert_eq!(reply.json()["error"]["code"], "provider_timeout");
+
+    let reply = proxy.chat(&key, ask("nowhere/m", "hi")).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["error"]["code"], "unknown_provider");
+    let reply = proxy
+        .chat(
+            &key,
+            json!({"messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(reply.status, 400);
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_the_upstream_stream() {
+    let fake = FakeProvider::start().await;
+    let proxy = Proxy::start(&fake, |_| {}).await;
+    let key = proxy.new_key("leaver").await;
+    fake.set(Behavior::StreamAndHold);
+    let auth = format!("Bearer {key}");
+    let mut body = ask("local/m", PREFERENCE);
+    body["stream"] = json!(true);
+    let response = proxy
+        .open(
+            "POST",
+            "/v1/chat/completions",
+            &[("authorization", &auth)],
+            Some(&body),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(HANG_GUARD_SECS), body.frame())
+        .await
+        .unwrap();
+    let first = first.unwrap().unwrap().into_data().unwrap();
+    assert!(
+        String::from_utf8_lossy(&first).starts_with("data: "),
+        "the first chunk arrives before the answer ends"
+    );
+    let dropped = fake.stream_dropped();
+    drop(body);
+    tokio::time::timeout(Duration::from_secs(HANG_GUARD_SECS), dropped)
+        .await
+        .expect("the provider stream was closed");
+    proxy.settled().await;
+    assert!(
+        proxy.memory_texts(&key).await.is_empty(),
+        "an abandoned answer is not stored"
+    );
+}
+
+#[tokio::test]
+async fn models_are_listed_with_provider_prefixes() {
+    let fake = FakeProvider::start().await;
+    let proxy = Proxy::start(&fake, |_| {}).await;
+    let key = proxy.new_key("lister").await;
+    let reply = proxy
+        .send(
+            "GET",
+            "/v1/models",
+            &[("authorization", &format!("Bearer {key}"))],
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let list = reply.json();
+    assert_eq!(list["object"], "list");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&"local/fake-model") && ids.contains(&"openai/fake-model"),
+        "{ids:?}"
+    );
+    let reply = proxy.send("GET", "/v1/models", &[], None).await;
+    assert_eq!(reply.status, 401);
+}
