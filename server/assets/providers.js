@@ -5,7 +5,7 @@ import { $, busy, confirmAction, el, flash, formatDate, isoDate } from './ui.js'
 let report = () => {};
 
 // Provider names go into a URL path segment; the server names providers the same way.
-const PROVIDER_NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
+const PROVIDER_NAME = /^[a-z0-9_-]{1,64}$/;
 
 export function init({ reportError }) {
   report = reportError;
@@ -25,7 +25,7 @@ async function save() {
   const apiKey = $('provider-key').value.trim();
   const baseUrl = $('provider-base-url').value.trim();
   if (!PROVIDER_NAME.test(provider)) {
-    flash('Enter a provider name: lowercase letters, digits, ".", "_" or "-", such as openai.', 'error');
+    flash('Enter a provider name: lowercase letters, digits, "_" or "-", such as openai.', 'error');
     return;
   }
   if (!apiKey) {

@@ -168,6 +168,7 @@ test('dashboard: sign in, keys, provider keys, memories, overview, revoke', asyn
       timezoneId: 'UTC',
     });
     context.setDefaultTimeout(STEP_LIMIT_MS);
+    await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: base });
     const page = context.pages()[0] ?? await context.newPage();
     // Anything the page logs as an error other than an API answer we provoked on purpose
     // (a failed resource load) is a bug: a CSP violation, an exception, a missing module.
@@ -224,7 +225,8 @@ test('dashboard: sign in, keys, provider keys, memories, overview, revoke', asyn
       userKey = await page.locator('#minted-key').inputValue();
       assert.match(userKey, /^mk_/);
       await page.getByRole('button', { name: 'Copy', exact: true }).click();
-      await page.locator('#minted-copied').waitFor({ state: 'visible' });
+      await page.locator('#minted-copied', { hasText: 'Copied to the clipboard.' }).waitFor();
+      assert.equal(await page.evaluate(() => navigator.clipboard.readText()), userKey, 'Copy puts the key on the clipboard');
       const row = page.locator('#keys-table tbody tr', { hasText: 'browser-test' });
       await row.waitFor();
       userKeyId = await row.getAttribute('data-key-id');
@@ -247,6 +249,15 @@ test('dashboard: sign in, keys, provider keys, memories, overview, revoke', asyn
         await page.getByRole('button', { name: 'Save provider key' }).click();
         await page.locator(`#providers-table tr[data-provider="${provider}"]`).waitFor();
       }
+      // An API refusal is shown in the API's own words, and nothing is stored.
+      await page.getByLabel('Provider', { exact: true }).fill('ollama');
+      await page.getByLabel('API key').fill('unused');
+      await page.getByLabel('Base URL').fill('ftp://127.0.0.1:11434');
+      await page.getByRole('button', { name: 'Save provider key' }).click();
+      await flash.filter({ hasText: 'must start with http:// or https://' }).waitFor();
+      assert.equal(await flash.getAttribute('role'), 'alert');
+      assert.equal(await page.locator('#providers-table tr[data-provider="ollama"]').count(), 0);
+      await page.locator('#provider-form').evaluate((form) => form.reset());
       const openai = page.locator('#providers-table tr[data-provider="openai"]');
       assert.ok(!(await openai.textContent()).includes(secret), 'the stored key is shown masked');
       assert.equal(await page.getByLabel('API key').inputValue(), '', 'the form forgets the key once saved');
