@@ -68,6 +68,7 @@ function memoryItem(memory) {
     el('span', { className: 'badge role', text: memory.role ?? 'memory' }),
     el('time', { datetime: isoDate(memory.created_at), text: formatDate(memory.created_at) }),
     memory.session_id ? el('span', {}, 'session ', el('code', { text: memory.session_id })) : null,
+    memory.model ? el('span', {}, 'model ', el('code', { text: memory.model })) : null,
     typeof memory.score === 'number' ? el('span', { text: `score ${memory.score.toFixed(3)}` }) : null,
     el('span', { className: 'spacer' }),
     el('code', { className: 'muted', text: String(memory.id) }),
@@ -181,7 +182,11 @@ function truncate(text, max) {
 }
 
 export async function show() {
-  state.keys = (await fetchKeys()).filter((k) => !k.revoked);
+  // Users' keys first (newest first), the admin key's own vault last: it is rarely the one
+  // an operator wants to look into.
+  const time = (k) => new Date(k.created_at ?? 0).getTime() || 0;
+  state.keys = (await fetchKeys()).filter((k) => !k.revoked)
+    .sort((a, b) => Number(Boolean(a.admin ?? a.is_admin)) - Number(Boolean(b.admin ?? b.is_admin)) || time(b) - time(a));
   const select = $('mem-key');
   // new Option() sets the label as text, so a key name cannot inject markup.
   select.replaceChildren(...state.keys.map((k) => new Option(`${keyLabel(k)} (${keyPrefix(k) ? `${keyPrefix(k)}…` : k.id})`, k.id)));

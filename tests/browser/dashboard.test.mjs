@@ -333,13 +333,34 @@ test('dashboard: sign in, keys, provider keys, memories, overview, revoke', asyn
       assert.match(contents, /Miso/);
     });
 
+    await step('page through a vault of 30 memories, 25 at a time', async () => {
+      const minted = await call(base, 'POST', '/v1/keys', { key: adminKey, body: { name: 'paging' } });
+      assert.equal(minted.status, 201, minted.text);
+      const messages = Array.from({ length: 30 }, (_, i) => ({ role: 'user', content: `Paging note number ${i + 1} about topic ${i * 7}.` }));
+      const ingested = await call(base, 'POST', '/v1/memory/ingest', { key: minted.json.key, body: { session_id: 'paging', messages } });
+      assert.equal(ingested.status, 202, ingested.text);
+      assert.equal(ingested.json.stored, 30, ingested.text);
+      await page.reload();
+      await page.getByRole('heading', { level: 1, name: 'Memories' }).waitFor();
+      await page.getByLabel('Memory Key', { exact: true }).selectOption(minted.json.id);
+      await memoryItem('Paging note number 30 about').waitFor();
+      assert.equal(await memoryList.locator('li').count(), 25, 'the first page holds 25');
+      assert.equal(await memoryItem('Paging note number 5 about').count(), 0, 'older memories wait for the next page');
+      await page.getByRole('button', { name: 'Load more' }).click();
+      await memoryItem('Paging note number 1 about').waitFor();
+      assert.equal(await memoryList.locator('li').count(), 30);
+      assert.equal(await page.getByRole('button', { name: 'Load more' }).isVisible(), false, 'no more pages');
+      const ids = await memoryList.locator('li').evaluateAll((items) => items.map((li) => li.dataset.memoryId));
+      assert.equal(new Set(ids).size, 30, 'no memory is shown twice across pages');
+    });
+
     await step('the overview shows counts and request latency', async () => {
       await goTo('Overview', 'Overview');
       await page.getByRole('button', { name: 'Refresh' }).click();
       const keys = await page.locator('#overview-stats [data-stat="keys"]').textContent();
-      assert.ok(Number(keys.replace(/\D/g, '')) >= 2, `keys stat counts the admin and minted key: ${keys}`);
+      assert.ok(Number(keys.replace(/\D/g, '')) >= 3, `keys stat counts the admin and minted keys: ${keys}`);
       const memories = await page.locator('#overview-stats [data-stat="memories"]').textContent();
-      assert.ok(Number(memories.replace(/\D/g, '')) >= 2, `memories stat counts the ingested memories: ${memories}`);
+      assert.ok(Number(memories.replace(/\D/g, '')) >= 32, `memories stat counts the ingested memories: ${memories}`);
       await page.locator('#overview-requests tbody tr').first().waitFor();
       assert.match(await page.locator('#overview-requests').textContent(), /ingest/);
       await shot('overview');
