@@ -6,3 +6,4 @@
 //! - `scripts/`: side-by-side comparisons with other systems, run in the same session.
 
 pub mod words;
+pub mod locomo;
