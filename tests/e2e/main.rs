@@ -1,4 +1,11 @@
 //! The one end-to-end test binary: the real server over loopback HTTP.
 
+mod auth;
+mod bad_input;
 mod fake_provider;
+mod isolation;
+mod memory_api;
+mod ops;
 mod proxy;
+mod restart;
+mod seed;

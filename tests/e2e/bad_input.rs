@@ -1,0 +1,297 @@
+//! Bad input gets an OpenAI-shaped error with the right status: never a panic, a hang or
+//! a 500.
+
+use hyper::Method;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use tests::TestServer;
+
+async fn raw(
+    server: &TestServer,
+    key: &str,
+    path: &str,
+    body: impl Into<bytes::Bytes>,
+) -> tests::TestResponse {
+    server
+        .send(
+            Method::POST,
+            path,
+            Some(key),
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_bad_request_gets_the_right_status() {
+    let server = TestServer::start_with(|c| {
+        c.limits.body_bytes_max = 64 * 1024;
+        c.limits.message_chars_max = 10_000;
+        c.limits.messages_per_request_max = 50;
+    })
+    .await;
+    let (_id, key) = server.mint_key("user").await;
+    let msg = |content: Value| json!({"messages": [{"role": "user", "content": content}]});
+    let cases: Vec<(&str, &str, Vec<u8>, u16)> = vec![
+        (
+            "invalid JSON",
+            "/v1/memory/ingest",
+            b"{\"messages\": [".to_vec(),
+            400,
+        ),
+        ("empty body", "/v1/memory/prepare", Vec::new(), 400),
+        (
+            "not an object",
+            "/v1/memory/prepare",
+            b"[1,2]".to_vec(),
+            400,
+        ),
+        (
+            "missing messages",
+            "/v1/memory/prepare",
+            b"{}".to_vec(),
+            400,
+        ),
+        (
+            "messages wrong type",
+            "/v1/memory/ingest",
+            json!({"messages": "hi"}).to_string().into(),
+            400,
+        ),
+        (
+            "empty messages",
+            "/v1/memory/ingest",
+            json!({"messages": []}).to_string().into(),
+            400,
+        ),
+        (
+            "unknown role",
+            "/v1/memory/ingest",
+            json!({"messages": [{"role": "wizard", "content": "x"}]})
+                .to_string()
+                .into(),
+            400,
+        ),
+        (
+            "role wrong type",
+            "/v1/memory/prepare",
+            json!({"messages": [{"role": 3, "content": "x"}]})
+                .to_string()
+                .into(),
+            400,
+        ),
+        (
+            "content wrong type",
+            "/v1/memory/ingest",
+            msg(json!(42)).to_string().into(),
+            400,
+        ),
+        (
+            "content part without text",
+            "/v1/memory/ingest",
+            msg(json!([{"type": "text"}])).to_string().into(),
+            400,
+        ),
+        (
+            "content part not an object",
+            "/v1/memory/ingest",
+            msg(json!([7])).to_string().into(),
+            400,
+        ),
+        (
+            "context_limit wrong type",
+            "/v1/memory/prepare",
+            json!({"messages": [{"role": "user", "content": "x"}], "context_limit": "ten"})
+                .to_string()
+                .into(),
+            400,
+        ),
+        (
+            "unknown density",
+            "/v1/memory/prepare",
+            json!({"messages": [{"role": "user", "content": "x"}], "density": "ultra"})
+                .to_string()
+                .into(),
+            422,
+        ),
+        (
+            "bad created_at",
+            "/v1/memory/ingest",
+            json!({"messages": [{"role": "user", "content": "x", "created_at": "last tuesday"}]})
+                .to_string()
+                .into(),
+            400,
+        ),
+        (
+            "invalid UTF-8",
+            "/v1/memory/ingest",
+            b"{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}".to_vec(),
+            400,
+        ),
+        (
+            "deep JSON",
+            "/v1/memory/prepare",
+            "[".repeat(20_000).into_bytes(),
+            400,
+        ),
+        (
+            "megabyte-ish string",
+            "/v1/memory/ingest",
+            msg(json!("a".repeat(20_000))).to_string().into(),
+            413,
+        ),
+        (
+            "too many messages",
+            "/v1/memory/ingest",
+            json!({"messages": vec![json!({"role": "user", "content": "x"}); 51]})
+                .to_string()
+                .into(),
+            413,
+        ),
+        (
+            "huge body",
+            "/v1/memory/ingest",
+            vec![b' '; 200 * 1024],
+            413,
+        ),
+        (
+            "session id too long",
+            "/v1/memory/ingest",
+            json!({"messages": [{"role": "user", "content": "x"}], "session_id": "s".repeat(300)})
+                .to_string()
+                .into(),
+            413,
+        ),
+        (
+            "search query wrong type",
+            "/v1/memory/search",
+            json!({"query": 5}).to_string().into(),
+            400,
+        ),
+        (
+            "search empty query",
+            "/v1/memory/search",
+            json!({"query": "  "}).to_string().into(),
+            400,
+        ),
+        (
+            "bad filters",
+            "/v1/memory/search",
+            json!({"query": "x", "filters": {"roles": ["wizard"]}})
+                .to_string()
+                .into(),
+            400,
+        ),
+    ];
+    for (name, path, body, status) in cases {
+        let response = raw(&server, &key, path, body).await;
+        assert_eq!(response.status, status, "{name}: {}", response.text());
+        response.assert_error(status);
+    }
+    // Nothing above was stored.
+    assert!(server.contents(&key).await.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_are_404_and_wrong_methods_405() {
+    let server = TestServer::start().await;
+    let key = server.admin_key.clone();
+    server.get("/nope", Some(&key)).await.assert_error(404);
+    server
+        .get("/v1/memory/does-not-exist", Some(&key))
+        .await
+        .assert_error(404);
+    server
+        .get("/v1/memory/99999", Some(&key))
+        .await
+        .assert_error(404);
+    server
+        .send(Method::PATCH, "/v1/memory/ingest", Some(&key), &[], "{}")
+        .await
+        .assert_error(405);
+    server
+        .send(Method::PUT, "/v1/keys", Some(&key), &[], "{}")
+        .await
+        .assert_error(405);
+    server
+        .send(Method::POST, "/healthz", None, &[], "")
+        .await
+        .assert_error(405);
+    server.stop().await;
+}
+
+#[test]
+fn arbitrary_json_bodies_never_get_a_5xx() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (server, key) = runtime.block_on(async {
+        let server = TestServer::start().await;
+        let (_id, key) = server.mint_key("fuzz").await;
+        (server, key)
+    });
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        "[a-z ]{0,12}".prop_map(Value::from),
+        prop_oneof![
+            Just("user"),
+            Just("assistant"),
+            Just("system"),
+            Just("tool"),
+            Just("bogus")
+        ]
+        .prop_map(Value::from),
+    ];
+    let value = leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map(
+                prop_oneof![
+                    Just("messages".to_owned()),
+                    Just("role".to_owned()),
+                    Just("content".to_owned()),
+                    Just("query".to_owned()),
+                    Just("session_id".to_owned()),
+                    Just("filters".to_owned()),
+                    Just("created_at".to_owned()),
+                    "[a-z]{1,6}"
+                ],
+                inner,
+                0..5
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    });
+    let path = prop_oneof![
+        Just("/v1/memory/prepare"),
+        Just("/v1/memory/ingest"),
+        Just("/v1/memory/search"),
+        Just("/v1/keys")
+    ];
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 64,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&(path, value), |(path, body)| {
+            let response = runtime.block_on(raw(&server, &key, path, body.to_string()));
+            prop_assert!(
+                response.status < 500,
+                "{path} {body} -> {} {}",
+                response.status,
+                response.text()
+            );
+            if response.status >= 400 {
+                response.assert_error(response.status);
+            }
+            Ok(())
+        })
+        .unwrap();
+    runtime.block_on(server.stop());
+}
