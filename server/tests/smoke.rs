@@ -1,0 +1,155 @@
+//! Smoke tests of the real binary: first start, restart, SIGTERM, the CLI commands.
+
+mod common;
+
+use common::{Binary, admin_key, cli, json, mint};
+
+#[test]
+fn first_start_prints_the_admin_key_once_and_sigterm_is_graceful() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::serve(dir.path(), &[]);
+    let admin = admin_key(dir.path());
+    assert!(admin.starts_with("mk_") && admin.len() == 46, "{admin}");
+    let (status, body) = server.request("GET", "/healthz", None, "").unwrap();
+    assert_eq!((status, body.as_str()), (200, "{\"status\":\"ok\"}"));
+    let (_id, key) = mint(&server, &admin, "user:1");
+    let ingest = r#"{"messages":[{"role":"user","content":"I water the ferns on Sundays."}]}"#;
+    assert_eq!(
+        server
+            .request("POST", "/v1/memory/ingest", Some(&key), ingest)
+            .unwrap()
+            .0,
+        202
+    );
+    let (status, stdout) = server.terminate();
+    assert!(status.success(), "SIGTERM exits cleanly: {status:?}");
+    assert!(
+        stdout.contains(&admin),
+        "first start prints the key: {stdout}"
+    );
+
+    let server = Binary::serve(dir.path(), &[]);
+    assert_eq!(
+        admin_key(dir.path()),
+        admin,
+        "restart never rotates the admin key"
+    );
+    let (status, body) = server.request("GET", "/v1/memory", Some(&key), "").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        json(&body)["memories"][0]["content"],
+        "I water the ferns on Sundays."
+    );
+    let (status, stdout) = server.terminate();
+    assert!(status.success());
+    assert!(!stdout.contains("mk_"), "a restart prints no key: {stdout}");
+}
+
+#[test]
+fn cli_keys_verify_export_and_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (ok, stdout, stderr) = cli(&["keys", "create", "--name", "cli-user", "--data-dir", data]);
+    assert!(ok, "{stderr}");
+    let key = stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("mk_"))
+        .last()
+        .unwrap()
+        .to_owned();
+    let (ok, listing, _) = cli(&["keys", "list", "--data-dir", data]);
+    assert!(ok);
+    assert!(
+        listing.contains("cli-user") && !listing.contains(&key),
+        "{listing}"
+    );
+    let id = listing
+        .lines()
+        .find(|l| l.contains("cli-user"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let server = Binary::serve(dir.path(), &[]);
+    let ingest = r#"{"messages":[{"role":"user","content":"Exported by the CLI."},{"role":"assistant","content":"Noted."}]}"#;
+    assert_eq!(
+        server
+            .request("POST", "/v1/memory/ingest", Some(&key), ingest)
+            .unwrap()
+            .0,
+        202
+    );
+    let (ok, _, stderr) = cli(&["keys", "list", "--data-dir", data]);
+    assert!(
+        !ok && stderr.contains("another memoryrouter process"),
+        "the data dir is locked: {stderr}"
+    );
+    let (status, _) = server.terminate();
+    assert!(status.success());
+
+    let (ok, report, stderr) = cli(&["verify", data]);
+    assert!(ok, "{stderr}");
+    assert!(report.contains("every checksum matches"), "{report}");
+    let file = dir.path().join("export.jsonl");
+    let (ok, _, stderr) = cli(&[
+        "export",
+        "--key-id",
+        &id,
+        "--out",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data,
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 2);
+    let (ok, stdout, _) = cli(&["keys", "create", "--data-dir", data]);
+    assert!(ok);
+    let (ok, listing, _) = cli(&["keys", "list", "--data-dir", data]);
+    assert!(ok);
+    let other = listing
+        .lines()
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(stdout.contains("mk_") && other != id);
+    let (ok, _, stderr) = cli(&[
+        "import",
+        "--key-id",
+        &other,
+        file.to_str().unwrap(),
+        "--data-dir",
+        data,
+    ]);
+    assert!(ok && stderr.contains("2 stored"), "{stderr}");
+    let (ok, stdout, _) = cli(&["keys", "revoke", &id, "--data-dir", data]);
+    assert!(ok && stdout.contains("revoked"));
+    let (ok, _, stderr) = cli(&["keys", "revoke", "key_nope", "--data-dir", data]);
+    assert!(!ok && stderr.contains("key_nope"));
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_setting_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[limits]\nbody_bytes_maximum = 5\n").unwrap();
+    let (ok, _, stderr) = cli(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("body_bytes_maximum"), "{stderr}");
+    std::fs::write(&config, "durability = \"sometimes\"\n").unwrap();
+    let (ok, _, stderr) = cli(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("sometimes"), "{stderr}");
+    let (ok, _, stderr) = cli(&["serve", "--listen", "not-an-address"]);
+    assert!(!ok && stderr.contains("--listen"), "{stderr}");
+}
