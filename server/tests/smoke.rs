@@ -54,8 +54,7 @@ fn cli_keys_verify_export_and_import() {
     let key = stdout
         .lines()
         .map(str::trim)
-        .filter(|l| l.starts_with("mk_"))
-        .last()
+        .rfind(|l| l.starts_with("mk_"))
         .unwrap()
         .to_owned();
     let (ok, listing, _) = cli(&["keys", "list", "--data-dir", data]);
