@@ -519,14 +519,26 @@ fn open_arbitrary(bytes: &[u8]) -> Result<wal::Recovery, WalError> {
     let tmp = tempfile::tempdir().expect("tempdir");
     fs::write(tmp.path().join("00000000000000000001.wal"), bytes).expect("write");
     let verified = wal::verify(tmp.path());
-    let opened = Wal::open(tmp.path(), WalOptions::default()).map(|(_, r)| r);
+    let opened = Wal::open(tmp.path(), WalOptions::default());
     // verify and open agree on whether the directory is readable.
     assert_eq!(
         verified.is_ok(),
         opened.is_ok(),
-        "verify {verified:?} vs open {opened:?}"
+        "verify {verified:?} vs open {:?}",
+        opened.as_ref().map(|(_, r)| r)
     );
-    opened
+    let (log, recovery) = opened?;
+    // A readable log accepts the next record right after what it replayed.
+    let expected = recovery
+        .records
+        .last()
+        .map_or(recovery.checkpoint, |r| r.lsn)
+        + 1;
+    assert_eq!(
+        log.append(0, b"after").expect("append after recovery"),
+        expected
+    );
+    Ok(recovery)
 }
 
 proptest! {
