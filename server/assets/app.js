@@ -101,7 +101,11 @@ function start() {
     $('signin-error').hidden = true;
   });
   for (const page of Object.values(PAGES)) page.init({ reportError });
-  window.addEventListener('hashchange', route);
+  window.addEventListener('hashchange', async () => {
+    await route();
+    // Tell assistive technology the page changed: focus lands at the top of the new page.
+    $('main').focus({ preventScroll: false });
+  });
   route();
 }
 

@@ -297,6 +297,11 @@ test('dashboard: sign in, keys, provider keys, memories, overview, revoke', asyn
       const texts = await memoryList.locator('.memory-content').allTextContents();
       assert.ok(texts.findIndex((s) => s.includes('Miso')) < texts.findIndex((s) => s.includes('Lisbon')), 'newest first');
       await shot('memories');
+      // Responsive: on a phone-sized screen nothing is wider than the screen.
+      await page.setViewportSize({ width: 390, height: 844 });
+      assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), 'no sideways scrolling at 390 px');
+      await shot('memories-mobile');
+      await page.setViewportSize({ width: 1100, height: 720 });
     });
 
     await step('filter by session', async () => {
