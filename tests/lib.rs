@@ -184,6 +184,13 @@ impl TestServer {
         self.data.clone()
     }
 
+    /// Signals shutdown without waiting (the graceful-shutdown test drives the rest).
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     async fn shutdown_and_wait(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

@@ -51,3 +51,46 @@ async fn restart_keeps_memories_keys_and_revocations() {
     assert_eq!(again["skipped"], 1);
     server.stop().await;
 }
+
+/// Shutdown finishes a request already in flight, then stops accepting. `Expect:
+/// 100-continue` makes the server say when the handler has started reading the body, so
+/// the test knows the request is in flight before it signals shutdown: no sleeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_in_flight_requests_then_refuses_new_ones() {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+
+    let mut server = TestServer::start().await;
+    let (_id, key) = server.mint_key("user").await;
+    let body =
+        json!({"messages": [{"role": "user", "content": "Written during shutdown."}]}).to_string();
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut stream = BufReader::new(stream);
+    let head = format!(
+        "POST /v1/memory/ingest HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    stream.get_mut().write_all(head.as_bytes()).await.unwrap();
+    let mut line = String::new();
+    stream.read_line(&mut line).await.unwrap();
+    assert!(line.starts_with("HTTP/1.1 100"), "{line}");
+    stream.read_line(&mut line).await.unwrap();
+
+    server.begin_shutdown();
+    stream.get_mut().write_all(body.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 202"), "{response}");
+
+    let addr = server.addr;
+    let data = server.stop().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections after shutdown"
+    );
+    let server = TestServer::start_in(data, |_| {}).await;
+    assert_eq!(
+        server.contents(&key).await,
+        vec!["Written during shutdown.".to_owned()]
+    );
+    server.stop().await;
+}
