@@ -35,5 +35,9 @@ if [ -d tests/browser ]; then
       exit 1
     fi
   fi
+  # Screenshots go under target/ unless asked for: refresh the ones in docs/ with
+  # SCREENSHOT_DIR="$PWD/docs/screenshots" bash tests/run.sh
+  export SCREENSHOT_DIR="${SCREENSHOT_DIR:-$root/target/screenshots}"
+  mkdir -p "$SCREENSHOT_DIR"
   (cd tests/browser && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --silent; } && node --test)
 fi
