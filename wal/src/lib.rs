@@ -175,3 +175,9 @@ pub struct Recovery {
     /// Bytes of torn tail cut off the last segment (0 if it was clean).
     pub truncated_bytes: u64,
 }
+
+/// `Wal` is shared across threads as `Arc<Wal>`; keep it that way.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Wal>();
+};
