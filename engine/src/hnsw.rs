@@ -26,6 +26,7 @@ use hnsw_rs::prelude::Hnsw;
 
 use crate::distance::{UnitDistance, dot};
 use crate::error::{Error, Result};
+use crate::mmap::prefetch;
 
 pub const MAGIC: &[u8; 8] = b"MRSEGHNS";
 pub const VERSION: u32 = 1;
@@ -263,6 +264,7 @@ impl Graph {
             let epoch = visited.next_epoch(self.n as usize);
             let mut candidates: BinaryHeap<Near> = BinaryHeap::with_capacity(ef * 2);
             let mut results: BinaryHeap<Far> = BinaryHeap::with_capacity(ef + 1);
+            let mut batch: Vec<u32> = Vec::with_capacity(self.m0);
             visited.marks[ep as usize] = epoch;
             candidates.push(Near(d_ep, ep));
             if accept(ep) {
@@ -273,11 +275,18 @@ impl Graph {
                 if d > bound && results.len() >= ef {
                     break;
                 }
+                // Mark the unvisited neighbours and prefetch their vectors first, so their
+                // cache misses overlap; then score them.
+                batch.clear();
                 for &nb in self.neighbours(w, 0, doc) {
-                    if visited.marks[nb as usize] == epoch {
-                        continue;
+                    if visited.marks[nb as usize] != epoch {
+                        visited.marks[nb as usize] = epoch;
+                        let s = nb as usize * dim;
+                        prefetch(&vectors[s..s + dim]);
+                        batch.push(nb);
                     }
-                    visited.marks[nb as usize] = epoch;
+                }
+                for &nb in &batch {
                     let dn = dist(nb);
                     let bound = results.peek().map_or(f32::INFINITY, |f| f.0);
                     if results.len() < ef || dn < bound {
