@@ -34,6 +34,11 @@ const SUBHEADER_WORDS: usize = 8;
 /// hnsw_rs caps the number of layers at 16.
 const LAYERS_MAX: usize = 16;
 
+/// Default [`HnswParams::min_records`]: twice the default memtable, so a seal of a
+/// default-sized memtable never builds a graph and the first compaction tier does.
+pub const HNSW_MIN_RECORDS_DEFAULT: usize = 8192;
+const _: () = assert!(HNSW_MIN_RECORDS_DEFAULT > crate::vault::MEMTABLE_RECORDS_MAX_DEFAULT);
+
 /// Graph construction and search parameters.
 #[derive(Clone, Debug)]
 pub struct HnswParams {
@@ -44,8 +49,11 @@ pub struct HnswParams {
     pub ef_construction: usize,
     /// Beam width while searching (raised to k when k is larger).
     pub ef_search: usize,
-    /// Segments with fewer records are scanned exactly instead: below this size a SIMD scan
-    /// is about as fast as a graph walk and needs no build (measured, `docs/benchmarks.md`).
+    /// Segments with fewer records are scanned exactly instead. A graph walk beats a SIMD
+    /// scan from a few thousand vectors on, but building one costs ~1 ms of CPU per vector;
+    /// a seal must keep up with ingest, so graphs are built only when compaction merges
+    /// sealed memtables (default 4096 records) into larger segments. See
+    /// `docs/benchmarks.md` (engine) for the scan vs graph figures.
     pub min_records: usize,
 }
 
@@ -55,7 +63,7 @@ impl Default for HnswParams {
             m: 16,
             ef_construction: 200,
             ef_search: 64,
-            min_records: 20_000,
+            min_records: HNSW_MIN_RECORDS_DEFAULT,
         }
     }
 }

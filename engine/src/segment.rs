@@ -511,3 +511,117 @@ impl Segment {
         crate::distance::exact_top_k(self.vectors(), self.dim, query, k, accept)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory(id: u64, text: &str, model: bool) -> Memory {
+        let mut md = Metadata::new();
+        md.insert("k".into(), serde_json::json!("v"));
+        Memory {
+            id,
+            session_id: "s".into(),
+            role: Role::Assistant,
+            text: text.into(),
+            created_at_ms: 1_700_000_000_000 + id as i64,
+            model: model.then(|| "gpt".to_string()),
+            metadata: model.then_some(md),
+            content_hash: id * 31,
+            chunk: 0,
+        }
+    }
+
+    /// Golden bytes: a fixed input must produce exactly these files, so any change to the
+    /// layout shows up here (and must come with a version bump in docs/format.md).
+    #[test]
+    fn format_v1_is_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (memory(3, "hello", true), memory(9, "wörld", false));
+        let (va, vb) = ([0.6f32, 0.8], [1.0f32, 0.0]);
+        let inputs = [
+            SegmentInput {
+                memory: &a,
+                vector: &va,
+            },
+            SegmentInput {
+                memory: &b,
+                vector: &vb,
+            },
+        ];
+        let path = write(
+            dir.path(),
+            "seg-0000000000000001",
+            2,
+            &inputs,
+            &HnswParams::default(),
+            None,
+        )
+        .unwrap();
+        let crc = |f: &str| crc32fast::hash(&std::fs::read(path.join(f)).unwrap());
+        assert_eq!(
+            (crc(VECTORS_FILE), crc(RECORDS_FILE)),
+            (GOLDEN_VECTORS_CRC, GOLDEN_RECORDS_CRC),
+            "segment format drifted: bump VERSION and document it"
+        );
+        let seg = Segment::open(&path, 2).unwrap();
+        assert_eq!(seg.memory(0), a);
+        assert_eq!(seg.memory(1), b);
+        assert_eq!(seg.doc_of(9), Some(1));
+        assert_eq!(seg.doc_of(4), None);
+        assert_eq!(seg.vector(0), &va);
+        assert!(!seg.has_graph());
+        seg.verify().unwrap();
+        assert!(
+            Segment::open(&path, 3).is_err(),
+            "dimension mismatch must be refused"
+        );
+    }
+
+    const GOLDEN_VECTORS_CRC: u32 = 2_081_677_409;
+    const GOLDEN_RECORDS_CRC: u32 = 3_684_603_729;
+
+    #[test]
+    fn graph_is_built_past_the_threshold_and_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let mems: Vec<Memory> = (1..=300)
+            .map(|i| memory(i, &format!("text {i}"), false))
+            .collect();
+        let vecs: Vec<[f32; 2]> = (1..=300)
+            .map(|i| {
+                let t = i as f32 * 0.01;
+                [t.cos(), t.sin()]
+            })
+            .collect();
+        let inputs: Vec<SegmentInput<'_>> = mems
+            .iter()
+            .zip(&vecs)
+            .map(|(m, v)| SegmentInput {
+                memory: m,
+                vector: v,
+            })
+            .collect();
+        let params = HnswParams {
+            min_records: 100,
+            ..HnswParams::default()
+        };
+        let path = write(
+            dir.path(),
+            "seg-0000000000000002",
+            2,
+            &inputs,
+            &params,
+            None,
+        )
+        .unwrap();
+        let seg = Segment::open(&path, 2).unwrap();
+        assert!(seg.has_graph());
+        seg.verify().unwrap();
+        let q = [(1.5f32).cos(), (1.5f32).sin()];
+        let hits = seg.search(&q, 3, 64, &|_| true);
+        assert_eq!(seg.id(hits[0].0), 150);
+        // A filter that accepts only two docs still returns both (scan fallback).
+        let hits = seg.search(&q, 5, 64, &|d| d == 7 || d == 290);
+        assert_eq!(hits.len(), 2);
+    }
+}
