@@ -8,7 +8,7 @@
 //! Modules: [`config`] (layered, validated settings), [`cli`] and [`commands`] (the CLI),
 //! [`router`] (one match on method and path), [`auth`] and [`secret`] (keys, hashing,
 //! provider-key encryption), [`catalog`], [`request`] (message and option parsing),
-//! [`prepare`], [`ingest`], [`memories`], [`keys`], [`provider_keys`], [`admin`], [`ops`]
+//! [`prepare`], [`ingest`], [`memories`], [`transfer`], [`keys`], [`provider_keys`], [`admin`], [`ops`]
 //! (health, readiness, metrics), [`metrics`], [`ratelimit`], [`http`], [`error`].
 //!
 //! Limits: every body, message count, message length and per-key request rate is bounded
@@ -49,6 +49,7 @@ pub mod router;
 pub mod secret;
 pub mod serve;
 pub mod time;
+pub mod transfer;
 
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::http::{Body, error_response};
-use crate::{admin, ingest, keys, memories, ops, prepare, provider_keys, proxy};
+use crate::{admin, ingest, keys, memories, ops, prepare, provider_keys, proxy, transfer};
 
 /// Handles one request; never fails (errors become OpenAI-shaped responses).
 pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
@@ -66,13 +66,13 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bod
                 ("DELETE /v1/memory", memories::clear(state, req).await)
             }
             (&Method::GET, ["v1", "memory", "export"]) => {
-                ("GET /v1/memory/export", memories::export(state, req).await)
+                ("GET /v1/memory/export", transfer::export(state, req).await)
             }
             (&Method::POST, ["v1", "memory", "import"]) => {
-                ("POST /v1/memory/import", memories::import(state, req).await)
+                ("POST /v1/memory/import", transfer::import(state, req).await)
             }
             (&Method::POST, ["v1", "memory", "upload"]) => {
-                ("POST /v1/memory/upload", memories::upload(state, req).await)
+                ("POST /v1/memory/upload", transfer::upload(state, req).await)
             }
             (&Method::POST, ["v1", "memory", "warmup"]) => {
                 ("POST /v1/memory/warmup", memories::warmup(state, req).await)

@@ -1,0 +1,279 @@
+//! Bulk transfer of a vault: `GET /v1/memory/export` and `POST /v1/memory/import` (JSON
+//! Lines, lossless), and `POST /v1/memory/upload` (the hosted API's bulk import of
+//! `{content, role?, timestamp?}` lines). An invalid line is reported and skipped; the
+//! valid ones are stored in batches of [`IMPORT_BATCH_MAX`] (one WAL append each).
+//!
+//! Export/import work on stored records: a long message exported as several chunks comes
+//! back as several memories (each short enough never to be chunked again).
+
+use std::sync::Arc;
+
+use engine::{Memory, NewMemory, Vault};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::{ApiError, Error};
+use crate::http::{Body, blocking, header, json_response, read_body, text_response};
+use crate::memories::{caller, memory_json};
+use crate::request::parse_role;
+use crate::time::now_ms;
+
+/// Lines accepted by one upload (413 above), as the hosted API documents.
+pub const UPLOAD_LINES_MAX: usize = 10_000;
+/// Errors listed in an upload/import answer; the rest are only counted.
+pub const REPORTED_ERRORS_MAX: usize = 10;
+/// Memories per engine ingest call during import/upload (one WAL batch each).
+pub const IMPORT_BATCH_MAX: usize = 1000;
+/// Memories read per page while exporting.
+pub const EXPORT_PAGE_MAX: usize = 1000;
+
+/// One export line: [`memory_json`] plus `created_at_ms` for a lossless round trip.
+pub fn export_line(memory: &Memory) -> String {
+    let mut value = memory_json(memory);
+    value["created_at_ms"] = json!(memory.created_at_ms);
+    value.to_string()
+}
+
+/// Parses an export or upload line: `content` (or `text`) required; `role` (default user),
+/// `session_id`, `created_at_ms`/`created_at`/`timestamp`, `model`, `metadata` optional.
+pub fn import_line(line: &str, now_ms: i64) -> Result<NewMemory, String> {
+    let value: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let Value::Object(fields) = value else {
+        return Err("a line must be a JSON object".into());
+    };
+    let text = match fields.get("content").or_else(|| fields.get("text")) {
+        Some(Value::String(text)) if !text.trim().is_empty() => text.clone(),
+        Some(Value::String(_)) => return Err("`content` is empty".into()),
+        _ => return Err("`content` must be a string".into()),
+    };
+    let role = match fields.get("role") {
+        None | Some(Value::Null) => engine::Role::User,
+        Some(Value::String(name)) => parse_role(name).ok_or_else(|| {
+            format!(
+                "unknown role `{}`",
+                name.chars().take(32).collect::<String>()
+            )
+        })?,
+        Some(_) => return Err("`role` must be a string".into()),
+    };
+    let session_id = match fields.get("session_id") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) if s.len() <= crate::request::SESSION_ID_BYTES_MAX => s.clone(),
+        Some(_) => return Err("`session_id` must be a short string".into()),
+    };
+    let time = ["created_at_ms", "created_at", "timestamp"]
+        .iter()
+        .find_map(|name| fields.get(*name).filter(|v| !v.is_null()));
+    let created_at_ms = match time {
+        None => now_ms,
+        Some(value) => crate::time::parse_json_ms(value)
+            .ok_or("timestamps must be RFC 3339 or epoch milliseconds")?,
+    };
+    let model = fields
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let metadata = match fields.get("metadata") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(map)) => Some(map.clone()),
+        Some(_) => return Err("`metadata` must be an object".into()),
+    };
+    Ok(NewMemory {
+        session_id,
+        role,
+        text,
+        created_at_ms,
+        model,
+        metadata,
+    })
+}
+
+/// Calls `f` on every memory of the vault, newest first, a page at a time.
+pub fn for_each_memory(
+    vault: &Vault,
+    mut f: impl FnMut(&Memory) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut before = None;
+    loop {
+        let page = vault.list(before, EXPORT_PAGE_MAX, None)?;
+        for memory in &page {
+            f(memory)?;
+        }
+        match page.last() {
+            Some(last) if page.len() == EXPORT_PAGE_MAX => before = Some(last.id),
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// `GET /v1/memory/export` → JSON Lines, newest first.
+pub async fn export(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, _body) = req.into_parts();
+    let (_auth, _query, vault_id) = caller(state, &parts).await?;
+    let st = state.clone();
+    let text = blocking(move || {
+        let vault = st.engine.vault(&vault_id)?;
+        let mut out = String::new();
+        for_each_memory(&vault, |memory| {
+            out.push_str(&export_line(memory));
+            out.push('\n');
+            Ok(())
+        })?;
+        Ok(out)
+    })
+    .await?;
+    Ok(text_response(StatusCode::OK, text, "application/x-ndjson"))
+}
+
+/// Parses JSON Lines and stores the valid lines; the answer's parts shared by import and
+/// upload.
+struct BulkOutcome {
+    lines: usize,
+    stored_messages: usize,
+    chunks: usize,
+    skipped: usize,
+    failed: usize,
+    errors: Vec<Value>,
+}
+
+async fn bulk_store(
+    state: &Arc<AppState>,
+    vault_id: String,
+    text: String,
+    default_session: String,
+) -> Result<BulkOutcome, ApiError> {
+    let lines: Vec<(usize, String)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| (i + 1, l.to_owned()))
+        .collect();
+    if lines.len() > UPLOAD_LINES_MAX {
+        return Err(ApiError::too_large(
+            "too_many_lines",
+            format!(
+                "{} lines exceed the limit of {UPLOAD_LINES_MAX}.",
+                lines.len()
+            ),
+        ));
+    }
+    let chars_max = state.config.limits.message_chars_max;
+    let st = state.clone();
+    blocking(move || {
+        let now = now_ms();
+        let mut outcome = BulkOutcome {
+            lines: lines.len(),
+            stored_messages: 0,
+            chunks: 0,
+            skipped: 0,
+            failed: 0,
+            errors: Vec::new(),
+        };
+        let mut batch = Vec::new();
+        for (number, line) in &lines {
+            let parsed = import_line(line, now).and_then(|mut memory| {
+                if memory.text.chars().count() > chars_max {
+                    return Err(format!("`content` is longer than {chars_max} characters"));
+                }
+                if memory.session_id.is_empty() {
+                    memory.session_id = default_session.clone();
+                }
+                Ok(memory)
+            });
+            match parsed {
+                Ok(memory) => batch.push(memory),
+                Err(message) => {
+                    outcome.failed += 1;
+                    if outcome.errors.len() < REPORTED_ERRORS_MAX {
+                        outcome
+                            .errors
+                            .push(json!({"line": number, "message": message}));
+                    }
+                }
+            }
+        }
+        let vault = st.engine.vault(&vault_id)?;
+        for chunk in batch.chunks(IMPORT_BATCH_MAX) {
+            let result = vault.ingest(chunk.to_vec())?;
+            outcome.chunks += result.stored.len();
+            outcome.skipped += result.skipped;
+            outcome.stored_messages += chunk.len() - result.skipped;
+        }
+        Ok(outcome)
+    })
+    .await
+}
+
+/// `POST /v1/memory/import` (JSON Lines as exported) → `{imported, skipped, failed, errors}`.
+pub async fn import(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let (_auth, _query, vault_id) = caller(state, &parts).await?;
+    let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| ApiError::bad_request("invalid_utf8", "The body must be UTF-8 JSON Lines."))?;
+    let outcome = bulk_store(state, vault_id, text, String::new()).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"imported": outcome.stored_messages, "skipped": outcome.skipped, "failed": outcome.failed, "errors": outcome.errors}),
+    ))
+}
+
+/// `POST /v1/memory/upload` (JSON Lines of `{content, role?, timestamp?}`) →
+/// `{status, vault, stats: {inputItems, chunks, stored, failed}, errors?}`.
+pub async fn upload(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let (_auth, _query, vault_id) = caller(state, &parts).await?;
+    let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| ApiError::bad_request("invalid_utf8", "The body must be UTF-8 JSON Lines."))?;
+    let session = header(&parts.headers, "x-session-id")
+        .unwrap_or("")
+        .to_owned();
+    let outcome = bulk_store(state, vault_id.clone(), text, session).await?;
+    let mut body = json!({
+        "status": if outcome.failed == 0 { "complete" } else { "partial" },
+        "vault": vault_id,
+        "stats": {"inputItems": outcome.lines, "chunks": outcome.chunks, "stored": outcome.stored_messages, "failed": outcome.failed},
+    });
+    if !outcome.errors.is_empty() {
+        body["errors"] = json!(outcome.errors);
+    }
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_lines_round_trip_and_report_errors() {
+        let memory = import_line(r#"{"content":"hi","role":"assistant","session_id":"s","created_at":"2026-06-05T21:00:00.000Z","metadata":{"a":1}}"#, 7).unwrap();
+        assert_eq!(memory.role, engine::Role::Assistant);
+        assert_eq!(memory.session_id, "s");
+        assert_eq!(
+            crate::time::format_ms(memory.created_at_ms),
+            "2026-06-05T21:00:00.000Z"
+        );
+        let upload = import_line(r#"{"content":"x","timestamp":1700000000000}"#, 7).unwrap();
+        assert_eq!(upload.created_at_ms, 1_700_000_000_000);
+        assert_eq!(
+            import_line(r#"{"content":"x"}"#, 7).unwrap().created_at_ms,
+            7
+        );
+        assert!(import_line("not json", 0).is_err());
+        assert!(import_line(r#"{"content":""}"#, 0).is_err());
+        assert!(import_line(r#"{"content":"x","role":"wizard"}"#, 0).is_err());
+        assert!(import_line(r#"[1]"#, 0).is_err());
+    }
+}
