@@ -58,7 +58,7 @@ impl Reply {
 }
 
 fn provider(kind: Option<&str>, base_url: String) -> ProviderConfig {
-    let kind = kind.map(|k| toml_kind(k));
+    let kind = kind.map(toml_kind);
     ProviderConfig {
         kind,
         base_url: Some(base_url),

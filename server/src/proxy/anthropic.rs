@@ -290,15 +290,16 @@ impl AnthropicToOpenAi {
                         out.extend_from_slice(&self.chunk(json!({"content": text}), None));
                     }
                 }
-                Some("content_block_delta") => {
-                    if data.pointer("/delta/type").and_then(Value::as_str) == Some("text_delta") {
-                        let text = data
-                            .pointer("/delta/text")
-                            .and_then(Value::as_str)
-                            .unwrap_or("");
-                        self.text.push_str(text);
-                        out.extend_from_slice(&self.chunk(json!({"content": text}), None));
-                    }
+                Some("content_block_delta")
+                    if data.pointer("/delta/type").and_then(Value::as_str)
+                        == Some("text_delta") =>
+                {
+                    let text = data
+                        .pointer("/delta/text")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    self.text.push_str(text);
+                    out.extend_from_slice(&self.chunk(json!({"content": text}), None));
                 }
                 Some("message_delta") => {
                     if let Some(n) = data.pointer("/usage/output_tokens").and_then(Value::as_u64) {

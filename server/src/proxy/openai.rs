@@ -88,12 +88,10 @@ pub fn chat_roles() -> &'static [&'static str] {
 pub fn strip_memory_flags(messages: &mut [Value]) -> Vec<bool> {
     messages
         .iter_mut()
-        .map(
-            |m| match m.as_object_mut().and_then(|o| o.remove("memory")) {
-                Some(Value::Bool(false)) => false,
-                _ => true,
-            },
-        )
+        .map(|m| {
+            let flag = m.as_object_mut().and_then(|o| o.remove("memory"));
+            !matches!(flag, Some(Value::Bool(false)))
+        })
         .collect()
 }
 
