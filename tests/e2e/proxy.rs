@@ -31,8 +31,9 @@ struct Proxy {
     admin: String,
     state: Arc<AppState>,
     http: Client<HttpConnector, Full<Bytes>>,
-    _dir: tempfile::TempDir,
-    _stop: oneshot::Sender<()>,
+    dir: Arc<tempfile::TempDir>,
+    stop: oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<Result<(), server::error::Error>>,
 }
 
 struct Reply {
@@ -77,7 +78,15 @@ fn toml_kind(kind: &str) -> server::proxy::ProviderKind {
 impl Proxy {
     /// A server whose `openai` and `anthropic` providers point at `fake`.
     async fn start(fake: &FakeProvider, tweak: impl FnOnce(&mut Config)) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
+        Proxy::start_in(fake, Arc::new(tempfile::tempdir().unwrap()), tweak).await
+    }
+
+    /// A server on `dir` (a restart when it already holds a data directory).
+    async fn start_in(
+        fake: &FakeProvider,
+        dir: Arc<tempfile::TempDir>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Proxy {
         let mut config = Config {
             data_dir: dir.path().join("data"),
             ..Config::default()
@@ -96,14 +105,18 @@ impl Proxy {
             .await
             .unwrap()
             .unwrap();
-        let admin = opened
-            .new_admin_key
-            .expect("first start mints the admin key");
+        let admin = match opened.new_admin_key {
+            Some(key) => key,
+            None => std::fs::read_to_string(dir.path().join("data/admin.key"))
+                .unwrap()
+                .trim()
+                .to_owned(),
+        };
         let state = Arc::new(opened.state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(server::serve::serve(listener, state.clone(), async move {
+        let serving = tokio::spawn(server::serve::serve(listener, state.clone(), async move {
             let _ = stopped.await;
         }));
         let http = Client::builder(TokioExecutor::new()).build_http();
@@ -112,9 +125,27 @@ impl Proxy {
             admin,
             state,
             http,
-            _dir: dir,
-            _stop: stop,
+            dir,
+            stop,
+            serving,
         }
+    }
+
+    /// Graceful shutdown; returns the data directory for a restart.
+    async fn stop(self) -> Arc<tempfile::TempDir> {
+        let Proxy {
+            state,
+            stop,
+            serving,
+            dir,
+            ..
+        } = self;
+        stop.send(()).unwrap();
+        serving.await.unwrap().unwrap();
+        // The last handle: dropping it releases the data directory's lock.
+        assert_eq!(Arc::strong_count(&state), 1);
+        drop(state);
+        dir
     }
 
     async fn open(
@@ -754,4 +785,63 @@ async fn models_are_listed_with_provider_prefixes() {
     );
     let reply = proxy.send("GET", "/v1/models", &[], None).await;
     assert_eq!(reply.status, 401);
+}
+
+#[tokio::test]
+async fn an_exchange_left_in_the_outbox_is_stored_at_the_next_start() {
+    use server::proxy::outbox::{Outbox, PendingExchange};
+    let fake = FakeProvider::start().await;
+    let proxy = Proxy::start(&fake, |_| {}).await;
+    let auth = format!("Bearer {}", proxy.admin);
+    let created = proxy
+        .send(
+            "POST",
+            "/v1/keys",
+            &[("authorization", &auth)],
+            Some(&json!({"name": "crash"})),
+        )
+        .await
+        .json();
+    let (key, key_id) = (
+        created["key"].as_str().unwrap().to_owned(),
+        created["id"].as_str().unwrap().to_owned(),
+    );
+    let account_id = proxy.state.catalog.key(&key_id).unwrap().account_id;
+    let dir = proxy.stop().await;
+
+    // What a crash right after answering leaves behind: the exchange appended, not stored.
+    let outbox_dir = dir
+        .path()
+        .join("data")
+        .join(server::proxy::state::OUTBOX_DIR);
+    let (outbox, recovered) = Outbox::open(&outbox_dir, engine::Durability::Fsync).unwrap();
+    assert!(recovered.is_empty());
+    outbox
+        .append(&PendingExchange {
+            key_id,
+            account_id,
+            session_id: "s-crash".into(),
+            model: Some("local/m".into()),
+            turns: vec![
+                ("user".into(), PREFERENCE.into()),
+                ("assistant".into(), "Noted.".into()),
+            ],
+            created_at_ms: 1_760_000_000_000,
+        })
+        .unwrap();
+    drop(outbox);
+
+    let proxy = Proxy::start_in(&fake, dir, |_| {}).await;
+    let stored = proxy.memory_texts(&key).await;
+    assert!(
+        stored.iter().any(|t| t == PREFERENCE) && stored.iter().any(|t| t == "Noted."),
+        "{stored:?}"
+    );
+    let dir = proxy.stop().await;
+    let (_, recovered) = Outbox::open(&outbox_dir, engine::Durability::Fsync).unwrap();
+    assert!(
+        recovered.is_empty(),
+        "the replayed exchange was checkpointed"
+    );
+    drop(dir);
 }
