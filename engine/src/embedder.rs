@@ -68,7 +68,8 @@ impl Default for BuiltinEmbedder {
     }
 }
 
-/// FNV-1a over `bytes` then a SplitMix64 finaliser so low bits are well mixed.
+/// FNV-1a over `bytes` then a SplitMix64 finaliser so low bits are well mixed. Only integer
+/// arithmetic, `sqrt` and division (both correctly rounded by IEEE 754) enter the output.
 fn hash(seed: u64, bytes: &[u8]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325 ^ seed;
     for &b in bytes {
@@ -80,6 +81,17 @@ fn hash(seed: u64, bytes: &[u8]) -> u64 {
     h ^= h >> 27;
     h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
     h ^ (h >> 31)
+}
+
+/// `1 + ln(tf)`, written out for tf 1..=16 (and flat beyond) so the output does not depend
+/// on a platform's `ln` rounding: the vectors must be bit-identical everywhere.
+const SUBLINEAR_TF: [f32; 16] = [
+    1.0, 1.693147, 2.098612, 2.386294, 2.609438, 2.791759, 2.94591, 3.079442, 3.197225, 3.302585,
+    3.397895, 3.484907, 3.564949, 3.639057, 3.70805, 3.772589,
+];
+
+fn sublinear_tf(count: u32) -> f32 {
+    SUBLINEAR_TF[(count.clamp(1, 16) - 1) as usize]
 }
 
 /// Collected features: (hash, summed weight, occurrences).
@@ -106,7 +118,7 @@ impl Features {
         let dim = out.len() as u64;
         for (h, weight_sum, count) in merged {
             let mean = weight_sum / count as f32;
-            let value = mean * (1.0 + (count as f32).ln());
+            let value = mean * sublinear_tf(count);
             let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
             out[((h & 0x7fff_ffff_ffff_ffff) % dim) as usize] += sign * value;
         }
@@ -190,6 +202,8 @@ mod tests {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
     }
 
+    const PINNED_FINGERPRINT: u64 = 0x22b4_1f3a_8f3b_b307;
+
     #[test]
     fn id_encodes_version_and_dim() {
         let e = BuiltinEmbedder::new();
@@ -213,10 +227,30 @@ mod tests {
             let norm = cos(&a, &a).sqrt();
             assert!((norm - 1.0).abs() < 1e-4, "{text:?}: norm {norm}");
         }
-        // Pinned values: a change here changes every stored vector, so it needs a new id.
         let v = e.embed("painting sunrise");
         let nonzero = v.iter().filter(|x| **x != 0.0).count();
         assert!(nonzero > 10 && nonzero < 60, "{nonzero} nonzero dims");
+    }
+
+    #[test]
+    fn output_is_pinned() {
+        // Stored vectors depend on these exact bits: if this fails, the algorithm changed
+        // and BUILTIN_VERSION (hence the id, which vaults pin) must be bumped.
+        let e = BuiltinEmbedder::new();
+        let mut bits = Vec::new();
+        for text in [
+            "",
+            "Caroline: I went to a LGBTQ support group yesterday.",
+            "Ünïcode café 2023",
+        ] {
+            bits.extend(e.embed(text).iter().flat_map(|x| x.to_bits().to_le_bytes()));
+        }
+        assert_eq!(
+            hash(0, &bits),
+            PINNED_FINGERPRINT,
+            "fingerprint {:#x}",
+            hash(0, &bits)
+        );
     }
 
     #[test]
