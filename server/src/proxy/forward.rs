@@ -229,7 +229,17 @@ pub async fn call(
     Ok((response, sent, deadline))
 }
 
-/// The `X-Memory-*`, `X-MR-*` and `X-Provider-Response-Ms` headers.
+/// The `X-Memory-*`, `X-MR-*` and `X-Provider-Response-Ms` headers (milliseconds with two
+/// decimals):
+///
+/// | header | value |
+/// |---|---|
+/// | `X-Memory-Retrieved`, `X-Memory-Chunks-Retrieved` | memory records put in the context |
+/// | `X-Memory-Tokens-Injected` | estimated tokens of the injected context |
+/// | `X-Memory-Latency-Ms` | retrieval time |
+/// | `X-Provider-Response-Ms` | provider time: to the whole body, or to the response head when streaming |
+/// | `X-MR-Processing-Ms` | request received → response head ready, provider time included |
+/// | `X-MR-Overhead-Ms` | processing minus provider time: what MemoryRouter added |
 pub fn timing_headers(
     headers: &mut HeaderMap,
     started: Instant,

@@ -145,50 +145,48 @@ pub fn schedule_ingest(state: Arc<AppState>, exchange: PendingExchange) {
 
 /// Appends to the outbox, stores, and marks done, retrying the store with backoff.
 async fn store_with_retries(state: &Arc<AppState>, exchange: PendingExchange) {
-    {
-        let exchange = Arc::new(exchange);
+    let exchange = Arc::new(exchange);
+    let (st, ex) = (state.clone(), exchange.clone());
+    let lsn = match tokio::task::spawn_blocking(move || st.proxy.outbox.append(&ex)).await {
+        Ok(Ok(lsn)) => Some(lsn),
+        Ok(Err(error)) => {
+            // Still worth storing now: only the crash-safety of this one exchange is lost.
+            tracing::error!(%error, "proxy exchange could not be queued durably; storing it directly");
+            None
+        }
+        Err(error) => {
+            tracing::error!(%error, "proxy outbox task failed; storing the exchange directly");
+            None
+        }
+    };
+    let mut backoff = Duration::from_millis(INGEST_RETRY_BACKOFF_MS);
+    for attempt in 1..=INGEST_ATTEMPTS_MAX {
         let (st, ex) = (state.clone(), exchange.clone());
-        let lsn = match tokio::task::spawn_blocking(move || st.proxy.outbox.append(&ex)).await {
-            Ok(Ok(lsn)) => Some(lsn),
+        let result = tokio::task::spawn_blocking(move || store_exchange(&st, &ex)).await;
+        match result {
+            Ok(Ok(())) => {
+                if let Some(lsn) = lsn {
+                    let st = state.clone();
+                    let _ = tokio::task::spawn_blocking(move || st.proxy.mark_done(lsn)).await;
+                }
+                return;
+            }
             Ok(Err(error)) => {
-                // Still worth storing now: only the crash-safety of this one exchange is lost.
-                tracing::error!(%error, "proxy exchange could not be queued durably; storing it directly");
-                None
+                tracing::warn!(?lsn, attempt, error = %error.message, "storing a proxy exchange failed; will retry")
             }
             Err(error) => {
-                tracing::error!(%error, "proxy outbox task failed; storing the exchange directly");
-                None
-            }
-        };
-        let mut backoff = Duration::from_millis(INGEST_RETRY_BACKOFF_MS);
-        for attempt in 1..=INGEST_ATTEMPTS_MAX {
-            let (st, ex) = (state.clone(), exchange.clone());
-            let result = tokio::task::spawn_blocking(move || store_exchange(&st, &ex)).await;
-            match result {
-                Ok(Ok(())) => {
-                    if let Some(lsn) = lsn {
-                        let st = state.clone();
-                        let _ = tokio::task::spawn_blocking(move || st.proxy.mark_done(lsn)).await;
-                    }
-                    return;
-                }
-                Ok(Err(error)) => {
-                    tracing::warn!(?lsn, attempt, error = %error.message, "storing a proxy exchange failed; will retry")
-                }
-                Err(error) => {
-                    tracing::warn!(?lsn, attempt, %error, "proxy ingest task failed; will retry")
-                }
-            }
-            if attempt < INGEST_ATTEMPTS_MAX {
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+                tracing::warn!(?lsn, attempt, %error, "proxy ingest task failed; will retry")
             }
         }
-        tracing::error!(
-            ?lsn,
-            "storing a proxy exchange failed {INGEST_ATTEMPTS_MAX} times; it stays queued (if it was queued) and is retried at the next start"
-        );
+        if attempt < INGEST_ATTEMPTS_MAX {
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
     }
+    tracing::error!(
+        ?lsn,
+        "storing a proxy exchange failed {INGEST_ATTEMPTS_MAX} times; it stays queued (if it was queued) and is retried at the next start"
+    );
 }
 
 /// Stores one exchange in its key's vault through the regular ingest path (blocking).
