@@ -174,27 +174,36 @@ pub fn bm25(
 
     let mut hits: Vec<(usize, u32, f32)> = Vec::new();
     for (si, source) in sources.iter().enumerate() {
-        // Per-source accumulators: NaN marks a document `accept` rejected, so it is asked
-        // once per document however many query terms match it.
-        let mut scores: HashMap<u32, f32> = HashMap::new();
+        // Dense per-source accumulators (a hash map costs more than zeroed memory once a
+        // query term is common): `state` is 0 untouched, 1 accepted, 2 rejected, so
+        // `accept` is asked once per document however many query terms match it.
+        let n_docs = source.n_docs() as usize;
+        let mut scores = vec![0.0f32; n_docs];
+        let mut state = vec![0u8; n_docs];
+        let mut touched: Vec<u32> = Vec::new();
         for (term, weight) in &weights {
             source.for_each_posting(term, &mut |doc, tf| {
-                let slot = scores
-                    .entry(doc)
-                    .or_insert_with(|| if accept(si, doc) { 0.0 } else { f32::NAN });
-                if slot.is_nan() {
+                let Some(st) = state.get_mut(doc as usize) else {
+                    return;
+                };
+                if *st == 0 {
+                    *st = if accept(si, doc) { 1 } else { 2 };
+                    if *st == 1 {
+                        touched.push(doc);
+                    }
+                }
+                if *st != 1 {
                     return;
                 }
                 let tf = tf as f32;
                 let norm = 1.0 - BM25_B + BM25_B * source.doc_len(doc) as f32 / avgdl;
-                *slot += weight * tf * (BM25_K1 + 1.0) / (tf + BM25_K1 * norm);
+                scores[doc as usize] += weight * tf * (BM25_K1 + 1.0) / (tf + BM25_K1 * norm);
             });
         }
         hits.extend(
-            scores
+            touched
                 .into_iter()
-                .filter(|(_, s)| !s.is_nan())
-                .map(|(doc, s)| (si, doc, s)),
+                .map(|doc| (si, doc, scores[doc as usize])),
         );
     }
     top_k(&mut hits, k);
