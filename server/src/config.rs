@@ -5,6 +5,8 @@
 //! listen = "127.0.0.1:8787"
 //! data_dir = "./memoryrouter-data"
 //! durability = "fsync"             # or "buffered": acknowledged writes may be lost on power loss
+//! proxy_timeout_ms = 300000        # proxy: whole answer, or the gap between stream chunks
+//! proxy_connect_timeout_ms = 10000
 //!
 //! [limits]
 //! body_bytes_max = 8388608
@@ -19,6 +21,11 @@
 //!
 //! [ingest]
 //! store_system = false              # system messages are instructions, not memories
+//!
+//! [providers.vllm]                  # any OpenAI- or Anthropic-format server; see proxy::providers
+//! kind = "openai"
+//! base_url = "http://127.0.0.1:8000/v1"
+//! models = ["qwen2.5-7b-instruct"]  # listed by GET /v1/models as vllm/qwen2.5-7b-instruct
 //! ```
 //!
 //! A new section is one more field with `#[serde(default)]` on [`Config`]; the file parser
@@ -262,6 +269,10 @@ impl Config {
                 "CONNECTIONS_MAX" => self.limits.connections_max = parse_number(name, value)?,
                 "SIMILARITY_MIN" => self.retrieval.similarity_min = parse_number(name, value)?,
                 "STORE_SYSTEM" => self.ingest.store_system = parse_number(name, value)?,
+                "PROXY_TIMEOUT_MS" => self.proxy_timeout_ms = parse_number(name, value)?,
+                "PROXY_CONNECT_TIMEOUT_MS" => {
+                    self.proxy_connect_timeout_ms = parse_number(name, value)?
+                }
                 "SECRET_KEY" => self.secret_key_hex = Some(value.clone()),
                 // Read by `load` itself, by the logger, or by other components.
                 _ => {}

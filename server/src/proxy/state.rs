@@ -223,3 +223,40 @@ fn store_exchange(
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml_text: &str, dir: &std::path::Path) -> Config {
+        let mut config = Config::from_toml(toml_text).unwrap();
+        config.data_dir = dir.to_path_buf();
+        config
+    }
+
+    #[test]
+    fn config_file_providers_and_timeouts_reach_the_proxy() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "proxy_timeout_ms = 1500\nproxy_connect_timeout_ms = 200\n\
+                    [providers.vllm]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:8000/v1\"\nmodels = [\"q\"]\n";
+        let proxy = ProxyState::open(&config(text, dir.path())).unwrap();
+        assert_eq!(proxy.client.timeout(), Duration::from_millis(1500));
+        let (provider, model) = proxy.providers.resolve("vllm/q").unwrap();
+        assert_eq!(
+            (provider.base_url.as_str(), model),
+            ("http://127.0.0.1:8000/v1", "q")
+        );
+        assert!(dir.path().join(OUTBOX_DIR).is_dir());
+
+        let bad = config("[providers.vllm]\nkind = \"openai\"\n", dir.path());
+        assert!(matches!(
+            ProxyState::open(&bad),
+            Err(ProxyError::Config { .. })
+        ));
+        let zero = config("proxy_timeout_ms = 0\n", dir.path());
+        assert!(matches!(
+            ProxyState::open(&zero),
+            Err(ProxyError::Config { .. })
+        ));
+    }
+}
