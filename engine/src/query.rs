@@ -83,7 +83,7 @@ pub struct SearchQuery {
 }
 
 /// One search result.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Hit {
     pub memory: Memory,
     /// In [0, 1]; hits come sorted by score, best first.

@@ -88,7 +88,7 @@ impl VaultOptions {
 }
 
 /// What an ingest did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct IngestOutcome {
     /// Ids of the records written (one per chunk).
     pub stored: Vec<MemoryId>,
@@ -97,7 +97,7 @@ pub struct IngestOutcome {
 }
 
 /// Size and shape of a vault.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct VaultStats {
     pub memories: u64,
     pub bytes_on_disk: u64,
