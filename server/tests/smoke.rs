@@ -152,3 +152,25 @@ fn bad_configuration_is_refused_with_the_setting_named() {
     let (ok, _, stderr) = cli(&["serve", "--listen", "not-an-address"]);
     assert!(!ok && stderr.contains("--listen"), "{stderr}");
 }
+
+#[test]
+fn verify_reports_a_flipped_byte_in_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (ok, _, stderr) = cli(&["keys", "create", "--name", "x", "--data-dir", data]);
+    assert!(ok, "{stderr}");
+    assert!(cli(&["verify", data]).0);
+    let segment = std::fs::read_dir(dir.path().join("catalog"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "wal"))
+        .expect("a catalog segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // Inside the first record's payload (after the segment and batch headers).
+    bytes[0x30] ^= 0x01;
+    std::fs::write(&segment, bytes).unwrap();
+    let (ok, _, stderr) = cli(&["verify", data]);
+    assert!(!ok, "a flipped byte must fail verification");
+    assert!(stderr.to_lowercase().contains("checksum"), "{stderr}");
+}
