@@ -207,7 +207,7 @@ def test_unreachable_and_slow_providers(tmp_path: Any, fake: FakeProvider) -> No
     closed = FakeProvider().start()
     closed_base = closed.openai_base
     closed.stop()
-    toml = f"""proxy_timeout_ms = 500
+    toml = f"""proxy_timeout_ms = 1500
 [providers.local]
 kind = "openai"
 base_url = "{fake.openai_base}"
