@@ -149,7 +149,13 @@ impl Vault {
                 Loc::Segment(src - 1 - n_frozen, doc)
             }
         };
+        // Most searches have neither a filter nor tombstones: skip the per-doc checks then
+        // (BM25 asks once per posting, which for a common term is most of the vault).
+        let everything = filter.is_empty() && state.deleted.is_empty();
         let accept = |src: usize, doc: u32| -> bool {
+            if everything {
+                return true;
+            }
             match loc_of(src, doc) {
                 Loc::Memtable(d) => {
                     let m = state.memtable.memory(d);
