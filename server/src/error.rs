@@ -214,3 +214,28 @@ impl From<Error> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_faults_are_503_and_user_errors_4xx() {
+        let fault = engine::Error::Io {
+            path: "/data/vaults/x".into(),
+            source: std::io::Error::other("disk on fire"),
+        };
+        let api: ApiError = fault.into();
+        assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(api.retry_after_secs.is_some());
+        assert!(
+            !api.message.contains("/data"),
+            "paths are not shown to clients"
+        );
+        let user: ApiError = engine::Error::InvalidVaultId { id: "../x".into() }.into();
+        assert!(user.status.is_client_error());
+        let body = ApiError::invalid_key().body();
+        assert_eq!(body["error"]["type"], "authentication_error");
+        assert!(body["error"]["param"].is_null());
+    }
+}
