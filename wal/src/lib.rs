@@ -63,6 +63,8 @@ mod writer;
 
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod group_tests;
 
 use std::fmt;
 use std::str::FromStr;

@@ -381,6 +381,12 @@ impl Wal {
         &self.dir
     }
 
+    /// Records waiting for a leader (tests use it to stage a group deterministically).
+    #[cfg(test)]
+    pub(crate) fn queued_records(&self) -> usize {
+        self.commit.lock().queue.entries.len()
+    }
+
     fn poison_on_error(&self, result: Result<(), WalError>) -> Result<(), WalError> {
         if result.is_err() {
             self.commit.lock().poisoned = true;
