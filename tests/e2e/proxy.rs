@@ -316,6 +316,12 @@ async fn memory_reaches_the_next_call_and_never_another_user() {
         "the provider prefix is stripped"
     );
     assert_eq!(seen.headers["authorization"], "Bearer sk-stored");
+    let agent = seen.headers["user-agent"].to_str().unwrap();
+    assert!(agent.starts_with("memoryrouter/"), "{agent}");
+    assert!(
+        seen.headers.get("x-memory-key").is_none() && seen.headers.get("x-session-id").is_none(),
+        "client headers are not forwarded"
+    );
     let stored = proxy.memory_texts(&alice).await;
     assert!(stored.iter().any(|t| t == PREFERENCE), "{stored:?}");
     assert!(

@@ -25,6 +25,8 @@ use crate::http::{blocking, header, parse_json, read_body};
 use crate::prepare::{PrepareOptions, retrieve};
 use crate::request::{ChatMessage, parse_messages};
 
+/// Sent to providers; some CDN-fronted endpoints refuse requests without a user agent.
+const USER_AGENT: &str = concat!("memoryrouter/", env!("CARGO_PKG_VERSION"));
 /// Client headers forwarded to providers as they are (OpenRouter's attribution headers,
 /// Anthropic's beta switches). Nothing else from the client reaches the provider.
 const FORWARDED_HEADERS: &[&str] = &[
@@ -171,7 +173,9 @@ pub fn upstream_request(
     client_headers: &HeaderMap,
     body: Vec<u8>,
 ) -> Result<Request<Full<Bytes>>, ApiError> {
-    let mut builder = Request::post(provider.chat_url()?).header(CONTENT_TYPE, "application/json");
+    let mut builder = Request::post(provider.chat_url()?)
+        .header(CONTENT_TYPE, "application/json")
+        .header(http::header::USER_AGENT, USER_AGENT);
     match provider.kind {
         ProviderKind::Openai => {
             if let Some(key) = key {
