@@ -17,7 +17,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(verified.is_ok(), opened.is_ok());
     if let Ok((log, recovery)) = opened {
         // A readable log must accept the next record right after what it replayed.
-        let expected = recovery.records.last().map_or(recovery.checkpoint, |r| r.lsn) + 1;
+        let expected = recovery
+            .records
+            .last()
+            .map_or(recovery.checkpoint, |r| r.lsn)
+            + 1;
         assert_eq!(log.append(0, b"after fuzz").ok(), Some(expected));
     }
 });
