@@ -645,19 +645,61 @@ async fn native_messages_endpoint_adds_memory() {
         "{stored:?}"
     );
 
+    // An OpenAI-format provider behind /v1/messages: translated both ways.
+    let body = json!({"model": "local/x", "max_tokens": 64, "system": "Be brief.",
+                      "messages": [{"role": "user", "content": "When do I train? 6am?"}]});
     let reply = proxy
-        .send(
-            "POST",
-            "/v1/messages",
-            &headers,
-            Some(&json!({"model": "local/x", "messages": [{"role": "user", "content": "x"}]})),
-        )
+        .send("POST", "/v1/messages", &headers, Some(&body))
         .await;
+    proxy.settled().await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let message = reply.json();
+    assert_eq!(message["type"], "message");
     assert_eq!(
-        reply.status,
-        400,
-        "OpenAI-format providers are refused on /v1/messages: {}",
-        reply.text()
+        message["content"][0]["text"],
+        "Reply to: When do I train? 6am?"
+    );
+    assert_eq!(message["stop_reason"], "end_turn");
+    let seen = fake.last();
+    assert_eq!(seen.path, "/v1/chat/completions");
+    assert_eq!(seen.body["model"], "x");
+    assert_eq!(seen.body["max_tokens"], 64);
+    let system = seen.system_text();
+    assert!(
+        system.starts_with("Be brief.") && system.contains("<memory>"),
+        "{system:?}"
+    );
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let reply = proxy
+        .send("POST", "/v1/messages", &headers, Some(&streamed))
+        .await;
+    proxy.settled().await;
+    let text = reply.text();
+    assert!(
+        text.starts_with("event: message_start") && text.contains("event: message_stop"),
+        "{text}"
+    );
+    let deltas: String = sse_data(reply.body)
+        .await
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|e| e["delta"]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(deltas, "Reply to: When do I train? 6am?");
+
+    fake.set(Behavior::Fail(
+        429,
+        r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#.into(),
+    ));
+    let reply = proxy
+        .send("POST", "/v1/messages", &headers, Some(&body))
+        .await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(
+        reply.json(),
+        json!({"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}})
     );
 }
 

@@ -2,9 +2,10 @@
 //! `system`, for clients that speak Anthropic natively (the Anthropic SDKs, Claude tools).
 //!
 //! `model` may be bare (`claude-haiku-4-5`, as those clients send it: the `anthropic`
-//! provider) or prefixed with an Anthropic-format provider (`anthropic/…`, or a configured
-//! `kind = "anthropic"` one). The request is otherwise forwarded untouched (tools included);
-//! provider errors come back unchanged, in Anthropic's own error shape.
+//! provider) or prefixed (`anthropic/…`, `ollama/…`, any configured provider). To an
+//! Anthropic-format provider the request is forwarded untouched (tools included) and its
+//! errors come back unchanged; to an OpenAI-format provider it is translated both ways by
+//! [`super::anthropic_in`], errors included, so the client always sees Anthropic's format.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::anthropic::{AnthropicRelay, message_text};
+use super::anthropic_in;
 use super::error::ProxyError;
 use super::forward::{
     ExchangeDraft, begin, call, chat_messages, model_field, ms, provider_key, retrieve_for,
@@ -51,16 +53,6 @@ pub async fn handle(
             })?;
             (provider, model.as_str())
         };
-    if provider.kind != ProviderKind::Anthropic {
-        return Err(ProxyError::invalid_param(
-            format!(
-                "provider {:?} speaks the OpenAI format; POST /v1/messages forwards to Anthropic-format providers (use /v1/chat/completions)",
-                provider.name
-            ),
-            "model",
-        )
-        .into());
-    }
     let key = provider_key(state, &request.auth, &request.parts.headers, provider)?;
     let mut messages = take_messages(&mut request.body, MESSAGE_ROLES)?;
     let parsed = chat_messages(state, &mut messages)?;
@@ -69,10 +61,16 @@ pub async fn handle(
 
     let body = &mut request.body;
     inject_anthropic(body, &retrieved.context);
-    body.insert("model".into(), Value::String(model_id.to_owned()));
-    body.insert("messages".into(), Value::Array(messages));
     let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
-    let upstream_body = serde_json::to_vec(&body).map_err(|e| {
+    let translated = provider.kind == ProviderKind::Openai;
+    let upstream_body = if translated {
+        serde_json::to_vec(&anthropic_in::to_chat_request(body, &messages, model_id)?)
+    } else {
+        body.insert("model".into(), Value::String(model_id.to_owned()));
+        body.insert("messages".into(), Value::Array(messages));
+        serde_json::to_vec(&body)
+    }
+    .map_err(|e| {
         ApiError::from(ProxyError::invalid(format!(
             "request could not be encoded: {e}"
         )))
@@ -89,14 +87,24 @@ pub async fn handle(
     if status.is_success() && stream {
         let provider_ms = ms(sent.elapsed());
         let on_complete: OnComplete = Box::new(move |answer| draft.finish(answer));
-        let relay = RelayBody::new(
-            response.into_body(),
-            AnthropicRelay::default(),
-            &provider.name,
-            state.proxy.client.timeout(),
-            on_complete,
-        );
-        let mut out = Response::new(relay.map_err(|never| match never {}).boxed());
+        let (upstream, idle) = (response.into_body(), state.proxy.client.timeout());
+        let body: Body = if translated {
+            let transform = anthropic_in::OpenAiToAnthropic::default();
+            RelayBody::new(upstream, transform, &provider.name, idle, on_complete)
+                .map_err(|never| match never {})
+                .boxed()
+        } else {
+            RelayBody::new(
+                upstream,
+                AnthropicRelay::default(),
+                &provider.name,
+                idle,
+                on_complete,
+            )
+            .map_err(|never| match never {})
+            .boxed()
+        };
+        let mut out = Response::new(body);
         let headers = out.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -105,7 +113,7 @@ pub async fn handle(
         return Ok(out);
     }
 
-    let content_type = response
+    let mut content_type = response
         .headers()
         .get(CONTENT_TYPE)
         .cloned()
@@ -116,14 +124,33 @@ pub async fn handle(
         .read_body(&provider.name, response.into_body(), deadline)
         .await?;
     let provider_ms = ms(sent.elapsed());
-    if status.is_success() {
-        let answer = if draft.stores_anything() {
-            message_text(&bytes)
-        } else {
-            None
-        };
-        draft.finish(answer.unwrap_or_default());
-    }
+    let bytes = match (translated, status.is_success()) {
+        (false, true) => {
+            let answer = if draft.stores_anything() {
+                message_text(&bytes)
+            } else {
+                None
+            };
+            draft.finish(answer.unwrap_or_default());
+            bytes
+        }
+        (false, false) => bytes,
+        (true, true) => {
+            let (bytes, answer) = anthropic_in::to_message(&bytes).map_err(|reason| {
+                ProxyError::BadUpstreamResponse {
+                    provider: provider.name.clone(),
+                    reason,
+                }
+            })?;
+            draft.finish(answer);
+            content_type = HeaderValue::from_static("application/json");
+            bytes
+        }
+        (true, false) => {
+            content_type = HeaderValue::from_static("application/json");
+            anthropic_in::error_body(status.as_u16(), &bytes)
+        }
+    };
     let mut out = Response::new(full(bytes));
     *out.status_mut() = status;
     out.headers_mut().insert(CONTENT_TYPE, content_type);

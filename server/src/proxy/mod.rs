@@ -14,6 +14,7 @@
 //! request's auth header; it is never stored by this module or written to a log.
 
 pub mod anthropic;
+pub mod anthropic_in;
 pub mod chat;
 pub mod client;
 pub mod error;
