@@ -1,26 +1,42 @@
 //! LoCoMo retrieval-quality harness (issue 6, item 7).
 //!
-//! `cargo run -p benches --release --bin locomo -- ../shared/data/locomo-dev.json [--sweep]`
+//! `cargo run -p benches --release --bin locomo -- ../shared/data/locomo-dev.json [--sweep] [--misses]`
 //!
 //! For every conversation: one memory per turn (`speaker: text`, plus the image caption if
 //! any; session id `session_N`; created_at from `session_N_date_time`), a fresh index, then
 //! every category 1–4 question as a query. Reports evidence recall@5, recall@10, MRR@10 and
-//! p50/p95 latency of the retrieval call, overall and per category, for BM25 alone, the
-//! built-in embedder alone (exact cosine), and the fused ranking — side by side in one run.
-//! `--sweep` adds fusion variants (used to choose `engine::fusion::DEFAULT_FUSION`).
+//! p50/p95 latency of the retrieval call, overall and per category, side by side in one run:
+//!
+//! - `vault`: the product — a fresh `engine::Vault` per conversation (temp dir, default
+//!   config except buffered durability), `Vault::search` with `now_ms` one day after the
+//!   last turn;
+//! - `bm25`, `embedder` (exact cosine), `fused` (`engine::fusion::fuse`): the retrieval
+//!   modules alone over the same turns, to see what each contributes;
+//! - `bm25+ctx`, `fused+ctx`: the same modules when each turn is indexed together with the
+//!   previous turn of its session (speaker name dropped) — an indexing option measured here,
+//!   not (yet) what the vault does.
+//!
+//! `--sweep` adds fusion variants (used to choose `engine::fusion::DEFAULT_FUSION`);
+//! `--misses` prints the questions BM25 misses.
 
 use anyhow::{Context, Result, bail};
 use benches::locomo::{Conversation, load};
 use engine::fusion::{DEFAULT_FUSION, FusionMethod, FusionParams, fuse_with};
 use engine::lexical::{LexicalSource, MemLexical, bm25};
-use engine::{BuiltinEmbedder, Embedder};
+use engine::{
+    BuiltinEmbedder, Durability, Embedder, Engine, EngineConfig, Filter, NewMemory, Role,
+    SearchQuery, Vault,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
-/// How many candidates each list contributes to fusion (the vault uses the same idea).
-const FUSION_CANDIDATES: usize = 50;
+/// How many candidates each list contributes to fusion in the module-level rows.
+const FUSION_CANDIDATES: usize = 40;
 const K_MAX: usize = 10;
+const MS_PER_DAY: i64 = 86_400_000;
 
-/// One conversation indexed every way we compare.
+/// One conversation indexed by the retrieval modules directly (no vault).
 struct Indexed<'a> {
     embedder: &'a BuiltinEmbedder,
     vectors: Vec<Vec<f32>>,
@@ -28,12 +44,12 @@ struct Indexed<'a> {
 }
 
 impl<'a> Indexed<'a> {
-    fn new(embedder: &'a BuiltinEmbedder, conv: &Conversation) -> Self {
+    fn new(embedder: &'a BuiltinEmbedder, texts: &[String]) -> Self {
         let mut lexical = MemLexical::new();
-        let mut vectors = Vec::with_capacity(conv.turns.len());
-        for (i, turn) in conv.turns.iter().enumerate() {
-            lexical.add(i as u32, &turn.text);
-            vectors.push(embedder.embed(&turn.text));
+        let mut vectors = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            lexical.add(i as u32, text);
+            vectors.push(embedder.embed(text));
         }
         Self {
             embedder,
@@ -67,6 +83,72 @@ impl<'a> Indexed<'a> {
         let v = self.vector(query, FUSION_CANDIDATES);
         let l = self.lexical(query, FUSION_CANDIDATES);
         fuse_with(params, &v, &l, &|_| 0.0, k)
+    }
+}
+
+/// The product path: a fresh vault holding the conversation, and memory id → turn index.
+struct VaultIndex {
+    _dir: tempfile::TempDir,
+    vault: Arc<Vault>,
+    turn_of: HashMap<u64, u64>,
+    now_ms: i64,
+}
+
+impl VaultIndex {
+    fn new(conv: &Conversation) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut config = EngineConfig::new(dir.path().to_path_buf());
+        // Durability does not change what is retrieved; buffered keeps the harness quick.
+        config.durability = Durability::Buffered;
+        let engine = Engine::open(config)?;
+        let vault = engine.vault("locomo")?;
+        let mut turn_of = HashMap::new();
+        // One ingest per turn so every stored id (one per chunk) maps to its turn.
+        for (i, turn) in conv.turns.iter().enumerate() {
+            let outcome = vault.ingest(vec![NewMemory {
+                session_id: turn.session_id.clone(),
+                role: Role::User,
+                text: turn.text.clone(),
+                created_at_ms: turn.created_at_ms,
+                model: None,
+                metadata: None,
+            }])?;
+            for id in outcome.stored {
+                turn_of.insert(id, i as u64);
+            }
+        }
+        let now_ms = conv
+            .turns
+            .iter()
+            .map(|t| t.created_at_ms)
+            .max()
+            .unwrap_or(0)
+            + MS_PER_DAY;
+        Ok(Self {
+            _dir: dir,
+            vault,
+            turn_of,
+            now_ms,
+        })
+    }
+
+    fn search(&self, query: &str, k: usize) -> Result<Vec<(u64, f32)>> {
+        let hits = self.vault.search(&SearchQuery {
+            text: query.to_owned(),
+            k,
+            filter: Filter::default(),
+            boost_session: None,
+            now_ms: self.now_ms,
+        })?;
+        let mut out: Vec<(u64, f32)> = Vec::new();
+        for hit in hits {
+            if let Some(&turn) = self.turn_of.get(&hit.memory.id)
+                && !out.iter().any(|(t, _)| *t == turn)
+            {
+                out.push((turn, hit.score));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -113,57 +195,109 @@ impl Tally {
     }
 }
 
+/// What one row of the table runs.
+#[derive(Clone, Copy)]
+enum Method {
+    Vault,
+    Bm25 { context: bool },
+    Embedder,
+    Fused { params: FusionParams, context: bool },
+}
+
+/// Each turn's text preceded by the previous turn of the same session, without its speaker.
+fn with_previous_turn(conv: &Conversation) -> Vec<String> {
+    conv.turns
+        .iter()
+        .enumerate()
+        .map(|(i, turn)| match i.checked_sub(1).map(|p| &conv.turns[p]) {
+            Some(prev) if prev.session_id == turn.session_id => {
+                let said = prev
+                    .text
+                    .split_once(": ")
+                    .map_or(prev.text.as_str(), |(_, t)| t);
+                format!("{said}\n{}", turn.text)
+            }
+            _ => turn.text.clone(),
+        })
+        .collect()
+}
+
+fn methods(sweep: bool) -> Vec<(String, Method)> {
+    let mut out = vec![
+        ("vault (product)".to_string(), Method::Vault),
+        ("bm25".into(), Method::Bm25 { context: false }),
+        ("embedder".into(), Method::Embedder),
+        (
+            "fused".into(),
+            Method::Fused {
+                params: DEFAULT_FUSION,
+                context: false,
+            },
+        ),
+        ("bm25+ctx".into(), Method::Bm25 { context: true }),
+        (
+            "fused+ctx".into(),
+            Method::Fused {
+                params: DEFAULT_FUSION,
+                context: true,
+            },
+        ),
+    ];
+    if sweep {
+        let mut variants = Vec::new();
+        for k0 in [10.0, 60.0] {
+            for wv in [1.0, 0.5, 0.3] {
+                let method = FusionMethod::Rrf {
+                    k0,
+                    vector_weight: wv,
+                    lexical_weight: 1.0,
+                };
+                variants.push((format!("rrf k0={k0} v={wv} l=1"), method));
+            }
+        }
+        for wv in [0.1, 0.2, 0.3, 0.5] {
+            let method = FusionMethod::Weighted {
+                vector_weight: wv,
+                lexical_weight: 1.0 - wv,
+            };
+            variants.push((format!("weighted v={wv}"), method));
+        }
+        for (name, method) in variants {
+            for context in [false, true] {
+                let params = FusionParams {
+                    method,
+                    prior_max: DEFAULT_FUSION.prior_max,
+                };
+                let label = if context {
+                    format!("{name} +ctx")
+                } else {
+                    name.clone()
+                };
+                out.push((label, Method::Fused { params, context }));
+            }
+        }
+    }
+    out
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(path) = args.iter().find(|a| !a.starts_with("--")) else {
-        bail!("usage: locomo <locomo-dev.json> [--sweep]");
+        bail!("usage: locomo <locomo-dev.json> [--sweep] [--misses]");
     };
     let sweep = args.iter().any(|a| a == "--sweep");
     let misses = args.iter().any(|a| a == "--misses");
     let conversations = load(path).with_context(|| format!("loading {path}"))?;
     let embedder = BuiltinEmbedder::new();
-
-    let mut methods: Vec<(String, Option<FusionParams>)> = vec![
-        ("bm25".into(), None),
-        ("embedder".into(), None),
-        ("fused".into(), Some(DEFAULT_FUSION)),
-    ];
-    if sweep {
-        for k0 in [10.0, 30.0, 60.0] {
-            for (wv, wl) in [(1.0, 1.0), (0.7, 1.0), (1.0, 0.7)] {
-                let method = FusionMethod::Rrf {
-                    k0,
-                    vector_weight: wv,
-                    lexical_weight: wl,
-                };
-                methods.push((
-                    format!("rrf k0={k0} v={wv} l={wl}"),
-                    Some(FusionParams {
-                        method,
-                        prior_max: 0.1,
-                    }),
-                ));
-            }
-        }
-        for wv in [0.3, 0.5, 0.7] {
-            let method = FusionMethod::Weighted {
-                vector_weight: wv,
-                lexical_weight: 1.0 - wv,
-            };
-            methods.push((
-                format!("weighted v={wv}"),
-                Some(FusionParams {
-                    method,
-                    prior_max: 0.1,
-                }),
-            ));
-        }
-    }
+    let methods = methods(sweep);
     let mut tallies = vec![Tally::default(); methods.len()];
     let (mut turns, mut dropped_evidence) = (0usize, 0usize);
-    let build_start = Instant::now();
     for conv in &conversations {
-        let index = Indexed::new(&embedder, conv);
+        let plain_texts: Vec<String> = conv.turns.iter().map(|t| t.text.clone()).collect();
+        let plain = Indexed::new(&embedder, &plain_texts);
+        let context = Indexed::new(&embedder, &with_previous_turn(conv));
+        let vault =
+            VaultIndex::new(conv).with_context(|| format!("vault for {}", conv.sample_id))?;
         turns += conv.turns.len();
         for qa in conv
             .questions
@@ -174,42 +308,41 @@ fn main() -> Result<()> {
             if qa.evidence.is_empty() {
                 continue;
             }
-            for (m, (name, params)) in methods.iter().enumerate() {
+            for (m, (_, method)) in methods.iter().enumerate() {
+                let q = qa.question.as_str();
                 let start = Instant::now();
-                let ranked = match (name.as_str(), params) {
-                    ("bm25", _) => index.lexical(&qa.question, K_MAX),
-                    ("embedder", _) => index.vector(&qa.question, K_MAX),
-                    (_, Some(p)) => index.fused(p, &qa.question, K_MAX),
-                    (_, None) => unreachable!("every fused method has parameters"),
+                let ranked = match *method {
+                    Method::Vault => vault.search(q, K_MAX)?,
+                    Method::Bm25 { context: c } => {
+                        if c { &context } else { &plain }.lexical(q, K_MAX)
+                    }
+                    Method::Embedder => plain.vector(q, K_MAX),
+                    Method::Fused { params, context: c } => {
+                        if c { &context } else { &plain }.fused(&params, q, K_MAX)
+                    }
                 };
                 let micros = start.elapsed().as_secs_f64() * 1e6;
                 let ids: Vec<u64> = ranked.iter().map(|h| h.0).collect();
-                if misses && m == 0 && !qa.evidence.iter().all(|e| ids.contains(&(*e as u64))) {
-                    println!("MISS [{}] {}", qa.category, qa.question);
-                    for e in &qa.evidence {
-                        let rank = ids.iter().position(|i| *i == *e as u64);
-                        println!("   want {rank:?}: {}", conv.turns[*e].text);
-                    }
-                    if let Some(top) = ids.first() {
-                        println!("   top: {}", conv.turns[*top as usize].text);
-                    }
+                if misses && matches!(method, Method::Bm25 { context: false }) {
+                    print_miss(conv, qa, &ids);
                 }
                 tallies[m].add(qa.category, &qa.evidence, &ids, micros);
             }
         }
     }
     println!(
-        "LoCoMo dev: {} conversations, {turns} turns, {} questions (cat 1-4), {dropped_evidence} evidence ids not found among the turns; indexing {:.0} ms",
+        "LoCoMo dev: {} conversations, {turns} turns, {} questions (categories 1-4), {dropped_evidence} evidence ids name no turn",
         conversations.len(),
         tallies[0].questions[0],
-        build_start.elapsed().as_secs_f64() * 1e3
     );
     println!(
         "{:<26} {:>5} {:>7} {:>7} {:>7} {:>8} {:>8}",
         "method", "cat", "R@5", "R@10", "MRR", "p50 µs", "p95 µs"
     );
-    for ((name, _), t) in methods.iter().zip(&tallies) {
-        for c in 0..5 {
+    for (i, ((name, _), t)) in methods.iter().zip(&tallies).enumerate() {
+        // The fixed rows get a per-category breakdown; sweep variants one line each.
+        let categories = if i < 6 { 0..5 } else { 0..1 };
+        for c in categories {
             let n = t.questions[c] as f64;
             if n == 0.0 {
                 continue;
@@ -219,21 +352,32 @@ fn main() -> Result<()> {
             } else {
                 c.to_string()
             };
-            let (p50, p95) = if c == 0 {
-                (t.percentile(0.5), t.percentile(0.95))
+            let latency = if c == 0 {
+                format!("{:>8.1} {:>8.1}", t.percentile(0.5), t.percentile(0.95))
             } else {
-                (f64::NAN, f64::NAN)
+                String::new()
             };
             println!(
-                "{name:<26} {label:>5} {:>7.3} {:>7.3} {:>7.3} {p50:>8.1} {p95:>8.1}",
+                "{name:<26} {label:>5} {:>7.3} {:>7.3} {:>7.3} {latency}",
                 t.recall5[c] / n,
                 t.recall10[c] / n,
                 t.mrr[c] / n
             );
-            if sweep && c == 0 && !matches!(name.as_str(), "bm25" | "embedder" | "fused") {
-                break;
-            }
         }
     }
     Ok(())
+}
+
+fn print_miss(conv: &Conversation, qa: &benches::locomo::Question, ids: &[u64]) {
+    if qa.evidence.iter().all(|e| ids.contains(&(*e as u64))) {
+        return;
+    }
+    println!("MISS [{}] {}", qa.category, qa.question);
+    for e in &qa.evidence {
+        let rank = ids.iter().position(|i| *i == *e as u64);
+        println!("   want {rank:?}: {}", conv.turns[*e].text);
+    }
+    if let Some(top) = ids.first() {
+        println!("   top: {}", conv.turns[*top as usize].text);
+    }
 }
