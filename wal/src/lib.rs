@@ -10,8 +10,9 @@
 //!
 //! **What it is not.** It knows nothing of vaults, vectors or JSON; it does not index or
 //! read back individual records after open (replay hands everything to the caller once); it
-//! does not compact (callers checkpoint, the log deletes whole segments); it is not shared
-//! between processes (one `Wal` per directory).
+//! does not compact (callers checkpoint, the log deletes whole segments); it is not shared:
+//! at most one open `Wal` per directory, in any process (nothing enforces this yet, there is
+//! no lock file).
 //!
 //! **Limits.** A payload is at most [`WalOptions::record_bytes_max`] (≤ [`RECORD_BYTES_LIMIT`]);
 //! a batch at most [`BATCH_RECORDS_MAX`] records and [`BATCH_BYTES_MAX`] bytes. Segments
@@ -22,7 +23,9 @@
 //! **Modules.** `writer` (the [`Wal`] handle, group commit, poisoning), `record` (frame
 //! codec), `segment` (segment header, naming, scanning), `recovery` (replay on open,
 //! [`verify`]), `checkpoint` (the checkpoint file), `file` (the I/O seam that tests use to
-//! inject failures), `error` ([`WalError`]).
+//! inject failures), `error` ([`WalError`]). Tests: `fault_tests` (injected write/fsync
+//! failures), `group_tests` (one fsync for a queued group), `tests/recovery/` (round trips,
+//! torn tails, bit flips, golden format, never-panic proptests), `tests/crash.rs` (SIGKILL).
 //!
 //! # Example
 //!
