@@ -24,9 +24,16 @@ use engine::{
 
 const DIM: usize = 384;
 const CLUSTERS: usize = 100;
-/// Per-coordinate noise around a cluster centre: a point's cosine to its centre is about
-/// 0.7, roughly how sentence embeddings of one topic spread.
-const NOISE: f32 = 0.05;
+/// Sentence embeddings have a low intrinsic dimension: they vary along a few dozen
+/// directions, not 384. The data lives near a random LATENT-dimensional subspace (clusters
+/// in it), plus a little isotropic noise in all 384 coordinates.
+const LATENT: usize = 32;
+/// Spread of a point around its cluster centre, per latent coordinate (centres have 1).
+const CLUSTER_SPREAD: f32 = 0.5;
+/// Isotropic noise per output coordinate.
+const NOISE: f32 = 0.02;
+/// Bump when the data generator or the graph builder changes, so caches are rebuilt.
+const DATA_VERSION: &str = "latent32-sym1";
 const QUERIES: usize = 1000;
 const K: usize = 10;
 const RECALL_TARGET: f64 = 0.99;
@@ -78,17 +85,21 @@ fn normalize(v: &mut [f32]) {
 
 fn clustered(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = Rng(42);
-    let mut centres = vec![0f32; CLUSTERS * DIM];
-    for c in centres.chunks_exact_mut(DIM) {
-        c.iter_mut().for_each(|x| *x = rng.normal());
-        normalize(c);
-    }
+    let centres: Vec<f32> = (0..CLUSTERS * LATENT).map(|_| rng.normal()).collect();
+    let projection: Vec<f32> = (0..DIM * LATENT)
+        .map(|_| rng.normal() / (LATENT as f32).sqrt())
+        .collect();
     let mut rng = Rng(seed);
     let mut out = vec![0f32; n * DIM];
+    let mut z = [0f32; LATENT];
     for v in out.chunks_exact_mut(DIM) {
         let c = (rng.next_u64() % CLUSTERS as u64) as usize;
-        for (x, m) in v.iter_mut().zip(&centres[c * DIM..(c + 1) * DIM]) {
-            *x = m + NOISE * rng.normal();
+        for (j, zj) in z.iter_mut().enumerate() {
+            *zj = centres[c * LATENT + j] + CLUSTER_SPREAD * rng.normal();
+        }
+        for (i, x) in v.iter_mut().enumerate() {
+            let row = &projection[i * LATENT..(i + 1) * LATENT];
+            *x = row.iter().zip(&z).map(|(p, zj)| p * zj).sum::<f32>() + NOISE * rng.normal();
         }
         normalize(v);
     }
@@ -142,7 +153,8 @@ struct HnswData {
 }
 
 fn hnsw_data() -> HnswData {
-    let dir = data_dir();
+    let dir = data_dir().join(DATA_VERSION);
+    std::fs::create_dir_all(&dir).expect("create vector data dir");
     let n = n_vectors();
     let base = cached_f32(&dir.join("base.f32"), || clustered(n, 1));
     let queries = cached_f32(&dir.join("queries.f32"), || clustered(QUERIES, 2));
@@ -554,7 +566,7 @@ fn bench_ingest(c: &mut Criterion) {
 /// Engine start-up and first use with 100k vaults on disk.
 fn bench_startup(c: &mut Criterion) {
     const VAULTS: usize = 100_000;
-    let root = data_dir().join("many-vaults");
+    let root = data_dir().join("../many-vaults");
     if !root.join("READY").exists() {
         eprintln!("creating {VAULTS} small vaults (cached afterwards)...");
         let _ = std::fs::remove_dir_all(&root);
