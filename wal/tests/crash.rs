@@ -120,8 +120,18 @@ fn crash_round(dir: &Path, seed: u64, acked: &mut Acked) -> Result<(), String> {
     let kill_after = KILL_AFTER_MIN + splitmix(seed) % (KILL_AFTER_MAX - KILL_AFTER_MIN);
     let mut seen = 0;
     let mut killed = false;
-    for line in BufReader::new(stdout).lines() {
-        let Ok(line) = line else { break };
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        // A line cut short by the kill was never a complete acknowledgement report.
+        let Some(line) = line.strip_suffix('\n') else {
+            break;
+        };
         let fields: Vec<&str> = line.split(' ').collect();
         match fields.as_slice() {
             ["ack", lsn, t, i] => {
