@@ -12,8 +12,8 @@ use serde_json::Value;
 use super::anthropic::{AnthropicToOpenAi, to_chat_completion, to_messages_request};
 use super::error::ProxyError;
 use super::forward::{
-    ExchangeDraft, begin, call, chat_messages, model_field, ms, provider_key, retrieve_for,
-    timing_headers, upstream_request, user_turn,
+    ExchangeDraft, begin, call, chat_messages, is_event_stream, model_field, ms, provider_key,
+    retrieve_for, timing_headers, upstream_request, user_turn,
 };
 use super::inject::inject_openai;
 use super::openai::{OpenAiRelay, chat_roles, completion_text, take_messages, upstream_error_body};
@@ -85,7 +85,9 @@ pub async fn handle(
         return Ok(out);
     }
 
-    if stream {
+    // A provider that ignores `stream` answers JSON: relay that as a whole answer rather
+    // than feed it through the SSE relay.
+    if stream && is_event_stream(&response) {
         let provider_ms = ms(sent.elapsed());
         let on_complete: OnComplete = Box::new(move |answer| draft.finish(answer));
         let idle = state.proxy.client.timeout();

@@ -353,3 +353,35 @@ pub fn model_field(body: &Map<String, Value>) -> Result<String, ApiError> {
         }
     }
 }
+
+/// Whether the provider answered with an SSE stream.
+pub fn is_event_stream<B>(response: &Response<B>) -> bool {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sse_answers_take_the_stream_relay() {
+        let with = |ct: &str| {
+            Response::builder()
+                .header(CONTENT_TYPE, ct)
+                .body(())
+                .unwrap()
+        };
+        assert!(is_event_stream(&with("text/event-stream")));
+        assert!(is_event_stream(&with("Text/Event-Stream; charset=utf-8")));
+        assert!(!is_event_stream(&with("application/json")));
+        assert!(!is_event_stream(&Response::new(())));
+    }
+}

@@ -19,8 +19,8 @@ use super::anthropic::{AnthropicRelay, message_text};
 use super::anthropic_in;
 use super::error::ProxyError;
 use super::forward::{
-    ExchangeDraft, begin, call, chat_messages, model_field, ms, provider_key, retrieve_for,
-    timing_headers, upstream_request, user_turn,
+    ExchangeDraft, begin, call, chat_messages, is_event_stream, model_field, ms, provider_key,
+    retrieve_for, timing_headers, upstream_request, user_turn,
 };
 use super::inject::inject_anthropic;
 use super::openai::take_messages;
@@ -84,7 +84,7 @@ pub async fn handle(
     let (response, sent, deadline) = call(state, provider, upstream).await?;
     let status = response.status();
 
-    if status.is_success() && stream {
+    if status.is_success() && stream && is_event_stream(&response) {
         let provider_ms = ms(sent.elapsed());
         let on_complete: OnComplete = Box::new(move |answer| draft.finish(answer));
         let (upstream, idle) = (response.into_body(), state.proxy.client.timeout());
