@@ -79,8 +79,8 @@ pub(crate) fn term_counts(text: &str) -> (Vec<(String, u32)>, u32) {
     (counts, len)
 }
 
-/// The mutable index of a memtable. Each doc id is meant to be added once; adding the same
-/// id again appends to that document.
+/// The mutable index of a memtable. Each doc id is meant to be added once, in increasing
+/// order (a memtable appends); adding the most recent id again extends that document.
 #[derive(Debug, Default, Clone)]
 pub struct MemLexical {
     postings: HashMap<String, Vec<(u32, u32)>>,
@@ -103,9 +103,11 @@ impl MemLexical {
         self.total_len += u64::from(len);
         for (term, tf) in counts {
             let list = self.postings.entry(term).or_default();
-            match list.iter_mut().rev().find(|(d, _)| *d == doc) {
-                Some(entry) => entry.1 = entry.1.saturating_add(tf),
-                None => list.push((doc, tf)),
+            // Only the last posting can be this doc when docs are added in order; looking
+            // further back would make ingest quadratic in a common term's document count.
+            match list.last_mut() {
+                Some(last) if last.0 == doc => last.1 = last.1.saturating_add(tf),
+                _ => list.push((doc, tf)),
             }
         }
     }
@@ -178,11 +180,14 @@ pub fn bm25(
         // query term is common): `state` is 0 untouched, 1 accepted, 2 rejected, so
         // `accept` is asked once per document however many query terms match it.
         let n_docs = source.n_docs() as usize;
-        let mut scores = vec![0.0f32; n_docs];
-        let mut state = vec![0u8; n_docs];
+        // Allocated on the first matching posting: most sources of a many-segment vault
+        // match no query term at all.
+        let mut acc: Option<(Vec<f32>, Vec<u8>)> = None;
         let mut touched: Vec<u32> = Vec::new();
         for (term, weight) in &weights {
             source.for_each_posting(term, &mut |doc, tf| {
+                let (scores, state) =
+                    acc.get_or_insert_with(|| (vec![0.0; n_docs], vec![0; n_docs]));
                 let Some(st) = state.get_mut(doc as usize) else {
                     return;
                 };
@@ -200,6 +205,9 @@ pub fn bm25(
                 scores[doc as usize] += weight * tf * (BM25_K1 + 1.0) / (tf + BM25_K1 * norm);
             });
         }
+        let Some((scores, _)) = acc else {
+            continue;
+        };
         hits.extend(
             touched
                 .into_iter()

@@ -52,17 +52,25 @@ impl LexicalBuilder {
         }
         self.doc_lens[slot] = self.doc_lens[slot].saturating_add(len);
         for (term, tf) in counts {
-            let list = self.postings.entry(term).or_default();
-            match list.iter_mut().find(|(d, _)| *d == doc) {
-                Some(entry) => entry.1 = entry.1.saturating_add(tf),
-                None => list.push((doc, tf)),
-            }
+            // Duplicates (a doc added twice) are merged in `finish`; searching the list
+            // here would make building quadratic in a common term's document count.
+            self.postings.entry(term).or_default().push((doc, tf));
         }
     }
 
     /// Serializes the index. Panics only if a single segment exceeds the format's 32-bit
     /// counts (4 G documents, terms, term bytes or postings), far beyond any segment size.
-    pub fn finish(self) -> Vec<u8> {
+    pub fn finish(mut self) -> Vec<u8> {
+        for list in self.postings.values_mut() {
+            list.sort_unstable();
+            list.dedup_by(|later, kept| {
+                let same = later.0 == kept.0;
+                if same {
+                    kept.1 = kept.1.saturating_add(later.1);
+                }
+                same
+            });
+        }
         let n_postings: usize = self.postings.values().map(Vec::len).sum();
         let term_bytes_len: usize = self.postings.keys().map(String::len).sum();
         let fits = |n: usize| u32::try_from(n).is_ok();
@@ -109,9 +117,7 @@ impl LexicalBuilder {
             out.extend_from_slice(term.as_bytes());
         }
         for list in self.postings.values() {
-            let mut list = list.clone();
-            list.sort_unstable();
-            for (doc, tf) in list {
+            for &(doc, tf) in list {
                 out.extend_from_slice(&doc.to_le_bytes());
                 out.extend_from_slice(&tf.to_le_bytes());
             }

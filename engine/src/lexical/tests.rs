@@ -76,6 +76,24 @@ fn corpus_statistics_span_all_sources() {
 }
 
 #[test]
+fn a_doc_added_twice_is_one_document() {
+    let mut m = MemLexical::new();
+    m.add(0, "apple");
+    m.add(0, "apple pear");
+    assert_eq!((m.doc_freq("appl"), m.doc_len(0), m.total_len()), (1, 3, 3));
+    let mut b = LexicalBuilder::new();
+    b.add(0, "apple");
+    b.add(1, "apple");
+    b.add(0, "apple pear");
+    let bytes = b.finish();
+    let v = LexicalView::parse(&bytes).expect("duplicates are merged, not written twice");
+    assert_eq!((v.doc_freq("appl"), v.doc_len(0), v.total_len()), (2, 3, 4));
+    let mut tfs = Vec::new();
+    v.for_each_posting("appl", &mut |d, tf| tfs.push((d, tf)));
+    assert_eq!(tfs, [(0, 2), (1, 1)]);
+}
+
+#[test]
 fn empty_inputs() {
     let empty = MemLexical::new();
     assert!(bm25(&[&empty], "anything", 5, ALL).is_empty());
