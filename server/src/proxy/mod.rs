@@ -2,16 +2,26 @@
 //!
 //! An application points its OpenAI (or Anthropic) client at MemoryRouter and uses its
 //! Memory Key as the API key. Each request: authenticate → resolve the memory plan
-//! ([`options`]) → retrieve memories → add them as a system message ([`inject`]) → call the
+//! ([`options`]) → retrieve memories → add them to the system prompt ([`inject`]) → call the
 //! provider chosen by the `provider/model` prefix ([`providers`], [`client`]) → relay the
-//! answer unchanged, streaming frame by frame ([`relay`], [`sse`]) or translated from
-//! Anthropic's Messages API ([`anthropic`]) → queue the finished exchange for ingest.
+//! answer, streaming frame by frame ([`relay`], [`sse`]), unchanged or translated
+//! ([`anthropic`]: OpenAI clients → Anthropic providers; [`anthropic_in`]: Anthropic
+//! clients → OpenAI-format providers) → after the answer completes, append the exchange to
+//! the durable [`outbox`] and store it in the vault ([`state`]).
+//!
+//! Handlers: [`chat`] (`/v1/chat/completions`, `/v1/models`) and [`messages`]
+//! (`/v1/messages`), built from the shared steps in [`forward`]. Failures MemoryRouter
+//! answers itself are [`ProxyError`]s (400/502/504…); provider error answers are passed
+//! through with their status.
 //!
 //! **Invariant:** provider base URLs come only from the config ([`providers`]); no request
 //! field or header can choose the host MemoryRouter connects to.
 //!
 //! **Invariant:** a provider key (stored or BYOK) is only ever placed in the upstream
-//! request's auth header; it is never stored by this module or written to a log.
+//! request's auth header (marked sensitive); it is never stored by this module or logged.
+//!
+//! **Invariant:** an answered exchange is either stored, or still in the outbox (replayed at
+//! the next start), or was never complete (error, client gone): never silently dropped.
 
 pub mod anthropic;
 pub mod anthropic_in;
