@@ -60,6 +60,10 @@ pub const CHARS_PER_TOKEN: usize = 4;
 pub const RECENCY_FALLBACK_VAULT_MAX: usize = 20;
 /// Most recent user memories offered by the fallback.
 pub const RECENCY_FALLBACK_COUNT: usize = 3;
+/// Hits without a shared term whose cosine is checked per prepare. Embedding a memory costs
+/// ~44 µs with the built-in embedder (docs/benchmarks.md), so this bounds the check at
+/// ~0.35 ms; hits are in rank order, so the ones left unchecked are the least likely.
+pub const COSINE_CHECKS_MAX: usize = 8;
 /// First line of a non-empty context.
 pub const CONTEXT_HEADER: &str =
     "Relevant memories from earlier conversations (oldest first, times in UTC):";
@@ -170,7 +174,7 @@ pub fn retrieve(
     let hits = vault.search(&search)?;
     state.metrics.retrieval.observe(started.elapsed());
 
-    let relevance = Relevance::new(state, query);
+    let mut relevance = Relevance::new(state, query);
     let mut relevant: Vec<Hit> = Vec::new();
     for hit in &hits {
         if relevant.len() == limit {
@@ -216,6 +220,8 @@ struct Relevance {
     embedder: Arc<dyn engine::Embedder>,
     query_vector: Vec<f32>,
     similarity_min: f32,
+    /// Cosine checks still allowed for this request (see [`COSINE_CHECKS_MAX`]).
+    embeddings_left: usize,
 }
 
 impl Relevance {
@@ -226,16 +232,21 @@ impl Relevance {
             query_vector: embedder.embed(query),
             embedder,
             similarity_min: state.config.retrieval.similarity_min,
+            embeddings_left: COSINE_CHECKS_MAX,
         }
     }
 
-    fn is_relevant(&self, text: &str) -> bool {
+    fn is_relevant(&mut self, text: &str) -> bool {
         if engine::analyzer::analyze(text)
             .iter()
             .any(|t| self.terms.contains(t))
         {
             return true;
         }
+        if self.embeddings_left == 0 {
+            return false;
+        }
+        self.embeddings_left -= 1;
         let vector = self.embedder.embed(text);
         let cosine: f32 = self
             .query_vector
