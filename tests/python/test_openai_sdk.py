@@ -233,3 +233,25 @@ def test_models_list(server: Any) -> None:
     models = client(server, new_key(server, "lister")).models.list()
     ids = [m.id for m in models.data]
     assert "local/fake-model" in ids and any(i.startswith("openai/") for i in ids), ids
+
+
+def test_native_messages_endpoint(server: Any, fake: FakeProvider) -> None:
+    """Anthropic-format clients (x-api-key, /v1/messages) get memory too, against both kinds of provider."""
+    store_provider_key(server, "anthropic", "sk-ant")
+    key = new_key(server, "native")
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    r = httpx.post(f"{server.base_url}/v1/messages", headers=headers,
+                   json={"model": "claude-test", "max_tokens": 64, "messages": [{"role": "user", "content": PREFERENCE}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["content"][0]["text"] == f"Reply to: {PREFERENCE}"
+    assert fake.last().path == "/v1/messages" and fake.last().headers["x-api-key"] == "sk-ant"
+    wait_stored(server, key, PREFERENCE)
+
+    # Same client, an OpenAI-format provider: translated both ways.
+    r = httpx.post(f"{server.base_url}/v1/messages", headers=headers,
+                   json={"model": "local/fake-model", "max_tokens": 64,
+                         "messages": [{"role": "user", "content": FOLLOW_UP}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["type"] == "message" and r.json()["content"][0]["text"] == f"Reply to: {FOLLOW_UP}"
+    assert fake.last().path == "/v1/chat/completions"
+    assert "6am" in fake.last().system_text()
