@@ -124,6 +124,27 @@ pub fn exact_top_k(
     top.into_sorted()
 }
 
+/// [`exact_top_k`] restricted to the listed docs (a session's records, say).
+pub fn exact_top_k_docs(
+    vectors: &[f32],
+    dim: usize,
+    query: &[f32],
+    k: usize,
+    docs: &[u32],
+    accept: &dyn Fn(u32) -> bool,
+) -> Vec<(u32, f32)> {
+    let mut top = TopK::new(k);
+    for &doc in docs {
+        let s = doc as usize * dim;
+        if let Some(v) = vectors.get(s..s + dim)
+            && accept(doc)
+        {
+            top.push(doc, dot(query, v));
+        }
+    }
+    top.into_sorted()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

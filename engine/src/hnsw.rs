@@ -31,6 +31,13 @@ use crate::mmap::prefetch;
 pub const MAGIC: &[u8; 8] = b"MRSEGHNS";
 pub const VERSION: u32 = 1;
 const SUBHEADER_WORDS: usize = 8;
+/// A walk scores at most this many nodes per unit of beam width. An unfiltered search at
+/// recall 0.99 scores about 20·ef; a filter that rejects nearly everything never fills the
+/// beam, and without a budget would score the whole graph (worse than a scan). Past the
+/// budget the walk returns what it has and the caller scans exactly if that is short of k.
+const VISITS_PER_EF_MAX: usize = 64;
+/// Floor of the budget, for small beams.
+const VISITS_MIN: usize = 4096;
 /// hnsw_rs caps the number of layers at 16.
 const LAYERS_MAX: usize = 16;
 
@@ -298,9 +305,11 @@ impl Graph {
             if accept(ep) {
                 results.push(Far(d_ep, ep));
             }
+            let visits_max = (ef * VISITS_PER_EF_MAX).max(VISITS_MIN);
+            let mut visits = 0usize;
             while let Some(Near(d, doc)) = candidates.pop() {
                 let bound = results.peek().map_or(f32::INFINITY, |f| f.0);
-                if d > bound && results.len() >= ef {
+                if (d > bound && results.len() >= ef) || visits > visits_max {
                     break;
                 }
                 // Mark the unvisited neighbours and prefetch their vectors first, so their
@@ -314,6 +323,7 @@ impl Graph {
                         batch.push(nb);
                     }
                 }
+                visits += batch.len();
                 for &nb in &batch {
                     let dn = dist(nb);
                     let bound = results.peek().map_or(f32::INFINITY, |f| f.0);

@@ -75,7 +75,7 @@ impl Vault {
         }
         for seg in &state.segments {
             let accept = |d: u32| !state.deleted.contains(&seg.id(d)) && seg.matches(d, filter);
-            for (d, s) in seg.search(query, k, ef, &accept) {
+            for (d, s) in seg.search(query, k, ef, filter.session_id.as_deref(), &accept) {
                 out.push((seg.id(d), s));
             }
         }
@@ -204,7 +204,9 @@ impl Vault {
             let src = 1 + n_frozen + i;
             push_hits(
                 src,
-                s.search(&query, pool, ef, &|d| accept(src, d)),
+                s.search(&query, pool, ef, filter.session_id.as_deref(), &|d| {
+                    accept(src, d)
+                }),
                 &mut vector,
             );
         }

@@ -12,7 +12,9 @@
 //! directory fsynced; only then does a manifest name it. A directory the manifest does not
 //! name is garbage from a crash and is removed at open.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use bytemuck::{Pod, Zeroable};
 
@@ -202,6 +204,10 @@ pub struct Segment {
     records: MappedFile,
     lexical: MappedLexical,
     graph: Option<(MappedFile, Graph)>,
+    /// Session id → its docs, built on the first session-filtered search (not at open, which
+    /// must stay cheap): a session filter then scans only that session's vectors instead of
+    /// walking a graph where almost every node is rejected.
+    sessions: OnceLock<HashMap<String, Vec<u32>>>,
     min_id: MemoryId,
     max_id: MemoryId,
     bytes_on_disk: u64,
@@ -301,6 +307,7 @@ impl Segment {
             n,
             dim,
             bytes_on_disk: 0,
+            sessions: OnceLock::new(),
             vectors,
             records,
             lexical,
@@ -490,15 +497,42 @@ impl Segment {
         }
     }
 
-    /// Top-`k` by cosine among accepted docs: the HNSW graph when there is one (falling back
-    /// to a scan when the filter starves it of results), else an exact scan. Best first.
+    /// The docs of one session, ascending.
+    pub fn session_docs(&self, session_id: &str) -> &[u32] {
+        let index = self.sessions.get_or_init(|| {
+            let mut m: HashMap<String, Vec<u32>> = HashMap::new();
+            for doc in 0..self.n {
+                m.entry(self.session(doc).to_string())
+                    .or_default()
+                    .push(doc);
+            }
+            m
+        });
+        index.get(session_id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Top-`k` by cosine among accepted docs, best first: with a session filter an exact
+    /// scan of that session's docs; otherwise the HNSW graph when there is one (falling back
+    /// to a scan when the filter starves it of results), else an exact scan.
     pub fn search(
         &self,
         query: &[f32],
         k: usize,
         ef: usize,
+        session: Option<&str>,
         accept: &dyn Fn(u32) -> bool,
     ) -> Vec<(u32, f32)> {
+        if let Some(s) = session {
+            let docs = self.session_docs(s);
+            return crate::distance::exact_top_k_docs(
+                self.vectors(),
+                self.dim,
+                query,
+                k,
+                docs,
+                accept,
+            );
+        }
         if let Some((map, graph)) = &self.graph {
             let payload = &map.bytes()[HEADER_BYTES..];
             let hits = graph.search(payload, self.vectors(), self.dim, query, k, ef, accept);
@@ -578,6 +612,10 @@ mod tests {
         );
     }
 
+    fn hits_top(seg: &Segment, q: &[f32]) -> u32 {
+        crate::distance::exact_top_k(seg.vectors(), 2, q, 1, &|_| true)[0].0
+    }
+
     const GOLDEN_VECTORS_CRC: u32 = 2_081_677_409;
     const GOLDEN_RECORDS_CRC: u32 = 3_684_603_729;
 
@@ -618,10 +656,16 @@ mod tests {
         assert!(seg.has_graph());
         seg.verify().unwrap();
         let q = [(1.5f32).cos(), (1.5f32).sin()];
-        let hits = seg.search(&q, 3, 64, &|_| true);
+        let hits = seg.search(&q, 3, 64, None, &|_| true);
         assert_eq!(seg.id(hits[0].0), 150);
         // A filter that accepts only two docs still returns both (scan fallback).
-        let hits = seg.search(&q, 5, 64, &|d| d == 7 || d == 290);
+        let hits = seg.search(&q, 5, 64, None, &|d| d == 7 || d == 290);
         assert_eq!(hits.len(), 2);
+        assert_eq!(seg.session_docs("s").len(), 300);
+        assert!(seg.session_docs("t").is_empty());
+        assert_eq!(
+            seg.search(&q, 5, 64, Some("s"), &|_| true)[0].0,
+            hits_top(&seg, &q)
+        );
     }
 }
