@@ -229,3 +229,36 @@ fn concurrent_writers_under_a_write_fault_lose_no_acknowledged_record() {
         check_reopen(tmp.path(), &options, &acked, WRITERS, ATTEMPTS);
     }
 }
+
+#[test]
+fn crash_while_recovery_drops_segments_behind_a_checkpoint_leaves_an_openable_log() {
+    // Buffered mode after an OS crash: the checkpoint (always fsynced) names LSN 3, but the
+    // segment lost its unsynced records. Recovery must resume at LSN 4 and drop the stale
+    // segment; a crash at that point (the failed remove) must not leave a log that refuses to
+    // open with an LSN gap between the stale segment and a new one.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let options = options(Durability::Buffered);
+    let (log, _) = Wal::open(tmp.path(), options.clone()).expect("open");
+    for i in 0..3 {
+        log.append(1, &[i]).expect("append");
+    }
+    log.checkpoint(3).expect("checkpoint");
+    drop(log);
+    let segment = crate::segment::segment_path(tmp.path(), 1);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .and_then(|f| f.set_len(crate::segment::SEGMENT_HEADER_BYTES as u64))
+        .expect("drop the unsynced records");
+
+    let storage = Arc::new(FaultyStorage::new(FaultPlan {
+        fail_remove_at: Some(1),
+        ..FaultPlan::default()
+    }));
+    assert!(Wal::open_with(tmp.path(), options.clone(), storage).is_err());
+
+    let (log, recovery) = Wal::open(tmp.path(), options).expect("reopen after the crash");
+    assert_eq!(recovery.checkpoint, 3);
+    assert!(recovery.records.is_empty());
+    assert_eq!(log.append(1, b"next").expect("append"), 4);
+}

@@ -96,12 +96,15 @@ mod fault {
         pub fail_write_at: Option<u64>,
         /// Fail the Nth fsync without syncing.
         pub fail_sync_at: Option<u64>,
+        /// Fail the Nth `remove` without removing (a crash before the unlink reached disk).
+        pub fail_remove_at: Option<u64>,
     }
 
     #[derive(Default)]
     struct Counters {
         writes: AtomicU64,
         syncs: AtomicU64,
+        removes: AtomicU64,
     }
 
     /// Real files, with one injected failure.
@@ -186,6 +189,10 @@ mod fault {
         }
 
         fn remove(&self, path: &Path) -> io::Result<()> {
+            let n = self.counters.removes.fetch_add(1, Ordering::SeqCst) + 1;
+            if self.plan.fail_remove_at == Some(n) {
+                return Err(injected("remove"));
+            }
             OsStorage.remove(path)
         }
 

@@ -262,7 +262,13 @@ pub(crate) fn replay(storage: &dyn Storage, dir: &Path) -> Result<Replayed, WalE
                 records: count,
             }
         }
-        _ => segment::create(storage, dir, next_lsn)?,
+        _ => {
+            // Every remaining segment ends at or below the checkpoint. Delete them (durably)
+            // before the new segment exists: a crash in between must never leave a stale
+            // segment next to one that starts after a gap, which replay refuses.
+            delete_covered(storage, dir, &mut sealed, next_lsn, checkpoint)?;
+            segment::create(storage, dir, next_lsn)?
+        }
     };
     delete_covered(
         storage,
