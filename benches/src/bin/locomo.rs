@@ -290,6 +290,7 @@ fn main() -> Result<()> {
     let conversations = load(path).with_context(|| format!("loading {path}"))?;
     let embedder = BuiltinEmbedder::new();
     let methods = methods(sweep);
+    let embed_us = embed_micros_per_turn(&embedder, &conversations);
     let mut tallies = vec![Tally::default(); methods.len()];
     let (mut turns, mut dropped_evidence) = (0usize, 0usize);
     for conv in &conversations {
@@ -335,6 +336,7 @@ fn main() -> Result<()> {
         conversations.len(),
         tallies[0].questions[0],
     );
+    println!("built-in embedder: {embed_us:.1} µs per turn (mean over all turns, one thread)");
     println!(
         "{:<26} {:>5} {:>7} {:>7} {:>7} {:>8} {:>8}",
         "method", "cat", "R@5", "R@10", "MRR", "p50 µs", "p95 µs"
@@ -366,6 +368,19 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Mean time to embed one turn, over every turn of the file.
+fn embed_micros_per_turn(embedder: &BuiltinEmbedder, conversations: &[Conversation]) -> f64 {
+    let texts: Vec<&str> = conversations
+        .iter()
+        .flat_map(|c| c.turns.iter().map(|t| t.text.as_str()))
+        .collect();
+    let start = Instant::now();
+    let dims: usize = texts.iter().map(|t| embedder.embed(t).len()).sum();
+    let micros = start.elapsed().as_secs_f64() * 1e6;
+    assert_eq!(dims, texts.len() * embedder.dim());
+    micros / texts.len().max(1) as f64
 }
 
 fn print_miss(conv: &Conversation, qa: &benches::locomo::Question, ids: &[u64]) {
