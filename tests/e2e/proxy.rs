@@ -471,6 +471,47 @@ async fn byok_and_missing_keys() {
 }
 
 #[tokio::test]
+async fn the_memory_key_never_reaches_a_provider_as_its_key() {
+    // Clients configured with the Memory Key as their API key *and* in X-Memory-Key send it
+    // twice; the second copy must not be taken for a BYOK provider key and sent upstream.
+    let fake = FakeProvider::start().await;
+    let proxy = Proxy::start(&fake, |_| {}).await;
+    let key = proxy.new_key("twice").await;
+    proxy.store_provider_key("openai", "sk-stored").await;
+    proxy.store_provider_key("anthropic", "sk-ant-stored").await;
+    let bearer = format!("Bearer {key}");
+    let bearer_read = format!("Bearer {key}:read");
+
+    for auth in [&bearer, &bearer_read] {
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("x-memory-key", key.as_str()),
+        ];
+        let reply = proxy
+            .chat_with(&headers, ask("openai/gpt-test", "hi"))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(fake.last().headers["authorization"], "Bearer sk-stored");
+    }
+
+    let headers = [("x-api-key", key.as_str()), ("x-memory-key", key.as_str())];
+    let body = json!({"model": "anthropic/claude-test", "max_tokens": 16,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let reply = proxy
+        .send("POST", "/v1/messages", &headers, Some(&body))
+        .await;
+    proxy.settled().await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(fake.last().headers["x-api-key"], "sk-ant-stored");
+    for recorded in fake.requests() {
+        for value in recorded.headers.values() {
+            let value = value.to_str().unwrap_or("");
+            assert!(!value.contains(&key), "memory key sent upstream: {value}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn key_suffix_and_mode_options() {
     let fake = FakeProvider::start().await;
     let proxy = Proxy::start(&fake, |_| {}).await;

@@ -139,14 +139,14 @@ pub fn provider_key(
     headers: &HeaderMap,
     provider: &Provider,
 ) -> Result<Option<String>, ApiError> {
-    if let Some(key) = header(headers, "x-provider-key") {
+    if let Some(key) = header(headers, "x-provider-key").filter(|k| !is_memory_key(k)) {
         return Ok(Some(key.to_owned()));
     }
-    if let Some(key) = &auth.provider_key {
-        return Ok(Some(key.clone()));
+    if let Some(key) = auth.provider_key.as_deref().filter(|k| !is_memory_key(k)) {
+        return Ok(Some(key.to_owned()));
     }
     if header(headers, "x-memory-key").is_some()
-        && let Some(key) = header(headers, "x-api-key")
+        && let Some(key) = header(headers, "x-api-key").filter(|k| !is_memory_key(k))
     {
         return Ok(Some(key.to_owned()));
     }
@@ -164,6 +164,14 @@ pub fn provider_key(
         .into());
     }
     Ok(None)
+}
+
+/// Whether a BYOK candidate is in fact a Memory Key (with or without a mode suffix). Clients
+/// that put the Memory Key both in their API-key setting and in `X-Memory-Key` send it
+/// twice; it must never be taken for a provider key and sent to a provider.
+fn is_memory_key(candidate: &str) -> bool {
+    let key = candidate.split_once(':').map_or(candidate, |(key, _)| key);
+    crate::secret::looks_like_key(key.trim())
 }
 
 /// Builds the upstream POST for `provider` with `body`.
