@@ -162,9 +162,10 @@ struct Usage {
 
 impl Usage {
     fn prompt_tokens(&self) -> u64 {
+        // Saturating: the counts come from the provider, and a bogus one must not panic.
         self.input_tokens
-            + self.cache_creation_input_tokens.unwrap_or(0)
-            + self.cache_read_input_tokens.unwrap_or(0)
+            .saturating_add(self.cache_creation_input_tokens.unwrap_or(0))
+            .saturating_add(self.cache_read_input_tokens.unwrap_or(0))
     }
 }
 
@@ -215,7 +216,7 @@ pub fn to_chat_completion(body: &[u8]) -> Result<(Bytes, String), String> {
         "usage": {
             "prompt_tokens": prompt,
             "completion_tokens": message.usage.output_tokens,
-            "total_tokens": prompt + message.usage.output_tokens,
+            "total_tokens": prompt.saturating_add(message.usage.output_tokens),
         },
     });
     Ok((Bytes::from(completion.to_string()), text))
@@ -318,7 +319,7 @@ impl AnthropicToOpenAi {
                             "id": self.id, "object": "chat.completion.chunk", "created": self.created,
                             "model": self.model, "choices": [],
                             "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                                      "total_tokens": self.prompt_tokens + self.completion_tokens},
+                                      "total_tokens": self.prompt_tokens.saturating_add(self.completion_tokens)},
                         })));
                     }
                     out.extend_from_slice(DONE_EVENT);
@@ -511,6 +512,28 @@ mod tests {
                 .status(),
             400
         );
+    }
+
+    #[test]
+    fn absurd_usage_counts_saturate_instead_of_panicking() {
+        let body = br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-x",
+            "content":[{"type":"text","text":"Hi"}],"stop_reason":"end_turn",
+            "usage":{"input_tokens":18446744073709551615,"output_tokens":18446744073709551615,
+                     "cache_read_input_tokens":1}}"#;
+        let (bytes, _) = to_chat_completion(body).unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["usage"]["total_tokens"], u64::MAX);
+
+        let max = u64::MAX;
+        let stream = format!(
+            "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"id\":\"m\",\"model\":\"c\",\"usage\":{{\"input_tokens\":{max},\"cache_creation_input_tokens\":{max}}}}}}}\n\n\
+             event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\"}},\"usage\":{{\"output_tokens\":{max}}}}}\n\n\
+             event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
+        );
+        let mut relay = AnthropicToOpenAi::new(true);
+        let out = relay.on_chunk(Bytes::from(stream)).unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains(&format!("\"total_tokens\":{max}")), "{text}");
     }
 
     #[test]
