@@ -935,3 +935,57 @@ async fn an_exchange_left_in_the_outbox_is_stored_at_the_next_start() {
     );
     drop(dir);
 }
+
+#[tokio::test]
+async fn an_exchange_of_a_revoked_and_purged_key_does_not_recreate_its_vault() {
+    use server::proxy::outbox::{Outbox, PendingExchange};
+    let fake = FakeProvider::start().await;
+    let proxy = Proxy::start(&fake, |_| {}).await;
+    let auth = format!("Bearer {}", proxy.admin);
+    let created = proxy
+        .send(
+            "POST",
+            "/v1/keys",
+            &[("authorization", &auth)],
+            Some(&json!({"name": "gone"})),
+        )
+        .await
+        .json();
+    let key_id = created["id"].as_str().unwrap().to_owned();
+    let account_id = proxy.state.catalog.key(&key_id).unwrap().account_id;
+    let path = format!("/v1/keys/{key_id}?purge=true");
+    let reply = proxy
+        .send("DELETE", &path, &[("authorization", &auth)], None)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let dir = proxy.stop().await;
+
+    // An answer that finished just before the revocation, left in the outbox by a crash.
+    let outbox_dir = dir
+        .path()
+        .join("data")
+        .join(server::proxy::state::OUTBOX_DIR);
+    let (outbox, _) = Outbox::open(&outbox_dir, engine::Durability::Fsync).unwrap();
+    outbox
+        .append(&PendingExchange {
+            key_id: key_id.clone(),
+            account_id,
+            session_id: String::new(),
+            model: Some("local/m".into()),
+            turns: vec![("user".into(), PREFERENCE.into())],
+            created_at_ms: 1_760_000_000_000,
+        })
+        .unwrap();
+    drop(outbox);
+
+    let proxy = Proxy::start_in(&fake, dir, |_| {}).await;
+    let vault_dir = proxy.dir.path().join("data").join("vaults").join(&key_id);
+    assert!(
+        !vault_dir.exists(),
+        "the purged vault was recreated with the exchange"
+    );
+    let dir = proxy.stop().await;
+    let (_, recovered) = Outbox::open(&outbox_dir, engine::Durability::Fsync).unwrap();
+    assert!(recovered.is_empty(), "the dropped exchange stays queued");
+    drop(dir);
+}

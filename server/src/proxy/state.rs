@@ -194,6 +194,18 @@ fn store_exchange(
     state: &AppState,
     exchange: &PendingExchange,
 ) -> Result<(), crate::error::ApiError> {
+    // The key may have been revoked (and its vault purged) while the answer streamed, or
+    // before a replay: storing now would recreate the purged vault with the user's text,
+    // and retrying could never succeed. Such an exchange is dropped, which also lets the
+    // outbox checkpoint move past it.
+    let active = state
+        .catalog
+        .key(&exchange.key_id)
+        .is_some_and(|key| key.revoked_at_ms.is_none() && key.account_id == exchange.account_id);
+    if !active {
+        tracing::warn!(key_id = %exchange.key_id, "proxy exchange of a revoked or unknown key dropped");
+        return Ok(());
+    }
     let auth = AuthContext {
         key_id: exchange.key_id.clone(),
         account_id: exchange.account_id.clone(),
