@@ -433,16 +433,21 @@ impl StreamTransform for AnthropicRelay {
     }
 
     fn on_end(&mut self) -> Bytes {
+        // Provider bytes pass unchanged, so an unfinished last event is closed here.
+        let close = self.parser.open_event_terminator();
         self.parser.finish(&mut self.events);
         self.read_events();
-        Bytes::new()
+        Bytes::from_static(close)
     }
 
     fn error_event(&self, message: &str, code: &str) -> Bytes {
-        named_event(
+        let event = named_event(
             "error",
             &json!({"type": "error", "error": {"type": code, "message": message}}),
-        )
+        );
+        [self.parser.open_event_terminator(), &event[..]]
+            .concat()
+            .into()
     }
 
     fn complete(&self) -> bool {
@@ -512,6 +517,25 @@ mod tests {
                 .status(),
             400
         );
+    }
+
+    #[test]
+    fn passthrough_closes_an_unfinished_last_event_before_its_own() {
+        let mut relay = AnthropicRelay::default();
+        let mut out = relay
+            .on_chunk(Bytes::from_static(
+                b"event: ping\ndata: {\"type\":\"ping\"}",
+            ))
+            .unwrap()
+            .to_vec();
+        out.extend_from_slice(&relay.error_event("reset", "provider_unreachable"));
+        out.extend_from_slice(&relay.on_end());
+        let mut parser = SseParser::default();
+        let mut events = Vec::new();
+        parser.push(&out, &mut events).unwrap();
+        parser.finish(&mut events);
+        let names: Vec<Option<&str>> = events.iter().map(|e| e.event.as_deref()).collect();
+        assert_eq!(names, vec![Some("ping"), Some("error")], "{events:?}");
     }
 
     #[test]

@@ -256,20 +256,24 @@ impl StreamTransform for OpenAiRelay {
     }
 
     fn on_end(&mut self) -> Bytes {
+        let close = self.parser.open_event_terminator();
         self.parser.finish(&mut self.events);
         self.read_events();
-        if self.saw_done {
-            Bytes::new()
-        } else {
+        let mut out = close.to_vec();
+        if !self.saw_done {
             // Some OpenAI-compatible servers close without the terminator; clients wait for it.
-            Bytes::from_static(DONE_EVENT)
+            out.extend_from_slice(DONE_EVENT);
         }
+        Bytes::from(out)
     }
 
     fn error_event(&self, message: &str, code: &str) -> Bytes {
-        data_event(
+        let event = data_event(
             &json!({"error": {"message": message, "type": "api_error", "param": null, "code": code}}),
-        )
+        );
+        [self.parser.open_event_terminator(), &event[..]]
+            .concat()
+            .into()
     }
 
     fn complete(&self) -> bool {
@@ -364,6 +368,41 @@ mod tests {
                 .contains("Bad gateway")
         );
         assert_eq!(v["error"]["type"], "api_error");
+    }
+
+    /// Everything a client would parse from `relayed`.
+    fn client_events(relayed: &[u8]) -> Vec<SseEvent> {
+        let mut parser = SseParser::default();
+        let mut events = Vec::new();
+        parser.push(relayed, &mut events).unwrap();
+        parser.finish(&mut events);
+        events
+    }
+
+    #[test]
+    fn added_events_never_merge_into_an_unterminated_last_event() {
+        let last = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}";
+        for ending in ["", "\n", "\r\n", "\r"] {
+            let mut relay = OpenAiRelay::default();
+            let mut out = relay
+                .on_chunk(Bytes::from(format!("{last}{ending}")))
+                .unwrap()
+                .to_vec();
+            out.extend_from_slice(&relay.on_end());
+            let events = client_events(&out);
+            let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+            assert_eq!(data, vec![&last[6..], "[DONE]"], "ending {ending:?}");
+
+            let mut relay = OpenAiRelay::default();
+            let mut out = relay
+                .on_chunk(Bytes::from(format!("{last}{ending}")))
+                .unwrap()
+                .to_vec();
+            out.extend_from_slice(&relay.error_event("connection reset", "provider_unreachable"));
+            let events = client_events(&out);
+            assert_eq!(events.len(), 2, "ending {ending:?}: {events:?}");
+            assert!(events[1].data.contains("connection reset"), "{events:?}");
+        }
     }
 
     #[test]

@@ -67,6 +67,20 @@ impl SseParser {
         self.dispatch(out);
     }
 
+    /// The bytes that end whatever the stream so far left open (a line without its newline,
+    /// an event without its blank line). A relay that forwards provider bytes unchanged
+    /// writes these before an event of its own, so that event is never merged into the
+    /// provider's unfinished one.
+    pub fn open_event_terminator(&self) -> &'static [u8] {
+        if !self.pending.is_empty() {
+            b"\n\n"
+        } else if self.has_data || self.event.is_some() {
+            b"\n"
+        } else {
+            b""
+        }
+    }
+
     fn line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
