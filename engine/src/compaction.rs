@@ -102,6 +102,7 @@ impl Vault {
             .map(|&d| SegmentInput {
                 memory: frozen.memory(d),
                 vector: frozen.vector(d),
+                context: frozen.context(d),
             })
             .collect();
         let new_segment = if inputs.is_empty() {
@@ -196,21 +197,22 @@ impl Vault {
     fn merge(&self, chosen: &[Arc<Segment>], deleted: &HashSet<MemoryId>) -> Result<()> {
         let inner = &*self.inner;
         // Live records of the chosen segments, in id order (ids never repeat across segments).
-        let memories: Vec<(Memory, &[f32])> = {
-            let mut v: Vec<(Memory, &[f32])> = chosen
+        let memories: Vec<(Memory, &[f32], &str)> = {
+            let mut v: Vec<(Memory, &[f32], &str)> = chosen
                 .iter()
                 .flat_map(|s| (0..s.len()).map(move |d| (s, d)))
                 .filter(|(s, d)| !deleted.contains(&s.id(*d)))
-                .map(|(s, d)| (s.memory(d), s.vector(d)))
+                .map(|(s, d)| (s.memory(d), s.vector(d), s.context(d)))
                 .collect();
-            v.sort_by_key(|(m, _)| m.id);
+            v.sort_by_key(|(m, _, _)| m.id);
             v
         };
         let inputs: Vec<SegmentInput<'_>> = memories
             .iter()
-            .map(|(m, v)| SegmentInput {
+            .map(|(m, v, c)| SegmentInput {
                 memory: m,
                 vector: v,
+                context: c,
             })
             .collect();
         let output = if inputs.is_empty() {

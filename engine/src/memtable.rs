@@ -10,12 +10,14 @@ use std::collections::BTreeMap;
 
 use crate::distance::exact_top_k;
 use crate::lexical::MemLexical;
-use crate::record::{Memory, MemoryId, StoredMemory};
+use crate::record::{Memory, MemoryId, StoredMemory, indexed_text};
 
 /// Mutable in-memory records of one vault.
 pub struct Memtable {
     dim: usize,
     records: Vec<Memory>,
+    /// Each record's indexing context (`StoredMemory::context`), by doc.
+    contexts: Vec<String>,
     /// `records.len() * dim` floats, doc-major.
     vectors: Vec<f32>,
     by_id: BTreeMap<MemoryId, u32>,
@@ -27,6 +29,7 @@ impl Memtable {
         Memtable {
             dim,
             records: Vec::new(),
+            contexts: Vec::new(),
             vectors: Vec::new(),
             by_id: BTreeMap::new(),
             lexical: MemLexical::new(),
@@ -40,9 +43,11 @@ impl Memtable {
         }
         let doc = self.records.len() as u32;
         self.by_id.insert(record.memory.id, doc);
-        self.lexical.add(doc, &record.memory.text);
+        self.lexical
+            .add(doc, &indexed_text(&record.context, &record.memory.text));
         self.vectors.extend_from_slice(&record.vector);
         self.records.push(record.memory);
+        self.contexts.push(record.context);
     }
 
     pub fn len(&self) -> usize {
@@ -64,6 +69,10 @@ impl Memtable {
 
     pub fn memory(&self, doc: u32) -> &Memory {
         &self.records[doc as usize]
+    }
+
+    pub fn context(&self, doc: u32) -> &str {
+        &self.contexts[doc as usize]
     }
 
     pub fn vector(&self, doc: u32) -> &[f32] {
@@ -117,6 +126,7 @@ mod tests {
                 chunk: 0,
             },
             vector: v.to_vec(),
+            context: String::new(),
         }
     }
 

@@ -126,8 +126,16 @@ pub fn content_hash(session_id: &str, role: Role, text: &str) -> u64 {
 pub(crate) const KIND_INGEST: u8 = 1;
 /// WAL record kind of a delete batch.
 pub(crate) const KIND_DELETE: u8 = 2;
-/// Version byte leading every engine WAL payload.
-const PAYLOAD_VERSION: u8 = 1;
+/// Version byte leading every engine WAL payload. Version 2 added the indexing context to
+/// ingest records; version 1 payloads (no context) are still read.
+const PAYLOAD_VERSION: u8 = 2;
+/// Oldest payload version this build reads.
+const PAYLOAD_VERSION_OLDEST: u8 = 1;
+/// Longest indexing context kept, in bytes: one chunk of at most `CHUNK_CHARS_MAX` chars is at
+/// most 4 bytes a char. Fits the segment row's u16 context length.
+pub(crate) const CONTEXT_BYTES_MAX: usize = 4 * crate::chunk::CHUNK_CHARS_MAX;
+
+const _: () = assert!(CONTEXT_BYTES_MAX <= u16::MAX as usize);
 
 const FLAG_MODEL: u8 = 1;
 const FLAG_METADATA: u8 = 2;
@@ -137,6 +145,31 @@ const FLAG_METADATA: u8 = 2;
 pub(crate) struct StoredMemory {
     pub memory: Memory,
     pub vector: Vec<f32>,
+    /// Text indexed (BM25 and embedding) in front of `memory.text` but never shown: the
+    /// previous record of the same session. Stored so every later index build (seal,
+    /// compaction, reopen) indexes exactly what the memtable did.
+    pub context: String,
+}
+
+/// What the lexical index and the embedder see for a record: the conversational context
+/// (a question asked in the previous turn often holds the words of a later query) then the
+/// record's own text.
+pub(crate) fn indexed_text<'a>(context: &str, text: &'a str) -> std::borrow::Cow<'a, str> {
+    if context.is_empty() {
+        std::borrow::Cow::Borrowed(text)
+    } else {
+        std::borrow::Cow::Owned(format!("{context}\n{text}"))
+    }
+}
+
+/// The context to store: at most [`CONTEXT_BYTES_MAX`] bytes, keeping the end of `text` (the
+/// part next to the record), cut at a char boundary.
+pub(crate) fn context_of(text: &str) -> &str {
+    let mut start = text.len().saturating_sub(CONTEXT_BYTES_MAX);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }
 
 /// Appends the encoding of `records` as one ingest payload.
@@ -144,7 +177,7 @@ pub(crate) fn encode_ingest(records: &[StoredMemory]) -> Vec<u8> {
     let mut out = Vec::with_capacity(
         5 + records
             .iter()
-            .map(|r| 64 + r.memory.text.len() + r.vector.len() * 4)
+            .map(|r| 68 + r.memory.text.len() + r.context.len() + r.vector.len() * 4)
             .sum::<usize>(),
     );
     out.push(PAYLOAD_VERSION);
@@ -170,6 +203,7 @@ pub(crate) fn encode_ingest(records: &[StoredMemory]) -> Vec<u8> {
         out.push(flags);
         put_bytes(&mut out, m.session_id.as_bytes());
         put_bytes(&mut out, m.text.as_bytes());
+        put_bytes(&mut out, r.context.as_bytes());
         if let Some(model) = &m.model {
             put_bytes(&mut out, model.as_bytes());
         }
@@ -187,7 +221,7 @@ pub(crate) fn encode_ingest(records: &[StoredMemory]) -> Vec<u8> {
 /// Decodes an ingest payload.
 pub(crate) fn decode_ingest(payload: &[u8]) -> Result<Vec<StoredMemory>> {
     let mut r = Reader::new(payload);
-    r.version()?;
+    let version = r.version()?;
     let count = r.u32()? as usize;
     let mut out = Vec::with_capacity(count.min(payload.len() / 32));
     for _ in 0..count {
@@ -199,6 +233,11 @@ pub(crate) fn decode_ingest(payload: &[u8]) -> Result<Vec<StoredMemory>> {
         let flags = r.u8()?;
         let session_id = r.string()?;
         let text = r.string()?;
+        let context = if version >= 2 {
+            r.string()?
+        } else {
+            String::new()
+        };
         let model = if flags & FLAG_MODEL != 0 {
             Some(r.string()?)
         } else {
@@ -228,6 +267,7 @@ pub(crate) fn decode_ingest(payload: &[u8]) -> Result<Vec<StoredMemory>> {
                 chunk,
             },
             vector,
+            context,
         });
     }
     r.end()?;
@@ -319,10 +359,12 @@ impl<'a> Reader<'a> {
         String::from_utf8(b.to_vec()).map_err(|_| bad("string is not UTF-8"))
     }
 
-    fn version(&mut self) -> Result<()> {
+    fn version(&mut self) -> Result<u8> {
         match self.u8()? {
-            PAYLOAD_VERSION => Ok(()),
-            v => Err(bad(&format!("unknown payload version {v}"))),
+            v @ PAYLOAD_VERSION_OLDEST..=PAYLOAD_VERSION => Ok(v),
+            v => Err(bad(&format!(
+                "unknown payload version {v} (this build reads {PAYLOAD_VERSION_OLDEST}..={PAYLOAD_VERSION})"
+            ))),
         }
     }
 
@@ -355,6 +397,11 @@ mod tests {
                 chunk: 2,
             },
             vector: vec![0.5, -0.25, 1.0],
+            context: if metadata {
+                "prev ü".into()
+            } else {
+                String::new()
+            },
         }
     }
 
@@ -366,6 +413,45 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(decode_ingest(&bytes[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    /// A version 1 payload (written before contexts existed) still decodes, with no context.
+    #[test]
+    fn ingest_v1_still_decodes() {
+        let rec = sample(4, true);
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        let m = &rec.memory;
+        for x in [m.id, m.created_at_ms as u64, m.content_hash] {
+            v1.extend_from_slice(&x.to_le_bytes());
+        }
+        v1.extend_from_slice(&m.chunk.to_le_bytes());
+        v1.extend_from_slice(&[m.role.code(), FLAG_MODEL | FLAG_METADATA]);
+        put_bytes(&mut v1, b"s");
+        put_bytes(&mut v1, "héllo".as_bytes());
+        put_bytes(&mut v1, b"m");
+        put_bytes(&mut v1, br#"{"k":1}"#);
+        v1.extend_from_slice(&3u32.to_le_bytes());
+        for x in &rec.vector {
+            v1.extend_from_slice(&x.to_le_bytes());
+        }
+        let expected = StoredMemory {
+            context: String::new(),
+            ..rec
+        };
+        assert_eq!(decode_ingest(&v1).unwrap(), vec![expected]);
+        v1[0] = 3;
+        assert!(decode_ingest(&v1).is_err(), "a future version is refused");
+    }
+
+    #[test]
+    fn context_is_bounded_at_a_char_boundary() {
+        let long = "é".repeat(CONTEXT_BYTES_MAX);
+        let c = context_of(&long);
+        assert!(c.len() <= CONTEXT_BYTES_MAX && c.len() >= CONTEXT_BYTES_MAX - 1);
+        assert_eq!(context_of("short"), "short");
+        assert_eq!(indexed_text("", "t"), "t");
+        assert_eq!(indexed_text("c", "t"), "c\nt");
     }
 
     #[test]

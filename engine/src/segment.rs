@@ -29,7 +29,9 @@ use crate::vault::CrashPoint;
 
 const VECTORS_MAGIC: &[u8; 8] = b"MRSEGVEC";
 const RECORDS_MAGIC: &[u8; 8] = b"MRSEGREC";
-const VERSION: u32 = 1;
+/// Version 2: a row's `context_len` (was reserved, 0) gives the bytes of indexing context
+/// stored right before its text in the heap. Version 1 files (no contexts) still open.
+const VERSION: u32 = 2;
 const VERSION_OLDEST: u32 = 1;
 const VECTORS_FILE: &str = "vectors.bin";
 const RECORDS_FILE: &str = "records.bin";
@@ -56,7 +58,8 @@ pub(crate) struct Row {
     pub chunk: u32,
     pub role: u8,
     pub flags: u8,
-    pub reserved: u16,
+    /// Bytes of indexing context, stored in the heap right before `text` (0: none).
+    pub context_len: u16,
     pub session: [u32; 2],
     pub text: [u32; 2],
     pub model: [u32; 2],
@@ -71,6 +74,8 @@ const ROW_HAS_METADATA: u8 = 2;
 pub(crate) struct SegmentInput<'a> {
     pub memory: &'a Memory,
     pub vector: &'a [f32],
+    /// Indexed before the text, never shown (`StoredMemory::context`).
+    pub context: &'a str,
 }
 
 /// Writes a segment directory `dir/name` from records sorted by id. Returns its path.
@@ -134,6 +139,10 @@ pub(crate) fn write(
             }
             None => [0, 0],
         };
+        let session = put(m.session_id.as_bytes())?;
+        // The context goes right before the text: the row finds it from the text's offset.
+        let context = crate::record::context_of(input.context);
+        put(context.as_bytes())?;
         rows.push(Row {
             id: m.id,
             created_at_ms: m.created_at_ms,
@@ -141,8 +150,8 @@ pub(crate) fn write(
             chunk: m.chunk,
             role: m.role.code(),
             flags,
-            reserved: 0,
-            session: put(m.session_id.as_bytes())?,
+            context_len: context.len() as u16,
+            session,
             text: put(m.text.as_bytes())?,
             model,
             metadata,
@@ -161,7 +170,11 @@ pub(crate) fn write(
     // Lexical index (carries its own magic, version and crc).
     let mut lex = LexicalBuilder::new();
     for (doc, input) in inputs.iter().enumerate() {
-        lex.add(doc as u32, &input.memory.text);
+        let context = crate::record::context_of(input.context);
+        lex.add(
+            doc as u32,
+            &crate::record::indexed_text(context, &input.memory.text),
+        );
     }
     write_raw(&tmp.join(LEXICAL_FILE), &lex.finish())?;
 
@@ -327,6 +340,12 @@ impl Segment {
                     ));
                 }
             }
+            if row.text[0] < u32::from(row.context_len) {
+                return Err(Error::corrupt(
+                    seg.records.path(),
+                    format!("row {} context starts before the heap", row.id),
+                ));
+            }
             if Role::from_code(row.role).is_none() || prev.is_some_and(|p| p >= row.id) {
                 return Err(Error::corrupt(
                     seg.records.path(),
@@ -459,6 +478,13 @@ impl Segment {
         self.str_at(self.rows()[doc as usize].session)
     }
 
+    /// The record's indexing context ("" for none and for version 1 files).
+    pub fn context(&self, doc: u32) -> &str {
+        let row = &self.rows()[doc as usize];
+        let len = u32::from(row.context_len);
+        self.str_at([row.text[0] - len, len])
+    }
+
     pub fn content_hash(&self, doc: u32) -> u64 {
         self.rows()[doc as usize].content_hash
     }
@@ -569,7 +595,7 @@ mod tests {
     /// Golden bytes: a fixed input must produce exactly these files, so any change to the
     /// layout shows up here (and must come with a version bump in docs/format.md).
     #[test]
-    fn format_v1_is_stable() {
+    fn format_v2_is_stable() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (memory(3, "hello", true), memory(9, "wörld", false));
         let (va, vb) = ([0.6f32, 0.8], [1.0f32, 0.0]);
@@ -577,10 +603,12 @@ mod tests {
             SegmentInput {
                 memory: &a,
                 vector: &va,
+                context: "",
             },
             SegmentInput {
                 memory: &b,
                 vector: &vb,
+                context: "before",
             },
         ];
         let path = write(
@@ -601,6 +629,7 @@ mod tests {
         let seg = Segment::open(&path, 2).unwrap();
         assert_eq!(seg.memory(0), a);
         assert_eq!(seg.memory(1), b);
+        assert_eq!((seg.context(0), seg.context(1)), ("", "before"));
         assert_eq!(seg.doc_of(9), Some(1));
         assert_eq!(seg.doc_of(4), None);
         assert_eq!(seg.vector(0), &va);
@@ -617,7 +646,7 @@ mod tests {
     }
 
     const GOLDEN_VECTORS_CRC: u32 = 2_081_677_409;
-    const GOLDEN_RECORDS_CRC: u32 = 3_684_603_729;
+    const GOLDEN_RECORDS_CRC: u32 = 3_863_198_789;
 
     #[test]
     fn graph_is_built_past_the_threshold_and_used() {
@@ -637,6 +666,7 @@ mod tests {
             .map(|(m, v)| SegmentInput {
                 memory: m,
                 vector: v,
+                context: "",
             })
             .collect();
         let params = HnswParams {

@@ -108,8 +108,9 @@ pub struct VaultStats {
     pub memtable: u32,
 }
 
-/// A message ready to reserve: its hash, the message, and its chunks with their vectors.
-type Embedded = (u64, NewMemory, Vec<(String, Vec<f32>)>);
+/// A message ready to reserve: its hash, the message, and its chunks with their indexing
+/// contexts and vectors.
+type Embedded = (u64, NewMemory, Vec<(String, String, Vec<f32>)>);
 
 /// Where a live record sits.
 #[derive(Clone, Copy, Debug)]
@@ -194,6 +195,38 @@ impl State {
             *self.hashes.entry(r.memory.content_hash).or_insert(0) += 1;
             self.memtable.insert(r);
         }
+    }
+
+    /// The text of the newest live record of `session`: the indexing context of the session's
+    /// next message. A pure function of the live records, so it is the same before and after
+    /// a reopen, and a deleted message never becomes anyone's context.
+    pub fn session_tail(&self, session: &str) -> Option<String> {
+        let live = |id: &MemoryId| !self.deleted.contains(id);
+        let in_memtable = |mt: &Memtable| {
+            mt.ids_desc(None)
+                .find(|(id, d)| live(id) && mt.memory(*d).session_id == session)
+                .map(|(id, d)| (id, mt.memory(d).text.clone()))
+        };
+        let mut best = in_memtable(&self.memtable);
+        for (f, _) in &self.frozen {
+            if let Some(t) = in_memtable(f)
+                && best.as_ref().is_none_or(|b| b.0 < t.0)
+            {
+                best = Some(t);
+            }
+        }
+        for s in &self.segments {
+            if let Some(&d) = s
+                .session_docs(session)
+                .iter()
+                .rev()
+                .find(|&&d| live(&s.id(d)))
+                && best.as_ref().is_none_or(|b| b.0 < s.id(d))
+            {
+                best = Some((s.id(d), s.memory(d).text));
+            }
+        }
+        best.map(|b| b.1)
     }
 
     pub fn is_live(&self, id: MemoryId) -> bool {
@@ -427,17 +460,34 @@ impl Vault {
         let inner = &*self.inner;
         // 1. Drop messages already stored (or repeated within the batch) before paying for
         //    embeddings: clients resend the whole history on every call.
+        //    Each message's indexing context is the previous message of its session: earlier
+        //    in this batch (skipped duplicates included, as clients resend history) or else
+        //    the session's newest stored record.
         let mut seen = HashSet::new();
         let mut fresh = Vec::with_capacity(batch.len());
         let mut skipped = 0;
         {
             let state = inner.state.read();
+            let mut previous: HashMap<String, String> = HashMap::new();
             for m in batch {
                 let h = content_hash(&m.session_id, m.role, &m.text);
+                let context = if m.session_id.is_empty() {
+                    String::new()
+                } else {
+                    let before = previous
+                        .get(&m.session_id)
+                        .cloned()
+                        .or_else(|| state.session_tail(&m.session_id))
+                        .map(|t| record::context_of(&t).to_string())
+                        .unwrap_or_default();
+                    let last = chunk_text(&m.text).last().map_or("", |c| c).to_string();
+                    previous.insert(m.session_id.clone(), last);
+                    before
+                };
                 if state.hashes.contains_key(&h) || state.pending.contains(&h) || !seen.insert(h) {
                     skipped += 1;
                 } else {
-                    fresh.push((h, m));
+                    fresh.push((h, m, context));
                 }
             }
         }
@@ -450,10 +500,20 @@ impl Vault {
         // 2. Chunk and embed outside every lock.
         let embedded: Vec<Embedded> = fresh
             .into_iter()
-            .map(|(h, m)| {
+            .map(|(h, m, context)| {
+                // Chunk i's context is chunk i - 1 (the message's first: the previous message).
+                let mut context = context;
                 let chunks = chunk_text(&m.text)
                     .into_iter()
-                    .map(|c| (c.to_string(), inner.options.embedder.embed(c)))
+                    .map(|c| {
+                        let vector = inner
+                            .options
+                            .embedder
+                            .embed(&record::indexed_text(&context, c));
+                        let next = record::context_of(c).to_string();
+                        let this = std::mem::replace(&mut context, next);
+                        (c.to_string(), this, vector)
+                    })
                     .collect();
                 (h, m, chunks)
             })
@@ -461,7 +521,7 @@ impl Vault {
         if embedded
             .iter()
             .flat_map(|e| &e.2)
-            .any(|(_, v)| v.len() != inner.dim)
+            .any(|(_, _, v)| v.len() != inner.dim)
         {
             return Err(Error::InvalidArgument {
                 name: "embedder",
@@ -488,7 +548,7 @@ impl Vault {
                 let first = inner
                     .next_id
                     .fetch_add(chunks.len() as u64, Ordering::SeqCst);
-                for (i, (text, vector)) in chunks.into_iter().enumerate() {
+                for (i, (text, context, vector)) in chunks.into_iter().enumerate() {
                     records.push(StoredMemory {
                         memory: Memory {
                             id: first + i as u64,
@@ -502,6 +562,7 @@ impl Vault {
                             chunk: i as u32,
                         },
                         vector,
+                        context,
                     });
                 }
             }
@@ -538,7 +599,7 @@ impl Vault {
         let mut start = 0;
         let mut bytes = 0;
         for (i, r) in records.iter().enumerate() {
-            let size = 64 + r.memory.text.len() + r.vector.len() * 4;
+            let size = 68 + r.memory.text.len() + r.context.len() + r.vector.len() * 4;
             if i > start && bytes + size > WAL_PAYLOAD_BYTES_MAX {
                 payloads.push(record::encode_ingest(&records[start..i]));
                 (start, bytes) = (i, 0);

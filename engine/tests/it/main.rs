@@ -2,6 +2,7 @@
 
 mod basic;
 mod common;
+mod context;
 mod crash;
 mod model;
 mod registry;

@@ -59,6 +59,9 @@ const CRASHES: [CrashPoint; 6] = [
 struct Model {
     /// id → (session, role, text)
     live: BTreeMap<u64, (String, Role, String)>,
+    /// id → what the vault embeds: the previous message of the session (earlier in the batch,
+    /// else the newest live one), a newline, the text.
+    indexed: BTreeMap<u64, String>,
     max_id: u64,
 }
 
@@ -81,6 +84,7 @@ fn run(ops: Vec<Op>) {
     let mut v = open(dir.path(), None);
     let mut m = Model {
         live: BTreeMap::new(),
+        indexed: BTreeMap::new(),
         max_id: 0,
     };
     for op in ops {
@@ -94,9 +98,28 @@ fn run(ops: Vec<Op>) {
                     })
                     .collect();
                 let mut expect_new = Vec::new();
+                let mut previous: BTreeMap<String, String> = BTreeMap::new();
                 for key in &msgs {
-                    if !m.live.values().any(|x| x == key) && !expect_new.contains(key) {
-                        expect_new.push(key.clone());
+                    let context = if key.0.is_empty() {
+                        None
+                    } else {
+                        previous.get(&key.0).cloned().or_else(|| {
+                            m.live
+                                .values()
+                                .rev()
+                                .find(|x| x.0 == key.0)
+                                .map(|x| x.2.clone())
+                        })
+                    };
+                    previous.insert(key.0.clone(), key.2.clone());
+                    if !m.live.values().any(|x| x == key)
+                        && !expect_new.iter().any(|(k, _)| k == key)
+                    {
+                        let indexed = match context {
+                            Some(c) => format!("{c}\n{}", key.2),
+                            None => key.2.clone(),
+                        };
+                        expect_new.push((key.clone(), indexed));
                     }
                 }
                 let out = v
@@ -104,10 +127,11 @@ fn run(ops: Vec<Op>) {
                     .unwrap();
                 assert_eq!(out.stored.len(), expect_new.len());
                 assert_eq!(out.skipped, msgs.len() - expect_new.len());
-                for (id, key) in out.stored.iter().zip(expect_new) {
+                for (id, (key, indexed)) in out.stored.iter().zip(expect_new) {
                     assert!(*id > m.max_id, "ids must increase");
                     m.max_id = *id;
                     m.live.insert(*id, key);
+                    m.indexed.insert(*id, indexed);
                 }
             }
             Op::Delete(pick) => {
@@ -139,18 +163,19 @@ fn run(ops: Vec<Op>) {
                 let q = embedder.embed(&text);
                 let mut truth: Vec<f32> = m
                     .live
-                    .values()
-                    .filter(|(s, _, _)| filter.session_id.as_ref().is_none_or(|f| f == s))
-                    .map(|(_, _, t)| engine::dot(&q, &embedder.embed(t)))
+                    .iter()
+                    .filter(|(_, (s, _, _))| filter.session_id.as_ref().is_none_or(|f| f == s))
+                    .map(|(id, _)| engine::dot(&q, &embedder.embed(&m.indexed[id])))
                     .collect();
                 truth.sort_by(|a, b| b.total_cmp(a));
                 truth.truncate(k);
                 let got = v.search_vectors(&q, k, &filter).unwrap();
                 assert_eq!(got.len(), truth.len(), "k results must come back");
                 for ((id, score), t) in got.iter().zip(&truth) {
-                    let (s, _, text) = m.live.get(id).expect("search returned a dead memory");
+                    let (s, _, _) = m.live.get(id).expect("search returned a dead memory");
                     assert!(filter.session_id.as_ref().is_none_or(|f| f == s));
-                    assert!((engine::dot(&q, &embedder.embed(text)) - score).abs() < 1e-4);
+                    let indexed = &m.indexed[id];
+                    assert!((engine::dot(&q, &embedder.embed(indexed)) - score).abs() < 1e-4);
                     // Graph search is approximate; on these tiny, tie-heavy sets it must
                     // still find results at least almost as good as the exact ones.
                     assert!(*score >= t - 0.35, "score {score} far below exact {t}");
