@@ -5,5 +5,5 @@
 //! - `src/bin/locomo.rs`: retrieval quality on the LoCoMo dev split.
 //! - `scripts/`: side-by-side comparisons with other systems, run in the same session.
 
-pub mod words;
 pub mod locomo;
+pub mod words;

@@ -80,8 +80,12 @@ pub use error::{Error, Result};
 pub use hnsw::HnswParams;
 pub use query::{Filter, Hit, SearchQuery};
 pub use record::{Memory, MemoryId, Metadata, NewMemory, Role, content_hash};
-pub use registry::{Engine, EngineConfig, OPEN_VAULTS_MAX_DEFAULT, VAULT_ID_BYTES_MAX, validate_vault_id};
+pub use registry::{
+    Engine, EngineConfig, OPEN_VAULTS_MAX_DEFAULT, VAULT_ID_BYTES_MAX, validate_vault_id,
+};
 pub use search::SEARCH_K_MAX;
 pub use segment::Segment;
-pub use vault::{CrashPoint, IngestOutcome, MEMTABLE_RECORDS_MAX_DEFAULT, Vault, VaultOptions, VaultStats};
+pub use vault::{
+    CrashPoint, IngestOutcome, MEMTABLE_RECORDS_MAX_DEFAULT, Vault, VaultOptions, VaultStats,
+};
 pub use wal::Durability;
