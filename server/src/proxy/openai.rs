@@ -205,6 +205,8 @@ pub struct OpenAiRelay {
     events: Vec<SseEvent>,
     text: String,
     saw_done: bool,
+    /// A `finish_reason` arrived: the answer ended, even if `[DONE]` never comes.
+    saw_finish: bool,
     saw_error: bool,
 }
 
@@ -221,6 +223,7 @@ impl OpenAiRelay {
             #[serde(default)]
             index: u32,
             delta: Option<Delta>,
+            finish_reason: Option<String>,
         }
         #[derive(Deserialize)]
         struct Delta {
@@ -236,6 +239,7 @@ impl OpenAiRelay {
             };
             self.saw_error |= chunk.error.is_some();
             for choice in chunk.choices {
+                self.saw_finish |= choice.finish_reason.is_some();
                 if choice.index == 0
                     && let Some(content) = choice.delta.and_then(|d| d.content)
                 {
@@ -260,9 +264,20 @@ impl StreamTransform for OpenAiRelay {
         self.parser.finish(&mut self.events);
         self.read_events();
         let mut out = close.to_vec();
-        if !self.saw_done {
-            // Some OpenAI-compatible servers close without the terminator; clients wait for it.
+        if self.saw_done || self.saw_error {
+            return Bytes::from(out);
+        }
+        if self.saw_finish {
+            // Some OpenAI-compatible servers close without the terminator after the last
+            // chunk; clients wait for it.
             out.extend_from_slice(DONE_EVENT);
+        } else {
+            // Neither `[DONE]` nor a finish_reason: the stream was cut mid-answer (an
+            // intermediary closing cleanly). Saying `[DONE]` would pass it off as whole.
+            self.saw_error = true;
+            out.extend_from_slice(&data_event(&json!({"error": {
+                "message": "provider stream ended before the answer did",
+                "type": "api_error", "param": null, "code": "bad_provider_response"}})));
         }
         Bytes::from(out)
     }
@@ -381,7 +396,7 @@ mod tests {
 
     #[test]
     fn added_events_never_merge_into_an_unterminated_last_event() {
-        let last = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}";
+        let last = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}";
         for ending in ["", "\n", "\r\n", "\r"] {
             let mut relay = OpenAiRelay::default();
             let mut out = relay
@@ -403,6 +418,28 @@ mod tests {
             assert_eq!(events.len(), 2, "ending {ending:?}: {events:?}");
             assert!(events[1].data.contains("connection reset"), "{events:?}");
         }
+    }
+
+    #[test]
+    fn a_stream_cut_before_the_answer_finished_is_not_passed_off_as_complete() {
+        let cut =
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"The first half\"}}]}\n\n";
+        let mut relay = OpenAiRelay::default();
+        let mut out = relay
+            .on_chunk(Bytes::from_static(cut.as_bytes()))
+            .unwrap()
+            .to_vec();
+        out.extend_from_slice(&relay.on_end());
+        let events = client_events(&out);
+        assert!(
+            events.iter().all(|e| e.data != "[DONE]"),
+            "a cut stream must not end like a finished one: {events:?}"
+        );
+        assert!(
+            events.last().is_some_and(|e| e.data.contains("\"error\"")),
+            "the client is told the answer was cut: {events:?}"
+        );
+        assert!(!relay.complete(), "a cut answer is not stored");
     }
 
     #[test]
