@@ -130,6 +130,16 @@ pub fn resolve(
             ));
         }
     };
+    // The same bound as the memory API: the session id is stored with every memory.
+    if session_id.len() > crate::request::SESSION_ID_BYTES_MAX {
+        return Err(ProxyError::invalid_param(
+            format!(
+                "session_id is longer than {} bytes",
+                crate::request::SESSION_ID_BYTES_MAX
+            ),
+            "session_id",
+        ));
+    }
     let scope = match &body_scope {
         Some(Value::String(s)) => Some(s.as_str()),
         _ => h(&["x-memory-scope"]),
@@ -327,6 +337,18 @@ mod tests {
                 .status(),
             400
         );
+    }
+
+    #[test]
+    fn session_id_is_bounded_like_the_memory_api() {
+        let long = "s".repeat(crate::request::SESSION_ID_BYTES_MAX + 1);
+        let err = plan(json!({"session_id": long}), "", &[], Mode::On).unwrap_err();
+        assert_eq!((err.status(), err.param()), (400, Some("session_id")));
+        let err = plan(json!({}), "", &[("x-session-id", &long)], Mode::On).unwrap_err();
+        assert_eq!(err.status(), 400);
+        let fits = "s".repeat(crate::request::SESSION_ID_BYTES_MAX);
+        let (p, _) = plan(json!({"session_id": fits.clone()}), "", &[], Mode::On).unwrap();
+        assert_eq!(p.session_id, fits);
     }
 
     #[test]
