@@ -262,3 +262,23 @@ fn crash_while_recovery_drops_segments_behind_a_checkpoint_leaves_an_openable_lo
     assert!(recovery.records.is_empty());
     assert_eq!(log.append(1, b"next").expect("append"), 4);
 }
+
+#[test]
+fn a_checkpoint_near_the_end_of_the_lsn_space_is_refused_not_a_later_panic() {
+    // A damaged or hostile checkpoint that still checksums: appends after it would overflow
+    // the LSN counter (a panic in the appender, or wrapped LSNs in release builds).
+    let tmp = tempfile::tempdir().expect("tempdir");
+    drop(Wal::open(tmp.path(), options(Durability::Fsync)).expect("open"));
+    crate::checkpoint::write(&crate::file::OsStorage, tmp.path(), u64::MAX - 1)
+        .expect("write checkpoint");
+    match Wal::open(tmp.path(), options(Durability::Fsync)) {
+        Err(WalError::Corrupt { .. }) => {}
+        Err(other) => panic!("unexpected error {other}"),
+        Ok((log, _)) => {
+            let appended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                log.append_batch(&[(1, b"a".as_slice()), (1, b"b".as_slice())])
+            }));
+            panic!("opened a log that cannot take an append: {appended:?}");
+        }
+    }
+}

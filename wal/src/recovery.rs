@@ -15,6 +15,11 @@ use crate::file::Storage;
 use crate::segment::{self, ActiveSegment, Scan, TMP_SUFFIX};
 use crate::{Lsn, Record, Recovery};
 
+/// Highest next LSN a log may be opened with. No real log gets near it (2^63 appends); a
+/// checkpoint or segment name beyond it is damage, and the headroom keeps the appenders' LSN
+/// arithmetic from overflowing.
+const LSN_OPEN_MAX: Lsn = u64::MAX >> 1;
+
 /// A segment file found in the directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SegmentFile {
@@ -246,6 +251,13 @@ pub(crate) fn replay(storage: &dyn Storage, dir: &Path) -> Result<Replayed, WalE
     })?;
     let first_free = checkpoint.saturating_add(1);
     let next_lsn = tail_next.map_or(first_free, |n| n.max(first_free));
+    if next_lsn > LSN_OPEN_MAX {
+        return Err(WalError::Corrupt {
+            file: dir.join(checkpoint::CHECKPOINT_FILE),
+            offset: 0,
+            detail: "the checkpoint or a segment name puts the next lsn near u64::MAX",
+        });
+    }
     let active = match tail {
         // Continue the last segment unless the checkpoint is past its end (possible after an
         // OS crash in Buffered mode): then LSNs resume after the checkpoint in a new segment.
