@@ -21,7 +21,8 @@
 //! request's auth header (marked sensitive); it is never stored by this module or logged.
 //!
 //! **Invariant:** an answered exchange is either stored, or still in the outbox (replayed at
-//! the next start), or was never complete (error, client gone): never silently dropped.
+//! the next start), or was never complete (error, client gone), or belongs to a key revoked
+//! before it was stored (dropped with a log line): never silently dropped.
 
 pub mod anthropic;
 pub mod anthropic_in;
