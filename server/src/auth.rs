@@ -18,7 +18,7 @@ use crate::secret;
 
 /// Who is calling. The vault of a request is `key_id` (or, for an admin acting with
 /// `?key_id=`, that key's id; see [`AuthContext::target_vault`]).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AuthContext {
     pub key_id: String,
     pub account_id: String,
@@ -27,6 +27,22 @@ pub struct AuthContext {
     pub mode: MemoryMode,
     /// BYOK: the bearer token when the Memory Key came in `X-Memory-Key`. Never stored.
     pub provider_key: Option<String>,
+}
+
+/// Hand-written so a BYOK provider key can never reach a log line through `{:?}`.
+impl std::fmt::Debug for AuthContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthContext")
+            .field("key_id", &self.key_id)
+            .field("account_id", &self.account_id)
+            .field("is_admin", &self.is_admin)
+            .field("mode", &self.mode)
+            .field(
+                "provider_key",
+                &self.provider_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl std::fmt::Display for AuthContext {
@@ -143,5 +159,22 @@ mod tests {
         assert_eq!(bearer(&headers), None);
         headers.insert("authorization", "Bearer".parse().unwrap());
         assert_eq!(bearer(&headers), None);
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_byok_provider_key() {
+        let auth = AuthContext {
+            key_id: "key_abc".into(),
+            account_id: "acct".into(),
+            is_admin: false,
+            mode: MemoryMode::On,
+            provider_key: Some("sk-secret-provider-key".into()),
+        };
+        let shown = format!("{auth:?}");
+        assert!(!shown.contains("sk-secret"), "{shown}");
+        assert!(
+            shown.contains("key_abc") && shown.contains("<redacted>"),
+            "{shown}"
+        );
     }
 }

@@ -107,11 +107,19 @@ pub async fn serve(
     drop(listener);
     let _ = stop_tx.send(true);
     drop(done_tx);
-    if tokio::time::timeout(Duration::from_secs(DRAIN_TIMEOUT_SECS), done_rx.recv())
+    // Answered proxy exchanges are stored after their response; wait for those too, so an
+    // exchange is in its vault (or at least in the outbox) before the process exits.
+    let drained = async {
+        let _ = done_rx.recv().await;
+        state.proxy.settled().await;
+    };
+    if tokio::time::timeout(Duration::from_secs(DRAIN_TIMEOUT_SECS), drained)
         .await
         .is_err()
     {
-        tracing::warn!("connections still open after {DRAIN_TIMEOUT_SECS} s; closing them");
+        tracing::warn!(
+            "requests or proxy stores still pending after {DRAIN_TIMEOUT_SECS} s; closing them"
+        );
     }
     flusher.abort();
     let flushed = state.clone();
