@@ -153,7 +153,9 @@ pub(crate) struct StoredMemory {
 
 /// What the lexical index and the embedder see for a record: the conversational context
 /// (a question asked in the previous turn often holds the words of a later query) then the
-/// record's own text.
+/// record's own text. On LoCoMo dev the context lifts the vault's recall@10 from 0.606 to
+/// 0.708; repeating the own text to outweigh the context raised MRR (+0.05) but cost
+/// recall@10 (−0.016), so it is not done (docs/benchmarks.md).
 pub(crate) fn indexed_text<'a>(context: &str, text: &'a str) -> std::borrow::Cow<'a, str> {
     if context.is_empty() {
         std::borrow::Cow::Borrowed(text)

@@ -13,21 +13,24 @@
 //! - `bm25`, `embedder` (exact cosine), `fused` (`engine::fusion::fuse`): the retrieval
 //!   modules alone over the same turns, to see what each contributes;
 //! - `bm25+ctx`, `fused+ctx`: the same modules when each turn is indexed together with the
-//!   previous turn of its session (speaker name dropped) — an indexing option measured here,
-//!   not (yet) what the vault does.
+//!   previous turn of its session (speaker name dropped) — what the vault does since WAL /
+//!   segment format 2 (it keeps the speaker, which is part of the stored text).
 //!
 //! `--sweep` adds fusion variants (used to choose `engine::fusion::DEFAULT_FUSION`);
+//! `--explore` adds other contexts (speaker kept, next turn, own text twice, two previous
+//! turns) and pseudo-relevance feedback (RM3-style expansion from the top BM25 docs);
 //! `--misses` prints the questions BM25 misses.
 
 use anyhow::{Context, Result, bail};
 use benches::locomo::{Conversation, load};
+use engine::analyzer::analyze;
 use engine::fusion::{DEFAULT_FUSION, FusionMethod, FusionParams, fuse_with};
 use engine::lexical::{LexicalSource, MemLexical, bm25};
 use engine::{
     BuiltinEmbedder, Durability, Embedder, Engine, EngineConfig, Filter, NewMemory, Role,
     SearchQuery, Vault,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -84,6 +87,59 @@ impl<'a> Indexed<'a> {
         let l = self.lexical(query, FUSION_CANDIDATES);
         fuse_with(params, &v, &l, &|_| 0.0, k)
     }
+
+    /// Pseudo-relevance feedback, RM3-style: the `prf.terms` terms weighing most in the top
+    /// `prf.docs` BM25 docs (term share of the doc × the doc's relative score × idf) form a
+    /// second query; a doc scores `bm25(query) + prf.lambda × bm25(expansion)`.
+    fn prf(&self, texts: &[String], prf: Prf, query: &str, k: usize) -> Vec<(u64, f32)> {
+        let first = self.lexical(query, PRF_CANDIDATES);
+        let Some(&(_, top)) = first.first() else {
+            return first;
+        };
+        let asked: HashSet<String> = analyze(query).into_iter().collect();
+        let mut weight: HashMap<String, f32> = HashMap::new();
+        for &(doc, score) in first.iter().take(prf.docs) {
+            let terms = analyze(&texts[doc as usize]);
+            let len = terms.len().max(1) as f32;
+            for t in terms.into_iter().filter(|t| !asked.contains(t)) {
+                *weight.entry(t).or_default() += score / top / len;
+            }
+        }
+        let n = self.lexical.n_docs() as f32;
+        let mut expansion: Vec<(String, f32)> = weight
+            .into_iter()
+            // An analyzed term must analyze to itself to be usable as query text.
+            .filter(|(t, _)| analyze(t).as_slice() == std::slice::from_ref(t))
+            .map(|(t, w)| {
+                let df = self.lexical.doc_freq(&t) as f32;
+                let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+                (t, w * idf)
+            })
+            .collect();
+        expansion.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        expansion.truncate(prf.terms);
+        let second_query: Vec<&str> = expansion.iter().map(|(t, _)| t.as_str()).collect();
+        let second = self.lexical(&second_query.join(" "), PRF_CANDIDATES);
+        let mut scores: HashMap<u64, f32> = first.into_iter().collect();
+        for (doc, s) in second {
+            *scores.entry(doc).or_default() += prf.lambda * s;
+        }
+        let mut hits: Vec<(u64, f32)> = scores.into_iter().collect();
+        hits.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        hits.truncate(k);
+        hits
+    }
+}
+
+/// Candidates each pass of pseudo-relevance feedback contributes.
+const PRF_CANDIDATES: usize = 100;
+
+/// Pseudo-relevance feedback settings.
+#[derive(Clone, Copy, Debug)]
+struct Prf {
+    docs: usize,
+    terms: usize,
+    lambda: f32,
 }
 
 /// The product path: a fresh vault holding the conversation, and memory id → turn index.
@@ -199,9 +255,118 @@ impl Tally {
 #[derive(Clone, Copy)]
 enum Method {
     Vault,
-    Bm25 { context: bool },
+    Bm25 {
+        context: bool,
+    },
     Embedder,
-    Fused { params: FusionParams, context: bool },
+    Fused {
+        params: FusionParams,
+        context: bool,
+    },
+    /// BM25 over the `n`-th `--explore` text variant (see `variants`).
+    Bm25Variant(usize),
+    /// Pseudo-relevance feedback over the previous-turn context index, or over the
+    /// `PRF_VARIANT` index when the flag is set.
+    Prf(Prf, bool),
+}
+
+/// How each turn is indexed in an `--explore` variant.
+#[derive(Clone, Copy)]
+struct Variant {
+    previous: usize,
+    next: bool,
+    own_times: usize,
+    keep_speaker: bool,
+}
+
+const VARIANTS: [(&str, Variant); 6] = [
+    (
+        "bm25+ctx speaker kept",
+        Variant {
+            previous: 1,
+            next: false,
+            own_times: 1,
+            keep_speaker: true,
+        },
+    ),
+    (
+        "bm25+ctx+next",
+        Variant {
+            previous: 1,
+            next: true,
+            own_times: 1,
+            keep_speaker: false,
+        },
+    ),
+    (
+        "bm25+ctx own×2",
+        Variant {
+            previous: 1,
+            next: false,
+            own_times: 2,
+            keep_speaker: false,
+        },
+    ),
+    (
+        "bm25+ctx 2 previous",
+        Variant {
+            previous: 2,
+            next: false,
+            own_times: 1,
+            keep_speaker: false,
+        },
+    ),
+    (
+        "bm25+ctx own×2 speaker",
+        Variant {
+            previous: 1,
+            next: false,
+            own_times: 2,
+            keep_speaker: true,
+        },
+    ),
+    (
+        "bm25+ctx own×3",
+        Variant {
+            previous: 1,
+            next: false,
+            own_times: 3,
+            keep_speaker: false,
+        },
+    ),
+];
+/// The `VARIANTS` entry pseudo-relevance feedback also runs on (own text twice).
+const PRF_VARIANT: usize = 2;
+
+/// Each turn's text as `variant` indexes it.
+fn contextual(conv: &Conversation, variant: Variant) -> Vec<String> {
+    let turns = &conv.turns;
+    let said = |i: usize| {
+        let t = &turns[i].text;
+        if variant.keep_speaker {
+            t.as_str()
+        } else {
+            t.split_once(": ").map_or(t.as_str(), |(_, s)| s)
+        }
+    };
+    (0..turns.len())
+        .map(|i| {
+            let same = |j: usize| turns[j].session_id == turns[i].session_id;
+            let mut parts: Vec<&str> = Vec::new();
+            for back in (1..=variant.previous).rev() {
+                if let Some(j) = i.checked_sub(back).filter(|&j| same(j)) {
+                    parts.push(said(j));
+                }
+            }
+            for _ in 0..variant.own_times {
+                parts.push(&turns[i].text);
+            }
+            if variant.next && i + 1 < turns.len() && same(i + 1) {
+                parts.push(said(i + 1));
+            }
+            parts.join("\n")
+        })
+        .collect()
 }
 
 /// Each turn's text preceded by the previous turn of the same session, without its speaker.
@@ -222,7 +387,7 @@ fn with_previous_turn(conv: &Conversation) -> Vec<String> {
         .collect()
 }
 
-fn methods(sweep: bool) -> Vec<(String, Method)> {
+fn methods(sweep: bool, explore: bool) -> Vec<(String, Method)> {
     let mut out = vec![
         ("vault (product)".to_string(), Method::Vault),
         ("bm25".into(), Method::Bm25 { context: false }),
@@ -243,6 +408,43 @@ fn methods(sweep: bool) -> Vec<(String, Method)> {
             },
         ),
     ];
+    if explore {
+        for (i, (name, _)) in VARIANTS.iter().enumerate() {
+            out.push((name.to_string(), Method::Bm25Variant(i)));
+        }
+        for docs in [3, 5] {
+            for terms in [20, 40] {
+                out.push((
+                    format!("bm25+ctx own×2 prf d={docs} t={terms} l=0.2"),
+                    Method::Prf(
+                        Prf {
+                            docs,
+                            terms,
+                            lambda: 0.2,
+                        },
+                        true,
+                    ),
+                ));
+            }
+        }
+        for docs in [3, 5, 10] {
+            for terms in [5, 10, 20] {
+                for lambda in [0.2, 0.5] {
+                    out.push((
+                        format!("bm25+ctx prf d={docs} t={terms} l={lambda}"),
+                        Method::Prf(
+                            Prf {
+                                docs,
+                                terms,
+                                lambda,
+                            },
+                            false,
+                        ),
+                    ));
+                }
+            }
+        }
+    }
     if sweep {
         let mut variants = Vec::new();
         for k0 in [10.0, 60.0] {
@@ -286,17 +488,28 @@ fn main() -> Result<()> {
         bail!("usage: locomo <locomo-dev.json> [--sweep] [--misses]");
     };
     let sweep = args.iter().any(|a| a == "--sweep");
+    let explore = args.iter().any(|a| a == "--explore");
     let misses = args.iter().any(|a| a == "--misses");
     let conversations = load(path).with_context(|| format!("loading {path}"))?;
     let embedder = BuiltinEmbedder::new();
-    let methods = methods(sweep);
+    let methods = methods(sweep, explore);
     let embed_us = embed_micros_per_turn(&embedder, &conversations);
     let mut tallies = vec![Tally::default(); methods.len()];
     let (mut turns, mut dropped_evidence) = (0usize, 0usize);
     for conv in &conversations {
         let plain_texts: Vec<String> = conv.turns.iter().map(|t| t.text.clone()).collect();
         let plain = Indexed::new(&embedder, &plain_texts);
-        let context = Indexed::new(&embedder, &with_previous_turn(conv));
+        let context_texts = with_previous_turn(conv);
+        let context = Indexed::new(&embedder, &context_texts);
+        let variant_texts: Vec<Vec<String>> = if explore {
+            VARIANTS.iter().map(|(_, v)| contextual(conv, *v)).collect()
+        } else {
+            Vec::new()
+        };
+        let variants: Vec<Indexed<'_>> = variant_texts
+            .iter()
+            .map(|t| Indexed::new(&embedder, t))
+            .collect();
         let vault =
             VaultIndex::new(conv).with_context(|| format!("vault for {}", conv.sample_id))?;
         turns += conv.turns.len();
@@ -320,6 +533,11 @@ fn main() -> Result<()> {
                     Method::Embedder => plain.vector(q, K_MAX),
                     Method::Fused { params, context: c } => {
                         if c { &context } else { &plain }.fused(&params, q, K_MAX)
+                    }
+                    Method::Bm25Variant(v) => variants[v].lexical(q, K_MAX),
+                    Method::Prf(prf, false) => context.prf(&context_texts, prf, q, K_MAX),
+                    Method::Prf(prf, true) => {
+                        variants[PRF_VARIANT].prf(&variant_texts[PRF_VARIANT], prf, q, K_MAX)
                     }
                 };
                 let micros = start.elapsed().as_secs_f64() * 1e6;
