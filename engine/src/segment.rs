@@ -641,6 +641,48 @@ mod tests {
         );
     }
 
+    /// Version 1 files (written before indexing contexts; row bytes 30..32 were zero) still
+    /// open, as records without context; a version from the future is refused.
+    #[test]
+    fn version_1_opens_and_future_versions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = memory(3, "hello", true);
+        let va = [0.6f32, 0.8];
+        let inputs = [SegmentInput {
+            memory: &a,
+            vector: &va,
+            context: "",
+        }];
+        let path = write(
+            dir.path(),
+            "seg-1",
+            2,
+            &inputs,
+            &HnswParams::default(),
+            None,
+        )
+        .unwrap();
+        let set_version = |version: u32| {
+            for (f, magic) in [(VECTORS_FILE, VECTORS_MAGIC), (RECORDS_FILE, RECORDS_MAGIC)] {
+                let bytes = std::fs::read(path.join(f)).unwrap();
+                let payload = &bytes[HEADER_BYTES..];
+                let mut out = file::header(magic, version, payload).to_vec();
+                out.extend_from_slice(payload);
+                std::fs::write(path.join(f), out).unwrap();
+            }
+        };
+        set_version(1);
+        let seg = Segment::open(&path, 2).unwrap();
+        assert_eq!((seg.memory(0), seg.context(0)), (a.clone(), ""));
+        seg.verify().unwrap();
+        drop(seg);
+        set_version(VERSION + 1);
+        assert!(matches!(
+            Segment::open(&path, 2),
+            Err(Error::UnsupportedVersion { .. })
+        ));
+    }
+
     fn hits_top(seg: &Segment, q: &[f32]) -> u32 {
         crate::distance::exact_top_k(seg.vectors(), 2, q, 1, &|_| true)[0].0
     }
