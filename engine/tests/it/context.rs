@@ -16,6 +16,7 @@ fn assert_embedded(v: &Vault, id: u64, indexed: &str) {
         "city move spring",
         "harbour sail porto",
         "zebra weather talk",
+        indexed,
     ] {
         let q = e.embed(probe);
         let hits = v.search_vectors(&q, 50, &Filter::default()).unwrap();
@@ -75,6 +76,37 @@ fn deleted_previous_message_is_not_context() {
         .unwrap()
         .stored[0];
     assert_embedded(&v, next, "unrelated weather talk");
+}
+
+#[test]
+fn a_chunk_is_indexed_with_the_chunk_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = open(dir.path(), DIM);
+    v.ingest(vec![msg("s", Role::User, "tell me the whole story", 1)])
+        .unwrap();
+    let long: String = (0..300).map(|i| format!("word{i} ")).collect();
+    let chunks = engine::chunk_text(&long);
+    assert!(chunks.len() >= 2);
+    let ids = v
+        .ingest(vec![msg("s", Role::Assistant, &long, 2)])
+        .unwrap()
+        .stored;
+    assert_eq!(ids.len(), chunks.len());
+    assert_embedded(
+        &v,
+        ids[0],
+        &format!("tell me the whole story\n{}", chunks[0]),
+    );
+    for i in 1..chunks.len() {
+        assert_embedded(&v, ids[i], &format!("{}\n{}", chunks[i - 1], chunks[i]));
+    }
+    // The next message's context is the message's last chunk.
+    let after = v
+        .ingest(vec![msg("s", Role::User, "thanks", 3)])
+        .unwrap()
+        .stored[0];
+    let last = chunks[chunks.len() - 1];
+    assert_embedded(&v, after, &format!("{last}\nthanks"));
 }
 
 fn ranking(v: &Vault, queries: &[&str]) -> Vec<Vec<(u64, f32)>> {
