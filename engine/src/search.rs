@@ -152,6 +152,16 @@ impl Vault {
         // Most searches have neither a filter nor tombstones: skip the per-doc checks then
         // (BM25 asks once per posting, which for a common term is most of the vault).
         let everything = filter.is_empty() && state.deleted.is_empty();
+        // With a session filter, each segment's session index (its docs in that session,
+        // ascending) rejects almost every posting with a binary search of a short slice
+        // instead of reading and UTF-8-checking the row's session string: that check was
+        // most of a session-filtered search. `matches` still runs on the survivors, so the
+        // accepted set is unchanged.
+        let session_docs: Vec<Option<&[u32]>> = state
+            .segments
+            .iter()
+            .map(|s| filter.session_id.as_deref().map(|id| s.session_docs(id)))
+            .collect();
         let accept = |src: usize, doc: u32| -> bool {
             if everything {
                 return true;
@@ -166,6 +176,9 @@ impl Vault {
                     !state.deleted.contains(&m.id) && filter.matches_memory(m)
                 }
                 Loc::Segment(i, d) => {
+                    if session_docs[i].is_some_and(|docs| docs.binary_search(&d).is_err()) {
+                        return false;
+                    }
                     let s = &state.segments[i];
                     !state.deleted.contains(&s.id(d)) && s.matches(d, filter)
                 }
