@@ -7,7 +7,12 @@
 //!
 //! ```text
 //! loadgen --base-url http://127.0.0.1:PORT --admin-key mk_… [--memories 100000]
-//!         [--connections 32] [--seconds 10]
+//!         [--connections 1,8,32] [--seconds 10]
+//! ```
+//!
+//! Each phase runs once per connection count, so the latency at low concurrency (the
+//! service time) and under saturation (queueing on the cores) come from the same vault.
+//! ```text
 //! ```
 
 use std::time::{Duration, Instant};
@@ -30,7 +35,7 @@ struct Args {
     base_url: String,
     admin_key: String,
     memories: usize,
-    connections: usize,
+    connections: Vec<usize>,
     seconds: u64,
 }
 
@@ -39,7 +44,7 @@ fn parse_args() -> Result<Args> {
         base_url: String::new(),
         admin_key: String::new(),
         memories: 100_000,
-        connections: 32,
+        connections: vec![1, 8, 32],
         seconds: 10,
     };
     let mut it = std::env::args().skip(1);
@@ -49,7 +54,12 @@ fn parse_args() -> Result<Args> {
             "--base-url" => args.base_url = value,
             "--admin-key" => args.admin_key = value,
             "--memories" => args.memories = value.parse()?,
-            "--connections" => args.connections = value.parse()?,
+            "--connections" => {
+                args.connections = value
+                    .split(',')
+                    .map(|n| n.trim().parse())
+                    .collect::<Result<_, _>>()?
+            }
             "--seconds" => args.seconds = value.parse()?,
             other => bail!("unknown flag {other}"),
         }
@@ -83,6 +93,18 @@ impl Conn {
         Ok(Conn { sender, host })
     }
 
+    async fn get(&mut self, path: &str, key: &str) -> Result<(u16, Bytes)> {
+        self.sender.ready().await?;
+        let req = Request::get(path)
+            .header("host", &self.host)
+            .header("authorization", format!("Bearer {key}"))
+            .body(Full::new(Bytes::new()))?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
     async fn post(
         &mut self,
         path: &str,
@@ -114,7 +136,7 @@ fn report(name: &str, mut lat: Vec<Duration>, elapsed: Duration) {
     lat.sort_unstable();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "{name:<8} requests={:<7} throughput={:>8.0} req/s  p50={:.3} ms  p99={:.3} ms  max={:.3} ms",
+        "{name:<14} requests={:<7} throughput={:>8.0} req/s  p50={:.3} ms  p99={:.3} ms  max={:.3} ms",
         lat.len(),
         lat.len() as f64 / elapsed.as_secs_f64(),
         ms(percentile(&lat, 0.50)),
@@ -187,10 +209,48 @@ async fn seed(args: &Args, key: &str) -> Result<()> {
     Ok(())
 }
 
+/// Waits until background sealing and compaction have caught up with the seeding (the
+/// memtable is below the seal threshold and the segment count stopped changing), so the
+/// measured vault is the settled one a user would have; gives up after `SETTLE_SECS_MAX`.
+async fn settle(base_url: &str, key: &str) -> Result<()> {
+    const SETTLE_SECS_MAX: u64 = 180;
+    const MEMTABLE_SETTLED_MAX: u64 = 4096;
+    let started = Instant::now();
+    let mut conn = Conn::open(base_url).await?;
+    let mut last_segments = u64::MAX;
+    let mut stable_polls = 0;
+    while started.elapsed() < Duration::from_secs(SETTLE_SECS_MAX) {
+        let (status, body) = conn.get("/v1/memory/stats", key).await?;
+        if status != 200 {
+            bail!("stats failed: {status} {}", String::from_utf8_lossy(&body));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        let memtable = v["memtable"].as_u64().unwrap_or(u64::MAX);
+        let segments = v["segments"].as_u64().unwrap_or(0);
+        stable_polls = if segments == last_segments {
+            stable_polls + 1
+        } else {
+            0
+        };
+        last_segments = segments;
+        if memtable <= MEMTABLE_SETTLED_MAX && stable_polls >= 4 {
+            println!(
+                "settled after {:.1} s: {segments} segments, {memtable} records in the memtable",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("not settled after {SETTLE_SECS_MAX} s; measuring anyway");
+    Ok(())
+}
+
 /// Runs `connections` workers for `seconds`, each sending requests made by `make` in a loop;
 /// returns every latency and the wall time.
 async fn drive(
     args: &Args,
+    connections: usize,
     key: &str,
     path: &'static str,
     expect: u16,
@@ -199,7 +259,7 @@ async fn drive(
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for worker in 0..args.connections {
+    for worker in 0..connections {
         let base = args.base_url.clone();
         let key = key.to_string();
         tasks.push(tokio::spawn(async move {
@@ -246,13 +306,34 @@ async fn main() -> Result<()> {
     let args = parse_args()?;
     let key = mint_key(&args.base_url, &args.admin_key).await?;
     seed(&args, &key).await?;
+    settle(&args.base_url, &key).await?;
     println!(
-        "load: {} connections, {} s per phase, vault of {} memories",
-        args.connections, args.seconds, args.memories
+        "load: {} s per phase, vault of {} memories",
+        args.seconds, args.memories
     );
-    let (lat, elapsed) = drive(&args, &key, "/v1/memory/prepare", 200, prepare_body).await?;
-    report("prepare", lat, elapsed);
-    let (lat, elapsed) = drive(&args, &key, "/v1/memory/ingest", 202, ingest_body).await?;
-    report("ingest", lat, elapsed);
+    for &connections in &args.connections {
+        let (lat, elapsed) = drive(
+            &args,
+            connections,
+            &key,
+            "/v1/memory/prepare",
+            200,
+            prepare_body,
+        )
+        .await?;
+        report(&format!("prepare c={connections}"), lat, elapsed);
+    }
+    for &connections in &args.connections {
+        let (lat, elapsed) = drive(
+            &args,
+            connections,
+            &key,
+            "/v1/memory/ingest",
+            202,
+            ingest_body,
+        )
+        .await?;
+        report(&format!("ingest c={connections}"), lat, elapsed);
+    }
     Ok(())
 }
