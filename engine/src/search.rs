@@ -275,3 +275,66 @@ impl Vault {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use crate::query::{Filter, SearchQuery};
+    use crate::record::{NewMemory, Role};
+    use crate::{BuiltinEmbedder, Vault, VaultOptions};
+
+    /// The session pre-check must reject only docs of other sessions: a session-filtered
+    /// search with a large `k` returns every memory of that session, whether it sits in
+    /// either of two sealed segments (interleaved with other sessions) or in the memtable.
+    #[test]
+    fn session_filter_returns_every_memory_of_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = VaultOptions::new(Arc::new(BuiltinEmbedder::new()));
+        options.background = false;
+        options.memtable_records_max = usize::MAX;
+        let v = Vault::open(dir.path(), options).unwrap();
+        let mut ids: Vec<(String, u64)> = Vec::new();
+        for round in 0..3 {
+            let batch: Vec<NewMemory> = (0..30)
+                .map(|i| NewMemory {
+                    session_id: format!("s{}", (i * 7 + round) % 5),
+                    role: Role::User,
+                    text: format!("garden tomato note {round} {i} extra{}", i % 3),
+                    created_at_ms: i64::from(round * 100 + i),
+                    model: None,
+                    metadata: None,
+                })
+                .collect();
+            let sessions: Vec<String> = batch.iter().map(|m| m.session_id.clone()).collect();
+            let out = v.ingest(batch).unwrap();
+            ids.extend(sessions.into_iter().zip(out.stored));
+            if round < 2 {
+                v.seal().unwrap();
+            }
+        }
+        for s in 0..5 {
+            let session = format!("s{s}");
+            let hits = v
+                .search(&SearchQuery {
+                    text: "tomato extra1".into(),
+                    k: 200,
+                    filter: Filter {
+                        session_id: Some(session.clone()),
+                        ..Filter::default()
+                    },
+                    boost_session: None,
+                    now_ms: 0,
+                })
+                .unwrap();
+            let got: BTreeSet<u64> = hits.iter().map(|h| h.memory.id).collect();
+            let want: BTreeSet<u64> = ids
+                .iter()
+                .filter(|(sid, _)| *sid == session)
+                .map(|&(_, id)| id)
+                .collect();
+            assert_eq!(got, want, "session {session}");
+        }
+    }
+}
