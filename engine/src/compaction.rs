@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Result};
 use crate::record::{Memory, MemoryId};
-use crate::segment::{self, Segment, SegmentInput};
+use crate::segment::{self, GraphBuild, Segment, SegmentInput};
 use crate::vault::{CrashPoint, Inner, Vault, remove_segment_dirs};
 
 /// Segments per tier that trigger a merge (and the size ratio between tiers).
@@ -61,8 +61,8 @@ pub(crate) fn plan(segments: &[Arc<Segment>], deleted: &HashSet<MemoryId>) -> Op
 }
 
 impl Vault {
-    /// Seals the memtable into a segment now (synchronously). Returns false when there was
-    /// nothing to seal.
+    /// Seals the memtable into segments of at most `memtable_records_max` records, none with
+    /// a graph, now (synchronously). Returns false when there was nothing to seal.
     pub fn seal(&self) -> Result<bool> {
         self.check_open()?;
         let inner = &*self.inner;
@@ -105,25 +105,33 @@ impl Vault {
                 context: frozen.context(d),
             })
             .collect();
-        let new_segment = if inputs.is_empty() {
-            None
-        } else {
+        // At most `memtable_records_max` records per segment and no graph: a memtable that
+        // grew while an earlier seal ran is still sealed quickly, and compaction (tiered)
+        // merges these small segments into graph-backed ones.
+        let per_segment = inner.options.memtable_records_max.max(1);
+        let crash_at = inner
+            .options
+            .crash_at
+            .filter(|p| *p == CrashPoint::SealAfterTempDir);
+        let mut new_segments = Vec::new();
+        for chunk in inputs.chunks(per_segment) {
             let name = segment_name(inner.next_segment.fetch_add(1, Ordering::SeqCst));
-            let crash_at = inner
-                .options
-                .crash_at
-                .filter(|p| *p == CrashPoint::SealAfterTempDir);
             let path = segment::write(
                 &inner.dir,
                 &name,
                 inner.dim,
-                &inputs,
+                chunk,
                 &inner.options.hnsw,
+                GraphBuild::Never,
                 crash_at,
             )?;
-            crash(inner, CrashPoint::SealAfterRename)?;
-            Some(Arc::new(Segment::open(&path, inner.dim)?))
-        };
+            new_segments.push(path);
+        }
+        crash(inner, CrashPoint::SealAfterRename)?;
+        let new_segments = new_segments
+            .iter()
+            .map(|path| Segment::open(path, inner.dim).map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
         drop(inputs);
 
         // Swap in through the manifest, then let the WAL forget what the segment holds.
@@ -132,7 +140,7 @@ impl Vault {
             let mut next = manifest.clone();
             let state = inner.state.read();
             let mut segments = state.segments.clone();
-            if let Some(s) = &new_segment {
+            for s in &new_segments {
                 segments.push(Arc::clone(s));
                 next.segments.push(s.name().to_string());
             }
@@ -148,9 +156,7 @@ impl Vault {
         inner.wal.checkpoint(lsn)?;
         let mut state = inner.state.write();
         state.frozen.retain(|(m, _)| !Arc::ptr_eq(m, &frozen));
-        if let Some(s) = new_segment {
-            state.segments.push(s);
-        }
+        state.segments.extend(new_segments);
         state.prune_deleted();
         Ok(true)
     }
@@ -186,8 +192,11 @@ impl Vault {
             let state = inner.state.read();
             (state.segments.clone(), state.deleted.clone())
         };
-        if chosen.is_empty() || (chosen.len() == 1 && !chosen[0].has_graph() && deleted.is_empty())
-        {
+        // A lone graphless segment is left alone unless it is big enough for a graph (seals
+        // never build one).
+        let settled =
+            |s: &Segment| !s.has_graph() && (s.len() as usize) < inner.options.hnsw.min_records;
+        if chosen.is_empty() || (chosen.len() == 1 && settled(&chosen[0]) && deleted.is_empty()) {
             return Ok(false);
         }
         self.merge(&chosen, &deleted)?;
@@ -229,6 +238,7 @@ impl Vault {
                 inner.dim,
                 &inputs,
                 &inner.options.hnsw,
+                GraphBuild::WhenLarge,
                 crash_at,
             )?;
             crash(inner, CrashPoint::CompactAfterRename)?;

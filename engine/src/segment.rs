@@ -78,6 +78,16 @@ pub(crate) struct SegmentInput<'a> {
     pub context: &'a str,
 }
 
+/// Whether a new segment may carry an HNSW graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GraphBuild {
+    /// Seals: a seal must stay quick so frozen memtables (searched by exact scan) do not pile
+    /// up under bulk ingest; compaction builds the graph once segments merge.
+    Never,
+    /// Compaction merges: a graph when the segment holds at least `HnswParams::min_records`.
+    WhenLarge,
+}
+
 /// Writes a segment directory `dir/name` from records sorted by id. Returns its path.
 pub(crate) fn write(
     vault_dir: &Path,
@@ -85,6 +95,7 @@ pub(crate) fn write(
     dim: usize,
     inputs: &[SegmentInput<'_>],
     hnsw: &HnswParams,
+    graph: GraphBuild,
     crash: Option<CrashPoint>,
 ) -> Result<PathBuf> {
     debug_assert!(inputs.windows(2).all(|w| w[0].memory.id < w[1].memory.id));
@@ -178,8 +189,8 @@ pub(crate) fn write(
     }
     write_raw(&tmp.join(LEXICAL_FILE), &lex.finish())?;
 
-    // Graph, only where it beats a scan.
-    if n >= hnsw.min_records {
+    // Graph, only where it beats a scan (and never on the seal path).
+    if graph == GraphBuild::WhenLarge && n >= hnsw.min_records {
         let graph = hnsw::build(&flat, dim, hnsw);
         file::write_new(&tmp.join(GRAPH_FILE), hnsw::MAGIC, hnsw::VERSION, &graph)?;
     }
@@ -617,6 +628,7 @@ mod tests {
             2,
             &inputs,
             &HnswParams::default(),
+            GraphBuild::WhenLarge,
             None,
         )
         .unwrap();
@@ -659,6 +671,7 @@ mod tests {
             2,
             &inputs,
             &HnswParams::default(),
+            GraphBuild::WhenLarge,
             None,
         )
         .unwrap();
@@ -721,6 +734,7 @@ mod tests {
             2,
             &inputs,
             &params,
+            GraphBuild::WhenLarge,
             None,
         )
         .unwrap();

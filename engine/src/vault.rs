@@ -793,7 +793,10 @@ impl Vault {
             dim: inner.dim as u32,
             last_write_ms: state.last_write_ms,
             segments: state.segments.len() as u32,
-            memtable: state.memtable.len() as u32,
+            // Frozen memtables are unsealed too: without them a vault mid-seal looks settled.
+            memtable: (state.memtable.len()
+                + state.frozen.iter().map(|(m, _)| m.len()).sum::<usize>())
+                as u32,
         })
     }
 

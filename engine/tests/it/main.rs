@@ -6,3 +6,4 @@ mod context;
 mod crash;
 mod model;
 mod registry;
+mod seal;
