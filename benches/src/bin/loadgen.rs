@@ -264,7 +264,8 @@ async fn drive(
         let key = key.to_string();
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::open(&base).await?;
-            let mut rng = Rng::new(0xbeef + worker as u64);
+            // Seeded by phase size too, so one phase never resends (and dedupes) another's texts.
+            let mut rng = Rng::new(0xbeef + ((connections as u64) << 20) + worker as u64);
             let mut lat = Vec::new();
             let mut n = 0u64;
             while Instant::now() < deadline {
