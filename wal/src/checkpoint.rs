@@ -108,19 +108,7 @@ pub(crate) fn read(dir: &Path) -> Result<Lsn, WalError> {
 pub(crate) fn write(storage: &dyn Storage, dir: &Path, lsn: Lsn) -> Result<(), WalError> {
     let tmp = dir.join(CHECKPOINT_TMP_FILE);
     let path = dir.join(CHECKPOINT_FILE);
-    let mut file = storage
-        .create(&tmp)
-        .map_err(|e| WalError::io("create", &tmp, e))?;
-    file.write_all(&encode(lsn))
-        .map_err(|e| WalError::io("write", &tmp, e))?;
-    file.sync_data()
-        .map_err(|e| WalError::io("fsync", &tmp, e))?;
-    storage
-        .rename(&tmp, &path)
-        .map_err(|e| WalError::io("rename", &tmp, e))?;
-    storage
-        .sync_dir(dir)
-        .map_err(|e| WalError::io("fsync directory", dir, e))
+    crate::file::create_durably(storage, &tmp, &path, &encode(lsn)).map(drop)
 }
 
 #[cfg(test)]

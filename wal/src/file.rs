@@ -32,6 +32,33 @@ pub(crate) trait Storage: Send + Sync {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
 
+/// Creates `path` holding `bytes` so that a crash leaves either no file or the whole one:
+/// write a temp name, fsync it, rename it into place, fsync the directory. Returns the open
+/// file, positioned at its end, for callers that go on appending (segments).
+pub(crate) fn create_durably(
+    storage: &dyn Storage,
+    tmp: &Path,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Box<dyn LogFile>, crate::WalError> {
+    use crate::WalError;
+    let mut file = storage
+        .create(tmp)
+        .map_err(|e| WalError::io("create", tmp, e))?;
+    file.write_all(bytes)
+        .map_err(|e| WalError::io("write", tmp, e))?;
+    file.sync_data()
+        .map_err(|e| WalError::io("fsync", tmp, e))?;
+    storage
+        .rename(tmp, path)
+        .map_err(|e| WalError::io("rename", tmp, e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    storage
+        .sync_dir(dir)
+        .map_err(|e| WalError::io("fsync directory", dir, e))?;
+    Ok(file)
+}
+
 /// The real file system.
 #[derive(Debug, Default)]
 pub(crate) struct OsStorage;

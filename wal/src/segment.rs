@@ -258,19 +258,7 @@ pub(crate) fn create(
         seed: new_seed(first_lsn),
         first_lsn,
     };
-    let mut file = storage
-        .create(&tmp)
-        .map_err(|e| WalError::io("create", &tmp, e))?;
-    file.write_all(&encode_header(header))
-        .map_err(|e| WalError::io("write", &tmp, e))?;
-    file.sync_data()
-        .map_err(|e| WalError::io("fsync", &tmp, e))?;
-    storage
-        .rename(&tmp, &path)
-        .map_err(|e| WalError::io("rename", &tmp, e))?;
-    storage
-        .sync_dir(dir)
-        .map_err(|e| WalError::io("fsync directory", dir, e))?;
+    let file = crate::file::create_durably(storage, &tmp, &path, &encode_header(header))?;
     Ok(ActiveSegment {
         file,
         path,
