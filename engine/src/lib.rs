@@ -53,6 +53,7 @@ pub mod analyzer;
 pub mod embedder;
 pub mod fusion;
 pub mod lexical;
+pub mod local_model;
 mod stem;
 
 mod chunk;
@@ -72,6 +73,7 @@ mod segment;
 mod vault;
 
 pub use embedder::{BuiltinEmbedder, Embedder};
+pub use local_model::LocalModelEmbedder;
 
 pub use chunk::{CHUNK_CHARS_MAX, CHUNK_OVERLAP_CHARS, chunk_text};
 pub use compaction::{COMPACTION_DELETED_SHARE_MIN, COMPACTION_FANIN};

@@ -1,0 +1,389 @@
+//! A BERT encoder in plain Rust for sentence-transformers models (all-MiniLM-L6-v2 and its
+//! kin): `[CLS] pieces [SEP]` (at most [`BERT_TOKENS_MAX`] tokens, longer texts truncated as
+//! sentence-transformers does), post-LayerNorm transformer layers with exact (erf) GELU, mean
+//! pooling over every token including `[CLS]`/`[SEP]`, then L2 normalisation by the caller.
+//!
+//! Weights are owned `ndarray` matrices; every product goes through `Array2::dot`, which
+//! runs `matrixmultiply`'s runtime-dispatched (AVX2/FMA when present) sgemm. One `embed` is
+//! single-threaded: the engine already embeds from several threads at once.
+
+use super::safetensors::SafeTensors;
+use super::wordpiece::WordPiece;
+use crate::error::{Error, Result};
+use ndarray::{Array1, Array2, Axis, s};
+use serde_json::Value;
+use std::path::Path;
+
+/// Tokens per text including `[CLS]` and `[SEP]`: all-MiniLM-L6-v2's `max_seq_length`, and
+/// what keeps one embed of a long message in the tens of milliseconds (attention is
+/// quadratic). Later tokens of a longer text do not influence its vector.
+pub const BERT_TOKENS_MAX: usize = 256;
+
+/// The hyper-parameters of `config.json` the forward pass needs.
+#[derive(Debug, Clone)]
+pub(crate) struct BertConfig {
+    pub(crate) hidden: usize,
+    layers: usize,
+    heads: usize,
+    intermediate: usize,
+    eps: f32,
+    positions: usize,
+    type_vocab: usize,
+}
+
+impl BertConfig {
+    pub(crate) fn parse(path: &Path, json: &Value) -> Result<Self> {
+        let bad = |reason: String| Error::model(path, reason);
+        let size = |key: &str| -> Result<usize> {
+            json.get(key)
+                .and_then(Value::as_u64)
+                .and_then(|v| usize::try_from(v).ok())
+                .filter(|&v| v > 0)
+                .ok_or_else(|| bad(format!("needs a positive integer {key:?}")))
+        };
+        let act = json
+            .get("hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or("gelu");
+        if act != "gelu" {
+            return Err(bad(format!(
+                "hidden_act {act:?} is not supported (only exact \"gelu\")"
+            )));
+        }
+        let position_kind = json
+            .get("position_embedding_type")
+            .and_then(Value::as_str)
+            .unwrap_or("absolute");
+        if position_kind != "absolute" {
+            return Err(bad(format!(
+                "position_embedding_type {position_kind:?} is not supported (only \"absolute\")"
+            )));
+        }
+        let config = Self {
+            hidden: size("hidden_size")?,
+            layers: size("num_hidden_layers")?,
+            heads: size("num_attention_heads")?,
+            intermediate: size("intermediate_size")?,
+            eps: json
+                .get("layer_norm_eps")
+                .and_then(Value::as_f64)
+                .ok_or_else(|| bad("needs a number \"layer_norm_eps\"".into()))?
+                as f32,
+            positions: size("max_position_embeddings")?,
+            type_vocab: json
+                .get("type_vocab_size")
+                .and_then(Value::as_u64)
+                .map_or(Ok(2), |v| {
+                    usize::try_from(v).map_err(|_| bad("bad type_vocab_size".into()))
+                })?
+                .max(1),
+        };
+        if config.positions < 2 {
+            return Err(bad(
+                "max_position_embeddings must leave room for [CLS] and [SEP]".into(),
+            ));
+        }
+        if !config.hidden.is_multiple_of(config.heads) {
+            return Err(bad(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                config.hidden, config.heads
+            )));
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Debug)]
+struct LayerNorm {
+    weight: Array1<f32>,
+    bias: Array1<f32>,
+    eps: f32,
+}
+
+impl LayerNorm {
+    fn load(st: &SafeTensors, name: &str, dim: usize, eps: f32) -> Result<Self> {
+        Ok(Self {
+            weight: Array1::from(st.tensor(&format!("{name}.weight"), &[dim])?),
+            bias: Array1::from(st.tensor(&format!("{name}.bias"), &[dim])?),
+            eps,
+        })
+    }
+
+    /// Normalises each row in place (biased variance, as PyTorch).
+    fn apply(&self, x: &mut Array2<f32>) {
+        for mut row in x.rows_mut() {
+            let n = row.len() as f32;
+            let mean = row.sum() / n;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
+                *v = (*v - mean) * inv * w + b;
+            }
+        }
+    }
+}
+
+/// `y = x Wᵀ + b` with PyTorch's `[out, in]` weight layout.
+#[derive(Debug)]
+struct Linear {
+    weight: Array2<f32>,
+    bias: Array1<f32>,
+}
+
+impl Linear {
+    fn load(
+        st: &SafeTensors,
+        path: &Path,
+        names: &[String],
+        out: usize,
+        inp: usize,
+    ) -> Result<Self> {
+        // Several names are stacked row-wise: query, key and value become one product.
+        let mut weight = Vec::with_capacity(names.len() * out * inp);
+        let mut bias = Vec::with_capacity(names.len() * out);
+        for name in names {
+            weight.extend(st.tensor(&format!("{name}.weight"), &[out, inp])?);
+            bias.extend(st.tensor(&format!("{name}.bias"), &[out])?);
+        }
+        let weight = Array2::from_shape_vec((names.len() * out, inp), weight)
+            .map_err(|e| Error::model(path, format!("{}: {e}", names.join("+"))))?;
+        Ok(Self {
+            weight,
+            bias: Array1::from(bias),
+        })
+    }
+
+    fn forward(&self, x: &Array2<f32>) -> Array2<f32> {
+        let mut y = x.dot(&self.weight.t());
+        y += &self.bias;
+        y
+    }
+}
+
+#[derive(Debug)]
+struct Layer {
+    qkv: Linear,
+    attention_out: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+}
+
+/// A loaded encoder.
+#[derive(Debug)]
+pub(crate) struct Bert {
+    config: BertConfig,
+    tokenizer: WordPiece,
+    cls: u32,
+    sep: u32,
+    word: Array2<f32>,
+    position: Array2<f32>,
+    /// Row 0 of the token-type table: every token of a single sentence has type 0.
+    token_type: Array1<f32>,
+    embedding_norm: LayerNorm,
+    layers: Vec<Layer>,
+    tokens_max: usize,
+}
+
+impl Bert {
+    pub(crate) fn load(
+        path: &Path,
+        st: &SafeTensors,
+        config: BertConfig,
+        tokenizer: WordPiece,
+    ) -> Result<Self> {
+        let bad = |reason: String| Error::model(path, reason);
+        // Checkpoints saved from `BertModel` name tensors `embeddings.…`; from a task model
+        // (`BertForMaskedLM`, …) they carry a `bert.` prefix.
+        let prefix = if st.contains("embeddings.word_embeddings.weight") {
+            ""
+        } else if st.contains("bert.embeddings.word_embeddings.weight") {
+            "bert."
+        } else {
+            let names = st.names();
+            return Err(bad(format!(
+                "no \"embeddings.word_embeddings.weight\" (nor with a \"bert.\" prefix); tensors: {}",
+                names[..names.len().min(8)].join(", ")
+            )));
+        };
+        let name = |rest: &str| format!("{prefix}{rest}");
+        let h = config.hidden;
+        let vocab = st
+            .shape(&name("embeddings.word_embeddings.weight"))
+            .and_then(|s| s.first().copied())
+            .unwrap_or(0);
+        if (tokenizer.id_max() as usize) >= vocab {
+            return Err(bad(format!(
+                "word embeddings have {vocab} rows but the tokenizer's ids reach {}",
+                tokenizer.id_max()
+            )));
+        }
+        let special = |token: &str| {
+            tokenizer
+                .token_id(token)
+                .ok_or_else(|| Error::model(path, format!("the tokenizer has no {token} token")))
+        };
+        let (cls, sep) = (special("[CLS]")?, special("[SEP]")?);
+        let matrix = |n: &str, rows: usize| -> Result<Array2<f32>> {
+            Array2::from_shape_vec((rows, h), st.tensor(&name(n), &[rows, h])?)
+                .map_err(|e| bad(format!("{n}: {e}")))
+        };
+        let word = matrix("embeddings.word_embeddings.weight", vocab)?;
+        let position = matrix("embeddings.position_embeddings.weight", config.positions)?;
+        let token_type = matrix("embeddings.token_type_embeddings.weight", config.type_vocab)?
+            .row(0)
+            .to_owned();
+        let embedding_norm = LayerNorm::load(st, &name("embeddings.LayerNorm"), h, config.eps)?;
+        let mut layers = Vec::with_capacity(config.layers);
+        for l in 0..config.layers {
+            let at = |rest: &str| name(&format!("encoder.layer.{l}.{rest}"));
+            let one = |rest: &str| vec![at(rest)];
+            layers.push(Layer {
+                qkv: Linear::load(
+                    st,
+                    path,
+                    &[
+                        at("attention.self.query"),
+                        at("attention.self.key"),
+                        at("attention.self.value"),
+                    ],
+                    h,
+                    h,
+                )?,
+                attention_out: Linear::load(st, path, &one("attention.output.dense"), h, h)?,
+                attention_norm: LayerNorm::load(
+                    st,
+                    &at("attention.output.LayerNorm"),
+                    h,
+                    config.eps,
+                )?,
+                intermediate: Linear::load(
+                    st,
+                    path,
+                    &one("intermediate.dense"),
+                    config.intermediate,
+                    h,
+                )?,
+                output: Linear::load(st, path, &one("output.dense"), h, config.intermediate)?,
+                output_norm: LayerNorm::load(st, &at("output.LayerNorm"), h, config.eps)?,
+            });
+        }
+        let tokens_max = BERT_TOKENS_MAX.min(config.positions);
+        Ok(Self {
+            config,
+            tokenizer,
+            cls,
+            sep,
+            word,
+            position,
+            token_type,
+            embedding_norm,
+            layers,
+            tokens_max,
+        })
+    }
+
+    pub(crate) fn dim(&self) -> usize {
+        self.config.hidden
+    }
+
+    /// The mean-pooled last hidden state (not yet normalised).
+    pub(crate) fn embed(&self, text: &str) -> Vec<f32> {
+        let mut ids = vec![self.cls];
+        self.tokenizer.encode(text, self.tokens_max - 1, &mut ids);
+        ids.push(self.sep);
+        let mut x = Array2::<f32>::zeros((ids.len(), self.config.hidden));
+        for (i, (mut row, &id)) in x.rows_mut().into_iter().zip(&ids).enumerate() {
+            row.assign(&self.word.row(id as usize));
+            row += &self.position.row(i);
+            row += &self.token_type;
+        }
+        self.embedding_norm.apply(&mut x);
+        for layer in &self.layers {
+            x = self.layer(layer, &x);
+        }
+        x.mean_axis(Axis(0))
+            .map(|mean| mean.iter().copied().collect())
+            .unwrap_or_else(|| vec![0.0; self.config.hidden])
+    }
+
+    fn layer(&self, layer: &Layer, x: &Array2<f32>) -> Array2<f32> {
+        let h = self.config.hidden;
+        let d = h / self.config.heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let qkv = layer.qkv.forward(x);
+        let mut context = Array2::<f32>::zeros(x.raw_dim());
+        for head in 0..self.config.heads {
+            let cols = head * d..(head + 1) * d;
+            let q = qkv.slice(s![.., cols.clone()]);
+            let k = qkv.slice(s![.., h + cols.start..h + cols.end]);
+            let v = qkv.slice(s![.., 2 * h + cols.start..2 * h + cols.end]);
+            let mut scores = q.dot(&k.t());
+            for mut row in scores.rows_mut() {
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+                let mut sum = 0.0;
+                row.mapv_inplace(|v| {
+                    let e = (v * scale - max).exp();
+                    sum += e;
+                    e
+                });
+                row /= sum;
+            }
+            context.slice_mut(s![.., cols]).assign(&scores.dot(&v));
+        }
+        let mut attended = layer.attention_out.forward(&context);
+        attended += x;
+        layer.attention_norm.apply(&mut attended);
+        let mut inner = layer.intermediate.forward(&attended);
+        inner.mapv_inplace(gelu);
+        let mut out = layer.output.forward(&inner);
+        out += &attended;
+        layer.output_norm.apply(&mut out);
+        out
+    }
+}
+
+/// Exact GELU, `x Φ(x) = x (1 + erf(x / √2)) / 2`, as BERT's `"gelu"`.
+fn gelu(x: f32) -> f32 {
+    let x = f64::from(x);
+    (0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))) as f32
+}
+
+/// erf by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7, well under `f32`'s
+/// resolution of GELU's output), odd-extended to negative arguments.
+pub(super) fn erf(x: f64) -> f64 {
+    const P: f64 = 0.327_591_1;
+    const A: [f64; 5] = [
+        0.254_829_592,
+        -0.284_496_736,
+        1.421_413_741,
+        -1.453_152_027,
+        1.061_405_429,
+    ];
+    let t = 1.0 / (1.0 + P * x.abs());
+    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
+    let y = 1.0 - poly * (-x * x).exp();
+    if x < 0.0 { -y } else { y }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_and_gelu_match_known_values() {
+        // erf values from tables; GELU(1) = 0.8413447, GELU(-1) = -0.1586553.
+        for (x, want) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (-2.0, -0.995_322_3),
+        ] {
+            assert!((erf(x) - want).abs() < 2e-7, "erf({x}) = {}", erf(x));
+        }
+        assert!((gelu(1.0) - 0.841_344_7).abs() < 1e-6);
+        assert!((gelu(-1.0) + 0.158_655_3).abs() < 1e-6);
+        assert_eq!(gelu(0.0), 0.0);
+    }
+}

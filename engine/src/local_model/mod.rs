@@ -1,0 +1,206 @@
+//! Semantic embedders that run a model from a local directory, with no network and no native
+//! library: [`LocalModelEmbedder::open`] detects one of two layouts.
+//!
+//! - **model2vec static model**: `model.safetensors` holding one `embeddings` tensor
+//!   `[vocab, dim]` (F32, F16 or BF16) and a WordPiece `tokenizer.json`; `config.json` is
+//!   optional. A text is the mean of its pieces' rows (at most [`STATIC_TOKENS_MAX`] pieces).
+//!   Microseconds per text.
+//! - **BERT sentence-transformer** (all-MiniLM-L6-v2 and its kin): `config.json` with
+//!   `"model_type": "bert"`, `model.safetensors` with the `BertModel` weights (optionally
+//!   `bert.`-prefixed), `tokenizer.json`; `1_Pooling/config.json` and `modules.json`, when
+//!   present, must ask for mean pooling and nothing beyond Transformer → Pooling → Normalize.
+//!   A text is the mean of the last hidden states of `[CLS] pieces [SEP]`, truncated to
+//!   [`BERT_TOKENS_MAX`] tokens. Milliseconds per text.
+//!
+//! Both L2-normalise their output (the [`Embedder`] contract, whatever model2vec's
+//! `normalize` says: cosine ranking is the same). A text with no known piece (empty, only
+//! emoji or control characters) gets the BERT model's real `[CLS] [SEP]` vector, and from a
+//! static model the fixed unit vector `e₀ = (1, 0, …, 0)`, so cosine is always defined.
+//!
+//! The [id](Embedder::id) is `local-bert-v1:<dir name>:<dim>:<crc>` or
+//! `local-static-v1:<dir name>:<dim>:<crc>`, where `crc` is the CRC32 (8 hex digits) of the
+//! safetensors JSON header followed by the bytes of `tokenizer.json`: other weights' shapes,
+//! names or tokenizer give another id, so a vault written by another model is refused.
+//! Renaming the directory changes the id too. `v1` is this code's algorithm version (bump it
+//! on any change that alters vectors: truncation, pooling, tokenizer rules).
+//!
+//! Every file problem is an [`Error::Model`] (or [`Error::Io`]) naming the file at open; once
+//! open, `embed` never fails or panics.
+
+mod bert;
+mod safetensors;
+mod static_model;
+#[cfg(test)]
+mod tests;
+mod unicode_class;
+mod wordpiece;
+
+pub use bert::BERT_TOKENS_MAX;
+pub use static_model::STATIC_TOKENS_MAX;
+
+use crate::embedder::Embedder;
+use crate::error::{Error, Result};
+use bert::{Bert, BertConfig};
+use safetensors::SafeTensors;
+use serde_json::Value;
+use static_model::{EMBEDDINGS_TENSOR, StaticModel};
+use std::path::Path;
+use wordpiece::WordPiece;
+
+/// Version of this module's embedding algorithm, part of the id.
+pub const LOCAL_MODEL_VERSION: u32 = 1;
+
+const WEIGHTS_FILE: &str = "model.safetensors";
+const TOKENIZER_FILE: &str = "tokenizer.json";
+const CONFIG_FILE: &str = "config.json";
+const POOLING_FILE: &str = "1_Pooling/config.json";
+const MODULES_FILE: &str = "modules.json";
+/// sentence-transformers modules a BERT directory may list: anything else (a Dense
+/// projection, say) would change the vectors in ways this code does not reproduce.
+const MODULES_SUPPORTED: [&str; 3] = [
+    "sentence_transformers.models.Transformer",
+    "sentence_transformers.models.Pooling",
+    "sentence_transformers.models.Normalize",
+];
+
+#[derive(Debug)]
+enum Model {
+    Static(StaticModel),
+    Bert(Box<Bert>),
+}
+
+/// A model2vec or BERT embedder loaded from a directory. `Send + Sync`; `embed` takes
+/// `&self` and allocates its own scratch, so threads share one loaded model.
+#[derive(Debug)]
+pub struct LocalModelEmbedder {
+    id: String,
+    dim: usize,
+    model: Model,
+}
+
+impl LocalModelEmbedder {
+    /// Loads the model in `dir` (see the module docs for the layouts). Reads every weight into
+    /// memory: about the safetensors file's size for F32 weights (90 MB for MiniLM-L6).
+    pub fn open(dir: &Path) -> Result<Self> {
+        let weights_path = dir.join(WEIGHTS_FILE);
+        let tokenizer_path = dir.join(TOKENIZER_FILE);
+        let tokenizer_bytes = std::fs::read(&tokenizer_path).map_err(Error::io(&tokenizer_path))?;
+        let tokenizer = WordPiece::parse(&tokenizer_path, &tokenizer_bytes)?;
+        let weights = SafeTensors::read(&weights_path)?;
+        let config = read_json_if_present(&dir.join(CONFIG_FILE))?;
+        let is_bert = config
+            .as_ref()
+            .and_then(|c| c.get("model_type"))
+            .and_then(Value::as_str)
+            == Some("bert");
+        let (kind, model) = if is_bert {
+            let config_path = dir.join(CONFIG_FILE);
+            let config = BertConfig::parse(&config_path, config.as_ref().unwrap_or(&Value::Null))?;
+            check_sentence_transformer(dir)?;
+            let bert = Bert::load(&weights_path, &weights, config, tokenizer)?;
+            ("bert", Model::Bert(Box::new(bert)))
+        } else if weights.contains(EMBEDDINGS_TENSOR) {
+            let model = StaticModel::load(&weights_path, &weights, tokenizer)?;
+            ("static", Model::Static(model))
+        } else {
+            return Err(Error::model(
+                &weights_path,
+                "neither a model2vec model (no \"embeddings\" tensor) nor a BERT model \
+                 (config.json with \"model_type\": \"bert\")",
+            ));
+        };
+        let dim = match &model {
+            Model::Static(m) => m.dim(),
+            Model::Bert(m) => m.dim(),
+        };
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&weights.header_crc32.to_le_bytes());
+        crc.update(&tokenizer_bytes);
+        let name = dir
+            .file_name()
+            .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+        Ok(Self {
+            id: format!(
+                "local-{kind}-v{LOCAL_MODEL_VERSION}:{name}:{dim}:{:08x}",
+                crc.finalize()
+            ),
+            dim,
+            model,
+        })
+    }
+}
+
+impl Embedder for LocalModelEmbedder {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn embed(&self, text: &str) -> Vec<f32> {
+        let mut v = match &self.model {
+            Model::Static(m) => m.embed(text),
+            Model::Bert(m) => m.embed(text),
+        };
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm.is_finite() && norm > 0.0 {
+            v.iter_mut().for_each(|x| *x /= norm);
+        } else {
+            // No known piece (static model), or weights that overflowed: the documented
+            // fallback, so every output is a unit vector.
+            v.iter_mut().for_each(|x| *x = 0.0);
+            v[0] = 1.0;
+        }
+        v
+    }
+}
+
+fn read_json_if_present(path: &Path) -> Result<Option<Value>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::model(path, format!("not valid JSON: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path)(e)),
+    }
+}
+
+/// Refuses sentence-transformers settings this module does not reproduce (CLS or max
+/// pooling, extra Dense layers).
+fn check_sentence_transformer(dir: &Path) -> Result<()> {
+    let pooling_path = dir.join(POOLING_FILE);
+    if let Some(pooling) = read_json_if_present(&pooling_path)? {
+        let on = |key: &str| pooling.get(key).and_then(Value::as_bool) == Some(true);
+        let others = [
+            "pooling_mode_cls_token",
+            "pooling_mode_max_tokens",
+            "pooling_mode_mean_sqrt_len_tokens",
+        ];
+        if !on("pooling_mode_mean_tokens") || others.iter().any(|k| on(k)) {
+            return Err(Error::model(
+                &pooling_path,
+                "only mean pooling (pooling_mode_mean_tokens alone) is supported",
+            ));
+        }
+    }
+    let modules_path = dir.join(MODULES_FILE);
+    if let Some(modules) = read_json_if_present(&modules_path)? {
+        let list = modules
+            .as_array()
+            .ok_or_else(|| Error::model(&modules_path, "expected a JSON array of modules"))?;
+        for module in list {
+            let kind = module.get("type").and_then(Value::as_str).unwrap_or("?");
+            if !MODULES_SUPPORTED.contains(&kind) {
+                return Err(Error::model(
+                    &modules_path,
+                    format!(
+                        "module {kind:?} is not supported (only Transformer, Pooling, Normalize)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
