@@ -1,6 +1,6 @@
 //! LoCoMo retrieval-quality harness (issue 6, item 7).
 //!
-//! `cargo run -p benches --release --bin locomo -- ../shared/data/locomo-dev.json [--sweep] [--misses]`
+//! `cargo run -p benches --release --bin locomo -- ../shared/data/locomo-dev.json [--sweep] [--misses] [--model DIR]`
 //!
 //! For every conversation: one memory per turn (`speaker: text`, plus the image caption if
 //! any; session id `session_N`; created_at from `session_N_date_time`), a fresh index, then
@@ -20,6 +20,8 @@
 //! `--explore` adds other contexts (speaker kept, next turn, own text twice, two previous
 //! turns) and pseudo-relevance feedback (RM3-style expansion from the top BM25 docs);
 //! `--misses` prints the questions BM25 misses.
+//! `--model DIR` runs every row (the vault included) with `engine::LocalModelEmbedder` loaded
+//! from `DIR` (model2vec or BERT, e.g. all-MiniLM-L6-v2) instead of the built-in embedder.
 
 use anyhow::{Context, Result, bail};
 use benches::locomo::{Conversation, load};
@@ -27,9 +29,10 @@ use engine::analyzer::analyze;
 use engine::fusion::{DEFAULT_FUSION, FusionMethod, FusionParams, fuse_with};
 use engine::lexical::{LexicalSource, MemLexical, bm25};
 use engine::{
-    BuiltinEmbedder, Durability, Embedder, Engine, EngineConfig, Filter, NewMemory, Role,
-    SearchQuery, Vault,
+    BuiltinEmbedder, Durability, Embedder, Engine, EngineConfig, Filter, LocalModelEmbedder,
+    NewMemory, Role, SearchQuery, Vault,
 };
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,13 +44,13 @@ const MS_PER_DAY: i64 = 86_400_000;
 
 /// One conversation indexed by the retrieval modules directly (no vault).
 struct Indexed<'a> {
-    embedder: &'a BuiltinEmbedder,
+    embedder: &'a dyn Embedder,
     vectors: Vec<Vec<f32>>,
     lexical: MemLexical,
 }
 
 impl<'a> Indexed<'a> {
-    fn new(embedder: &'a BuiltinEmbedder, texts: &[String]) -> Self {
+    fn new(embedder: &'a dyn Embedder, texts: &[String]) -> Self {
         let mut lexical = MemLexical::new();
         let mut vectors = Vec::with_capacity(texts.len());
         for (i, text) in texts.iter().enumerate() {
@@ -151,9 +154,10 @@ struct VaultIndex {
 }
 
 impl VaultIndex {
-    fn new(conv: &Conversation) -> Result<Self> {
+    fn new(conv: &Conversation, embedder: Arc<dyn Embedder>) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut config = EngineConfig::new(dir.path().to_path_buf());
+        config.embedder = embedder;
         // Durability does not change what is retrieved; buffered keeps the harness quick.
         config.durability = Durability::Buffered;
         let engine = Engine::open(config)?;
@@ -484,23 +488,49 @@ fn methods(sweep: bool, explore: bool) -> Vec<(String, Method)> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(path) = args.iter().find(|a| !a.starts_with("--")) else {
-        bail!("usage: locomo <locomo-dev.json> [--sweep] [--misses]");
+    let model_dir = args
+        .iter()
+        .position(|a| a == "--model")
+        .map(|i| args.get(i + 1).context("--model needs a directory"))
+        .transpose()?;
+    let Some(path) = args
+        .iter()
+        .find(|a| !a.starts_with("--") && Some(*a) != model_dir)
+    else {
+        bail!("usage: locomo <locomo-dev.json> [--sweep] [--explore] [--misses] [--model DIR]");
     };
     let sweep = args.iter().any(|a| a == "--sweep");
     let explore = args.iter().any(|a| a == "--explore");
     let misses = args.iter().any(|a| a == "--misses");
     let conversations = load(path).with_context(|| format!("loading {path}"))?;
-    let embedder = BuiltinEmbedder::new();
+    let raw: Arc<dyn Embedder> = match model_dir {
+        Some(dir) => Arc::new(
+            LocalModelEmbedder::open(std::path::Path::new(dir))
+                .with_context(|| format!("loading the model in {dir}"))?,
+        ),
+        None => Arc::new(BuiltinEmbedder::new()),
+    };
     let methods = methods(sweep, explore);
-    let embed_us = embed_micros_per_turn(&embedder, &conversations);
+    let embed_us = embed_micros_per_turn(raw.as_ref(), &conversations);
+    // Every row embeds the same turns and questions again; a model embeds in milliseconds,
+    // so with one all rows share a cache (embedders are deterministic: recall is unchanged,
+    // but only the first row, the vault, pays for embedding a question in its latency).
+    let cached: Arc<dyn Embedder> = if model_dir.is_some() {
+        Arc::new(Cached {
+            inner: raw,
+            vectors: Mutex::new(HashMap::new()),
+        })
+    } else {
+        raw
+    };
+    let embedder = cached.as_ref();
     let mut tallies = vec![Tally::default(); methods.len()];
     let (mut turns, mut dropped_evidence) = (0usize, 0usize);
     for conv in &conversations {
         let plain_texts: Vec<String> = conv.turns.iter().map(|t| t.text.clone()).collect();
-        let plain = Indexed::new(&embedder, &plain_texts);
+        let plain = Indexed::new(embedder, &plain_texts);
         let context_texts = with_previous_turn(conv);
-        let context = Indexed::new(&embedder, &context_texts);
+        let context = Indexed::new(embedder, &context_texts);
         let variant_texts: Vec<Vec<String>> = if explore {
             VARIANTS.iter().map(|(_, v)| contextual(conv, *v)).collect()
         } else {
@@ -508,10 +538,10 @@ fn main() -> Result<()> {
         };
         let variants: Vec<Indexed<'_>> = variant_texts
             .iter()
-            .map(|t| Indexed::new(&embedder, t))
+            .map(|t| Indexed::new(embedder, t))
             .collect();
-        let vault =
-            VaultIndex::new(conv).with_context(|| format!("vault for {}", conv.sample_id))?;
+        let vault = VaultIndex::new(conv, Arc::clone(&cached))
+            .with_context(|| format!("vault for {}", conv.sample_id))?;
         turns += conv.turns.len();
         for qa in conv
             .questions
@@ -554,7 +584,10 @@ fn main() -> Result<()> {
         conversations.len(),
         tallies[0].questions[0],
     );
-    println!("built-in embedder: {embed_us:.1} µs per turn (mean over all turns, one thread)");
+    println!(
+        "embedder {}: {embed_us:.1} µs per turn (mean over all turns, one thread)",
+        embedder.id()
+    );
     println!(
         "{:<26} {:>5} {:>7} {:>7} {:>7} {:>8} {:>8}",
         "method", "cat", "R@5", "R@10", "MRR", "p50 µs", "p95 µs"
@@ -589,7 +622,7 @@ fn main() -> Result<()> {
 }
 
 /// Mean time to embed one turn, over every turn of the file.
-fn embed_micros_per_turn(embedder: &BuiltinEmbedder, conversations: &[Conversation]) -> f64 {
+fn embed_micros_per_turn(embedder: &dyn Embedder, conversations: &[Conversation]) -> f64 {
     let texts: Vec<&str> = conversations
         .iter()
         .flat_map(|c| c.turns.iter().map(|t| t.text.as_str()))
@@ -599,6 +632,32 @@ fn embed_micros_per_turn(embedder: &BuiltinEmbedder, conversations: &[Conversati
     let micros = start.elapsed().as_secs_f64() * 1e6;
     assert_eq!(dims, texts.len() * embedder.dim());
     micros / texts.len().max(1) as f64
+}
+
+/// An embedder that remembers every vector it computed (the harness embeds each text for
+/// several rows).
+struct Cached {
+    inner: Arc<dyn Embedder>,
+    vectors: Mutex<HashMap<String, Vec<f32>>>,
+}
+
+impl Embedder for Cached {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    fn embed(&self, text: &str) -> Vec<f32> {
+        if let Some(v) = self.vectors.lock().get(text) {
+            return v.clone();
+        }
+        let v = self.inner.embed(text);
+        self.vectors.lock().insert(text.to_owned(), v.clone());
+        v
+    }
 }
 
 fn print_miss(conv: &Conversation, qa: &benches::locomo::Question, ids: &[u64]) {

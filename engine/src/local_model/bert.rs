@@ -123,7 +123,7 @@ impl LayerNorm {
     }
 }
 
-/// `y = x Wᵀ + b` with PyTorch's `[out, in]` weight layout.
+/// `y = x Wᵀ + b` for PyTorch's `[out, in]` weight `W` (kept transposed).
 #[derive(Debug)]
 struct Linear {
     weight: Array2<f32>,
@@ -148,13 +148,16 @@ impl Linear {
         let weight = Array2::from_shape_vec((names.len() * out, inp), weight)
             .map_err(|e| Error::model(path, format!("{}: {e}", names.join("+"))))?;
         Ok(Self {
-            weight,
+            // Stored as `[in, out]` row-major: sgemm packs the right-hand matrix on every
+            // call, and packing contiguous rows is about twice as fast as gathering the
+            // columns of a transposed view (packing was half of a short text's time).
+            weight: weight.t().as_standard_layout().into_owned(),
             bias: Array1::from(bias),
         })
     }
 
     fn forward(&self, x: &Array2<f32>) -> Array2<f32> {
-        let mut y = x.dot(&self.weight.t());
+        let mut y = x.dot(&self.weight);
         y += &self.bias;
         y
     }

@@ -1,0 +1,62 @@
+//! Embedding speed (criterion, medians): one `embed` call on one thread, for a short chat
+//! turn (~20 WordPiece tokens) and a long message (~250 tokens, just under the BERT limit),
+//! with the built-in embedder measured in the same run as the baseline.
+//!
+//! ```text
+//! MEMORYROUTER_TEST_MODEL_DIR=target/models/all-MiniLM-L6-v2 \
+//!     cargo bench -p benches --bench embedders
+//! ```
+//! `tests/run.sh` downloads the model to that directory. Without the variable only the
+//! built-in embedder is measured. Figures: `docs/benchmarks.md`, section "Local models".
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use engine::{BuiltinEmbedder, Embedder, LocalModelEmbedder};
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A LoCoMo-like turn: 20 pieces with [CLS]/[SEP] for MiniLM's tokenizer.
+const SHORT: &str = "Caroline: I went to a LGBTQ support group yesterday and it was so powerful.";
+
+fn long_text() -> String {
+    // 16 sentences of ~15 pieces: about 250 tokens.
+    [
+        "Melanie: We finally took the kids camping by the lake last weekend.",
+        "The sunrise over the water was so calm that I painted it the next morning.",
+        "Caroline said her counseling course starts in September and she is nervous.",
+        "My friends from the support group are helping me prepare for the interviews.",
+    ]
+    .repeat(4)
+    .join(" ")
+}
+
+fn bench_embed(c: &mut Criterion) {
+    let mut embedders: Vec<(String, Arc<dyn Embedder>)> =
+        vec![("builtin".into(), Arc::new(BuiltinEmbedder::new()))];
+    match std::env::var_os("MEMORYROUTER_TEST_MODEL_DIR") {
+        Some(dir) => {
+            let model = LocalModelEmbedder::open(Path::new(&dir)).expect("loading the model");
+            embedders.push(("minilm".into(), Arc::new(model)));
+        }
+        None => {
+            eprintln!("MEMORYROUTER_TEST_MODEL_DIR unset: measuring the built-in embedder only")
+        }
+    }
+    let long = long_text();
+    let mut g = c.benchmark_group("embed");
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(5));
+    for (name, e) in &embedders {
+        g.bench_function(format!("{name}/short"), |b| {
+            b.iter(|| e.embed(black_box(SHORT)))
+        });
+        g.bench_function(format!("{name}/long"), |b| {
+            b.iter(|| e.embed(black_box(&long)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_embed);
+criterion_main!(benches);
