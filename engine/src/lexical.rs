@@ -8,6 +8,7 @@
 mod file;
 
 pub use crate::analyzer::analyze;
+use file::POSTING_BYTES;
 pub use file::{FORMAT_VERSION, LexicalBuilder, LexicalView, MAGIC};
 
 use std::collections::HashMap;
@@ -55,10 +56,105 @@ pub trait LexicalSource {
     fn total_len(&self) -> u64;
     /// Number of documents containing `term` (an analyzed term).
     fn doc_freq(&self, term: &str) -> u32;
-    /// Calls `f(doc, term_frequency)` for every document containing `term`.
-    fn for_each_posting(&self, term: &str, f: &mut dyn FnMut(u32, u32));
+    /// The documents containing `term` with their term frequencies, docs ascending.
+    fn postings(&self, term: &str) -> Postings<'_>;
     /// Length of `doc` in terms; 0 for an unknown doc.
     fn doc_len(&self, doc: u32) -> u32;
+    /// Every document's length, for scoring loops (no call per posting).
+    fn doc_lens(&self) -> DocLens<'_>;
+}
+
+/// Document lengths of one source, indexed by doc.
+#[derive(Clone, Copy, Debug)]
+pub enum DocLens<'a> {
+    Words(&'a [u32]),
+    /// Little-endian `u32`s.
+    Bytes(&'a [u8]),
+}
+
+impl DocLens<'_> {
+    /// Length of `doc`; 0 for an unknown doc.
+    #[inline]
+    pub fn get(&self, doc: u32) -> u32 {
+        let i = doc as usize;
+        match self {
+            DocLens::Words(w) => w.get(i).copied().unwrap_or(0),
+            DocLens::Bytes(b) => b
+                .get(i * 4..i * 4 + 4)
+                .map_or(0, |w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])),
+        }
+    }
+}
+
+/// One term's postings in one source: `(doc, tf)` pairs, docs strictly ascending.
+#[derive(Clone, Copy, Debug)]
+pub enum Postings<'a> {
+    /// A memtable's list.
+    Pairs(&'a [(u32, u32)]),
+    /// A segment file's little-endian `doc u32, tf u32` pairs (whole pairs only).
+    Bytes(&'a [u8]),
+}
+
+impl Postings<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Postings::Pairs(p) => p.len(),
+            Postings::Bytes(b) => b.len() / POSTING_BYTES,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`-th `(doc, tf)`; `i < len()`.
+    #[inline]
+    pub fn get(&self, i: usize) -> (u32, u32) {
+        match self {
+            Postings::Pairs(p) => p[i],
+            Postings::Bytes(b) => {
+                let at = i * POSTING_BYTES;
+                let word = |o: usize| {
+                    let mut w = [0u8; 4];
+                    w.copy_from_slice(&b[o..o + 4]);
+                    u32::from_le_bytes(w)
+                };
+                (word(at), word(at + 4))
+            }
+        }
+    }
+
+    /// The first index at or after `from` whose doc is `>= doc` (or `len()`), found by
+    /// galloping: cheap when the target is near, logarithmic when it is far.
+    pub fn seek(&self, from: usize, doc: u32) -> usize {
+        let len = self.len();
+        if from >= len || self.get(from).0 >= doc {
+            return from.min(len);
+        }
+        // Invariant: get(lo).0 < doc; find hi with get(hi).0 >= doc (or hi = len).
+        let mut lo = from;
+        let mut step = 1;
+        let mut hi = loop {
+            let probe = lo + step;
+            if probe >= len {
+                break len;
+            }
+            if self.get(probe).0 >= doc {
+                break probe;
+            }
+            lo = probe;
+            step *= 2;
+        };
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if self.get(mid).0 >= doc {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        hi
+    }
 }
 
 /// Counts each distinct term of `text` once, with its frequency, in first-seen order.
@@ -130,15 +226,16 @@ impl LexicalSource for MemLexical {
             .get(term)
             .map_or(0, |p| u32::try_from(p.len()).unwrap_or(u32::MAX))
     }
-    fn for_each_posting(&self, term: &str, f: &mut dyn FnMut(u32, u32)) {
-        if let Some(list) = self.postings.get(term) {
-            for &(doc, tf) in list {
-                f(doc, tf);
-            }
-        }
+    fn postings(&self, term: &str) -> Postings<'_> {
+        self.postings
+            .get(term)
+            .map_or(Postings::Pairs(&[]), |list| Postings::Pairs(list))
     }
     fn doc_len(&self, doc: u32) -> u32 {
         self.doc_lens.get(doc as usize).copied().unwrap_or(0)
+    }
+    fn doc_lens(&self) -> DocLens<'_> {
+        DocLens::Words(&self.doc_lens)
     }
 }
 
@@ -147,6 +244,14 @@ impl LexicalSource for MemLexical {
 /// segment a document happens to sit in. `accept(source, doc)` is asked once per matching
 /// document, during scoring, so filtered-out and deleted documents never take a result slot.
 /// Returns up to `k` `(source index, doc, score)`, best first (ties by source then doc).
+///
+/// Exact, with max-score pruning: terms are scored rarest (heaviest) first, and a term adds
+/// at most `weight · (k1 + 1)` to any document. Once the k-th best score so far exceeds
+/// what all the remaining terms together could add, no document untouched so far can
+/// reach the top k, so the remaining terms — the common ones, whose posting lists are the
+/// longest — only update the documents already scored, found by galloping through their
+/// postings. A query mixing rare and common words thus reads a small part of the common
+/// words' lists; the result is the same as scoring every posting.
 pub fn bm25(
     sources: &[&dyn LexicalSource],
     query: &str,
@@ -163,59 +268,138 @@ pub fn bm25(
         return Vec::new();
     }
     let avgdl = (total / n).max(1.0) as f32;
-    let weights: Vec<(String, f32)> = query_terms
+    // (postings per source, weight) per term, heaviest first.
+    let mut terms: Vec<(Vec<Postings<'_>>, f32)> = query_terms
         .into_iter()
         .filter_map(|(term, qtf)| {
-            let df: f64 = sources.iter().map(|s| f64::from(s.doc_freq(&term))).sum();
+            let lists: Vec<Postings<'_>> = sources.iter().map(|s| s.postings(&term)).collect();
+            let df = lists.iter().map(|p| p.len() as f64).sum::<f64>();
             (df > 0.0).then(|| {
                 let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln() as f32;
-                (term, idf * qtf as f32)
+                (lists, idf * qtf as f32)
             })
         })
         .collect();
+    terms.sort_by(|a, b| b.1.total_cmp(&a.1));
+    // bound[i]: the most terms i.. can add to one document (with a margin for rounding).
+    let mut bound = vec![0.0f32; terms.len() + 1];
+    for i in (0..terms.len()).rev() {
+        bound[i] = bound[i + 1] + terms[i].1 * (BM25_K1 + 1.0) * BM25_BOUND_MARGIN;
+    }
 
-    let mut hits: Vec<(usize, u32, f32)> = Vec::new();
-    for (si, source) in sources.iter().enumerate() {
-        // Dense per-source accumulators (a hash map costs more than zeroed memory once a
-        // query term is common): `state` is 0 untouched, 1 accepted, 2 rejected, so
-        // `accept` is asked once per document however many query terms match it.
-        let n_docs = source.n_docs() as usize;
-        // Allocated on the first matching posting: most sources of a many-segment vault
-        // match no query term at all.
-        let mut acc: Option<(Vec<f32>, Vec<u8>)> = None;
-        let mut touched: Vec<u32> = Vec::new();
-        for (term, weight) in &weights {
-            source.for_each_posting(term, &mut |doc, tf| {
-                let (scores, state) =
-                    acc.get_or_insert_with(|| (vec![0.0; n_docs], vec![0; n_docs]));
-                let Some(st) = state.get_mut(doc as usize) else {
-                    return;
-                };
-                if *st == 0 {
-                    *st = if accept(si, doc) { 1 } else { 2 };
-                    if *st == 1 {
-                        touched.push(doc);
+    let mut accs: Vec<Accumulator> = sources.iter().map(|_| Accumulator::default()).collect();
+    // True while a document not scored yet may still reach the top k.
+    let mut open = true;
+    let mut scratch: Vec<f32> = Vec::new();
+    for (ti, (lists, weight)) in terms.iter().enumerate() {
+        if open && ti > 0 {
+            let touched: usize = accs.iter().map(|a| a.touched.len()).sum();
+            if touched >= k {
+                scratch.clear();
+                scratch.extend(
+                    accs.iter()
+                        .flat_map(|a| a.touched.iter().map(|&d| a.scores[d as usize])),
+                );
+                let (_, kth, _) = scratch.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+                if bound[ti] < *kth {
+                    open = false;
+                    // Closed-mode updates walk each source's scored docs in order.
+                    for a in &mut accs {
+                        a.touched.sort_unstable();
                     }
                 }
-                if *st != 1 {
-                    return;
-                }
-                let tf = tf as f32;
-                let norm = 1.0 - BM25_B + BM25_B * source.doc_len(doc) as f32 / avgdl;
-                scores[doc as usize] += weight * tf * (BM25_K1 + 1.0) / (tf + BM25_K1 * norm);
-            });
+            }
         }
-        let Some((scores, _)) = acc else {
-            continue;
-        };
-        hits.extend(
-            touched
-                .into_iter()
-                .map(|doc| (si, doc, scores[doc as usize])),
-        );
+        for (si, (source, list)) in sources.iter().zip(lists).enumerate() {
+            if list.is_empty() {
+                continue;
+            }
+            let acc = &mut accs[si];
+            let lens = source.doc_lens();
+            let score = |tf: u32, doc: u32| {
+                let tf = tf as f32;
+                let norm = 1.0 - BM25_B + BM25_B * lens.get(doc) as f32 / avgdl;
+                weight * tf * (BM25_K1 + 1.0) / (tf + BM25_K1 * norm)
+            };
+            if open {
+                let n_docs = source.n_docs() as usize;
+                if acc.state.is_empty() {
+                    acc.scores = vec![0.0; n_docs];
+                    acc.state = vec![UNSEEN; n_docs];
+                }
+                for i in 0..list.len() {
+                    let (doc, tf) = list.get(i);
+                    let Some(st) = acc.state.get_mut(doc as usize) else {
+                        continue;
+                    };
+                    if *st == UNSEEN {
+                        *st = if accept(si, doc) { ACCEPTED } else { REJECTED };
+                        if *st == ACCEPTED {
+                            acc.touched.push(doc);
+                        }
+                    }
+                    if *st == ACCEPTED {
+                        acc.scores[doc as usize] += score(tf, doc);
+                    }
+                }
+            } else if acc.touched.len() * GALLOP_FACTOR < list.len() {
+                // Few scored docs against a long list: gallop to each.
+                let mut at = 0;
+                for &doc in &acc.touched {
+                    at = list.seek(at, doc);
+                    if at == list.len() {
+                        break;
+                    }
+                    let (d, tf) = list.get(at);
+                    if d == doc {
+                        acc.scores[doc as usize] += score(tf, doc);
+                    }
+                }
+            } else {
+                // Scored docs are dense in this list: one pass, no new docs.
+                for i in 0..list.len() {
+                    let (doc, tf) = list.get(i);
+                    if acc.state.get(doc as usize) == Some(&ACCEPTED) {
+                        acc.scores[doc as usize] += score(tf, doc);
+                    }
+                }
+            }
+        }
     }
+
+    let mut hits: Vec<(usize, u32, f32)> = accs
+        .iter()
+        .enumerate()
+        .flat_map(|(si, a)| {
+            a.touched
+                .iter()
+                .map(move |&doc| (si, doc, a.scores[doc as usize]))
+        })
+        .collect();
     top_k(&mut hits, k);
     hits
+}
+
+/// Slack on a term's score bound so float rounding can never make pruning drop a document
+/// that exact scoring would keep.
+const BM25_BOUND_MARGIN: f32 = 1.001;
+/// Galloping to each scored doc costs a few probes where a pass over the list costs one
+/// step per posting: gallop only while the list is this many times longer.
+const GALLOP_FACTOR: usize = 8;
+/// Per-document states of an [`Accumulator`]: `accept` is asked once per document.
+const UNSEEN: u8 = 0;
+const ACCEPTED: u8 = 1;
+const REJECTED: u8 = 2;
+
+/// One source's scores: dense arrays (a hash map costs more than zeroed memory once a query
+/// term is common), allocated on the first matching posting since most sources of a
+/// many-segment vault match no query term at all.
+#[derive(Default)]
+struct Accumulator {
+    scores: Vec<f32>,
+    state: Vec<u8>,
+    /// Accepted documents with a score, in first-scored order (sorted once pruning starts).
+    touched: Vec<u32>,
 }
 
 /// Sorts best first (score desc, then source, then doc for determinism) and keeps `k`.

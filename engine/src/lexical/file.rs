@@ -16,7 +16,7 @@
 //! checksum and then every offset and invariant once, so lookups afterwards can index
 //! without further checks and without any path to a panic on hostile bytes.
 
-use super::{LexicalError, LexicalSource, term_counts};
+use super::{DocLens, LexicalError, LexicalSource, Postings, term_counts};
 use std::collections::BTreeMap;
 
 /// First eight bytes of every lexical index file.
@@ -29,7 +29,7 @@ pub const FORMAT_VERSION_OLDEST: u32 = 1;
 const HEADER_BYTES: usize = 48;
 const FOOTER_BYTES: usize = 4;
 const TERM_ENTRY_BYTES: usize = 16;
-const POSTING_BYTES: usize = 8;
+pub(super) const POSTING_BYTES: usize = 8;
 
 /// Accumulates documents for one segment and serializes them.
 #[derive(Debug, Default)]
@@ -340,13 +340,16 @@ impl LexicalSource for LexicalView<'_> {
     fn doc_freq(&self, term: &str) -> u32 {
         self.find(term).map_or(0, |i| self.entry(i).3)
     }
-    fn for_each_posting(&self, term: &str, f: &mut dyn FnMut(u32, u32)) {
-        if let Some(i) = self.find(term) {
-            let (_, _, start, df) = self.entry(i);
-            for p in u64::from(start)..u64::from(start) + u64::from(df) {
-                let (doc, tf) = self.posting(p);
-                f(doc, tf);
+    fn postings(&self, term: &str) -> Postings<'_> {
+        match self.find(term) {
+            Some(i) => {
+                let (_, _, start, df) = self.entry(i);
+                let from = start as usize * POSTING_BYTES;
+                let to = from + df as usize * POSTING_BYTES;
+                // `parse` checked that every term's postings lie inside the section.
+                Postings::Bytes(self.postings.get(from..to).unwrap_or(&[]))
             }
+            None => Postings::Bytes(&[]),
         }
     }
     fn doc_len(&self, doc: u32) -> u32 {
@@ -355,5 +358,8 @@ impl LexicalSource for LexicalView<'_> {
         } else {
             0
         }
+    }
+    fn doc_lens(&self) -> DocLens<'_> {
+        DocLens::Bytes(self.doc_lens)
     }
 }

@@ -89,7 +89,8 @@ fn a_doc_added_twice_is_one_document() {
     let v = LexicalView::parse(&bytes).expect("duplicates are merged, not written twice");
     assert_eq!((v.doc_freq("appl"), v.doc_len(0), v.total_len()), (2, 3, 4));
     let mut tfs = Vec::new();
-    v.for_each_posting("appl", &mut |d, tf| tfs.push((d, tf)));
+    let list = v.postings("appl");
+    tfs.extend((0..list.len()).map(|i| list.get(i)));
     assert_eq!(tfs, [(0, 2), (1, 1)]);
 }
 
@@ -245,5 +246,123 @@ proptest! {
         }
         let cut = cut.index(bytes.len());
         let _ = LexicalView::parse(&bytes[..cut]);
+    }
+}
+
+/// BM25 by the book, document by document, over several sources as one corpus: the
+/// reference the pruned [`bm25`] must agree with.
+fn reference_scores(
+    sources: &[Vec<String>],
+    query: &str,
+    accept: &dyn Fn(usize, u32) -> bool,
+) -> Vec<(usize, u32, f32)> {
+    let docs: Vec<(usize, u32, Vec<String>)> = sources
+        .iter()
+        .enumerate()
+        .flat_map(|(si, docs)| {
+            docs.iter()
+                .enumerate()
+                .map(move |(d, text)| (si, d as u32, analyze(text)))
+        })
+        .collect();
+    let n = docs.len() as f64;
+    let avgdl = (docs.iter().map(|d| d.2.len()).sum::<usize>() as f64 / n).max(1.0) as f32;
+    let (query_terms, _) = term_counts(query);
+    let mut out = Vec::new();
+    for (si, d, terms) in &docs {
+        let mut score = 0.0f32;
+        let mut matched = false;
+        for (term, qtf) in &query_terms {
+            let df = docs.iter().filter(|x| x.2.contains(term)).count() as f64;
+            let tf = terms.iter().filter(|t| *t == term).count() as f32;
+            if tf == 0.0 {
+                continue;
+            }
+            matched = true;
+            let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln() as f32;
+            let norm = 1.0 - BM25_B + BM25_B * terms.len() as f32 / avgdl;
+            score += idf * *qtf as f32 * tf * (BM25_K1 + 1.0) / (tf + BM25_K1 * norm);
+        }
+        if matched && accept(*si, *d) {
+            out.push((*si, *d, score));
+        }
+    }
+    out.sort_by(|a, b| b.2.total_cmp(&a.2));
+    out
+}
+
+/// Words with a skewed frequency, so queries mix rare terms (which close the pruning early)
+/// with common ones (whose lists then are only galloped through).
+fn skewed_doc() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            5 => Just("apple"),
+            3 => Just("paint"),
+            3 => Just("river"),
+            2 => Just("frog"),
+            2 => Just("museum"),
+            1 => prop::sample::select(WORDS),
+        ],
+        0..10,
+    )
+    .prop_map(|w| w.join(" "))
+}
+
+proptest! {
+    #[test]
+    fn pruned_bm25_matches_the_exhaustive_reference(
+        sources in prop::collection::vec(prop::collection::vec(skewed_doc(), 0..120), 1..4),
+        query in skewed_doc(),
+        k in 1usize..8,
+        modulus in 1u32..4,
+        in_memory in any::<bool>(),
+    ) {
+        let accept = move |si: usize, d: u32| (d + si as u32).is_multiple_of(modulus);
+        let refs: Vec<Vec<&str>> = sources
+            .iter()
+            .map(|docs| docs.iter().map(String::as_str).collect())
+            .collect();
+        let mems: Vec<MemLexical> = refs.iter().map(|d| mem(d)).collect();
+        let files: Vec<Vec<u8>> = refs.iter().map(|d| built(d)).collect();
+        let views: Vec<LexicalView<'_>> = files
+            .iter()
+            .map(|b| LexicalView::parse(b).expect("builder output parses"))
+            .collect();
+        let dyns: Vec<&dyn LexicalSource> = if in_memory {
+            mems.iter().map(|m| m as &dyn LexicalSource).collect()
+        } else {
+            views.iter().map(|v| v as &dyn LexicalSource).collect()
+        };
+        let got = bm25(&dyns, &query, k, &accept);
+        let want = reference_scores(&sources, &query, &accept);
+        prop_assert_eq!(got.len(), want.len().min(k));
+        for &(si, d, score) in &got {
+            let expected = want.iter().find(|w| w.0 == si && w.1 == d).map(|w| w.2);
+            prop_assert!(expected.is_some(), "returned a doc that does not match");
+            prop_assert!((expected.unwrap_or(f32::NAN) - score).abs() < 1e-4);
+        }
+        if let (Some(last), Some(kth)) = (got.last(), want.get(k.min(want.len()).saturating_sub(1))) {
+            prop_assert!(last.2 >= kth.2 - 1e-4, "a better document was pruned");
+        }
+    }
+
+    #[test]
+    fn seek_finds_the_first_posting_at_or_after_a_doc(
+        docs in prop::collection::btree_set(0u32..500, 0..80),
+        from in 0usize..100,
+        target in 0u32..520,
+    ) {
+        let pairs: Vec<(u32, u32)> = docs.iter().map(|&d| (d, 1)).collect();
+        let bytes: Vec<u8> = pairs
+            .iter()
+            .flat_map(|&(d, tf)| d.to_le_bytes().into_iter().chain(tf.to_le_bytes()))
+            .collect();
+        for list in [Postings::Pairs(&pairs), Postings::Bytes(&bytes)] {
+            let from = from.min(list.len());
+            let want = (from..list.len())
+                .find(|&i| list.get(i).0 >= target)
+                .unwrap_or(list.len());
+            prop_assert_eq!(list.seek(from, target), want);
+        }
     }
 }
