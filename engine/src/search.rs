@@ -5,6 +5,9 @@
 //! filtered-out records never take a slot and `k` results come back whenever `k` match.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::fusion::fuse;
@@ -16,9 +19,12 @@ use crate::vault::{Loc, State, Vault};
 /// Largest `k` a search may ask for.
 pub const SEARCH_K_MAX: usize = 1000;
 /// Each retriever proposes this many times `k` candidates to fusion (a memory ranked low by
-/// one retriever but high by the other must still reach the fuser).
-const CANDIDATES_PER_K: usize = 4;
-/// ... and at least this many.
+/// one retriever but high by the other must still reach the fuser). Not more: the pool is
+/// the floor of every HNSW beam, and 4k made a prepare (k ≈ 31) walk each graph with a beam
+/// of 124 for candidates ranked too low in both lists to matter. Searches with k ≤ 20 (the
+/// LoCoMo harness uses 10) get [`CANDIDATES_MIN`] either way.
+const CANDIDATES_PER_K: usize = 2;
+/// ... and at least this many (small k still gets a pool deep enough for fusion).
 const CANDIDATES_MIN: usize = 40;
 /// Weight of the recency prior for a memory created at `now_ms`; halves every
 /// [`RECENCY_HALF_LIFE_DAYS`]. Small: it breaks near-ties, it does not outrank relevance.
@@ -27,6 +33,31 @@ const RECENCY_HALF_LIFE_DAYS: f32 = 30.0;
 /// Prior added to memories of `boost_session`.
 const SESSION_BOOST: f32 = 0.05;
 const MS_PER_DAY: f32 = 86_400_000.0;
+
+/// Vaults with fewer records search on the calling thread: below this, handing the work to
+/// the search threads costs about what it saves.
+const PARALLEL_SEARCH_RECORDS_MIN: usize = 16_384;
+
+/// Threads that run one large search's parts in parallel (each source's vector search and
+/// the lexical search), so a request's latency is not the sum of its parts. A pool of its
+/// own: background seals and compactions occupy rayon's global pool for seconds, and a
+/// search must never queue behind them. `None` if the threads cannot be started (then
+/// searches run on the caller's thread).
+fn search_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("mr-search-{i}"))
+            .build()
+            .map_err(
+                |e| tracing::warn!(error = %e, "search threads unavailable; searching serially"),
+            )
+            .ok()
+    })
+    .as_ref()
+}
 
 /// Facts the prior needs about one candidate.
 struct Candidate {
@@ -190,57 +221,72 @@ impl Vault {
             Loc::Segment(i, d) => state.segments[i].id(d),
         };
 
-        // Vector candidates.
-        let mut vector: Vec<(MemoryId, f32)> = Vec::new();
-        let mut push_hits =
-            |src: usize, hits: Vec<(u32, f32)>, vector: &mut Vec<(MemoryId, f32)>| {
-                for (doc, score) in hits {
-                    let loc = loc_of(src, doc);
-                    let id = id_of(loc);
-                    note(&state, id, loc);
-                    vector.push((id, score));
-                }
-            };
-        push_hits(
-            0,
-            state.memtable.search(&query, pool, &|d| accept(0, d)),
-            &mut vector,
-        );
-        for (i, (f, _)) in state.frozen.iter().enumerate() {
-            push_hits(
-                1 + i,
-                f.search(&query, pool, &|d| accept(1 + i, d)),
-                &mut vector,
+        // Vector candidates from every source, and lexical candidates over all of them as one
+        // corpus (corpus statistics summed), each as (source, doc, score).
+        let n_sources = 1 + n_frozen + state.segments.len();
+        let vector_of = |src: usize| -> Vec<(u32, f32)> {
+            if src == 0 {
+                state.memtable.search(&query, pool, &|d| accept(0, d))
+            } else if src <= n_frozen {
+                state.frozen[src - 1]
+                    .0
+                    .search(&query, pool, &|d| accept(src, d))
+            } else {
+                state.segments[src - 1 - n_frozen].search(
+                    &query,
+                    pool,
+                    ef,
+                    filter.session_id.as_deref(),
+                    &|d| accept(src, d),
+                )
+            }
+        };
+        let lexical_search = || {
+            let mut sources: Vec<&dyn LexicalSource> = vec![state.memtable.lexical()];
+            sources.extend(
+                state
+                    .frozen
+                    .iter()
+                    .map(|(f, _)| f.lexical() as &dyn LexicalSource),
             );
-        }
-        for (i, s) in state.segments.iter().enumerate() {
-            let src = 1 + n_frozen + i;
-            push_hits(
-                src,
-                s.search(&query, pool, ef, filter.session_id.as_deref(), &|d| {
-                    accept(src, d)
+            sources.extend(
+                state
+                    .segments
+                    .iter()
+                    .map(|s| s.lexical() as &dyn LexicalSource),
+            );
+            bm25(&sources, &q.text, pool, &accept)
+        };
+        let records: usize = state.memtable.len()
+            + state.frozen.iter().map(|(f, _)| f.len()).sum::<usize>()
+            + state
+                .segments
+                .iter()
+                .map(|s| s.len() as usize)
+                .sum::<usize>();
+        let (per_source, lexical_raw): (Vec<Vec<(u32, f32)>>, _) =
+            match search_pool().filter(|_| records >= PARALLEL_SEARCH_RECORDS_MIN) {
+                Some(threads) => threads.install(|| {
+                    rayon::join(
+                        || (0..n_sources).into_par_iter().map(vector_of).collect(),
+                        lexical_search,
+                    )
                 }),
-                &mut vector,
-            );
+                None => ((0..n_sources).map(vector_of).collect(), lexical_search()),
+            };
+
+        let mut vector: Vec<(MemoryId, f32)> = Vec::new();
+        for (src, hits) in per_source.into_iter().enumerate() {
+            for (doc, score) in hits {
+                let loc = loc_of(src, doc);
+                let id = id_of(loc);
+                note(&state, id, loc);
+                vector.push((id, score));
+            }
         }
         vector.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         vector.truncate(pool);
-
-        // Lexical candidates, with corpus statistics over every source together.
-        let mut sources: Vec<&dyn LexicalSource> = vec![state.memtable.lexical()];
-        sources.extend(
-            state
-                .frozen
-                .iter()
-                .map(|(f, _)| f.lexical() as &dyn LexicalSource),
-        );
-        sources.extend(
-            state
-                .segments
-                .iter()
-                .map(|s| s.lexical() as &dyn LexicalSource),
-        );
-        let lexical: Vec<(MemoryId, f32)> = bm25(&sources, &q.text, pool, &accept)
+        let lexical: Vec<(MemoryId, f32)> = lexical_raw
             .into_iter()
             .map(|(src, doc, score)| {
                 let loc = loc_of(src, doc);
