@@ -106,6 +106,9 @@ pub struct VaultStats {
     pub last_write_ms: Option<i64>,
     pub segments: u32,
     pub memtable: u32,
+    /// A background seal or compaction is queued or running: the vault's layout (and so
+    /// its search cost) is still changing.
+    pub busy: bool,
 }
 
 /// A message ready to reserve: its hash, the message, and its chunks with their indexing
@@ -797,6 +800,7 @@ impl Vault {
             memtable: (state.memtable.len()
                 + state.frozen.iter().map(|(m, _)| m.len()).sum::<usize>())
                 as u32,
+            busy: self.is_busy(),
         })
     }
 

@@ -312,6 +312,7 @@ pub async fn stats(
             "last_write": stats.last_write_ms.map(format_ms),
             "segments": stats.segments,
             "memtable": stats.memtable,
+            "compacting": stats.busy,
         }),
     ))
 }

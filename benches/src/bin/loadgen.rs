@@ -37,6 +37,9 @@ struct Args {
     memories: usize,
     connections: Vec<usize>,
     seconds: u64,
+    /// A Memory Key whose vault is already seeded: skips minting and seeding, so a vault
+    /// that took minutes to settle can be measured again (e.g. against another build).
+    key: Option<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -46,6 +49,7 @@ fn parse_args() -> Result<Args> {
         memories: 100_000,
         connections: vec![1, 8, 32],
         seconds: 10,
+        key: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -61,12 +65,13 @@ fn parse_args() -> Result<Args> {
                     .collect::<Result<_, _>>()?
             }
             "--seconds" => args.seconds = value.parse()?,
+            "--key" => args.key = Some(value),
             other => bail!("unknown flag {other}"),
         }
     }
     if args.base_url.is_empty() || args.admin_key.is_empty() {
         bail!(
-            "usage: loadgen --base-url URL --admin-key KEY [--memories N] [--connections N] [--seconds N]"
+            "usage: loadgen --base-url URL --admin-key KEY [--memories N] [--connections N] [--seconds N] [--key MEMORY_KEY]"
         );
     }
     Ok(args)
@@ -210,10 +215,11 @@ async fn seed(args: &Args, key: &str) -> Result<()> {
 }
 
 /// Waits until background sealing and compaction have caught up with the seeding (the
-/// memtable is below the seal threshold and the segment count stopped changing), so the
+/// memtable is below the seal threshold, no seal or compaction is queued or running, and the
+/// segment count stopped changing), so the
 /// measured vault is the settled one a user would have; gives up after `SETTLE_SECS_MAX`.
 async fn settle(base_url: &str, key: &str) -> Result<()> {
-    const SETTLE_SECS_MAX: u64 = 180;
+    const SETTLE_SECS_MAX: u64 = 600;
     const MEMTABLE_SETTLED_MAX: u64 = 4096;
     let started = Instant::now();
     let mut conn = Conn::open(base_url).await?;
@@ -227,13 +233,14 @@ async fn settle(base_url: &str, key: &str) -> Result<()> {
         let v: serde_json::Value = serde_json::from_slice(&body)?;
         let memtable = v["memtable"].as_u64().unwrap_or(u64::MAX);
         let segments = v["segments"].as_u64().unwrap_or(0);
+        let compacting = v["compacting"].as_bool().unwrap_or(true);
         stable_polls = if segments == last_segments {
             stable_polls + 1
         } else {
             0
         };
         last_segments = segments;
-        if memtable <= MEMTABLE_SETTLED_MAX && stable_polls >= 4 {
+        if memtable <= MEMTABLE_SETTLED_MAX && !compacting && stable_polls >= 4 {
             println!(
                 "settled after {:.1} s: {segments} segments, {memtable} records in the memtable",
                 started.elapsed().as_secs_f64()
@@ -305,8 +312,15 @@ fn ingest_body(rng: &mut Rng, n: u64) -> serde_json::Value {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args()?;
-    let key = mint_key(&args.base_url, &args.admin_key).await?;
-    seed(&args, &key).await?;
+    let key = match &args.key {
+        Some(key) => key.clone(),
+        None => {
+            let key = mint_key(&args.base_url, &args.admin_key).await?;
+            seed(&args, &key).await?;
+            println!("seeded vault's key: {key}");
+            key
+        }
+    };
     settle(&args.base_url, &key).await?;
     println!(
         "load: {} s per phase, vault of {} memories",
