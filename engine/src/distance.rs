@@ -145,6 +145,97 @@ pub fn exact_top_k_docs(
     top.into_sorted()
 }
 
+/// Exact scans of at least this many vectors pre-rank with int8 codes (below it the f32 scan
+/// is cheap, and small vaults keep bit-exact scores end to end).
+pub(crate) const QUANTIZED_SCAN_MIN: usize = 1024;
+/// Candidates rescored in f32 after int8 pre-ranking: `k` plus this many, so a true top-k
+/// vector that int8 rounding (error ~1e-3 on a cosine, measured bound < 0.05) ranked a little
+/// low is still rescored and kept.
+const RESCORE_EXTRA: usize = 32;
+
+/// Int8 codes of a set of unit vectors, one scale per vector (`v ≈ code · scale`): a
+/// quarter of the bytes of the f32 originals, so a scan streams 384 B per vector instead of
+/// 1.5 KB. Scanning graphless segments was memory-bound: their f32 vectors (up to ~24 MB in
+/// a settled 100k vault) do not stay in cache next to the graph walks.
+pub(crate) struct Quantized {
+    dim: usize,
+    codes: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl Quantized {
+    pub fn new(vectors: &[f32], dim: usize) -> Quantized {
+        let n = vectors.len().checked_div(dim).unwrap_or(0);
+        let mut codes = Vec::with_capacity(n * dim);
+        let mut scales = Vec::with_capacity(n);
+        if dim > 0 {
+            for v in vectors.chunks_exact(dim) {
+                scales.push(quantize_into(v, &mut codes));
+            }
+        }
+        Quantized { dim, codes, scales }
+    }
+
+    /// Heap bytes held.
+    pub fn bytes(&self) -> usize {
+        self.codes.len() + self.scales.len() * 4
+    }
+}
+
+/// Appends `v`'s int8 codes to `out`; returns the scale.
+fn quantize_into(v: &[f32], out: &mut Vec<i8>) -> f32 {
+    let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let scale = if max > 0.0 && max.is_finite() {
+        max / 127.0
+    } else {
+        1.0
+    };
+    out.extend(
+        v.iter()
+            .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8),
+    );
+    scale
+}
+
+/// [`exact_top_k`] in two stages: every accepted doc ranked by its int8 codes, then the best
+/// `k + RESCORE_EXTRA` rescored with their f32 vectors. Scores returned are the exact f32
+/// dot products.
+pub(crate) fn quantized_top_k(
+    quantized: &Quantized,
+    vectors: &[f32],
+    query: &[f32],
+    k: usize,
+    accept: &dyn Fn(u32) -> bool,
+) -> Vec<(u32, f32)> {
+    let dim = quantized.dim;
+    if dim == 0 || query.len() != dim {
+        return Vec::new();
+    }
+    let mut query_codes = Vec::with_capacity(dim);
+    let query_scale = quantize_into(query, &mut query_codes);
+    let mut pre = TopK::new(k + RESCORE_EXTRA);
+    for (doc, (codes, &scale)) in quantized
+        .codes
+        .chunks_exact(dim)
+        .zip(&quantized.scales)
+        .enumerate()
+    {
+        let doc = doc as u32;
+        if accept(doc) {
+            let raw = i8::dot(&query_codes, codes).map_or(0.0, |d| d as f32);
+            pre.push(doc, raw * query_scale * scale);
+        }
+    }
+    let mut top = TopK::new(k);
+    for (doc, _) in pre.into_sorted() {
+        let start = doc as usize * dim;
+        if let Some(v) = vectors.get(start..start + dim) {
+            top.push(doc, dot(query, v));
+        }
+    }
+    top.into_sorted()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +258,52 @@ mod tests {
         let odd = exact_top_k(&vectors, dim, &q, 3, &|d| d % 2 == 1);
         assert_eq!(odd.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 3]);
         assert!(exact_top_k(&vectors, dim, &q, 0, &|_| true).is_empty());
+    }
+
+    fn unit(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed;
+        let mut out = Vec::with_capacity(n * dim);
+        for _ in 0..n {
+            let v: Vec<f32> = (0..dim)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((x >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+                })
+                .collect();
+            let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+            out.extend(v.iter().map(|a| a / norm));
+        }
+        out
+    }
+
+    #[test]
+    fn quantized_scan_returns_the_exact_top_k_with_exact_scores() {
+        let dim = 384;
+        let vectors = unit(3000, dim, 7);
+        let queries = unit(20, dim, 99);
+        let q = Quantized::new(&vectors, dim);
+        assert_eq!(q.bytes(), 3000 * (dim + 4));
+        for query in queries.chunks_exact(dim) {
+            for k in [1, 10, 62] {
+                let exact = exact_top_k(&vectors, dim, query, k, &|_| true);
+                let fast = quantized_top_k(&q, &vectors, query, k, &|_| true);
+                assert_eq!(fast, exact, "k={k}");
+                let odd = |d: u32| d % 2 == 1;
+                assert_eq!(
+                    quantized_top_k(&q, &vectors, query, k, &odd),
+                    exact_top_k(&vectors, dim, query, k, &odd)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn quantize_handles_zero_and_non_finite_vectors() {
+        let q = Quantized::new(&[0.0, 0.0, f32::NAN, 1.0], 2);
+        assert_eq!(q.scales.len(), 2);
+        let hits = quantized_top_k(&q, &[0.0, 0.0, f32::NAN, 1.0], &[1.0, 0.0], 2, &|_| true);
+        assert_eq!(hits.len(), 2);
     }
 }

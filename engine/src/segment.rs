@@ -18,6 +18,7 @@ use std::sync::OnceLock;
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::distance::{QUANTIZED_SCAN_MIN, Quantized, quantized_top_k};
 use crate::error::{Error, Result};
 use crate::file::{self, HEADER_BYTES};
 use crate::hnsw::{self, Graph, HnswParams};
@@ -232,6 +233,9 @@ pub struct Segment {
     /// must stay cheap): a session filter then scans only that session's vectors instead of
     /// walking a graph where almost every node is rejected.
     sessions: OnceLock<HashMap<String, Vec<u32>>>,
+    /// Int8 codes of the vectors of a graphless segment, built on its first scan (not at
+    /// open): scans then read a quarter of the bytes. Graph segments never build it.
+    quantized: OnceLock<Quantized>,
     min_id: MemoryId,
     max_id: MemoryId,
     bytes_on_disk: u64,
@@ -332,6 +336,7 @@ impl Segment {
             dim,
             bytes_on_disk: 0,
             sessions: OnceLock::new(),
+            quantized: OnceLock::new(),
             vectors,
             records,
             lexical,
@@ -456,6 +461,12 @@ impl Segment {
         std::str::from_utf8(&self.heap()[off as usize..off as usize + len as usize]).unwrap_or("")
     }
 
+    /// Heap bytes of the int8 scan codes (0 until the first scan of a graphless segment);
+    /// the mapped files are page cache, not heap.
+    pub fn quantized_bytes(&self) -> usize {
+        self.quantized.get().map_or(0, Quantized::bytes)
+    }
+
     pub fn vectors(&self) -> &[f32] {
         let start = HEADER_BYTES + VECTORS_SUBHEADER_BYTES;
         bytemuck::cast_slice(&self.vectors.bytes()[start..start + self.n as usize * self.dim * 4])
@@ -578,6 +589,12 @@ impl Segment {
             }
             // A selective filter can leave the graph walk with fewer than k accepted docs even
             // though more exist; the scan is exact and, for a selective filter, cheap enough.
+        }
+        if self.graph.is_none() && self.n as usize >= QUANTIZED_SCAN_MIN {
+            let quantized = self
+                .quantized
+                .get_or_init(|| Quantized::new(self.vectors(), self.dim));
+            return quantized_top_k(quantized, self.vectors(), query, k, accept);
         }
         crate::distance::exact_top_k(self.vectors(), self.dim, query, k, accept)
     }
