@@ -20,6 +20,7 @@
 //! `--explore` adds other contexts (speaker kept, next turn, own text twice, two previous
 //! turns) and pseudo-relevance feedback (RM3-style expansion from the top BM25 docs);
 //! `--misses` prints the questions BM25 misses.
+//! `--cosines` prints how the embedder's cosine separates evidence from unrelated turns.
 //! `--model DIR` runs every row (the vault included) with `engine::LocalModelEmbedder` loaded
 //! from `DIR` (model2vec or BERT, e.g. all-MiniLM-L6-v2) instead of the built-in embedder.
 
@@ -267,6 +268,9 @@ enum Method {
         params: FusionParams,
         context: bool,
     },
+    /// The own text's vector (no context) fused with BM25 over the previous-turn context:
+    /// a semantic embedder's mean pooling may be diluted by the context.
+    FusedSplit(FusionParams),
     /// BM25 over the `n`-th `--explore` text variant (see `variants`).
     Bm25Variant(usize),
     /// Pseudo-relevance feedback over the previous-turn context index, or over the
@@ -468,6 +472,16 @@ fn methods(sweep: bool, explore: bool) -> Vec<(String, Method)> {
             };
             variants.push((format!("weighted v={wv}"), method));
         }
+        for (name, method) in &variants {
+            let params = FusionParams {
+                method: *method,
+                prior_max: DEFAULT_FUSION.prior_max,
+            };
+            out.push((
+                format!("{name} vec own+bm25 ctx"),
+                Method::FusedSplit(params),
+            ));
+        }
         for (name, method) in variants {
             for context in [false, true] {
                 let params = FusionParams {
@@ -502,6 +516,7 @@ fn main() -> Result<()> {
     let sweep = args.iter().any(|a| a == "--sweep");
     let explore = args.iter().any(|a| a == "--explore");
     let misses = args.iter().any(|a| a == "--misses");
+    let cosines = args.iter().any(|a| a == "--cosines");
     let conversations = load(path).with_context(|| format!("loading {path}"))?;
     let raw: Arc<dyn Embedder> = match model_dir {
         Some(dir) => Arc::new(
@@ -525,10 +540,14 @@ fn main() -> Result<()> {
     };
     let embedder = cached.as_ref();
     let mut tallies = vec![Tally::default(); methods.len()];
+    let mut turn_vectors: Vec<Vec<Vec<f32>>> = Vec::new();
     let (mut turns, mut dropped_evidence) = (0usize, 0usize);
     for conv in &conversations {
         let plain_texts: Vec<String> = conv.turns.iter().map(|t| t.text.clone()).collect();
         let plain = Indexed::new(embedder, &plain_texts);
+        if cosines {
+            turn_vectors.push(plain.vectors.clone());
+        }
         let context_texts = with_previous_turn(conv);
         let context = Indexed::new(embedder, &context_texts);
         let variant_texts: Vec<Vec<String>> = if explore {
@@ -564,6 +583,13 @@ fn main() -> Result<()> {
                     Method::Fused { params, context: c } => {
                         if c { &context } else { &plain }.fused(&params, q, K_MAX)
                     }
+                    Method::FusedSplit(params) => fuse_with(
+                        &params,
+                        &plain.vector(q, FUSION_CANDIDATES),
+                        &context.lexical(q, FUSION_CANDIDATES),
+                        &|_| 0.0,
+                        K_MAX,
+                    ),
                     Method::Bm25Variant(v) => variants[v].lexical(q, K_MAX),
                     Method::Prf(prf, false) => context.prf(&context_texts, prf, q, K_MAX),
                     Method::Prf(prf, true) => {
@@ -618,7 +644,65 @@ fn main() -> Result<()> {
             );
         }
     }
+    if cosines {
+        print_cosines(embedder, &conversations, &turn_vectors);
+    }
     Ok(())
+}
+
+/// `--cosines`: how the embedder's cosine between a question and a turn separates the
+/// question's evidence turns from the turns of another conversation (unrelated by
+/// construction). Calibrates the server's prepare relevance gate (`similarity_min`).
+fn print_cosines(embedder: &dyn Embedder, conversations: &[Conversation], turns: &[Vec<Vec<f32>>]) {
+    let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let (mut evidence, mut unrelated) = (Vec::new(), Vec::new());
+    for (c, conv) in conversations.iter().enumerate() {
+        let other = &turns[(c + 1) % turns.len()];
+        for qa in conv
+            .questions
+            .iter()
+            .filter(|q| (1..=4).contains(&q.category))
+        {
+            let q = embedder.embed(&qa.question);
+            evidence.extend(qa.evidence.iter().map(|&e| cos(&q, &turns[c][e])));
+            unrelated.extend(other.iter().map(|t| cos(&q, t)));
+        }
+    }
+    for (name, values, quantiles) in [
+        (
+            "evidence turns",
+            &mut evidence,
+            [0.05, 0.1, 0.25, 0.5, 0.75],
+        ),
+        (
+            "other conversation's turns",
+            &mut unrelated,
+            [0.5, 0.9, 0.99, 0.999, 1.0],
+        ),
+    ] {
+        values.sort_by(f32::total_cmp);
+        let at = |p: f64| values[((values.len() - 1) as f64 * p).round() as usize];
+        let shown: Vec<String> = quantiles
+            .iter()
+            .map(|&p| format!("p{}={:.3}", p * 100.0, at(p)))
+            .collect();
+        println!(
+            "cosine(question, {name}) over {} pairs: {}",
+            values.len(),
+            shown.join(" ")
+        );
+    }
+    for threshold in [0.2f32, 0.25, 0.3, 0.35, 0.4, 0.5] {
+        let kept =
+            evidence.iter().filter(|&&v| v >= threshold).count() as f64 / evidence.len() as f64;
+        let leaked =
+            unrelated.iter().filter(|&&v| v >= threshold).count() as f64 / unrelated.len() as f64;
+        println!(
+            "similarity_min {threshold}: keeps {:.1} % of evidence, admits {:.3} % of unrelated turns",
+            kept * 100.0,
+            leaked * 100.0
+        );
+    }
 }
 
 /// Mean time to embed one turn, over every turn of the file.
