@@ -10,15 +10,17 @@
 //!
 //! **Limits** (named constants): [`SEARCH_K_MAX`] results per search, [`CHUNK_CHARS_MAX`]
 //! characters per record (longer messages are chunked with [`CHUNK_OVERLAP_CHARS`] overlap),
-//! [`OPEN_VAULTS_MAX_DEFAULT`] open vaults, vault ids of at most [`VAULT_ID_BYTES_MAX`] bytes of
+//! [`OPEN_VAULTS_MAX_DEFAULT`] open vaults holding about [`OPEN_VAULTS_MEMORY_BYTES_MAX_DEFAULT`]
+//! of heap between them, vault ids of at most [`VAULT_ID_BYTES_MAX`] bytes of
 //! `[A-Za-z0-9_-]`, 4 GiB of text per segment, one embedder (id + dimension) per vault.
 //!
 //! **Modules:** `vault` (open, write path, reads), `search` (hybrid retrieval),
 //! `compaction` (seal + merge), `memtable`, `segment` (files of a sealed segment), `hnsw`
 //! (graph build via `hnsw_rs`, in-place search), `distance` (simsimd), `manifest`, `file`
 //! (common header, durable writes), `mmap` (the only `unsafe`), `record` (types, WAL payloads),
-//! `query`, `chunk`, `registry` ([`Engine`]), `error`; retrieval quality: `embedder`,
-//! `analyzer`, `lexical`, `fusion`. File formats: `docs/format.md`.
+//! `query`, `chunk`, `registry` ([`Engine`]), `footprint` (heap estimate of open vaults),
+//! `error`; retrieval quality: `embedder`, `analyzer`, `lexical`, `fusion`. File formats:
+//! `docs/format.md`.
 //!
 //! ```
 //! use engine::{Engine, EngineConfig, Filter, NewMemory, Role, SearchQuery};
@@ -61,6 +63,7 @@ mod compaction;
 mod distance;
 mod error;
 mod file;
+mod footprint;
 pub mod hnsw;
 mod manifest;
 mod memtable;
@@ -83,7 +86,8 @@ pub use hnsw::HnswParams;
 pub use query::{Filter, Hit, SearchQuery};
 pub use record::{Memory, MemoryId, Metadata, NewMemory, Role, content_hash};
 pub use registry::{
-    Engine, EngineConfig, OPEN_VAULTS_MAX_DEFAULT, VAULT_ID_BYTES_MAX, validate_vault_id,
+    Engine, EngineConfig, OPEN_VAULTS_MAX_DEFAULT, OPEN_VAULTS_MEMORY_BYTES_MAX_DEFAULT,
+    VAULT_ID_BYTES_MAX, validate_vault_id,
 };
 pub use search::SEARCH_K_MAX;
 pub use segment::Segment;

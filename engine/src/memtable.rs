@@ -5,12 +5,30 @@
 //! position ("doc") is dense from 0 and shared by the vector array and the lexical index.
 //! Deletes never remove anything here: the vault's tombstone set filters every source alike,
 //! and sealing drops tombstoned records.
+//!
+//! The memtable also estimates its own heap footprint ([`Memtable::heap_bytes`]) for the
+//! registry's memory bound: the strings and postings each insert adds are summed as they
+//! arrive, and the arrays are counted from their capacities, so the estimate costs O(1).
 
 use std::collections::BTreeMap;
 
 use crate::distance::exact_top_k;
-use crate::lexical::MemLexical;
+use crate::lexical::{LexicalSource, MemLexical};
 use crate::record::{Memory, MemoryId, StoredMemory, indexed_text};
+
+/// Heap bytes per entry of the id → doc `BTreeMap`: 12 bytes of key and value in nodes of
+/// 11 slots that are about two thirds full, plus node headers and child pointers.
+const ID_INDEX_ENTRY_BYTES: usize = 32;
+/// Heap bytes per posting of the in-memory lexical index: a `(doc, tf)` pair is 8 bytes and
+/// a posting list grown by doubling is on average about a third empty.
+const POSTING_BYTES: usize = 12;
+/// Heap bytes per distinct term of the in-memory lexical index: the key `String` and the
+/// posting `Vec` headers (48), a short stemmed term, the hash table's control byte and
+/// spare buckets, and the allocator's per-block overhead.
+const TERM_ENTRY_BYTES: usize = 96;
+/// Heap bytes per JSON object entry besides its key and value payloads: the key `String`
+/// header, the `Value` slot and the `BTreeMap` node share.
+const JSON_ENTRY_BYTES: usize = 24 + std::mem::size_of::<serde_json::Value>() + 16;
 
 /// Mutable in-memory records of one vault.
 pub struct Memtable {
@@ -22,6 +40,9 @@ pub struct Memtable {
     vectors: Vec<f32>,
     by_id: BTreeMap<MemoryId, u32>,
     lexical: MemLexical,
+    /// Heap bytes owned by the records' strings (text, session, model, metadata, context)
+    /// and the postings their docs added, summed at insert; see [`Memtable::heap_bytes`].
+    payload_bytes: usize,
 }
 
 impl Memtable {
@@ -33,6 +54,7 @@ impl Memtable {
             vectors: Vec::new(),
             by_id: BTreeMap::new(),
             lexical: MemLexical::new(),
+            payload_bytes: 0,
         }
     }
 
@@ -45,6 +67,12 @@ impl Memtable {
         self.by_id.insert(record.memory.id, doc);
         self.lexical
             .add(doc, &indexed_text(&record.context, &record.memory.text));
+        // A doc adds at most one posting per word (fewer when words repeat): an upper
+        // estimate that needs no second pass over the text.
+        self.payload_bytes += self.lexical.doc_len(doc) as usize * POSTING_BYTES
+            + std::mem::size_of::<u32>()
+            + record_payload_bytes(&record.memory)
+            + record.context.capacity();
         self.vectors.extend_from_slice(&record.vector);
         self.records.push(record.memory);
         self.contexts.push(record.context);
@@ -52,6 +80,18 @@ impl Memtable {
 
     pub fn len(&self) -> usize {
         self.records.len()
+    }
+
+    /// Estimated heap bytes held by this memtable: the record, context and vector arrays by
+    /// capacity (a grown `Vec` holds its spare room), the id index, the lexical terms, and
+    /// the strings and postings summed at insert. O(1).
+    pub fn heap_bytes(&self) -> u64 {
+        let arrays = self.records.capacity() * std::mem::size_of::<Memory>()
+            + self.contexts.capacity() * std::mem::size_of::<String>()
+            + self.vectors.capacity() * std::mem::size_of::<f32>();
+        let indexes =
+            self.by_id.len() * ID_INDEX_ENTRY_BYTES + self.lexical.n_terms() * TERM_ENTRY_BYTES;
+        (arrays + indexes + self.payload_bytes) as u64
     }
 
     pub fn is_empty(&self) -> bool {
@@ -107,6 +147,35 @@ impl Memtable {
     }
 }
 
+/// Heap bytes of one record's own strings and metadata (not its slot in the array).
+fn record_payload_bytes(m: &Memory) -> usize {
+    m.text.capacity()
+        + m.session_id.capacity()
+        + m.model.as_ref().map_or(0, String::capacity)
+        + m.metadata.as_ref().map_or(0, json_object_bytes)
+}
+
+fn json_object_bytes(map: &serde_json::Map<String, serde_json::Value>) -> usize {
+    map.iter()
+        .map(|(k, v)| JSON_ENTRY_BYTES + k.capacity() + json_value_bytes(v))
+        .sum()
+}
+
+/// Heap bytes below a JSON value (metadata is bounded by the request body limit, so the
+/// recursion is too).
+fn json_value_bytes(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(s) => s.capacity(),
+        Value::Array(a) => {
+            a.capacity() * std::mem::size_of::<Value>()
+                + a.iter().map(json_value_bytes).sum::<usize>()
+        }
+        Value::Object(o) => json_object_bytes(o),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +218,25 @@ mod tests {
         let hits = m.search(&[0.0, 1.0], 1, &|_| true);
         assert_eq!(m.memory(hits[0].0).id, 3);
         assert_eq!(m.max_id(), Some(5));
+    }
+
+    #[test]
+    fn heap_estimate_counts_texts_metadata_and_vectors() {
+        let mut m = Memtable::new(2);
+        assert_eq!(m.heap_bytes(), 0);
+        m.insert(rec(1, [1.0, 0.0]));
+        let one = m.heap_bytes();
+        let mut long = rec(2, [0.0, 1.0]);
+        long.memory.text = "word ".repeat(1000);
+        let mut meta = serde_json::Map::new();
+        meta.insert("tag".into(), serde_json::Value::String("x".repeat(500)));
+        long.memory.metadata = Some(meta);
+        m.insert(long);
+        let two = m.heap_bytes();
+        // The text, its postings (one per word, at most) and the metadata string.
+        assert!(two >= one + 5000 + 500, "{one} -> {two}");
+        // A replayed duplicate adds nothing.
+        m.insert(rec(2, [0.0, 1.0]));
+        assert_eq!(m.heap_bytes(), two);
     }
 }

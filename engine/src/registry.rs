@@ -1,10 +1,20 @@
 //! The registry of vaults ([`Engine`]): opens a vault on first use, keeps at most
-//! `open_vaults_max` of them open (least recently used idle ones are closed), and never scans
-//! the vault directories at start — 100k vaults on disk cost nothing until they are used.
+//! `open_vaults_max` of them open holding at most about `open_vaults_memory_bytes_max` of
+//! heap between them (least recently used idle ones are closed), and never scans the vault
+//! directories at start — 100k vaults on disk cost nothing until they are used.
+//!
+//! Memory is bounded through a running total: every open vault keeps its heap estimate
+//! current in a gauge that adds its changes to one `Arc<AtomicU64>` shared by all vaults
+//! (`footprint.rs`), so checking the bound is one atomic load per request, not a walk over
+//! the open vaults. The check runs on every `Engine::vault` call — after opening a vault and
+//! also when handing out one already open — because memory grows through ingests and every
+//! request reaches its vault through this call: the total can overshoot the bound by at
+//! most what the requests in flight ingest before the next call closes something.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use wal::Durability;
@@ -17,6 +27,13 @@ use crate::vault::{MEMTABLE_RECORDS_MAX_DEFAULT, Vault, VaultOptions};
 /// Default bound on open vaults. An idle open vault costs its memtable plus a few file
 /// descriptors (WAL, maps); 1024 of them fit comfortably in a small server's limits.
 pub const OPEN_VAULTS_MAX_DEFAULT: usize = 1024;
+/// Default bound on the summed heap estimate of open vaults, in bytes: 1 GiB. A vault with a
+/// full memtable (4096 records of 384 floats and about 1 KiB of text) estimates at about
+/// 12 MiB and a settled one at a few hundred bytes per record (dedupe map and session
+/// index), so this keeps ~80 busy vaults or ~1000 ordinary ones open while leaving a small
+/// server (2–4 GiB) room for the embedder, request buffers and the page cache that serves
+/// the mapped segments.
+pub const OPEN_VAULTS_MEMORY_BYTES_MAX_DEFAULT: u64 = 1 << 30;
 /// Longest vault id, in bytes (it is a directory name).
 pub const VAULT_ID_BYTES_MAX: usize = 64;
 
@@ -28,6 +45,10 @@ pub struct EngineConfig {
     pub durability: Durability,
     /// Idle vaults beyond this are closed, least recently used first.
     pub open_vaults_max: usize,
+    /// Idle vaults are also closed, least recently used first, while the open vaults' summed
+    /// heap estimate ([`Vault::memory_bytes`]) is above this. Vaults in use or with background
+    /// work are never closed, so a single vault bigger than the bound stays open while used.
+    pub open_vaults_memory_bytes_max: u64,
     /// Seal threshold of each vault's memtable, in records.
     pub memtable_records_max: usize,
     pub embedder: Arc<dyn Embedder>,
@@ -36,13 +57,15 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    /// Defaults: fsync durability, [`OPEN_VAULTS_MAX_DEFAULT`], [`MEMTABLE_RECORDS_MAX_DEFAULT`],
-    /// the built-in embedder.
+    /// Defaults: fsync durability, [`OPEN_VAULTS_MAX_DEFAULT`],
+    /// [`OPEN_VAULTS_MEMORY_BYTES_MAX_DEFAULT`], [`MEMTABLE_RECORDS_MAX_DEFAULT`], the built-in
+    /// embedder.
     pub fn new(root: PathBuf) -> Self {
         EngineConfig {
             root,
             durability: Durability::Fsync,
             open_vaults_max: OPEN_VAULTS_MAX_DEFAULT,
+            open_vaults_memory_bytes_max: OPEN_VAULTS_MEMORY_BYTES_MAX_DEFAULT,
             memtable_records_max: MEMTABLE_RECORDS_MAX_DEFAULT,
             embedder: Arc::new(BuiltinEmbedder::new()),
             hnsw: HnswParams::default(),
@@ -59,6 +82,9 @@ struct Slot {
 pub struct Engine {
     config: EngineConfig,
     open: Mutex<(HashMap<String, Slot>, u64)>,
+    /// Sum of the heap estimates of the vaults alive (each vault's gauge adds to it and takes
+    /// its share out when its last handle drops).
+    memory_total: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -90,6 +116,7 @@ impl Engine {
         Ok(Engine {
             config,
             open: Mutex::new((HashMap::new(), 0)),
+            memory_total: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -102,6 +129,7 @@ impl Engine {
         o.durability = self.config.durability;
         o.memtable_records_max = self.config.memtable_records_max;
         o.hnsw = self.config.hnsw.clone();
+        o.memory_total = Arc::clone(&self.memory_total);
         o
     }
 
@@ -111,45 +139,68 @@ impl Engine {
         let mut guard = self.open.lock();
         let (map, clock) = &mut *guard;
         *clock += 1;
-        if let Some(slot) = map.get_mut(id) {
+        let vault = if let Some(slot) = map.get_mut(id) {
             slot.last_used = *clock;
-            return Ok(Arc::clone(&slot.vault));
-        }
-        // Opening under the registry lock keeps two callers from opening one directory
-        // twice; an open is a manifest read, a few maps and a WAL replay (milliseconds).
-        let vault = Arc::new(Vault::open(&self.config.root.join(id), self.options())?);
-        map.insert(
-            id.to_string(),
-            Slot {
-                vault: Arc::clone(&vault),
-                last_used: *clock,
-            },
-        );
-        Self::evict(map, self.config.open_vaults_max);
+            Arc::clone(&slot.vault)
+        } else {
+            // Opening under the registry lock keeps two callers from opening one directory
+            // twice; an open is a manifest read, a few maps and a WAL replay (milliseconds).
+            let vault = Arc::new(Vault::open(&self.config.root.join(id), self.options())?);
+            map.insert(
+                id.to_string(),
+                Slot {
+                    vault: Arc::clone(&vault),
+                    last_used: *clock,
+                },
+            );
+            vault
+        };
+        // Refreshing the handed-out vault's estimate (O(1 + its segments)) picks up indexes
+        // its last search built lazily; then the check is one length compare and one atomic
+        // load unless a bound is exceeded.
+        vault.memory_bytes();
+        self.evict(map);
         Ok(vault)
     }
 
-    /// Closes least recently used vaults until at most `max` are open, skipping vaults that
-    /// someone still holds or that have background work in flight (closing those would let a
-    /// second instance open the same directory).
-    fn evict(map: &mut HashMap<String, Slot>, max: usize) {
-        while map.len() > max {
+    /// Closes least recently used vaults while more than `open_vaults_max` are open or their
+    /// heap estimate is above `open_vaults_memory_bytes_max`, skipping vaults that someone
+    /// still holds (the one just handed out included) or that have background work in flight
+    /// (closing those would let a second instance open the same directory). When only such
+    /// vaults are left it stops over the bound: a vault bigger than the bound stays open
+    /// while it is used, and is closed once idle when another vault is asked for.
+    fn evict(&self, map: &mut HashMap<String, Slot>) {
+        let count_max = self.config.open_vaults_max;
+        let bytes_max = self.config.open_vaults_memory_bytes_max;
+        // The shared total falls when a closed vault's last handle drops, which a finishing
+        // background job may delay by a moment; subtracting what this loop closes keeps it
+        // from closing more than the bound asks for meanwhile.
+        let mut bytes = self.memory_total.load(Ordering::Acquire);
+        while map.len() > count_max || bytes > bytes_max {
             let victim = map
                 .iter()
                 .filter(|(_, s)| Arc::strong_count(&s.vault) == 1 && !s.vault.is_busy())
                 .min_by_key(|(_, s)| s.last_used)
                 .map(|(k, _)| k.clone());
-            let Some(id) = victim else {
+            let Some(slot) = victim.as_ref().and_then(|id| map.remove(id)) else {
                 break;
             };
-            if let Some(Err(e)) = map.remove(&id).map(|slot| slot.vault.sync()) {
-                tracing::error!(vault = %id, error = %e, "sync on close failed");
+            bytes = bytes.saturating_sub(slot.vault.memory_bytes());
+            if let Err(e) = slot.vault.sync() {
+                tracing::error!(vault = ?victim, error = %e, "sync on close failed");
             }
         }
     }
 
     pub fn open_vault_count(&self) -> usize {
         self.open.lock().0.len()
+    }
+
+    /// Summed heap estimate of the open vaults, in bytes (what `open_vaults_memory_bytes_max`
+    /// bounds). It includes vaults purged or closed while a caller still holds them, until
+    /// the last handle drops: their memory is still in use.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_total.load(Ordering::Acquire)
     }
 
     /// Lists vault directories (admin/dashboard only: this one does read the root).

@@ -232,7 +232,8 @@ pub struct Segment {
     /// Session id → its docs, built on the first session-filtered search (not at open, which
     /// must stay cheap): a session filter then scans only that session's vectors instead of
     /// walking a graph where almost every node is rejected.
-    sessions: OnceLock<HashMap<String, Vec<u32>>>,
+    /// With its heap bytes, measured once when built (for the registry's memory bound).
+    sessions: OnceLock<(HashMap<String, Vec<u32>>, u64)>,
     /// Int8 codes of the vectors of a graphless segment, built on its first scan (not at
     /// open): scans then read a quarter of the bytes. Graph segments never build it.
     quantized: OnceLock<Quantized>,
@@ -467,6 +468,11 @@ impl Segment {
         self.quantized.get().map_or(0, Quantized::bytes)
     }
 
+    /// Heap bytes of the session index (0 until the first session lookup).
+    pub fn session_index_bytes(&self) -> u64 {
+        self.sessions.get().map_or(0, |(_, bytes)| *bytes)
+    }
+
     pub fn vectors(&self) -> &[f32] {
         let start = HEADER_BYTES + VECTORS_SUBHEADER_BYTES;
         bytemuck::cast_slice(&self.vectors.bytes()[start..start + self.n as usize * self.dim * 4])
@@ -547,14 +553,21 @@ impl Segment {
 
     /// The docs of one session, ascending.
     pub fn session_docs(&self, session_id: &str) -> &[u32] {
-        let index = self.sessions.get_or_init(|| {
+        let (index, _) = self.sessions.get_or_init(|| {
             let mut m: HashMap<String, Vec<u32>> = HashMap::new();
             for doc in 0..self.n {
                 m.entry(self.session(doc).to_string())
                     .or_default()
                     .push(doc);
             }
-            m
+            // Keys and lists by capacity, plus each bucket (key and list headers, control
+            // byte): one pass over the sessions, paid once beside the pass over the docs.
+            let bucket = std::mem::size_of::<(String, Vec<u32>)>() + 1;
+            let bytes = m.capacity() * bucket
+                + m.iter()
+                    .map(|(k, v)| k.capacity() + v.capacity() * 4)
+                    .sum::<usize>();
+            (m, bytes as u64)
         });
         index.get(session_id).map_or(&[], Vec::as_slice)
     }

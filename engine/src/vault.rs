@@ -22,6 +22,7 @@ use crate::chunk::chunk_text;
 use crate::embedder::Embedder;
 use crate::error::{Error, Result};
 use crate::file;
+use crate::footprint::{self, MemoryGauge};
 use crate::hnsw::HnswParams;
 use crate::manifest::Manifest;
 use crate::memtable::Memtable;
@@ -72,6 +73,9 @@ pub struct VaultOptions {
     pub background: bool,
     #[doc(hidden)]
     pub crash_at: Option<CrashPoint>,
+    /// Where this vault adds its heap estimate: the registry's engine-wide total, or a
+    /// counter of its own for a vault opened directly.
+    pub(crate) memory_total: Arc<AtomicU64>,
 }
 
 impl VaultOptions {
@@ -83,6 +87,7 @@ impl VaultOptions {
             hnsw: HnswParams::default(),
             background: true,
             crash_at: None,
+            memory_total: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -109,6 +114,9 @@ pub struct VaultStats {
     /// A background seal or compaction is queued or running: the vault's layout (and so
     /// its search cost) is still changing.
     pub busy: bool,
+    /// Estimated heap bytes of the open vault ([`Vault::memory_bytes`]); mapped segment files
+    /// are not counted.
+    pub memory_bytes: u64,
 }
 
 /// A message ready to reserve: its hash, the message, and its chunks with their indexing
@@ -138,6 +146,9 @@ pub(crate) struct State {
     /// concurrent resend of the same message is skipped too.
     pub pending: HashSet<u64>,
     pub last_write_ms: Option<i64>,
+    /// This vault's heap estimate, refreshed by every change to the fields above (see
+    /// `footprint.rs`); the registry bounds the sum over open vaults.
+    pub memory: MemoryGauge,
 }
 
 impl State {
@@ -236,13 +247,20 @@ impl State {
         !self.deleted.contains(&id) && self.locate(id).is_some()
     }
 
-    /// Drops tombstones of ids no source holds any more.
+    /// Drops tombstones of ids no source holds any more. Seals and compactions call it last,
+    /// under the write lock, after swapping sources, so it also refreshes the heap estimate.
     pub fn prune_deleted(&mut self) {
         let deleted = std::mem::take(&mut self.deleted);
         self.deleted = deleted
             .into_iter()
             .filter(|&id| self.locate(id).is_some())
             .collect();
+        self.refresh_memory();
+    }
+
+    /// Recomputes the heap estimate from lengths and capacities (no pass over records).
+    pub fn refresh_memory(&self) {
+        self.memory.set(footprint::state_bytes(self));
     }
 
     /// Tombstones to persist for `segments`: deleted ids that sit in one of them (sorted).
@@ -370,6 +388,7 @@ impl Vault {
             hashes: HashMap::new(),
             pending: HashSet::new(),
             last_write_ms: None,
+            memory: MemoryGauge::new(Arc::clone(&options.memory_total)),
         };
         for seg in &state.segments {
             for row in seg.rows() {
@@ -414,6 +433,7 @@ impl Vault {
                 }
             }
         }
+        state.refresh_memory();
         let next_id = manifest.next_id.max(max_id + 1);
         let next_segment = manifest.next_segment;
         let name = dir
@@ -588,6 +608,7 @@ impl Vault {
         let stored: Vec<MemoryId> = records.iter().map(|r| r.memory.id).collect();
         state.last_write_ms = Some(now_ms());
         state.apply_ingest(records);
+        state.refresh_memory();
         let memtable_len = state.memtable.len();
         drop(state);
         drop(_gate);
@@ -694,6 +715,7 @@ impl Vault {
         let mut state = inner.state.write();
         let n = ids.iter().filter(|&&id| state.apply_delete(id)).count();
         state.last_write_ms = Some(now_ms());
+        state.refresh_memory();
         Ok(n as u64)
     }
 
@@ -726,7 +748,9 @@ impl Vault {
             state.deleted.clear();
             state.hashes.clear();
             state.last_write_ms = Some(now_ms());
-            std::mem::take(&mut state.segments)
+            let old = std::mem::take(&mut state.segments);
+            state.refresh_memory();
+            old
         };
         remove_segment_dirs(&old)
     }
@@ -801,7 +825,22 @@ impl Vault {
                 + state.frozen.iter().map(|(m, _)| m.len()).sum::<usize>())
                 as u32,
             busy: self.is_busy(),
+            memory_bytes: {
+                state.refresh_memory();
+                state.memory.get()
+            },
         })
+    }
+
+    /// Estimated heap bytes this vault holds while open: memtables, dedupe and tombstone
+    /// sets, segments' in-memory side. Mapped segment files are page cache and not counted
+    /// (`footprint.rs` says why). Recomputed from lengths and capacities under the read lock
+    /// (O(1 + segments)), which also brings in indexes searches built lazily since the last
+    /// write, and passed on to the registry's total.
+    pub fn memory_bytes(&self) -> u64 {
+        let state = self.inner.state.read();
+        state.refresh_memory();
+        state.memory.get()
     }
 
     /// Flushes the WAL to disk (matters in `Buffered` durability; a no-op cost otherwise).

@@ -4,6 +4,7 @@ mod basic;
 mod common;
 mod context;
 mod crash;
+mod memory;
 mod model;
 mod registry;
 mod seal;
