@@ -14,6 +14,7 @@
 //! message_chars_max = 200000
 //! requests_per_minute = 1200        # per key; 0 = unlimited
 //! open_vaults_max = 1024
+//! open_vaults_memory_mb = 1024      # heap the open vaults may hold; idle ones beyond are closed
 //! connections_max = 1024
 //!
 //! [retrieval]
@@ -51,6 +52,11 @@ pub const MESSAGES_PER_REQUEST_MAX_DEFAULT: usize = 1000;
 pub const MESSAGE_CHARS_MAX_DEFAULT: usize = 200_000;
 pub const REQUESTS_PER_MINUTE_DEFAULT: u32 = 1200;
 pub const OPEN_VAULTS_MAX_DEFAULT: usize = 1024;
+/// The engine's default bound on the open vaults' heap estimate, in MiB (see
+/// `engine::OPEN_VAULTS_MEMORY_BYTES_MAX_DEFAULT` for why 1 GiB).
+pub const OPEN_VAULTS_MEMORY_MB_DEFAULT: u64 = engine::OPEN_VAULTS_MEMORY_BYTES_MAX_DEFAULT >> 20;
+/// Largest accepted memory bound, in MiB (1 PiB): keeps the conversion to bytes exact.
+pub const OPEN_VAULTS_MEMORY_MB_CEILING: u64 = 1 << 30;
 pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
 /// Cosine similarity (of the configured embedder) at which a memory that shares no word
 /// with the query still counts as relevant for prepare. 0.3 sits above the built-in
@@ -90,8 +96,18 @@ pub struct Limits {
     pub requests_per_minute: u32,
     /// Vaults kept open at once; idle ones beyond are closed (LRU) by the engine.
     pub open_vaults_max: usize,
+    /// Heap the open vaults may hold together, in MiB, by the engine's estimate (mapped
+    /// segment files are page cache and not counted); idle ones beyond are closed (LRU).
+    pub open_vaults_memory_mb: u64,
     /// Simultaneous client connections; more wait in the kernel's accept queue.
     pub connections_max: usize,
+}
+
+impl Limits {
+    /// `open_vaults_memory_mb` in bytes, for `engine::EngineConfig`.
+    pub fn open_vaults_memory_bytes(&self) -> u64 {
+        self.open_vaults_memory_mb.saturating_mul(1 << 20)
+    }
 }
 
 impl Default for Limits {
@@ -102,6 +118,7 @@ impl Default for Limits {
             message_chars_max: MESSAGE_CHARS_MAX_DEFAULT,
             requests_per_minute: REQUESTS_PER_MINUTE_DEFAULT,
             open_vaults_max: OPEN_VAULTS_MAX_DEFAULT,
+            open_vaults_memory_mb: OPEN_VAULTS_MEMORY_MB_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
         }
     }
@@ -266,6 +283,9 @@ impl Config {
                     self.limits.requests_per_minute = parse_number(name, value)?
                 }
                 "OPEN_VAULTS_MAX" => self.limits.open_vaults_max = parse_number(name, value)?,
+                "OPEN_VAULTS_MEMORY_MB" => {
+                    self.limits.open_vaults_memory_mb = parse_number(name, value)?
+                }
                 "CONNECTIONS_MAX" => self.limits.connections_max = parse_number(name, value)?,
                 "SIMILARITY_MIN" => self.retrieval.similarity_min = parse_number(name, value)?,
                 "STORE_SYSTEM" => self.ingest.store_system = parse_number(name, value)?,
@@ -305,6 +325,15 @@ impl Config {
             if value == 0 {
                 return Err(invalid(field, "must be at least 1".to_owned()));
             }
+        }
+        if !(1..=OPEN_VAULTS_MEMORY_MB_CEILING).contains(&limits.open_vaults_memory_mb) {
+            return Err(invalid(
+                "limits.open_vaults_memory_mb",
+                format!(
+                    "{} is outside 1..={OPEN_VAULTS_MEMORY_MB_CEILING}",
+                    limits.open_vaults_memory_mb
+                ),
+            ));
         }
         let similarity_min = self.retrieval.similarity_min;
         if !(0.0..=1.0).contains(&similarity_min) {
@@ -367,7 +396,7 @@ mod tests {
     fn layers_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "listen = \"127.0.0.1:1000\"\ndurability = \"buffered\"\n[limits]\nbody_bytes_max = 5000\nmessage_chars_max = 7\n").unwrap();
+        std::fs::write(&file, "listen = \"127.0.0.1:1000\"\ndurability = \"buffered\"\n[limits]\nbody_bytes_max = 5000\nmessage_chars_max = 7\nopen_vaults_memory_mb = 64\n").unwrap();
         let flags = Flags {
             config: Some(file),
             listen: Some("127.0.0.1:3000".into()),
@@ -384,6 +413,7 @@ mod tests {
         assert_eq!(config.listen.port(), 3000, "flag beats env beats file");
         assert_eq!(config.limits.body_bytes_max, 6000, "env beats file");
         assert_eq!(config.limits.message_chars_max, 7, "file beats default");
+        assert_eq!(config.limits.open_vaults_memory_bytes(), 64 << 20);
         assert_eq!(config.durability, DurabilitySetting::Buffered);
         assert_eq!(
             config.limits.messages_per_request_max,
@@ -409,6 +439,31 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("limits.body_bytes_max"), "{err}");
+        for bad in ["0", "1073741825", "lots"] {
+            let err = Config::load(
+                &Flags::default(),
+                &env(&[("MEMORYROUTER_OPEN_VAULTS_MEMORY_MB", bad)]),
+            )
+            .unwrap_err();
+            assert!(
+                err.to_string().contains("OPEN_VAULTS_MEMORY_MB")
+                    || err.to_string().contains("open_vaults_memory_mb"),
+                "{err}"
+            );
+        }
+        let config = Config::load(
+            &Flags::default(),
+            &env(&[("MEMORYROUTER_OPEN_VAULTS_MEMORY_MB", "256")]),
+        )
+        .unwrap();
+        assert_eq!(config.limits.open_vaults_memory_mb, 256);
+        assert_eq!(
+            Config::load(&Flags::default(), &env(&[]))
+                .unwrap()
+                .limits
+                .open_vaults_memory_bytes(),
+            engine::OPEN_VAULTS_MEMORY_BYTES_MAX_DEFAULT
+        );
         let err = Config::load(
             &Flags::default(),
             &env(&[("MEMORYROUTER_SECRET_KEY", "abc")]),

@@ -96,6 +96,7 @@ impl AppState {
         let mut engine_config = engine::EngineConfig::new(dir.join(datadir::VAULTS_DIR));
         engine_config.durability = config.durability.to_wal();
         engine_config.open_vaults_max = config.limits.open_vaults_max;
+        engine_config.open_vaults_memory_bytes_max = config.limits.open_vaults_memory_bytes();
         let engine = engine::Engine::open(engine_config)?;
         let proxy = proxy::ProxyState::open(&config).map_err(|e| error::Error::Config {
             field: "providers".into(),

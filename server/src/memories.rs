@@ -313,6 +313,7 @@ pub async fn stats(
             "segments": stats.segments,
             "memtable": stats.memtable,
             "compacting": stats.busy,
+            "memory_bytes": stats.memory_bytes,
         }),
     ))
 }
