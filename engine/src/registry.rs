@@ -155,11 +155,13 @@ impl Engine {
             );
             vault
         };
-        // Refreshing the handed-out vault's estimate (O(1 + its segments)) picks up indexes
-        // its last search built lazily; then the check is one length compare and one atomic
-        // load unless a bound is exceeded.
-        vault.memory_bytes();
+        // One length compare and one atomic load unless a bound is exceeded.
         self.evict(map);
+        drop(guard);
+        // Outside the registry lock (waiting there for one vault's state lock would stall
+        // every request): pick up indexes the vault's last search built lazily, so the next
+        // check counts them. O(1 + its segments), and skipped if a writer is at the lock.
+        vault.try_refresh_memory();
         Ok(vault)
     }
 
@@ -185,7 +187,7 @@ impl Engine {
             let Some(slot) = victim.as_ref().and_then(|id| map.remove(id)) else {
                 break;
             };
-            bytes = bytes.saturating_sub(slot.vault.memory_bytes());
+            bytes = bytes.saturating_sub(slot.vault.memory_estimate());
             if let Err(e) = slot.vault.sync() {
                 tracing::error!(vault = ?victim, error = %e, "sync on close failed");
             }

@@ -148,7 +148,7 @@ pub(crate) struct State {
     pub last_write_ms: Option<i64>,
     /// This vault's heap estimate, refreshed by every change to the fields above (see
     /// `footprint.rs`); the registry bounds the sum over open vaults.
-    pub memory: MemoryGauge,
+    pub memory: Arc<MemoryGauge>,
 }
 
 impl State {
@@ -312,6 +312,9 @@ pub(crate) struct Inner {
     /// Background jobs queued or running; the registry never closes a busy vault.
     pub jobs: AtomicUsize,
     pub seal_scheduled: AtomicBool,
+    /// The same gauge as `State::memory`, readable without the state lock: the registry
+    /// reads it under its own lock, where waiting for a vault's lock would stall every vault.
+    pub memory: Arc<MemoryGauge>,
 }
 
 /// A handle to one open vault. Every method is safe to call concurrently.
@@ -388,7 +391,7 @@ impl Vault {
             hashes: HashMap::new(),
             pending: HashSet::new(),
             last_write_ms: None,
-            memory: MemoryGauge::new(Arc::clone(&options.memory_total)),
+            memory: Arc::new(MemoryGauge::new(Arc::clone(&options.memory_total))),
         };
         for seg in &state.segments {
             for row in seg.rows() {
@@ -452,6 +455,7 @@ impl Vault {
                 compact_lock: Mutex::new(()),
                 delete_lock: Mutex::new(()),
                 manifest: Mutex::new(manifest),
+                memory: Arc::clone(&state.memory),
                 state: RwLock::new(state),
                 next_id: AtomicU64::new(next_id),
                 next_segment: AtomicU64::new(next_segment),
@@ -838,9 +842,21 @@ impl Vault {
     /// (O(1 + segments)), which also brings in indexes searches built lazily since the last
     /// write, and passed on to the registry's total.
     pub fn memory_bytes(&self) -> u64 {
-        let state = self.inner.state.read();
-        state.refresh_memory();
-        state.memory.get()
+        self.inner.state.read().refresh_memory();
+        self.inner.memory.get()
+    }
+
+    /// The estimate as last refreshed, without the state lock.
+    pub(crate) fn memory_estimate(&self) -> u64 {
+        self.inner.memory.get()
+    }
+
+    /// Refreshes the estimate unless a writer holds or waits for the state lock (the next
+    /// change refreshes it anyway); never blocks.
+    pub(crate) fn try_refresh_memory(&self) {
+        if let Some(state) = self.inner.state.try_read() {
+            state.refresh_memory();
+        }
     }
 
     /// Flushes the WAL to disk (matters in `Buffered` durability; a no-op cost otherwise).
