@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use engine::Quantized;
 use engine::hnsw::{self, Graph, HnswParams};
 use engine::{
     BuiltinEmbedder, Durability, Embedder, Engine, EngineConfig, Filter, NewMemory, Role,
@@ -219,6 +220,20 @@ fn measure(graph: &Graph, d: &HnswData, ef: usize) -> (f64, f64) {
     (hits as f64 / (QUERIES * K) as f64, lat[lat.len() / 2])
 }
 
+/// [`measure`] for the int8 walk (the one segments use), f32 rescoring included.
+fn measure_quantized(graph: &Graph, quantized: &Quantized, d: &HnswData, ef: usize) -> (f64, f64) {
+    let mut hits = 0;
+    let mut lat = Vec::with_capacity(QUERIES);
+    for (q, t) in d.queries.chunks_exact(DIM).zip(&d.truth) {
+        let start = Instant::now();
+        let r = graph.search_quantized(&d.graph_payload, quantized, &d.base, q, K, ef, &|_| true);
+        lat.push(start.elapsed().as_secs_f64() * 1e6);
+        hits += recall(&r, t);
+    }
+    lat.sort_by(f64::total_cmp);
+    (hits as f64 / (QUERIES * K) as f64, lat[lat.len() / 2])
+}
+
 fn bench_hnsw(c: &mut Criterion) {
     let d = hnsw_data();
     let n = d.base.len() / DIM;
@@ -239,7 +254,20 @@ fn bench_hnsw(c: &mut Criterion) {
             chosen = ef;
         }
     }
-    hnswlib_side_by_side(&d, &ours);
+    // The walk segments run: int8 codes (built once per segment, on first use), f32 rescoring.
+    let quantized = Quantized::new(&d.base, DIM);
+    let _ = measure_quantized(&graph, &quantized, &d, 64);
+    let mut chosen_q = *EF_SWEEP.last().unwrap_or(&128);
+    let mut ours_q = Vec::new();
+    for ef in EF_SWEEP {
+        let (r, p50) = measure_quantized(&graph, &quantized, &d, ef);
+        println!("  engine-i8 ef={ef:<4} recall@10={r:.4}  p50={p50:.1} us");
+        ours_q.push((ef, r, p50));
+        if r >= RECALL_TARGET && chosen_q == *EF_SWEEP.last().unwrap_or(&128) {
+            chosen_q = ef;
+        }
+    }
+    hnswlib_side_by_side(&d, &[("f32 walk", &ours), ("int8 walk", &ours_q)]);
 
     let mut g = c.benchmark_group("hnsw");
     g.sample_size(30);
@@ -260,6 +288,21 @@ fn bench_hnsw(c: &mut Criterion) {
             })
         });
     }
+    let i = AtomicUsize::new(0);
+    g.bench_function(format!("search_i8_k10_{n}x{DIM}_ef{chosen_q}"), |b| {
+        b.iter(|| {
+            let k = i.fetch_add(1, Ordering::Relaxed) % QUERIES;
+            graph.search_quantized(
+                &d.graph_payload,
+                &quantized,
+                &d.base,
+                &d.queries[k * DIM..(k + 1) * DIM],
+                K,
+                chosen_q,
+                &|_| true,
+            )
+        })
+    });
     // Half the points filtered out during the walk (tombstones or a filter).
     let i = AtomicUsize::new(0);
     g.bench_function(
@@ -283,7 +326,11 @@ fn bench_hnsw(c: &mut Criterion) {
 }
 
 /// Runs `benches/scripts/hnswlib_compare.py` on the same files and prints both side by side.
-fn hnswlib_side_by_side(d: &HnswData, ours: &[(usize, f64, f64)]) {
+/// One ef setting's measurement: (ef, recall@10, p50 µs).
+type EfRow = (usize, f64, f64);
+
+/// `walks`: each engine walk to compare, labelled.
+fn hnswlib_side_by_side(d: &HnswData, walks: &[(&str, &[EfRow])]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/hnswlib_compare.py");
     let out = std::process::Command::new("python3")
         .arg(&script)
@@ -328,45 +375,49 @@ fn hnswlib_side_by_side(d: &HnswData, ours: &[(usize, f64, f64)]) {
             );
         }
     }
-    println!("  side by side (same vectors, same queries, per-query p50):");
-    println!(
-        "  {:>5} | {:>14} {:>10} | {:>14} {:>10} | ratio",
-        "ef", "engine recall", "p50 us", "hnswlib recall", "p50 us"
-    );
-    for row in rows.iter().filter(|r| r.get("ef").is_some()) {
-        let ef = row["ef"].as_u64().unwrap_or(0) as usize;
-        let (hr, hp) = (
-            row["recall"].as_f64().unwrap_or(0.0),
-            row["p50_us"].as_f64().unwrap_or(0.0),
+    for (label, ours) in walks {
+        println!("  {label}: side by side (same vectors, same queries, per-query p50):");
+        println!(
+            "  {:>5} | {:>14} {:>10} | {:>14} {:>10} | ratio",
+            "ef", "engine recall", "p50 us", "hnswlib recall", "p50 us"
         );
-        if let Some((_, r, p)) = ours.iter().find(|o| o.0 == ef) {
+        for row in rows.iter().filter(|r| r.get("ef").is_some()) {
+            let ef = row["ef"].as_u64().unwrap_or(0) as usize;
+            let (hr, hp) = (
+                row["recall"].as_f64().unwrap_or(0.0),
+                row["p50_us"].as_f64().unwrap_or(0.0),
+            );
+            if let Some((_, r, p)) = ours.iter().find(|o| o.0 == ef) {
+                println!(
+                    "  {ef:>5} | {r:>14.4} {p:>10.1} | {hr:>14.4} {hp:>10.1} | {:.2}",
+                    p / hp.max(1e-9)
+                );
+            }
+        }
+        // At equal recall: the cheapest setting of each reaching the target.
+        let ours_at = ours.iter().find(|o| o.1 >= RECALL_TARGET);
+        let theirs_at = rows
+            .iter()
+            .filter(|r| {
+                r.get("ef").is_some() && r["recall"].as_f64().unwrap_or(0.0) >= RECALL_TARGET
+            })
+            .min_by(|a, b| {
+                a["p50_us"]
+                    .as_f64()
+                    .unwrap_or(f64::MAX)
+                    .total_cmp(&b["p50_us"].as_f64().unwrap_or(f64::MAX))
+            });
+        if let (Some(o), Some(t)) = (ours_at, theirs_at) {
+            let tp = t["p50_us"].as_f64().unwrap_or(0.0);
             println!(
-                "  {ef:>5} | {r:>14.4} {p:>10.1} | {hr:>14.4} {hp:>10.1} | {:.2}",
-                p / hp.max(1e-9)
+                "  at recall >= {RECALL_TARGET}: engine ef={} p50 {:.1} us, hnswlib ef={} p50 {:.1} us, ratio {:.2}",
+                o.0,
+                o.2,
+                t["ef"],
+                tp,
+                o.2 / tp.max(1e-9)
             );
         }
-    }
-    // At equal recall: the cheapest setting of each reaching the target.
-    let ours_at = ours.iter().find(|o| o.1 >= RECALL_TARGET);
-    let theirs_at = rows
-        .iter()
-        .filter(|r| r.get("ef").is_some() && r["recall"].as_f64().unwrap_or(0.0) >= RECALL_TARGET)
-        .min_by(|a, b| {
-            a["p50_us"]
-                .as_f64()
-                .unwrap_or(f64::MAX)
-                .total_cmp(&b["p50_us"].as_f64().unwrap_or(f64::MAX))
-        });
-    if let (Some(o), Some(t)) = (ours_at, theirs_at) {
-        let tp = t["p50_us"].as_f64().unwrap_or(0.0);
-        println!(
-            "  at recall >= {RECALL_TARGET}: engine ef={} p50 {:.1} us, hnswlib ef={} p50 {:.1} us, ratio {:.2}",
-            o.0,
-            o.2,
-            t["ef"],
-            tp,
-            o.2 / tp.max(1e-9)
-        );
     }
 }
 

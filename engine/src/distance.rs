@@ -157,7 +157,7 @@ const RESCORE_EXTRA: usize = 32;
 /// quarter of the bytes of the f32 originals, so a scan streams 384 B per vector instead of
 /// 1.5 KB. Scanning graphless segments was memory-bound: their f32 vectors (up to ~24 MB in
 /// a settled 100k vault) do not stay in cache next to the graph walks.
-pub(crate) struct Quantized {
+pub struct Quantized {
     dim: usize,
     codes: Vec<i8>,
     scales: Vec<f32>,
@@ -179,6 +179,32 @@ impl Quantized {
     /// Heap bytes held.
     pub fn bytes(&self) -> usize {
         self.codes.len() + self.scales.len() * 4
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// A query's codes and scale, for [`Quantized::score`].
+    pub fn query(&self, query: &[f32]) -> (Vec<i8>, f32) {
+        let mut codes = Vec::with_capacity(query.len());
+        let scale = quantize_into(query, &mut codes);
+        (codes, scale)
+    }
+
+    /// The codes of `doc` (empty past the end).
+    #[inline]
+    pub fn codes_of(&self, doc: u32) -> &[i8] {
+        let s = doc as usize * self.dim;
+        self.codes.get(s..s + self.dim).unwrap_or(&[])
+    }
+
+    /// Approximate dot product of the query with `doc`.
+    #[inline]
+    pub fn score(&self, query: &(Vec<i8>, f32), doc: u32) -> f32 {
+        let scale = self.scales.get(doc as usize).copied().unwrap_or(0.0);
+        let raw = i8::dot(&query.0, self.codes_of(doc)).map_or(0.0, |d| d as f32);
+        raw * query.1 * scale
     }
 }
 

@@ -80,7 +80,7 @@ pub use local_model::LocalModelEmbedder;
 
 pub use chunk::{CHUNK_CHARS_MAX, CHUNK_OVERLAP_CHARS, chunk_text};
 pub use compaction::{COMPACTION_DELETED_SHARE_MIN, COMPACTION_FANIN};
-pub use distance::{UnitDistance, dot, exact_top_k};
+pub use distance::{Quantized, UnitDistance, dot, exact_top_k};
 pub use error::{Error, Result};
 pub use hnsw::HnswParams;
 pub use query::{Filter, Hit, SearchQuery};

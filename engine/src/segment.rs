@@ -234,8 +234,9 @@ pub struct Segment {
     /// walking a graph where almost every node is rejected.
     /// With its heap bytes, measured once when built (for the registry's memory bound).
     sessions: OnceLock<(HashMap<String, Vec<u32>>, u64)>,
-    /// Int8 codes of the vectors of a graphless segment, built on its first scan (not at
-    /// open): scans then read a quarter of the bytes. Graph segments never build it.
+    /// Int8 codes of the vectors, built on the first graph walk or scan of at least
+    /// `QUANTIZED_SCAN_MIN` records (not at open, which must stay cheap): walks and scans
+    /// then read a quarter of the bytes, and rescore their best candidates in f32.
     quantized: OnceLock<Quantized>,
     min_id: MemoryId,
     max_id: MemoryId,
@@ -462,7 +463,7 @@ impl Segment {
         std::str::from_utf8(&self.heap()[off as usize..off as usize + len as usize]).unwrap_or("")
     }
 
-    /// Heap bytes of the int8 scan codes (0 until the first scan of a graphless segment);
+    /// Heap bytes of the int8 codes (0 until the first walk or large scan);
     /// the mapped files are page cache, not heap.
     pub fn quantized_bytes(&self) -> usize {
         self.quantized.get().map_or(0, Quantized::bytes)
@@ -596,20 +597,31 @@ impl Segment {
         }
         if let Some((map, graph)) = &self.graph {
             let payload = &map.bytes()[HEADER_BYTES..];
-            let hits = graph.search(payload, self.vectors(), self.dim, query, k, ef, accept);
+            let hits = graph.search_quantized(
+                payload,
+                self.quantized(),
+                self.vectors(),
+                query,
+                k,
+                ef,
+                accept,
+            );
             if hits.len() >= k.min(self.n as usize) {
                 return hits;
             }
             // A selective filter can leave the graph walk with fewer than k accepted docs even
             // though more exist; the scan is exact and, for a selective filter, cheap enough.
         }
-        if self.graph.is_none() && self.n as usize >= QUANTIZED_SCAN_MIN {
-            let quantized = self
-                .quantized
-                .get_or_init(|| Quantized::new(self.vectors(), self.dim));
-            return quantized_top_k(quantized, self.vectors(), query, k, accept);
+        if self.graph.is_some() || self.n as usize >= QUANTIZED_SCAN_MIN {
+            return quantized_top_k(self.quantized(), self.vectors(), query, k, accept);
         }
         crate::distance::exact_top_k(self.vectors(), self.dim, query, k, accept)
+    }
+
+    /// The int8 codes, built on first use.
+    fn quantized(&self) -> &Quantized {
+        self.quantized
+            .get_or_init(|| Quantized::new(self.vectors(), self.dim))
     }
 }
 
