@@ -1,6 +1,7 @@
 //! Embedding speed (criterion, medians): one `embed` call on one thread, for a short chat
 //! turn (~20 WordPiece tokens) and a long message (~250 tokens, just under the BERT limit),
-//! with the built-in embedder measured in the same run as the baseline.
+//! with the built-in embedder measured in the same run as the baseline, and 16 short texts in
+//! one `LocalModelEmbedder::embed_batch` call.
 //!
 //! ```text
 //! MEMORYROUTER_TEST_MODEL_DIR=target/models/all-MiniLM-L6-v2 \
@@ -19,6 +20,9 @@ use std::time::Duration;
 /// A LoCoMo-like turn: 20 pieces with [CLS]/[SEP] for MiniLM's tokenizer.
 const SHORT: &str = "Caroline: I went to a LGBTQ support group yesterday and it was so powerful.";
 
+/// Texts per `embed_batch` call in the batched measurement.
+const BATCH: usize = 16;
+
 fn long_text() -> String {
     // 16 sentences of ~15 pieces: about 250 tokens.
     [
@@ -34,10 +38,13 @@ fn long_text() -> String {
 fn bench_embed(c: &mut Criterion) {
     let mut embedders: Vec<(String, Arc<dyn Embedder>)> =
         vec![("builtin".into(), Arc::new(BuiltinEmbedder::new()))];
+    let mut model = None;
     match std::env::var_os("MEMORYROUTER_TEST_MODEL_DIR") {
         Some(dir) => {
-            let model = LocalModelEmbedder::open(Path::new(&dir)).expect("loading the model");
-            embedders.push(("minilm".into(), Arc::new(model)));
+            let loaded =
+                Arc::new(LocalModelEmbedder::open(Path::new(&dir)).expect("loading the model"));
+            embedders.push(("minilm".into(), loaded.clone()));
+            model = Some(loaded);
         }
         None => {
             eprintln!("MEMORYROUTER_TEST_MODEL_DIR unset: measuring the built-in embedder only")
@@ -53,6 +60,13 @@ fn bench_embed(c: &mut Criterion) {
         });
         g.bench_function(format!("{name}/long"), |b| {
             b.iter(|| e.embed(black_box(&long)))
+        });
+    }
+    if let Some(model) = &model {
+        // One call for BATCH short texts: divide the time by BATCH for the cost per text.
+        let texts = vec![SHORT; BATCH];
+        g.bench_function(format!("minilm/short_batch{BATCH}"), |b| {
+            b.iter(|| model.embed_batch(black_box(&texts)))
         });
     }
     g.finish();

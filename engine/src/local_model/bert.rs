@@ -12,12 +12,19 @@ use super::wordpiece::WordPiece;
 use crate::error::{Error, Result};
 use ndarray::{Array1, Array2, Axis, s};
 use serde_json::Value;
+use std::ops::Range;
 use std::path::Path;
 
 /// Tokens per text including `[CLS]` and `[SEP]`: all-MiniLM-L6-v2's `max_seq_length`, and
 /// what keeps one embed of a long message in the tens of milliseconds (attention is
 /// quadratic). Later tokens of a longer text do not influence its vector.
 pub const BERT_TOKENS_MAX: usize = 256;
+
+/// Tokens stacked into one forward pass by `embed_batch`: bounds the activations (the
+/// intermediate layer holds 2048 × 1536 floats, 12 MiB, for MiniLM) while amortising
+/// sgemm's weight packing over several texts.
+pub const BATCH_TOKENS_MAX: usize = 2048;
+const _: () = assert!(BATCH_TOKENS_MAX >= BERT_TOKENS_MAX);
 
 /// The hyper-parameters of `config.json` the forward pass needs.
 #[derive(Debug, Clone)]
@@ -293,47 +300,92 @@ impl Bert {
 
     /// The mean-pooled last hidden state (not yet normalised).
     pub(crate) fn embed(&self, text: &str) -> Vec<f32> {
-        let mut ids = vec![self.cls];
-        self.tokenizer.encode(text, self.tokens_max - 1, &mut ids);
-        ids.push(self.sep);
-        let mut x = Array2::<f32>::zeros((ids.len(), self.config.hidden));
-        for (i, (mut row, &id)) in x.rows_mut().into_iter().zip(&ids).enumerate() {
-            row.assign(&self.word.row(id as usize));
-            row += &self.position.row(i);
-            row += &self.token_type;
+        self.embed_batch(&[text]).pop().unwrap_or_default()
+    }
+
+    /// [`Self::embed`] of several texts, their tokens stacked into one matrix so each weight
+    /// matrix is packed for sgemm once per group instead of once per text (attention stays
+    /// within each text). Groups hold at most [`BATCH_TOKENS_MAX`] tokens.
+    pub(crate) fn embed_batch(&self, texts: &[&str]) -> Vec<Vec<f32>> {
+        let mut out = Vec::with_capacity(texts.len());
+        let mut group: Vec<Vec<u32>> = Vec::new();
+        let mut group_tokens = 0;
+        for text in texts {
+            let mut ids = vec![self.cls];
+            self.tokenizer.encode(text, self.tokens_max - 1, &mut ids);
+            ids.push(self.sep);
+            if group_tokens + ids.len() > BATCH_TOKENS_MAX && !group.is_empty() {
+                out.extend(self.forward(&group));
+                group.clear();
+                group_tokens = 0;
+            }
+            group_tokens += ids.len();
+            group.push(ids);
+        }
+        if !group.is_empty() {
+            out.extend(self.forward(&group));
+        }
+        out
+    }
+
+    /// The mean-pooled outputs of one group of token sequences.
+    fn forward(&self, sequences: &[Vec<u32>]) -> Vec<Vec<f32>> {
+        let mut spans = Vec::with_capacity(sequences.len());
+        let mut rows = 0;
+        for ids in sequences {
+            spans.push(rows..rows + ids.len());
+            rows += ids.len();
+        }
+        let mut x = Array2::<f32>::zeros((rows, self.config.hidden));
+        for (ids, span) in sequences.iter().zip(&spans) {
+            let mut block = x.slice_mut(s![span.clone(), ..]);
+            for (i, (mut row, &id)) in block.rows_mut().into_iter().zip(ids).enumerate() {
+                row.assign(&self.word.row(id as usize));
+                row += &self.position.row(i);
+                row += &self.token_type;
+            }
         }
         self.embedding_norm.apply(&mut x);
         for layer in &self.layers {
-            x = self.layer(layer, &x);
+            x = self.layer(layer, &x, &spans);
         }
-        x.mean_axis(Axis(0))
-            .map(|mean| mean.iter().copied().collect())
-            .unwrap_or_else(|| vec![0.0; self.config.hidden])
+        spans
+            .iter()
+            .map(|span| {
+                x.slice(s![span.clone(), ..])
+                    .mean_axis(Axis(0))
+                    .map(|mean| mean.iter().copied().collect())
+                    .unwrap_or_else(|| vec![0.0; self.config.hidden])
+            })
+            .collect()
     }
 
-    fn layer(&self, layer: &Layer, x: &Array2<f32>) -> Array2<f32> {
+    fn layer(&self, layer: &Layer, x: &Array2<f32>, spans: &[Range<usize>]) -> Array2<f32> {
         let h = self.config.hidden;
         let d = h / self.config.heads;
         let scale = 1.0 / (d as f32).sqrt();
         let qkv = layer.qkv.forward(x);
         let mut context = Array2::<f32>::zeros(x.raw_dim());
-        for head in 0..self.config.heads {
-            let cols = head * d..(head + 1) * d;
-            let q = qkv.slice(s![.., cols.clone()]);
-            let k = qkv.slice(s![.., h + cols.start..h + cols.end]);
-            let v = qkv.slice(s![.., 2 * h + cols.start..2 * h + cols.end]);
-            let mut scores = q.dot(&k.t());
-            for mut row in scores.rows_mut() {
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
-                let mut sum = 0.0;
-                row.mapv_inplace(|v| {
-                    let e = (v * scale - max).exp();
-                    sum += e;
-                    e
-                });
-                row /= sum;
+        for span in spans {
+            for head in 0..self.config.heads {
+                let cols = head * d..(head + 1) * d;
+                let rows = span.clone();
+                let q = qkv.slice(s![rows.clone(), cols.clone()]);
+                let k = qkv.slice(s![rows.clone(), h + cols.start..h + cols.end]);
+                let v = qkv.slice(s![rows.clone(), 2 * h + cols.start..2 * h + cols.end]);
+                let mut scores = q.dot(&k.t());
+                for mut row in scores.rows_mut() {
+                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+                    let mut sum = 0.0;
+                    row.mapv_inplace(|v| {
+                        let e = (v * scale - max).exp();
+                        sum += e;
+                        e
+                    });
+                    row /= sum;
+                }
+                context.slice_mut(s![rows, cols]).assign(&scores.dot(&v));
             }
-            context.slice_mut(s![.., cols]).assign(&scores.dot(&v));
         }
         let mut attended = layer.attention_out.forward(&context);
         attended += x;

@@ -474,6 +474,35 @@ fn tiny_bert_matches_a_naive_forward_pass() {
 }
 
 #[test]
+fn batches_give_the_same_vectors_bit_for_bit() {
+    let (_tmp, dir) = model_dir("tiny-bert", &bert_files("", &bert_config()));
+    let bert = LocalModelEmbedder::open(&dir).unwrap();
+    let (_tmp2, stat) = static_model();
+    // More texts than one pass holds (at most 6 tokens each here), of different lengths.
+    let words = [
+        "hello",
+        "world",
+        "unbelievable",
+        "zebra",
+        "café",
+        "東京",
+        "",
+    ];
+    let texts: Vec<String> = (0..BATCH_TOKENS_MAX / 3)
+        .map(|i| words[..i % words.len()].join(" "))
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    for e in [&bert, &stat] {
+        let batch = e.embed_batch(&refs);
+        assert_eq!(batch.len(), refs.len());
+        for (text, v) in refs.iter().zip(&batch) {
+            assert_eq!(*v, e.embed(text), "{}: {text:?}", e.id());
+        }
+    }
+    assert!(bert.embed_batch(&[]).is_empty());
+}
+
+#[test]
 fn embeddings_are_unit_deterministic_and_never_panic() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<LocalModelEmbedder>();
@@ -584,6 +613,8 @@ fn minilm_matches_the_python_reference() {
         ),
     ];
     let vectors: Vec<Vec<f32>> = golden.iter().map(|(t, _)| e.embed(t)).collect();
+    let texts: Vec<&str> = golden.iter().map(|(t, _)| *t).collect();
+    assert_eq!(e.embed_batch(&texts), vectors);
     for ((text, want), got) in golden.iter().zip(&vectors) {
         let got = &got[..8];
         for (g, w) in got.iter().zip(want) {
