@@ -97,6 +97,15 @@ impl AppState {
         engine_config.durability = config.durability.to_wal();
         engine_config.open_vaults_max = config.limits.open_vaults_max;
         engine_config.open_vaults_memory_bytes_max = config.limits.open_vaults_memory_bytes();
+        if let Some(model_dir) = &config.embedder.model_dir {
+            let model =
+                engine::LocalModelEmbedder::open(model_dir).map_err(|e| error::Error::Config {
+                    field: "embedder.model_dir".into(),
+                    reason: e.to_string(),
+                })?;
+            tracing::info!(embedder = %engine::Embedder::id(&model), "local embedding model loaded");
+            engine_config.embedder = std::sync::Arc::new(model);
+        }
         let engine = engine::Engine::open(engine_config)?;
         let proxy = proxy::ProxyState::open(&config).map_err(|e| error::Error::Config {
             field: "providers".into(),

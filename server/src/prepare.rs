@@ -10,7 +10,8 @@
 //! * **Relevant** = the memory shares at least one index term with the query (the engine's
 //!   analyzer: stopwords dropped, Porter-stemmed, so "training" meets "train"), or the
 //!   embedder's cosine between them is at least `retrieval.similarity_min` (0.3 for the
-//!   built-in embedder, whose noise between unrelated sentences measured up to ~0.18).
+//!   built-in embedder, whose noise between unrelated sentences measured up to ~0.18; 0.4
+//!   by default with a local semantic model).
 //!   Irrelevant hits are dropped, so a large unrelated vault yields an empty context.
 //! * **Recency fallback** (small vaults only): when the searched vault or session holds at
 //!   most [`RECENCY_FALLBACK_VAULT_MAX`] memories and the request has no `filters`, the
@@ -231,7 +232,7 @@ impl Relevance {
             terms: engine::analyzer::analyze(query).into_iter().collect(),
             query_vector: embedder.embed(query),
             embedder,
-            similarity_min: state.config.retrieval.similarity_min,
+            similarity_min: state.config.similarity_min(),
             embeddings_left: COSINE_CHECKS_MAX,
         }
     }
