@@ -130,7 +130,11 @@ impl Vault {
         crash(inner, CrashPoint::SealAfterRename)?;
         let new_segments = new_segments
             .iter()
-            .map(|path| Segment::open(path, inner.dim).map(Arc::new))
+            .map(|path| {
+                Segment::open(path, inner.dim)
+                    .map(Segment::warmed)
+                    .map(Arc::new)
+            })
             .collect::<Result<Vec<_>>>()?;
         drop(inputs);
 
@@ -242,7 +246,7 @@ impl Vault {
                 crash_at,
             )?;
             crash(inner, CrashPoint::CompactAfterRename)?;
-            Some(Arc::new(Segment::open(&path, inner.dim)?))
+            Some(Arc::new(Segment::open(&path, inner.dim)?.warmed()))
         };
         drop(inputs);
         drop(memories);

@@ -618,6 +618,16 @@ impl Segment {
         crate::distance::exact_top_k(self.vectors(), self.dim, query, k, accept)
     }
 
+    /// Builds the int8 codes now if searches will use them, so the first search after a seal
+    /// or compaction (which run in the background) does not pay for them. Segments opened at
+    /// vault open stay lazy: opening must stay cheap.
+    pub(crate) fn warmed(self) -> Segment {
+        if self.graph.is_some() || self.n as usize >= QUANTIZED_SCAN_MIN {
+            let _ = self.quantized();
+        }
+        self
+    }
+
     /// The int8 codes, built on first use.
     fn quantized(&self) -> &Quantized {
         self.quantized
