@@ -40,6 +40,8 @@ struct Args {
     /// A Memory Key whose vault is already seeded: skips minting and seeding, so a vault
     /// that took minutes to settle can be measured again (e.g. against another build).
     key: Option<String>,
+    /// Which endpoints to drive: `prepare`, `ingest` or both (comma-separated).
+    phases: Vec<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -50,6 +52,7 @@ fn parse_args() -> Result<Args> {
         connections: vec![1, 8, 32],
         seconds: 10,
         key: None,
+        phases: vec!["prepare".into(), "ingest".into()],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -66,12 +69,13 @@ fn parse_args() -> Result<Args> {
             }
             "--seconds" => args.seconds = value.parse()?,
             "--key" => args.key = Some(value),
+            "--phases" => args.phases = value.split(',').map(|p| p.trim().to_string()).collect(),
             other => bail!("unknown flag {other}"),
         }
     }
     if args.base_url.is_empty() || args.admin_key.is_empty() {
         bail!(
-            "usage: loadgen --base-url URL --admin-key KEY [--memories N] [--connections N] [--seconds N] [--key MEMORY_KEY]"
+            "usage: loadgen --base-url URL --admin-key KEY [--memories N] [--connections N] [--seconds N] [--key MEMORY_KEY] [--phases prepare,ingest]"
         );
     }
     Ok(args)
@@ -326,7 +330,9 @@ async fn main() -> Result<()> {
         "load: {} s per phase, vault of {} memories",
         args.seconds, args.memories
     );
-    for &connections in &args.connections {
+    let prepare = args.phases.iter().any(|p| p == "prepare");
+    let ingest = args.phases.iter().any(|p| p == "ingest");
+    for &connections in args.connections.iter().filter(|_| prepare) {
         let (lat, elapsed) = drive(
             &args,
             connections,
@@ -338,7 +344,7 @@ async fn main() -> Result<()> {
         .await?;
         report(&format!("prepare c={connections}"), lat, elapsed);
     }
-    for &connections in &args.connections {
+    for &connections in args.connections.iter().filter(|_| ingest) {
         let (lat, elapsed) = drive(
             &args,
             connections,
