@@ -4,8 +4,9 @@
 //!
 //! **Is:** records and their durable write path (WAL → memtable → immutable mmapped segments),
 //! dedupe of resent chat history, tombstone deletes, background compaction, HNSW graphs for
-//! large segments, SIMD exact search for small ones, BM25, rank fusion, the built-in embedder
-//! and the registry that opens and closes vaults lazily.
+//! large segments, SIMD exact search for small ones, BM25, rank fusion, the built-in embedder,
+//! local semantic models (model2vec or BERT from a directory, [`LocalModelEmbedder`]) and the
+//! registry that opens and closes vaults lazily.
 //! **Is not:** aware of HTTP, keys or providers; it never does network I/O.
 //!
 //! **Limits** (named constants): [`SEARCH_K_MAX`] results per search, [`CHUNK_CHARS_MAX`]
@@ -19,8 +20,8 @@
 //! (graph build via `hnsw_rs`, in-place search), `distance` (simsimd), `manifest`, `file`
 //! (common header, durable writes), `mmap` (the only `unsafe`), `record` (types, WAL payloads),
 //! `query`, `chunk`, `registry` ([`Engine`]), `footprint` (heap estimate of open vaults),
-//! `error`; retrieval quality: `embedder`, `analyzer`, `lexical`, `fusion`. File formats:
-//! `docs/format.md`.
+//! `error`; retrieval quality: `embedder`, `local_model`, `analyzer`, `lexical`, `fusion`. File
+//! formats: `docs/format.md`.
 //!
 //! ```
 //! use engine::{Engine, EngineConfig, Filter, NewMemory, Role, SearchQuery};
