@@ -244,85 +244,137 @@ impl LexicalSource for MemLexical {
 /// segment a document happens to sit in. `accept(source, doc)` is asked once per matching
 /// document, during scoring, so filtered-out and deleted documents never take a result slot.
 /// Returns up to `k` `(source index, doc, score)`, best first (ties by source then doc).
-///
-/// Exact, with max-score pruning: terms are scored rarest (heaviest) first, and a term adds
-/// at most `weight · (k1 + 1)` to any document. Once the k-th best score so far exceeds
-/// what all the remaining terms together could add, no document untouched so far can
-/// reach the top k, so the remaining terms — the common ones, whose posting lists are the
-/// longest — only update the documents already scored, found by galloping through their
-/// postings. A query mixing rare and common words thus reads a small part of the common
-/// words' lists; the result is the same as scoring every posting.
+/// Exact, with max-score pruning (see [`Bm25Query`]).
 pub fn bm25(
     sources: &[&dyn LexicalSource],
     query: &str,
     k: usize,
     accept: &dyn Fn(usize, u32) -> bool,
 ) -> Vec<(usize, u32, f32)> {
-    if k == 0 || sources.is_empty() {
+    let Some(plan) = Bm25Query::new(sources, query) else {
         return Vec::new();
+    };
+    let mut hits: Vec<(usize, u32, f32)> = Vec::new();
+    for si in 0..plan.n_sources() {
+        hits.extend(
+            plan.source_top_k(si, k, &|doc| accept(si, doc))
+                .into_iter()
+                .map(|(doc, score)| (si, doc, score)),
+        );
     }
-    let (query_terms, _) = term_counts(query);
-    let n: f64 = sources.iter().map(|s| f64::from(s.n_docs())).sum();
-    let total: f64 = sources.iter().map(|s| s.total_len() as f64).sum();
-    if n == 0.0 || query_terms.is_empty() {
-        return Vec::new();
-    }
-    let avgdl = (total / n).max(1.0) as f32;
-    // (postings per source, weight) per term, heaviest first.
-    let mut terms: Vec<(Vec<Postings<'_>>, f32)> = query_terms
-        .into_iter()
-        .filter_map(|(term, qtf)| {
-            let lists: Vec<Postings<'_>> = sources.iter().map(|s| s.postings(&term)).collect();
-            let df = lists.iter().map(|p| p.len() as f64).sum::<f64>();
-            (df > 0.0).then(|| {
-                let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln() as f32;
-                (lists, idf * qtf as f32)
+    merge_top_k(&mut hits, k);
+    hits
+}
+
+/// One BM25 query planned over several sources as one corpus: term weights (from document
+/// frequencies summed over every source) and score bounds are global; each source is then
+/// scored on its own — on any thread — and the per-source top-k lists merge into the global
+/// top k ([`merge_top_k`]). Exact: the global top k lies within the union of the sources'.
+///
+/// Per source, max-score pruning: terms are scored rarest (heaviest) first, and a term adds
+/// at most `weight · (k1 + 1)` to any document. Once the source's k-th best score so far
+/// exceeds what all the remaining terms together could add, no document untouched so far
+/// can reach its top k, so the remaining terms — the common ones, whose posting lists are
+/// the longest — only update the documents already scored, found by galloping through their
+/// postings. A query mixing rare and common words thus reads a small part of the common
+/// words' lists, with the same result as scoring every posting.
+pub struct Bm25Query<'a> {
+    avgdl: f32,
+    /// Per term, heaviest first: its postings in each source and its weight (idf · qtf).
+    terms: Vec<(Vec<Postings<'a>>, f32)>,
+    /// `bound[i]`: the most terms `i..` can add to one document (with a rounding margin).
+    bound: Vec<f32>,
+    /// Per source: document count and lengths.
+    docs: Vec<(usize, DocLens<'a>)>,
+}
+
+impl<'a> Bm25Query<'a> {
+    /// `None` when nothing can match (no sources, no documents, no query term in any).
+    pub fn new(sources: &[&'a dyn LexicalSource], query: &str) -> Option<Bm25Query<'a>> {
+        let (query_terms, _) = term_counts(query);
+        let n: f64 = sources.iter().map(|s| f64::from(s.n_docs())).sum();
+        let total: f64 = sources.iter().map(|s| s.total_len() as f64).sum();
+        if n == 0.0 || query_terms.is_empty() {
+            return None;
+        }
+        let avgdl = (total / n).max(1.0) as f32;
+        let mut terms: Vec<(Vec<Postings<'a>>, f32)> = query_terms
+            .into_iter()
+            .filter_map(|(term, qtf)| {
+                let lists: Vec<Postings<'a>> = sources.iter().map(|s| s.postings(&term)).collect();
+                let df = lists.iter().map(|p| p.len() as f64).sum::<f64>();
+                (df > 0.0).then(|| {
+                    let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln() as f32;
+                    (lists, idf * qtf as f32)
+                })
             })
+            .collect();
+        if terms.is_empty() {
+            return None;
+        }
+        terms.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut bound = vec![0.0f32; terms.len() + 1];
+        for i in (0..terms.len()).rev() {
+            bound[i] = bound[i + 1] + terms[i].1 * (BM25_K1 + 1.0) * BM25_BOUND_MARGIN;
+        }
+        let docs = sources
+            .iter()
+            .map(|s| (s.n_docs() as usize, s.doc_lens()))
+            .collect();
+        Some(Bm25Query {
+            avgdl,
+            terms,
+            bound,
+            docs,
         })
-        .collect();
-    terms.sort_by(|a, b| b.1.total_cmp(&a.1));
-    // bound[i]: the most terms i.. can add to one document (with a margin for rounding).
-    let mut bound = vec![0.0f32; terms.len() + 1];
-    for i in (0..terms.len()).rev() {
-        bound[i] = bound[i + 1] + terms[i].1 * (BM25_K1 + 1.0) * BM25_BOUND_MARGIN;
     }
 
-    let mut accs: Vec<Accumulator> = sources.iter().map(|_| Accumulator::default()).collect();
-    // True while a document not scored yet may still reach the top k.
-    let mut open = true;
-    let mut scratch: Vec<f32> = Vec::new();
-    for (ti, (lists, weight)) in terms.iter().enumerate() {
-        if open && ti > 0 {
-            let touched: usize = accs.iter().map(|a| a.touched.len()).sum();
-            if touched >= k {
-                scratch.clear();
-                scratch.extend(
-                    accs.iter()
-                        .flat_map(|a| a.touched.iter().map(|&d| a.scores[d as usize])),
-                );
-                let (_, kth, _) = scratch.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-                if bound[ti] < *kth {
-                    open = false;
-                    // Closed-mode updates walk each source's scored docs in order.
-                    for a in &mut accs {
-                        a.touched.sort_unstable();
-                    }
-                }
-            }
+    pub fn n_sources(&self) -> usize {
+        self.docs.len()
+    }
+
+    /// Source `si`'s best `k` `(doc, score)` among the docs `accept` lets through (asked once
+    /// per matching doc), best first, ties by doc.
+    pub fn source_top_k(
+        &self,
+        si: usize,
+        k: usize,
+        accept: &dyn Fn(u32) -> bool,
+    ) -> Vec<(u32, f32)> {
+        let Some(&(n_docs, lens)) = self.docs.get(si) else {
+            return Vec::new();
+        };
+        if k == 0 {
+            return Vec::new();
         }
-        for (si, (source, list)) in sources.iter().zip(lists).enumerate() {
+        let avgdl = self.avgdl;
+        let mut acc = Accumulator::default();
+        // True while a document not scored yet may still reach the top k.
+        let mut open = true;
+        for (ti, (lists, weight)) in self.terms.iter().enumerate() {
+            let list = lists[si];
             if list.is_empty() {
                 continue;
             }
-            let acc = &mut accs[si];
-            let lens = source.doc_lens();
+            if open && acc.touched.len() >= k {
+                let mut scores: Vec<f32> = acc
+                    .touched
+                    .iter()
+                    .map(|&d| acc.scores[d as usize])
+                    .collect();
+                let (_, kth, _) = scores.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+                if self.bound[ti] < *kth {
+                    open = false;
+                    // Closed-mode updates walk the scored docs in order.
+                    acc.touched.sort_unstable();
+                }
+            }
             let score = |tf: u32, doc: u32| {
                 let tf = tf as f32;
                 let norm = 1.0 - BM25_B + BM25_B * lens.get(doc) as f32 / avgdl;
                 weight * tf * (BM25_K1 + 1.0) / (tf + BM25_K1 * norm)
             };
             if open {
-                let n_docs = source.n_docs() as usize;
                 if acc.state.is_empty() {
                     acc.scores = vec![0.0; n_docs];
                     acc.state = vec![UNSEEN; n_docs];
@@ -333,7 +385,7 @@ pub fn bm25(
                         continue;
                     };
                     if *st == UNSEEN {
-                        *st = if accept(si, doc) { ACCEPTED } else { REJECTED };
+                        *st = if accept(doc) { ACCEPTED } else { REJECTED };
                         if *st == ACCEPTED {
                             acc.touched.push(doc);
                         }
@@ -365,19 +417,16 @@ pub fn bm25(
                 }
             }
         }
+        let mut hits: Vec<(usize, u32, f32)> = acc
+            .touched
+            .iter()
+            .map(|&doc| (si, doc, acc.scores[doc as usize]))
+            .collect();
+        merge_top_k(&mut hits, k);
+        hits.into_iter()
+            .map(|(_, doc, score)| (doc, score))
+            .collect()
     }
-
-    let mut hits: Vec<(usize, u32, f32)> = accs
-        .iter()
-        .enumerate()
-        .flat_map(|(si, a)| {
-            a.touched
-                .iter()
-                .map(move |&doc| (si, doc, a.scores[doc as usize]))
-        })
-        .collect();
-    top_k(&mut hits, k);
-    hits
 }
 
 /// Slack on a term's score bound so float rounding can never make pruning drop a document
@@ -403,7 +452,7 @@ struct Accumulator {
 }
 
 /// Sorts best first (score desc, then source, then doc for determinism) and keeps `k`.
-fn top_k(hits: &mut Vec<(usize, u32, f32)>, k: usize) {
+pub fn merge_top_k(hits: &mut Vec<(usize, u32, f32)>, k: usize) {
     let order = |a: &(usize, u32, f32), b: &(usize, u32, f32)| {
         b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1))
     };

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::fusion::fuse;
-use crate::lexical::{LexicalSource, bm25};
+use crate::lexical::{Bm25Query, LexicalSource, merge_top_k};
 use crate::query::{Hit, SearchQuery};
 use crate::record::MemoryId;
 use crate::vault::{Loc, State, Vault};
@@ -38,8 +38,8 @@ const MS_PER_DAY: f32 = 86_400_000.0;
 /// the search threads costs about what it saves.
 const PARALLEL_SEARCH_RECORDS_MIN: usize = 16_384;
 
-/// Threads that run one large search's parts in parallel (each source's vector search and
-/// the lexical search), so a request's latency is not the sum of its parts. A pool of its
+/// Threads that run one large search's parts in parallel (each source's vector and lexical
+/// search), so a request's latency is not the sum of its parts. A pool of its
 /// own: background seals and compactions occupy rayon's global pool for seconds, and a
 /// search must never queue behind them. `None` if the threads cannot be started (then
 /// searches run on the caller's thread).
@@ -241,21 +241,35 @@ impl Vault {
                 )
             }
         };
-        let lexical_search = || {
-            let mut sources: Vec<&dyn LexicalSource> = vec![state.memtable.lexical()];
-            sources.extend(
-                state
-                    .frozen
-                    .iter()
-                    .map(|(f, _)| f.lexical() as &dyn LexicalSource),
-            );
-            sources.extend(
-                state
-                    .segments
-                    .iter()
-                    .map(|s| s.lexical() as &dyn LexicalSource),
-            );
-            bm25(&sources, &q.text, pool, &accept)
+        // BM25 is planned once over every source as one corpus (weights and bounds), then
+        // scored per source next to that source's vector search.
+        let mut lexical_sources: Vec<&dyn LexicalSource> = vec![state.memtable.lexical()];
+        lexical_sources.extend(
+            state
+                .frozen
+                .iter()
+                .map(|(f, _)| f.lexical() as &dyn LexicalSource),
+        );
+        lexical_sources.extend(
+            state
+                .segments
+                .iter()
+                .map(|s| s.lexical() as &dyn LexicalSource),
+        );
+        let plan = Bm25Query::new(&lexical_sources, &q.text);
+        let lexical_of = |src: usize| -> Vec<(u32, f32)> {
+            plan.as_ref()
+                .map(|p| p.source_top_k(src, pool, &|d| accept(src, d)))
+                .unwrap_or_default()
+        };
+        // Tasks 0..n are the sources' vector searches, n..2n their lexical ones: separate
+        // tasks, so the largest segment's walk and its postings run on different threads.
+        let task = |t: usize| {
+            if t < n_sources {
+                vector_of(t)
+            } else {
+                lexical_of(t - n_sources)
+            }
         };
         let records: usize = state.memtable.len()
             + state.frozen.iter().map(|(f, _)| f.len()).sum::<usize>()
@@ -264,19 +278,22 @@ impl Vault {
                 .iter()
                 .map(|s| s.len() as usize)
                 .sum::<usize>();
-        let (per_source, lexical_raw): (Vec<Vec<(u32, f32)>>, _) =
+        let mut results: Vec<Vec<(u32, f32)>> =
             match search_pool().filter(|_| records >= PARALLEL_SEARCH_RECORDS_MIN) {
-                Some(threads) => threads.install(|| {
-                    rayon::join(
-                        || (0..n_sources).into_par_iter().map(vector_of).collect(),
-                        lexical_search,
-                    )
-                }),
-                None => ((0..n_sources).map(vector_of).collect(), lexical_search()),
+                Some(threads) => {
+                    threads.install(|| (0..2 * n_sources).into_par_iter().map(task).collect())
+                }
+                None => (0..2 * n_sources).map(task).collect(),
             };
+        let lexical_hits = results.split_off(n_sources);
+        let mut lexical_raw: Vec<(usize, u32, f32)> = Vec::new();
+        for (src, hits) in lexical_hits.iter().enumerate() {
+            lexical_raw.extend(hits.iter().map(|&(doc, score)| (src, doc, score)));
+        }
+        merge_top_k(&mut lexical_raw, pool);
 
         let mut vector: Vec<(MemoryId, f32)> = Vec::new();
-        for (src, hits) in per_source.into_iter().enumerate() {
+        for (src, hits) in results.into_iter().enumerate() {
             for (doc, score) in hits {
                 let loc = loc_of(src, doc);
                 let id = id_of(loc);
