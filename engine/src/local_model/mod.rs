@@ -130,7 +130,25 @@ impl LocalModelEmbedder {
     }
 }
 
+/// Which layout [`LocalModelEmbedder::open`] found. Their cosine scales differ (a static
+/// model's unrelated texts can sit near 0.9), so thresholds on cosine must be per kind and
+/// calibrated per model (`locomo --cosines`, `docs/benchmarks.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalModelKind {
+    /// model2vec static embeddings.
+    Static,
+    /// A BERT sentence-transformer.
+    Bert,
+}
+
 impl LocalModelEmbedder {
+    pub fn kind(&self) -> LocalModelKind {
+        match self.model {
+            Model::Static(_) => LocalModelKind::Static,
+            Model::Bert(_) => LocalModelKind::Bert,
+        }
+    }
+
     /// [`Embedder::embed`] of each text, the same vectors bit for bit, but a BERT model runs
     /// the texts together (up to [`BATCH_TOKENS_MAX`] tokens per pass): several times
     /// cheaper per text for short texts, where packing the weights for sgemm dominates.

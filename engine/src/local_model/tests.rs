@@ -168,6 +168,7 @@ fn static_model_is_the_normalised_mean_of_known_pieces() {
         "{}",
         e.id()
     );
+    assert_eq!(e.kind(), LocalModelKind::Static);
     // hello (4), "," (6), world (5): mean (5, 1, -2.5); the unknown "zebra" is dropped.
     assert_close(
         &e.embed("Hello, zebra world"),
@@ -456,6 +457,7 @@ fn tiny_bert_matches_a_naive_forward_pass() {
             "{}",
             e.id()
         );
+        assert_eq!(e.kind(), LocalModelKind::Bert);
         // [CLS]=2 hello=4 ,=6 world=5 [SEP]=3.
         assert_close(
             &e.embed("Hello, world"),
