@@ -132,20 +132,13 @@ impl Default for Limits {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Retrieval {
     /// `None` = the embedder's default ([`Config::similarity_min`]).
     pub similarity_min: Option<f32>,
 }
 
-impl Default for Retrieval {
-    fn default() -> Self {
-        Self {
-            similarity_min: None,
-        }
-    }
-}
 
 /// Which embedder new vaults use. Each vault records the embedder that wrote it and refuses
 /// another one (a clear 422 naming both), so change this only for a fresh data directory.
