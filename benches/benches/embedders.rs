@@ -41,8 +41,10 @@ fn bench_embed(c: &mut Criterion) {
     let mut model = None;
     match std::env::var_os("MEMORYROUTER_TEST_MODEL_DIR") {
         Some(dir) => {
+            let start = std::time::Instant::now();
             let loaded =
                 Arc::new(LocalModelEmbedder::open(Path::new(&dir)).expect("loading the model"));
+            eprintln!("opened {} in {:?}", loaded.id(), start.elapsed());
             embedders.push(("minilm".into(), loaded.clone()));
             model = Some(loaded);
         }
