@@ -88,6 +88,11 @@ pub struct Hit {
     pub memory: Memory,
     /// In [0, 1]; hits come sorted by score, best first.
     pub score: f32,
+    /// Cosine between the query's embedding and the memory's stored vector (in [-1, 1]):
+    /// an absolute measure of relatedness, where `score` only ranks. Lets a caller gate on
+    /// relevance without embedding the memory again (which costs milliseconds with a
+    /// transformer model).
+    pub similarity: f32,
 }
 
 #[cfg(test)]

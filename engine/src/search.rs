@@ -330,9 +330,17 @@ impl Vault {
         Ok(fused
             .into_iter()
             .filter_map(|(id, score)| {
-                cands.get(&id).map(|c| Hit {
-                    memory: state.memory(c.loc),
-                    score: score.clamp(0.0, 1.0),
+                cands.get(&id).map(|c| {
+                    let stored = match c.loc {
+                        Loc::Memtable(d) => state.memtable.vector(d),
+                        Loc::Frozen(i, d) => state.frozen[i].0.vector(d),
+                        Loc::Segment(i, d) => state.segments[i].vector(d),
+                    };
+                    Hit {
+                        memory: state.memory(c.loc),
+                        score: score.clamp(0.0, 1.0),
+                        similarity: crate::distance::dot(&query, stored),
+                    }
                 })
             })
             .collect())

@@ -61,10 +61,6 @@ pub const CHARS_PER_TOKEN: usize = 4;
 pub const RECENCY_FALLBACK_VAULT_MAX: usize = 20;
 /// Most recent user memories offered by the fallback.
 pub const RECENCY_FALLBACK_COUNT: usize = 3;
-/// Hits without a shared term whose cosine is checked per prepare. Embedding a memory costs
-/// ~44 µs with the built-in embedder (docs/benchmarks.md), so this bounds the check at
-/// ~0.35 ms; hits are in rank order, so the ones left unchecked are the least likely.
-pub const COSINE_CHECKS_MAX: usize = 8;
 /// First line of a non-empty context.
 pub const CONTEXT_HEADER: &str =
     "Relevant memories from earlier conversations (oldest first, times in UTC):";
@@ -175,13 +171,13 @@ pub fn retrieve(
     let hits = vault.search(&search)?;
     state.metrics.retrieval.observe(started.elapsed());
 
-    let mut relevance = Relevance::new(state, query);
+    let relevance = Relevance::new(state, query);
     let mut relevant: Vec<Hit> = Vec::new();
     for hit in &hits {
         if relevant.len() == limit {
             break;
         }
-        if !in_conversation(&hit.memory.text, messages) && relevance.is_relevant(&hit.memory.text) {
+        if !in_conversation(&hit.memory.text, messages) && relevance.is_relevant(hit) {
             relevant.push(hit.clone());
         }
     }
@@ -206,7 +202,11 @@ pub fn retrieve(
                         .iter()
                         .find(|h| h.memory.id == memory.id)
                         .map_or(0.0, |h| h.score);
-                    Hit { memory, score }
+                    Hit {
+                        memory,
+                        score,
+                        similarity: 0.0,
+                    }
                 })
                 .collect();
             relevant.extend(recent);
@@ -215,47 +215,27 @@ pub fn retrieve(
     Ok(format_context(relevant, opts.density.budget_tokens()))
 }
 
-/// Decides whether a memory is relevant to the query at all (see the module docs).
+/// Decides whether a memory is relevant to the query at all (see the module docs). The
+/// cosine is the engine's: the query's embedding against the memory's stored vector, so no
+/// memory is embedded again here (milliseconds each with a transformer model).
 struct Relevance {
     terms: std::collections::HashSet<String>,
-    embedder: Arc<dyn engine::Embedder>,
-    query_vector: Vec<f32>,
     similarity_min: f32,
-    /// Cosine checks still allowed for this request (see [`COSINE_CHECKS_MAX`]).
-    embeddings_left: usize,
 }
 
 impl Relevance {
     fn new(state: &AppState, query: &str) -> Self {
-        let embedder = state.engine.config().embedder.clone();
         Self {
             terms: engine::analyzer::analyze(query).into_iter().collect(),
-            query_vector: embedder.embed(query),
-            embedder,
             similarity_min: state.config.similarity_min(),
-            embeddings_left: COSINE_CHECKS_MAX,
         }
     }
 
-    fn is_relevant(&mut self, text: &str) -> bool {
-        if engine::analyzer::analyze(text)
-            .iter()
-            .any(|t| self.terms.contains(t))
-        {
-            return true;
-        }
-        if self.embeddings_left == 0 {
-            return false;
-        }
-        self.embeddings_left -= 1;
-        let vector = self.embedder.embed(text);
-        let cosine: f32 = self
-            .query_vector
-            .iter()
-            .zip(&vector)
-            .map(|(a, b)| a * b)
-            .sum();
-        cosine >= self.similarity_min
+    fn is_relevant(&self, hit: &Hit) -> bool {
+        hit.similarity >= self.similarity_min
+            || engine::analyzer::analyze(&hit.memory.text)
+                .iter()
+                .any(|t| self.terms.contains(t))
     }
 }
 
@@ -416,6 +396,7 @@ mod tests {
                 chunk: 0,
             },
             score,
+            similarity: score,
         }
     }
 
