@@ -77,7 +77,7 @@ mod segment;
 mod vault;
 
 pub use embedder::{BuiltinEmbedder, Embedder};
-pub use local_model::LocalModelEmbedder;
+pub use local_model::{LocalModelEmbedder, LocalModelKind};
 
 pub use chunk::{CHUNK_CHARS_MAX, CHUNK_OVERLAP_CHARS, chunk_text};
 pub use compaction::{COMPACTION_DELETED_SHARE_MIN, COMPACTION_FANIN};
