@@ -139,7 +139,6 @@ pub struct Retrieval {
     pub similarity_min: Option<f32>,
 }
 
-
 /// Which embedder new vaults use. Each vault records the embedder that wrote it and refuses
 /// another one (a clear 422 naming both), so change this only for a fresh data directory.
 #[derive(Clone, Debug, Default, Deserialize)]
