@@ -206,13 +206,16 @@ fn recall(found: &[(u32, f32)], truth: &[u32]) -> usize {
     found.iter().filter(|r| truth.contains(&r.0)).count()
 }
 
-/// Recall@K and per-query p50 latency (µs) at one ef, over every query.
-fn measure(graph: &Graph, d: &HnswData, ef: usize) -> (f64, f64) {
+/// One walk under test: `(query, ef) -> top K`.
+type Walk<'a> = &'a dyn Fn(&[f32], usize) -> Vec<(u32, f32)>;
+
+/// Recall@K and per-query p50 latency (µs) of `walk` at one ef, over every query.
+fn measure(d: &HnswData, ef: usize, walk: Walk<'_>) -> (f64, f64) {
     let mut hits = 0;
     let mut lat = Vec::with_capacity(QUERIES);
     for (q, t) in d.queries.chunks_exact(DIM).zip(&d.truth) {
         let start = Instant::now();
-        let r = graph.search(&d.graph_payload, &d.base, DIM, q, K, ef, &|_| true);
+        let r = walk(q, ef);
         lat.push(start.elapsed().as_secs_f64() * 1e6);
         hits += recall(&r, t);
     }
@@ -220,53 +223,40 @@ fn measure(graph: &Graph, d: &HnswData, ef: usize) -> (f64, f64) {
     (hits as f64 / (QUERIES * K) as f64, lat[lat.len() / 2])
 }
 
-/// [`measure`] for the int8 walk (the one segments use), f32 rescoring included.
-fn measure_quantized(graph: &Graph, quantized: &Quantized, d: &HnswData, ef: usize) -> (f64, f64) {
-    let mut hits = 0;
-    let mut lat = Vec::with_capacity(QUERIES);
-    for (q, t) in d.queries.chunks_exact(DIM).zip(&d.truth) {
-        let start = Instant::now();
-        let r = graph.search_quantized(&d.graph_payload, quantized, &d.base, q, K, ef, &|_| true);
-        lat.push(start.elapsed().as_secs_f64() * 1e6);
-        hits += recall(&r, t);
+/// Sweeps `EF_SWEEP` (after one warm-up pass), printing each row; returns the rows and the
+/// cheapest ef reaching `RECALL_TARGET` (the largest if none does).
+fn sweep(label: &str, d: &HnswData, walk: Walk<'_>) -> (Vec<EfRow>, usize) {
+    let _ = measure(d, 64, walk);
+    let mut chosen = None;
+    let mut rows = Vec::new();
+    for ef in EF_SWEEP {
+        let (r, p50) = measure(d, ef, walk);
+        println!("  {label:<9} ef={ef:<4} recall@10={r:.4}  p50={p50:.1} us");
+        rows.push((ef, r, p50));
+        if r >= RECALL_TARGET && chosen.is_none() {
+            chosen = Some(ef);
+        }
     }
-    lat.sort_by(f64::total_cmp);
-    (hits as f64 / (QUERIES * K) as f64, lat[lat.len() / 2])
+    (rows, chosen.unwrap_or(*EF_SWEEP.last().unwrap_or(&128)))
 }
 
 fn bench_hnsw(c: &mut Criterion) {
     let d = hnsw_data();
     let n = d.base.len() / DIM;
     let graph = Graph::parse(Path::new("graph"), &d.graph_payload, n as u32).expect("graph");
-    // Warm the pages once, then sweep ef.
-    let _ = measure(&graph, &d, 64);
     println!(
         "\nengine HNSW on {n} x {DIM} clustered unit vectors (M=16, ef_construction=200), build {:.1} s",
         d.build_secs
     );
-    let mut chosen = *EF_SWEEP.last().unwrap_or(&128);
-    let mut ours = Vec::new();
-    for ef in EF_SWEEP {
-        let (r, p50) = measure(&graph, &d, ef);
-        println!("  engine   ef={ef:<4} recall@10={r:.4}  p50={p50:.1} us");
-        ours.push((ef, r, p50));
-        if r >= RECALL_TARGET && chosen == *EF_SWEEP.last().unwrap_or(&128) {
-            chosen = ef;
-        }
-    }
+    let f32_walk =
+        |q: &[f32], ef: usize| graph.search(&d.graph_payload, &d.base, DIM, q, K, ef, &|_| true);
+    let (ours, chosen) = sweep("engine", &d, &f32_walk);
     // The walk segments run: int8 codes (built once per segment, on first use), f32 rescoring.
     let quantized = Quantized::new(&d.base, DIM);
-    let _ = measure_quantized(&graph, &quantized, &d, 64);
-    let mut chosen_q = *EF_SWEEP.last().unwrap_or(&128);
-    let mut ours_q = Vec::new();
-    for ef in EF_SWEEP {
-        let (r, p50) = measure_quantized(&graph, &quantized, &d, ef);
-        println!("  engine-i8 ef={ef:<4} recall@10={r:.4}  p50={p50:.1} us");
-        ours_q.push((ef, r, p50));
-        if r >= RECALL_TARGET && chosen_q == *EF_SWEEP.last().unwrap_or(&128) {
-            chosen_q = ef;
-        }
-    }
+    let int8_walk = |q: &[f32], ef: usize| {
+        graph.search_quantized(&d.graph_payload, &quantized, &d.base, q, K, ef, &|_| true)
+    };
+    let (ours_q, chosen_q) = sweep("engine-i8", &d, &int8_walk);
     hnswlib_side_by_side(&d, &[("f32 walk", &ours), ("int8 walk", &ours_q)]);
 
     let mut g = c.benchmark_group("hnsw");
