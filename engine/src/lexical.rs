@@ -356,7 +356,9 @@ impl<'a> Bm25Query<'a> {
             if list.is_empty() {
                 continue;
             }
-            if open && acc.touched.len() >= k {
+            // The k-th score cannot exceed what the terms scored so far could add
+            // (`bound[0] - bound[ti]`): skip the selection while that alone rules closing out.
+            if open && acc.touched.len() >= k && self.bound[ti] < self.bound[0] - self.bound[ti] {
                 let mut scores: Vec<f32> = acc
                     .touched
                     .iter()

@@ -150,15 +150,16 @@ impl Vault {
                 let (created_at_ms, in_boost_session) = match loc {
                     Loc::Memtable(d) => {
                         let m = state.memtable.memory(d);
-                        (m.created_at_ms, boost == Some(m.session_id.as_str()))
+                        (m.created_at_ms, boost.is_some_and(|b| b == m.session_id))
                     }
                     Loc::Frozen(i, d) => {
                         let m = state.frozen[i].0.memory(d);
-                        (m.created_at_ms, boost == Some(m.session_id.as_str()))
+                        (m.created_at_ms, boost.is_some_and(|b| b == m.session_id))
                     }
                     Loc::Segment(i, d) => {
                         let s = &state.segments[i];
-                        (s.created_at(d), boost == Some(s.session(d)))
+                        // Decoding the session string only when a session is boosted.
+                        (s.created_at(d), boost.is_some_and(|b| b == s.session(d)))
                     }
                 };
                 Candidate {

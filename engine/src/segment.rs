@@ -619,13 +619,18 @@ impl Segment {
     }
 
     /// Builds the int8 codes now if searches will use them, so the first search after a seal
-    /// or compaction (which run in the background) does not pay for them. Segments opened at
-    /// vault open stay lazy: opening must stay cheap.
+    /// or compaction (which run in the background) does not pay for them. Segments opened
+    /// with the vault are warmed by a background task instead: opening must stay cheap.
     pub(crate) fn warmed(self) -> Segment {
+        self.warm_codes();
+        self
+    }
+
+    /// Builds the int8 codes now if searches will use them (a no-op once built).
+    pub(crate) fn warm_codes(&self) {
         if self.graph.is_some() || self.n as usize >= QUANTIZED_SCAN_MIN {
             let _ = self.quantized();
         }
-        self
     }
 
     /// The int8 codes, built on first use.

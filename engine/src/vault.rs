@@ -376,6 +376,13 @@ impl Vault {
             .iter()
             .map(|name| Segment::open(&dir.join(name), dim).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
+        if options.background && !segments.is_empty() {
+            // The int8 codes of large segments (tens of ms for 100k records) are built off
+            // the open path, so neither the open nor the first search pays for them; a search
+            // that arrives first builds them itself (the other waits on the same OnceLock).
+            let warm = segments.clone();
+            rayon::spawn(move || warm.iter().for_each(|s| s.warm_codes()));
+        }
         let wal_options = WalOptions {
             segment_bytes_max: WAL_SEGMENT_BYTES_MAX,
             durability: options.durability,
