@@ -1,5 +1,5 @@
 //! Prometheus metrics: per-route request latency histograms, retrieval latency, request
-//! counts by status class, and gauges read at scrape time (open vaults, uptime).
+//! counts by status class, and gauges read at scrape time (open vaults and their heap estimate, uptime).
 //!
 //! Hand-rolled rather than a metrics crate: a fixed bucket layout of atomics is all that
 //! Prometheus needs, costs a few nanoseconds per request, and keeps the dependency list
@@ -157,7 +157,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition format 0.0.4.
-    pub fn render(&self, open_vaults: usize, uptime: Duration) -> String {
+    pub fn render(&self, open_vaults: usize, open_vaults_bytes: u64, uptime: Duration) -> String {
         let mut out = String::with_capacity(8 * 1024);
         out.push_str("# HELP memoryrouter_request_duration_seconds Request latency by route.\n");
         out.push_str("# TYPE memoryrouter_request_duration_seconds histogram\n");
@@ -204,6 +204,14 @@ impl Metrics {
         out.push_str("# HELP memoryrouter_open_vaults Vaults currently open.\n");
         out.push_str("# TYPE memoryrouter_open_vaults gauge\n");
         let _ = writeln!(out, "memoryrouter_open_vaults {open_vaults}");
+        out.push_str(
+            "# HELP memoryrouter_open_vaults_memory_bytes Heap estimate of the open vaults (idle ones are closed past limits.open_vaults_memory_mb).\n",
+        );
+        out.push_str("# TYPE memoryrouter_open_vaults_memory_bytes gauge\n");
+        let _ = writeln!(
+            out,
+            "memoryrouter_open_vaults_memory_bytes {open_vaults_bytes}"
+        );
         out.push_str("# HELP memoryrouter_uptime_seconds Seconds since start.\n");
         out.push_str("# TYPE memoryrouter_uptime_seconds gauge\n");
         let _ = writeln!(out, "memoryrouter_uptime_seconds {}", uptime.as_secs());
@@ -233,7 +241,7 @@ mod tests {
         let m = Metrics::default();
         m.record_request("GET /healthz", 200, Duration::from_millis(1));
         m.record_request("GET /healthz", 404, Duration::from_millis(1));
-        let text = m.render(3, Duration::from_secs(5));
+        let text = m.render(3, 4096, Duration::from_secs(5));
         assert!(
             text.contains("memoryrouter_request_duration_seconds_count{route=\"GET /healthz\"} 2"),
             "{text}"
@@ -242,5 +250,6 @@ mod tests {
             text.contains("memoryrouter_requests_total{route=\"GET /healthz\",status=\"4xx\"} 1")
         );
         assert!(text.contains("memoryrouter_open_vaults 3"));
+        assert!(text.contains("memoryrouter_open_vaults_memory_bytes 4096"));
     }
 }

@@ -23,9 +23,11 @@ pub fn readyz(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
 }
 
 pub fn metrics(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
-    let text = state
-        .metrics
-        .render(state.engine.open_vault_count(), state.started.elapsed());
+    let text = state.metrics.render(
+        state.engine.open_vault_count(),
+        state.engine.memory_bytes(),
+        state.started.elapsed(),
+    );
     Ok(text_response(
         StatusCode::OK,
         text,

@@ -233,6 +233,9 @@ async fn export_import_and_upload_round_trip() {
     assert_eq!(stats["memories"], 7);
     assert!(stats["embedder"].is_string() && stats["dimension"].as_u64().unwrap() > 0);
     assert!(stats["last_write"].is_string());
+    // Seven memories sit in the memtable: nothing to seal or compact, and a heap to count.
+    assert_eq!(stats["compacting"], false, "{stats}");
+    assert!(stats["memory_bytes"].as_u64().unwrap() > 0, "{stats}");
     server.stop().await;
 }
 

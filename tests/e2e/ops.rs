@@ -29,6 +29,13 @@ async fn health_readiness_and_prometheus_metrics() {
     ] {
         assert!(text.contains(needle), "missing {needle}:\n{text}");
     }
+    // The open vault holds the ingested memory: its heap estimate is counted.
+    let bytes: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("memoryrouter_open_vaults_memory_bytes "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no memory gauge:\n{text}"));
+    assert!(bytes > 0, "{text}");
     server.stop().await;
 }
 
