@@ -262,64 +262,57 @@ fn bench_hnsw(c: &mut Criterion) {
     let mut g = c.benchmark_group("hnsw");
     g.sample_size(30);
     for ef in [64, chosen] {
-        let i = AtomicUsize::new(0);
-        g.bench_function(format!("search_k10_{n}x{DIM}_ef{ef}"), |b| {
-            b.iter(|| {
-                let k = i.fetch_add(1, Ordering::Relaxed) % QUERIES;
-                graph.search(
-                    &d.graph_payload,
-                    &d.base,
-                    DIM,
-                    &d.queries[k * DIM..(k + 1) * DIM],
-                    K,
-                    ef,
-                    &|_| true,
-                )
-            })
-        });
+        bench_walk(
+            &mut g,
+            &format!("search_k10_{n}x{DIM}_ef{ef}"),
+            &d,
+            ef,
+            &f32_walk,
+        );
     }
-    let i = AtomicUsize::new(0);
-    g.bench_function(format!("search_i8_k10_{n}x{DIM}_ef{chosen_q}"), |b| {
-        b.iter(|| {
-            let k = i.fetch_add(1, Ordering::Relaxed) % QUERIES;
-            graph.search_quantized(
-                &d.graph_payload,
-                &quantized,
-                &d.base,
-                &d.queries[k * DIM..(k + 1) * DIM],
-                K,
-                chosen_q,
-                &|_| true,
-            )
-        })
-    });
+    bench_walk(
+        &mut g,
+        &format!("search_i8_k10_{n}x{DIM}_ef{chosen_q}"),
+        &d,
+        chosen_q,
+        &int8_walk,
+    );
     // Half the points filtered out during the walk (tombstones or a filter).
-    let i = AtomicUsize::new(0);
-    g.bench_function(
-        format!("search_k10_{n}x{DIM}_ef{chosen}_half_filtered"),
-        |b| {
-            b.iter(|| {
-                let k = i.fetch_add(1, Ordering::Relaxed) % QUERIES;
-                graph.search(
-                    &d.graph_payload,
-                    &d.base,
-                    DIM,
-                    &d.queries[k * DIM..(k + 1) * DIM],
-                    K,
-                    chosen,
-                    &|x| x % 2 == 0,
-                )
-            })
-        },
+    let half_filtered = |q: &[f32], ef: usize| {
+        graph.search(&d.graph_payload, &d.base, DIM, q, K, ef, &|x| x % 2 == 0)
+    };
+    bench_walk(
+        &mut g,
+        &format!("search_k10_{n}x{DIM}_ef{chosen}_half_filtered"),
+        &d,
+        chosen,
+        &half_filtered,
     );
     g.finish();
 }
 
-/// Runs `benches/scripts/hnswlib_compare.py` on the same files and prints both side by side.
+/// Criterion benchmark of one walk at one ef, cycling through the queries.
+fn bench_walk(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    d: &HnswData,
+    ef: usize,
+    walk: Walk<'_>,
+) {
+    let i = AtomicUsize::new(0);
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            let k = i.fetch_add(1, Ordering::Relaxed) % QUERIES;
+            walk(&d.queries[k * DIM..(k + 1) * DIM], ef)
+        })
+    });
+}
+
 /// One ef setting's measurement: (ef, recall@10, p50 µs).
 type EfRow = (usize, f64, f64);
 
-/// `walks`: each engine walk to compare, labelled.
+/// Runs `benches/scripts/hnswlib_compare.py` on the same files and prints it side by side
+/// with each engine walk in `walks` (labelled).
 fn hnswlib_side_by_side(d: &HnswData, walks: &[(&str, &[EfRow])]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/hnswlib_compare.py");
     let out = std::process::Command::new("python3")
