@@ -209,16 +209,26 @@ async fn bulk_store(
     .await
 }
 
-/// `POST /v1/memory/import` (JSON Lines as exported) → `{imported, skipped, failed, errors}`.
-pub async fn import(
+/// The common start of the JSON Lines endpoints: the caller's vault and the body as UTF-8
+/// text (read within the body limit).
+async fn jsonl_request(
     state: &Arc<AppState>,
     req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<(http::request::Parts, String, String), ApiError> {
     let (parts, body) = req.into_parts();
     let (_auth, _query, vault_id) = caller(state, &parts).await?;
     let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
     let text = String::from_utf8(bytes.to_vec())
         .map_err(|_| ApiError::bad_request("invalid_utf8", "The body must be UTF-8 JSON Lines."))?;
+    Ok((parts, vault_id, text))
+}
+
+/// `POST /v1/memory/import` (JSON Lines as exported) → `{imported, skipped, failed, errors}`.
+pub async fn import(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let (_parts, vault_id, text) = jsonl_request(state, req).await?;
     let outcome = bulk_store(state, vault_id, text, String::new()).await?;
     Ok(json_response(
         StatusCode::OK,
@@ -232,11 +242,7 @@ pub async fn upload(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let (parts, body) = req.into_parts();
-    let (_auth, _query, vault_id) = caller(state, &parts).await?;
-    let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
-    let text = String::from_utf8(bytes.to_vec())
-        .map_err(|_| ApiError::bad_request("invalid_utf8", "The body must be UTF-8 JSON Lines."))?;
+    let (parts, vault_id, text) = jsonl_request(state, req).await?;
     let session = header(&parts.headers, "x-session-id")
         .unwrap_or("")
         .to_owned();
