@@ -73,6 +73,13 @@ fn parse_args() -> Result<Args> {
             other => bail!("unknown flag {other}"),
         }
     }
+    if let Some(p) = args
+        .phases
+        .iter()
+        .find(|p| !matches!(p.as_str(), "prepare" | "ingest"))
+    {
+        bail!("--phases: unknown phase `{p}` (prepare, ingest)");
+    }
     if args.base_url.is_empty() || args.admin_key.is_empty() {
         bail!(
             "usage: loadgen --base-url URL --admin-key KEY [--memories N] [--connections N] [--seconds N] [--key MEMORY_KEY] [--phases prepare,ingest]"
