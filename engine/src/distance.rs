@@ -176,9 +176,26 @@ impl Quantized {
         Quantized { dim, codes, scales }
     }
 
-    /// Heap bytes held.
+    /// Codes for no vectors yet, to [`Quantized::push`] onto (a memtable's).
+    pub fn empty(dim: usize) -> Quantized {
+        Quantized {
+            dim,
+            codes: Vec::new(),
+            scales: Vec::new(),
+        }
+    }
+
+    /// Appends the codes of one vector (ignored unless it has `dim` components, so doc
+    /// numbers stay aligned with the caller's vectors only when the caller checks too).
+    pub fn push(&mut self, vector: &[f32]) {
+        if vector.len() == self.dim && self.dim > 0 {
+            self.scales.push(quantize_into(vector, &mut self.codes));
+        }
+    }
+
+    /// Heap bytes held (capacity: a growing memtable's spare room counts).
     pub fn bytes(&self) -> usize {
-        self.codes.len() + self.scales.len() * 4
+        self.codes.capacity() + self.scales.capacity() * 4
     }
 
     pub fn dim(&self) -> usize {

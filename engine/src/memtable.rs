@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::distance::exact_top_k;
+use crate::distance::{QUANTIZED_SCAN_MIN, Quantized, exact_top_k, quantized_top_k};
 use crate::lexical::{LexicalSource, MemLexical};
 use crate::record::{Memory, MemoryId, StoredMemory, indexed_text};
 
@@ -38,6 +38,8 @@ pub struct Memtable {
     contexts: Vec<String>,
     /// `records.len() * dim` floats, doc-major.
     vectors: Vec<f32>,
+    /// The same vectors' int8 codes: a scan of a full memtable reads 1.5 MB instead of 6 MB.
+    codes: Quantized,
     by_id: BTreeMap<MemoryId, u32>,
     lexical: MemLexical,
     /// Heap bytes owned by the records' strings (text, session, model, metadata, context)
@@ -52,6 +54,7 @@ impl Memtable {
             records: Vec::new(),
             contexts: Vec::new(),
             vectors: Vec::new(),
+            codes: Quantized::empty(dim),
             by_id: BTreeMap::new(),
             lexical: MemLexical::new(),
             payload_bytes: 0,
@@ -74,6 +77,7 @@ impl Memtable {
             + record_payload_bytes(&record.memory)
             + record.context.capacity();
         self.vectors.extend_from_slice(&record.vector);
+        self.codes.push(&record.vector);
         self.records.push(record.memory);
         self.contexts.push(record.context);
     }
@@ -88,7 +92,8 @@ impl Memtable {
     pub fn heap_bytes(&self) -> u64 {
         let arrays = self.records.capacity() * std::mem::size_of::<Memory>()
             + self.contexts.capacity() * std::mem::size_of::<String>()
-            + self.vectors.capacity() * std::mem::size_of::<f32>();
+            + self.vectors.capacity() * std::mem::size_of::<f32>()
+            + self.codes.bytes();
         let indexes =
             self.by_id.len() * ID_INDEX_ENTRY_BYTES + self.lexical.n_terms() * TERM_ENTRY_BYTES;
         (arrays + indexes + self.payload_bytes) as u64
@@ -142,7 +147,12 @@ impl Memtable {
     }
 
     /// Exact top-`k` by cosine among docs `accept` lets through. Best first.
+    /// Past [`QUANTIZED_SCAN_MIN`] records the scan ranks by int8 codes and rescores the best
+    /// in f32 (scores stay exact), as graphless segments do.
     pub fn search(&self, query: &[f32], k: usize, accept: &dyn Fn(u32) -> bool) -> Vec<(u32, f32)> {
+        if self.records.len() >= QUANTIZED_SCAN_MIN {
+            return quantized_top_k(&self.codes, &self.vectors, query, k, accept);
+        }
         exact_top_k(&self.vectors, self.dim, query, k, accept)
     }
 }
@@ -218,6 +228,34 @@ mod tests {
         let hits = m.search(&[0.0, 1.0], 1, &|_| true);
         assert_eq!(m.memory(hits[0].0).id, 3);
         assert_eq!(m.max_id(), Some(5));
+    }
+
+    #[test]
+    fn a_large_memtable_scans_int8_codes_and_still_returns_the_exact_top_k() {
+        // Clustered 3-d unit vectors with a filter: the int8 pre-rank plus f32 rescoring
+        // must give exactly what the plain f32 scan gives, scores included.
+        let dim = 3;
+        let mut m = Memtable::new(dim);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        for id in 0..(QUANTIZED_SCAN_MIN as u64 + 500) {
+            let mut r = rec(id, [0.0, 0.0]);
+            let v: Vec<f32> = (0..dim).map(|_| next()).collect();
+            let norm = v.iter().map(|c| c * c).sum::<f32>().sqrt().max(1e-6);
+            r.vector = v.iter().map(|c| c / norm).collect();
+            m.insert(r);
+        }
+        let odd = |d: u32| d % 2 == 1;
+        for q in [[1.0, 0.0, 0.0], [0.0, 0.6, 0.8], [-0.6, 0.0, 0.8]] {
+            let exact = exact_top_k(&m.vectors, dim, &q, 10, &odd);
+            assert_eq!(m.search(&q, 10, &odd), exact);
+        }
+        assert!(m.heap_bytes() as usize >= m.codes.bytes() + m.vectors.len() * 4);
     }
 
     #[test]
