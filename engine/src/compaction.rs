@@ -7,7 +7,11 @@
 //! Policy (tiered): segments fall into size tiers of factor [`COMPACTION_FANIN`]; when a tier
 //! holds `COMPACTION_FANIN` segments they merge into one of the next tier, so a record is
 //! rewritten O(log n) times. A segment whose deleted share reaches
-//! [`COMPACTION_DELETED_SHARE_MIN`] is rewritten alone to give the space back.
+//! [`COMPACTION_DELETED_SHARE_MIN`] is rewritten alone to give the space back. Graphless
+//! segments (seals write no graph) that together hold enough live records for a graph are
+//! merged into one that gets it, even when no tier is full: each graphless segment costs
+//! every search a scan of all its records, so a settled vault must not keep a residue of
+//! them below a half-full tier.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -35,14 +39,25 @@ fn segment_name(seq: u64) -> String {
 }
 
 /// Chooses segments to merge: indices into `segments`, or `None` when nothing is worth it.
-pub(crate) fn plan(segments: &[Arc<Segment>], deleted: &HashSet<MemoryId>) -> Option<Vec<usize>> {
+/// `graph_min_records` is the size from which a merged segment gets an HNSW graph.
+pub(crate) fn plan(
+    segments: &[Arc<Segment>],
+    deleted: &HashSet<MemoryId>,
+    graph_min_records: usize,
+) -> Option<Vec<usize>> {
     let live = |s: &Segment| {
         let dead = deleted.iter().filter(|&&id| s.doc_of(id).is_some()).count();
         (s.len() as usize - dead, dead)
     };
     let mut tiers: Vec<Vec<usize>> = Vec::new();
+    let mut graphless: Vec<usize> = Vec::new();
+    let mut graphless_alive = 0usize;
     for (i, s) in segments.iter().enumerate() {
         let (alive, dead) = live(s);
+        if !s.has_graph() {
+            graphless.push(i);
+            graphless_alive += alive;
+        }
         if dead > 0 && dead as f64 >= COMPACTION_DELETED_SHARE_MIN * s.len() as f64 {
             return Some(vec![i]);
         }
@@ -57,7 +72,13 @@ pub(crate) fn plan(segments: &[Arc<Segment>], deleted: &HashSet<MemoryId>) -> Op
         }
         tiers[tier].push(i);
     }
-    tiers.into_iter().find(|t| t.len() >= COMPACTION_FANIN)
+    tiers
+        .into_iter()
+        .find(|t| t.len() >= COMPACTION_FANIN)
+        .or_else(|| {
+            (graphless.len() >= 2 && graphless_alive >= graph_min_records.max(1))
+                .then_some(graphless)
+        })
 }
 
 impl Vault {
@@ -173,7 +194,11 @@ impl Vault {
         let _compact = inner.compact_lock.lock();
         let (chosen, deleted): (Vec<Arc<Segment>>, HashSet<MemoryId>) = {
             let state = inner.state.read();
-            match plan(&state.segments, &state.deleted) {
+            match plan(
+                &state.segments,
+                &state.deleted,
+                inner.options.hnsw.min_records,
+            ) {
                 Some(idx) => (
                     idx.iter()
                         .map(|&i| Arc::clone(&state.segments[i]))

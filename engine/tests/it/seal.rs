@@ -86,3 +86,40 @@ fn compact_all_gives_a_lone_sealed_segment_its_graph() {
     assert!(v.compact_all().unwrap());
     assert!(segments_on_disk(&v)[0].has_graph());
 }
+
+#[test]
+fn graphless_segments_merge_into_a_graph_once_they_hold_enough_records() {
+    // Three seals in three different size tiers: no tier fills, but together they are big
+    // enough for a graph, so compaction merges them rather than leaving every search to
+    // scan them one by one.
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(DIM);
+    o.hnsw.min_records = 100;
+    let v = Vault::open(dir.path(), o).unwrap();
+    let mut next = 0i64;
+    let mut seal_of = |n: i64| {
+        v.ingest(
+            (next..next + n)
+                .map(|i| msg("s", Role::User, &format!("word{i} delta"), i))
+                .collect(),
+        )
+        .unwrap();
+        next += n;
+        assert!(v.seal().unwrap());
+    };
+    seal_of(70);
+    seal_of(20);
+    assert!(
+        !v.compact().unwrap(),
+        "90 records are not enough for a graph"
+    );
+    seal_of(15);
+    assert_eq!(segments_on_disk(&v).len(), 3);
+    assert!(v.compact().unwrap());
+    let merged = segments_on_disk(&v);
+    assert_eq!(merged.len(), 1);
+    assert_eq!(merged[0].len(), 105);
+    assert!(merged[0].has_graph());
+    assert!(!v.compact().unwrap());
+    v.verify().unwrap();
+}
