@@ -266,8 +266,25 @@ impl<'a> Bm25Query<'a> {
         if k == 0 {
             return Vec::new();
         }
+        ACCUMULATOR.with(|cell| {
+            let mut acc = cell.borrow_mut();
+            acc.prepare(n_docs);
+            let top = self.score_source(&mut acc, si, lens, k, accept);
+            acc.reset();
+            top
+        })
+    }
+
+    /// [`Bm25Query::source_top_k`] on a clean accumulator sized for the source.
+    fn score_source(
+        &self,
+        acc: &mut Accumulator,
+        si: usize,
+        lens: DocLens<'_>,
+        k: usize,
+        accept: &dyn Fn(u32) -> bool,
+    ) -> Vec<(u32, f32)> {
         let avgdl = self.avgdl;
-        let mut acc = Accumulator::default();
         // True while a document not scored yet may still reach the top k.
         let mut open = true;
         for (ti, (lists, weight)) in self.terms.iter().enumerate() {
@@ -277,17 +294,17 @@ impl<'a> Bm25Query<'a> {
             }
             // The k-th score cannot exceed what the terms scored so far could add
             // (`bound[0] - bound[ti]`): skip the selection while that alone rules closing out.
-            if open && acc.touched.len() >= k && self.bound[ti] < self.bound[0] - self.bound[ti] {
-                let mut scores: Vec<f32> = acc
-                    .touched
-                    .iter()
-                    .map(|&d| acc.scores[d as usize])
-                    .collect();
-                let (_, kth, _) = scores.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-                if self.bound[ti] < *kth {
+            let may_close = !open || self.bound[ti] < self.bound[0] - self.bound[ti];
+            if acc.touched.len() >= k && may_close {
+                let kth = acc.kth_score(k);
+                if open && self.bound[ti] < kth {
                     open = false;
-                    // Closed-mode updates walk the scored docs in order.
-                    acc.touched.sort_unstable();
+                }
+                if !open {
+                    // A doc that cannot reach the k-th score even with every remaining term
+                    // is out for good (the k-th score only grows): drop it, so the common
+                    // terms' long lists are probed for fewer docs.
+                    acc.prune(kth - self.bound[ti]);
                 }
             }
             let score = |tf: u32, doc: u32| {
@@ -296,10 +313,6 @@ impl<'a> Bm25Query<'a> {
                 weight * tf * (BM25_K1 + 1.0) / (tf + BM25_K1 * norm)
             };
             if open {
-                if acc.state.is_empty() {
-                    acc.scores = vec![0.0; n_docs];
-                    acc.state = vec![UNSEEN; n_docs];
-                }
                 for i in 0..list.len() {
                     let (doc, tf) = list.get(i);
                     let Some(st) = acc.state.get_mut(doc as usize) else {
@@ -307,6 +320,7 @@ impl<'a> Bm25Query<'a> {
                     };
                     if *st == UNSEEN {
                         *st = if accept(doc) { ACCEPTED } else { REJECTED };
+                        acc.seen.push(doc);
                         if *st == ACCEPTED {
                             acc.touched.push(doc);
                         }
@@ -316,7 +330,7 @@ impl<'a> Bm25Query<'a> {
                     }
                 }
             } else if acc.touched.len() * GALLOP_FACTOR < list.len() {
-                // Few scored docs against a long list: gallop to each.
+                // Few candidates against a long list: gallop to each (in doc order).
                 let mut at = 0;
                 for &doc in &acc.touched {
                     at = list.seek(at, doc);
@@ -329,7 +343,7 @@ impl<'a> Bm25Query<'a> {
                     }
                 }
             } else {
-                // Scored docs are dense in this list: one pass, no new docs.
+                // Candidates are dense in this list: one pass, no new docs.
                 for i in 0..list.len() {
                     let (doc, tf) = list.get(i);
                     if acc.state.get(doc as usize) == Some(&ACCEPTED) {
@@ -362,14 +376,81 @@ const ACCEPTED: u8 = 1;
 const REJECTED: u8 = 2;
 
 /// One source's scores: dense arrays (a hash map costs more than zeroed memory once a query
-/// term is common), allocated on the first matching posting since most sources of a
-/// many-segment vault match no query term at all.
+/// term is common), kept per thread and cleaned after each use by resetting only the docs
+/// touched — allocating and zeroing them per query and source cost page faults on every
+/// prepare of a large vault.
 #[derive(Default)]
 struct Accumulator {
     scores: Vec<f32>,
     state: Vec<u8>,
-    /// Accepted documents with a score, in first-scored order (sorted once pruning starts).
+    /// Candidates: accepted documents that may still reach the top k, in first-scored order
+    /// until pruning starts, then in doc order.
     touched: Vec<u32>,
+    /// Every document whose state left `UNSEEN` (what [`Accumulator::reset`] must clean).
+    seen: Vec<u32>,
+    /// Set while a search uses the arrays: one interrupted by a panic left them dirty.
+    in_use: bool,
+    sorted: bool,
+}
+
+impl Accumulator {
+    fn prepare(&mut self, n_docs: usize) {
+        if self.in_use {
+            self.scores.fill(0.0);
+            self.state.fill(UNSEEN);
+            self.touched.clear();
+            self.seen.clear();
+        }
+        if self.scores.len() < n_docs {
+            self.scores.resize(n_docs, 0.0);
+            self.state.resize(n_docs, UNSEEN);
+        }
+        self.in_use = true;
+        self.sorted = false;
+    }
+
+    fn reset(&mut self) {
+        for &doc in &self.seen {
+            self.scores[doc as usize] = 0.0;
+            self.state[doc as usize] = UNSEEN;
+        }
+        self.touched.clear();
+        self.seen.clear();
+        self.in_use = false;
+    }
+
+    /// The `k`-th best score among the candidates (`touched.len() >= k`).
+    fn kth_score(&self, k: usize) -> f32 {
+        let mut scores: Vec<f32> = self
+            .touched
+            .iter()
+            .map(|&d| self.scores[d as usize])
+            .collect();
+        let (_, kth, _) = scores.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        *kth
+    }
+
+    /// Drops the candidates scoring below `min` (marking them rejected, so a one-pass update
+    /// skips them), and puts the rest in doc order for galloping.
+    fn prune(&mut self, min: f32) {
+        let (scores, state) = (&self.scores, &mut self.state);
+        self.touched.retain(|&d| {
+            let keep = scores[d as usize] >= min;
+            if !keep {
+                state[d as usize] = REJECTED;
+            }
+            keep
+        });
+        if !self.sorted {
+            self.touched.sort_unstable();
+            self.sorted = true;
+        }
+    }
+}
+
+thread_local! {
+    static ACCUMULATOR: std::cell::RefCell<Accumulator> =
+        std::cell::RefCell::new(Accumulator::default());
 }
 
 /// Sorts best first (score desc, then source, then doc for determinism) and keeps `k`.
