@@ -410,6 +410,109 @@ async fn streaming_relays_chunks_ends_with_done_and_stores_the_answer() {
     assert!(fake.last().system_text().contains("6am"));
 }
 
+/// Reads `response`'s body frame by frame until the bytes so far contain `end` (the answer's
+/// terminal event) and returns the outbox's newest lsn at that moment: the client has the
+/// whole answer now, so the exchange must already be durable.
+async fn outbox_lsn_when_the_answer_ends(
+    proxy: &Proxy,
+    response: Response<Incoming>,
+    end: &str,
+) -> u64 {
+    let mut body = response.into_body();
+    let mut seen = String::new();
+    while !seen.contains(end) {
+        let frame = tokio::time::timeout(Duration::from_secs(HANG_GUARD_SECS), body.frame())
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("the stream ended without {end}: {seen}"))
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            seen.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    proxy.state.proxy.outbox.last_lsn()
+}
+
+#[tokio::test]
+async fn the_exchange_is_in_the_outbox_before_the_client_has_the_answer_end() {
+    let fake = FakeProvider::start().await;
+    let proxy = Proxy::start(&fake, |_| {}).await;
+    let key = proxy.new_key("durable").await;
+    let auth = format!("Bearer {key}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-provider-key", "sk-byok"),
+        ("anthropic-version", "2023-06-01"),
+    ];
+    let outbox = || proxy.state.proxy.outbox.last_lsn();
+
+    // OpenAI stream relayed as is: `[DONE]` is held until the exchange is appended.
+    let before = outbox();
+    let mut body = ask("openai/gpt-test", "Streamed question about rowing");
+    body["stream"] = json!(true);
+    let response = proxy
+        .open("POST", "/v1/chat/completions", &headers, Some(&body))
+        .await;
+    let at_end = outbox_lsn_when_the_answer_ends(&proxy, response, "[DONE]").await;
+    assert!(
+        at_end > before,
+        "[DONE] reached the client before the outbox append"
+    );
+
+    // Anthropic stream translated for an OpenAI client: the same for its `[DONE]`.
+    let before = outbox();
+    let mut body = ask("anthropic/claude-test", "Translated question about cycling");
+    body["stream"] = json!(true);
+    let response = proxy
+        .open("POST", "/v1/chat/completions", &headers, Some(&body))
+        .await;
+    let at_end = outbox_lsn_when_the_answer_ends(&proxy, response, "[DONE]").await;
+    assert!(
+        at_end > before,
+        "translated [DONE] went out before the outbox append"
+    );
+
+    // Native Messages stream: `message_stop` is the end.
+    let before = outbox();
+    let mut body = ask("anthropic/claude-test", "Native question about swimming");
+    body["stream"] = json!(true);
+    body["max_tokens"] = json!(64);
+    let response = proxy
+        .open("POST", "/v1/messages", &headers, Some(&body))
+        .await;
+    let at_end = outbox_lsn_when_the_answer_ends(&proxy, response, "message_stop").await;
+    assert!(
+        at_end > before,
+        "message_stop went out before the outbox append"
+    );
+
+    // A whole answer: the response head (with its body) comes only after the append.
+    let before = outbox();
+    let response = proxy
+        .open(
+            "POST",
+            "/v1/chat/completions",
+            &headers,
+            Some(&ask("openai/gpt-test", "Plain question about running")),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        outbox() > before,
+        "the body was released before the outbox append"
+    );
+    drop(response);
+
+    proxy.settled().await;
+    let stored = proxy.memory_texts(&key).await;
+    for topic in ["rowing", "cycling", "swimming", "running"] {
+        assert!(
+            stored.iter().any(|t| t.contains(topic)),
+            "{topic}: {stored:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn byok_and_missing_keys() {
     let fake = FakeProvider::start().await;

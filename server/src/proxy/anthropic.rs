@@ -377,6 +377,10 @@ impl StreamTransform for AnthropicToOpenAi {
         self.saw_stop && !self.saw_error
     }
 
+    fn ended(&self) -> bool {
+        self.saw_stop
+    }
+
     fn take_answer(&mut self) -> String {
         std::mem::take(&mut self.text)
     }
@@ -452,6 +456,10 @@ impl StreamTransform for AnthropicRelay {
 
     fn complete(&self) -> bool {
         self.saw_stop && !self.saw_error
+    }
+
+    fn ended(&self) -> bool {
+        self.saw_stop
     }
 
     fn take_answer(&mut self) -> String {

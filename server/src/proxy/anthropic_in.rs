@@ -313,6 +313,10 @@ impl StreamTransform for OpenAiToAnthropic {
         self.closed && !self.saw_error
     }
 
+    fn ended(&self) -> bool {
+        self.closed
+    }
+
     fn take_answer(&mut self) -> String {
         std::mem::take(&mut self.text)
     }

@@ -155,7 +155,8 @@ pub async fn handle(
             )
         }
     };
-    draft.finish(answer.unwrap_or_default());
+    // The body goes out only once the exchange is in the durable outbox (see `relay.rs`).
+    let _ = draft.finish(answer.unwrap_or_default()).await;
     let mut out = Response::new(full(bytes));
     out.headers_mut().insert(CONTENT_TYPE, content_type);
     timing_headers(out.headers_mut(), request.started, provider_ms, &retrieved);

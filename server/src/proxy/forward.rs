@@ -1,6 +1,7 @@
 //! The steps both proxy endpoints share: reading the request and memory plan, retrieving,
 //! choosing the provider key, building the upstream request, the timing headers, and
-//! queueing the exchange once the answer is complete.
+//! queueing the exchange once the answer is complete (durably, before the client gets the
+//! answer's end).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +18,7 @@ use super::error::ProxyError;
 use super::options::{self, MemoryPlan};
 use super::outbox::PendingExchange;
 use super::providers::{Provider, ProviderKind};
+use super::relay::Durable;
 use super::state::schedule_ingest;
 use crate::AppState;
 use crate::auth::{AuthContext, authenticate};
@@ -321,8 +323,10 @@ impl ExchangeDraft {
         self.user_turn.is_some() || self.store_response
     }
 
-    /// Queues the exchange with the assistant's `answer`.
-    pub fn finish(self, answer: String) {
+    /// Queues the exchange with the assistant's `answer`. The receiver fires once it is in
+    /// the durable outbox: the caller holds the answer's last frame (or whole body) until
+    /// then, so an answer a client has read fully is never lost to a crash.
+    pub fn finish(self, answer: String) -> Durable {
         let mut turns = Vec::with_capacity(2);
         if let Some(user) = self.user_turn {
             turns.push(("user".to_owned(), user));
@@ -338,7 +342,7 @@ impl ExchangeDraft {
             turns,
             created_at_ms: crate::time::now_ms(),
         };
-        schedule_ingest(self.state, exchange);
+        schedule_ingest(self.state, exchange)
     }
 }
 

@@ -131,7 +131,8 @@ pub async fn handle(
             } else {
                 None
             };
-            draft.finish(answer.unwrap_or_default());
+            // Released only once the exchange is durable (see `relay.rs`).
+            let _ = draft.finish(answer.unwrap_or_default()).await;
             bytes
         }
         (false, false) => bytes,
@@ -142,7 +143,7 @@ pub async fn handle(
                     reason,
                 }
             })?;
-            draft.finish(answer);
+            let _ = draft.finish(answer).await;
             content_type = HeaderValue::from_static("application/json");
             bytes
         }

@@ -6,8 +6,9 @@
 //! provider chosen by the `provider/model` prefix ([`providers`], [`client`]) → relay the
 //! answer, streaming frame by frame ([`relay`], [`sse`]), unchanged or translated
 //! ([`anthropic`]: OpenAI clients → Anthropic providers; [`anthropic_in`]: Anthropic
-//! clients → OpenAI-format providers) → after the answer completes, append the exchange to
-//! the durable [`outbox`] and store it in the vault ([`state`]).
+//! clients → OpenAI-format providers) → once the answer is complete, append the exchange to
+//! the durable [`outbox`] before releasing the answer's last frame, then store it in the
+//! vault off the response path ([`state`]).
 //!
 //! Handlers: [`chat`] (`/v1/chat/completions`, `/v1/models`) and [`messages`]
 //! (`/v1/messages`), built from the shared steps in [`forward`]. Failures MemoryRouter
@@ -22,7 +23,9 @@
 //!
 //! **Invariant:** an answered exchange is either stored, or still in the outbox (replayed at
 //! the next start), or was never complete (error, client gone), or belongs to a key revoked
-//! before it was stored (dropped with a log line): never silently dropped.
+//! before it was stored (dropped with a log line): never silently dropped. A client that has
+//! read the answer's last frame has an exchange that is already in the outbox (unless the
+//! outbox append itself failed, which is logged).
 
 pub mod anthropic;
 pub mod anthropic_in;

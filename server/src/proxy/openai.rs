@@ -295,6 +295,10 @@ impl StreamTransform for OpenAiRelay {
         !self.saw_error
     }
 
+    fn ended(&self) -> bool {
+        self.saw_done
+    }
+
     fn take_answer(&mut self) -> String {
         std::mem::take(&mut self.text)
     }

@@ -1,9 +1,10 @@
 //! The durable queue of exchanges waiting to be ingested after a proxied answer.
 //!
-//! The proxy answers the client first and stores the exchange afterwards, off the response
-//! path. So that a crash between the two does not lose the exchange silently, it is first
-//! appended to this WAL (`DATA_DIR/proxy-outbox/`), then ingested into the vault, then
-//! marked done; the WAL is checkpointed up to the oldest exchange still pending. At start,
+//! The proxy stores the exchange off the response path, after the answer. So that a crash
+//! does not lose an exchange whose answer the client has, it is first appended to this WAL
+//! (`DATA_DIR/proxy-outbox/`) — before the answer's last frame (streams) or body (plain
+//! answers) is released — then ingested into the vault, then marked done; the WAL is
+//! checkpointed up to the oldest exchange still pending. At start,
 //! every record past the checkpoint is ingested again. Re-ingesting an exchange that did
 //! reach the vault stores nothing twice, because ingest skips messages already stored for
 //! the same session, role and text.
@@ -110,6 +111,12 @@ impl Outbox {
         let mut pending = self.pending.lock();
         pending.remove(&lsn);
         self.checkpoint(&pending)
+    }
+
+    /// The lsn of the newest exchange appended (0 for a log that never held one): what has
+    /// reached the log, whether or not it has been stored since.
+    pub fn last_lsn(&self) -> Lsn {
+        self.wal.last_lsn()
     }
 
     /// Exchanges appended and not yet stored.

@@ -4,16 +4,25 @@
 //! [`RelayBody`] is polled by the server's connection task, so it needs no task of its own:
 //! when the client disconnects, hyper drops the body, which drops the upstream body and
 //! closes the provider connection — the upstream call is cancelled and no further tokens are
-//! paid for. When the upstream ends cleanly, the assembled answer text is handed to the
-//! completion callback (which queues the exchange for ingest).
+//! paid for.
+//!
+//! Storing before the last frame: once the stream is known to carry a whole answer — its
+//! terminal event (`[DONE]`, `message_stop`) was produced, or the upstream ended cleanly —
+//! the answer text goes to the completion callback, which queues the exchange and returns a
+//! receiver that fires once the exchange is in the durable outbox. The terminal event (and
+//! anything after it) is held back until then, so a client that has read the last frame
+//! knows its exchange survives a crash. Frames before the terminal event are never held:
+//! the first byte and every token arrive as early as before.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 /// Turns upstream stream bytes into client stream bytes and remembers the answer text.
@@ -27,12 +36,20 @@ pub trait StreamTransform: Send + Unpin + 'static {
     fn error_event(&self, message: &str, code: &str) -> Bytes;
     /// Whether the stream carried a whole answer (no error event, a proper end).
     fn complete(&self) -> bool;
+    /// Whether the client's terminal event (`[DONE]`, `message_stop`) is in the output
+    /// produced so far. From the chunk that produced it on, output is held until the
+    /// exchange is durable.
+    fn ended(&self) -> bool;
     /// The assistant text assembled so far.
     fn take_answer(&mut self) -> String;
 }
 
-/// Called once with the answer text after a complete stream.
-pub type OnComplete = Box<dyn FnOnce(String) + Send + Sync>;
+/// Fires once the exchange is in the durable outbox (or could not be put there, which is
+/// logged where it happens); either way the held frames may go.
+pub type Durable = oneshot::Receiver<()>;
+
+/// Called once with the answer text of a complete stream; returns when it is durable.
+pub type OnComplete = Box<dyn FnOnce(String) -> Durable + Send + Sync>;
 
 /// A response body relaying a provider stream. `B` is the upstream body (hyper's
 /// `Incoming` in the server; a scripted body in tests).
@@ -46,8 +63,15 @@ pub struct RelayBody<B, T> {
     idle_timeout: Duration,
     /// Set once the last frame was produced; later polls return `None`.
     finished: bool,
-    /// Taken when the stream completes; still present on drop = the client went away.
+    /// Taken when the stream is known complete; still present on drop = the client went
+    /// away before the answer was whole.
     on_complete: Option<OnComplete>,
+    /// The outbox append of the exchange, while it runs; output is held meanwhile.
+    durable: Option<Durable>,
+    /// Output produced from the terminal event on, released once `durable` fires.
+    held: BytesMut,
+    /// The upstream has ended: the body ends once `held` is released.
+    upstream_done: bool,
 }
 
 impl<B, T> RelayBody<B, T> {
@@ -66,6 +90,9 @@ impl<B, T> RelayBody<B, T> {
             idle_timeout,
             finished: false,
             on_complete: Some(on_complete),
+            durable: None,
+            held: BytesMut::new(),
+            upstream_done: false,
         }
     }
 }
@@ -85,6 +112,31 @@ where
         Poll::Ready(Some(Ok(Frame::data(
             self.transform.error_event(message, code),
         ))))
+    }
+
+    /// Hands a whole answer to the completion callback (once) and starts holding output
+    /// until it is durable. A stream that ended without a whole answer is not stored.
+    fn settle(&mut self) {
+        let Some(done) = self.on_complete.take() else {
+            return;
+        };
+        if self.transform.complete() {
+            self.durable = Some(done(self.transform.take_answer()));
+        } else {
+            tracing::warn!(provider = %self.provider, "provider stream ended without a whole answer; exchange not stored");
+        }
+    }
+
+    /// `out` for the client now, or held behind the outbox append.
+    fn emit(&mut self, out: Bytes) -> Option<Bytes> {
+        if self.durable.is_some() {
+            self.held.extend_from_slice(&out);
+            None
+        } else if out.is_empty() {
+            None
+        } else {
+            Some(out)
+        }
     }
 }
 
@@ -106,6 +158,22 @@ where
             return Poll::Ready(None);
         }
         loop {
+            if let Some(durable) = this.durable.as_mut() {
+                // The upstream is not read meanwhile: nothing after the terminal event
+                // matters to the client, and the append takes milliseconds.
+                if Pin::new(durable).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.durable = None;
+                let held = std::mem::take(&mut this.held).freeze();
+                this.finished = this.upstream_done;
+                if !held.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(held))));
+                }
+                if this.finished {
+                    return Poll::Ready(None);
+                }
+            }
             match Pin::new(&mut this.upstream).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let Ok(data) = frame.into_data() else {
@@ -114,8 +182,14 @@ where
                     let next = Instant::now() + this.idle_timeout;
                     this.idle.as_mut().reset(next);
                     match this.transform.on_chunk(data) {
-                        Ok(out) if out.is_empty() => continue,
-                        Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Ok(out) => {
+                            if this.transform.ended() {
+                                this.settle();
+                            }
+                            if let Some(out) = this.emit(out) {
+                                return Poll::Ready(Some(Ok(Frame::data(out))));
+                            }
+                        }
                         Err(message) => return this.fail(&message, "bad_provider_response"),
                     }
                 }
@@ -124,20 +198,17 @@ where
                     return this.fail(&message, "provider_unreachable");
                 }
                 Poll::Ready(None) => {
-                    this.finished = true;
+                    this.upstream_done = true;
                     let tail = this.transform.on_end();
-                    if let Some(done) = this.on_complete.take() {
-                        if this.transform.complete() {
-                            done(this.transform.take_answer());
-                        } else {
-                            tracing::warn!(provider = %this.provider, "provider stream ended without a whole answer; exchange not stored");
-                        }
+                    this.settle();
+                    if let Some(tail) = this.emit(tail) {
+                        this.finished = true;
+                        return Poll::Ready(Some(Ok(Frame::data(tail))));
                     }
-                    return if tail.is_empty() {
-                        Poll::Ready(None)
-                    } else {
-                        Poll::Ready(Some(Ok(Frame::data(tail))))
-                    };
+                    if this.durable.is_none() {
+                        this.finished = true;
+                        return Poll::Ready(None);
+                    }
                 }
                 Poll::Pending => {
                     if this.idle.as_mut().poll(cx).is_ready() {
@@ -188,18 +259,24 @@ pub(crate) mod tests {
         }
     }
 
-    /// Upper-cases bytes; complete unless it saw "!".
+    /// Upper-cases bytes; complete unless it saw "!"; "." is its terminal event.
+    #[derive(Default)]
     struct Upper {
         text: String,
         broken: bool,
+        ended: bool,
     }
 
     impl StreamTransform for Upper {
         fn on_chunk(&mut self, chunk: Bytes) -> Result<Bytes, String> {
             let s = String::from_utf8_lossy(&chunk).to_uppercase();
             self.broken |= s.contains('!');
+            self.ended |= s.contains('.');
             self.text.push_str(&s);
             Ok(Bytes::from(s))
+        }
+        fn ended(&self) -> bool {
+            self.ended
         }
         fn on_end(&mut self) -> Bytes {
             Bytes::from_static(b"<end>")
@@ -213,6 +290,13 @@ pub(crate) mod tests {
         fn take_answer(&mut self) -> String {
             std::mem::take(&mut self.text)
         }
+    }
+
+    /// A receiver that has already fired: the exchange is durable at once.
+    fn durable_now() -> Durable {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(());
+        rx
     }
 
     async fn run(items: Vec<Result<&'static str, &'static str>>) -> (String, Option<String>) {
@@ -230,13 +314,13 @@ pub(crate) mod tests {
         let sink = answer.clone();
         let body = RelayBody::new(
             script,
-            Upper {
-                text: String::new(),
-                broken: false,
-            },
+            Upper::default(),
             "fake",
             Duration::from_secs(60),
-            Box::new(move |text| *sink.lock().unwrap() = Some(text)),
+            Box::new(move |text| {
+                *sink.lock().unwrap() = Some(text);
+                durable_now()
+            }),
         );
         let bytes = body.collect().await.unwrap().to_bytes();
         let answer = answer.lock().unwrap().clone();
@@ -271,15 +355,105 @@ pub(crate) mod tests {
         let sink = answer.clone();
         let body = RelayBody::new(
             Script(VecDeque::from(vec![Ok(Bytes::from_static(b"x"))])),
-            Upper {
-                text: String::new(),
-                broken: false,
-            },
+            Upper::default(),
             "fake",
             Duration::from_secs(60),
-            Box::new(move |text| *sink.lock().unwrap() = Some(text)),
+            Box::new(move |text| {
+                *sink.lock().unwrap() = Some(text);
+                durable_now()
+            }),
         );
         drop(body);
         assert_eq!(*answer.lock().unwrap(), None);
+    }
+
+    /// A body over `items` whose outbox append completes only when the returned sender
+    /// fires, plus the answer the callback received (if it was called).
+    #[allow(clippy::type_complexity)]
+    fn gated(
+        items: &[&'static str],
+    ) -> (
+        RelayBody<Script, Upper>,
+        oneshot::Sender<()>,
+        Arc<Mutex<Option<String>>>,
+    ) {
+        let (fire, durable) = oneshot::channel::<()>();
+        let durable = Mutex::new(Some(durable));
+        let answer = Arc::new(Mutex::new(None::<String>));
+        let sink = answer.clone();
+        let body = RelayBody::new(
+            Script(
+                items
+                    .iter()
+                    .map(|s| Ok(Bytes::from_static(s.as_bytes())))
+                    .collect(),
+            ),
+            Upper::default(),
+            "fake",
+            Duration::from_secs(60),
+            Box::new(move |text| {
+                *sink.lock().unwrap() = Some(text);
+                durable.lock().unwrap().take().unwrap()
+            }),
+        );
+        (body, fire, answer)
+    }
+
+    /// One poll of `body` with a no-op waker: the next frame's bytes, the end, or pending.
+    fn step(body: &mut RelayBody<Script, Upper>) -> Poll<Option<Bytes>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(frame.into_data().ok()),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(never))) => match never {},
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn ready(s: &'static str) -> Poll<Option<Bytes>> {
+        Poll::Ready(Some(Bytes::from_static(s.as_bytes())))
+    }
+
+    /// The terminal event and what follows wait for the outbox; the frames before it do
+    /// not, and the callback has the whole answer before the terminal event goes out.
+    #[tokio::test]
+    async fn terminal_event_waits_until_the_exchange_is_durable() {
+        let (mut body, fire, answer) = gated(&["ab", "c.", "x"]);
+        assert_eq!(step(&mut body), ready("AB"));
+        assert_eq!(*answer.lock().unwrap(), None);
+        // "C." ends the answer: it is handed over, and held until the outbox says durable.
+        assert_eq!(step(&mut body), Poll::Pending);
+        assert_eq!(answer.lock().unwrap().as_deref(), Some("ABC."));
+        assert_eq!(step(&mut body), Poll::Pending);
+        fire.send(()).unwrap();
+        assert_eq!(step(&mut body), ready("C."));
+        assert_eq!(step(&mut body), ready("X"));
+        assert_eq!(step(&mut body), ready("<end>"));
+        assert_eq!(step(&mut body), Poll::Ready(None));
+    }
+
+    /// A stream whose end is only known when the upstream closes is stored then, and the
+    /// tail the client still needs waits for the outbox the same way.
+    #[tokio::test]
+    async fn tail_waits_for_the_outbox_when_the_end_is_only_known_at_eof() {
+        let (mut body, fire, answer) = gated(&["ab", "cd"]);
+        assert_eq!(step(&mut body), ready("AB"));
+        assert_eq!(step(&mut body), ready("CD"));
+        assert_eq!(step(&mut body), Poll::Pending);
+        assert_eq!(answer.lock().unwrap().as_deref(), Some("ABCD"));
+        fire.send(()).unwrap();
+        assert_eq!(step(&mut body), ready("<end>"));
+        assert_eq!(step(&mut body), Poll::Ready(None));
+    }
+
+    /// An outbox append that failed (its sender dropped) still releases the held frames.
+    #[tokio::test]
+    async fn a_failed_append_still_releases_the_end() {
+        let (mut body, fire, _) = gated(&["a."]);
+        assert_eq!(step(&mut body), Poll::Pending);
+        drop(fire);
+        assert_eq!(step(&mut body), ready("A."));
+        assert_eq!(step(&mut body), ready("<end>"));
+        assert_eq!(step(&mut body), Poll::Ready(None));
     }
 }

@@ -1,5 +1,7 @@
 //! What the proxy keeps for the life of the server: the provider table, the pooled client,
-//! and the outbox of exchanges waiting to be stored — plus the store-after-answer logic.
+//! and the outbox of exchanges waiting to be stored — plus the store-after-answer logic:
+//! append to the outbox (the answer's end waits for that), then store off the response
+//! path.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,13 +9,14 @@ use std::time::Duration;
 
 use engine::Role;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use wal::Lsn;
 
 use super::client::UpstreamClient;
 use super::error::ProxyError;
 use super::outbox::{Outbox, PendingExchange};
 use super::providers::ProviderTable;
+use super::relay::Durable;
 use crate::AppState;
 use crate::auth::AuthContext;
 use crate::config::Config;
@@ -131,23 +134,38 @@ impl ProxyState {
 }
 
 /// Queues a finished exchange: appends it to the outbox, then stores it in the vault,
-/// retrying with backoff, all off the response path.
-pub fn schedule_ingest(state: Arc<AppState>, exchange: PendingExchange) {
+/// retrying with backoff, in a task of its own. The returned receiver fires once the append
+/// is over (durable, or failed and logged); the relay holds the answer's last frame until
+/// then. The task does not depend on anyone waiting: a client that goes away after the
+/// answer completed still gets its exchange stored.
+pub fn schedule_ingest(state: Arc<AppState>, exchange: PendingExchange) -> Durable {
+    let (appended, durable) = oneshot::channel();
     if exchange.turns.is_empty() {
-        return;
+        let _ = appended.send(());
+        return durable;
     }
     state.proxy.in_flight.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(async move {
-        store_with_retries(&state, exchange).await;
+        store_with_retries(&state, exchange, appended).await;
         state.proxy.finished_one();
     });
+    durable
 }
 
-/// Appends to the outbox, stores, and marks done, retrying the store with backoff.
-async fn store_with_retries(state: &Arc<AppState>, exchange: PendingExchange) {
+/// Appends to the outbox (then fires `appended`), stores, and marks done, retrying the
+/// store with backoff.
+async fn store_with_retries(
+    state: &Arc<AppState>,
+    exchange: PendingExchange,
+    appended: oneshot::Sender<()>,
+) {
     let exchange = Arc::new(exchange);
     let (st, ex) = (state.clone(), exchange.clone());
-    let lsn = match tokio::task::spawn_blocking(move || st.proxy.outbox.append(&ex)).await {
+    let outcome = tokio::task::spawn_blocking(move || st.proxy.outbox.append(&ex)).await;
+    // Whatever the outcome, the client's last frame may go now: on failure the exchange is
+    // still stored below, only its crash-safety is lost (logged).
+    let _ = appended.send(());
+    let lsn = match outcome {
         Ok(Ok(lsn)) => Some(lsn),
         Ok(Err(error)) => {
             // Still worth storing now: only the crash-safety of this one exchange is lost.
