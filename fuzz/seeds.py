@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Writes small seed inputs for the engine fuzz targets into corpus/<target>/.
+
+The targets damage valid files built in-process (see src/edit.rs), so the empty input is
+already a valid vault; these seeds give libFuzzer one example of each edit op on each file,
+so it starts from inputs long enough to carry edit scripts instead of growing them byte by
+byte. Run from fuzz/:  python3 seeds.py
+"""
+import json
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def op_xor(at, mask):
+    return bytes([0]) + struct.pack("<IB", at, mask)
+
+
+def op_u32(at, v):
+    return bytes([1]) + struct.pack("<II", at, v)
+
+
+def op_u64(at, v):
+    return bytes([2]) + struct.pack("<IQ", at, v)
+
+
+def op_truncate(at):
+    return bytes([3]) + struct.pack("<I", at)
+
+
+def op_insert(at, data):
+    return bytes([4]) + struct.pack("<IB", at, len(data)) + data
+
+
+def op_remove(at, n):
+    return bytes([5]) + struct.pack("<IH", at, n)
+
+
+def op_copy(at, to, n):
+    return bytes([6]) + struct.pack("<IIH", at, to, n)
+
+
+# Offsets that land on the common header (0..64), the first payload words (sub-headers:
+# counts, dims, offsets) and further in.
+SCRIPTS = [
+    b"",
+    op_xor(70, 0x01),
+    op_u32(64, 0xFFFFFFFF),
+    op_u32(68, 0),
+    op_u64(72, 1 << 40),
+    op_truncate(100),
+    op_insert(80, b"\x00" * 8),
+    op_remove(64, 16),
+    op_copy(64, 128, 32),
+    op_xor(12, 0xFF) + op_u32(200, 7),
+]
+
+# Template vault: MANIFEST, two segment dirs of four files, and the WAL files.
+VAULT_FILES = 16
+WAL_TAIL_RECORDS = 4
+
+MANIFEST = {
+    "embedder": "fuzz-tiny-8",
+    "dim": 8,
+    "next_id": 38,
+    "next_segment": 6,
+    "checkpoint_lsn": 9,
+    "segments": ["seg-0000000000000004", "seg-0000000000000005"],
+    "tombstones": [3],
+}
+
+
+def manifest_variants():
+    m = dict(MANIFEST)
+    yield m
+    yield dict(m, segments=m["segments"] * 2)
+    yield dict(m, segments=["seg-0000000000000004", "../vault/seg-0000000000000005"])
+    yield dict(m, next_id=2**64 - 1, checkpoint_lsn=2**64 - 1)
+    yield dict(m, next_segment=4)
+    yield dict(m, tombstones=[0, 2**64 - 1] + list(range(1, 40)))
+    yield dict(m, embedder=None, dim=0)
+
+
+def write(target, name, data):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def main():
+    for pick in range(VAULT_FILES):
+        for flags in (0, 1):
+            for i, s in enumerate(SCRIPTS):
+                write("vault_files", f"seed-{pick}-{flags}-{i}", bytes([pick, flags]) + s)
+        write("vault_files", f"seed-{pick}-delete", bytes([pick, 2]))
+    for i, s in enumerate(SCRIPTS):
+        write("manifest", f"seed-edit-{i}", bytes([0]) + s)
+    for i, m in enumerate(manifest_variants()):
+        write("manifest", f"seed-raw-{i}", bytes([1]) + json.dumps(m).encode())
+    for pick in range(WAL_TAIL_RECORDS + 1):
+        for kind in (0x00, 0x81, 0x82, 0x83):
+            for i, s in enumerate(SCRIPTS):
+                write("wal_payload", f"seed-{pick}-{kind:02x}-{i}", bytes([pick, kind]) + s)
+    for flags in (0, 2):
+        for i, s in enumerate(SCRIPTS):
+            write("lexical_view", f"seed-{flags}-{i}", bytes([flags]) + s)
+    write("lexical_view", "seed-raw", bytes([3]) + b"MRLEXIDX" + struct.pack("<IIII", 1, 0, 0, 0) + bytes(24))
+    for i, s in enumerate(SCRIPTS):
+        write("hnsw_graph", f"seed-{i}", bytes([0]) + s)
+    write("hnsw_graph", "seed-raw", bytes([1]) + struct.pack("<8I", 1, 8, 4, 0, 0, 0, 0, 0) + bytes(36))
+
+
+if __name__ == "__main__":
+    main()
