@@ -43,6 +43,11 @@ pub const WAL_SEGMENT_BYTES_MAX: u64 = 8 << 20;
 pub const MEMTABLE_RECORDS_MAX_DEFAULT: usize = 4096;
 /// Most ids one `delete`/`clear` WAL record carries (8 bytes each: 4 MiB).
 const DELETE_IDS_PER_RECORD_MAX: usize = WAL_PAYLOAD_BYTES_MAX / 8;
+/// Ids are handed out from 1 up and never reused, so no vault comes near this; an id (or a
+/// manifest `next_id`) past it can only come from a damaged file, and `open` refuses it.
+/// The room left above it keeps `next_id` arithmetic from ever overflowing (the
+/// `wal_payload` fuzz target found `open` overflowing on a WAL record with id `u64::MAX`).
+pub(crate) const MEMORY_ID_END: MemoryId = 1 << 62;
 
 const _: () = assert!((WAL_PAYLOAD_BYTES_MAX as u64) < WAL_SEGMENT_BYTES_MAX);
 
@@ -444,6 +449,15 @@ impl Vault {
             }
         }
         state.refresh_memory();
+        if max_id >= MEMORY_ID_END || manifest.next_id > MEMORY_ID_END {
+            return Err(Error::corrupt(
+                dir,
+                format!(
+                    "memory id {} past the id space (ids stay below {MEMORY_ID_END})",
+                    max_id.max(manifest.next_id)
+                ),
+            ));
+        }
         let next_id = manifest.next_id.max(max_id + 1);
         let next_segment = manifest.next_segment;
         let name = dir
@@ -920,4 +934,76 @@ pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedder::BuiltinEmbedder;
+    use crate::record::Role;
+
+    fn options() -> VaultOptions {
+        let mut o = VaultOptions::new(Arc::new(BuiltinEmbedder::new()));
+        o.background = false;
+        o
+    }
+
+    fn said(text: &str) -> NewMemory {
+        NewMemory {
+            session_id: "s".into(),
+            role: Role::User,
+            text: text.into(),
+            created_at_ms: 1,
+            model: None,
+            metadata: None,
+        }
+    }
+
+    /// Regression (fuzz target `wal_payload`): a WAL record with valid framing carrying id
+    /// `u64::MAX` made `open` overflow computing the next id (a panic with overflow checks,
+    /// a wrapped `next_id` handing out ids already taken without them).
+    #[test]
+    fn ids_past_the_id_space_are_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::open(dir.path(), options()).unwrap();
+        vault.ingest(vec![said("kept")]).unwrap();
+        drop(vault);
+        let wal_dir = dir.path().join("wal");
+        let (wal, recovery) = Wal::open(&wal_dir, WalOptions::default()).unwrap();
+        let mut forged = record::decode_ingest(&recovery.records[0].payload).unwrap();
+        forged[0].memory.id = u64::MAX;
+        forged[0].memory.content_hash ^= 1;
+        wal.append(KIND_INGEST, &record::encode_ingest(&forged))
+            .unwrap();
+        drop(wal);
+        assert!(matches!(
+            Vault::open(dir.path(), options()),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+
+    /// The same bound on a manifest's `next_id`: a value near `u64::MAX` would make ingest
+    /// wrap to ids already taken (and silently drop the new memories as duplicates).
+    #[test]
+    fn a_manifest_next_id_past_the_id_space_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        Vault::open(dir.path(), options())
+            .unwrap()
+            .ingest(vec![said("kept")])
+            .unwrap();
+        let mut manifest = Manifest::load(dir.path()).unwrap().unwrap();
+        manifest.next_id = u64::MAX;
+        manifest.store(dir.path()).unwrap();
+        assert!(matches!(
+            Vault::open(dir.path(), options()),
+            Err(Error::Corrupt { .. })
+        ));
+        manifest.next_id = MEMORY_ID_END;
+        manifest.store(dir.path()).unwrap();
+        let vault = Vault::open(dir.path(), options()).unwrap();
+        assert_eq!(
+            vault.get(1).unwrap().map(|m| m.text).as_deref(),
+            Some("kept")
+        );
+    }
 }
