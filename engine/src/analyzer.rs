@@ -9,7 +9,7 @@
 //! The exact output is part of the on-disk lexical format and of the embedder id: changing
 //! it means bumping `lexical::FORMAT_VERSION` and the embedder version.
 
-use crate::stem::stem;
+use crate::stem::stem_into;
 
 /// Tokens longer than this are dropped: they are hashes, base64 or URLs run together, and
 /// would only bloat the term dictionary.
@@ -209,9 +209,41 @@ const STOPWORDS: &[&str] = &[
     "youve",
 ];
 
+/// Longest stopword, in bytes ("themselves", "yourselves"): longer tokens skip the lookup.
+const STOPWORD_BYTES_MAX: usize = 10;
+
+/// `STOPWORD_BUCKETS[b]..STOPWORD_BUCKETS[b + 1]` is the range of [`STOPWORDS`] starting
+/// with byte `b'a' + b`, so a lookup binary-searches ~8 words instead of ~190.
+const STOPWORD_BUCKETS: [usize; 27] = stopword_buckets();
+
+const fn stopword_buckets() -> [usize; 27] {
+    let mut buckets = [0; 27];
+    let mut letter = 0;
+    while letter < 26 {
+        let mut i = buckets[letter];
+        while i < STOPWORDS.len() && STOPWORDS[i].as_bytes()[0] <= b'a' + letter as u8 {
+            i += 1;
+        }
+        buckets[letter + 1] = i;
+        letter += 1;
+    }
+    buckets
+}
+
+const _: () = assert!(STOPWORD_BUCKETS[26] == STOPWORDS.len());
+
 /// True for English function words that carry no retrieval signal on their own.
 pub fn is_stopword(token: &str) -> bool {
-    STOPWORDS.binary_search(&token).is_ok()
+    let Some(&first) = token.as_bytes().first() else {
+        return false;
+    };
+    if token.len() > STOPWORD_BYTES_MAX || !first.is_ascii_lowercase() {
+        return false;
+    }
+    let letter = usize::from(first - b'a');
+    STOPWORDS[STOPWORD_BUCKETS[letter]..STOPWORD_BUCKETS[letter + 1]]
+        .binary_search(&token)
+        .is_ok()
 }
 
 fn is_apostrophe(c: char) -> bool {
@@ -219,55 +251,215 @@ fn is_apostrophe(c: char) -> bool {
 }
 
 /// Calls `f` with every normalised (lowercased, apostrophe-free) token of `text`, in order,
-/// stopwords included. This is the one tokenizer; [`analyze`] and the embedder build on it.
+/// stopwords included. This is the one tokenizer; [`Analysis`] and [`analyze`] build on it.
 pub fn for_each_token(text: &str, mut f: impl FnMut(&str)) {
-    let mut word = String::new();
+    let mut word = Word::default();
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
-        if c.is_alphanumeric() {
-            word.extend(c.to_lowercase());
+        // ASCII letters and digits are most of any text: `is_alphanumeric` and
+        // `to_lowercase` agree with their ASCII versions on them, which cost far less.
+        if c.is_ascii_alphanumeric() {
+            word.text.push(c.to_ascii_lowercase());
+            continue;
+        }
+        if !c.is_ascii() && c.is_alphanumeric() {
+            word.text.extend(c.to_lowercase());
             continue;
         }
         let inner_apostrophe = is_apostrophe(c)
-            && !word.is_empty()
+            && !word.text.is_empty()
             && chars.peek().is_some_and(|n| n.is_alphanumeric());
         if inner_apostrophe {
-            word.push('\'');
+            word.text.push('\'');
+            word.apostrophes = true;
             continue;
         }
-        emit(&mut word, &mut f);
+        word.emit(&mut f);
     }
-    emit(&mut word, &mut f);
+    word.emit(&mut f);
 }
 
-fn emit(word: &mut String, f: &mut impl FnMut(&str)) {
-    if word.is_empty() {
-        return;
+/// The token being read, and whether it holds an apostrophe to strip (most do not, and
+/// skipping the strip pass for them is measurable).
+#[derive(Default)]
+struct Word {
+    text: String,
+    apostrophes: bool,
+}
+
+impl Word {
+    fn emit(&mut self, f: &mut impl FnMut(&str)) {
+        if self.text.is_empty() {
+            return;
+        }
+        if self.apostrophes {
+            if self.text.ends_with("'s") {
+                self.text.truncate(self.text.len() - 2);
+            }
+            self.text.retain(|c| c != '\'');
+            self.apostrophes = false;
+        }
+        if !self.text.is_empty() && self.text.len() <= TOKEN_BYTES_MAX {
+            f(&self.text);
+        }
+        self.text.clear();
     }
-    if word.ends_with("'s") {
-        word.truncate(word.len() - 2);
+}
+
+/// A text analysed once for both indexes: each content word (stopwords dropped) as the
+/// normalised token the embedder's character n-grams read and the stemmed term BM25 and the
+/// embedder's word features use. Ingest builds one per record outside the vault's locks.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    /// Every token and (when it differs) its stem, concatenated; `words` index into it.
+    bytes: String,
+    /// Per content word, in text order: the byte ranges of its token and of its term.
+    words: Vec<[usize; 4]>,
+}
+
+impl Analysis {
+    pub fn of(text: &str) -> Analysis {
+        let mut analysis = Analysis::default();
+        let mut scratch = Vec::new();
+        for_each_token(text, |token| {
+            if is_stopword(token) {
+                return;
+            }
+            let token_start = analysis.bytes.len();
+            analysis.bytes.push_str(token);
+            let token_end = analysis.bytes.len();
+            let term = stem_into(token, &mut scratch);
+            let (term_start, term_end) = if term == token {
+                (token_start, token_end)
+            } else {
+                analysis.bytes.push_str(term);
+                (token_end, analysis.bytes.len())
+            };
+            analysis
+                .words
+                .push([token_start, token_end, term_start, term_end]);
+        });
+        analysis
     }
-    word.retain(|c| c != '\'');
-    if !word.is_empty() && word.len() <= TOKEN_BYTES_MAX {
-        f(word);
+
+    /// (token, term) of each content word, in text order.
+    pub fn words(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.words
+            .iter()
+            .map(|w| (&self.bytes[w[0]..w[1]], &self.bytes[w[2]..w[3]]))
     }
-    word.clear();
+
+    /// The index terms, in text order (what [`analyze`] returns).
+    pub fn terms(&self) -> impl Iterator<Item = &str> + '_ {
+        self.words.iter().map(|w| &self.bytes[w[2]..w[3]])
+    }
+
+    /// Number of content words: the document length BM25 normalises by.
+    pub fn n_terms(&self) -> usize {
+        self.words.len()
+    }
 }
 
 /// The index terms of `text`: normalised tokens without stopwords, Porter-stemmed.
 pub fn analyze(text: &str) -> Vec<String> {
-    let mut terms = Vec::new();
-    for_each_token(text, |token| {
-        if !is_stopword(token) {
-            terms.push(stem(token));
-        }
-    });
-    terms
+    Analysis::of(text).terms().map(str::to_owned).collect()
+}
+
+/// The analyzer, stemmer and embedder as they were before the ingest path was optimised:
+/// the oracle the proptests below and in `embedder.rs` hold the fast versions to.
+#[cfg(test)]
+#[path = "reference_analysis.rs"]
+pub(crate) mod reference;
+
+/// Texts that exercise every branch of the tokenizer and stemmer: English words with
+/// suffixes and contractions, stopwords, both apostrophes, mixed case, digits, non-ASCII
+/// letters whose lowercase differs in length, and over-long tokens.
+#[cfg(test)]
+pub(crate) fn arbitrary_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    const WORDS: &[&str] = &[
+        "Caroline's",
+        "painting",
+        "paintings",
+        "sunrises",
+        "relational",
+        "generalization",
+        "hopefulness",
+        "don't",
+        "I'm",
+        "it\u{2019}s",
+        "the",
+        "THEMSELVES",
+        "yourselves",
+        "controlling",
+        "agreed",
+        "happy",
+        "sky",
+        "ies",
+        "eed",
+        "ational",
+        "LGBTQ",
+        "2023",
+        "3pm",
+        "café",
+        "Straße",
+        "İstanbul",
+        "ΑΘΗΝΑ",
+        "東京タワー",
+        "naïve",
+        "educaton",
+    ];
+    let token = prop_oneof![
+        proptest::sample::select(WORDS).prop_map(str::to_owned),
+        "[a-z]{1,14}",
+        "[A-Za-z0-9'\u{2019}]{1,10}",
+        "[a-z]{45,52}",
+        "\\PC{1,6}",
+    ];
+    let sep = proptest::sample::select(&[" ", "  ", ", ", "'", "\u{2019}", "\n", "-", "? "][..]);
+    proptest::collection::vec((token, sep), 0..40).prop_map(|parts| {
+        parts
+            .into_iter()
+            .flat_map(|(t, s)| [t, s.to_owned()])
+            .collect()
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn tokens_and_terms_match_the_reference_analyzer(text in arbitrary_text()) {
+            let mut expected = Vec::new();
+            reference::for_each_token(&text, |t| expected.push(t.to_owned()));
+            prop_assert_eq!(tokens(&text), expected);
+            prop_assert_eq!(analyze(&text), reference::analyze(&text));
+            let analysis = Analysis::of(&text);
+            prop_assert_eq!(analysis.n_terms(), reference::analyze(&text).len());
+            for (token, term) in analysis.words() {
+                prop_assert!(!is_stopword(token) && reference::stem(token) == term);
+            }
+        }
+
+        #[test]
+        fn stopword_lookup_matches_a_full_binary_search(token in "[a-z']{0,12}|\\PC{0,4}") {
+            prop_assert_eq!(is_stopword(&token), reference::is_stopword(&token));
+        }
+    }
+
+    #[test]
+    fn every_stopword_is_found() {
+        for word in STOPWORDS {
+            assert!(
+                word.len() <= STOPWORD_BYTES_MAX && is_stopword(word),
+                "{word}"
+            );
+        }
+        assert!(!is_stopword("") && !is_stopword("zebra") && !is_stopword("Then"));
+    }
 
     fn tokens(text: &str) -> Vec<String> {
         let mut out = Vec::new();

@@ -15,8 +15,7 @@
 //! word's worth of weight, so long words do not dominate. It cannot know that "identity"
 //! and "transgender" are related; fused with BM25 it adds fuzzy matching, not meaning.
 
-use crate::analyzer::{for_each_token, is_stopword};
-use crate::stem::stem;
+use crate::analyzer::Analysis;
 
 /// Turns text into a vector of `dim()` floats with unit L2 norm.
 pub trait Embedder: Send + Sync {
@@ -25,6 +24,14 @@ pub trait Embedder: Send + Sync {
     fn id(&self) -> &str;
     fn dim(&self) -> usize;
     fn embed(&self, text: &str) -> Vec<f32>;
+
+    /// [`Embedder::embed`] given the text's [`Analysis`], which ingest computes once per
+    /// record for the BM25 index anyway; an embedder that analyses text the same way (the
+    /// built-in one) skips its own pass. Must return exactly what `embed(text)` returns.
+    fn embed_analyzed(&self, text: &str, analysis: &Analysis) -> Vec<f32> {
+        let _ = analysis;
+        self.embed(text)
+    }
 }
 
 /// Output dimension of the built-in embedder.
@@ -71,8 +78,13 @@ impl Default for BuiltinEmbedder {
 /// FNV-1a over `bytes` then a SplitMix64 finaliser so low bits are well mixed. Only integer
 /// arithmetic, `sqrt` and division (both correctly rounded by IEEE 754) enter the output.
 fn hash(seed: u64, bytes: &[u8]) -> u64 {
+    hash_parts(seed, &[bytes])
+}
+
+/// [`hash`] of the concatenation of `parts`, without building it.
+fn hash_parts(seed: u64, parts: &[&[u8]]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325 ^ seed;
-    for &b in bytes {
+    for &b in parts.iter().flat_map(|p| p.iter()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -104,19 +116,19 @@ impl Features {
 
     /// Merges equal features and writes them into `out` with sublinear tf and a sign bit.
     fn project(mut self, out: &mut [f32]) {
+        // The sort and the summation order below decide the output bits: both must stay
+        // exactly as they are (`output_is_pinned`, `matches_the_reference_embedder`).
         self.0.sort_unstable_by_key(|f| f.0);
-        let mut merged: Vec<(u64, f32, u32)> = Vec::with_capacity(self.0.len());
-        for f in self.0 {
-            match merged.last_mut() {
-                Some(last) if last.0 == f.0 => {
-                    last.1 += f.1;
-                    last.2 += 1;
-                }
-                _ => merged.push(f),
+        self.0.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 += later.1;
+                kept.2 += 1;
             }
-        }
+            same
+        });
         let dim = out.len() as u64;
-        for (h, weight_sum, count) in merged {
+        for (h, weight_sum, count) in self.0 {
             let mean = weight_sum / count as f32;
             let value = mean * sublinear_tf(count);
             let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
@@ -135,25 +147,36 @@ impl Embedder for BuiltinEmbedder {
     }
 
     fn embed(&self, text: &str) -> Vec<f32> {
-        let mut features = Features(Vec::new());
-        let mut previous_stem: Option<String> = None;
-        let mut gram = String::new();
-        for_each_token(text, |token| {
-            if is_stopword(token) {
-                return;
+        self.embed_analysis(&Analysis::of(text))
+    }
+
+    fn embed_analyzed(&self, _text: &str, analysis: &Analysis) -> Vec<f32> {
+        self.embed_analysis(analysis)
+    }
+}
+
+/// Features one content word adds, for sizing: a unigram, a bigram and the character
+/// 3-5-grams of a typical 6-8 letter word.
+const FEATURES_PER_WORD: usize = 24;
+
+impl BuiltinEmbedder {
+    /// The vector of an analysed text: per content word, its term's unigram, the bigram with
+    /// the previous term, and its token's character n-grams, in that order.
+    fn embed_analysis(&self, analysis: &Analysis) -> Vec<f32> {
+        let mut features = Features(Vec::with_capacity(
+            analysis.n_terms() * FEATURES_PER_WORD + 1,
+        ));
+        let mut ngrams = CharNgrams::default();
+        let mut previous: Option<&str> = None;
+        for (token, term) in analysis.words() {
+            features.push(hash(SEED_UNIGRAM, term.as_bytes()), 1.0);
+            if let Some(prev) = previous {
+                let gram = [prev.as_bytes(), b" ", term.as_bytes()];
+                features.push(hash_parts(SEED_BIGRAM, &gram), BIGRAM_WEIGHT);
             }
-            let stemmed = stem(token);
-            features.push(hash(SEED_UNIGRAM, stemmed.as_bytes()), 1.0);
-            if let Some(prev) = &previous_stem {
-                gram.clear();
-                gram.push_str(prev);
-                gram.push(' ');
-                gram.push_str(&stemmed);
-                features.push(hash(SEED_BIGRAM, gram.as_bytes()), BIGRAM_WEIGHT);
-            }
-            add_char_ngrams(token, &mut features);
-            previous_stem = Some(stemmed);
-        });
+            ngrams.add(token, &mut features);
+            previous = Some(term);
+        }
         if features.0.is_empty() {
             features.push(hash(SEED_UNIGRAM, EMPTY_FEATURE.as_bytes()), 1.0);
         }
@@ -171,25 +194,44 @@ impl Embedder for BuiltinEmbedder {
     }
 }
 
-/// Character n-grams of `<word>`, sharing [`CHAR_NGRAMS_WEIGHT`] between them.
-fn add_char_ngrams(word: &str, features: &mut Features) {
-    let chars: Vec<char> = std::iter::once('<')
-        .chain(word.chars())
-        .chain(std::iter::once('>'))
-        .collect();
-    let count: usize = (CHAR_NGRAM_MIN..=CHAR_NGRAM_MAX)
-        .map(|n| chars.len().saturating_sub(n - 1))
-        .sum();
-    if count == 0 {
-        return;
-    }
-    let weight = CHAR_NGRAMS_WEIGHT / (count as f32).sqrt();
-    let mut buf = String::new();
-    for n in CHAR_NGRAM_MIN..=CHAR_NGRAM_MAX {
-        for window in chars.windows(n) {
-            buf.clear();
-            buf.extend(window);
-            features.push(hash(SEED_CHAR, buf.as_bytes()), weight);
+/// Buffers for the character n-grams of one word after another.
+#[derive(Default)]
+struct CharNgrams {
+    /// `<word>` as bytes.
+    bytes: Vec<u8>,
+    /// Byte offset of every char of `bytes`, then its length: n-gram `i` of `n` chars is
+    /// `bytes[bounds[i]..bounds[i + n]]`, the UTF-8 of those chars as the hash has always read.
+    bounds: Vec<usize>,
+}
+
+impl CharNgrams {
+    /// Character n-grams of `<word>`, sharing [`CHAR_NGRAMS_WEIGHT`] between them.
+    fn add(&mut self, word: &str, features: &mut Features) {
+        self.bytes.clear();
+        self.bytes.push(b'<');
+        self.bytes.extend_from_slice(word.as_bytes());
+        self.bytes.push(b'>');
+        self.bounds.clear();
+        if word.is_ascii() {
+            self.bounds.extend(0..=self.bytes.len());
+        } else {
+            self.bounds.push(0);
+            self.bounds.extend(word.char_indices().map(|(i, _)| i + 1));
+            self.bounds.extend([self.bytes.len() - 1, self.bytes.len()]);
+        }
+        let n_chars = self.bounds.len() - 1;
+        let count: usize = (CHAR_NGRAM_MIN..=CHAR_NGRAM_MAX)
+            .map(|n| n_chars.saturating_sub(n - 1))
+            .sum();
+        if count == 0 {
+            return;
+        }
+        let weight = CHAR_NGRAMS_WEIGHT / (count as f32).sqrt();
+        for n in CHAR_NGRAM_MIN..=CHAR_NGRAM_MAX {
+            for start in 0..n_chars.saturating_sub(n - 1) {
+                let gram = &self.bytes[self.bounds[start]..self.bounds[start + n]];
+                features.push(hash(SEED_CHAR, gram), weight);
+            }
         }
     }
 }
@@ -197,6 +239,22 @@ fn add_char_ngrams(word: &str, features: &mut Features) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analyzer::{arbitrary_text, reference};
+    use proptest::prelude::*;
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn matches_the_reference_embedder(text in arbitrary_text()) {
+            let e = BuiltinEmbedder::new();
+            let expected = bits(&reference::embed(&text));
+            prop_assert_eq!(bits(&e.embed(&text)), expected.clone());
+            prop_assert_eq!(bits(&e.embed_analyzed(&text, &Analysis::of(&text))), expected);
+        }
+    }
 
     fn cos(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
