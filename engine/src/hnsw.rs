@@ -213,8 +213,15 @@ impl Graph {
         for _ in 0..levels {
             let count = *w.get(at).ok_or_else(|| bad("level header"))? as usize;
             let nodes = at + 2;
-            let rows = nodes + count;
-            let end = rows + count * (1 + m);
+            // Checked: `count` and `m` come from the file, and their product can pass
+            // usize::MAX (found by the `hnsw_graph` fuzz target).
+            let sizes = nodes.checked_add(count).and_then(|rows| {
+                let end = count.checked_mul(1 + m)?.checked_add(rows)?;
+                Some((rows, end))
+            });
+            let Some((rows, end)) = sizes else {
+                return Err(bad("upper level"));
+            };
             if end > w.len()
                 || w[nodes..rows].iter().any(|&d| d >= n)
                 || !w[nodes..rows].is_sorted()
@@ -595,5 +602,16 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    /// Regression (fuzz target `hnsw_graph`): an upper level whose node count times row
+    /// width passes usize::MAX overflowed the size check instead of being refused.
+    #[test]
+    fn level_sizes_past_usize_are_refused() {
+        // n = 1, m0 = 1, m = u32::MAX, one level; layer 0: one empty row; then the level
+        // header claims u32::MAX nodes.
+        let words: [u32; 12] = [1, 1, u32::MAX, 1, 0, 0, 0, 0, 0, 0, u32::MAX, 0];
+        let payload: &[u8] = bytemuck::cast_slice(&words);
+        assert!(Graph::parse(Path::new("g"), payload, 1).is_err());
     }
 }
