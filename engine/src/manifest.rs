@@ -59,7 +59,33 @@ impl Manifest {
         let (_, payload) = file::parse(&path, &bytes, MAGIC, VERSION_OLDEST, VERSION, true)?;
         let m: Manifest = serde_json::from_slice(payload)
             .map_err(|e| Error::corrupt(&path, format!("manifest JSON: {e}")))?;
+        m.check_segments(&path)?;
         Ok(Some(m))
+    }
+
+    /// Every live segment is named once, as a directory right inside the vault. The vault
+    /// opens segments by these names, removes every other `seg-*` directory as a leftover,
+    /// and deletes merged ones, so a name listed twice (found by the `manifest` fuzz target:
+    /// compaction merged the segment with itself and tripped on the repeated ids) or one
+    /// reaching outside the vault (`../`, an absolute path: the real directory would be
+    /// removed as a leftover) must stop the open before anything is touched.
+    fn check_segments(&self, path: &Path) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for name in &self.segments {
+            if !name.starts_with("seg-") || name.contains(['/', '\\']) {
+                return Err(Error::corrupt(
+                    path,
+                    format!("segment name {name:?} is not a seg-* directory of the vault"),
+                ));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(Error::corrupt(
+                    path,
+                    format!("segment {name} is listed twice"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Durably replaces the vault's manifest with `self`.
@@ -90,5 +116,32 @@ mod tests {
         m.store(dir.path()).unwrap();
         m.store(dir.path()).unwrap();
         assert_eq!(Manifest::load(dir.path()).unwrap(), Some(m));
+    }
+
+    /// Regression (fuzz target `manifest`): repeated or path-like segment names are refused
+    /// at load, before the vault removes or merges anything.
+    #[test]
+    fn repeated_or_outside_segment_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |segments: &[&str]| Manifest {
+            segments: segments.iter().map(|s| s.to_string()).collect(),
+            ..Manifest::default()
+        };
+        for bad in [
+            &["seg-0000000000000001", "seg-0000000000000001"][..],
+            &["../other/seg-0000000000000001"],
+            &["seg-1/../../x"],
+            &["/tmp"],
+            &["wal"],
+        ] {
+            with(bad).store(dir.path()).unwrap();
+            assert!(
+                matches!(Manifest::load(dir.path()), Err(Error::Corrupt { .. })),
+                "{bad:?}"
+            );
+        }
+        let good = with(&["seg-0000000000000001", "seg-0000000000000002"]);
+        good.store(dir.path()).unwrap();
+        assert_eq!(Manifest::load(dir.path()).unwrap(), Some(good));
     }
 }
