@@ -295,17 +295,16 @@ impl<'a> Bm25Query<'a> {
             // The k-th score cannot exceed what the terms scored so far could add
             // (`bound[0] - bound[ti]`): skip the selection while that alone rules closing out.
             let may_close = !open || self.bound[ti] < self.bound[0] - self.bound[ti];
-            if acc.touched.len() >= k && may_close {
+            if acc.touched.len() >= k && (may_close || list.len() >= PRUNE_LIST_MIN) {
                 let kth = acc.kth_score(k);
                 if open && self.bound[ti] < kth {
                     open = false;
                 }
-                if !open {
-                    // A doc that cannot reach the k-th score even with every remaining term
-                    // is out for good (the k-th score only grows): drop it, so the common
-                    // terms' long lists are probed for fewer docs.
-                    acc.prune(kth - self.bound[ti]);
-                }
+                // A doc that cannot reach the k-th score even with every remaining term is
+                // out for good (the k-th score only grows): drop it, so the common terms'
+                // long lists are probed, and the candidates selected and sorted, for fewer
+                // docs. Open or not: a doc dropped now is rejected, never re-added later.
+                acc.prune(kth - self.bound[ti], !open);
             }
             let score = |tf: u32, doc: u32| {
                 let tf = tf as f32;
@@ -364,6 +363,11 @@ impl<'a> Bm25Query<'a> {
     }
 }
 
+/// In open mode, candidates are pruned before a list at least this long (before shorter
+/// ones only when the cheap test says the top k may close): the selection it costs is
+/// repaid by the candidates a long list would otherwise keep updating. Unit tests use a
+/// small value so their small corpora take this path too.
+const PRUNE_LIST_MIN: usize = if cfg!(test) { 8 } else { 1024 };
 /// Slack on a term's score bound so float rounding can never make pruning drop a document
 /// that exact scoring would keep.
 const BM25_BOUND_MARGIN: f32 = 1.001;
@@ -432,7 +436,7 @@ impl Accumulator {
 
     /// Drops the candidates scoring below `min` (marking them rejected, so a one-pass update
     /// skips them), and puts the rest in doc order for galloping.
-    fn prune(&mut self, min: f32) {
+    fn prune(&mut self, min: f32, sort: bool) {
         let (scores, state) = (&self.scores, &mut self.state);
         self.touched.retain(|&d| {
             let keep = scores[d as usize] >= min;
@@ -441,7 +445,7 @@ impl Accumulator {
             }
             keep
         });
-        if !self.sorted {
+        if sort && !self.sorted {
             self.touched.sort_unstable();
             self.sorted = true;
         }
