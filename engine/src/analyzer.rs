@@ -9,6 +9,8 @@
 //! The exact output is part of the on-disk lexical format and of the embedder id: changing
 //! it means bumping `lexical::FORMAT_VERSION` and the embedder version.
 
+use std::collections::hash_map::Entry;
+
 use crate::stem::stem_into;
 
 /// Tokens longer than this are dropped: they are hashes, base64 or URLs run together, and
@@ -357,6 +359,59 @@ impl Analysis {
     /// Number of content words: the document length BM25 normalises by.
     pub fn n_terms(&self) -> usize {
         self.words.len()
+    }
+}
+
+impl Analysis {
+    /// The BM25 input of this text: each distinct term once, with its frequency.
+    pub fn term_counts(&self) -> TermCounts {
+        let mut out = TermCounts {
+            n_terms: u32::try_from(self.n_terms()).unwrap_or(u32::MAX),
+            ..TermCounts::default()
+        };
+        let mut index: foldhash::HashMap<&str, usize> =
+            foldhash::HashMap::with_capacity_and_hasher(self.n_terms(), Default::default());
+        for term in self.terms() {
+            match index.entry(term) {
+                Entry::Occupied(seen) => out.counts[*seen.get()].2 += 1,
+                Entry::Vacant(slot) => {
+                    slot.insert(out.counts.len());
+                    let start = out.bytes.len();
+                    out.bytes.push_str(term);
+                    out.counts.push((start, out.bytes.len(), 1));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One document's BM25 input: each distinct term with its frequency, in first-seen order,
+/// and the document's length in terms. Two allocations per document, whatever its length.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TermCounts {
+    /// The distinct terms, concatenated; `counts` index into it.
+    bytes: String,
+    /// Per distinct term: its byte range in `bytes` and its frequency.
+    counts: Vec<(usize, usize, u32)>,
+    n_terms: u32,
+}
+
+impl TermCounts {
+    pub fn of(text: &str) -> TermCounts {
+        Analysis::of(text).term_counts()
+    }
+
+    /// (term, frequency) of each distinct term, in first-seen order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u32)> + '_ {
+        self.counts
+            .iter()
+            .map(|&(start, end, tf)| (&self.bytes[start..end], tf))
+    }
+
+    /// The document's length in terms (stopwords excluded, repeats included).
+    pub fn n_terms(&self) -> u32 {
+        self.n_terms
     }
 }
 

@@ -1,31 +1,23 @@
 //! The memtable's mutable BM25 index, and the per-text term counts both indexes are built from.
 
-use super::{DocLens, LexicalSource, Postings, analyze};
-use std::collections::HashMap;
+use super::{DocLens, LexicalSource, Postings};
+use crate::analyzer::TermCounts;
 
-/// Counts each distinct term of `text` once, with its frequency, in first-seen order.
+/// Counts each distinct term of `text` once, with its frequency, in first-seen order; and
+/// the text's length in terms.
 pub(crate) fn term_counts(text: &str) -> (Vec<(String, u32)>, u32) {
-    let terms = analyze(text);
-    let len = u32::try_from(terms.len()).unwrap_or(u32::MAX);
-    let mut counts: Vec<(String, u32)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for term in terms {
-        match index.get(&term) {
-            Some(&i) => counts[i].1 += 1,
-            None => {
-                index.insert(term.clone(), counts.len());
-                counts.push((term, 1));
-            }
-        }
-    }
-    (counts, len)
+    let counts = TermCounts::of(text);
+    let pairs = counts.iter().map(|(t, tf)| (t.to_owned(), tf)).collect();
+    (pairs, counts.n_terms())
 }
 
 /// The mutable index of a memtable. Each doc id is meant to be added once, in increasing
 /// order (a memtable appends); adding the most recent id again extends that document.
 #[derive(Debug, Default, Clone)]
 pub struct MemLexical {
-    postings: HashMap<String, Vec<(u32, u32)>>,
+    /// Keyed by the user's own terms in the user's own vault, so a fast unkeyed-quality
+    /// hash is enough (SipHash showed up in ingest profiles); foldhash still seeds per map.
+    postings: foldhash::HashMap<String, Vec<(u32, u32)>>,
     doc_lens: Vec<u32>,
     total_len: u64,
 }
@@ -36,20 +28,30 @@ impl MemLexical {
     }
 
     pub fn add(&mut self, doc: u32, text: &str) {
-        let (counts, len) = term_counts(text);
+        self.add_counts(doc, &TermCounts::of(text));
+    }
+
+    /// [`MemLexical::add`] of a text already counted (ingest counts outside the vault's lock).
+    pub fn add_counts(&mut self, doc: u32, terms: &TermCounts) {
         let slot = doc as usize;
         if self.doc_lens.len() <= slot {
             self.doc_lens.resize(slot + 1, 0);
         }
+        let len = terms.n_terms();
         self.doc_lens[slot] = self.doc_lens[slot].saturating_add(len);
         self.total_len += u64::from(len);
-        for (term, tf) in counts {
-            let list = self.postings.entry(term).or_default();
-            // Only the last posting can be this doc when docs are added in order; looking
-            // further back would make ingest quadratic in a common term's document count.
-            match list.last_mut() {
-                Some(last) if last.0 == doc => last.1 = last.1.saturating_add(tf),
-                _ => list.push((doc, tf)),
+        for (term, tf) in terms.iter() {
+            // Look up by `&str` first: only a term new to the memtable costs an allocation.
+            match self.postings.get_mut(term) {
+                // Only the last posting can be this doc when docs are added in order; looking
+                // further back would make ingest quadratic in a common term's document count.
+                Some(list) => match list.last_mut() {
+                    Some(last) if last.0 == doc => last.1 = last.1.saturating_add(tf),
+                    _ => list.push((doc, tf)),
+                },
+                None => {
+                    self.postings.insert(term.to_owned(), vec![(doc, tf)]);
+                }
             }
         }
     }
@@ -82,5 +84,43 @@ impl LexicalSource for MemLexical {
     }
     fn doc_lens(&self) -> DocLens<'_> {
         DocLens::Words(&self.doc_lens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyzer::{arbitrary_text, reference};
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    proptest! {
+        #[test]
+        fn counts_and_postings_match_the_reference(
+            docs in proptest::collection::vec(arbitrary_text(), 1..8),
+        ) {
+            let mut index = MemLexical::new();
+            let mut postings: HashMap<String, Vec<(u32, u32)>> = HashMap::new();
+            let mut total_len = 0u64;
+            for (doc, text) in docs.iter().enumerate() {
+                let doc = doc as u32;
+                let (counts, len) = reference::term_counts(text);
+                prop_assert_eq!(term_counts(text), (counts.clone(), len));
+                index.add(doc, text);
+                prop_assert_eq!(index.doc_len(doc), len);
+                total_len += u64::from(len);
+                for (term, tf) in counts {
+                    postings.entry(term).or_default().push((doc, tf));
+                }
+            }
+            prop_assert_eq!(index.total_len(), total_len);
+            prop_assert_eq!(index.n_terms(), postings.len());
+            for (term, list) in &postings {
+                let Postings::Pairs(got) = index.postings(term) else {
+                    panic!("the memtable index hands out pairs");
+                };
+                prop_assert_eq!(got, list.as_slice());
+            }
+        }
     }
 }
