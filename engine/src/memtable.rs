@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::analyzer::TermCounts;
 use crate::distance::{QUANTIZED_SCAN_MIN, Quantized, exact_top_k, quantized_top_k};
 use crate::lexical::{LexicalSource, MemLexical};
 use crate::record::{Memory, MemoryId, StoredMemory, indexed_text};
@@ -63,13 +64,19 @@ impl Memtable {
 
     /// Adds a record. A duplicate id (a WAL record replayed twice) is ignored.
     pub fn insert(&mut self, record: StoredMemory) {
+        let terms = TermCounts::of(&indexed_text(&record.context, &record.memory.text));
+        self.insert_analyzed(record, &terms);
+    }
+
+    /// [`Memtable::insert`] given the BM25 terms of the record's indexed text: ingest counts
+    /// them before taking the vault's lock, so the lock covers only the index update.
+    pub fn insert_analyzed(&mut self, record: StoredMemory, terms: &TermCounts) {
         if self.by_id.contains_key(&record.memory.id) || record.vector.len() != self.dim {
             return;
         }
         let doc = self.records.len() as u32;
         self.by_id.insert(record.memory.id, doc);
-        self.lexical
-            .add(doc, &indexed_text(&record.context, &record.memory.text));
+        self.lexical.add_counts(doc, terms);
         // A doc adds at most one posting per word (fewer when words repeat): an upper
         // estimate that needs no second pass over the text.
         self.payload_bytes += self.lexical.doc_len(doc) as usize * POSTING_BYTES
