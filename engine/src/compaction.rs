@@ -234,7 +234,10 @@ impl Vault {
 
     fn merge(&self, chosen: &[Arc<Segment>], deleted: &HashSet<MemoryId>) -> Result<()> {
         let inner = &*self.inner;
-        // Live records of the chosen segments, in id order (ids never repeat across segments).
+        // Live records of the chosen segments, in id order. Ids never repeat across segments
+        // the engine wrote, but a damaged (resealed) records.bin can repeat one (found by the
+        // `vault_files` fuzz target); a segment must hold each id once or its own open refuses
+        // it, so the first copy — the one reads already resolve to (`State::locate`) — is kept.
         let memories: Vec<(Memory, &[f32], &str)> = {
             let mut v: Vec<(Memory, &[f32], &str)> = chosen
                 .iter()
@@ -243,6 +246,7 @@ impl Vault {
                 .map(|(s, d)| (s.memory(d), s.vector(d), s.context(d)))
                 .collect();
             v.sort_by_key(|(m, _, _)| m.id);
+            v.dedup_by_key(|(m, _, _)| m.id);
             v
         };
         let inputs: Vec<SegmentInput<'_>> = memories
@@ -335,4 +339,81 @@ fn while_compacting(vault: &Vault) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedder::{BuiltinEmbedder, Embedder};
+    use crate::hnsw::HnswParams;
+    use crate::manifest::Manifest;
+    use crate::record::Role;
+    use crate::vault::VaultOptions;
+
+    /// Regression (fuzz target `vault_files`): a resealed records.bin repeating an id of
+    /// another segment made compaction write that id twice (a debug assertion; without it, a
+    /// segment its own open refuses, so every later compaction failed).
+    #[test]
+    fn an_id_repeated_across_segments_is_merged_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let embedder = Arc::new(BuiltinEmbedder::new());
+        let dim = embedder.dim();
+        let memory = |id, text: &str| Memory {
+            id,
+            session_id: "s".into(),
+            role: Role::User,
+            text: text.into(),
+            created_at_ms: 1,
+            model: None,
+            metadata: None,
+            content_hash: id,
+            chunk: 0,
+        };
+        let (one, two, again) = (memory(1, "one"), memory(2, "two"), memory(2, "again"));
+        let vector = embedder.embed("x");
+        let input = |m| SegmentInput {
+            memory: m,
+            vector: &vector,
+            context: "",
+        };
+        let names = ["seg-0000000000000001", "seg-0000000000000002"];
+        for (name, inputs) in names
+            .iter()
+            .zip([vec![input(&one), input(&two)], vec![input(&again)]])
+        {
+            let params = HnswParams::default();
+            segment::write(
+                dir.path(),
+                name,
+                dim,
+                &inputs,
+                &params,
+                GraphBuild::Never,
+                None,
+            )
+            .unwrap();
+        }
+        Manifest {
+            embedder: Some(embedder.id().into()),
+            dim: dim as u32,
+            next_id: 3,
+            next_segment: 3,
+            checkpoint_lsn: 0,
+            segments: names.iter().map(|n| n.to_string()).collect(),
+            tombstones: Vec::new(),
+        }
+        .store(dir.path())
+        .unwrap();
+        let mut options = VaultOptions::new(embedder);
+        options.background = false;
+        let vault = Vault::open(dir.path(), options).unwrap();
+        assert!(vault.compact_all().unwrap());
+        let texts: Vec<String> = vault
+            .list(None, 10, None)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(texts, ["two", "one"]);
+    }
 }
