@@ -21,6 +21,11 @@ const _: () = assert!(CHUNK_OVERLAP_CHARS + CUT_SEARCH_CHARS < CHUNK_CHARS_MAX);
 /// [`CHUNK_OVERLAP_CHARS`], cutting at whitespace when there is some near the limit. Texts up
 /// to the limit come back as one chunk, unchanged. Always returns at least one chunk.
 pub fn chunk_text(text: &str) -> Vec<&str> {
+    // At most CHUNK_CHARS_MAX bytes is at most that many chars: most chat turns (ingest
+    // chunks every message twice) return here without collecting their char offsets.
+    if text.len() <= CHUNK_CHARS_MAX {
+        return vec![text];
+    }
     // Byte offset of every char boundary, plus the end, so we can count in characters.
     let bounds: Vec<usize> = text
         .char_indices()

@@ -16,8 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, RwLock};
+use rayon::prelude::*;
 use wal::{Durability, Wal, WalOptions};
 
+use crate::analyzer::{Analysis, TermCounts};
 use crate::chunk::chunk_text;
 use crate::embedder::Embedder;
 use crate::error::{Error, Result};
@@ -41,6 +43,11 @@ pub const WAL_SEGMENT_BYTES_MAX: u64 = 8 << 20;
 /// Default seal threshold, in records: 4096 × 384 floats is 6 MiB of vectors, scanned
 /// exactly in well under a millisecond.
 pub const MEMTABLE_RECORDS_MAX_DEFAULT: usize = 4096;
+/// Batches of at least this many new messages are analysed and embedded on the rayon pool:
+/// a lone writer importing history then uses every core. Smaller batches stay on the
+/// caller's thread, where concurrent writers already keep the cores busy and a handoff to
+/// the pool (shared with seals and compactions) would only add latency.
+const PARALLEL_EMBED_MESSAGES_MIN: usize = 32;
 /// Most ids one `delete`/`clear` WAL record carries (8 bytes each: 4 MiB).
 const DELETE_IDS_PER_RECORD_MAX: usize = WAL_PAYLOAD_BYTES_MAX / 8;
 /// Ids are handed out from 1 up and never reused, so no vault comes near this; an id (or a
@@ -124,9 +131,18 @@ pub struct VaultStats {
     pub memory_bytes: u64,
 }
 
-/// A message ready to reserve: its hash, the message, and its chunks with their indexing
-/// contexts and vectors.
-type Embedded = (u64, NewMemory, Vec<(String, String, Vec<f32>)>);
+/// A message ready to reserve: its hash, the message, and its chunks.
+type Embedded = (u64, NewMemory, Vec<EmbeddedChunk>);
+
+/// One chunk of a new message with everything computed outside the vault's locks.
+struct EmbeddedChunk {
+    text: String,
+    /// Its indexing context (see `StoredMemory::context`).
+    context: String,
+    vector: Vec<f32>,
+    /// The BM25 terms of context and text, for the memtable.
+    terms: TermCounts,
+}
 
 /// Where a live record sits.
 #[derive(Clone, Copy, Debug)]
@@ -206,6 +222,8 @@ impl State {
         true
     }
 
+    /// Applies replayed records (counting their BM25 terms here); ids already present are
+    /// skipped.
     pub fn apply_ingest(&mut self, records: Vec<StoredMemory>) {
         for r in records {
             if self.locate(r.memory.id).is_some() {
@@ -213,6 +231,18 @@ impl State {
             }
             *self.hashes.entry(r.memory.content_hash).or_insert(0) += 1;
             self.memtable.insert(r);
+        }
+    }
+
+    /// [`State::apply_ingest`] of new records with their BM25 terms counted (`terms[i]` is
+    /// `records[i]`'s), so the write lock covers only the index updates.
+    fn apply_analyzed(&mut self, records: Vec<StoredMemory>, terms: Vec<TermCounts>) {
+        for (r, terms) in records.into_iter().zip(terms) {
+            if self.locate(r.memory.id).is_some() {
+                continue;
+            }
+            *self.hashes.entry(r.memory.content_hash).or_insert(0) += 1;
+            self.memtable.insert_analyzed(r, &terms);
         }
     }
 
@@ -545,31 +575,38 @@ impl Vault {
                 skipped,
             });
         }
-        // 2. Chunk and embed outside every lock.
-        let embedded: Vec<Embedded> = fresh
-            .into_iter()
-            .map(|(h, m, context)| {
-                // Chunk i's context is chunk i - 1 (the message's first: the previous message).
-                let mut context = context;
-                let chunks = chunk_text(&m.text)
-                    .into_iter()
-                    .map(|c| {
-                        let vector = inner
-                            .options
-                            .embedder
-                            .embed(&record::indexed_text(&context, c));
-                        let next = record::context_of(c).to_string();
-                        let this = std::mem::replace(&mut context, next);
-                        (c.to_string(), this, vector)
-                    })
-                    .collect();
-                (h, m, chunks)
-            })
-            .collect();
+        // 2. Chunk, analyse and embed outside every lock: the one analysis of each chunk
+        //    feeds both the BM25 index and (for the built-in embedder) the vector.
+        let embedder = &*inner.options.embedder;
+        let embed = |(h, m, context): (u64, NewMemory, String)| -> Embedded {
+            // Chunk i's context is chunk i - 1 (the message's first: the previous message).
+            let mut context = context;
+            let chunks = chunk_text(&m.text)
+                .into_iter()
+                .map(|c| {
+                    let indexed = record::indexed_text(&context, c);
+                    let analysis = Analysis::of(&indexed);
+                    let vector = embedder.embed_analyzed(&indexed, &analysis);
+                    let next = record::context_of(c).to_string();
+                    EmbeddedChunk {
+                        text: c.to_string(),
+                        context: std::mem::replace(&mut context, next),
+                        vector,
+                        terms: analysis.term_counts(),
+                    }
+                })
+                .collect();
+            (h, m, chunks)
+        };
+        let embedded: Vec<Embedded> = if fresh.len() >= PARALLEL_EMBED_MESSAGES_MIN {
+            fresh.into_par_iter().map(embed).collect()
+        } else {
+            fresh.into_iter().map(embed).collect()
+        };
         if embedded
             .iter()
             .flat_map(|e| &e.2)
-            .any(|(_, _, v)| v.len() != inner.dim)
+            .any(|c| c.vector.len() != inner.dim)
         {
             return Err(Error::InvalidArgument {
                 name: "embedder",
@@ -584,6 +621,7 @@ impl Vault {
         let _gate = inner.gate.read();
         self.ensure_pinned()?;
         let mut records = Vec::new();
+        let mut terms = Vec::new();
         let mut hashes = Vec::new();
         {
             let mut state = inner.state.write();
@@ -596,21 +634,22 @@ impl Vault {
                 let first = inner
                     .next_id
                     .fetch_add(chunks.len() as u64, Ordering::SeqCst);
-                for (i, (text, context, vector)) in chunks.into_iter().enumerate() {
+                for (i, chunk) in chunks.into_iter().enumerate() {
+                    terms.push(chunk.terms);
                     records.push(StoredMemory {
                         memory: Memory {
                             id: first + i as u64,
                             session_id: m.session_id.clone(),
                             role: m.role,
-                            text,
+                            text: chunk.text,
                             created_at_ms: m.created_at_ms,
                             model: m.model.clone(),
                             metadata: m.metadata.clone(),
                             content_hash: h,
                             chunk: i as u32,
                         },
-                        vector,
-                        context,
+                        vector: chunk.vector,
+                        context: chunk.context,
                     });
                 }
             }
@@ -632,7 +671,7 @@ impl Vault {
         // 5. Apply and acknowledge.
         let stored: Vec<MemoryId> = records.iter().map(|r| r.memory.id).collect();
         state.last_write_ms = Some(now_ms());
-        state.apply_ingest(records);
+        state.apply_analyzed(records, terms);
         state.refresh_memory();
         let memtable_len = state.memtable.len();
         drop(state);
@@ -1005,5 +1044,59 @@ mod tests {
             vault.get(1).unwrap().map(|m| m.text).as_deref(),
             Some("kept")
         );
+    }
+
+    /// Ingest analyses each chunk once, outside the lock (on the rayon pool for a big batch),
+    /// and hands the counts to the memtable; WAL replay counts them in `Memtable::insert`.
+    /// Both must index exactly the same terms, and the shared analysis must give the vector
+    /// `embed` gives.
+    #[test]
+    fn live_ingest_indexes_and_embeds_what_replay_and_embed_do() {
+        use crate::lexical::{LexicalSource, Postings};
+        let snapshot = |v: &Vault| {
+            let state = v.inner.state.read();
+            let m = &state.memtable;
+            (0..m.len() as u32)
+                .map(|d| {
+                    let indexed = record::indexed_text(m.context(d), &m.memory(d).text);
+                    let postings: Vec<(String, Vec<(u32, u32)>)> =
+                        crate::analyzer::analyze(&indexed)
+                            .into_iter()
+                            .map(|t| match m.lexical().postings(&t) {
+                                Postings::Pairs(p) => (t, p.to_vec()),
+                                Postings::Bytes(_) => panic!("the memtable index hands out pairs"),
+                            })
+                            .collect();
+                    let vector = v.inner.options.embedder.embed(&indexed);
+                    assert_eq!(m.vector(d), vector.as_slice(), "doc {d}");
+                    (m.memory(d).id, m.lexical().doc_len(d), postings)
+                })
+                .collect::<Vec<_>>()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::open(dir.path(), options()).unwrap();
+        let long = "Melanie's painting of sunrises by the lake, ".repeat(40);
+        let big: Vec<NewMemory> = (0..PARALLEL_EMBED_MESSAGES_MIN + 3)
+            .map(|i| match i {
+                5 => said(&long),
+                _ => said(&format!("message {i}: we painted {} sunsets", i % 7)),
+            })
+            .collect();
+        vault.ingest(big).unwrap();
+        vault
+            .ingest(vec![
+                said("I'm going to the LGBTQ support group"),
+                said("painting"),
+            ])
+            .unwrap();
+        let live = snapshot(&vault);
+        assert!(
+            live.len() > PARALLEL_EMBED_MESSAGES_MIN + 5,
+            "{} records",
+            live.len()
+        );
+        drop(vault);
+        let vault = Vault::open(dir.path(), options()).unwrap();
+        assert_eq!(snapshot(&vault), live);
     }
 }
