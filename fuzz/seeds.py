@@ -64,9 +64,9 @@ MANIFEST = {
     "embedder": "fuzz-tiny-8",
     "dim": 8,
     "next_id": 38,
-    "next_segment": 6,
-    "checkpoint_lsn": 9,
-    "segments": ["seg-0000000000000004", "seg-0000000000000005"],
+    "next_segment": 5,
+    "checkpoint_lsn": 0,
+    "segments": ["seg-0000000000000003", "seg-0000000000000004"],
     "tombstones": [3],
 }
 
@@ -75,9 +75,9 @@ def manifest_variants():
     m = dict(MANIFEST)
     yield m
     yield dict(m, segments=m["segments"] * 2)
-    yield dict(m, segments=["seg-0000000000000004", "../vault/seg-0000000000000005"])
+    yield dict(m, segments=["seg-0000000000000003", "../vault/seg-0000000000000004"])
     yield dict(m, next_id=2**64 - 1, checkpoint_lsn=2**64 - 1)
-    yield dict(m, next_segment=4)
+    yield dict(m, next_segment=3)
     yield dict(m, tombstones=[0, 2**64 - 1] + list(range(1, 40)))
     yield dict(m, embedder=None, dim=0)
 
@@ -95,6 +95,9 @@ def main():
             for i, s in enumerate(SCRIPTS):
                 write("vault_files", f"seed-{pick}-{flags}-{i}", bytes([pick, flags]) + s)
         write("vault_files", f"seed-{pick}-delete", bytes([pick, 2]))
+        # The first row id of a records.bin (header 64 + sub-header 16) set to an id another
+        # segment holds: once made compaction write a segment with a repeated id.
+        write("vault_files", f"seed-{pick}-dupid", bytes([pick, 1]) + op_u64(80, 4))
     for i, s in enumerate(SCRIPTS):
         write("manifest", f"seed-edit-{i}", bytes([0]) + s)
     for i, m in enumerate(manifest_variants()):
@@ -103,6 +106,10 @@ def main():
         for kind in (0x00, 0x81, 0x82, 0x83):
             for i, s in enumerate(SCRIPTS):
                 write("wal_payload", f"seed-{pick}-{kind:02x}-{i}", bytes([pick, kind]) + s)
+    # The first ingest record's first id (after version u8 and count u32) set to the extremes:
+    # u64::MAX once made Vault::open overflow computing the next id.
+    for i, v in enumerate((0, 2**62, 2**64 - 1)):
+        write("wal_payload", f"seed-id-{i}", bytes([0, 0]) + op_u64(5, v))
     for flags in (0, 2):
         for i, s in enumerate(SCRIPTS):
             write("lexical_view", f"seed-{flags}-{i}", bytes([flags]) + s)

@@ -93,7 +93,7 @@ fuzz_target!(|data: &[u8]| {
     let vectors = &vectors[..n as usize * DIM];
     let quantized = Quantized::new(vectors, DIM);
     let queries = [&fixture().0[..DIM], &fixture().0[DOCS_MAX * DIM - DIM..]];
-    let filters: [&dyn Fn(u32) -> bool; 3] = [&|_| true, &|d| d % 2 == 0, &|_| false];
+    let filters: [&dyn Fn(u32) -> bool; 3] = [&|_| true, &|d| d.is_multiple_of(2), &|_| false];
     for q in queries {
         for (k, ef) in [(1, 1), (10, 16), (engine::SEARCH_K_MAX, 200)] {
             for accept in filters {

@@ -93,10 +93,12 @@ fuzz_target!(|data: &[u8]| {
         for k in [1, 10, engine::SEARCH_K_MAX] {
             let hits = lexical::bm25(&sources[..1], &query, k, &|_, _| true);
             assert!(hits.len() <= k && hits.iter().all(|h| h.1 < n && h.2.is_finite()));
-            let _ = lexical::bm25(&sources, &query, k, &|s, d| (s + d as usize) % 2 == 0);
+            let _ = lexical::bm25(&sources, &query, k, &|s, d| {
+                (s + d as usize).is_multiple_of(2)
+            });
         }
         if let Some(plan) = Bm25Query::new(&sources, &query) {
-            let _ = plan.source_top_k(1, 5, &|d| d % 3 == 0);
+            let _ = plan.source_top_k(1, 5, &|d| d.is_multiple_of(3));
         }
     }
 });
