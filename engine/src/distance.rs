@@ -10,6 +10,8 @@ use std::collections::BinaryHeap;
 use hnsw_rs::prelude::Distance;
 use simsimd::SpatialSimilarity;
 
+use crate::mmap::prefetch;
+
 /// Cosine similarity of two unit vectors, in [-1, 1].
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -151,7 +153,7 @@ pub(crate) const QUANTIZED_SCAN_MIN: usize = 1024;
 /// Candidates rescored in f32 after int8 pre-ranking: `k` plus this many, so a true top-k
 /// vector that int8 rounding (error ~1e-3 on a cosine, measured bound < 0.05) ranked a little
 /// low is still rescored and kept.
-const RESCORE_EXTRA: usize = 32;
+pub(crate) const RESCORE_EXTRA: usize = 32;
 
 /// Int8 codes of a set of unit vectors, one scale per vector (`v ≈ code · scale`): a
 /// quarter of the bytes of the f32 originals, so a scan streams 384 B per vector instead of
@@ -159,18 +161,90 @@ const RESCORE_EXTRA: usize = 32;
 /// a settled 100k vault) do not stay in cache next to the graph walks.
 pub struct Quantized {
     dim: usize,
-    codes: Vec<i8>,
+    codes: Codes,
     scales: Vec<f32>,
+}
+
+/// Codes of at least this many bytes live in their own anonymous mapping advised to use
+/// transparent huge pages. A graph walk reads ~1000 codes at random per search; with 4 KiB
+/// pages nearly every one of those also misses the TLB (100k × 384 B is ~9400 pages, more
+/// than the TLB holds) and pays a page-table walk on top of the cache miss. Smaller sets
+/// stay on the heap: they fit the TLB anyway, and a mapping each would crowd the process's
+/// map count with many small vaults open.
+const HUGE_PAGE_CODES_MIN_BYTES: usize = 4 << 20;
+
+/// Where the codes live (see [`HUGE_PAGE_CODES_MIN_BYTES`]).
+enum Codes {
+    Heap(Vec<i8>),
+    Mapped(memmap2::MmapMut),
+}
+
+impl Codes {
+    /// Zeroed storage for `len` codes.
+    fn zeroed(len: usize) -> Codes {
+        if len >= HUGE_PAGE_CODES_MIN_BYTES
+            && let Ok(map) = memmap2::MmapOptions::new().len(len).map_anon()
+        {
+            // Advice only: without transparent huge pages the mapping still works, on
+            // 4 KiB pages. It must come before the first write faults the pages in.
+            #[cfg(target_os = "linux")]
+            let _ = map.advise(memmap2::Advice::HugePage);
+            return Codes::Mapped(map);
+        }
+        Codes::Heap(vec![0; len])
+    }
+
+    #[inline]
+    fn as_slice(&self) -> &[i8] {
+        match self {
+            Codes::Heap(v) => v,
+            Codes::Mapped(m) => bytemuck::cast_slice(&m[..]),
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [i8] {
+        match self {
+            Codes::Heap(v) => v,
+            Codes::Mapped(m) => bytemuck::cast_slice_mut(&mut m[..]),
+        }
+    }
+
+    /// `len` more zeroed codes at the end, returned to be filled. Only memtables grow their
+    /// codes, and they start on the heap; a mapped set is moved there first.
+    fn grow(&mut self, len: usize) -> &mut [i8] {
+        if let Codes::Mapped(m) = self {
+            *self = Codes::Heap(bytemuck::cast_slice(&m[..]).to_vec());
+        }
+        match self {
+            Codes::Heap(v) => {
+                let at = v.len();
+                v.resize(at + len, 0);
+                &mut v[at..]
+            }
+            Codes::Mapped(_) => &mut [],
+        }
+    }
+
+    /// Bytes held: a growing heap set's spare room counts.
+    fn bytes(&self) -> usize {
+        match self {
+            Codes::Heap(v) => v.capacity(),
+            Codes::Mapped(m) => m.len(),
+        }
+    }
 }
 
 impl Quantized {
     pub fn new(vectors: &[f32], dim: usize) -> Quantized {
         let n = vectors.len().checked_div(dim).unwrap_or(0);
-        let mut codes = Vec::with_capacity(n * dim);
+        let mut codes = Codes::zeroed(n * dim);
         let mut scales = Vec::with_capacity(n);
         if dim > 0 {
-            for v in vectors.chunks_exact(dim) {
-                scales.push(quantize_into(v, &mut codes));
+            for (v, out) in vectors
+                .chunks_exact(dim)
+                .zip(codes.as_mut_slice().chunks_exact_mut(dim))
+            {
+                scales.push(quantize_into(v, out));
             }
         }
         Quantized { dim, codes, scales }
@@ -180,7 +254,7 @@ impl Quantized {
     pub fn empty(dim: usize) -> Quantized {
         Quantized {
             dim,
-            codes: Vec::new(),
+            codes: Codes::Heap(Vec::new()),
             scales: Vec::new(),
         }
     }
@@ -189,13 +263,15 @@ impl Quantized {
     /// numbers stay aligned with the caller's vectors only when the caller checks too).
     pub fn push(&mut self, vector: &[f32]) {
         if vector.len() == self.dim && self.dim > 0 {
-            self.scales.push(quantize_into(vector, &mut self.codes));
+            let out = self.codes.grow(self.dim);
+            self.scales.push(quantize_into(vector, out));
         }
     }
 
-    /// Heap bytes held (capacity: a growing memtable's spare room counts).
+    /// Bytes held (capacity: a growing memtable's spare room counts; codes of large segments
+    /// are in their own mapping, see [`HUGE_PAGE_CODES_MIN_BYTES`]).
     pub fn bytes(&self) -> usize {
-        self.codes.capacity() + self.scales.capacity() * 4
+        self.codes.bytes() + self.scales.capacity() * 4
     }
 
     pub fn dim(&self) -> usize {
@@ -204,7 +280,7 @@ impl Quantized {
 
     /// A query's codes and scale, for [`Quantized::score`].
     pub fn query(&self, query: &[f32]) -> (Vec<i8>, f32) {
-        let mut codes = Vec::with_capacity(query.len());
+        let mut codes = vec![0; query.len()];
         let scale = quantize_into(query, &mut codes);
         (codes, scale)
     }
@@ -213,30 +289,42 @@ impl Quantized {
     #[inline]
     pub fn codes_of(&self, doc: u32) -> &[i8] {
         let s = doc as usize * self.dim;
-        self.codes.get(s..s + self.dim).unwrap_or(&[])
+        self.codes.as_slice().get(s..s + self.dim).unwrap_or(&[])
+    }
+
+    /// Starts loading what [`Quantized::score`] reads for `doc` (its codes and its scale),
+    /// so a graph walk can overlap the misses of a node's neighbours.
+    #[inline]
+    pub fn prefetch(&self, doc: u32) {
+        prefetch(self.codes_of(doc));
+        prefetch(self.scales.get(doc as usize..=doc as usize).unwrap_or(&[]));
     }
 
     /// Approximate dot product of the query with `doc`.
     #[inline]
     pub fn score(&self, query: &(Vec<i8>, f32), doc: u32) -> f32 {
         let scale = self.scales.get(doc as usize).copied().unwrap_or(0.0);
-        let raw = i8::dot(&query.0, self.codes_of(doc)).map_or(0.0, |d| d as f32);
-        raw * query.1 * scale
+        raw_dot_i8(&query.0, self.codes_of(doc)) * query.1 * scale
     }
 }
 
-/// Appends `v`'s int8 codes to `out`; returns the scale.
-fn quantize_into(v: &[f32], out: &mut Vec<i8>) -> f32 {
+/// Integer dot product of two code vectors (SIMD through `simsimd`), as f32.
+#[inline]
+fn raw_dot_i8(a: &[i8], b: &[i8]) -> f32 {
+    i8::dot(a, b).map_or(0.0, |d| d as f32)
+}
+
+/// Writes `v`'s int8 codes into `out` (same length); returns the scale.
+fn quantize_into(v: &[f32], out: &mut [i8]) -> f32 {
     let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     let scale = if max > 0.0 && max.is_finite() {
         max / 127.0
     } else {
         1.0
     };
-    out.extend(
-        v.iter()
-            .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8),
-    );
+    for (o, x) in out.iter_mut().zip(v) {
+        *o = (x / scale).round().clamp(-127.0, 127.0) as i8;
+    }
     scale
 }
 
@@ -254,19 +342,18 @@ pub(crate) fn quantized_top_k(
     if dim == 0 || query.len() != dim {
         return Vec::new();
     }
-    let mut query_codes = Vec::with_capacity(dim);
-    let query_scale = quantize_into(query, &mut query_codes);
+    let (query_codes, query_scale) = quantized.query(query);
     let mut pre = TopK::new(k + RESCORE_EXTRA);
     for (doc, (codes, &scale)) in quantized
         .codes
+        .as_slice()
         .chunks_exact(dim)
         .zip(&quantized.scales)
         .enumerate()
     {
         let doc = doc as u32;
         if accept(doc) {
-            let raw = i8::dot(&query_codes, codes).map_or(0.0, |d| d as f32);
-            pre.push(doc, raw * query_scale * scale);
+            pre.push(doc, raw_dot_i8(&query_codes, codes) * query_scale * scale);
         }
     }
     let mut top = TopK::new(k);
@@ -340,6 +427,33 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn large_code_sets_are_mapped_and_score_like_heap_ones() {
+        let dim = 64;
+        let n = HUGE_PAGE_CODES_MIN_BYTES / dim + 1;
+        let vectors = unit(n, dim, 3);
+        let big = Quantized::new(&vectors, dim);
+        assert!(matches!(big.codes, Codes::Mapped(_)));
+        assert_eq!(big.bytes(), n * (dim + 4));
+        let mut small = Quantized::empty(dim);
+        for v in vectors.chunks_exact(dim).take(100) {
+            small.push(v);
+        }
+        assert!(matches!(small.codes, Codes::Heap(_)));
+        let q = big.query(&vectors[dim..2 * dim]);
+        for doc in 0..100 {
+            assert_eq!(big.codes_of(doc), small.codes_of(doc));
+            assert_eq!(big.score(&q, doc), small.score(&q, doc));
+        }
+        // Growing a mapped set moves it to the heap with its codes intact.
+        let mut grown = big;
+        grown.push(&vectors[..dim]);
+        assert!(matches!(grown.codes, Codes::Heap(_)));
+        assert_eq!(grown.codes_of(n as u32), small.codes_of(0));
+        assert_eq!(grown.codes_of(99), small.codes_of(99));
+        assert!(grown.codes_of(n as u32 + 1).is_empty());
     }
 
     #[test]
