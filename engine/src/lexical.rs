@@ -392,6 +392,8 @@ struct Accumulator {
     touched: Vec<u32>,
     /// Every document whose state left `UNSEEN` (what [`Accumulator::reset`] must clean).
     seen: Vec<u32>,
+    /// Reused buffer for [`Accumulator::kth_score`]'s selection.
+    scratch: Vec<f32>,
     /// Set while a search uses the arrays: one interrupted by a panic left them dirty.
     in_use: bool,
     sorted: bool,
@@ -424,13 +426,14 @@ impl Accumulator {
     }
 
     /// The `k`-th best score among the candidates (`touched.len() >= k`).
-    fn kth_score(&self, k: usize) -> f32 {
-        let mut scores: Vec<f32> = self
-            .touched
-            .iter()
-            .map(|&d| self.scores[d as usize])
-            .collect();
-        let (_, kth, _) = scores.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    fn kth_score(&mut self, k: usize) -> f32 {
+        let scores = &self.scores;
+        self.scratch.clear();
+        self.scratch
+            .extend(self.touched.iter().map(|&d| scores[d as usize]));
+        let (_, kth, _) = self
+            .scratch
+            .select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
         *kth
     }
 
