@@ -45,6 +45,10 @@ const BIGRAM_WEIGHT: f32 = 0.5;
 const CHAR_NGRAMS_WEIGHT: f32 = 0.6;
 const CHAR_NGRAM_MIN: usize = 3;
 const CHAR_NGRAM_MAX: usize = 5;
+const _: () = assert!(
+    CHAR_NGRAM_MIN == 3 && CHAR_NGRAM_MAX == 5,
+    "CharNgrams::add lays out 3..=5"
+);
 
 /// Seeds that keep the three feature families in separate hash spaces.
 const SEED_UNIGRAM: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -83,11 +87,24 @@ fn hash(seed: u64, bytes: &[u8]) -> u64 {
 
 /// [`hash`] of the concatenation of `parts`, without building it.
 fn hash_parts(seed: u64, parts: &[&[u8]]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325 ^ seed;
-    for &b in parts.iter().flat_map(|p| p.iter()) {
+    let h = parts.iter().fold(fnv_start(seed), |h, p| fnv_feed(h, p));
+    fnv_finish(h)
+}
+
+/// [`hash`] in three steps, so n-grams that share a prefix can share its FNV pass.
+fn fnv_start(seed: u64) -> u64 {
+    0xcbf2_9ce4_8422_2325 ^ seed
+}
+
+fn fnv_feed(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
+    h
+}
+
+fn fnv_finish(mut h: u64) -> u64 {
     h ^= h >> 30;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^= h >> 27;
@@ -202,6 +219,8 @@ struct CharNgrams {
     /// Byte offset of every char of `bytes`, then its length: n-gram `i` of `n` chars is
     /// `bytes[bounds[i]..bounds[i + n]]`, the UTF-8 of those chars as the hash has always read.
     bounds: Vec<usize>,
+    /// The n-gram hashes in push order: every 3-gram, then every 4-gram, then every 5-gram.
+    hashes: Vec<u64>,
 }
 
 impl CharNgrams {
@@ -227,11 +246,28 @@ impl CharNgrams {
             return;
         }
         let weight = CHAR_NGRAMS_WEIGHT / (count as f32).sqrt();
-        for n in CHAR_NGRAM_MIN..=CHAR_NGRAM_MAX {
-            for start in 0..n_chars.saturating_sub(n - 1) {
-                let gram = &self.bytes[self.bounds[start]..self.bounds[start + n]];
-                features.push(hash(SEED_CHAR, gram), weight);
+        // The n-grams starting at one char extend each other, so one FNV pass per start
+        // yields all three; they are pushed in the order the features have always had.
+        let windows = |n: usize| n_chars.saturating_sub(n - 1);
+        let block = [0, windows(3), windows(3) + windows(4)];
+        self.hashes.clear();
+        self.hashes.resize(count, 0);
+        for start in 0..windows(CHAR_NGRAM_MIN) {
+            let mut h = fnv_start(SEED_CHAR);
+            h = fnv_feed(h, &self.bytes[self.bounds[start]..self.bounds[start + 2]]);
+            for (n, offset) in (CHAR_NGRAM_MIN..=CHAR_NGRAM_MAX).zip(block) {
+                if start + n > n_chars {
+                    break;
+                }
+                h = fnv_feed(
+                    h,
+                    &self.bytes[self.bounds[start + n - 1]..self.bounds[start + n]],
+                );
+                self.hashes[offset + start] = fnv_finish(h);
             }
+        }
+        for &h in &self.hashes {
+            features.push(h, weight);
         }
     }
 }
