@@ -8,11 +8,15 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::HeaderMap;
+use http::request::Parts;
+use hyper::Request;
+use hyper::body::Incoming;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::http::header;
+use crate::http::{header, query_params, read_body};
 use crate::request::MemoryMode;
 use crate::secret;
 
@@ -68,6 +72,37 @@ fn split_suffix(presented: &str) -> Option<(&str, MemoryMode)> {
         Some((key, "write")) => Some((key, MemoryMode::Write)),
         Some((key, "off")) => Some((key, MemoryMode::Off)),
         Some(_) => None,
+    }
+}
+
+/// What every JSON endpoint starts with: the request's head, its authenticated caller, and
+/// its body read under the configured size limit. Authentication comes first, so a caller
+/// without a valid key never gets a body read (or a 413 instead of the uniform 401).
+pub async fn authenticated_body(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<(Parts, AuthContext, Bytes), ApiError> {
+    let (parts, body) = req.into_parts();
+    let auth = authenticate(state, &parts.headers).await?;
+    let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
+    Ok((parts, auth, bytes))
+}
+
+impl AuthContext {
+    /// The memory mode of this request: the key's suffix, overridden by the `X-Memory-Mode`
+    /// header, the `?mode=` parameter or the body's `memory_mode` (see [`MemoryMode::resolve`]).
+    pub fn request_mode(
+        &self,
+        parts: &Parts,
+        body_mode: Option<&str>,
+    ) -> Result<MemoryMode, ApiError> {
+        let query = query_params(parts.uri.query());
+        MemoryMode::resolve(
+            self.mode,
+            &parts.headers,
+            query.get("mode").map(String::as_str),
+            body_mode,
+        )
     }
 }
 

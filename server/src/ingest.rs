@@ -15,10 +15,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::auth::{AuthContext, authenticate};
+use crate::auth::{AuthContext, authenticated_body};
 use crate::error::ApiError;
-use crate::http::{Body, blocking, json_response, parse_json, query_params, read_body};
-use crate::request::{ChatMessage, MemoryMode, parse_messages, session_id};
+use crate::http::{Body, blocking, json_response, parse_json};
+use crate::request::{ChatMessage, parse_messages, session_id};
 use crate::time::now_ms;
 
 /// Largest `metadata` object accepted, serialised, in bytes (it is stored with every
@@ -91,18 +91,10 @@ pub async fn handle(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let (parts, body) = req.into_parts();
-    let auth = authenticate(state, &parts.headers).await?;
-    let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
+    let (parts, auth, bytes) = authenticated_body(state, req).await?;
     let request: IngestBody = parse_json(&bytes)?;
     let messages = parse_messages(&request.messages, &state.config.limits)?;
-    let query = query_params(parts.uri.query());
-    let mode = MemoryMode::resolve(
-        auth.mode,
-        &parts.headers,
-        query.get("mode").map(String::as_str),
-        request.memory_mode.as_deref(),
-    )?;
+    let mode = auth.request_mode(&parts, request.memory_mode.as_deref())?;
     let session = session_id(request.session_id.as_deref(), &parts.headers)?;
     if request
         .model

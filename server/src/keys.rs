@@ -8,10 +8,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::AppState;
-use crate::auth::authenticate;
+use crate::auth::{authenticate, authenticated_body};
 use crate::catalog::{KEY_NAME_CHARS_MAX, KeyRecord};
 use crate::error::ApiError;
-use crate::http::{Body, blocking, json_response, parse_json, query_params, read_body};
+use crate::http::{Body, blocking, json_response, parse_json, query_params};
 use crate::time::{format_ms, now_ms};
 
 #[derive(Deserialize, Default)]
@@ -38,9 +38,7 @@ pub async fn create(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let (parts, body) = req.into_parts();
-    let auth = authenticate(state, &parts.headers).await?;
-    let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
+    let (_parts, auth, bytes) = authenticated_body(state, req).await?;
     let request: CreateBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         CreateBody::default()
     } else {
