@@ -153,7 +153,7 @@ pub(crate) const QUANTIZED_SCAN_MIN: usize = 1024;
 /// Candidates rescored in f32 after int8 pre-ranking: `k` plus this many, so a true top-k
 /// vector that int8 rounding (error ~1e-3 on a cosine, measured bound < 0.05) ranked a little
 /// low is still rescored and kept.
-pub(crate) const RESCORE_EXTRA: usize = 32;
+const RESCORE_EXTRA: usize = 32;
 
 /// Int8 codes of a set of unit vectors, one scale per vector (`v ≈ code · scale`): a
 /// quarter of the bytes of the f32 originals, so a scan streams 384 B per vector instead of
