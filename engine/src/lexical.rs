@@ -125,6 +125,22 @@ impl Postings<'_> {
         }
     }
 
+    /// Calls `f(doc, tf)` for every posting in order: one match for the whole list, so a
+    /// scoring loop does not decode through the enum per posting.
+    #[inline]
+    pub fn for_each(&self, mut f: impl FnMut(u32, u32)) {
+        match self {
+            Postings::Pairs(p) => p.iter().for_each(|&(doc, tf)| f(doc, tf)),
+            Postings::Bytes(b) => {
+                for pair in b.chunks_exact(POSTING_BYTES) {
+                    let doc = u32::from_le_bytes([pair[0], pair[1], pair[2], pair[3]]);
+                    let tf = u32::from_le_bytes([pair[4], pair[5], pair[6], pair[7]]);
+                    f(doc, tf);
+                }
+            }
+        }
+    }
+
     /// The first index at or after `from` whose doc is `>= doc` (or `len()`), found by
     /// galloping: cheap when the target is near, logarithmic when it is far.
     pub fn seek(&self, from: usize, doc: u32) -> usize {
@@ -312,10 +328,10 @@ impl<'a> Bm25Query<'a> {
                 weight * tf * (BM25_K1 + 1.0) / (tf + BM25_K1 * norm)
             };
             if open {
-                for i in 0..list.len() {
-                    let (doc, tf) = list.get(i);
+                let acc = &mut *acc;
+                list.for_each(|doc, tf| {
                     let Some(st) = acc.state.get_mut(doc as usize) else {
-                        continue;
+                        return;
                     };
                     if *st == UNSEEN {
                         *st = if accept(doc) { ACCEPTED } else { REJECTED };
@@ -327,7 +343,7 @@ impl<'a> Bm25Query<'a> {
                     if *st == ACCEPTED {
                         acc.scores[doc as usize] += score(tf, doc);
                     }
-                }
+                });
             } else if acc.touched.len() * GALLOP_FACTOR < list.len() {
                 // Few candidates against a long list: gallop to each (in doc order).
                 let mut at = 0;
@@ -343,12 +359,12 @@ impl<'a> Bm25Query<'a> {
                 }
             } else {
                 // Candidates are dense in this list: one pass, no new docs.
-                for i in 0..list.len() {
-                    let (doc, tf) = list.get(i);
+                let acc = &mut *acc;
+                list.for_each(|doc, tf| {
                     if acc.state.get(doc as usize) == Some(&ACCEPTED) {
                         acc.scores[doc as usize] += score(tf, doc);
                     }
-                }
+                });
             }
         }
         let mut hits: Vec<(usize, u32, f32)> = acc

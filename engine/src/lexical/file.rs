@@ -360,6 +360,14 @@ impl LexicalSource for LexicalView<'_> {
         }
     }
     fn doc_lens(&self) -> DocLens<'_> {
+        // The section starts 48 bytes into a page-aligned map, so on little-endian hosts
+        // it reads as `u32`s in place: scoring looks a length up per posting, and a plain
+        // slice index is cheaper than a checked sub-slice and a byte shuffle.
+        if cfg!(target_endian = "little")
+            && let Ok(words) = bytemuck::try_cast_slice::<u8, u32>(self.doc_lens)
+        {
+            return DocLens::Words(words);
+        }
         DocLens::Bytes(self.doc_lens)
     }
 }
