@@ -321,7 +321,13 @@ pub struct Analysis {
 
 impl Analysis {
     pub fn of(text: &str) -> Analysis {
-        let mut analysis = Analysis::default();
+        // Tokens and stems together are rarely longer than the text, and English averages
+        // over 5 bytes a word with its separator (stopwords, dropped, are shorter still):
+        // one allocation each for most texts.
+        let mut analysis = Analysis {
+            bytes: String::with_capacity(text.len()),
+            words: Vec::with_capacity(text.len() / 8),
+        };
         let mut scratch = Vec::new();
         for_each_token(text, |token| {
             if is_stopword(token) {
@@ -360,9 +366,7 @@ impl Analysis {
     pub fn n_terms(&self) -> usize {
         self.words.len()
     }
-}
 
-impl Analysis {
     /// The BM25 input of this text: each distinct term once, with its frequency.
     pub fn term_counts(&self) -> TermCounts {
         let mut out = TermCounts {
