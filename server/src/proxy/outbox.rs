@@ -9,6 +9,13 @@
 //! reach the vault stores nothing twice, because ingest skips messages already stored for
 //! the same session, role and text.
 //!
+//! The append that gates the last frame is a `write(2)` into the log (it survives `kill -9`
+//! from that moment: the bytes are in the kernel's page cache); with `durability = "fsync"`
+//! the fsync follows right after the frame is released ([`Outbox::sync`], shared by
+//! concurrent exchanges), so only an OS crash or power loss within those few milliseconds can
+//! lose an answered exchange. Waiting for the fsync before the last frame put a whole fsync
+//! (~4 ms here) on every stored plain answer.
+//!
 //! **Invariant:** the checkpoint never passes an exchange whose ingest has not succeeded.
 
 use std::collections::BTreeSet;
@@ -40,7 +47,10 @@ pub struct PendingExchange {
 
 /// The outbox log and the set of exchanges appended but not yet stored.
 pub struct Outbox {
+    /// Opened in `Buffered` mode: appends are writes, [`Outbox::sync`] makes them durable.
     wal: Wal,
+    /// The configured durability asks for an fsync after each append.
+    sync_after_append: bool,
     /// Lsns appended and not yet marked done. Appends take this lock too, so an lsn is in
     /// the set before any later checkpoint can be computed (see [`Outbox::done`]).
     pending: Mutex<BTreeSet<Lsn>>,
@@ -63,7 +73,7 @@ impl Outbox {
     ) -> Result<(Outbox, Vec<(Lsn, PendingExchange)>), ProxyError> {
         let options = WalOptions {
             segment_bytes_max: OUTBOX_SEGMENT_BYTES_MAX,
-            durability,
+            durability: Durability::Buffered,
             ..WalOptions::default()
         };
         let (wal, recovery) = Wal::open(dir, options).map_err(outbox_error)?;
@@ -84,6 +94,7 @@ impl Outbox {
         let pending = recovered.iter().map(|(lsn, _)| *lsn).collect();
         let outbox = Outbox {
             wal,
+            sync_after_append: durability == Durability::Fsync,
             pending: Mutex::new(pending),
         };
         if recovered.is_empty() {
@@ -92,7 +103,8 @@ impl Outbox {
         Ok((outbox, recovered))
     }
 
-    /// Appends `exchange` durably (per the configured durability); blocking.
+    /// Appends `exchange` (written to the log: it survives a process crash); blocking. Call
+    /// [`Outbox::sync`] next for the configured durability against OS crashes.
     pub fn append(&self, exchange: &PendingExchange) -> Result<Lsn, ProxyError> {
         let payload = serde_json::to_vec(exchange).map_err(|e| ProxyError::Outbox {
             reason: e.to_string(),
@@ -104,6 +116,15 @@ impl Outbox {
             .map_err(outbox_error)?;
         pending.insert(lsn);
         Ok(lsn)
+    }
+
+    /// Makes every append so far durable when the configured durability is `fsync` (one
+    /// fsync covers every exchange appended before it); a no-op in `buffered` mode.
+    pub fn sync(&self) -> Result<(), ProxyError> {
+        if self.sync_after_append {
+            self.wal.sync().map_err(outbox_error)?;
+        }
+        Ok(())
     }
 
     /// Marks `lsn` stored and checkpoints up to the oldest exchange still pending; blocking.

@@ -162,9 +162,18 @@ async fn store_with_retries(
     let exchange = Arc::new(exchange);
     let (st, ex) = (state.clone(), exchange.clone());
     let outcome = tokio::task::spawn_blocking(move || st.proxy.outbox.append(&ex)).await;
-    // Whatever the outcome, the client's last frame may go now: on failure the exchange is
-    // still stored below, only its crash-safety is lost (logged).
+    // Whatever the outcome, the client's last frame may go now: the exchange is in the log
+    // (it survives a process crash), and on failure it is still stored below, only its
+    // crash-safety is lost (logged).
     let _ = appended.send(());
+    if matches!(outcome, Ok(Ok(_))) {
+        let st = state.clone();
+        match tokio::task::spawn_blocking(move || st.proxy.outbox.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "proxy outbox fsync failed"),
+            Err(error) => tracing::error!(%error, "proxy outbox fsync task failed"),
+        }
+    }
     let lsn = match outcome {
         Ok(Ok(lsn)) => Some(lsn),
         Ok(Err(error)) => {
