@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, RwLock};
-use rayon::prelude::*;
 use wal::{Durability, Wal, WalOptions};
 
 use crate::analyzer::{Analysis, TermCounts};
@@ -43,11 +42,6 @@ pub const WAL_SEGMENT_BYTES_MAX: u64 = 8 << 20;
 /// Default seal threshold, in records: 4096 × 384 floats is 6 MiB of vectors, scanned
 /// exactly in well under a millisecond.
 pub const MEMTABLE_RECORDS_MAX_DEFAULT: usize = 4096;
-/// Batches of at least this many new messages are analysed and embedded on the rayon pool:
-/// a lone writer importing history then uses every core. Smaller batches stay on the
-/// caller's thread, where concurrent writers already keep the cores busy and a handoff to
-/// the pool (shared with seals and compactions) would only add latency.
-const PARALLEL_EMBED_MESSAGES_MIN: usize = 32;
 /// Most ids one `delete`/`clear` WAL record carries (8 bytes each: 4 MiB).
 const DELETE_IDS_PER_RECORD_MAX: usize = WAL_PAYLOAD_BYTES_MAX / 8;
 /// Ids are handed out from 1 up and never reused, so no vault comes near this; an id (or a
@@ -598,11 +592,10 @@ impl Vault {
                 .collect();
             (h, m, chunks)
         };
-        let embedded: Vec<Embedded> = if fresh.len() >= PARALLEL_EMBED_MESSAGES_MIN {
-            fresh.into_par_iter().map(embed).collect()
-        } else {
-            fresh.into_iter().map(embed).collect()
-        };
+        // On the caller's thread, whatever the batch size: rayon's global pool runs seals and
+        // compactions (graph builds that hold its threads for seconds), and a batch handed to
+        // it waited behind them: bulk import over HTTP fell from ~13k to ~1.5k memories/s.
+        let embedded: Vec<Embedded> = fresh.into_iter().map(embed).collect();
         if embedded
             .iter()
             .flat_map(|e| &e.2)
@@ -1046,8 +1039,7 @@ mod tests {
         );
     }
 
-    /// Ingest analyses each chunk once, outside the lock (on the rayon pool for a big batch),
-    /// and hands the counts to the memtable; WAL replay counts them in `Memtable::insert`.
+    /// Ingest analyses each chunk once, outside the lock, and hands the counts to the memtable; WAL replay counts them in `Memtable::insert`.
     /// Both must index exactly the same terms, and the shared analysis must give the vector
     /// `embed` gives.
     #[test]
@@ -1076,7 +1068,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let vault = Vault::open(dir.path(), options()).unwrap();
         let long = "Melanie's painting of sunrises by the lake, ".repeat(40);
-        let big: Vec<NewMemory> = (0..PARALLEL_EMBED_MESSAGES_MIN + 3)
+        let big: Vec<NewMemory> = (0..35)
             .map(|i| match i {
                 5 => said(&long),
                 _ => said(&format!("message {i}: we painted {} sunsets", i % 7)),
@@ -1090,11 +1082,7 @@ mod tests {
             ])
             .unwrap();
         let live = snapshot(&vault);
-        assert!(
-            live.len() > PARALLEL_EMBED_MESSAGES_MIN + 5,
-            "{} records",
-            live.len()
-        );
+        assert!(live.len() > 37, "{} records", live.len());
         drop(vault);
         let vault = Vault::open(dir.path(), options()).unwrap();
         assert_eq!(snapshot(&vault), live);
