@@ -9,8 +9,9 @@
 //! The fake provider answers a fixed non-streamed `chat.completion` at once, so what is
 //! left after subtracting the direct call is MemoryRouter's own cost: authentication, body
 //! parsing, retrieval and injection (when the mode retrieves), the upstream request on a
-//! pooled keep-alive connection, and relaying the answer. Storing the exchange happens after
-//! the answer and is not on this path. Three modes are measured: `:off` (plain proxy),
+//! pooled keep-alive connection, and relaying the answer. In mode `on` the exchange is
+//! written to the proxy outbox before the answer is released (a write; its fsync and the
+//! vault ingest follow after the answer). Three modes are measured: `:off` (plain proxy),
 //! `:read` (retrieve from a vault of `VAULT_MEMORIES` memories, store nothing) and `on`
 //! (retrieve and queue the exchange for storing).
 
