@@ -446,45 +446,42 @@ async fn the_exchange_is_in_the_outbox_before_the_client_has_the_answer_end() {
     ];
     let outbox = || proxy.state.proxy.outbox.last_lsn();
 
-    // OpenAI stream relayed as is: `[DONE]` is held until the exchange is appended.
-    let before = outbox();
-    let mut body = ask("openai/gpt-test", "Streamed question about rowing");
-    body["stream"] = json!(true);
-    let response = proxy
-        .open("POST", "/v1/chat/completions", &headers, Some(&body))
-        .await;
-    let at_end = outbox_lsn_when_the_answer_ends(&proxy, response, "[DONE]").await;
-    assert!(
-        at_end > before,
-        "[DONE] reached the client before the outbox append"
-    );
-
-    // Anthropic stream translated for an OpenAI client: the same for its `[DONE]`.
-    let before = outbox();
-    let mut body = ask("anthropic/claude-test", "Translated question about cycling");
-    body["stream"] = json!(true);
-    let response = proxy
-        .open("POST", "/v1/chat/completions", &headers, Some(&body))
-        .await;
-    let at_end = outbox_lsn_when_the_answer_ends(&proxy, response, "[DONE]").await;
-    assert!(
-        at_end > before,
-        "translated [DONE] went out before the outbox append"
-    );
-
-    // Native Messages stream: `message_stop` is the end.
-    let before = outbox();
-    let mut body = ask("anthropic/claude-test", "Native question about swimming");
-    body["stream"] = json!(true);
-    body["max_tokens"] = json!(64);
-    let response = proxy
-        .open("POST", "/v1/messages", &headers, Some(&body))
-        .await;
-    let at_end = outbox_lsn_when_the_answer_ends(&proxy, response, "message_stop").await;
-    assert!(
-        at_end > before,
-        "message_stop went out before the outbox append"
-    );
+    // Each stream's end is held until the exchange is appended: an OpenAI stream relayed as
+    // is, an Anthropic stream translated for an OpenAI client, a native Messages stream.
+    let streams = [
+        (
+            "openai/gpt-test",
+            "/v1/chat/completions",
+            "rowing",
+            "[DONE]",
+        ),
+        (
+            "anthropic/claude-test",
+            "/v1/chat/completions",
+            "cycling",
+            "[DONE]",
+        ),
+        (
+            "anthropic/claude-test",
+            "/v1/messages",
+            "swimming",
+            "message_stop",
+        ),
+    ];
+    for (model, path, topic, end) in streams {
+        let before = outbox();
+        let mut body = ask(model, &format!("Streamed question about {topic}"));
+        body["stream"] = json!(true);
+        if path == "/v1/messages" {
+            body["max_tokens"] = json!(64);
+        }
+        let response = proxy.open("POST", path, &headers, Some(&body)).await;
+        let at_end = outbox_lsn_when_the_answer_ends(&proxy, response, end).await;
+        assert!(
+            at_end > before,
+            "{model} on {path}: {end} reached the client before the outbox append"
+        );
+    }
 
     // A whole answer: the response head (with its body) comes only after the append.
     let before = outbox();
