@@ -64,6 +64,10 @@ impl Memtable {
 
     /// Adds a record. A duplicate id (a WAL record replayed twice) is ignored.
     pub fn insert(&mut self, record: StoredMemory) {
+        // Replay hands records already here (WAL replayed twice): skip them before counting.
+        if self.by_id.contains_key(&record.memory.id) {
+            return;
+        }
         let terms = TermCounts::of(&indexed_text(&record.context, &record.memory.text));
         self.insert_analyzed(record, &terms);
     }
