@@ -1,5 +1,6 @@
-//! Loading the LoCoMo evaluation file (`../shared/data/README.md`) into turns and
-//! questions, for the `locomo` harness binary. The file is read in place, never copied.
+//! Loading the LoCoMo evaluation file (the dev split `locomo-dev.json`, not distributed with
+//! the project; its path is given on the command line) into turns and questions, for the
+//! `locomo` harness binary. The file is read in place, never copied.
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;

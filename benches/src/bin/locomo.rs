@@ -1,6 +1,9 @@
 //! LoCoMo retrieval-quality harness (issue 6, item 7).
 //!
-//! `cargo run -p benches --release --bin locomo -- ../shared/data/locomo-dev.json [--sweep] [--misses] [--model DIR]`
+//! `cargo run -p benches --release --bin locomo -- PATH/TO/locomo-dev.json [--sweep] [--misses] [--model DIR]`
+//!
+//! `locomo-dev.json` is the LoCoMo dev split; it is not distributed with the project, so pass
+//! its path.
 //!
 //! For every conversation: one memory per turn (`speaker: text`, plus the image caption if
 //! any; session id `session_N`; created_at from `session_N_date_time`), a fresh index, then
