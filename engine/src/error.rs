@@ -77,7 +77,7 @@ pub enum Error {
     /// A test-only fault injection point was reached (see [`crate::CrashPoint`]); the operation
     /// stopped as if the process had died there.
     #[error("injected crash at {point:?}")]
-    InjectedCrash { point: crate::CrashPoint },
+    InjectedCrash { point: crate::crash::CrashPoint },
 }
 
 impl Error {

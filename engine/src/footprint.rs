@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::segment::Segment;
-use crate::vault::State;
 
 /// Heap bytes per bucket of the dedupe map (`u64` key and `u32` count padded to 16, one
 /// control byte, and the 1/8 of buckets a hash table keeps empty).
@@ -72,24 +71,16 @@ impl Drop for MemoryGauge {
     }
 }
 
-/// Estimated heap bytes of one vault's searchable state. O(1 + frozen + segments).
-pub(crate) fn state_bytes(state: &State) -> u64 {
-    let memtables = state.memtable.heap_bytes()
-        + state
-            .frozen
-            .iter()
-            .map(|(m, _)| m.heap_bytes())
-            .sum::<u64>();
-    let segments = state.segments.iter().map(|s| segment_bytes(s)).sum::<u64>();
-    let sets = state.hashes.capacity() as u64 * HASH_ENTRY_BYTES
-        + (state.deleted.capacity() + state.pending.capacity()) as u64 * ID_SET_ENTRY_BYTES;
-    memtables + segments + sets
+/// Heap bytes of a vault's dedupe map (`hashes` entries of capacity) and id sets
+/// (tombstones and pending hashes, `ids` entries of capacity together).
+pub(crate) fn sets_bytes(hashes: usize, ids: usize) -> u64 {
+    hashes as u64 * HASH_ENTRY_BYTES + ids as u64 * ID_SET_ENTRY_BYTES
 }
 
 /// Heap bytes of one segment outside its mapped files: the session index and the int8 scan
 /// codes once built (both lazily, under the read lock, so they are counted from the next
 /// refresh — at the latest the next request that reaches the vault through the registry).
-fn segment_bytes(s: &Segment) -> u64 {
+pub(crate) fn segment_bytes(s: &Segment) -> u64 {
     SEGMENT_FIXED_BYTES + s.session_index_bytes() + s.quantized_bytes() as u64
 }
 

@@ -54,7 +54,7 @@ const LAYERS_MAX: usize = 16;
 /// Default [`HnswParams::min_records`]: twice the default memtable, so a seal of a
 /// default-sized memtable never builds a graph and the first compaction tier does.
 pub const HNSW_MIN_RECORDS_DEFAULT: usize = 8192;
-const _: () = assert!(HNSW_MIN_RECORDS_DEFAULT > crate::vault::MEMTABLE_RECORDS_MAX_DEFAULT);
+const _: () = assert!(HNSW_MIN_RECORDS_DEFAULT > crate::limits::MEMTABLE_RECORDS_MAX_DEFAULT);
 
 /// Graph construction and search parameters.
 #[derive(Clone, Debug)]

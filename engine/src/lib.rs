@@ -60,19 +60,19 @@ pub mod local_model;
 mod stem;
 
 mod chunk;
-mod compaction;
+mod crash;
 mod distance;
 mod error;
 mod file;
 mod footprint;
 pub mod hnsw;
+mod limits;
 mod manifest;
 mod memtable;
 mod mmap;
 mod query;
 mod record;
 mod registry;
-mod search;
 mod segment;
 mod vault;
 
@@ -80,19 +80,20 @@ pub use embedder::{BuiltinEmbedder, Embedder};
 pub use local_model::{LocalModelEmbedder, LocalModelKind};
 
 pub use chunk::{CHUNK_CHARS_MAX, CHUNK_OVERLAP_CHARS, chunk_text};
-pub use compaction::{COMPACTION_DELETED_SHARE_MIN, COMPACTION_FANIN};
+pub use crash::{CrashPoint, PauseHook};
 pub use distance::{Quantized, UnitDistance, dot, exact_top_k};
 pub use error::{Error, Result};
 pub use hnsw::HnswParams;
+pub use limits::MEMTABLE_RECORDS_MAX_DEFAULT;
 pub use query::{Filter, Hit, SearchQuery};
 pub use record::{Memory, MemoryId, Metadata, NewMemory, Role, content_hash};
 pub use registry::{
     Engine, EngineConfig, OPEN_VAULTS_MAX_DEFAULT, OPEN_VAULTS_MEMORY_BYTES_MAX_DEFAULT,
     VAULT_ID_BYTES_MAX, validate_vault_id,
 };
-pub use search::SEARCH_K_MAX;
 pub use segment::Segment;
 pub use vault::{
-    CrashPoint, IngestOutcome, MEMTABLE_RECORDS_MAX_DEFAULT, Vault, VaultOptions, VaultStats,
+    COMPACTION_DELETED_SHARE_MIN, COMPACTION_FANIN, IngestOutcome, SEARCH_K_MAX, Vault,
+    VaultOptions, VaultStats,
 };
 pub use wal::Durability;

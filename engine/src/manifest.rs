@@ -72,7 +72,7 @@ impl Manifest {
     fn check_segments(&self, path: &Path) -> Result<()> {
         let mut seen = std::collections::HashSet::new();
         for name in &self.segments {
-            if !name.starts_with("seg-") || name.contains(['/', '\\']) {
+            if !crate::segment::is_dir_name(name) || name.contains(['/', '\\']) {
                 return Err(Error::corrupt(
                     path,
                     format!("segment name {name:?} is not a seg-* directory of the vault"),

@@ -136,10 +136,6 @@ impl Memtable {
         &self.vectors[start..start + self.dim]
     }
 
-    pub fn records(&self) -> &[Memory] {
-        &self.records
-    }
-
     pub fn lexical(&self) -> &MemLexical {
         &self.lexical
     }

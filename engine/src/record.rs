@@ -174,14 +174,54 @@ pub(crate) fn context_of(text: &str) -> &str {
     &text[start..]
 }
 
+/// Bytes of a payload's header: version byte and record count.
+const PAYLOAD_HEADER_BYTES: usize = 1 + 4;
+/// Bytes of a record's fixed fields: id, created_at, content hash (8 each), chunk (4), role
+/// and flags (1 each).
+const RECORD_FIXED_BYTES: usize = 8 + 8 + 8 + 4 + 1 + 1;
+/// Bytes of the length prefix of each variable field (strings, metadata, vector).
+const LEN_PREFIX_BYTES: usize = 4;
+
+/// Exact bytes `r` takes in an ingest payload (`encode_ingest` checks it): the WAL batch
+/// split sizes its payloads with it, so every field counts here, metadata included.
+pub(crate) fn encoded_len(r: &StoredMemory) -> usize {
+    let m = &r.memory;
+    let string = |s: &str| LEN_PREFIX_BYTES + s.len();
+    RECORD_FIXED_BYTES
+        + string(&m.session_id)
+        + string(&m.text)
+        + string(&r.context)
+        + m.model.as_deref().map_or(0, string)
+        + m.metadata
+            .as_ref()
+            .map_or(0, |md| LEN_PREFIX_BYTES + json_len(md))
+        + LEN_PREFIX_BYTES
+        + r.vector.len() * 4
+}
+
+/// Length of `md` serialised as JSON, counted without building the bytes.
+fn json_len(md: &Metadata) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // A map of JSON values always serialises; on the impossible error the count is a lower
+    // bound, which only makes a payload a little larger than planned.
+    let _ = serde_json::to_writer(&mut count, md);
+    count.0
+}
+
 /// Appends the encoding of `records` as one ingest payload.
 pub(crate) fn encode_ingest(records: &[StoredMemory]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        5 + records
-            .iter()
-            .map(|r| 68 + r.memory.text.len() + r.context.len() + r.vector.len() * 4)
-            .sum::<usize>(),
-    );
+    let len = PAYLOAD_HEADER_BYTES + records.iter().map(encoded_len).sum::<usize>();
+    let mut out = Vec::with_capacity(len);
     out.push(PAYLOAD_VERSION);
     out.extend_from_slice(&(records.len() as u32).to_le_bytes());
     for r in records {
@@ -217,6 +257,7 @@ pub(crate) fn encode_ingest(records: &[StoredMemory]) -> Vec<u8> {
             out.extend_from_slice(&x.to_le_bytes());
         }
     }
+    debug_assert_eq!(out.len(), len, "encoded_len disagrees with encode_ingest");
     out
 }
 

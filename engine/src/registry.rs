@@ -22,7 +22,8 @@ use wal::Durability;
 use crate::embedder::{BuiltinEmbedder, Embedder};
 use crate::error::{Error, Result};
 use crate::hnsw::HnswParams;
-use crate::vault::{MEMTABLE_RECORDS_MAX_DEFAULT, Vault, VaultOptions};
+use crate::limits::MEMTABLE_RECORDS_MAX_DEFAULT;
+use crate::vault::{Vault, VaultOptions};
 
 /// Default bound on open vaults. An idle open vault costs its memtable plus a few file
 /// descriptors (WAL, maps); 1024 of them fit comfortably in a small server's limits.

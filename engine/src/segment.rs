@@ -26,7 +26,6 @@ use crate::lexical::{LexicalBuilder, LexicalSource};
 use crate::mmap::{MappedFile, MappedLexical};
 use crate::query::Filter;
 use crate::record::{Memory, MemoryId, Metadata, Role, parse_metadata};
-use crate::vault::CrashPoint;
 
 const VECTORS_MAGIC: &[u8; 8] = b"MRSEGVEC";
 const RECORDS_MAGIC: &[u8; 8] = b"MRSEGREC";
@@ -89,7 +88,39 @@ pub(crate) enum GraphBuild {
     WhenLarge,
 }
 
+/// Prefix of every segment directory in a vault (`seg-` then 16 hex digits of a sequence
+/// number the vault never reuses).
+const DIR_PREFIX: &str = "seg-";
+
+/// The directory name of segment number `seq`.
+pub(crate) fn dir_name(seq: u64) -> String {
+    format!("{DIR_PREFIX}{seq:016x}")
+}
+
+/// Whether a vault directory entry is a segment directory: listed, leftover, or the temp
+/// directory (`seg-….tmp`) of an interrupted write.
+pub(crate) fn is_dir_name(name: &str) -> bool {
+    name.starts_with(DIR_PREFIX)
+}
+
+/// Removes segment directories that left the vault's list, then syncs the vault directory.
+pub(crate) fn remove_dirs(segments: &[std::sync::Arc<Segment>]) -> Result<()> {
+    for s in segments {
+        match std::fs::remove_dir_all(s.dir()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(s.dir())(e)),
+        }
+    }
+    if let Some(parent) = segments.first().and_then(|s| s.dir().parent()) {
+        file::sync_dir(parent)?;
+    }
+    Ok(())
+}
+
 /// Writes a segment directory `dir/name` from records sorted by id. Returns its path.
+/// `after_temp_dir` runs once the files are complete and synced under the temp name (a
+/// test's crash point; production passes `|| Ok(())`).
 pub(crate) fn write(
     vault_dir: &Path,
     name: &str,
@@ -97,7 +128,7 @@ pub(crate) fn write(
     inputs: &[SegmentInput<'_>],
     hnsw: &HnswParams,
     graph: GraphBuild,
-    crash: Option<CrashPoint>,
+    after_temp_dir: &dyn Fn() -> Result<()>,
 ) -> Result<PathBuf> {
     debug_assert!(inputs.windows(2).all(|w| w[0].memory.id < w[1].memory.id));
     let tmp = vault_dir.join(format!("{name}.tmp"));
@@ -196,12 +227,8 @@ pub(crate) fn write(
         file::write_new(&tmp.join(GRAPH_FILE), hnsw::MAGIC, hnsw::VERSION, &graph)?;
     }
     file::sync_dir(&tmp)?;
-    if crash == Some(CrashPoint::SealAfterTempDir) || crash == Some(CrashPoint::CompactAfterTempDir)
-    {
-        return Err(Error::InjectedCrash {
-            point: crash.unwrap_or(CrashPoint::SealAfterTempDir),
-        });
-    }
+    // A test's crash point: the temp dir is complete, nothing names it yet.
+    after_temp_dir()?;
     let dest = vault_dir.join(name);
     std::fs::rename(&tmp, &dest).map_err(Error::io(&dest))?;
     file::sync_dir(vault_dir)?;
@@ -686,7 +713,7 @@ mod tests {
             &inputs,
             &HnswParams::default(),
             GraphBuild::WhenLarge,
-            None,
+            &|| Ok(()),
         )
         .unwrap();
         let crc = |f: &str| crc32fast::hash(&std::fs::read(path.join(f)).unwrap());
@@ -729,7 +756,7 @@ mod tests {
             &inputs,
             &HnswParams::default(),
             GraphBuild::WhenLarge,
-            None,
+            &|| Ok(()),
         )
         .unwrap();
         let set_version = |version: u32| {
@@ -792,7 +819,7 @@ mod tests {
             &inputs,
             &params,
             GraphBuild::WhenLarge,
-            None,
+            &|| Ok(()),
         )
         .unwrap();
         let seg = Segment::open(&path, 2).unwrap();

@@ -6,5 +6,6 @@ mod context;
 mod crash;
 mod memory;
 mod model;
+mod race;
 mod registry;
 mod seal;

@@ -12,9 +12,11 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::fusion::fuse;
 use crate::lexical::{Bm25Query, LexicalSource, merge_top_k};
-use crate::query::{Hit, SearchQuery};
+use crate::query::{Filter, Hit, SearchQuery};
 use crate::record::MemoryId;
-use crate::vault::{Loc, State, Vault};
+
+use super::Vault;
+use super::state::{Loc, Source};
 
 /// Largest `k` a search may ask for.
 pub const SEARCH_K_MAX: usize = 1000;
@@ -74,7 +76,7 @@ impl Vault {
         &self,
         query: &[f32],
         k: usize,
-        filter: &crate::query::Filter,
+        filter: &Filter,
     ) -> Result<Vec<(MemoryId, f32)>> {
         self.check_open()?;
         let inner = &*self.inner;
@@ -91,23 +93,12 @@ impl Vault {
         let ef = inner.options.hnsw.ef_search.max(k);
         let state = inner.state.read();
         let mut out: Vec<(MemoryId, f32)> = Vec::new();
-        let live_mem =
-            |m: &crate::record::Memory| !state.deleted.contains(&m.id) && filter.matches_memory(m);
-        for (d, s) in state
-            .memtable
-            .search(query, k, &|d| live_mem(state.memtable.memory(d)))
-        {
-            out.push((state.memtable.memory(d).id, s));
-        }
-        for (f, _) in &state.frozen {
-            for (d, s) in f.search(query, k, &|d| live_mem(f.memory(d))) {
-                out.push((f.memory(d).id, s));
-            }
-        }
-        for seg in &state.segments {
-            let accept = |d: u32| !state.deleted.contains(&seg.id(d)) && seg.matches(d, filter);
-            for (d, s) in seg.search(query, k, ef, filter.session_id.as_deref(), &accept) {
-                out.push((seg.id(d), s));
+        for source in state.sources() {
+            let accept =
+                |d: u32| !state.deleted.contains(&source.id(d)) && source.matches(d, filter);
+            for (d, s) in source.vector_search(query, k, ef, filter.session_id.as_deref(), &accept)
+            {
+                out.push((source.id(d), s));
             }
         }
         out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -144,43 +135,22 @@ impl Vault {
         let state = inner.state.read();
         let filter = &q.filter;
         let boost = q.boost_session.as_deref();
+        // Sources in a fixed order (`State::sources`): a hit is (source index, doc).
+        let sources: Vec<Source<'_>> = state.sources().collect();
+        let n_sources = sources.len();
         let mut cands: HashMap<MemoryId, Candidate> = HashMap::new();
-        let mut note = |state: &State, id: MemoryId, loc: Loc| {
+        let mut note = |id: MemoryId, loc: Loc| {
             cands.entry(id).or_insert_with(|| {
-                let (created_at_ms, in_boost_session) = match loc {
-                    Loc::Memtable(d) => {
-                        let m = state.memtable.memory(d);
-                        (m.created_at_ms, boost.is_some_and(|b| b == m.session_id))
-                    }
-                    Loc::Frozen(i, d) => {
-                        let m = state.frozen[i].0.memory(d);
-                        (m.created_at_ms, boost.is_some_and(|b| b == m.session_id))
-                    }
-                    Loc::Segment(i, d) => {
-                        let s = &state.segments[i];
-                        // Decoding the session string only when a session is boosted.
-                        (s.created_at(d), boost.is_some_and(|b| b == s.session(d)))
-                    }
-                };
+                let source = sources[loc.source];
                 Candidate {
                     loc,
-                    created_at_ms,
-                    in_boost_session,
+                    created_at_ms: source.created_at(loc.doc),
+                    // Decoding a segment's session string only when a session is boosted.
+                    in_boost_session: boost.is_some_and(|b| b == source.session(loc.doc)),
                 }
             });
         };
 
-        // Sources in a fixed order: memtable, frozen memtables, segments.
-        let n_frozen = state.frozen.len();
-        let loc_of = |src: usize, doc: u32| -> Loc {
-            if src == 0 {
-                Loc::Memtable(doc)
-            } else if src <= n_frozen {
-                Loc::Frozen(src - 1, doc)
-            } else {
-                Loc::Segment(src - 1 - n_frozen, doc)
-            }
-        };
         // Most searches have neither a filter nor tombstones: skip the per-doc checks then
         // (BM25 asks once per posting, which for a common term is most of the vault).
         let everything = filter.is_empty() && state.deleted.is_empty();
@@ -189,74 +159,37 @@ impl Vault {
         // instead of reading and UTF-8-checking the row's session string: that check was
         // most of a session-filtered search. `matches` still runs on the survivors, so the
         // accepted set is unchanged.
-        let session_docs: Vec<Option<&[u32]>> = state
-            .segments
+        let session_docs: Vec<Option<&[u32]>> = sources
             .iter()
-            .map(|s| filter.session_id.as_deref().map(|id| s.session_docs(id)))
+            .map(|s| {
+                filter
+                    .session_id
+                    .as_deref()
+                    .and_then(|id| s.session_docs(id))
+            })
             .collect();
         let accept = |src: usize, doc: u32| -> bool {
             if everything {
                 return true;
             }
-            match loc_of(src, doc) {
-                Loc::Memtable(d) => {
-                    let m = state.memtable.memory(d);
-                    !state.deleted.contains(&m.id) && filter.matches_memory(m)
-                }
-                Loc::Frozen(i, d) => {
-                    let m = state.frozen[i].0.memory(d);
-                    !state.deleted.contains(&m.id) && filter.matches_memory(m)
-                }
-                Loc::Segment(i, d) => {
-                    if session_docs[i].is_some_and(|docs| docs.binary_search(&d).is_err()) {
-                        return false;
-                    }
-                    let s = &state.segments[i];
-                    !state.deleted.contains(&s.id(d)) && s.matches(d, filter)
-                }
+            if session_docs[src].is_some_and(|docs| docs.binary_search(&doc).is_err()) {
+                return false;
             }
-        };
-        let id_of = |loc: Loc| match loc {
-            Loc::Memtable(d) => state.memtable.memory(d).id,
-            Loc::Frozen(i, d) => state.frozen[i].0.memory(d).id,
-            Loc::Segment(i, d) => state.segments[i].id(d),
+            let source = sources[src];
+            !state.deleted.contains(&source.id(doc)) && source.matches(doc, filter)
         };
 
         // Vector candidates from every source, and lexical candidates over all of them as one
         // corpus (corpus statistics summed), each as (source, doc, score).
-        let n_sources = 1 + n_frozen + state.segments.len();
         let vector_of = |src: usize| -> Vec<(u32, f32)> {
-            if src == 0 {
-                state.memtable.search(&query, pool, &|d| accept(0, d))
-            } else if src <= n_frozen {
-                state.frozen[src - 1]
-                    .0
-                    .search(&query, pool, &|d| accept(src, d))
-            } else {
-                state.segments[src - 1 - n_frozen].search(
-                    &query,
-                    pool,
-                    ef,
-                    filter.session_id.as_deref(),
-                    &|d| accept(src, d),
-                )
-            }
+            sources[src].vector_search(&query, pool, ef, filter.session_id.as_deref(), &|d| {
+                accept(src, d)
+            })
         };
         // BM25 is planned once over every source as one corpus (weights and bounds), then
         // scored per source next to that source's vector search.
-        let mut lexical_sources: Vec<&dyn LexicalSource> = vec![state.memtable.lexical()];
-        lexical_sources.extend(
-            state
-                .frozen
-                .iter()
-                .map(|(f, _)| f.lexical() as &dyn LexicalSource),
-        );
-        lexical_sources.extend(
-            state
-                .segments
-                .iter()
-                .map(|s| s.lexical() as &dyn LexicalSource),
-        );
+        let lexical_sources: Vec<&dyn LexicalSource> =
+            sources.iter().map(|s| s.lexical()).collect();
         let plan = Bm25Query::new(&lexical_sources, &q.text);
         let lexical_of = |src: usize| -> Vec<(u32, f32)> {
             plan.as_ref()
@@ -272,15 +205,8 @@ impl Vault {
                 lexical_of(t - n_sources)
             }
         };
-        let records: usize = state.memtable.len()
-            + state.frozen.iter().map(|(f, _)| f.len()).sum::<usize>()
-            + state
-                .segments
-                .iter()
-                .map(|s| s.len() as usize)
-                .sum::<usize>();
         let mut results: Vec<Vec<(u32, f32)>> =
-            match search_pool().filter(|_| records >= PARALLEL_SEARCH_RECORDS_MIN) {
+            match search_pool().filter(|_| state.records() >= PARALLEL_SEARCH_RECORDS_MIN) {
                 Some(threads) => {
                     threads.install(|| (0..2 * n_sources).into_par_iter().map(task).collect())
                 }
@@ -294,11 +220,10 @@ impl Vault {
         merge_top_k(&mut lexical_raw, pool);
 
         let mut vector: Vec<(MemoryId, f32)> = Vec::new();
-        for (src, hits) in results.into_iter().enumerate() {
+        for (source, hits) in results.into_iter().enumerate() {
             for (doc, score) in hits {
-                let loc = loc_of(src, doc);
-                let id = id_of(loc);
-                note(&state, id, loc);
+                let id = sources[source].id(doc);
+                note(id, Loc { source, doc });
                 vector.push((id, score));
             }
         }
@@ -306,10 +231,9 @@ impl Vault {
         vector.truncate(pool);
         let lexical: Vec<(MemoryId, f32)> = lexical_raw
             .into_iter()
-            .map(|(src, doc, score)| {
-                let loc = loc_of(src, doc);
-                let id = id_of(loc);
-                note(&state, id, loc);
+            .map(|(source, doc, score)| {
+                let id = sources[source].id(doc);
+                note(id, Loc { source, doc });
                 (id, score)
             })
             .collect();
@@ -332,15 +256,11 @@ impl Vault {
             .into_iter()
             .filter_map(|(id, score)| {
                 cands.get(&id).map(|c| {
-                    let stored = match c.loc {
-                        Loc::Memtable(d) => state.memtable.vector(d),
-                        Loc::Frozen(i, d) => state.frozen[i].0.vector(d),
-                        Loc::Segment(i, d) => state.segments[i].vector(d),
-                    };
+                    let source = sources[c.loc.source];
                     Hit {
-                        memory: state.memory(c.loc),
+                        memory: source.memory(c.loc.doc),
                         score: score.clamp(0.0, 1.0),
-                        similarity: crate::distance::dot(&query, stored),
+                        similarity: crate::distance::dot(&query, source.vector(c.loc.doc)),
                     }
                 })
             })

@@ -1,8 +1,7 @@
-//! Sealing and compaction: turning the memtable into segments, and merging segments while
-//! dropping deleted records. Both write a new segment directory first and then swap it in
-//! through the manifest, so a crash at any point leaves the old or the new set of segments,
-//! never a mix; both run on the rayon pool, off the request path, when the vault runs in
-//! background mode.
+//! Compaction: merging segments while dropping deleted records. A merge writes its new
+//! segment directory first and then swaps it in (`layout.rs`), so a crash at any point
+//! leaves the old or the new set of segments, never a mix; it runs on the rayon pool, off
+//! the request path, after a background seal.
 //!
 //! Policy (tiered): segments fall into size tiers of factor [`COMPACTION_FANIN`]; when a tier
 //! holds `COMPACTION_FANIN` segments they merge into one of the next tier, so a record is
@@ -17,26 +16,18 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::error::{Error, Result};
+use crate::crash::CrashPoint;
+use crate::error::Result;
 use crate::record::{Memory, MemoryId};
 use crate::segment::{self, GraphBuild, Segment, SegmentInput};
-use crate::vault::{CrashPoint, Inner, Vault, remove_segment_dirs};
+
+use super::Vault;
+use super::layout::Change;
 
 /// Segments per tier that trigger a merge (and the size ratio between tiers).
 pub const COMPACTION_FANIN: usize = 4;
 /// Deleted share of a segment's records that triggers rewriting it.
 pub const COMPACTION_DELETED_SHARE_MIN: f64 = 0.3;
-
-fn crash(inner: &Inner, point: CrashPoint) -> Result<()> {
-    if inner.options.crash_at == Some(point) {
-        return Err(Error::InjectedCrash { point });
-    }
-    Ok(())
-}
-
-fn segment_name(seq: u64) -> String {
-    format!("seg-{seq:016x}")
-}
 
 /// Chooses segments to merge: indices into `segments`, or `None` when nothing is worth it.
 /// `graph_min_records` is the size from which a merged segment gets an HNSW graph.
@@ -82,110 +73,6 @@ pub(crate) fn plan(
 }
 
 impl Vault {
-    /// Seals the memtable into segments of at most `memtable_records_max` records, none with
-    /// a graph, now (synchronously). Returns false when there was nothing to seal.
-    pub fn seal(&self) -> Result<bool> {
-        self.check_open()?;
-        let inner = &*self.inner;
-        let _seal = inner.seal_lock.lock();
-        // Freeze: with the gate closed no ingest or delete is between its WAL append and its
-        // memtable apply, so `last_lsn` covers exactly what the frozen memtable and the
-        // tombstone set hold. A frozen memtable left by a failed seal is retried first.
-        let existing = inner.state.read().frozen.first().cloned();
-        let (frozen, lsn) = match existing {
-            Some(f) => f,
-            None => {
-                let _gate = inner.gate.write();
-                let mut state = inner.state.write();
-                if state.memtable.is_empty() {
-                    return Ok(false);
-                }
-                let mt = Arc::new(std::mem::replace(
-                    &mut state.memtable,
-                    crate::memtable::Memtable::new(inner.dim),
-                ));
-                let lsn = inner.wal.last_lsn();
-                state.frozen.push((Arc::clone(&mt), lsn));
-                (mt, lsn)
-            }
-        };
-
-        // Write the segment from the live records, in id order.
-        let mut docs: Vec<u32> = {
-            let state = inner.state.read();
-            (0..frozen.len() as u32)
-                .filter(|&d| !state.deleted.contains(&frozen.memory(d).id))
-                .collect()
-        };
-        docs.sort_by_key(|&d| frozen.memory(d).id);
-        let inputs: Vec<SegmentInput<'_>> = docs
-            .iter()
-            .map(|&d| SegmentInput {
-                memory: frozen.memory(d),
-                vector: frozen.vector(d),
-                context: frozen.context(d),
-            })
-            .collect();
-        // At most `memtable_records_max` records per segment and no graph: a memtable that
-        // grew while an earlier seal ran is still sealed quickly, and compaction (tiered)
-        // merges these small segments into graph-backed ones.
-        let per_segment = inner.options.memtable_records_max.max(1);
-        let crash_at = inner
-            .options
-            .crash_at
-            .filter(|p| *p == CrashPoint::SealAfterTempDir);
-        let mut new_segments = Vec::new();
-        for chunk in inputs.chunks(per_segment) {
-            let name = segment_name(inner.next_segment.fetch_add(1, Ordering::SeqCst));
-            let path = segment::write(
-                &inner.dir,
-                &name,
-                inner.dim,
-                chunk,
-                &inner.options.hnsw,
-                GraphBuild::Never,
-                crash_at,
-            )?;
-            new_segments.push(path);
-        }
-        crash(inner, CrashPoint::SealAfterRename)?;
-        let new_segments = new_segments
-            .iter()
-            .map(|path| {
-                Segment::open(path, inner.dim)
-                    .map(Segment::warmed)
-                    .map(Arc::new)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        drop(inputs);
-
-        // Swap in through the manifest, then let the WAL forget what the segment holds.
-        {
-            let mut manifest = inner.manifest.lock();
-            let mut next = manifest.clone();
-            let state = inner.state.read();
-            let mut segments = state.segments.clone();
-            for s in &new_segments {
-                segments.push(Arc::clone(s));
-                next.segments.push(s.name().to_string());
-            }
-            next.checkpoint_lsn = lsn;
-            next.next_id = inner.next_id.load(Ordering::SeqCst);
-            next.next_segment = inner.next_segment.load(Ordering::SeqCst);
-            next.tombstones = state.tombstones_for(&segments);
-            drop(state);
-            next.store(&inner.dir)?;
-            *manifest = next;
-        }
-        crash(inner, CrashPoint::SealAfterManifest)?;
-        inner.wal.checkpoint(lsn)?;
-        let mut state = inner.state.write();
-        state.frozen.retain(|(m, _)| !Arc::ptr_eq(m, &frozen));
-        state.segments.extend(new_segments);
-        state.prune_deleted();
-        Ok(true)
-    }
-
     /// Runs one compaction step now (synchronously) if the policy finds one; returns whether
     /// it merged anything.
     pub fn compact(&self) -> Result<bool> {
@@ -232,6 +119,20 @@ impl Vault {
         Ok(true)
     }
 
+    /// Runs compaction steps until the policy is satisfied (bounded: each step removes at
+    /// least one segment or one segment's worth of tombstones).
+    pub(super) fn compact_while_planned(&self) -> Result<()> {
+        const STEPS_MAX: usize = 16;
+        for _ in 0..STEPS_MAX {
+            if !self.compact()? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the live records of `chosen` (those not in `deleted`) as one segment and
+    /// installs it in their place. The caller holds `compact_lock`.
     fn merge(&self, chosen: &[Arc<Segment>], deleted: &HashSet<MemoryId>) -> Result<()> {
         let inner = &*self.inner;
         // Live records of the chosen segments, in id order. Ids never repeat across segments
@@ -260,11 +161,7 @@ impl Vault {
         let output = if inputs.is_empty() {
             None
         } else {
-            let name = segment_name(inner.next_segment.fetch_add(1, Ordering::SeqCst));
-            let crash_at = inner
-                .options
-                .crash_at
-                .filter(|p| *p == CrashPoint::CompactAfterTempDir);
+            let name = segment::dir_name(inner.next_segment.fetch_add(1, Ordering::SeqCst));
             let path = segment::write(
                 &inner.dir,
                 &name,
@@ -272,73 +169,20 @@ impl Vault {
                 &inputs,
                 &inner.options.hnsw,
                 GraphBuild::WhenLarge,
-                crash_at,
+                &|| inner.options.reach(CrashPoint::CompactAfterTempDir),
             )?;
-            crash(inner, CrashPoint::CompactAfterRename)?;
+            inner.options.reach(CrashPoint::CompactAfterRename)?;
             Some(Arc::new(Segment::open(&path, inner.dim)?.warmed()))
         };
         drop(inputs);
         drop(memories);
-        let is_chosen = |s: &Arc<Segment>| chosen.iter().any(|c| Arc::ptr_eq(c, s));
-        {
-            let mut manifest = inner.manifest.lock();
-            let state = inner.state.read();
-            let mut segments: Vec<Arc<Segment>> = state
-                .segments
-                .iter()
-                .filter(|s| !is_chosen(s))
-                .cloned()
-                .collect();
-            segments.extend(output.iter().cloned());
-            let mut next = manifest.clone();
-            next.segments = segments.iter().map(|s| s.name().to_string()).collect();
-            next.next_segment = inner.next_segment.load(Ordering::SeqCst);
-            next.tombstones = state.tombstones_for(&segments);
-            drop(state);
-            next.store(&inner.dir)?;
-            *manifest = next;
-        }
-        crash(inner, CrashPoint::CompactAfterManifest)?;
-        {
-            let mut state = inner.state.write();
-            state.segments.retain(|s| !is_chosen(s));
-            state.segments.extend(output);
-            state.prune_deleted();
-        }
-        remove_segment_dirs(chosen)
+        let removed = self.install(Change::Merge {
+            inputs: chosen,
+            output,
+        })?;
+        inner.options.reach(CrashPoint::CompactAfterManifest)?;
+        segment::remove_dirs(&removed)
     }
-
-    /// Queues a seal (and then any compaction it enables) on the rayon pool, once.
-    pub(crate) fn schedule_seal(&self) {
-        let inner = &self.inner;
-        if inner.seal_scheduled.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        inner.jobs.fetch_add(1, Ordering::AcqRel);
-        let vault = Vault {
-            inner: Arc::clone(inner),
-        };
-        rayon::spawn(move || {
-            vault.inner.seal_scheduled.store(false, Ordering::Release);
-            let result = vault.seal().and_then(|_| while_compacting(&vault));
-            if let Err(e) = result {
-                tracing::error!(vault = %vault.inner.name, error = %e, "background seal/compaction failed");
-            }
-            vault.inner.jobs.fetch_sub(1, Ordering::AcqRel);
-        });
-    }
-}
-
-/// Runs compaction steps until the policy is satisfied (bounded: each step removes at least
-/// one segment or one segment's worth of tombstones).
-fn while_compacting(vault: &Vault) -> Result<()> {
-    const STEPS_MAX: usize = 16;
-    for _ in 0..STEPS_MAX {
-        if !vault.compact()? {
-            break;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -389,7 +233,7 @@ mod tests {
                 &inputs,
                 &params,
                 GraphBuild::Never,
-                None,
+                &|| Ok(()),
             )
             .unwrap();
         }

@@ -1,0 +1,227 @@
+//! A vault: one user's memories in one directory — a WAL, a memtable, immutable segments and
+//! the manifest that ties them together.
+//!
+//! ```text
+//! <vault>/MANIFEST          live segments, checkpoint lsn, tombstones, embedder pin
+//! <vault>/wal/              the write-ahead log (wal crate)
+//! <vault>/seg-<seq>/        immutable segments (segment.rs)
+//! ```
+//!
+//! Files: `state.rs` (the read model: sources, tombstones, dedupe), `open.rs` (open and WAL
+//! replay), `write.rs` (ingest, delete, clear, reset), `read.rs` (get, list, stats),
+//! `search.rs` (hybrid retrieval), `seal.rs` (memtable → segments), `compaction.rs` (merge
+//! policy and merges), `layout.rs` (the one place the segment list changes).
+//!
+//! Lock order (never taken the other way round): `compact_lock` → `seal_lock` →
+//! `delete_lock` → `gate` → `manifest` → `state`. Searches take only `state` (read).
+//! The segment list (`State::segments` and the manifest's list) changes only in
+//! `Vault::install`, with the `manifest` lock held from reading the current list to applying
+//! the new one: a seal and a merge can never build their next list from a stale one.
+
+mod compaction;
+mod layout;
+mod open;
+mod read;
+mod seal;
+mod search;
+mod state;
+mod write;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use wal::{Durability, Wal};
+
+pub use compaction::{COMPACTION_DELETED_SHARE_MIN, COMPACTION_FANIN};
+pub use search::SEARCH_K_MAX;
+
+use crate::crash::{CrashPoint, PauseHook};
+use crate::embedder::Embedder;
+use crate::error::{Error, Result};
+use crate::footprint::MemoryGauge;
+use crate::hnsw::HnswParams;
+use crate::limits::MEMTABLE_RECORDS_MAX_DEFAULT;
+use crate::manifest::Manifest;
+use crate::record::MemoryId;
+use state::State;
+
+/// How a vault is opened.
+#[derive(Clone)]
+pub struct VaultOptions {
+    pub durability: Durability,
+    /// Seal the memtable into a segment past this many records.
+    pub memtable_records_max: usize,
+    pub embedder: Arc<dyn Embedder>,
+    pub hnsw: HnswParams,
+    /// Seal and compact on the rayon pool when thresholds are crossed. Tests that drive
+    /// `seal`/`compact` by hand turn this off.
+    pub background: bool,
+    /// Stop a seal or compaction at this point as if the process died there (tests).
+    #[doc(hidden)]
+    pub crash_at: Option<CrashPoint>,
+    /// Called at every [`CrashPoint`] a seal or compaction passes, before `crash_at` is
+    /// checked: interleaving tests block in it to run another operation at that point.
+    #[doc(hidden)]
+    pub pause_at: Option<PauseHook>,
+    /// Where this vault adds its heap estimate: the registry's engine-wide total, or a
+    /// counter of its own for a vault opened directly.
+    pub(crate) memory_total: Arc<AtomicU64>,
+}
+
+impl VaultOptions {
+    pub fn new(embedder: Arc<dyn Embedder>) -> Self {
+        VaultOptions {
+            durability: Durability::Fsync,
+            memtable_records_max: MEMTABLE_RECORDS_MAX_DEFAULT,
+            embedder,
+            hnsw: HnswParams::default(),
+            background: true,
+            crash_at: None,
+            pause_at: None,
+            memory_total: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Passes a fault point: runs the test's pause hook, then fails if the test crashes here.
+    pub(crate) fn reach(&self, point: CrashPoint) -> Result<()> {
+        if let Some(pause) = &self.pause_at {
+            pause(point);
+        }
+        if self.crash_at == Some(point) {
+            return Err(Error::InjectedCrash { point });
+        }
+        Ok(())
+    }
+}
+
+/// What an ingest did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IngestOutcome {
+    /// Ids of the records written (one per chunk).
+    pub stored: Vec<MemoryId>,
+    /// Messages already present (same session, role and content), not stored again.
+    pub skipped: usize,
+}
+
+/// Size and shape of a vault.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct VaultStats {
+    pub memories: u64,
+    pub bytes_on_disk: u64,
+    pub embedder: String,
+    pub dim: u32,
+    pub last_write_ms: Option<i64>,
+    pub segments: u32,
+    pub memtable: u32,
+    /// A background seal or compaction is queued or running: the vault's layout (and so
+    /// its search cost) is still changing.
+    pub busy: bool,
+    /// Estimated heap bytes of the open vault ([`Vault::memory_bytes`]); mapped segment files
+    /// are not counted.
+    pub memory_bytes: u64,
+}
+
+pub(crate) struct Inner {
+    pub name: String,
+    pub dir: PathBuf,
+    pub wal: Wal,
+    pub options: VaultOptions,
+    pub dim: usize,
+    /// Ingests and deletes hold it (read) from id assignment until their records are in the
+    /// memtable; seal and reset take it (write) to see a point where the WAL and the memtable
+    /// agree, which is what makes `checkpoint_lsn` exact.
+    pub gate: RwLock<()>,
+    /// Serialises seals (one memtable in flight).
+    pub seal_lock: Mutex<()>,
+    /// Serialises compactions.
+    pub compact_lock: Mutex<()>,
+    /// Serialises deletes so two concurrent deletes of one id cannot both report `true`.
+    pub delete_lock: Mutex<()>,
+    /// The manifest as last stored. Held by `Vault::install` from reading the segment list to
+    /// applying the next one, and by every other manifest writer (the embedder pin).
+    pub manifest: Mutex<Manifest>,
+    pub state: RwLock<State>,
+    pub next_id: AtomicU64,
+    pub next_segment: AtomicU64,
+    pub closed: AtomicBool,
+    /// Background jobs queued or running; the registry never closes a busy vault.
+    pub jobs: AtomicUsize,
+    pub seal_scheduled: AtomicBool,
+    /// The same gauge as `State::memory`, readable without the state lock: the registry
+    /// reads it under its own lock, where waiting for a vault's lock would stall every vault.
+    pub memory: Arc<MemoryGauge>,
+}
+
+/// A handle to one open vault. Every method is safe to call concurrently.
+pub struct Vault {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("dir", &self.inner.dir)
+            .finish()
+    }
+}
+
+impl Vault {
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::VaultClosed {
+                id: self.inner.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Estimated heap bytes this vault holds while open: memtables, dedupe and tombstone
+    /// sets, segments' in-memory side. Mapped segment files are page cache and not counted
+    /// (`footprint.rs` says why). Recomputed from lengths and capacities under the read lock
+    /// (O(1 + segments)), which also brings in indexes searches built lazily since the last
+    /// write, and passed on to the registry's total.
+    pub fn memory_bytes(&self) -> u64 {
+        self.inner.state.read().refresh_memory();
+        self.inner.memory.get()
+    }
+
+    /// The estimate as last refreshed, without the state lock.
+    pub(crate) fn memory_estimate(&self) -> u64 {
+        self.inner.memory.get()
+    }
+
+    /// Refreshes the estimate unless a writer holds or waits for the state lock (the next
+    /// change refreshes it anyway); never blocks.
+    pub(crate) fn try_refresh_memory(&self) {
+        if let Some(state) = self.inner.state.try_read() {
+            state.refresh_memory();
+        }
+    }
+
+    /// Flushes the WAL to disk (matters in `Buffered` durability; a no-op cost otherwise).
+    pub fn sync(&self) -> Result<()> {
+        self.inner.wal.sync()?;
+        Ok(())
+    }
+
+    /// True while a background seal or compaction is queued or running.
+    pub fn is_busy(&self) -> bool {
+        self.inner.jobs.load(Ordering::Acquire) > 0
+    }
+
+    pub(crate) fn mark_closed(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
