@@ -203,9 +203,9 @@ pub fn export(flags: &Flags, key_id: &str, out: Option<&Path>) -> Result<(), Err
         source,
     };
     let mut count = 0usize;
-    crate::transfer::for_each_memory(&vault, |memory| {
+    crate::api::transfer::for_each_memory(&vault, |memory| {
         count += 1;
-        writeln!(sink, "{}", crate::transfer::export_line(memory)).map_err(io)
+        writeln!(sink, "{}", crate::api::transfer::export_line(memory)).map_err(io)
     })?;
     sink.flush().map_err(io)?;
     eprintln!("exported {count} memories from {key_id}");
@@ -235,13 +235,14 @@ pub fn import(flags: &Flags, key_id: &str, file: &Path) -> Result<(), Error> {
         if line.trim().is_empty() {
             continue;
         }
-        let memory =
-            crate::transfer::import_line(&line, now_ms()).map_err(|reason| Error::ImportLine {
+        let memory = crate::api::transfer::import_line(&line, now_ms()).map_err(|reason| {
+            Error::ImportLine {
                 line: index + 1,
                 reason,
-            })?;
+            }
+        })?;
         batch.push(memory);
-        if batch.len() >= crate::transfer::IMPORT_BATCH_MAX {
+        if batch.len() >= crate::api::transfer::IMPORT_BATCH_MAX {
             let outcome = vault.ingest(std::mem::take(&mut batch))?;
             stored += outcome.stored.len();
             skipped += outcome.skipped;

@@ -8,8 +8,8 @@
 //! Modules: [`config`] (layered, validated settings), [`cli`] and [`commands`] (the CLI),
 //! [`router`] (one match on method and path), [`auth`] and [`secret`] (keys, hashing,
 //! provider-key encryption), [`catalog`], [`request`] (message and option parsing),
-//! [`prepare`], [`ingest`], [`memories`], [`transfer`], [`keys`], [`provider_keys`], [`admin`], [`ops`]
-//! (health, readiness, metrics), [`metrics`], [`ratelimit`], [`http`], [`error`].
+//! [`api`] (the HTTP handlers: prepare, ingest, memories, transfer, keys, provider keys,
+//! admin, ops), [`proxy`], [`metrics`], [`ratelimit`], [`http`], [`error`].
 //!
 //! Limits: every body, message count, message length and per-key request rate is bounded
 //! by [`config::Limits`]; every error is an OpenAI-shaped body with a 4xx or 503 status.
@@ -25,7 +25,7 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-pub mod admin;
+pub mod api;
 pub mod auth;
 pub mod catalog;
 pub mod cli;
@@ -35,13 +35,7 @@ pub mod dashboard;
 pub mod datadir;
 pub mod error;
 pub mod http;
-pub mod ingest;
-pub mod keys;
-pub mod memories;
 pub mod metrics;
-pub mod ops;
-pub mod prepare;
-pub mod provider_keys;
 pub mod proxy;
 pub mod ratelimit;
 pub mod request;
@@ -49,7 +43,6 @@ pub mod router;
 pub mod secret;
 pub mod serve;
 pub mod time;
-pub mod transfer;
 
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;

@@ -24,7 +24,7 @@ use crate::AppState;
 use crate::auth::{AuthContext, authenticate};
 use crate::error::ApiError;
 use crate::http::{blocking, header, parse_json, read_body};
-use crate::prepare::{PrepareOptions, retrieve};
+use crate::api::prepare::{PrepareOptions, retrieve};
 use crate::request::{ChatMessage, parse_messages};
 
 /// Sent to providers; some CDN-fronted endpoints refuse requests without a user agent.

@@ -252,7 +252,7 @@ fn store_exchange(
             })
         })
         .collect();
-    crate::ingest::store(
+    crate::api::ingest::store(
         state,
         &auth,
         &messages,

@@ -13,10 +13,10 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::memories::{caller, memory_json};
 use crate::AppState;
 use crate::error::{ApiError, Error};
 use crate::http::{Body, blocking, header, json_response, read_body, text_response};
-use crate::memories::{caller, memory_json};
 use crate::request::parse_role;
 use crate::time::now_ms;
 

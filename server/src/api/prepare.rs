@@ -308,7 +308,7 @@ struct PrepareBody {
 
 /// A hit as the API shows it.
 pub fn hit_json(hit: &Hit) -> Value {
-    let mut value = crate::memories::memory_json(&hit.memory);
+    let mut value = super::memories::memory_json(&hit.memory);
     value["score"] = json!(hit.score);
     value
 }

@@ -143,7 +143,7 @@ pub async fn search(
     let memories: Vec<Value> = hits
         .iter()
         .filter(|h| h.score > 0.0)
-        .map(crate::prepare::hit_json)
+        .map(super::prepare::hit_json)
         .collect();
     Ok(json_response(
         StatusCode::OK,
