@@ -21,10 +21,10 @@ use super::providers::{Provider, ProviderKind};
 use super::relay::Durable;
 use super::state::schedule_ingest;
 use crate::AppState;
+use crate::api::prepare::{PrepareOptions, retrieve};
 use crate::auth::{AuthContext, authenticate};
 use crate::error::ApiError;
 use crate::http::{blocking, header, parse_json, read_body};
-use crate::api::prepare::{PrepareOptions, retrieve};
 use crate::request::{ChatMessage, parse_messages};
 
 /// Sent to providers; some CDN-fronted endpoints refuse requests without a user agent.
@@ -197,7 +197,7 @@ pub fn upstream_request(
                 builder = builder.header("x-api-key", secret_value(key, &provider.name)?);
             }
             let version = header(client_headers, "anthropic-version")
-                .unwrap_or(super::anthropic::ANTHROPIC_VERSION);
+                .unwrap_or(super::openai_to_anthropic::ANTHROPIC_VERSION);
             builder = builder.header("anthropic-version", version);
         }
     }

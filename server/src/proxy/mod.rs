@@ -4,11 +4,11 @@
 //! Memory Key as the API key. Each request: authenticate → resolve the memory plan
 //! ([`options`]) → retrieve memories → add them to the system prompt ([`inject`]) → call the
 //! provider chosen by the `provider/model` prefix ([`providers`], [`client`]) → relay the
-//! answer, streaming frame by frame ([`relay`], [`sse`]), unchanged or translated
-//! ([`anthropic`]: OpenAI clients → Anthropic providers; [`anthropic_in`]: Anthropic
-//! clients → OpenAI-format providers) → once the answer is complete, append the exchange to
-//! the durable [`outbox`] before releasing the answer's last frame, then store it in the
-//! vault off the response path ([`state`]).
+//! answer, streaming frame by frame ([`relay`], [`sse`]), unchanged or translated (named by
+//! the request's direction: [`openai_to_anthropic`], OpenAI clients → Anthropic providers;
+//! [`anthropic_to_openai`], Anthropic clients → OpenAI-format providers) → once the answer
+//! is complete, append the exchange to the durable [`outbox`] before releasing the answer's
+//! last frame, then store it in the vault off the response path ([`state`]).
 //!
 //! Handlers: [`chat`] (`/v1/chat/completions`, `/v1/models`) and [`messages`]
 //! (`/v1/messages`), built from the shared steps in [`forward`]. Failures MemoryRouter
@@ -27,8 +27,7 @@
 //! read the answer's last frame has an exchange that is already in the outbox (unless the
 //! outbox append itself failed, which is logged).
 
-pub mod anthropic;
-pub mod anthropic_in;
+pub mod anthropic_to_openai;
 pub mod chat;
 pub mod client;
 pub mod error;
@@ -36,6 +35,7 @@ pub mod forward;
 pub mod inject;
 pub mod messages;
 pub mod openai;
+pub mod openai_to_anthropic;
 pub mod options;
 pub mod outbox;
 pub mod providers;

@@ -1,5 +1,14 @@
-//! OpenAI Chat Completions ⇄ Anthropic Messages translation, for `anthropic/…` models
-//! called through `/v1/chat/completions`, and the answer reader for `/v1/messages`.
+//! OpenAI client → Anthropic provider: `POST /v1/chat/completions` with an
+//! Anthropic-format model (`anthropic/…`). The OpenAI Chat Completions request is
+//! translated into an Anthropic Messages request ([`to_messages_request`]), and the answer
+//! back into OpenAI's format: a whole `message` into a `chat.completion`
+//! ([`to_chat_completion`]), a Messages event stream into `chat.completion.chunk` events
+//! ([`AnthropicToOpenAi`], named, like the answer, in the other direction). The reverse
+//! translation is [`super::anthropic_to_openai`].
+//!
+//! Also here, because they read the same Messages responses: what `/v1/messages` uses when
+//! it forwards to an Anthropic-format provider untranslated ([`message_text`],
+//! [`AnthropicRelay`]), and the [`ANTHROPIC_VERSION`] header every Anthropic request gets.
 //!
 //! Translated: system/developer messages (joined into `system`), user/assistant messages
 //! with string or text/image content parts, `max_tokens`/`max_completion_tokens` (default

@@ -1,6 +1,11 @@
-//! Anthropic Messages in, OpenAI Chat Completions upstream: lets clients that speak only
-//! Anthropic's format (`POST /v1/messages`) use OpenAI-format providers (`openai/…`,
-//! `ollama/…`, a configured vLLM). The mirror image of [`super::anthropic`].
+//! Anthropic client → OpenAI-format provider: `POST /v1/messages` with an OpenAI-format
+//! model (`openai/…`, `ollama/…`, a configured vLLM), for clients that speak only
+//! Anthropic's format. The Anthropic Messages request is translated into an OpenAI Chat
+//! Completions request ([`to_chat_request`]), and the answer back into Anthropic's format:
+//! a `chat.completion` into a `message` ([`to_message`]), a chunk stream into Messages
+//! events ([`OpenAiToAnthropic`], named, like the answer, in the other direction), errors
+//! into Anthropic's error shape ([`error_body`]). The mirror image of
+//! [`super::openai_to_anthropic`].
 //!
 //! Translated: `system` (string or text blocks), user/assistant messages with text and image
 //! blocks, `max_tokens`, `stop_sequences`, `temperature`, `top_p`, `metadata.user_id`,
