@@ -17,7 +17,7 @@ use crate::time::{format_ms, now_ms};
 /// The key is written to `DATA_DIR/admin.key` (0600) *before* the catalog records it, so
 /// a crash in between cannot leave an admin key whose text nobody has. Returns the key
 /// when one was minted; a restart finds the key and never rotates it.
-pub fn bootstrap(catalog: &Catalog, data_dir: &Path) -> Result<Option<String>, Error> {
+pub(crate) fn bootstrap(catalog: &Catalog, data_dir: &Path) -> Result<Option<String>, Error> {
     let account = match catalog.accounts().into_iter().next() {
         Some(account) => account,
         None => catalog.create_account(now_ms())?,
@@ -32,7 +32,7 @@ pub fn bootstrap(catalog: &Catalog, data_dir: &Path) -> Result<Option<String>, E
 }
 
 /// The first-start message: the key once, where it is saved, and how to use it.
-pub fn admin_key_banner(key: &str, data_dir: &Path, address: &str) -> String {
+pub(crate) fn admin_key_banner(key: &str, data_dir: &Path, address: &str) -> String {
     let file = data_dir.join(datadir::ADMIN_KEY_FILE);
     format!(
         "\nCreated the account's admin key (shown once; saved to {file} with mode 0600):\n\n    {key}\n\n\

@@ -14,12 +14,12 @@ use crate::error::ApiError;
 use crate::http::header;
 
 /// Longest session id accepted, in bytes.
-pub const SESSION_ID_BYTES_MAX: usize = 256;
+pub(crate) const SESSION_ID_BYTES_MAX: usize = 256;
 
 /// One chat message as the memory paths see it: its role, its text (text parts joined),
 /// and the per-message options clients send.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ChatMessage {
+pub(crate) struct ChatMessage {
     pub role: Role,
     pub text: String,
     /// `created_at` for backfill (RFC 3339 or epoch ms), if the client gave one.
@@ -30,7 +30,7 @@ pub struct ChatMessage {
 
 /// Parses a role, including the spellings OpenAI and Anthropic clients send for the same
 /// thing (`developer` is the new name of `system`, `function` the old name of `tool`).
-pub fn parse_role(text: &str) -> Option<Role> {
+pub(crate) fn parse_role(text: &str) -> Option<Role> {
     match text {
         "developer" => Some(Role::System),
         "function" => Some(Role::Tool),
@@ -39,7 +39,7 @@ pub fn parse_role(text: &str) -> Option<Role> {
 }
 
 /// Parses and validates `messages`. `allow_empty` is false for prepare/ingest.
-pub fn parse_messages(value: &Value, limits: &Limits) -> Result<Vec<ChatMessage>, ApiError> {
+pub(crate) fn parse_messages(value: &Value, limits: &Limits) -> Result<Vec<ChatMessage>, ApiError> {
     let Value::Array(items) = value else {
         return Err(ApiError::bad_request(
             "invalid_type",
@@ -145,7 +145,7 @@ fn parse_message(index: usize, item: &Value, limits: &Limits) -> Result<ChatMess
 
 /// The text of a `content`: a string, `null` (assistant tool calls), or an array of content
 /// parts whose text parts are joined by newlines (images, audio and files are skipped).
-pub fn content_text(content: &Value) -> Result<String, ApiError> {
+pub(crate) fn content_text(content: &Value) -> Result<String, ApiError> {
     match content {
         Value::String(text) => Ok(text.clone()),
         Value::Null => Ok(String::new()),
@@ -198,7 +198,7 @@ fn truncate(text: &str, chars: usize) -> String {
 }
 
 /// The session: body `session_id` beats the `X-Session-ID` header; "" = none.
-pub fn session_id(body: Option<&str>, headers: &HeaderMap) -> Result<String, ApiError> {
+pub(crate) fn session_id(body: Option<&str>, headers: &HeaderMap) -> Result<String, ApiError> {
     let session = body
         .or_else(|| header(headers, "x-session-id"))
         .unwrap_or("");
@@ -214,7 +214,7 @@ pub fn session_id(body: Option<&str>, headers: &HeaderMap) -> Result<String, Api
 
 /// Memory mode: what a request may do with memory. Only [`MemoryMode::On`] does both.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum MemoryMode {
+pub(crate) enum MemoryMode {
     #[default]
     On,
     /// Retrieve only.
@@ -228,7 +228,7 @@ pub enum MemoryMode {
 impl MemoryMode {
     /// Every spelling clients use: `on`/`default`/`all`, `read`/`selective`, `write`,
     /// `off`/`none` (case-insensitive).
-    pub fn parse(text: &str) -> Option<MemoryMode> {
+    pub(crate) fn parse(text: &str) -> Option<MemoryMode> {
         match text.trim().to_ascii_lowercase().as_str() {
             "on" | "default" | "all" => Some(MemoryMode::On),
             "read" | "selective" => Some(MemoryMode::Read),
@@ -238,16 +238,16 @@ impl MemoryMode {
         }
     }
 
-    pub fn retrieves(self) -> bool {
+    pub(crate) fn retrieves(self) -> bool {
         matches!(self, MemoryMode::On | MemoryMode::Read)
     }
 
-    pub fn stores(self) -> bool {
+    pub(crate) fn stores(self) -> bool {
         matches!(self, MemoryMode::On | MemoryMode::Write)
     }
 
     /// Resolves the mode: body `memory_mode` > `?mode=` > `X-Memory-Mode` > key suffix.
-    pub fn resolve(
+    pub(crate) fn resolve(
         key_suffix: MemoryMode,
         headers: &HeaderMap,
         query_mode: Option<&str>,
@@ -275,7 +275,7 @@ impl MemoryMode {
 
 /// `filters` in prepare/search bodies.
 #[derive(Debug, Default, Deserialize)]
-pub struct FiltersBody {
+pub(crate) struct FiltersBody {
     pub session_id: Option<String>,
     pub role: Option<String>,
     pub roles: Option<Vec<String>>,
@@ -285,7 +285,7 @@ pub struct FiltersBody {
 }
 
 impl FiltersBody {
-    pub fn to_filter(&self) -> Result<Filter, ApiError> {
+    pub(crate) fn to_filter(&self) -> Result<Filter, ApiError> {
         let mut roles = Vec::new();
         for name in self.role.iter().chain(self.roles.iter().flatten()) {
             roles.push(parse_role(name).ok_or_else(|| {

@@ -14,7 +14,7 @@ use crate::http::{Body, error_response};
 use crate::proxy;
 
 /// Handles one request; never fails (errors become OpenAI-shaped responses).
-pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();

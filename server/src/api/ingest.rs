@@ -23,12 +23,12 @@ use crate::time::now_ms;
 
 /// Largest `metadata` object accepted, serialised, in bytes (it is stored with every
 /// memory of the request).
-pub const METADATA_BYTES_MAX: usize = 16 * 1024;
+pub(crate) const METADATA_BYTES_MAX: usize = 16 * 1024;
 /// Longest `model` string.
-pub const MODEL_CHARS_MAX: usize = 256;
+pub(crate) const MODEL_CHARS_MAX: usize = 256;
 
 /// True when a message of this role and content is to be stored.
-pub fn should_store(state: &AppState, message: &ChatMessage) -> bool {
+pub(crate) fn should_store(state: &AppState, message: &ChatMessage) -> bool {
     message.remember
         && !message.text.trim().is_empty()
         && (message.role != Role::System || state.config.ingest.store_system)
@@ -36,7 +36,7 @@ pub fn should_store(state: &AppState, message: &ChatMessage) -> bool {
 
 /// Stores `messages` in the caller's vault. `Ok` means durable and visible to the next
 /// search. `skipped` counts messages not stored for any reason.
-pub fn store(
+pub(crate) fn store(
     state: &AppState,
     auth: &AuthContext,
     messages: &[ChatMessage],
@@ -87,7 +87,7 @@ struct IngestBody {
 
 /// The handler: 202 `{"stored", "skipped", "ids"}`. `stored` counts messages written,
 /// `ids` the records written (a long message is stored as several chunks, one id each).
-pub async fn handle(
+pub(crate) async fn handle(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {

@@ -16,11 +16,11 @@
 //! | [`admin`] | `GET /v1/admin/overview` (the dashboard's summary) |
 //! | [`ops`] | `/healthz`, `/readyz`, `/metrics` |
 
-pub mod admin;
-pub mod ingest;
-pub mod keys;
-pub mod memories;
-pub mod ops;
-pub mod prepare;
-pub mod provider_keys;
-pub mod transfer;
+pub(crate) mod admin;
+pub(crate) mod ingest;
+pub(crate) mod keys;
+pub(crate) mod memories;
+pub(crate) mod ops;
+pub(crate) mod prepare;
+pub(crate) mod provider_keys;
+pub(crate) mod transfer;

@@ -21,16 +21,16 @@ use crate::request::parse_role;
 use crate::time::now_ms;
 
 /// Lines accepted by one upload (413 above), as the hosted API documents.
-pub const UPLOAD_LINES_MAX: usize = 10_000;
+pub(crate) const UPLOAD_LINES_MAX: usize = 10_000;
 /// Errors listed in an upload/import answer; the rest are only counted.
-pub const REPORTED_ERRORS_MAX: usize = 10;
+pub(crate) const REPORTED_ERRORS_MAX: usize = 10;
 /// Memories per engine ingest call during import/upload (one WAL batch each).
-pub const IMPORT_BATCH_MAX: usize = 1000;
+pub(crate) const IMPORT_BATCH_MAX: usize = 1000;
 /// Memories read per page while exporting.
-pub const EXPORT_PAGE_MAX: usize = 1000;
+pub(crate) const EXPORT_PAGE_MAX: usize = 1000;
 
 /// One export line: [`memory_json`] plus `created_at_ms` for a lossless round trip.
-pub fn export_line(memory: &Memory) -> String {
+pub(crate) fn export_line(memory: &Memory) -> String {
     let mut value = memory_json(memory);
     value["created_at_ms"] = json!(memory.created_at_ms);
     value.to_string()
@@ -38,7 +38,7 @@ pub fn export_line(memory: &Memory) -> String {
 
 /// Parses an export or upload line: `content` (or `text`) required; `role` (default user),
 /// `session_id`, `created_at_ms`/`created_at`/`timestamp`, `model`, `metadata` optional.
-pub fn import_line(line: &str, now_ms: i64) -> Result<NewMemory, String> {
+pub(crate) fn import_line(line: &str, now_ms: i64) -> Result<NewMemory, String> {
     let value: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
     let Value::Object(fields) = value else {
         return Err("a line must be a JSON object".into());
@@ -91,7 +91,7 @@ pub fn import_line(line: &str, now_ms: i64) -> Result<NewMemory, String> {
 }
 
 /// Calls `f` on every memory of the vault, newest first, a page at a time.
-pub fn for_each_memory(
+pub(crate) fn for_each_memory(
     vault: &Vault,
     mut f: impl FnMut(&Memory) -> Result<(), Error>,
 ) -> Result<(), Error> {
@@ -109,7 +109,7 @@ pub fn for_each_memory(
 }
 
 /// `GET /v1/memory/export` → JSON Lines, newest first.
-pub async fn export(
+pub(crate) async fn export(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -224,7 +224,7 @@ async fn jsonl_request(
 }
 
 /// `POST /v1/memory/import` (JSON Lines as exported) → `{imported, skipped, failed, errors}`.
-pub async fn import(
+pub(crate) async fn import(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -238,7 +238,7 @@ pub async fn import(
 
 /// `POST /v1/memory/upload` (JSON Lines of `{content, role?, timestamp?}`) →
 /// `{status, vault, stats: {inputItems, chunks, stored, failed}, errors?}`.
-pub async fn upload(
+pub(crate) async fn upload(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {

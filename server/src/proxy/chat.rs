@@ -25,7 +25,7 @@ use crate::error::ApiError;
 use crate::http::{Body, full, json_response};
 
 /// The handler.
-pub async fn handle(
+pub(crate) async fn handle(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -164,7 +164,7 @@ pub async fn handle(
 }
 
 /// `GET /v1/models`: the configured providers' models, prefixed, in the OpenAI list shape.
-pub async fn models(
+pub(crate) async fn models(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {

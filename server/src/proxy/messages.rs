@@ -36,7 +36,7 @@ const MESSAGE_ROLES: &[&str] = &["user", "assistant"];
 const DEFAULT_PROVIDER: &str = "anthropic";
 
 /// The handler.
-pub async fn handle(
+pub(crate) async fn handle(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {

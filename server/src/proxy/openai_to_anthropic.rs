@@ -29,13 +29,13 @@ use super::relay::StreamTransform;
 use super::sse::{DONE_EVENT, SseEvent, SseParser, data_event, named_event};
 
 /// `max_tokens` is required by Anthropic and optional in OpenAI's format.
-pub const MAX_TOKENS_DEFAULT: u64 = 4096;
+pub(crate) const MAX_TOKENS_DEFAULT: u64 = 4096;
 /// The Messages API version sent when the client names none.
-pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// Builds a Messages request from an OpenAI request `body` (without `messages`) and its
 /// (already memory-injected) `messages`, for upstream model id `model`.
-pub fn to_messages_request(
+pub(crate) fn to_messages_request(
     body: &Map<String, Value>,
     messages: &[Value],
     model: &str,
@@ -148,7 +148,7 @@ fn content_blocks(content: &Value, i: usize) -> Result<Value, ProxyError> {
 }
 
 /// Anthropic `stop_reason` → OpenAI `finish_reason`.
-pub fn finish_reason(stop_reason: Option<&str>) -> Option<&'static str> {
+pub(crate) fn finish_reason(stop_reason: Option<&str>) -> Option<&'static str> {
     Some(match stop_reason? {
         "max_tokens" | "model_context_window_exceeded" => "length",
         "tool_use" => "tool_calls",
@@ -192,7 +192,7 @@ struct MessageResponse {
 }
 
 /// The text blocks of a Messages response, joined.
-pub fn message_text(body: &[u8]) -> Option<String> {
+pub(crate) fn message_text(body: &[u8]) -> Option<String> {
     let message: MessageResponse = serde_json::from_slice(body).ok()?;
     Some(blocks_text(&message.content))
 }
@@ -206,7 +206,7 @@ fn blocks_text(blocks: &[Value]) -> String {
 }
 
 /// A Messages response → a `chat.completion` body, plus the answer text.
-pub fn to_chat_completion(body: &[u8]) -> Result<(Bytes, String), String> {
+pub(crate) fn to_chat_completion(body: &[u8]) -> Result<(Bytes, String), String> {
     let message: MessageResponse =
         serde_json::from_slice(body).map_err(|e| format!("not a Messages response: {e}"))?;
     let text = blocks_text(&message.content);
@@ -239,7 +239,7 @@ fn unix_seconds() -> u64 {
 
 /// Translates a Messages event stream into `chat.completion.chunk` events.
 #[derive(Debug, Default)]
-pub struct AnthropicToOpenAi {
+pub(crate) struct AnthropicToOpenAi {
     parser: SseParser,
     events: Vec<SseEvent>,
     include_usage: bool,
@@ -255,7 +255,7 @@ pub struct AnthropicToOpenAi {
 
 impl AnthropicToOpenAi {
     /// `include_usage` mirrors the request's `stream_options.include_usage`.
-    pub fn new(include_usage: bool) -> Self {
+    pub(crate) fn new(include_usage: bool) -> Self {
         AnthropicToOpenAi {
             include_usage,
             created: unix_seconds(),
@@ -397,7 +397,7 @@ impl StreamTransform for AnthropicToOpenAi {
 
 /// Relays a Messages event stream unchanged (for `/v1/messages`), assembling the text.
 #[derive(Debug, Default)]
-pub struct AnthropicRelay {
+pub(crate) struct AnthropicRelay {
     parser: SseParser,
     events: Vec<SseEvent>,
     text: String,
