@@ -235,12 +235,13 @@ pub fn import(flags: &Flags, key_id: &str, file: &Path) -> Result<(), Error> {
         if line.trim().is_empty() {
             continue;
         }
-        let memory = crate::api::transfer::import_line(&line, now_ms()).map_err(|reason| {
-            Error::ImportLine {
-                line: index + 1,
-                reason,
-            }
-        })?;
+        let memory =
+            crate::api::transfer::import_line(&line, now_ms(), "", None).map_err(|reason| {
+                Error::ImportLine {
+                    line: index + 1,
+                    reason,
+                }
+            })?;
         batch.push(memory);
         if batch.len() >= crate::api::transfer::IMPORT_BATCH_MAX {
             let outcome = vault.ingest(std::mem::take(&mut batch))?;

@@ -15,8 +15,8 @@
 //!   (keys, hashing, provider-key encryption), `ratelimit`, `catalog` (accounts and keys),
 //!   `datadir` (layout, lock, secret file), `config` (layered, validated settings), `error`,
 //!   `metrics`, `time`, `request` (message, session and option parsing, shared by the API
-//!   and the proxy), `cli` and `commands` (the command line), `dashboard` (the embedded
-//!   web UI);
+//!   and the proxy, and `to_new_memory`, the one place a stored memory is built and
+//!   bounded), `cli` and `commands` (the command line), `dashboard` (the embedded web UI);
 //! - `api`: the HTTP handlers of the memory API, one module per resource (`prepare`,
 //!   `ingest`, `memories`, `transfer`, `keys`, `provider_keys`, `admin`, `ops`);
 //! - `proxy`: the OpenAI- and Anthropic-compatible proxy endpoints.

@@ -906,6 +906,13 @@ async fn provider_errors_pass_through_unreachable_is_502_slow_is_504() {
         )
         .await;
     assert_eq!(reply.status, 400);
+    // The model is stored with the exchange: one longer than a stored memory's model may be
+    // is refused before the provider is called.
+    let reply = proxy
+        .chat(&key, ask(&format!("local/{}", "m".repeat(300)), "hi"))
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert_eq!(reply.json()["error"]["param"], "model");
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ use crate::api::prepare::{PrepareOptions, retrieve};
 use crate::auth::{AuthContext, authenticate};
 use crate::error::ApiError;
 use crate::http::{blocking, header, parse_json, read_body};
-use crate::request::{ChatMessage, parse_messages};
+use crate::request::{ChatMessage, MODEL_CHARS_MAX, check_model, parse_messages};
 
 /// Sent to providers; some CDN-fronted endpoints refuse requests without a user agent.
 const USER_AGENT: &str = concat!("memoryrouter/", env!("CARGO_PKG_VERSION"));
@@ -358,10 +358,19 @@ pub(crate) fn user_turn(messages: &[ChatMessage]) -> Option<String> {
     (last.remember && !last.text.trim().is_empty()).then(|| last.text.clone())
 }
 
-/// The request body's `model` string.
+/// The request body's `model` string. It is stored with the exchange, so it is held to the
+/// bound of a stored memory's model here, before the provider is called.
 pub(crate) fn model_field(body: &Map<String, Value>) -> Result<String, ApiError> {
     match body.get("model") {
-        Some(Value::String(model)) => Ok(model.clone()),
+        Some(Value::String(model)) => {
+            check_model(model).map_err(|_| {
+                ProxyError::invalid_param(
+                    format!("model is longer than {MODEL_CHARS_MAX} characters"),
+                    "model",
+                )
+            })?;
+            Ok(model.clone())
+        }
         Some(_) => Err(ProxyError::invalid_param("model must be a string", "model").into()),
         None => {
             Err(ProxyError::invalid_param("model is required (\"provider/model\")", "model").into())

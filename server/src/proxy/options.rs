@@ -130,16 +130,17 @@ pub(crate) fn resolve(
             ));
         }
     };
-    // The same bound as the memory API: the session id is stored with every memory.
-    if session_id.len() > crate::request::SESSION_ID_BYTES_MAX {
-        return Err(ProxyError::invalid_param(
+    // The bound every stored memory is held to, checked before the provider is called: the
+    // exchange is stored with this session once the answer is complete.
+    crate::request::check_session_id(&session_id).map_err(|_| {
+        ProxyError::invalid_param(
             format!(
                 "session_id is longer than {} bytes",
                 crate::request::SESSION_ID_BYTES_MAX
             ),
             "session_id",
-        ));
-    }
+        )
+    })?;
     let scope = match &body_scope {
         Some(Value::String(s)) => Some(s.as_str()),
         _ => h(&["x-memory-scope"]),
