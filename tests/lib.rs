@@ -25,7 +25,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use server::config::Config;
+use server::Config;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -121,7 +121,7 @@ pub struct TestServer {
     /// Kept alive for as long as any server uses it; restarts reuse it.
     pub data: Arc<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<Result<(), server::error::Error>>>,
+    handle: Option<JoinHandle<Result<(), server::Error>>>,
 }
 
 impl TestServer {

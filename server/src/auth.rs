@@ -23,7 +23,7 @@ use crate::secret;
 /// Who is calling. The vault of a request is `key_id` (or, for an admin acting with
 /// `?key_id=`, that key's id; see [`AuthContext::target_vault`]).
 #[derive(Clone)]
-pub struct AuthContext {
+pub(crate) struct AuthContext {
     pub key_id: String,
     pub account_id: String,
     pub is_admin: bool,
@@ -78,7 +78,7 @@ fn split_suffix(presented: &str) -> Option<(&str, MemoryMode)> {
 /// What every JSON endpoint starts with: the request's head, its authenticated caller, and
 /// its body read under the configured size limit. Authentication comes first, so a caller
 /// without a valid key never gets a body read (or a 413 instead of the uniform 401).
-pub async fn authenticated_body(
+pub(crate) async fn authenticated_body(
     state: &AppState,
     req: Request<Incoming>,
 ) -> Result<(Parts, AuthContext, Bytes), ApiError> {
@@ -91,7 +91,7 @@ pub async fn authenticated_body(
 impl AuthContext {
     /// The memory mode of this request: the key's suffix, overridden by the `X-Memory-Mode`
     /// header, the `?mode=` parameter or the body's `memory_mode` (see [`MemoryMode::resolve`]).
-    pub fn request_mode(
+    pub(crate) fn request_mode(
         &self,
         parts: &Parts,
         body_mode: Option<&str>,
@@ -107,7 +107,10 @@ impl AuthContext {
 }
 
 /// Authenticates a request, applies the per-key rate limit and records the key's use.
-pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AuthContext, ApiError> {
+pub(crate) async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<AuthContext, ApiError> {
     let (presented, provider_key) = match header(headers, "x-memory-key") {
         Some(memory_key) => (Some(memory_key), bearer(headers).map(str::to_owned)),
         None => (
@@ -143,7 +146,11 @@ impl AuthContext {
     /// The vault a memory request acts on: the caller's own, or with `?key_id=` from an
     /// admin key, that key's vault (same account only; anything else is 404 so the answer
     /// does not reveal keys of other accounts).
-    pub fn target_vault(&self, state: &AppState, key_id: Option<&str>) -> Result<String, ApiError> {
+    pub(crate) fn target_vault(
+        &self,
+        state: &AppState,
+        key_id: Option<&str>,
+    ) -> Result<String, ApiError> {
         let Some(key_id) = key_id.filter(|k| !k.is_empty() && *k != self.key_id) else {
             return Ok(self.key_id.clone());
         };
@@ -158,7 +165,7 @@ impl AuthContext {
         }
     }
 
-    pub fn require_admin(&self) -> Result<(), ApiError> {
+    pub(crate) fn require_admin(&self) -> Result<(), ApiError> {
         if self.is_admin {
             Ok(())
         } else {

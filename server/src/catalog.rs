@@ -20,24 +20,24 @@ use crate::error::Error;
 use crate::secret::{self, Cipher, KeyHash};
 
 /// WAL record kinds. Values are on disk: never renumber, only add.
-pub mod kind {
-    pub const ACCOUNT_CREATED: u8 = 1;
-    pub const KEY_CREATED: u8 = 2;
-    pub const KEY_REVOKED: u8 = 3;
-    pub const PROVIDER_KEY_SET: u8 = 4;
-    pub const PROVIDER_KEY_DELETED: u8 = 5;
-    pub const KEYS_USED: u8 = 6;
+pub(crate) mod kind {
+    pub(crate) const ACCOUNT_CREATED: u8 = 1;
+    pub(crate) const KEY_CREATED: u8 = 2;
+    pub(crate) const KEY_REVOKED: u8 = 3;
+    pub(crate) const PROVIDER_KEY_SET: u8 = 4;
+    pub(crate) const PROVIDER_KEY_DELETED: u8 = 5;
+    pub(crate) const KEYS_USED: u8 = 6;
 }
 
 /// Longest key name accepted.
-pub const KEY_NAME_CHARS_MAX: usize = 256;
+pub(crate) const KEY_NAME_CHARS_MAX: usize = 256;
 /// Longest provider name (`[a-z0-9_-]`).
-pub const PROVIDER_NAME_CHARS_MAX: usize = 64;
+pub(crate) const PROVIDER_NAME_CHARS_MAX: usize = 64;
 /// Longest stored provider API key or base URL.
-pub const PROVIDER_VALUE_CHARS_MAX: usize = 4096;
+pub(crate) const PROVIDER_VALUE_CHARS_MAX: usize = 4096;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Account {
+pub(crate) struct Account {
     pub id: String,
     pub created_at_ms: i64,
 }
@@ -91,7 +91,7 @@ struct KeysUsed {
 
 /// A decrypted provider key, for the proxy.
 #[derive(Clone)]
-pub struct ProviderKey {
+pub(crate) struct ProviderKey {
     pub api_key: String,
     pub base_url: Option<String>,
 }
@@ -107,7 +107,7 @@ impl std::fmt::Debug for ProviderKey {
 
 /// A provider key as listed: masked.
 #[derive(Clone, Debug, Serialize)]
-pub struct ProviderKeyInfo {
+pub(crate) struct ProviderKeyInfo {
     pub provider: String,
     pub hint: String,
     pub base_url: Option<String>,
@@ -195,7 +195,7 @@ pub struct Catalog {
 
 impl Catalog {
     /// Opens (or creates) the catalog in `dir` and replays it.
-    pub fn open(
+    pub(crate) fn open(
         dir: &Path,
         durability: wal::Durability,
         secret: &[u8; secret::SECRET_KEY_BYTES],
@@ -236,11 +236,11 @@ impl Catalog {
         self.state.write().apply(kind, &payload, lsn)
     }
 
-    pub fn accounts(&self) -> Vec<Account> {
+    pub(crate) fn accounts(&self) -> Vec<Account> {
         self.state.read().accounts.values().cloned().collect()
     }
 
-    pub fn create_account(&self, now_ms: i64) -> Result<Account, Error> {
+    pub(crate) fn create_account(&self, now_ms: i64) -> Result<Account, Error> {
         let account = Account {
             id: secret::random_id("acct_", secret::KEY_ID_DIGITS)?,
             created_at_ms: now_ms,
@@ -250,7 +250,7 @@ impl Catalog {
     }
 
     /// Mints a key; returns its record and the plaintext, which exists nowhere else.
-    pub fn create_key(
+    pub(crate) fn create_key(
         &self,
         account_id: &str,
         name: Option<String>,
@@ -264,7 +264,7 @@ impl Catalog {
 
     /// Registers an already minted key (bootstrap saves the admin key to its file before
     /// the catalog knows it, so a crash in between cannot leave a key nobody has).
-    pub fn register_key(
+    pub(crate) fn register_key(
         &self,
         plaintext: &str,
         account_id: &str,
@@ -289,7 +289,7 @@ impl Catalog {
 
     /// The active key whose text is `key` (no suffix), if any. The hash map finds the
     /// candidate; the stored hash is then compared in constant time.
-    pub fn lookup(&self, key: &str) -> Option<KeyRecord> {
+    pub(crate) fn lookup(&self, key: &str) -> Option<KeyRecord> {
         let hash = secret::hash_key(key);
         let state = self.state.read();
         let id = state.by_hash.get(&hash)?;
@@ -308,7 +308,7 @@ impl Catalog {
     }
 
     /// Every key of the account, oldest first, with in-memory `last_used_at` merged in.
-    pub fn keys(&self, account_id: &str) -> Vec<KeyRecord> {
+    pub(crate) fn keys(&self, account_id: &str) -> Vec<KeyRecord> {
         let used = self.used.lock().clone();
         let mut keys: Vec<KeyRecord> = self
             .state
@@ -333,7 +333,7 @@ impl Catalog {
     }
 
     /// Revokes a key; `Ok(false)` if it was already revoked.
-    pub fn revoke_key(&self, id: &str, now_ms: i64) -> Result<bool, Error> {
+    pub(crate) fn revoke_key(&self, id: &str, now_ms: i64) -> Result<bool, Error> {
         match self.state.read().keys.get(id) {
             None => return Err(Error::KeyNotFound { id: id.to_owned() }),
             Some(key) if key.revoked_at_ms.is_some() => return Ok(false),
@@ -350,7 +350,7 @@ impl Catalog {
     }
 
     /// Records that a key was used; persisted later in one batch.
-    pub fn touch(&self, id: &str, now_ms: i64) {
+    pub(crate) fn touch(&self, id: &str, now_ms: i64) {
         let mut used = self.used.lock();
         match used.get_mut(id) {
             Some(at) => *at = (*at).max(now_ms),
@@ -361,7 +361,7 @@ impl Catalog {
     }
 
     /// Writes pending `last_used_at` times as one record.
-    pub fn flush_last_used(&self) -> Result<(), Error> {
+    pub(crate) fn flush_last_used(&self) -> Result<(), Error> {
         let pending: Vec<(String, i64)> =
             std::mem::take(&mut *self.used.lock()).into_iter().collect();
         if pending.is_empty() {
@@ -370,7 +370,7 @@ impl Catalog {
         self.commit(kind::KEYS_USED, &KeysUsed { uses: pending })
     }
 
-    pub fn set_provider_key(
+    pub(crate) fn set_provider_key(
         &self,
         account_id: &str,
         provider: &str,
@@ -393,7 +393,7 @@ impl Catalog {
     }
 
     /// The decrypted provider key stored for `provider`, if any.
-    pub fn provider_key(
+    pub(crate) fn provider_key(
         &self,
         account_id: &str,
         provider: &str,
@@ -417,7 +417,7 @@ impl Catalog {
         }))
     }
 
-    pub fn provider_keys(&self, account_id: &str) -> Vec<ProviderKeyInfo> {
+    pub(crate) fn provider_keys(&self, account_id: &str) -> Vec<ProviderKeyInfo> {
         self.state
             .read()
             .provider_keys
@@ -427,7 +427,11 @@ impl Catalog {
             .collect()
     }
 
-    pub fn delete_provider_key(&self, account_id: &str, provider: &str) -> Result<bool, Error> {
+    pub(crate) fn delete_provider_key(
+        &self,
+        account_id: &str,
+        provider: &str,
+    ) -> Result<bool, Error> {
         if !self
             .state
             .read()
@@ -445,7 +449,7 @@ impl Catalog {
     }
 
     /// Flushes `last_used_at` and syncs the WAL (shutdown, buffered durability).
-    pub fn sync(&self) -> Result<(), Error> {
+    pub(crate) fn sync(&self) -> Result<(), Error> {
         self.flush_last_used()?;
         self.wal.sync()?;
         Ok(())
@@ -462,7 +466,7 @@ fn info(stored: &StoredProviderKey) -> ProviderKeyInfo {
 }
 
 /// True for provider names the store accepts: `[a-z0-9_-]{1,64}`.
-pub fn valid_provider_name(name: &str) -> bool {
+pub(crate) fn valid_provider_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= PROVIDER_NAME_CHARS_MAX
         && name

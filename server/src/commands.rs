@@ -17,7 +17,7 @@ use crate::time::{format_ms, now_ms};
 /// The key is written to `DATA_DIR/admin.key` (0600) *before* the catalog records it, so
 /// a crash in between cannot leave an admin key whose text nobody has. Returns the key
 /// when one was minted; a restart finds the key and never rotates it.
-pub fn bootstrap(catalog: &Catalog, data_dir: &Path) -> Result<Option<String>, Error> {
+pub(crate) fn bootstrap(catalog: &Catalog, data_dir: &Path) -> Result<Option<String>, Error> {
     let account = match catalog.accounts().into_iter().next() {
         Some(account) => account,
         None => catalog.create_account(now_ms())?,
@@ -32,7 +32,7 @@ pub fn bootstrap(catalog: &Catalog, data_dir: &Path) -> Result<Option<String>, E
 }
 
 /// The first-start message: the key once, where it is saved, and how to use it.
-pub fn admin_key_banner(key: &str, data_dir: &Path, address: &str) -> String {
+pub(crate) fn admin_key_banner(key: &str, data_dir: &Path, address: &str) -> String {
     let file = data_dir.join(datadir::ADMIN_KEY_FILE);
     format!(
         "\nCreated the account's admin key (shown once; saved to {file} with mode 0600):\n\n    {key}\n\n\
@@ -203,9 +203,9 @@ pub fn export(flags: &Flags, key_id: &str, out: Option<&Path>) -> Result<(), Err
         source,
     };
     let mut count = 0usize;
-    crate::transfer::for_each_memory(&vault, |memory| {
+    crate::api::transfer::for_each_memory(&vault, |memory| {
         count += 1;
-        writeln!(sink, "{}", crate::transfer::export_line(memory)).map_err(io)
+        writeln!(sink, "{}", crate::api::transfer::export_line(memory)).map_err(io)
     })?;
     sink.flush().map_err(io)?;
     eprintln!("exported {count} memories from {key_id}");
@@ -236,12 +236,14 @@ pub fn import(flags: &Flags, key_id: &str, file: &Path) -> Result<(), Error> {
             continue;
         }
         let memory =
-            crate::transfer::import_line(&line, now_ms()).map_err(|reason| Error::ImportLine {
-                line: index + 1,
-                reason,
+            crate::api::transfer::import_line(&line, now_ms(), "", None).map_err(|reason| {
+                Error::ImportLine {
+                    line: index + 1,
+                    reason,
+                }
             })?;
         batch.push(memory);
-        if batch.len() >= crate::transfer::IMPORT_BATCH_MAX {
+        if batch.len() >= crate::api::transfer::IMPORT_BATCH_MAX {
             let outcome = vault.ingest(std::mem::take(&mut batch))?;
             stored += outcome.stored.len();
             skipped += outcome.skipped;

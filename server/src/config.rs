@@ -45,32 +45,33 @@ use serde::Deserialize;
 use crate::error::Error;
 
 /// Default listen address: loopback only, so a fresh install is not exposed by accident.
-pub const LISTEN_DEFAULT: &str = "127.0.0.1:8787";
-pub const DATA_DIR_DEFAULT: &str = "./memoryrouter-data";
-pub const BODY_BYTES_MAX_DEFAULT: usize = 8 * 1024 * 1024;
+pub(crate) const LISTEN_DEFAULT: &str = "127.0.0.1:8787";
+pub(crate) const DATA_DIR_DEFAULT: &str = "./memoryrouter-data";
+pub(crate) const BODY_BYTES_MAX_DEFAULT: usize = 8 * 1024 * 1024;
 /// Smallest body limit accepted: below this even a one-message ingest cannot fit.
-pub const BODY_BYTES_MAX_FLOOR: usize = 1024;
+pub(crate) const BODY_BYTES_MAX_FLOOR: usize = 1024;
 /// Largest body limit accepted; bodies are buffered in memory.
-pub const BODY_BYTES_MAX_CEILING: usize = 1024 * 1024 * 1024;
-pub const MESSAGES_PER_REQUEST_MAX_DEFAULT: usize = 1000;
-pub const MESSAGE_CHARS_MAX_DEFAULT: usize = 200_000;
-pub const REQUESTS_PER_MINUTE_DEFAULT: u32 = 1200;
-pub const OPEN_VAULTS_MAX_DEFAULT: usize = 1024;
+pub(crate) const BODY_BYTES_MAX_CEILING: usize = 1024 * 1024 * 1024;
+pub(crate) const MESSAGES_PER_REQUEST_MAX_DEFAULT: usize = 1000;
+pub(crate) const MESSAGE_CHARS_MAX_DEFAULT: usize = 200_000;
+pub(crate) const REQUESTS_PER_MINUTE_DEFAULT: u32 = 1200;
+pub(crate) const OPEN_VAULTS_MAX_DEFAULT: usize = 1024;
 /// The engine's default bound on the open vaults' heap estimate, in MiB (see
 /// `engine::OPEN_VAULTS_MEMORY_BYTES_MAX_DEFAULT` for why 1 GiB).
-pub const OPEN_VAULTS_MEMORY_MB_DEFAULT: u64 = engine::OPEN_VAULTS_MEMORY_BYTES_MAX_DEFAULT >> 20;
+pub(crate) const OPEN_VAULTS_MEMORY_MB_DEFAULT: u64 =
+    engine::OPEN_VAULTS_MEMORY_BYTES_MAX_DEFAULT >> 20;
 /// Largest accepted memory bound, in MiB (1 PiB): keeps the conversion to bytes exact.
-pub const OPEN_VAULTS_MEMORY_MB_CEILING: u64 = 1 << 30;
-pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
+pub(crate) const OPEN_VAULTS_MEMORY_MB_CEILING: u64 = 1 << 30;
+pub(crate) const CONNECTIONS_MAX_DEFAULT: usize = 1024;
 /// Cosine similarity (of the configured embedder) at which a memory that shares no word
 /// with the query still counts as relevant for prepare. 0.3 sits above the built-in
 /// embedder's noise between unrelated sentences (measured up to ~0.18) and below its score
 /// for paraphrases that share word pieces; see `prepare.rs`.
-pub const SIMILARITY_MIN_DEFAULT: f32 = 0.3;
+pub(crate) const SIMILARITY_MIN_DEFAULT: f32 = 0.3;
 /// Default `similarity_min` with a local semantic model: measured with all-MiniLM-L6-v2 on
 /// LoCoMo (`docs/benchmarks.md`), 0.3 admits 4.6 % of unrelated turns, 0.4 admits 0.32 %
 /// while keeping 71 % of the evidence by cosine alone.
-pub const SIMILARITY_MIN_LOCAL_MODEL_DEFAULT: f32 = 0.4;
+pub(crate) const SIMILARITY_MIN_LOCAL_MODEL_DEFAULT: f32 = 0.4;
 
 /// Whether an acknowledged write has been fsynced (`fsync`, the default) or only written
 /// to the OS (`buffered`: faster, loses the last moments of writes on power loss).

@@ -19,7 +19,7 @@ use crate::http::{Body, full, text_response};
 
 /// The policy the dashboard is written for: everything from this origin only, images also
 /// as `data:` URLs, and nothing inline. Anything that needs more is a bug in the dashboard.
-pub const CONTENT_SECURITY_POLICY_VALUE: &str = "default-src 'self'; script-src 'self'; \
+pub(crate) const CONTENT_SECURITY_POLICY_VALUE: &str = "default-src 'self'; script-src 'self'; \
      style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; \
      base-uri 'none'; form-action 'none'";
 
@@ -81,19 +81,14 @@ fn find(path: &str) -> Option<&'static Asset> {
 }
 
 /// The content type and bytes served at `path` (`/`, `/index.html` or `/assets/<name>`).
-pub fn asset(path: &str) -> Option<(&'static str, &'static [u8])> {
+#[cfg(test)]
+fn asset(path: &str) -> Option<(&'static str, &'static [u8])> {
     find(path).map(|asset| (asset.content_type, asset.bytes))
-}
-
-/// Whether `path` belongs to the dashboard (the router sends these here, even unknown
-/// `/assets/` names, so they get a plain 404 under the same headers).
-pub fn is_dashboard_path(path: &str) -> bool {
-    path == "/" || path == "/index.html" || path.starts_with("/assets/")
 }
 
 /// The response for a `GET` of `path`: the asset with its security and cache headers, a
 /// `304` when the browser's `If-None-Match` already names this version, or a `404`.
-pub fn response(path: &str, request_headers: &HeaderMap) -> Response<Body> {
+pub(crate) fn response(path: &str, request_headers: &HeaderMap) -> Response<Body> {
     let Some(asset) = find(path) else {
         let mut response = text_response(
             StatusCode::NOT_FOUND,

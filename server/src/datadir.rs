@@ -12,13 +12,13 @@ use std::path::{Path, PathBuf};
 use crate::error::Error;
 use crate::secret;
 
-pub const CATALOG_DIR: &str = "catalog";
-pub const VAULTS_DIR: &str = "vaults";
-pub const ADMIN_KEY_FILE: &str = "admin.key";
-pub const SECRET_KEY_FILE: &str = "secret.key";
-pub const LOCK_FILE: &str = "LOCK";
+pub(crate) const CATALOG_DIR: &str = "catalog";
+pub(crate) const VAULTS_DIR: &str = "vaults";
+pub(crate) const ADMIN_KEY_FILE: &str = "admin.key";
+pub(crate) const SECRET_KEY_FILE: &str = "secret.key";
+pub(crate) const LOCK_FILE: &str = "LOCK";
 /// Owner read/write only.
-pub const SECRET_FILE_MODE: u32 = 0o600;
+pub(crate) const SECRET_FILE_MODE: u32 = 0o600;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
@@ -28,18 +28,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 /// Creates the data directory (owner-only) if needed.
-pub fn ensure(dir: &Path) -> Result<(), Error> {
+pub(crate) fn ensure(dir: &Path) -> Result<(), Error> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     Ok(())
 }
 
 /// An exclusive lock on `DATA_DIR/LOCK`, held for the process's life: two processes
 /// appending to the same WALs would corrupt them, so the second one is refused.
-pub struct DirLock {
+pub(crate) struct DirLock {
     _file: File,
 }
 
-pub fn lock(dir: &Path) -> Result<DirLock, Error> {
+pub(crate) fn lock(dir: &Path) -> Result<DirLock, Error> {
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .create(true)
@@ -60,7 +60,7 @@ pub fn lock(dir: &Path) -> Result<DirLock, Error> {
 }
 
 /// Writes `contents` to `path` atomically with mode 0600.
-pub fn write_secret_file(path: &Path, contents: &str) -> Result<(), Error> {
+pub(crate) fn write_secret_file(path: &Path, contents: &str) -> Result<(), Error> {
     let tmp: PathBuf = path.with_extension("tmp");
     {
         let mut file = OpenOptions::new()
@@ -84,7 +84,7 @@ pub fn write_secret_file(path: &Path, contents: &str) -> Result<(), Error> {
 
 /// The provider-key secret: from `MEMORYROUTER_SECRET_KEY` if given, else
 /// `DATA_DIR/secret.key`, created with 32 random bytes on first start.
-pub fn load_or_create_secret(
+pub(crate) fn load_or_create_secret(
     dir: &Path,
     env_hex: Option<&str>,
 ) -> Result<[u8; secret::SECRET_KEY_BYTES], Error> {

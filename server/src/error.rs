@@ -50,7 +50,7 @@ pub enum Error {
 /// An error answered to an HTTP client as
 /// `{"error":{"message","type","param","code"}}` with `status`.
 #[derive(Debug, Clone)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub kind: &'static str,
@@ -61,7 +61,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(
+    pub(crate) fn new(
         status: StatusCode,
         kind: &'static str,
         code: &'static str,
@@ -78,12 +78,12 @@ impl ApiError {
     }
 
     /// Names the request field the error is about (`messages[2].role`).
-    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+    pub(crate) fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
         self
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
@@ -92,7 +92,7 @@ impl ApiError {
         )
     }
 
-    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request_error",
@@ -103,7 +103,7 @@ impl ApiError {
 
     /// The one answer for a missing, malformed, unknown or revoked key: it never says which,
     /// so a caller cannot probe whether another key exists.
-    pub fn invalid_key() -> Self {
+    pub(crate) fn invalid_key() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
@@ -112,7 +112,7 @@ impl ApiError {
         )
     }
 
-    pub fn forbidden(message: impl Into<String>) -> Self {
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
             "permission_error",
@@ -121,7 +121,7 @@ impl ApiError {
         )
     }
 
-    pub fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -130,7 +130,7 @@ impl ApiError {
         )
     }
 
-    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+    pub(crate) fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "invalid_request_error",
@@ -139,7 +139,7 @@ impl ApiError {
         )
     }
 
-    pub fn too_large(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn too_large(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
@@ -148,7 +148,7 @@ impl ApiError {
         )
     }
 
-    pub fn rate_limited(retry_after_secs: u64) -> Self {
+    pub(crate) fn rate_limited(retry_after_secs: u64) -> Self {
         let mut error = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
@@ -159,7 +159,7 @@ impl ApiError {
         error
     }
 
-    pub fn unavailable(message: impl Into<String>) -> Self {
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
         let mut error = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
@@ -171,7 +171,7 @@ impl ApiError {
     }
 
     /// Last resort for a panicked handler; the plan is that this never happens.
-    pub fn internal() -> Self {
+    pub(crate) fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
@@ -181,7 +181,7 @@ impl ApiError {
     }
 
     /// The JSON body.
-    pub fn body(&self) -> serde_json::Value {
+    pub(crate) fn body(&self) -> serde_json::Value {
         json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
     }
 }

@@ -15,21 +15,21 @@ use serde::Serialize;
 use crate::error::ApiError;
 
 /// Error type of streamed response bodies (proxy SSE relays can fail mid-stream).
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// Every response body: a full buffer or a stream, boxed.
-pub type Body = BoxBody<Bytes, BodyError>;
+pub(crate) type Body = BoxBody<Bytes, BodyError>;
 
 /// How long a client may take to send its body once the headers are in. A slow or stalled
 /// upload is cut off instead of holding a connection slot forever.
-pub const BODY_READ_TIMEOUT_SECS: u64 = 30;
+pub(crate) const BODY_READ_TIMEOUT_SECS: u64 = 30;
 
-pub fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed()
 }
 
-pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     match serde_json::to_vec(value) {
         Ok(bytes) => with_type(status, bytes, "application/json"),
         Err(error) => {
@@ -39,7 +39,7 @@ pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Bo
     }
 }
 
-pub fn text_response(
+pub(crate) fn text_response(
     status: StatusCode,
     text: impl Into<Bytes>,
     content_type: &'static str,
@@ -60,7 +60,7 @@ fn with_type(
     response
 }
 
-pub fn error_response(error: &ApiError) -> Response<Body> {
+pub(crate) fn error_response(error: &ApiError) -> Response<Body> {
     let body = error.body().to_string();
     let mut response = with_type(error.status, body, "application/json");
     if let Some(secs) = error.retry_after_secs {
@@ -73,7 +73,7 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
 
 /// Reads the whole body, refusing more than `limit` bytes with 413 (checked against
 /// `Content-Length` first, then while streaming for chunked bodies).
-pub async fn read_body(
+pub(crate) async fn read_body(
     body: Incoming,
     headers: &HeaderMap,
     limit: usize,
@@ -111,7 +111,7 @@ fn too_large(limit: usize) -> ApiError {
 
 /// Parses a JSON request body. Invalid UTF-8, syntax errors, nesting beyond serde_json's
 /// recursion limit (128) and wrong types all become 400 with serde's position-bearing message.
-pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(
             "invalid_json",
@@ -124,7 +124,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
 }
 
 /// Query-string parameters (percent-decoded; later duplicates win).
-pub fn query_params(query: Option<&str>) -> HashMap<String, String> {
+pub(crate) fn query_params(query: Option<&str>) -> HashMap<String, String> {
     let mut params = HashMap::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -135,7 +135,7 @@ pub fn query_params(query: Option<&str>) -> HashMap<String, String> {
 
 /// Decodes `%XX` escapes and `+` as space; malformed escapes are kept literally and
 /// invalid UTF-8 is replaced, so a hostile query string can never fail a request here.
-pub fn percent_decode(text: &str) -> String {
+pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -163,7 +163,7 @@ pub fn percent_decode(text: &str) -> String {
 
 /// Runs blocking engine or catalog work (fsync, file reads) on the blocking pool so it
 /// never stalls the async workers that accept and parse requests.
-pub async fn blocking<T, F>(work: F) -> Result<T, ApiError>
+pub(crate) async fn blocking<T, F>(work: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, ApiError> + Send + 'static,
@@ -178,7 +178,7 @@ where
 }
 
 /// A header's value as text, if present and visible ASCII.
-pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())

@@ -3,76 +3,102 @@
 //! A self-hosted memory server for AI apps: Memory Keys pick a vault, `prepare` retrieves a
 //! budgeted context from it, `ingest` stores a conversation durably, and the memory API
 //! lists, searches, exports and deletes. It is HTTP plumbing over the [`engine`] crate and
-//! holds no storage logic of its own, except the key [`catalog`] (its own WAL).
+//! holds no storage logic of its own, except the key catalog (its own WAL).
 //!
-//! Modules: [`config`] (layered, validated settings), [`cli`] and [`commands`] (the CLI),
-//! [`router`] (one match on method and path), [`auth`] and [`secret`] (keys, hashing,
-//! provider-key encryption), [`catalog`], [`request`] (message and option parsing),
-//! [`prepare`], [`ingest`], [`memories`], [`transfer`], [`keys`], [`provider_keys`], [`admin`], [`ops`]
-//! (health, readiness, metrics), [`metrics`], [`ratelimit`], [`http`], [`error`].
+//! Public surface: what the binary needs ([`Cli`] and the commands, [`Config`], [`run`],
+//! [`Error`]) and the provider types a [`Config`] holds ([`ProviderConfig`],
+//! [`ProviderKind`]). The tests and benches also use a few hidden items (the app state,
+//! `serve` and the proxy outbox). Every module is private:
+//!
+//! - infrastructure, at the top level: `serve` (accept loop, graceful shutdown), `router`
+//!   (one match on method and path), `http` (bodies, JSON, responses), `auth` and `secret`
+//!   (keys, hashing, provider-key encryption), `ratelimit`, `catalog` (accounts and keys),
+//!   `datadir` (layout, lock, secret file), `config` (layered, validated settings), `error`,
+//!   `metrics`, `time`, `request` (message, session and option parsing, shared by the API
+//!   and the proxy, and `to_new_memory`, the one place a stored memory is built and
+//!   bounded), `cli` and `commands` (the command line), `dashboard` (the embedded web UI);
+//! - `api`: the HTTP handlers of the memory API, one module per resource (`prepare`,
+//!   `ingest`, `memories`, `transfer`, `keys`, `provider_keys`, `admin`, `ops`);
+//! - `proxy`: the OpenAI- and Anthropic-compatible proxy endpoints.
 //!
 //! Limits: every body, message count, message length and per-key request rate is bounded
-//! by [`config::Limits`]; every error is an OpenAI-shaped body with a 4xx or 503 status.
+//! by the `[limits]` of the [`Config`]; every error is an OpenAI-shaped body with a 4xx or
+//! 503 status.
 //!
 //! ```no_run
-//! # async fn example() -> Result<(), server::error::Error> {
-//! let config = server::config::Config::default();
+//! # async fn example() -> Result<(), server::Error> {
+//! let config = server::Config::default();
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|source| {
-//!     server::error::Error::Io { path: "127.0.0.1:0".into(), source }
+//!     server::Error::Io { path: "127.0.0.1:0".into(), source }
 //! })?;
 //! server::run(listener, config, async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![warn(unreachable_pub)]
 
-pub mod admin;
-pub mod auth;
-pub mod catalog;
-pub mod cli;
-pub mod commands;
-pub mod config;
-pub mod dashboard;
-pub mod datadir;
-pub mod error;
-pub mod http;
-pub mod ingest;
-pub mod keys;
-pub mod memories;
-pub mod metrics;
-pub mod ops;
-pub mod prepare;
-pub mod provider_keys;
-pub mod proxy;
-pub mod ratelimit;
-pub mod request;
-pub mod router;
-pub mod secret;
-pub mod serve;
-pub mod time;
-pub mod transfer;
+mod api;
+mod auth;
+mod catalog;
+mod cli;
+mod commands;
+mod config;
+mod dashboard;
+mod datadir;
+mod error;
+mod http;
+mod metrics;
+mod proxy;
+mod ratelimit;
+mod request;
+mod router;
+mod secret;
+mod serve;
+mod time;
 
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+// What the binary (`main.rs`) needs to parse the command line and serve; the provider
+// types are those of `Config::providers`, which the tests and benches fill in.
+pub use cli::{Cli, Command, KeysCommand};
+pub use commands::{export, import, keys_create, keys_list, keys_revoke, verify};
+pub use config::{Config, Flags};
+pub use error::Error;
+pub use proxy::providers::{ProviderConfig, ProviderKind};
 pub use serve::run;
 
-/// Everything a request handler needs, shared behind an `Arc`.
+// For the tests and benches only: serving an already opened state, and the proxy outbox
+// (tests write to it what a crash would leave behind).
+#[doc(hidden)]
+pub use proxy::outbox::{Outbox, PendingExchange};
+#[doc(hidden)]
+pub use proxy::state::OUTBOX_DIR;
+#[doc(hidden)]
+pub use serve::serve;
+
+/// Everything a request handler needs, shared behind an `Arc`. Public for the tests and
+/// benches, which open one ([`AppState::open`]) and serve it ([`serve`]).
+#[doc(hidden)]
 pub struct AppState {
-    pub config: config::Config,
+    pub(crate) config: config::Config,
+    /// Public for the tests, which look up a key's account.
     pub catalog: catalog::Catalog,
-    pub engine: engine::Engine,
-    pub metrics: metrics::Metrics,
-    pub limiter: ratelimit::RateLimiter,
-    /// Providers, the upstream client and the outbox of exchanges awaiting ingest.
+    pub(crate) engine: engine::Engine,
+    pub(crate) metrics: metrics::Metrics,
+    pub(crate) limiter: ratelimit::RateLimiter,
+    /// Providers, the upstream client and the outbox of exchanges awaiting ingest. Public
+    /// for the tests and benches, which wait for it to settle and read the outbox.
     pub proxy: proxy::ProxyState,
-    pub started: Instant,
+    pub(crate) started: Instant,
     /// Set when shutdown begins: `/readyz` turns 503 so load balancers stop sending.
-    pub shutting_down: AtomicBool,
+    pub(crate) shutting_down: AtomicBool,
     /// Held for the process's life so no second process opens the same data directory.
     _lock: datadir::DirLock,
 }
 
 /// What opening the data directory found.
+#[doc(hidden)]
 pub struct Opened {
     pub state: AppState,
     /// The admin key minted on first start (shown once), `None` on every later start.

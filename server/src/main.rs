@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use server::cli::{Cli, Command, KeysCommand};
-use server::config::Config;
+use server::Config;
+use server::{Cli, Command, KeysCommand};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -31,14 +31,10 @@ fn main() -> anyhow::Result<()> {
                     admin,
                     location,
                 },
-        } => Ok(server::commands::keys_create(
-            &location.flags(None),
-            name,
-            admin,
-        )?),
+        } => Ok(server::keys_create(&location.flags(None), name, admin)?),
         Command::Keys {
             command: KeysCommand::List { location },
-        } => Ok(server::commands::keys_list(&location.flags(None))?),
+        } => Ok(server::keys_list(&location.flags(None))?),
         Command::Keys {
             command:
                 KeysCommand::Revoke {
@@ -46,17 +42,13 @@ fn main() -> anyhow::Result<()> {
                     purge,
                     location,
                 },
-        } => Ok(server::commands::keys_revoke(
-            &location.flags(None),
-            &id,
-            purge,
-        )?),
-        Command::Verify { dir } => Ok(server::commands::verify(&dir)?),
+        } => Ok(server::keys_revoke(&location.flags(None), &id, purge)?),
+        Command::Verify { dir } => Ok(server::verify(&dir)?),
         Command::Export {
             key_id,
             out,
             location,
-        } => Ok(server::commands::export(
+        } => Ok(server::export(
             &location.flags(None),
             &key_id,
             out.as_deref(),
@@ -65,15 +57,11 @@ fn main() -> anyhow::Result<()> {
             key_id,
             file,
             location,
-        } => Ok(server::commands::import(
-            &location.flags(None),
-            &key_id,
-            &file,
-        )?),
+        } => Ok(server::import(&location.flags(None), &key_id, &file)?),
     }
 }
 
-fn serve(flags: server::config::Flags) -> anyhow::Result<()> {
+fn serve(flags: server::Flags) -> anyhow::Result<()> {
     let env: HashMap<String, String> = std::env::vars().collect();
     let config = Config::load(&flags, &env)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -15,13 +15,13 @@ use parking_lot::RwLock;
 
 /// Upper bounds of the latency buckets, in seconds (Prometheus convention). 100 µs to 10 s
 /// covers a warm prepare (sub-millisecond) through a cold vault open or a slow fsync.
-pub const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
+pub(crate) const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
 ];
 
 /// A latency histogram with fixed buckets; lock-free to record.
 #[derive(Default)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     buckets: [AtomicU64; LATENCY_BUCKETS_SECONDS.len()],
     /// Observations above the last bucket (the `+Inf` bucket minus the others).
     overflow: AtomicU64,
@@ -30,7 +30,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    pub fn observe(&self, elapsed: Duration) {
+    pub(crate) fn observe(&self, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         match LATENCY_BUCKETS_SECONDS
             .iter()
@@ -44,13 +44,13 @@ impl Histogram {
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
     /// The `q` quantile in milliseconds, linearly interpolated inside its bucket. `None`
     /// before the first observation.
-    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+    pub(crate) fn quantile_ms(&self, q: f64) -> Option<f64> {
         let total = self.count();
         if total == 0 {
             return None;
@@ -105,7 +105,7 @@ struct RouteMetrics {
 /// All server metrics. Routes are labelled by their pattern (`GET /v1/memory/{id}`), never
 /// by the raw path, so the label set stays bounded.
 #[derive(Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     routes: RwLock<BTreeMap<&'static str, Arc<RouteMetrics>>>,
     /// Time spent in the engine's search for prepare and search requests.
     pub retrieval: Histogram,
@@ -116,7 +116,7 @@ pub struct Metrics {
 
 /// A route's count and latency quantiles, for `GET /v1/admin/overview`.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct RouteSummary {
+pub(crate) struct RouteSummary {
     pub count: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -130,7 +130,7 @@ impl Metrics {
         self.routes.write().entry(route).or_default().clone()
     }
 
-    pub fn record_request(&self, route: &'static str, status: u16, elapsed: Duration) {
+    pub(crate) fn record_request(&self, route: &'static str, status: u16, elapsed: Duration) {
         let metrics = self.route(route);
         metrics.latency.observe(elapsed);
         let counter = match status {
@@ -141,7 +141,7 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn route_summaries(&self) -> BTreeMap<String, RouteSummary> {
+    pub(crate) fn route_summaries(&self) -> BTreeMap<String, RouteSummary> {
         self.routes
             .read()
             .iter()
@@ -157,7 +157,12 @@ impl Metrics {
     }
 
     /// Prometheus text exposition format 0.0.4.
-    pub fn render(&self, open_vaults: usize, open_vaults_bytes: u64, uptime: Duration) -> String {
+    pub(crate) fn render(
+        &self,
+        open_vaults: usize,
+        open_vaults_bytes: u64,
+        uptime: Duration,
+    ) -> String {
         let mut out = String::with_capacity(8 * 1024);
         out.push_str("# HELP memoryrouter_request_duration_seconds Request latency by route.\n");
         out.push_str("# TYPE memoryrouter_request_duration_seconds histogram\n");

@@ -11,21 +11,21 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 /// Buckets kept before idle ones are swept.
-pub const BUCKETS_MAX: usize = 100_000;
+pub(crate) const BUCKETS_MAX: usize = 100_000;
 
 struct Bucket {
     tokens: f64,
     updated: Instant,
 }
 
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     /// Requests per minute per key; 0 disables limiting.
     per_minute: u32,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
 impl RateLimiter {
-    pub fn new(per_minute: u32) -> Self {
+    pub(crate) fn new(per_minute: u32) -> Self {
         Self {
             per_minute,
             buckets: Mutex::new(HashMap::new()),
@@ -33,7 +33,7 @@ impl RateLimiter {
     }
 
     /// Takes one token for `key_id` at `now`. `Err(seconds)` says how long until one is free.
-    pub fn check(&self, key_id: &str, now: Instant) -> Result<(), u64> {
+    pub(crate) fn check(&self, key_id: &str, now: Instant) -> Result<(), u64> {
         if self.per_minute == 0 {
             return Ok(());
         }

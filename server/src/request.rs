@@ -1,10 +1,19 @@
 //! Request pieces shared by prepare, ingest, search and the proxy: chat messages (string or
-//! content-part content), filters, the session id and the memory-mode spellings.
+//! content-part content), filters, the session id and the memory-mode spellings; and the
+//! one way a message becomes a stored memory ([`to_new_memory`]).
 //!
 //! Every check here answers 400 (wrong shape or type), 413 (over a configured limit) or 422
 //! (well-formed but meaningless value) with `param` naming the field, never a panic.
+//!
+//! **Invariant:** every memory stored — by ingest, by the proxy after an answer, by an
+//! import or upload line, by `memoryrouter import` — is built by [`to_new_memory`], so it
+//! has a non-empty text, a session id of at most [`SESSION_ID_BYTES_MAX`] bytes, a model
+//! of at most [`MODEL_CHARS_MAX`] characters and metadata of at most
+//! [`METADATA_BYTES_MAX`] bytes. The configured `message_chars_max` bounds what clients
+//! send ([`check_text_length`]: messages, import and upload lines), not the proxy's
+//! answers or the CLI's import of an export.
 
-use engine::{Filter, Role};
+use engine::{Filter, Metadata, NewMemory, Role};
 use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
@@ -14,12 +23,155 @@ use crate::error::ApiError;
 use crate::http::header;
 
 /// Longest session id accepted, in bytes.
-pub const SESSION_ID_BYTES_MAX: usize = 256;
+pub(crate) const SESSION_ID_BYTES_MAX: usize = 256;
+/// Longest `model` string stored with a memory, in characters.
+pub(crate) const MODEL_CHARS_MAX: usize = 256;
+/// Largest `metadata` object accepted, serialised, in bytes (it is stored with every
+/// memory of the request).
+pub(crate) const METADATA_BYTES_MAX: usize = 16 * 1024;
+
+/// A value outside the bounds a stored memory is held to. The checks are shared; the
+/// words are each path's own, as they were before the checks were: [`Invalid::api_error`]
+/// for the memory API, `Display` for an import or upload line, and the proxy words its
+/// own (it can only meet the session and model bounds, checked before it calls the
+/// provider).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Invalid {
+    /// The text is empty or white space (the memory API skips such messages instead).
+    EmptyText,
+    /// The text is longer than `max` characters (the configured `message_chars_max`).
+    TextTooLong { max: usize },
+    /// The session id is longer than [`SESSION_ID_BYTES_MAX`] bytes.
+    SessionTooLong,
+    /// The model is longer than [`MODEL_CHARS_MAX`] characters.
+    ModelTooLong,
+    /// The metadata is larger than [`METADATA_BYTES_MAX`] bytes, serialised.
+    MetadataTooLarge,
+}
+
+impl Invalid {
+    /// The memory API's error: 413 with its code (the field's `param` where there is one
+    /// field; a message's caller adds the message's index).
+    pub(crate) fn api_error(self) -> ApiError {
+        match self {
+            Invalid::EmptyText => {
+                ApiError::bad_request("empty_content", "A message to store has no text.")
+            }
+            Invalid::TextTooLong { max } => ApiError::too_large(
+                "message_too_long",
+                format!("A message is longer than the limit of {max} characters."),
+            ),
+            Invalid::SessionTooLong => ApiError::too_large(
+                "session_id_too_long",
+                format!("`session_id` is longer than {SESSION_ID_BYTES_MAX} bytes."),
+            )
+            .with_param("session_id"),
+            Invalid::ModelTooLong => ApiError::too_large(
+                "model_too_long",
+                format!("`model` is longer than {MODEL_CHARS_MAX} characters."),
+            )
+            .with_param("model"),
+            Invalid::MetadataTooLarge => ApiError::too_large(
+                "metadata_too_large",
+                format!("`metadata` is larger than {METADATA_BYTES_MAX} bytes."),
+            )
+            .with_param("metadata"),
+        }
+    }
+}
+
+/// How an import or upload line reports it.
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Invalid::EmptyText => f.write_str("`content` is empty"),
+            Invalid::TextTooLong { max } => {
+                write!(f, "`content` is longer than {max} characters")
+            }
+            Invalid::SessionTooLong => f.write_str("`session_id` must be a short string"),
+            Invalid::ModelTooLong => {
+                write!(f, "`model` is longer than {MODEL_CHARS_MAX} characters")
+            }
+            Invalid::MetadataTooLarge => {
+                write!(f, "`metadata` is larger than {METADATA_BYTES_MAX} bytes")
+            }
+        }
+    }
+}
+
+/// A text a client sent, against the configured `message_chars_max` (`chars_max`).
+pub(crate) fn check_text_length(text: &str, chars_max: usize) -> Result<(), Invalid> {
+    // Bytes bound characters from above: count them only when the byte length is over.
+    if text.len() > chars_max && text.chars().count() > chars_max {
+        return Err(Invalid::TextTooLong { max: chars_max });
+    }
+    Ok(())
+}
+
+/// A session id against [`SESSION_ID_BYTES_MAX`].
+pub(crate) fn check_session_id(session_id: &str) -> Result<(), Invalid> {
+    if session_id.len() > SESSION_ID_BYTES_MAX {
+        return Err(Invalid::SessionTooLong);
+    }
+    Ok(())
+}
+
+/// A model string against [`MODEL_CHARS_MAX`].
+pub(crate) fn check_model(model: &str) -> Result<(), Invalid> {
+    if model.chars().count() > MODEL_CHARS_MAX {
+        return Err(Invalid::ModelTooLong);
+    }
+    Ok(())
+}
+
+/// What the memories of one request share — its session, model and metadata — against
+/// their bounds, in that order. The memory API checks this once before anything is
+/// stored; [`to_new_memory`] checks it again for every memory.
+pub(crate) fn check_memory_fields(
+    session_id: &str,
+    model: Option<&str>,
+    metadata: Option<&Metadata>,
+) -> Result<(), Invalid> {
+    check_session_id(session_id)?;
+    if let Some(model) = model {
+        check_model(model)?;
+    }
+    if let Some(metadata) = metadata
+        && serde_json::to_vec(metadata).map_or(0, |b| b.len()) > METADATA_BYTES_MAX
+    {
+        return Err(Invalid::MetadataTooLarge);
+    }
+    Ok(())
+}
+
+/// The memory to store for one message: the only place a [`NewMemory`] is built. Refuses
+/// an empty text and the fields [`check_memory_fields`] refuses.
+pub(crate) fn to_new_memory(
+    session_id: &str,
+    role: Role,
+    text: String,
+    created_at_ms: i64,
+    model: Option<&str>,
+    metadata: Option<Metadata>,
+) -> Result<NewMemory, Invalid> {
+    if text.trim().is_empty() {
+        return Err(Invalid::EmptyText);
+    }
+    check_memory_fields(session_id, model, metadata.as_ref())?;
+    Ok(NewMemory {
+        session_id: session_id.to_owned(),
+        role,
+        text,
+        created_at_ms,
+        model: model.map(str::to_owned),
+        metadata,
+    })
+}
 
 /// One chat message as the memory paths see it: its role, its text (text parts joined),
 /// and the per-message options clients send.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ChatMessage {
+pub(crate) struct ChatMessage {
     pub role: Role,
     pub text: String,
     /// `created_at` for backfill (RFC 3339 or epoch ms), if the client gave one.
@@ -30,7 +182,7 @@ pub struct ChatMessage {
 
 /// Parses a role, including the spellings OpenAI and Anthropic clients send for the same
 /// thing (`developer` is the new name of `system`, `function` the old name of `tool`).
-pub fn parse_role(text: &str) -> Option<Role> {
+pub(crate) fn parse_role(text: &str) -> Option<Role> {
     match text {
         "developer" => Some(Role::System),
         "function" => Some(Role::Tool),
@@ -39,7 +191,7 @@ pub fn parse_role(text: &str) -> Option<Role> {
 }
 
 /// Parses and validates `messages`. `allow_empty` is false for prepare/ingest.
-pub fn parse_messages(value: &Value, limits: &Limits) -> Result<Vec<ChatMessage>, ApiError> {
+pub(crate) fn parse_messages(value: &Value, limits: &Limits) -> Result<Vec<ChatMessage>, ApiError> {
     let Value::Array(items) = value else {
         return Err(ApiError::bad_request(
             "invalid_type",
@@ -105,16 +257,8 @@ fn parse_message(index: usize, item: &Value, limits: &Limits) -> Result<ChatMess
     };
     let text = content_text(fields.get("content").unwrap_or(&Value::Null))
         .map_err(|e| e.with_param(at(".content")))?;
-    if text.len() > limits.message_chars_max && text.chars().count() > limits.message_chars_max {
-        return Err(ApiError::too_large(
-            "message_too_long",
-            format!(
-                "A message is longer than the limit of {} characters.",
-                limits.message_chars_max
-            ),
-        )
-        .with_param(at(".content")));
-    }
+    check_text_length(&text, limits.message_chars_max)
+        .map_err(|e| e.api_error().with_param(at(".content")))?;
     let created_at_ms = match fields.get("created_at") {
         None | Some(Value::Null) => None,
         Some(value) => Some(crate::time::parse_json_ms(value).ok_or_else(|| {
@@ -145,7 +289,7 @@ fn parse_message(index: usize, item: &Value, limits: &Limits) -> Result<ChatMess
 
 /// The text of a `content`: a string, `null` (assistant tool calls), or an array of content
 /// parts whose text parts are joined by newlines (images, audio and files are skipped).
-pub fn content_text(content: &Value) -> Result<String, ApiError> {
+pub(crate) fn content_text(content: &Value) -> Result<String, ApiError> {
     match content {
         Value::String(text) => Ok(text.clone()),
         Value::Null => Ok(String::new()),
@@ -198,23 +342,17 @@ fn truncate(text: &str, chars: usize) -> String {
 }
 
 /// The session: body `session_id` beats the `X-Session-ID` header; "" = none.
-pub fn session_id(body: Option<&str>, headers: &HeaderMap) -> Result<String, ApiError> {
+pub(crate) fn session_id(body: Option<&str>, headers: &HeaderMap) -> Result<String, ApiError> {
     let session = body
         .or_else(|| header(headers, "x-session-id"))
         .unwrap_or("");
-    if session.len() > SESSION_ID_BYTES_MAX {
-        return Err(ApiError::too_large(
-            "session_id_too_long",
-            format!("`session_id` is longer than {SESSION_ID_BYTES_MAX} bytes."),
-        )
-        .with_param("session_id"));
-    }
+    check_session_id(session).map_err(Invalid::api_error)?;
     Ok(session.to_owned())
 }
 
 /// Memory mode: what a request may do with memory. Only [`MemoryMode::On`] does both.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum MemoryMode {
+pub(crate) enum MemoryMode {
     #[default]
     On,
     /// Retrieve only.
@@ -228,7 +366,7 @@ pub enum MemoryMode {
 impl MemoryMode {
     /// Every spelling clients use: `on`/`default`/`all`, `read`/`selective`, `write`,
     /// `off`/`none` (case-insensitive).
-    pub fn parse(text: &str) -> Option<MemoryMode> {
+    pub(crate) fn parse(text: &str) -> Option<MemoryMode> {
         match text.trim().to_ascii_lowercase().as_str() {
             "on" | "default" | "all" => Some(MemoryMode::On),
             "read" | "selective" => Some(MemoryMode::Read),
@@ -238,16 +376,16 @@ impl MemoryMode {
         }
     }
 
-    pub fn retrieves(self) -> bool {
+    pub(crate) fn retrieves(self) -> bool {
         matches!(self, MemoryMode::On | MemoryMode::Read)
     }
 
-    pub fn stores(self) -> bool {
+    pub(crate) fn stores(self) -> bool {
         matches!(self, MemoryMode::On | MemoryMode::Write)
     }
 
     /// Resolves the mode: body `memory_mode` > `?mode=` > `X-Memory-Mode` > key suffix.
-    pub fn resolve(
+    pub(crate) fn resolve(
         key_suffix: MemoryMode,
         headers: &HeaderMap,
         query_mode: Option<&str>,
@@ -275,7 +413,7 @@ impl MemoryMode {
 
 /// `filters` in prepare/search bodies.
 #[derive(Debug, Default, Deserialize)]
-pub struct FiltersBody {
+pub(crate) struct FiltersBody {
     pub session_id: Option<String>,
     pub role: Option<String>,
     pub roles: Option<Vec<String>>,
@@ -285,7 +423,7 @@ pub struct FiltersBody {
 }
 
 impl FiltersBody {
-    pub fn to_filter(&self) -> Result<Filter, ApiError> {
+    pub(crate) fn to_filter(&self) -> Result<Filter, ApiError> {
         let mut roles = Vec::new();
         for name in self.role.iter().chain(self.roles.iter().flatten()) {
             roles.push(parse_role(name).ok_or_else(|| {
@@ -389,6 +527,58 @@ mod tests {
         assert_eq!(
             status(json!([{"role": "user"}, {"role": "user"}, {"role": "user"}, {"role": "user"}])),
             413
+        );
+    }
+
+    #[test]
+    fn every_memory_is_held_to_the_same_bounds() {
+        let memory =
+            |session: &str, text: &str, model: Option<&str>, metadata: Option<Metadata>| {
+                to_new_memory(session, Role::User, text.into(), 5, model, metadata)
+            };
+        let built = memory("s", "hi", Some("m"), None).unwrap();
+        assert_eq!(
+            (
+                built.session_id.as_str(),
+                built.text.as_str(),
+                built.created_at_ms
+            ),
+            ("s", "hi", 5)
+        );
+        assert_eq!(built.model.as_deref(), Some("m"));
+        assert_eq!(
+            memory("", " \n", None, None).err(),
+            Some(Invalid::EmptyText)
+        );
+        let long_session = "s".repeat(SESSION_ID_BYTES_MAX + 1);
+        assert_eq!(
+            memory(&long_session, "hi", None, None).err(),
+            Some(Invalid::SessionTooLong)
+        );
+        assert!(memory(&long_session[1..], "hi", None, None).is_ok());
+        let long_model = "é".repeat(MODEL_CHARS_MAX + 1);
+        assert_eq!(
+            memory("", "hi", Some(&long_model), None).err(),
+            Some(Invalid::ModelTooLong)
+        );
+        assert!(memory("", "hi", Some(&long_model[2..]), None).is_ok());
+        let mut metadata = Metadata::new();
+        metadata.insert("k".into(), Value::String("x".repeat(METADATA_BYTES_MAX)));
+        assert_eq!(
+            memory("", "hi", None, Some(metadata)).err(),
+            Some(Invalid::MetadataTooLarge)
+        );
+        assert_eq!(check_text_length("ééé", 3), Ok(()));
+        assert_eq!(
+            check_text_length("éééé", 3),
+            Err(Invalid::TextTooLong { max: 3 })
+        );
+        // The memory API's words and an upload line's words for the same check.
+        assert_eq!(Invalid::ModelTooLong.api_error().status.as_u16(), 413);
+        assert_eq!(Invalid::ModelTooLong.api_error().code, "model_too_long");
+        assert_eq!(
+            Invalid::SessionTooLong.to_string(),
+            "`session_id` must be a short string"
         );
     }
 

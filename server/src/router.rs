@@ -8,12 +8,13 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::AppState;
+use crate::api::{admin, ingest, keys, memories, ops, prepare, provider_keys, transfer};
 use crate::error::ApiError;
 use crate::http::{Body, error_response};
-use crate::{admin, ingest, keys, memories, ops, prepare, provider_keys, proxy, transfer};
+use crate::proxy;
 
 /// Handles one request; never fails (errors become OpenAI-shaped responses).
-pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();

@@ -13,25 +13,25 @@ use ring::digest::{SHA256, digest};
 use crate::error::Error;
 
 /// Prefix of every Memory Key.
-pub const KEY_PREFIX: &str = "mk_";
+pub(crate) const KEY_PREFIX: &str = "mk_";
 /// Random bytes behind a Memory Key.
-pub const KEY_RANDOM_BYTES: usize = 32;
+pub(crate) const KEY_RANDOM_BYTES: usize = 32;
 /// Base62 digits needed for 32 bytes: ceil(256 / log2(62)) = 43.
-pub const KEY_DIGITS: usize = 43;
+pub(crate) const KEY_DIGITS: usize = 43;
 /// Base62 characters in a key id after `key_` (16 digits ≈ 95 bits: collisions are moot).
-pub const KEY_ID_DIGITS: usize = 16;
+pub(crate) const KEY_ID_DIGITS: usize = 16;
 /// Characters of the key shown in listings (`mk_` + 4), enough to recognise, useless to guess.
-pub const KEY_HINT_CHARS: usize = 7;
+pub(crate) const KEY_HINT_CHARS: usize = 7;
 /// Bytes of the provider-key encryption secret.
-pub const SECRET_KEY_BYTES: usize = 32;
+pub(crate) const SECRET_KEY_BYTES: usize = 32;
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// SHA-256 of a Memory Key's text.
-pub type KeyHash = [u8; 32];
+pub(crate) type KeyHash = [u8; 32];
 
 /// Fills `buf` from the operating system's generator.
-pub fn random_bytes(buf: &mut [u8]) -> Result<(), Error> {
+pub(crate) fn random_bytes(buf: &mut [u8]) -> Result<(), Error> {
     getrandom::fill(buf).map_err(|_| Error::Random)
 }
 
@@ -57,7 +57,7 @@ fn base62(bytes: &[u8], width: usize) -> String {
 }
 
 /// A fresh Memory Key: `mk_` + 43 base62 digits.
-pub fn mint_key() -> Result<String, Error> {
+pub(crate) fn mint_key() -> Result<String, Error> {
     let mut bytes = [0u8; KEY_RANDOM_BYTES];
     random_bytes(&mut bytes)?;
     Ok(format!("{KEY_PREFIX}{}", base62(&bytes, KEY_DIGITS)))
@@ -65,7 +65,7 @@ pub fn mint_key() -> Result<String, Error> {
 
 /// `prefix` + `digits` uniformly random base62 characters (rejection sampling keeps the
 /// distribution uniform: bytes ≥ 248 are redrawn).
-pub fn random_id(prefix: &str, digits: usize) -> Result<String, Error> {
+pub(crate) fn random_id(prefix: &str, digits: usize) -> Result<String, Error> {
     let mut out = String::with_capacity(prefix.len() + digits);
     out.push_str(prefix);
     let mut pool = [0u8; 64];
@@ -82,20 +82,20 @@ pub fn random_id(prefix: &str, digits: usize) -> Result<String, Error> {
 
 /// True when `text` has the shape of a Memory Key (without suffix). Cheap pre-check so
 /// provider keys and garbage are rejected before hashing.
-pub fn looks_like_key(text: &str) -> bool {
+pub(crate) fn looks_like_key(text: &str) -> bool {
     text.strip_prefix(KEY_PREFIX).is_some_and(|rest| {
         rest.len() == KEY_DIGITS && rest.bytes().all(|b| b.is_ascii_alphanumeric())
     })
 }
 
-pub fn hash_key(key: &str) -> KeyHash {
+pub(crate) fn hash_key(key: &str) -> KeyHash {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, key.as_bytes()).as_ref());
     out
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -104,12 +104,12 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The shown-in-listings prefix of a key.
-pub fn key_hint(key: &str) -> String {
+pub(crate) fn key_hint(key: &str) -> String {
     key.chars().take(KEY_HINT_CHARS).collect()
 }
 
 /// A masked provider key: first 3 and last 4 characters (`sk-…wxyz`), or `…` if too short.
-pub fn mask(api_key: &str) -> String {
+pub(crate) fn mask(api_key: &str) -> String {
     let chars: Vec<char> = api_key.chars().collect();
     if chars.len() < 12 {
         return "…".to_owned();
@@ -119,11 +119,11 @@ pub fn mask(api_key: &str) -> String {
     format!("{head}…{tail}")
 }
 
-pub fn to_hex(bytes: &[u8]) -> String {
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn from_hex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }
@@ -137,12 +137,12 @@ pub fn from_hex(text: &str) -> Option<Vec<u8>> {
 }
 
 /// Seals and opens provider keys.
-pub struct Cipher {
+pub(crate) struct Cipher {
     key: LessSafeKey,
 }
 
 impl Cipher {
-    pub fn new(secret: &[u8; SECRET_KEY_BYTES]) -> Result<Self, Error> {
+    pub(crate) fn new(secret: &[u8; SECRET_KEY_BYTES]) -> Result<Self, Error> {
         let unbound =
             UnboundKey::new(&CHACHA20_POLY1305, secret).map_err(|_| Error::SecretKey {
                 reason: "ChaCha20-Poly1305 rejected the key".into(),
@@ -154,7 +154,7 @@ impl Cipher {
 
     /// Returns hex(nonce ‖ ciphertext ‖ tag). A random 96-bit nonce per message is safe
     /// here: an account stores a handful of provider keys, far from the 2^32 birthday bound.
-    pub fn seal(&self, plaintext: &str, aad: &str) -> Result<String, Error> {
+    pub(crate) fn seal(&self, plaintext: &str, aad: &str) -> Result<String, Error> {
         let mut nonce = [0u8; NONCE_LEN];
         random_bytes(&mut nonce)?;
         let mut in_out = plaintext.as_bytes().to_vec();
@@ -173,7 +173,7 @@ impl Cipher {
     }
 
     /// Opens what [`Cipher::seal`] produced; `None` if the secret or the aad differ.
-    pub fn open(&self, sealed_hex: &str, aad: &str) -> Option<String> {
+    pub(crate) fn open(&self, sealed_hex: &str, aad: &str) -> Option<String> {
         let sealed = from_hex(sealed_hex)?;
         if sealed.len() < NONCE_LEN {
             return None;

@@ -24,13 +24,13 @@ use crate::error::{ApiError, Error};
 use crate::http::error_response;
 
 /// A client gets this long to send its request headers before the connection is closed.
-pub const HEADER_READ_TIMEOUT_SECS: u64 = 10;
+pub(crate) const HEADER_READ_TIMEOUT_SECS: u64 = 10;
 /// At shutdown, in-flight requests get this long to finish.
-pub const DRAIN_TIMEOUT_SECS: u64 = 30;
+pub(crate) const DRAIN_TIMEOUT_SECS: u64 = 30;
 /// How often pending `last_used_at` times are written to the catalog.
-pub const LAST_USED_FLUSH_INTERVAL_SECS: u64 = 60;
+pub(crate) const LAST_USED_FLUSH_INTERVAL_SECS: u64 = 60;
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
-pub const ACCEPT_ERROR_BACKOFF_MS: u64 = 100;
+pub(crate) const ACCEPT_ERROR_BACKOFF_MS: u64 = 100;
 
 /// Opens the data directory described by `config`, then serves `listener` until
 /// `shutdown` completes. Prints the admin key once on first start.

@@ -7,7 +7,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch, now. A clock before 1970 reads as 0.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(elapsed) => i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
         Err(_) => 0,
@@ -16,14 +16,14 @@ pub fn now_ms() -> i64 {
 
 /// Formats epoch milliseconds as RFC 3339 UTC with milliseconds. Times before 1970 are
 /// clamped to the epoch because humantime cannot print them.
-pub fn format_ms(ms: i64) -> String {
+pub(crate) fn format_ms(ms: i64) -> String {
     let clamped = u64::try_from(ms).unwrap_or(0);
     let time = UNIX_EPOCH + Duration::from_millis(clamped);
     humantime::format_rfc3339_millis(time).to_string()
 }
 
 /// Parses an RFC 3339 timestamp (`Z` or `±HH:MM` offset) into epoch milliseconds.
-pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+pub(crate) fn parse_rfc3339_ms(text: &str) -> Option<i64> {
     let text = text.trim();
     let (base, offset_minutes) = split_offset(text)?;
     let with_z = format!("{base}Z");
@@ -62,7 +62,7 @@ fn split_offset(text: &str) -> Option<(&str, i64)> {
 
 /// Parses a `created_at`/`timestamp` JSON value: an RFC 3339 string, epoch milliseconds as a
 /// number, or epoch milliseconds as a string of digits.
-pub fn parse_json_ms(value: &serde_json::Value) -> Option<i64> {
+pub(crate) fn parse_json_ms(value: &serde_json::Value) -> Option<i64> {
     match value {
         serde_json::Value::Number(n) => n
             .as_i64()

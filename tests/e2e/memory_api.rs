@@ -217,6 +217,18 @@ async fn export_import_and_upload_round_trip() {
     assert_eq!(body["stats"]["stored"], 2);
     assert_eq!(body["stats"]["failed"], 1);
     assert_eq!(body["errors"][0]["line"], 2);
+    // The upload's X-Session-ID is held to the bound of every session id.
+    let long_session = "s".repeat(300);
+    server
+        .send(
+            Method::POST,
+            "/v1/memory/upload",
+            Some(&b),
+            &[("x-session-id", &long_session)],
+            "{\"content\":\"x\"}\n",
+        )
+        .await
+        .assert_error(413);
     let too_many = "{\"content\":\"x\"}\n".repeat(10_001);
     server
         .send(Method::POST, "/v1/memory/upload", Some(&b), &[], too_many)

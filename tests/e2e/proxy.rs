@@ -13,8 +13,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use server::AppState;
-use server::config::Config;
-use server::proxy::ProviderConfig;
+use server::Config;
+use server::ProviderConfig;
 use tokio::sync::oneshot;
 
 use crate::fake_provider::{Behavior, FakeProvider};
@@ -33,7 +33,7 @@ struct Proxy {
     http: Client<HttpConnector, Full<Bytes>>,
     dir: Arc<tempfile::TempDir>,
     stop: oneshot::Sender<()>,
-    serving: tokio::task::JoinHandle<Result<(), server::error::Error>>,
+    serving: tokio::task::JoinHandle<Result<(), server::Error>>,
 }
 
 struct Reply {
@@ -68,10 +68,10 @@ fn provider(kind: Option<&str>, base_url: String) -> ProviderConfig {
     }
 }
 
-fn toml_kind(kind: &str) -> server::proxy::ProviderKind {
+fn toml_kind(kind: &str) -> server::ProviderKind {
     match kind {
-        "anthropic" => server::proxy::ProviderKind::Anthropic,
-        _ => server::proxy::ProviderKind::Openai,
+        "anthropic" => server::ProviderKind::Anthropic,
+        _ => server::ProviderKind::Openai,
     }
 }
 
@@ -116,7 +116,7 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let serving = tokio::spawn(server::serve::serve(listener, state.clone(), async move {
+        let serving = tokio::spawn(server::serve(listener, state.clone(), async move {
             let _ = stopped.await;
         }));
         let http = Client::builder(TokioExecutor::new()).build_http();
@@ -906,6 +906,13 @@ async fn provider_errors_pass_through_unreachable_is_502_slow_is_504() {
         )
         .await;
     assert_eq!(reply.status, 400);
+    // The model is stored with the exchange: one longer than a stored memory's model may be
+    // is refused before the provider is called.
+    let reply = proxy
+        .chat(&key, ask(&format!("local/{}", "m".repeat(300)), "hi"))
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert_eq!(reply.json()["error"]["param"], "model");
 }
 
 #[tokio::test]
@@ -979,7 +986,7 @@ async fn models_are_listed_with_provider_prefixes() {
 
 #[tokio::test]
 async fn an_exchange_left_in_the_outbox_is_stored_at_the_next_start() {
-    use server::proxy::outbox::{Outbox, PendingExchange};
+    use server::{Outbox, PendingExchange};
     let fake = FakeProvider::start().await;
     let proxy = Proxy::start(&fake, |_| {}).await;
     let auth = format!("Bearer {}", proxy.admin);
@@ -1000,10 +1007,7 @@ async fn an_exchange_left_in_the_outbox_is_stored_at_the_next_start() {
     let dir = proxy.stop().await;
 
     // What a crash right after answering leaves behind: the exchange appended, not stored.
-    let outbox_dir = dir
-        .path()
-        .join("data")
-        .join(server::proxy::state::OUTBOX_DIR);
+    let outbox_dir = dir.path().join("data").join(server::OUTBOX_DIR);
     let (outbox, recovered) = Outbox::open(&outbox_dir, engine::Durability::Fsync).unwrap();
     assert!(recovered.is_empty());
     outbox
@@ -1038,7 +1042,7 @@ async fn an_exchange_left_in_the_outbox_is_stored_at_the_next_start() {
 
 #[tokio::test]
 async fn an_exchange_of_a_revoked_and_purged_key_does_not_recreate_its_vault() {
-    use server::proxy::outbox::{Outbox, PendingExchange};
+    use server::{Outbox, PendingExchange};
     let fake = FakeProvider::start().await;
     let proxy = Proxy::start(&fake, |_| {}).await;
     let auth = format!("Bearer {}", proxy.admin);
@@ -1061,10 +1065,7 @@ async fn an_exchange_of_a_revoked_and_purged_key_does_not_recreate_its_vault() {
     let dir = proxy.stop().await;
 
     // An answer that finished just before the revocation, left in the outbox by a crash.
-    let outbox_dir = dir
-        .path()
-        .join("data")
-        .join(server::proxy::state::OUTBOX_DIR);
+    let outbox_dir = dir.path().join("data").join(server::OUTBOX_DIR);
     let (outbox, _) = Outbox::open(&outbox_dir, engine::Durability::Fsync).unwrap();
     outbox
         .append(&PendingExchange {

@@ -31,8 +31,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use server::AppState;
-use server::config::Config;
-use server::proxy::ProviderConfig;
+use server::Config;
+use server::ProviderConfig;
 
 /// Requests per mode (each paired with one direct call), after the warm-up.
 const REQUESTS_DEFAULT: usize = 2000;
@@ -59,7 +59,7 @@ async fn main() -> Result<()> {
     config.providers.insert(
         "local".into(),
         ProviderConfig {
-            kind: Some(server::proxy::ProviderKind::Openai),
+            kind: Some(server::ProviderKind::Openai),
             base_url: Some(format!("http://{provider}/v1")),
             models: None,
             key_required: None,
@@ -73,7 +73,7 @@ async fn main() -> Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let router = listener.local_addr()?;
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve::serve(listener, state.clone(), async move {
+    tokio::spawn(server::serve(listener, state.clone(), async move {
         let _ = stopped.await;
     }));
 

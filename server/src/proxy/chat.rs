@@ -9,7 +9,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use super::anthropic::{AnthropicToOpenAi, to_chat_completion, to_messages_request};
 use super::error::ProxyError;
 use super::forward::{
     ExchangeDraft, begin, call, chat_messages, is_event_stream, model_field, ms, provider_key,
@@ -17,6 +16,7 @@ use super::forward::{
 };
 use super::inject::inject_openai;
 use super::openai::{OpenAiRelay, chat_roles, completion_text, take_messages, upstream_error_body};
+use super::openai_to_anthropic::{AnthropicToOpenAi, to_chat_completion, to_messages_request};
 use super::providers::ProviderKind;
 use super::relay::{OnComplete, RelayBody};
 use crate::AppState;
@@ -25,7 +25,7 @@ use crate::error::ApiError;
 use crate::http::{Body, full, json_response};
 
 /// The handler.
-pub async fn handle(
+pub(crate) async fn handle(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -164,7 +164,7 @@ pub async fn handle(
 }
 
 /// `GET /v1/models`: the configured providers' models, prefixed, in the OpenAI list shape.
-pub async fn models(
+pub(crate) async fn models(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {

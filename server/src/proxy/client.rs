@@ -18,21 +18,21 @@ use super::error::ProxyError;
 
 /// Idle pooled connections kept per provider host. Enough for a burst of concurrent
 /// requests to reuse warm TLS connections; beyond it connections close after use.
-pub const POOL_IDLE_PER_HOST_MAX: usize = 64;
+pub(crate) const POOL_IDLE_PER_HOST_MAX: usize = 64;
 /// How long an idle pooled connection is kept (providers close theirs after ~60-120 s).
-pub const POOL_IDLE_TIMEOUT_MS: u64 = 60_000;
+pub(crate) const POOL_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Largest non-streaming provider answer read into memory.
-pub const UPSTREAM_BODY_BYTES_MAX: usize = 32 * 1024 * 1024;
+pub(crate) const UPSTREAM_BODY_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// Default `proxy_timeout_ms`: generous, because a long non-streamed answer from a large
 /// model can take minutes; a dead provider is still noticed within this bound.
-pub const TIMEOUT_MS_DEFAULT: u64 = 300_000;
+pub(crate) const TIMEOUT_MS_DEFAULT: u64 = 300_000;
 /// Default `proxy_connect_timeout_ms`.
-pub const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+pub(crate) const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 
 /// Shared by every request; cloning is cheap (the pool is behind an `Arc`).
 #[derive(Clone)]
-pub struct UpstreamClient {
+pub(crate) struct UpstreamClient {
     inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
 }
@@ -49,7 +49,7 @@ impl UpstreamClient {
     /// `connect_timeout` bounds the TCP connect; `timeout` bounds the wait for the answer
     /// (non-streaming: the whole body; streaming: the headers and then each gap between
     /// chunks, so a long but live stream is never cut).
-    pub fn new(connect_timeout: Duration, timeout: Duration) -> Result<Self, ProxyError> {
+    pub(crate) fn new(connect_timeout: Duration, timeout: Duration) -> Result<Self, ProxyError> {
         let mut http = HttpConnector::new();
         // The TLS connector wraps this one and needs it to accept https URLs.
         http.enforce_http(false);
@@ -71,12 +71,12 @@ impl UpstreamClient {
     }
 
     /// The answer timeout this client was built with.
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
 
     /// Sends `request` and waits for the response head until `deadline`.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         provider: &str,
         request: Request<Full<Bytes>>,
@@ -94,7 +94,7 @@ impl UpstreamClient {
 
     /// Reads a whole (non-streaming) body until `deadline`, bounded by
     /// [`UPSTREAM_BODY_BYTES_MAX`].
-    pub async fn read_body(
+    pub(crate) async fn read_body(
         &self,
         provider: &str,
         body: Incoming,

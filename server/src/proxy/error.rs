@@ -1,7 +1,7 @@
 //! What can go wrong between MemoryRouter and a provider, before the provider answered.
 //!
 //! A provider that *did* answer with an error status is not a `ProxyError`: its status and
-//! body are passed through (see [`crate::proxy::upstream_error_body`]). These variants are the
+//! body are passed through (see [`crate::proxy::openai::upstream_error_body`]). These variants are the
 //! failures MemoryRouter itself reports; the server's error type turns each into its status
 //! and OpenAI-shaped body through [`ProxyError::status`], [`ProxyError::error_type`] and
 //! [`ProxyError::code`].
@@ -63,7 +63,7 @@ impl ProxyError {
     }
 
     /// The HTTP status MemoryRouter answers with.
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             ProxyError::BadModel { .. }
             | ProxyError::UnknownProvider { .. }
@@ -77,7 +77,7 @@ impl ProxyError {
     }
 
     /// The OpenAI error `type` field.
-    pub fn error_type(&self) -> &'static str {
+    pub(crate) fn error_type(&self) -> &'static str {
         match self.status() {
             400 => "invalid_request_error",
             _ => "api_error",
@@ -85,7 +85,7 @@ impl ProxyError {
     }
 
     /// The OpenAI error `code` field.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ProxyError::BadModel { .. } => "invalid_model",
             ProxyError::UnknownProvider { .. } => "unknown_provider",
@@ -101,7 +101,7 @@ impl ProxyError {
     }
 
     /// The OpenAI error `param` field.
-    pub fn param(&self) -> Option<&'static str> {
+    pub(crate) fn param(&self) -> Option<&'static str> {
         match self {
             ProxyError::BadModel { .. } | ProxyError::UnknownProvider { .. } => Some("model"),
             ProxyError::InvalidRequest { param, .. } => *param,
@@ -109,8 +109,10 @@ impl ProxyError {
         }
     }
 
-    /// `{"error":{"message","type","param","code"}}` for this error.
-    pub fn to_body(&self) -> serde_json::Value {
+    /// `{"error":{"message","type","param","code"}}` for this error (what the `ApiError`
+    /// it becomes answers; kept for the test of that shape).
+    #[cfg(test)]
+    fn to_body(&self) -> serde_json::Value {
         serde_json::json!({"error": {
             "message": self.to_string(),
             "type": self.error_type(),

@@ -21,11 +21,11 @@ use super::providers::{Provider, ProviderKind};
 use super::relay::Durable;
 use super::state::schedule_ingest;
 use crate::AppState;
+use crate::api::prepare::{PrepareOptions, retrieve};
 use crate::auth::{AuthContext, authenticate};
 use crate::error::ApiError;
 use crate::http::{blocking, header, parse_json, read_body};
-use crate::prepare::{PrepareOptions, retrieve};
-use crate::request::{ChatMessage, parse_messages};
+use crate::request::{ChatMessage, MODEL_CHARS_MAX, check_model, parse_messages};
 
 /// Sent to providers; some CDN-fronted endpoints refuse requests without a user agent.
 const USER_AGENT: &str = concat!("memoryrouter/", env!("CARGO_PKG_VERSION"));
@@ -55,7 +55,7 @@ impl From<ProxyError> for ApiError {
 }
 
 /// A proxy request after authentication and option parsing.
-pub struct ProxyRequest {
+pub(crate) struct ProxyRequest {
     pub started: Instant,
     pub parts: Parts,
     pub auth: AuthContext,
@@ -65,7 +65,10 @@ pub struct ProxyRequest {
 
 /// Authenticates, reads the JSON object body and resolves the memory plan (removing
 /// MemoryRouter's own fields from the body).
-pub async fn begin(state: &AppState, req: Request<Incoming>) -> Result<ProxyRequest, ApiError> {
+pub(crate) async fn begin(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<ProxyRequest, ApiError> {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let auth = authenticate(state, &parts.headers).await?;
@@ -83,7 +86,7 @@ pub async fn begin(state: &AppState, req: Request<Incoming>) -> Result<ProxyRequ
 
 /// Parses `messages` for the memory paths and strips the `"memory"` flags from the raw
 /// messages that will be forwarded.
-pub fn chat_messages(
+pub(crate) fn chat_messages(
     state: &AppState,
     messages: &mut Vec<Value>,
 ) -> Result<Vec<ChatMessage>, ApiError> {
@@ -99,7 +102,7 @@ pub fn chat_messages(
 
 /// What retrieval produced, for injection and the response headers.
 #[derive(Default)]
-pub struct Retrieved {
+pub(crate) struct Retrieved {
     pub context: String,
     pub memories: usize,
     pub tokens: usize,
@@ -107,7 +110,7 @@ pub struct Retrieved {
 }
 
 /// Retrieves memories for `messages` unless the plan says not to.
-pub async fn retrieve_for(
+pub(crate) async fn retrieve_for(
     state: &Arc<AppState>,
     auth: &AuthContext,
     plan: &MemoryPlan,
@@ -135,7 +138,7 @@ pub async fn retrieve_for(
 
 /// The provider key: `X-Provider-Key` > the bearer token sent with `X-Memory-Key` (or, for
 /// Anthropic clients, `x-api-key` with `X-Memory-Key`) > the account's stored key.
-pub fn provider_key(
+pub(crate) fn provider_key(
     state: &AppState,
     auth: &AuthContext,
     headers: &HeaderMap,
@@ -177,7 +180,7 @@ fn is_memory_key(candidate: &str) -> bool {
 }
 
 /// Builds the upstream POST for `provider` with `body`.
-pub fn upstream_request(
+pub(crate) fn upstream_request(
     provider: &Provider,
     key: Option<&str>,
     client_headers: &HeaderMap,
@@ -197,7 +200,7 @@ pub fn upstream_request(
                 builder = builder.header("x-api-key", secret_value(key, &provider.name)?);
             }
             let version = header(client_headers, "anthropic-version")
-                .unwrap_or(super::anthropic::ANTHROPIC_VERSION);
+                .unwrap_or(super::openai_to_anthropic::ANTHROPIC_VERSION);
             builder = builder.header("anthropic-version", version);
         }
     }
@@ -228,7 +231,7 @@ fn bearer_value(key: &str, provider: &str) -> Result<HeaderValue, ApiError> {
 }
 
 /// Calls the provider and returns its response head and how long that took.
-pub async fn call(
+pub(crate) async fn call(
     state: &AppState,
     provider: &Provider,
     request: Request<Full<Bytes>>,
@@ -254,7 +257,7 @@ pub async fn call(
 /// | `X-Provider-Response-Ms` | provider time: to the whole body, or to the response head when streaming |
 /// | `X-MR-Processing-Ms` | request received → response head ready, provider time included |
 /// | `X-MR-Overhead-Ms` | processing minus provider time: what MemoryRouter added |
-pub fn timing_headers(
+pub(crate) fn timing_headers(
     headers: &mut HeaderMap,
     started: Instant,
     provider_ms: f64,
@@ -284,12 +287,12 @@ pub fn timing_headers(
 }
 
 /// Milliseconds as a float.
-pub fn ms(elapsed: std::time::Duration) -> f64 {
+pub(crate) fn ms(elapsed: std::time::Duration) -> f64 {
     elapsed.as_secs_f64() * 1000.0
 }
 
 /// What is needed to store the exchange once the answer is known.
-pub struct ExchangeDraft {
+pub(crate) struct ExchangeDraft {
     pub state: Arc<AppState>,
     pub key_id: String,
     pub account_id: String,
@@ -301,7 +304,7 @@ pub struct ExchangeDraft {
 }
 
 impl ExchangeDraft {
-    pub fn new(
+    pub(crate) fn new(
         state: &Arc<AppState>,
         req: &ProxyRequest,
         model: &str,
@@ -319,14 +322,14 @@ impl ExchangeDraft {
     }
 
     /// Whether anything would be stored at all (saves the work of assembling the answer).
-    pub fn stores_anything(&self) -> bool {
+    pub(crate) fn stores_anything(&self) -> bool {
         self.user_turn.is_some() || self.store_response
     }
 
     /// Queues the exchange with the assistant's `answer`. The receiver fires once it is in
     /// the durable outbox: the caller holds the answer's last frame (or whole body) until
     /// then, so an answer a client has read fully is never lost to a crash.
-    pub fn finish(self, answer: String) -> Durable {
+    pub(crate) fn finish(self, answer: String) -> Durable {
         let mut turns = Vec::with_capacity(2);
         if let Some(user) = self.user_turn {
             turns.push(("user".to_owned(), user));
@@ -347,7 +350,7 @@ impl ExchangeDraft {
 }
 
 /// The user turn to store: the last user message, unless it was sent with `"memory": false`.
-pub fn user_turn(messages: &[ChatMessage]) -> Option<String> {
+pub(crate) fn user_turn(messages: &[ChatMessage]) -> Option<String> {
     let last = messages
         .iter()
         .rev()
@@ -355,10 +358,19 @@ pub fn user_turn(messages: &[ChatMessage]) -> Option<String> {
     (last.remember && !last.text.trim().is_empty()).then(|| last.text.clone())
 }
 
-/// The request body's `model` string.
-pub fn model_field(body: &Map<String, Value>) -> Result<String, ApiError> {
+/// The request body's `model` string. It is stored with the exchange, so it is held to the
+/// bound of a stored memory's model here, before the provider is called.
+pub(crate) fn model_field(body: &Map<String, Value>) -> Result<String, ApiError> {
     match body.get("model") {
-        Some(Value::String(model)) => Ok(model.clone()),
+        Some(Value::String(model)) => {
+            check_model(model).map_err(|_| {
+                ProxyError::invalid_param(
+                    format!("model is longer than {MODEL_CHARS_MAX} characters"),
+                    "model",
+                )
+            })?;
+            Ok(model.clone())
+        }
         Some(_) => Err(ProxyError::invalid_param("model must be a string", "model").into()),
         None => {
             Err(ProxyError::invalid_param("model is required (\"provider/model\")", "model").into())
@@ -367,7 +379,7 @@ pub fn model_field(body: &Map<String, Value>) -> Result<String, ApiError> {
 }
 
 /// Whether the provider answered with an SSE stream.
-pub fn is_event_stream<B>(response: &Response<B>) -> bool {
+pub(crate) fn is_event_stream<B>(response: &Response<B>) -> bool {
     response
         .headers()
         .get(CONTENT_TYPE)

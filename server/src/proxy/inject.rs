@@ -27,14 +27,14 @@
 use serde_json::{Map, Value, json};
 
 /// Opening line of the injected block.
-pub const MEMORY_BLOCK_START: &str = "<memory>";
+pub(crate) const MEMORY_BLOCK_START: &str = "<memory>";
 /// Closing line of the injected block.
-pub const MEMORY_BLOCK_END: &str = "</memory>";
+pub(crate) const MEMORY_BLOCK_END: &str = "</memory>";
 /// The instruction that tells the model what the block is.
-pub const MEMORY_PREAMBLE: &str = "Memories from earlier conversations with this user, most relevant first. Use them when they help; do not mention this block.";
+pub(crate) const MEMORY_PREAMBLE: &str = "Memories from earlier conversations with this user, most relevant first. Use them when they help; do not mention this block.";
 
 /// The block added to the system prompt for `context`.
-pub fn memory_block(context: &str) -> String {
+pub(crate) fn memory_block(context: &str) -> String {
     format!(
         "{MEMORY_BLOCK_START}\n{MEMORY_PREAMBLE}\n\n{}\n{MEMORY_BLOCK_END}",
         context.trim()
@@ -42,7 +42,7 @@ pub fn memory_block(context: &str) -> String {
 }
 
 /// Adds `context` to an OpenAI `messages` array (see the module docs).
-pub fn inject_openai(messages: &mut Vec<Value>, context: &str) {
+pub(crate) fn inject_openai(messages: &mut Vec<Value>, context: &str) {
     if context.trim().is_empty() {
         return;
     }
@@ -61,7 +61,7 @@ pub fn inject_openai(messages: &mut Vec<Value>, context: &str) {
 }
 
 /// Adds `context` to an Anthropic Messages request's `system` field (see the module docs).
-pub fn inject_anthropic(body: &mut Map<String, Value>, context: &str) {
+pub(crate) fn inject_anthropic(body: &mut Map<String, Value>, context: &str) {
     if context.trim().is_empty() {
         return;
     }

@@ -5,7 +5,7 @@
 //! provider) or prefixed (`anthropic/…`, `ollama/…`, any configured provider). To an
 //! Anthropic-format provider the request is forwarded untouched (tools included) and its
 //! errors come back unchanged; to an OpenAI-format provider it is translated both ways by
-//! [`super::anthropic_in`], errors included, so the client always sees Anthropic's format.
+//! [`super::anthropic_to_openai`], errors included, so the client always sees Anthropic's format.
 
 use std::sync::Arc;
 
@@ -15,8 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use super::anthropic::{AnthropicRelay, message_text};
-use super::anthropic_in;
+use super::anthropic_to_openai;
 use super::error::ProxyError;
 use super::forward::{
     ExchangeDraft, begin, call, chat_messages, is_event_stream, model_field, ms, provider_key,
@@ -24,6 +23,7 @@ use super::forward::{
 };
 use super::inject::inject_anthropic;
 use super::openai::take_messages;
+use super::openai_to_anthropic::{AnthropicRelay, message_text};
 use super::providers::ProviderKind;
 use super::relay::{OnComplete, RelayBody};
 use crate::AppState;
@@ -36,7 +36,7 @@ const MESSAGE_ROLES: &[&str] = &["user", "assistant"];
 const DEFAULT_PROVIDER: &str = "anthropic";
 
 /// The handler.
-pub async fn handle(
+pub(crate) async fn handle(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -64,7 +64,9 @@ pub async fn handle(
     let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
     let translated = provider.kind == ProviderKind::Openai;
     let upstream_body = if translated {
-        serde_json::to_vec(&anthropic_in::to_chat_request(body, &messages, model_id)?)
+        serde_json::to_vec(&anthropic_to_openai::to_chat_request(
+            body, &messages, model_id,
+        )?)
     } else {
         body.insert("model".into(), Value::String(model_id.to_owned()));
         body.insert("messages".into(), Value::Array(messages));
@@ -89,7 +91,7 @@ pub async fn handle(
         let on_complete: OnComplete = Box::new(move |answer| draft.finish(answer));
         let (upstream, idle) = (response.into_body(), state.proxy.client.timeout());
         let body: Body = if translated {
-            let transform = anthropic_in::OpenAiToAnthropic::default();
+            let transform = anthropic_to_openai::OpenAiToAnthropic::default();
             RelayBody::new(upstream, transform, &provider.name, idle, on_complete)
                 .map_err(|never| match never {})
                 .boxed()
@@ -137,7 +139,7 @@ pub async fn handle(
         }
         (false, false) => bytes,
         (true, true) => {
-            let (bytes, answer) = anthropic_in::to_message(&bytes).map_err(|reason| {
+            let (bytes, answer) = anthropic_to_openai::to_message(&bytes).map_err(|reason| {
                 ProxyError::BadUpstreamResponse {
                     provider: provider.name.clone(),
                     reason,
@@ -149,7 +151,7 @@ pub async fn handle(
         }
         (true, false) => {
             content_type = HeaderValue::from_static("application/json");
-            anthropic_in::error_body(status.as_u16(), &bytes)
+            anthropic_to_openai::error_body(status.as_u16(), &bytes)
         }
     };
     let mut out = Response::new(full(bytes));

@@ -4,15 +4,15 @@
 //! Memory Key as the API key. Each request: authenticate → resolve the memory plan
 //! ([`options`]) → retrieve memories → add them to the system prompt ([`inject`]) → call the
 //! provider chosen by the `provider/model` prefix ([`providers`], [`client`]) → relay the
-//! answer, streaming frame by frame ([`relay`], [`sse`]), unchanged or translated
-//! ([`anthropic`]: OpenAI clients → Anthropic providers; [`anthropic_in`]: Anthropic
-//! clients → OpenAI-format providers) → once the answer is complete, append the exchange to
-//! the durable [`outbox`] before releasing the answer's last frame, then store it in the
-//! vault off the response path ([`state`]).
+//! answer, streaming frame by frame ([`relay`], [`sse`]), unchanged or translated (named by
+//! the request's direction: [`openai_to_anthropic`], OpenAI clients → Anthropic providers;
+//! [`anthropic_to_openai`], Anthropic clients → OpenAI-format providers) → once the answer
+//! is complete, append the exchange to the durable [`outbox`] before releasing the answer's
+//! last frame, then store it in the vault off the response path ([`state`]).
 //!
 //! Handlers: [`chat`] (`/v1/chat/completions`, `/v1/models`) and [`messages`]
 //! (`/v1/messages`), built from the shared steps in [`forward`]. Failures MemoryRouter
-//! answers itself are [`ProxyError`]s (400/502/504…); provider error answers are passed
+//! answers itself are [`ProxyError`](error::ProxyError)s (400/502/504…); provider error answers are passed
 //! through with their status.
 //!
 //! **Invariant:** provider base URLs come only from the config ([`providers`]); no request
@@ -27,24 +27,21 @@
 //! read the answer's last frame has an exchange that is already in the outbox (unless the
 //! outbox append itself failed, which is logged).
 
-pub mod anthropic;
-pub mod anthropic_in;
-pub mod chat;
-pub mod client;
-pub mod error;
-pub mod forward;
-pub mod inject;
-pub mod messages;
-pub mod openai;
-pub mod options;
-pub mod outbox;
-pub mod providers;
-pub mod relay;
-pub mod sse;
-pub mod state;
+pub(crate) mod anthropic_to_openai;
+pub(crate) mod chat;
+pub(crate) mod client;
+pub(crate) mod error;
+pub(crate) mod forward;
+pub(crate) mod inject;
+pub(crate) mod messages;
+pub(crate) mod openai;
+pub(crate) mod openai_to_anthropic;
+pub(crate) mod options;
+pub(crate) mod outbox;
+pub(crate) mod providers;
+pub(crate) mod relay;
+pub(crate) mod sse;
+pub(crate) mod state;
 
-pub use client::UpstreamClient;
-pub use error::ProxyError;
-pub use openai::upstream_error_body;
-pub use providers::{Provider, ProviderConfig, ProviderKind, ProviderTable};
-pub use state::ProxyState;
+pub(crate) use providers::ProviderConfig;
+pub(crate) use state::ProxyState;

@@ -19,11 +19,11 @@ const ROLES: &[&str] = &[
     "function",
 ];
 /// Most messages accepted in one request.
-pub const MESSAGES_MAX: usize = 10_000;
+pub(crate) const MESSAGES_MAX: usize = 10_000;
 
 /// Takes `messages` out of a request body after checking its shape: a non-empty array of
 /// objects with a known `role` (from `roles`) and a string, part-array or null `content`.
-pub fn take_messages(
+pub(crate) fn take_messages(
     body: &mut Map<String, Value>,
     roles: &[&str],
 ) -> Result<Vec<Value>, ProxyError> {
@@ -79,13 +79,13 @@ pub fn take_messages(
 }
 
 /// The OpenAI role list for [`take_messages`].
-pub fn chat_roles() -> &'static [&'static str] {
+pub(crate) fn chat_roles() -> &'static [&'static str] {
     ROLES
 }
 
 /// Removes MemoryRouter's per-message `"memory"` flag; returns, per message, whether it may
 /// be stored (`"memory": false` opts a message out).
-pub fn strip_memory_flags(messages: &mut [Value]) -> Vec<bool> {
+pub(crate) fn strip_memory_flags(messages: &mut [Value]) -> Vec<bool> {
     messages
         .iter_mut()
         .map(|m| {
@@ -96,7 +96,7 @@ pub fn strip_memory_flags(messages: &mut [Value]) -> Vec<bool> {
 }
 
 /// The text of a message content: the string itself, or the `text` parts joined by newlines.
-pub fn content_text(content: &Value) -> String {
+pub(crate) fn content_text(content: &Value) -> String {
     match content {
         Value::String(s) => s.clone(),
         Value::Array(parts) => parts
@@ -108,20 +108,8 @@ pub fn content_text(content: &Value) -> String {
     }
 }
 
-/// The last user message's text, if that message may be stored.
-pub fn last_user_turn(messages: &[Value], storable: &[bool]) -> Option<String> {
-    let i = messages
-        .iter()
-        .rposition(|m| m.get("role").and_then(Value::as_str) == Some("user"))?;
-    if !storable.get(i).copied().unwrap_or(true) {
-        return None;
-    }
-    let text = content_text(messages[i].get("content").unwrap_or(&Value::Null));
-    (!text.trim().is_empty()).then_some(text)
-}
-
 /// `choices[0].message.content` of a chat.completion body.
-pub fn completion_text(body: &[u8]) -> Option<String> {
+pub(crate) fn completion_text(body: &[u8]) -> Option<String> {
     #[derive(Deserialize)]
     struct Completion {
         choices: Vec<Choice>,
@@ -142,7 +130,7 @@ pub fn completion_text(body: &[u8]) -> Option<String> {
 /// A provider's error answer as `{"error":{"message","type","param","code"}}`: bodies
 /// already in that shape pass unchanged; Anthropic-style, string-valued or non-JSON
 /// errors are rewrapped keeping their message.
-pub fn upstream_error_body(status: u16, body: &[u8]) -> Bytes {
+pub(crate) fn upstream_error_body(status: u16, body: &[u8]) -> Bytes {
     /// Longest non-JSON error text quoted back to the client.
     const QUOTED_BYTES_MAX: usize = 2048;
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
@@ -187,7 +175,7 @@ pub fn upstream_error_body(status: u16, body: &[u8]) -> Bytes {
 }
 
 /// The OpenAI error type conventionally used with `status`.
-pub fn error_type_for(status: u16) -> &'static str {
+pub(crate) fn error_type_for(status: u16) -> &'static str {
     match status {
         400 | 404 | 409 | 413 | 422 => "invalid_request_error",
         401 => "authentication_error",
@@ -200,7 +188,7 @@ pub fn error_type_for(status: u16) -> &'static str {
 /// Relays an OpenAI-format stream unchanged, assembling `choices[0].delta.content`, and
 /// makes sure it ends with `data: [DONE]`.
 #[derive(Debug, Default)]
-pub struct OpenAiRelay {
+pub(crate) struct OpenAiRelay {
     parser: SseParser,
     events: Vec<SseEvent>,
     text: String,
@@ -318,6 +306,13 @@ mod tests {
         ]}).as_object().unwrap().clone();
         let mut messages = take_messages(&mut body, chat_roles()).unwrap();
         assert!(!body.contains_key("messages"));
+        // The user turn the proxy stores is read from the parsed messages, before the
+        // flags are stripped (as `forward::chat_messages` does).
+        let parsed = crate::request::parse_messages(
+            &Value::Array(messages.clone()),
+            &crate::config::Limits::default(),
+        )
+        .unwrap();
         let storable = strip_memory_flags(&mut messages);
         assert_eq!(storable, vec![true, false, true, true]);
         assert!(
@@ -325,11 +320,11 @@ mod tests {
             "the flag never reaches the provider"
         );
         assert_eq!(
-            last_user_turn(&messages, &storable).as_deref(),
+            super::super::forward::user_turn(&parsed).as_deref(),
             Some("a\nb")
         );
         assert_eq!(
-            last_user_turn(&messages[..2], &storable[..2]),
+            super::super::forward::user_turn(&parsed[..2]),
             None,
             "memory:false is not stored"
         );

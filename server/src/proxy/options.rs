@@ -11,15 +11,15 @@ use serde_json::{Map, Value};
 use super::error::ProxyError;
 
 /// Memories retrieved when no limit is given.
-pub const CONTEXT_LIMIT_DEFAULT: usize = 30;
+pub(crate) const CONTEXT_LIMIT_DEFAULT: usize = 30;
 /// Largest accepted context limit (chunks); more would not fit any model's context.
-pub const CONTEXT_LIMIT_MAX: usize = 200;
+pub(crate) const CONTEXT_LIMIT_MAX: usize = 200;
 
-pub use crate::request::MemoryMode as Mode;
+pub(crate) use crate::request::MemoryMode as Mode;
 
 /// The resolved memory plan for one proxied request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MemoryPlan {
+pub(crate) struct MemoryPlan {
     pub mode: Mode,
     /// Store the user's turn (mode allows storing and no store=false option).
     pub store_input: bool,
@@ -35,7 +35,7 @@ pub struct MemoryPlan {
 
 /// Resolves the plan. `body` loses MemoryRouter's own fields; `key_mode` is the mode of the
 /// key suffix (`mk_…:read`).
-pub fn resolve(
+pub(crate) fn resolve(
     body: &mut Map<String, Value>,
     query: Option<&str>,
     headers: &HeaderMap,
@@ -130,16 +130,17 @@ pub fn resolve(
             ));
         }
     };
-    // The same bound as the memory API: the session id is stored with every memory.
-    if session_id.len() > crate::request::SESSION_ID_BYTES_MAX {
-        return Err(ProxyError::invalid_param(
+    // The bound every stored memory is held to, checked before the provider is called: the
+    // exchange is stored with this session once the answer is complete.
+    crate::request::check_session_id(&session_id).map_err(|_| {
+        ProxyError::invalid_param(
             format!(
                 "session_id is longer than {} bytes",
                 crate::request::SESSION_ID_BYTES_MAX
             ),
             "session_id",
-        ));
-    }
+        )
+    })?;
     let scope = match &body_scope {
         Some(Value::String(s)) => Some(s.as_str()),
         _ => h(&["x-memory-scope"]),

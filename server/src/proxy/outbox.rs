@@ -30,7 +30,7 @@ use super::error::ProxyError;
 /// The record kind of a pending exchange (the only kind in this log).
 const KIND_EXCHANGE: u8 = 1;
 /// Outbox segments rotate at this size; a segment is deleted once checkpointed past.
-pub const OUTBOX_SEGMENT_BYTES_MAX: u64 = 4 * 1024 * 1024;
+pub(crate) const OUTBOX_SEGMENT_BYTES_MAX: u64 = 4 * 1024 * 1024;
 
 /// One finished exchange to store: whose vault, which session, and the turns.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -104,7 +104,7 @@ impl Outbox {
     }
 
     /// Appends `exchange` (written to the log: it survives a process crash); blocking. Call
-    /// [`Outbox::sync`] next for the configured durability against OS crashes.
+    /// `Outbox::sync` next for the configured durability against OS crashes.
     pub fn append(&self, exchange: &PendingExchange) -> Result<Lsn, ProxyError> {
         let payload = serde_json::to_vec(exchange).map_err(|e| ProxyError::Outbox {
             reason: e.to_string(),
@@ -120,7 +120,7 @@ impl Outbox {
 
     /// Makes every append so far durable when the configured durability is `fsync` (one
     /// fsync covers every exchange appended before it); a no-op in `buffered` mode.
-    pub fn sync(&self) -> Result<(), ProxyError> {
+    pub(crate) fn sync(&self) -> Result<(), ProxyError> {
         if self.sync_after_append {
             self.wal.sync().map_err(outbox_error)?;
         }
@@ -128,7 +128,7 @@ impl Outbox {
     }
 
     /// Marks `lsn` stored and checkpoints up to the oldest exchange still pending; blocking.
-    pub fn done(&self, lsn: Lsn) -> Result<(), ProxyError> {
+    pub(crate) fn done(&self, lsn: Lsn) -> Result<(), ProxyError> {
         let mut pending = self.pending.lock();
         pending.remove(&lsn);
         self.checkpoint(&pending)
@@ -141,7 +141,8 @@ impl Outbox {
     }
 
     /// Exchanges appended and not yet stored.
-    pub fn pending_count(&self) -> usize {
+    #[cfg(test)]
+    fn pending_count(&self) -> usize {
         self.pending.lock().len()
     }
 

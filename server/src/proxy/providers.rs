@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::error::ProxyError;
 
 /// Longest provider name accepted in config (it also appears in URLs of the key store).
-pub const PROVIDER_NAME_BYTES_MAX: usize = 64;
+pub(crate) const PROVIDER_NAME_BYTES_MAX: usize = 64;
 
 /// The wire format a provider speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -43,7 +43,7 @@ pub struct ProviderConfig {
 
 /// A resolved provider.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Provider {
+pub(crate) struct Provider {
     pub name: String,
     pub kind: ProviderKind,
     /// Without a trailing slash.
@@ -54,7 +54,7 @@ pub struct Provider {
 
 impl Provider {
     /// The URL a chat request goes to.
-    pub fn chat_url(&self) -> Result<Uri, ProxyError> {
+    pub(crate) fn chat_url(&self) -> Result<Uri, ProxyError> {
         let path = match self.kind {
             ProviderKind::Openai => "/chat/completions",
             ProviderKind::Anthropic => "/v1/messages",
@@ -111,13 +111,13 @@ const BUILTINS: &[(&str, ProviderKind, &str, bool, &[&str])] = &[
 
 /// Every provider the proxy can call, by name.
 #[derive(Clone, Debug)]
-pub struct ProviderTable {
+pub(crate) struct ProviderTable {
     providers: BTreeMap<String, Provider>,
 }
 
 impl ProviderTable {
     /// The built-ins merged with the config's `[providers.*]` tables; validated once at start.
-    pub fn new(configured: &BTreeMap<String, ProviderConfig>) -> Result<Self, ProxyError> {
+    pub(crate) fn new(configured: &BTreeMap<String, ProviderConfig>) -> Result<Self, ProxyError> {
         let mut providers: BTreeMap<String, Provider> = BUILTINS
             .iter()
             .map(|&(name, kind, base_url, key_required, models)| {
@@ -194,7 +194,7 @@ impl ProviderTable {
 
     /// Splits `provider/model` at the first `/` (model ids may contain more slashes, as
     /// OpenRouter's `meta-llama/llama-3.1-8b` do) and finds the provider.
-    pub fn resolve<'m>(&self, model: &'m str) -> Result<(&Provider, &'m str), ProxyError> {
+    pub(crate) fn resolve<'m>(&self, model: &'m str) -> Result<(&Provider, &'m str), ProxyError> {
         let (prefix, id) = model
             .split_once('/')
             .filter(|(p, id)| !p.is_empty() && !id.is_empty())
@@ -212,22 +212,17 @@ impl ProviderTable {
     }
 
     /// Looks a provider up by name.
-    pub fn get(&self, name: &str) -> Option<&Provider> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Provider> {
         self.providers.get(name)
     }
 
     /// Provider names in sorted order.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         self.providers.keys().map(String::as_str)
     }
 
-    /// Every provider in name order.
-    pub fn iter(&self) -> impl Iterator<Item = &Provider> {
-        self.providers.values()
-    }
-
     /// `GET /v1/models` in the OpenAI list shape, ids carrying the provider prefix.
-    pub fn models_list(&self, created_s: u64) -> serde_json::Value {
+    pub(crate) fn models_list(&self, created_s: u64) -> serde_json::Value {
         let data: Vec<serde_json::Value> = self
             .providers
             .values()

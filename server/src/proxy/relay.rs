@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 /// Turns upstream stream bytes into client stream bytes and remembers the answer text.
-pub trait StreamTransform: Send + Unpin + 'static {
+pub(crate) trait StreamTransform: Send + Unpin + 'static {
     /// Raw upstream bytes in (split anywhere); bytes for the client out (may be empty).
     /// An `Err` fails the stream with that message.
     fn on_chunk(&mut self, chunk: Bytes) -> Result<Bytes, String>;
@@ -46,14 +46,14 @@ pub trait StreamTransform: Send + Unpin + 'static {
 
 /// Fires once the exchange is in the durable outbox (or could not be put there, which is
 /// logged where it happens); either way the held frames may go.
-pub type Durable = oneshot::Receiver<()>;
+pub(crate) type Durable = oneshot::Receiver<()>;
 
 /// Called once with the answer text of a complete stream; returns when it is durable.
-pub type OnComplete = Box<dyn FnOnce(String) -> Durable + Send + Sync>;
+pub(crate) type OnComplete = Box<dyn FnOnce(String) -> Durable + Send + Sync>;
 
 /// A response body relaying a provider stream. `B` is the upstream body (hyper's
 /// `Incoming` in the server; a scripted body in tests).
-pub struct RelayBody<B, T> {
+pub(crate) struct RelayBody<B, T> {
     upstream: B,
     transform: T,
     provider: String,
@@ -75,7 +75,7 @@ pub struct RelayBody<B, T> {
 }
 
 impl<B, T> RelayBody<B, T> {
-    pub fn new(
+    pub(crate) fn new(
         upstream: B,
         transform: T,
         provider: &str,

@@ -10,11 +10,11 @@ use bytes::{Bytes, BytesMut};
 
 /// Longest line held while waiting for its end; a provider sending more without a newline
 /// is broken or hostile, and the stream is failed instead of growing memory without bound.
-pub const SSE_LINE_BYTES_MAX: usize = 8 * 1024 * 1024;
+pub(crate) const SSE_LINE_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// One dispatched event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SseEvent {
+pub(crate) struct SseEvent {
     /// The `event:` field, if any (Anthropic names every event; OpenAI sends none).
     pub event: Option<String>,
     /// The `data:` lines joined by `\n`.
@@ -23,11 +23,11 @@ pub struct SseEvent {
 
 /// The stream broke the line limit.
 #[derive(Debug, PartialEq, Eq)]
-pub struct LineTooLong;
+pub(crate) struct LineTooLong;
 
 /// Parser state between pushes.
 #[derive(Debug, Default)]
-pub struct SseParser {
+pub(crate) struct SseParser {
     /// Bytes of the line not yet ended by `\n`.
     pending: BytesMut,
     event: Option<String>,
@@ -37,7 +37,11 @@ pub struct SseParser {
 
 impl SseParser {
     /// Feeds `chunk`, appending every event it completes to `out`.
-    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) -> Result<(), LineTooLong> {
+    pub(crate) fn push(
+        &mut self,
+        chunk: &[u8],
+        out: &mut Vec<SseEvent>,
+    ) -> Result<(), LineTooLong> {
         let mut rest = chunk;
         while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
             let (head, tail) = rest.split_at(newline);
@@ -59,7 +63,7 @@ impl SseParser {
 
     /// Ends the stream: an event left without its blank line is dispatched, as browsers do
     /// not but providers that close right after the last `data:` line expect.
-    pub fn finish(&mut self, out: &mut Vec<SseEvent>) {
+    pub(crate) fn finish(&mut self, out: &mut Vec<SseEvent>) {
         if !self.pending.is_empty() {
             let line = std::mem::take(&mut self.pending);
             self.line(&line, out);
@@ -71,7 +75,7 @@ impl SseParser {
     /// an event without its blank line). A relay that forwards provider bytes unchanged
     /// writes these before an event of its own, so that event is never merged into the
     /// provider's unfinished one.
-    pub fn open_event_terminator(&self) -> &'static [u8] {
+    pub(crate) fn open_event_terminator(&self) -> &'static [u8] {
         if !self.pending.is_empty() {
             b"\n\n"
         } else if self.has_data || self.event.is_some() {
@@ -124,7 +128,7 @@ impl SseParser {
 }
 
 /// `data: {json}\n\n` — one OpenAI-style event.
-pub fn data_event(json: &serde_json::Value) -> Bytes {
+pub(crate) fn data_event(json: &serde_json::Value) -> Bytes {
     let mut text = String::with_capacity(256);
     text.push_str("data: ");
     text.push_str(&json.to_string());
@@ -133,12 +137,12 @@ pub fn data_event(json: &serde_json::Value) -> Bytes {
 }
 
 /// `event: NAME\ndata: {json}\n\n` — one Anthropic-style event.
-pub fn named_event(name: &str, json: &serde_json::Value) -> Bytes {
+pub(crate) fn named_event(name: &str, json: &serde_json::Value) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {json}\n\n"))
 }
 
 /// The terminator OpenAI clients wait for.
-pub const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
+pub(crate) const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
 
 #[cfg(test)]
 mod tests {

@@ -25,14 +25,14 @@ use crate::request::{ChatMessage, MemoryMode};
 /// The outbox's directory under `DATA_DIR`.
 pub const OUTBOX_DIR: &str = "proxy-outbox";
 /// Attempts to store one exchange before leaving it to the next start's replay.
-pub const INGEST_ATTEMPTS_MAX: u32 = 5;
+pub(crate) const INGEST_ATTEMPTS_MAX: u32 = 5;
 /// Wait before the first retry; doubled after each failed attempt (0.2, 0.4, 0.8, 1.6 s).
-pub const INGEST_RETRY_BACKOFF_MS: u64 = 200;
+pub(crate) const INGEST_RETRY_BACKOFF_MS: u64 = 200;
 
 /// Shared by every proxy request (a field of `AppState`).
 pub struct ProxyState {
-    pub providers: ProviderTable,
-    pub client: UpstreamClient,
+    pub(crate) providers: ProviderTable,
+    pub(crate) client: UpstreamClient,
     pub outbox: Outbox,
     /// Exchanges a previous run left pending; taken once by [`ProxyState::replay`].
     recovered: Mutex<Vec<(Lsn, PendingExchange)>>,
@@ -53,7 +53,7 @@ impl std::fmt::Debug for ProxyState {
 
 impl ProxyState {
     /// Validates the `[providers.*]` config, builds the client and opens the outbox.
-    pub fn open(config: &Config) -> Result<ProxyState, ProxyError> {
+    pub(crate) fn open(config: &Config) -> Result<ProxyState, ProxyError> {
         let providers = ProviderTable::new(&config.providers)?;
         for (name, value) in [
             ("proxy_timeout_ms", config.proxy_timeout_ms),
@@ -91,7 +91,7 @@ impl ProxyState {
     }
 
     /// Stores the exchanges the last run left pending (blocking; called once at start).
-    pub fn replay(&self, state: &AppState) {
+    pub(crate) fn replay(&self, state: &AppState) {
         let recovered = std::mem::take(&mut *self.recovered.lock());
         for (lsn, exchange) in recovered {
             match store_exchange(state, &exchange) {
@@ -138,7 +138,7 @@ impl ProxyState {
 /// is over (durable, or failed and logged); the relay holds the answer's last frame until
 /// then. The task does not depend on anyone waiting: a client that goes away after the
 /// answer completed still gets its exchange stored.
-pub fn schedule_ingest(state: Arc<AppState>, exchange: PendingExchange) -> Durable {
+pub(crate) fn schedule_ingest(state: Arc<AppState>, exchange: PendingExchange) -> Durable {
     let (appended, durable) = oneshot::channel();
     if exchange.turns.is_empty() {
         let _ = appended.send(());
@@ -252,7 +252,7 @@ fn store_exchange(
             })
         })
         .collect();
-    crate::ingest::store(
+    crate::api::ingest::store(
         state,
         &auth,
         &messages,

@@ -20,7 +20,7 @@ struct CreateBody {
 }
 
 /// The public view of a key: never the key or its hash.
-pub fn key_json(key: &KeyRecord) -> serde_json::Value {
+pub(crate) fn key_json(key: &KeyRecord) -> serde_json::Value {
     json!({
         "id": key.id,
         "name": key.name,
@@ -34,7 +34,7 @@ pub fn key_json(key: &KeyRecord) -> serde_json::Value {
 }
 
 /// `POST /v1/keys` → 201 `{id, key, name, created_at, prefix}`.
-pub async fn create(
+pub(crate) async fn create(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -67,7 +67,7 @@ pub async fn create(
 }
 
 /// `GET /v1/keys` (admin) → `{"keys": [...]}`, oldest first.
-pub async fn list(
+pub(crate) async fn list(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -87,7 +87,7 @@ pub async fn list(
 
 /// `DELETE /v1/keys/{id}[?purge=true]` → `{id, revoked: true, purged}`. The admin key may
 /// revoke any key of the account except itself; any other key may revoke only itself.
-pub async fn revoke(
+pub(crate) async fn revoke(
     state: &Arc<AppState>,
     req: Request<Incoming>,
     id: &str,

@@ -1,5 +1,14 @@
-//! OpenAI Chat Completions ⇄ Anthropic Messages translation, for `anthropic/…` models
-//! called through `/v1/chat/completions`, and the answer reader for `/v1/messages`.
+//! OpenAI client → Anthropic provider: `POST /v1/chat/completions` with an
+//! Anthropic-format model (`anthropic/…`). The OpenAI Chat Completions request is
+//! translated into an Anthropic Messages request ([`to_messages_request`]), and the answer
+//! back into OpenAI's format: a whole `message` into a `chat.completion`
+//! ([`to_chat_completion`]), a Messages event stream into `chat.completion.chunk` events
+//! ([`AnthropicToOpenAi`], named, like the answer, in the other direction). The reverse
+//! translation is [`super::anthropic_to_openai`].
+//!
+//! Also here, because they read the same Messages responses: what `/v1/messages` uses when
+//! it forwards to an Anthropic-format provider untranslated ([`message_text`],
+//! [`AnthropicRelay`]), and the [`ANTHROPIC_VERSION`] header every Anthropic request gets.
 //!
 //! Translated: system/developer messages (joined into `system`), user/assistant messages
 //! with string or text/image content parts, `max_tokens`/`max_completion_tokens` (default
@@ -20,13 +29,13 @@ use super::relay::StreamTransform;
 use super::sse::{DONE_EVENT, SseEvent, SseParser, data_event, named_event};
 
 /// `max_tokens` is required by Anthropic and optional in OpenAI's format.
-pub const MAX_TOKENS_DEFAULT: u64 = 4096;
+pub(crate) const MAX_TOKENS_DEFAULT: u64 = 4096;
 /// The Messages API version sent when the client names none.
-pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// Builds a Messages request from an OpenAI request `body` (without `messages`) and its
 /// (already memory-injected) `messages`, for upstream model id `model`.
-pub fn to_messages_request(
+pub(crate) fn to_messages_request(
     body: &Map<String, Value>,
     messages: &[Value],
     model: &str,
@@ -139,7 +148,7 @@ fn content_blocks(content: &Value, i: usize) -> Result<Value, ProxyError> {
 }
 
 /// Anthropic `stop_reason` → OpenAI `finish_reason`.
-pub fn finish_reason(stop_reason: Option<&str>) -> Option<&'static str> {
+pub(crate) fn finish_reason(stop_reason: Option<&str>) -> Option<&'static str> {
     Some(match stop_reason? {
         "max_tokens" | "model_context_window_exceeded" => "length",
         "tool_use" => "tool_calls",
@@ -183,7 +192,7 @@ struct MessageResponse {
 }
 
 /// The text blocks of a Messages response, joined.
-pub fn message_text(body: &[u8]) -> Option<String> {
+pub(crate) fn message_text(body: &[u8]) -> Option<String> {
     let message: MessageResponse = serde_json::from_slice(body).ok()?;
     Some(blocks_text(&message.content))
 }
@@ -197,7 +206,7 @@ fn blocks_text(blocks: &[Value]) -> String {
 }
 
 /// A Messages response → a `chat.completion` body, plus the answer text.
-pub fn to_chat_completion(body: &[u8]) -> Result<(Bytes, String), String> {
+pub(crate) fn to_chat_completion(body: &[u8]) -> Result<(Bytes, String), String> {
     let message: MessageResponse =
         serde_json::from_slice(body).map_err(|e| format!("not a Messages response: {e}"))?;
     let text = blocks_text(&message.content);
@@ -230,7 +239,7 @@ fn unix_seconds() -> u64 {
 
 /// Translates a Messages event stream into `chat.completion.chunk` events.
 #[derive(Debug, Default)]
-pub struct AnthropicToOpenAi {
+pub(crate) struct AnthropicToOpenAi {
     parser: SseParser,
     events: Vec<SseEvent>,
     include_usage: bool,
@@ -246,7 +255,7 @@ pub struct AnthropicToOpenAi {
 
 impl AnthropicToOpenAi {
     /// `include_usage` mirrors the request's `stream_options.include_usage`.
-    pub fn new(include_usage: bool) -> Self {
+    pub(crate) fn new(include_usage: bool) -> Self {
         AnthropicToOpenAi {
             include_usage,
             created: unix_seconds(),
@@ -388,7 +397,7 @@ impl StreamTransform for AnthropicToOpenAi {
 
 /// Relays a Messages event stream unchanged (for `/v1/messages`), assembling the text.
 #[derive(Debug, Default)]
-pub struct AnthropicRelay {
+pub(crate) struct AnthropicRelay {
     parser: SseParser,
     events: Vec<SseEvent>,
     text: String,

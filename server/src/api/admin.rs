@@ -17,9 +17,9 @@ use crate::error::ApiError;
 use crate::http::{Body, blocking, json_response};
 
 /// Vaults whose stats are summed per overview request.
-pub const OVERVIEW_VAULTS_MAX: usize = 1000;
+pub(crate) const OVERVIEW_VAULTS_MAX: usize = 1000;
 /// Directory depth walked when summing disk usage (vaults/<id>/<segment>/<file> is 4).
-pub const DISK_WALK_DEPTH_MAX: usize = 6;
+pub(crate) const DISK_WALK_DEPTH_MAX: usize = 6;
 
 fn disk_bytes(path: &Path, depth: usize) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
@@ -37,7 +37,7 @@ fn disk_bytes(path: &Path, depth: usize) -> u64 {
         .sum()
 }
 
-pub async fn overview(
+pub(crate) async fn overview(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {

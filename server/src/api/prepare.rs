@@ -43,30 +43,30 @@ use crate::time::now_ms;
 
 /// Token budgets of the context per density. Sized for chat models: `low` is a couple of
 /// facts, `default` about a page, `xhigh` a long brief for large-context models.
-pub const DENSITY_LOW_TOKENS: usize = 400;
-pub const DENSITY_DEFAULT_TOKENS: usize = 1200;
-pub const DENSITY_HIGH_TOKENS: usize = 2400;
-pub const DENSITY_XHIGH_TOKENS: usize = 4800;
+pub(crate) const DENSITY_LOW_TOKENS: usize = 400;
+pub(crate) const DENSITY_DEFAULT_TOKENS: usize = 1200;
+pub(crate) const DENSITY_HIGH_TOKENS: usize = 2400;
+pub(crate) const DENSITY_XHIGH_TOKENS: usize = 4800;
 const _: () = assert!(DENSITY_LOW_TOKENS < DENSITY_DEFAULT_TOKENS);
 const _: () = assert!(DENSITY_DEFAULT_TOKENS < DENSITY_HIGH_TOKENS);
 const _: () = assert!(DENSITY_HIGH_TOKENS < DENSITY_XHIGH_TOKENS);
 /// Memories retrieved when the client does not say (`context_limit` 0 or absent).
-pub const CONTEXT_LIMIT_DEFAULT: usize = 30;
+pub(crate) const CONTEXT_LIMIT_DEFAULT: usize = 30;
 /// Most memories one prepare may return.
-pub const CONTEXT_LIMIT_MAX: usize = 200;
+pub(crate) const CONTEXT_LIMIT_MAX: usize = 200;
 /// Token estimate: English text averages about four characters per token in the common
 /// BPE vocabularies; precise enough for a budget, and needs no tokenizer.
-pub const CHARS_PER_TOKEN: usize = 4;
+pub(crate) const CHARS_PER_TOKEN: usize = 4;
 /// A vault (or session, with `scope: "session"`) this small gets the recency fallback.
-pub const RECENCY_FALLBACK_VAULT_MAX: usize = 20;
+pub(crate) const RECENCY_FALLBACK_VAULT_MAX: usize = 20;
 /// Most recent user memories offered by the fallback.
-pub const RECENCY_FALLBACK_COUNT: usize = 3;
+pub(crate) const RECENCY_FALLBACK_COUNT: usize = 3;
 /// First line of a non-empty context.
-pub const CONTEXT_HEADER: &str =
+pub(crate) const CONTEXT_HEADER: &str =
     "Relevant memories from earlier conversations (oldest first, times in UTC):";
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Density {
+pub(crate) enum Density {
     Low,
     #[default]
     Default,
@@ -75,7 +75,7 @@ pub enum Density {
 }
 
 impl Density {
-    pub fn parse(text: &str) -> Option<Density> {
+    pub(crate) fn parse(text: &str) -> Option<Density> {
         match text {
             "low" => Some(Density::Low),
             "default" | "medium" => Some(Density::Default),
@@ -85,7 +85,7 @@ impl Density {
         }
     }
 
-    pub fn budget_tokens(self) -> usize {
+    pub(crate) fn budget_tokens(self) -> usize {
         match self {
             Density::Low => DENSITY_LOW_TOKENS,
             Density::Default => DENSITY_DEFAULT_TOKENS,
@@ -97,7 +97,7 @@ impl Density {
 
 /// How to retrieve (shared with the proxy).
 #[derive(Clone, Debug, Default)]
-pub struct PrepareOptions {
+pub(crate) struct PrepareOptions {
     pub density: Density,
     /// Most memories to return; 0 = [`CONTEXT_LIMIT_DEFAULT`].
     pub context_limit: usize,
@@ -109,7 +109,7 @@ pub struct PrepareOptions {
 }
 
 /// A prepared context.
-pub struct Prepared {
+pub(crate) struct Prepared {
     /// The formatted block; empty when nothing relevant was found.
     pub context: String,
     /// The memories in the context, most relevant first.
@@ -118,7 +118,7 @@ pub struct Prepared {
     pub tokens: usize,
 }
 
-pub fn estimate_tokens(text: &str) -> usize {
+pub(crate) fn estimate_tokens(text: &str) -> usize {
     text.chars().count().div_ceil(CHARS_PER_TOKEN)
 }
 
@@ -135,7 +135,7 @@ fn query_text(messages: &[ChatMessage]) -> Option<&str> {
 }
 
 /// Retrieves and formats the context for `messages` from the caller's vault.
-pub fn retrieve(
+pub(crate) fn retrieve(
     state: &AppState,
     auth: &AuthContext,
     messages: &[ChatMessage],
@@ -247,7 +247,7 @@ fn in_conversation(memory: &str, messages: &[ChatMessage]) -> bool {
 
 /// Keeps hits (most relevant first) while the context fits `budget_tokens`, then renders
 /// them oldest first.
-pub fn format_context(hits: Vec<Hit>, budget_tokens: usize) -> Prepared {
+pub(crate) fn format_context(hits: Vec<Hit>, budget_tokens: usize) -> Prepared {
     let budget_chars = budget_tokens * CHARS_PER_TOKEN;
     let mut used = CONTEXT_HEADER.chars().count();
     let mut kept: Vec<(Hit, String)> = Vec::new();
@@ -307,14 +307,14 @@ struct PrepareBody {
 }
 
 /// A hit as the API shows it.
-pub fn hit_json(hit: &Hit) -> Value {
-    let mut value = crate::memories::memory_json(&hit.memory);
+pub(crate) fn hit_json(hit: &Hit) -> Value {
+    let mut value = super::memories::memory_json(&hit.memory);
     value["score"] = json!(hit.score);
     value
 }
 
 /// The handler.
-pub async fn handle(
+pub(crate) async fn handle(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {

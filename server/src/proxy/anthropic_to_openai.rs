@@ -1,6 +1,11 @@
-//! Anthropic Messages in, OpenAI Chat Completions upstream: lets clients that speak only
-//! Anthropic's format (`POST /v1/messages`) use OpenAI-format providers (`openai/…`,
-//! `ollama/…`, a configured vLLM). The mirror image of [`super::anthropic`].
+//! Anthropic client → OpenAI-format provider: `POST /v1/messages` with an OpenAI-format
+//! model (`openai/…`, `ollama/…`, a configured vLLM), for clients that speak only
+//! Anthropic's format. The Anthropic Messages request is translated into an OpenAI Chat
+//! Completions request ([`to_chat_request`]), and the answer back into Anthropic's format:
+//! a `chat.completion` into a `message` ([`to_message`]), a chunk stream into Messages
+//! events ([`OpenAiToAnthropic`], named, like the answer, in the other direction), errors
+//! into Anthropic's error shape ([`error_body`]). The mirror image of
+//! [`super::openai_to_anthropic`].
 //!
 //! Translated: `system` (string or text blocks), user/assistant messages with text and image
 //! blocks, `max_tokens`, `stop_sequences`, `temperature`, `top_p`, `metadata.user_id`,
@@ -18,7 +23,7 @@ use super::sse::{SseEvent, SseParser, named_event};
 
 /// Builds a Chat Completions request from an Anthropic request `body` (without `messages`,
 /// `system` already memory-injected) and its `messages`, for upstream model id `model`.
-pub fn to_chat_request(
+pub(crate) fn to_chat_request(
     body: &Map<String, Value>,
     messages: &[Value],
     model: &str,
@@ -114,7 +119,7 @@ fn part(block: &Value, i: usize) -> Result<Value, ProxyError> {
 }
 
 /// OpenAI `finish_reason` → Anthropic `stop_reason`.
-pub fn stop_reason(finish: Option<&str>) -> &'static str {
+pub(crate) fn stop_reason(finish: Option<&str>) -> &'static str {
     match finish {
         Some("length") => "max_tokens",
         Some("tool_calls" | "function_call") => "tool_use",
@@ -132,7 +137,7 @@ struct Usage {
 }
 
 /// A `chat.completion` body → an Anthropic `message` body, plus the answer text.
-pub fn to_message(body: &[u8]) -> Result<(Bytes, String), String> {
+pub(crate) fn to_message(body: &[u8]) -> Result<(Bytes, String), String> {
     #[derive(Deserialize)]
     struct Completion {
         #[serde(default)]
@@ -163,7 +168,7 @@ pub fn to_message(body: &[u8]) -> Result<(Bytes, String), String> {
 }
 
 /// A provider error → Anthropic's error shape, keeping the message.
-pub fn error_body(status: u16, body: &[u8]) -> Bytes {
+pub(crate) fn error_body(status: u16, body: &[u8]) -> Bytes {
     let openai: Value = serde_json::from_slice(&super::openai::upstream_error_body(status, body))
         .unwrap_or(Value::Null);
     let message = openai
@@ -186,7 +191,7 @@ pub fn error_body(status: u16, body: &[u8]) -> Bytes {
 
 /// Translates a `chat.completion.chunk` stream into Anthropic Messages events.
 #[derive(Debug, Default)]
-pub struct OpenAiToAnthropic {
+pub(crate) struct OpenAiToAnthropic {
     parser: SseParser,
     events: Vec<SseEvent>,
     started: bool,

@@ -18,25 +18,22 @@ use crate::AppState;
 use crate::auth::{AuthContext, authenticated_body};
 use crate::error::ApiError;
 use crate::http::{Body, blocking, json_response, parse_json};
-use crate::request::{ChatMessage, parse_messages, session_id};
+use crate::request::{
+    ChatMessage, Invalid, check_memory_fields, parse_messages, session_id, to_new_memory,
+};
 use crate::time::now_ms;
 
-/// Largest `metadata` object accepted, serialised, in bytes (it is stored with every
-/// memory of the request).
-pub const METADATA_BYTES_MAX: usize = 16 * 1024;
-/// Longest `model` string.
-pub const MODEL_CHARS_MAX: usize = 256;
-
 /// True when a message of this role and content is to be stored.
-pub fn should_store(state: &AppState, message: &ChatMessage) -> bool {
+pub(crate) fn should_store(state: &AppState, message: &ChatMessage) -> bool {
     message.remember
         && !message.text.trim().is_empty()
         && (message.role != Role::System || state.config.ingest.store_system)
 }
 
-/// Stores `messages` in the caller's vault. `Ok` means durable and visible to the next
-/// search. `skipped` counts messages not stored for any reason.
-pub fn store(
+/// Stores `messages` in the caller's vault (the proxy's exchanges too). `Ok` means durable
+/// and visible to the next search. `skipped` counts messages not stored for any reason.
+/// Every memory is built by [`to_new_memory`], which holds it to the shared bounds.
+pub(crate) fn store(
     state: &AppState,
     auth: &AuthContext,
     messages: &[ChatMessage],
@@ -48,15 +45,18 @@ pub fn store(
     let batch: Vec<NewMemory> = messages
         .iter()
         .filter(|m| should_store(state, m))
-        .map(|m| NewMemory {
-            session_id: session_id.to_owned(),
-            role: m.role,
-            text: m.text.clone(),
-            created_at_ms: m.created_at_ms.unwrap_or(now),
-            model: model.map(str::to_owned),
-            metadata: metadata.clone(),
+        .map(|m| {
+            to_new_memory(
+                session_id,
+                m.role,
+                m.text.clone(),
+                m.created_at_ms.unwrap_or(now),
+                model,
+                metadata.clone(),
+            )
         })
-        .collect();
+        .collect::<Result<_, Invalid>>()
+        .map_err(Invalid::api_error)?;
     let filtered = messages.len() - batch.len();
     if batch.is_empty() {
         return Ok(IngestOutcome {
@@ -87,7 +87,7 @@ struct IngestBody {
 
 /// The handler: 202 `{"stored", "skipped", "ids"}`. `stored` counts messages written,
 /// `ids` the records written (a long message is stored as several chunks, one id each).
-pub async fn handle(
+pub(crate) async fn handle(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -96,26 +96,14 @@ pub async fn handle(
     let messages = parse_messages(&request.messages, &state.config.limits)?;
     let mode = auth.request_mode(&parts, request.memory_mode.as_deref())?;
     let session = session_id(request.session_id.as_deref(), &parts.headers)?;
-    if request
-        .model
-        .as_ref()
-        .is_some_and(|m| m.chars().count() > MODEL_CHARS_MAX)
-    {
-        return Err(ApiError::too_large(
-            "model_too_long",
-            format!("`model` is longer than {MODEL_CHARS_MAX} characters."),
-        )
-        .with_param("model"));
-    }
-    if let Some(metadata) = &request.metadata
-        && serde_json::to_vec(metadata).map_or(0, |b| b.len()) > METADATA_BYTES_MAX
-    {
-        return Err(ApiError::too_large(
-            "metadata_too_large",
-            format!("`metadata` is larger than {METADATA_BYTES_MAX} bytes."),
-        )
-        .with_param("metadata"));
-    }
+    // Checked here too, not only as each memory is built: a request whose model or
+    // metadata is too large is refused even when nothing in it would be stored.
+    check_memory_fields(
+        &session,
+        request.model.as_deref(),
+        request.metadata.as_ref(),
+    )
+    .map_err(Invalid::api_error)?;
     if !mode.stores() {
         return Ok(json_response(
             StatusCode::ACCEPTED,

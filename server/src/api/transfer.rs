@@ -13,39 +13,46 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::memories::{caller, memory_json};
 use crate::AppState;
 use crate::error::{ApiError, Error};
-use crate::http::{Body, blocking, header, json_response, read_body, text_response};
-use crate::memories::{caller, memory_json};
-use crate::request::parse_role;
+use crate::http::{Body, blocking, json_response, read_body, text_response};
+use crate::request::{check_text_length, parse_role, session_id, to_new_memory};
 use crate::time::now_ms;
 
 /// Lines accepted by one upload (413 above), as the hosted API documents.
-pub const UPLOAD_LINES_MAX: usize = 10_000;
+pub(crate) const UPLOAD_LINES_MAX: usize = 10_000;
 /// Errors listed in an upload/import answer; the rest are only counted.
-pub const REPORTED_ERRORS_MAX: usize = 10;
+pub(crate) const REPORTED_ERRORS_MAX: usize = 10;
 /// Memories per engine ingest call during import/upload (one WAL batch each).
-pub const IMPORT_BATCH_MAX: usize = 1000;
+pub(crate) const IMPORT_BATCH_MAX: usize = 1000;
 /// Memories read per page while exporting.
-pub const EXPORT_PAGE_MAX: usize = 1000;
+pub(crate) const EXPORT_PAGE_MAX: usize = 1000;
 
 /// One export line: [`memory_json`] plus `created_at_ms` for a lossless round trip.
-pub fn export_line(memory: &Memory) -> String {
+pub(crate) fn export_line(memory: &Memory) -> String {
     let mut value = memory_json(memory);
     value["created_at_ms"] = json!(memory.created_at_ms);
     value.to_string()
 }
 
 /// Parses an export or upload line: `content` (or `text`) required; `role` (default user),
-/// `session_id`, `created_at_ms`/`created_at`/`timestamp`, `model`, `metadata` optional.
-pub fn import_line(line: &str, now_ms: i64) -> Result<NewMemory, String> {
+/// `session_id` (default `default_session`), `created_at_ms`/`created_at`/`timestamp`,
+/// `model`, `metadata` optional. `chars_max` is the configured `message_chars_max` for a
+/// line a client sent (`None` for the CLI's import of a file). The memory is built and
+/// bounded by [`to_new_memory`], like every other.
+pub(crate) fn import_line(
+    line: &str,
+    now_ms: i64,
+    default_session: &str,
+    chars_max: Option<usize>,
+) -> Result<NewMemory, String> {
     let value: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
     let Value::Object(fields) = value else {
         return Err("a line must be a JSON object".into());
     };
     let text = match fields.get("content").or_else(|| fields.get("text")) {
-        Some(Value::String(text)) if !text.trim().is_empty() => text.clone(),
-        Some(Value::String(_)) => return Err("`content` is empty".into()),
+        Some(Value::String(text)) => text.clone(),
         _ => return Err("`content` must be a string".into()),
     };
     let role = match fields.get("role") {
@@ -59,8 +66,9 @@ pub fn import_line(line: &str, now_ms: i64) -> Result<NewMemory, String> {
         Some(_) => return Err("`role` must be a string".into()),
     };
     let session_id = match fields.get("session_id") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) if s.len() <= crate::request::SESSION_ID_BYTES_MAX => s.clone(),
+        None | Some(Value::Null) => default_session,
+        Some(Value::String(s)) if s.is_empty() => default_session,
+        Some(Value::String(s)) => s.as_str(),
         Some(_) => return Err("`session_id` must be a short string".into()),
     };
     let time = ["created_at_ms", "created_at", "timestamp"]
@@ -71,27 +79,22 @@ pub fn import_line(line: &str, now_ms: i64) -> Result<NewMemory, String> {
         Some(value) => crate::time::parse_json_ms(value)
             .ok_or("timestamps must be RFC 3339 or epoch milliseconds")?,
     };
-    let model = fields
-        .get("model")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let model = fields.get("model").and_then(Value::as_str);
     let metadata = match fields.get("metadata") {
         None | Some(Value::Null) => None,
         Some(Value::Object(map)) => Some(map.clone()),
         Some(_) => return Err("`metadata` must be an object".into()),
     };
-    Ok(NewMemory {
-        session_id,
-        role,
-        text,
-        created_at_ms,
-        model,
-        metadata,
-    })
+    let memory = to_new_memory(session_id, role, text, created_at_ms, model, metadata)
+        .map_err(|e| e.to_string())?;
+    if let Some(chars_max) = chars_max {
+        check_text_length(&memory.text, chars_max).map_err(|e| e.to_string())?;
+    }
+    Ok(memory)
 }
 
 /// Calls `f` on every memory of the vault, newest first, a page at a time.
-pub fn for_each_memory(
+pub(crate) fn for_each_memory(
     vault: &Vault,
     mut f: impl FnMut(&Memory) -> Result<(), Error>,
 ) -> Result<(), Error> {
@@ -109,7 +112,7 @@ pub fn for_each_memory(
 }
 
 /// `GET /v1/memory/export` → JSON Lines, newest first.
-pub async fn export(
+pub(crate) async fn export(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -176,16 +179,7 @@ async fn bulk_store(
         };
         let mut batch = Vec::new();
         for (number, line) in &lines {
-            let parsed = import_line(line, now).and_then(|mut memory| {
-                if memory.text.chars().count() > chars_max {
-                    return Err(format!("`content` is longer than {chars_max} characters"));
-                }
-                if memory.session_id.is_empty() {
-                    memory.session_id = default_session.clone();
-                }
-                Ok(memory)
-            });
-            match parsed {
+            match import_line(line, now, &default_session, Some(chars_max)) {
                 Ok(memory) => batch.push(memory),
                 Err(message) => {
                     outcome.failed += 1;
@@ -224,7 +218,7 @@ async fn jsonl_request(
 }
 
 /// `POST /v1/memory/import` (JSON Lines as exported) → `{imported, skipped, failed, errors}`.
-pub async fn import(
+pub(crate) async fn import(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -238,14 +232,13 @@ pub async fn import(
 
 /// `POST /v1/memory/upload` (JSON Lines of `{content, role?, timestamp?}`) →
 /// `{status, vault, stats: {inputItems, chunks, stored, failed}, errors?}`.
-pub async fn upload(
+pub(crate) async fn upload(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, vault_id, text) = jsonl_request(state, req).await?;
-    let session = header(&parts.headers, "x-session-id")
-        .unwrap_or("")
-        .to_owned();
+    // The header is held to the same bound as in every other request that names a session.
+    let session = session_id(None, &parts.headers)?;
     let outcome = bulk_store(state, vault_id.clone(), text, session).await?;
     let mut body = json!({
         "status": if outcome.failed == 0 { "complete" } else { "partial" },
@@ -264,22 +257,52 @@ mod tests {
 
     #[test]
     fn import_lines_round_trip_and_report_errors() {
-        let memory = import_line(r#"{"content":"hi","role":"assistant","session_id":"s","created_at":"2026-06-05T21:00:00.000Z","metadata":{"a":1}}"#, 7).unwrap();
+        let memory = import_line(r#"{"content":"hi","role":"assistant","session_id":"s","created_at":"2026-06-05T21:00:00.000Z","metadata":{"a":1}}"#, 7, "", None).unwrap();
         assert_eq!(memory.role, engine::Role::Assistant);
         assert_eq!(memory.session_id, "s");
         assert_eq!(
             crate::time::format_ms(memory.created_at_ms),
             "2026-06-05T21:00:00.000Z"
         );
-        let upload = import_line(r#"{"content":"x","timestamp":1700000000000}"#, 7).unwrap();
+        let upload =
+            import_line(r#"{"content":"x","timestamp":1700000000000}"#, 7, "", None).unwrap();
         assert_eq!(upload.created_at_ms, 1_700_000_000_000);
         assert_eq!(
-            import_line(r#"{"content":"x"}"#, 7).unwrap().created_at_ms,
+            import_line(r#"{"content":"x"}"#, 7, "", None)
+                .unwrap()
+                .created_at_ms,
             7
         );
-        assert!(import_line("not json", 0).is_err());
-        assert!(import_line(r#"{"content":""}"#, 0).is_err());
-        assert!(import_line(r#"{"content":"x","role":"wizard"}"#, 0).is_err());
-        assert!(import_line(r#"[1]"#, 0).is_err());
+        assert!(import_line("not json", 0, "", None).is_err());
+        assert!(import_line(r#"{"content":""}"#, 0, "", None).is_err());
+        assert!(import_line(r#"{"content":"x","role":"wizard"}"#, 0, "", None).is_err());
+        assert!(import_line(r#"[1]"#, 0, "", None).is_err());
+    }
+
+    #[test]
+    fn import_lines_take_the_default_session_and_the_request_limits() {
+        let line = |text: &str, session: &str, chars_max| {
+            import_line(text, 0, session, chars_max).map(|m| m.session_id)
+        };
+        assert_eq!(line(r#"{"content":"x"}"#, "up", None).unwrap(), "up");
+        assert_eq!(
+            line(r#"{"content":"x","session_id":"own"}"#, "up", None).unwrap(),
+            "own"
+        );
+        assert_eq!(
+            line(r#"{"content":"xxxx"}"#, "", Some(3)).unwrap_err(),
+            "`content` is longer than 3 characters"
+        );
+        assert!(line(r#"{"content":"xxxx"}"#, "", None).is_ok());
+        let long = format!(r#"{{"content":"x","session_id":"{}"}}"#, "s".repeat(300));
+        assert_eq!(
+            line(&long, "", None).unwrap_err(),
+            "`session_id` must be a short string"
+        );
+        let model = format!(r#"{{"content":"x","model":"{}"}}"#, "m".repeat(300));
+        assert_eq!(
+            line(&model, "", None).unwrap_err(),
+            "`model` is longer than 256 characters"
+        );
     }
 }

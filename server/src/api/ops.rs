@@ -11,18 +11,18 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::http::{Body, json_response, text_response};
 
-pub fn healthz(_state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
+pub(crate) fn healthz(_state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
     Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
 }
 
-pub fn readyz(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
+pub(crate) fn readyz(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
     if state.shutting_down.load(Ordering::Relaxed) {
         return Err(ApiError::unavailable("Shutting down."));
     }
     Ok(json_response(StatusCode::OK, &json!({"status": "ready"})))
 }
 
-pub fn metrics(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
+pub(crate) fn metrics(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
     let text = state.metrics.render(
         state.engine.open_vault_count(),
         state.engine.memory_bytes(),

@@ -23,14 +23,14 @@ use crate::request::{FiltersBody, session_id};
 use crate::time::{format_ms, now_ms};
 
 /// Default and largest `limit` of search.
-pub const SEARCH_LIMIT_DEFAULT: usize = 10;
-pub const SEARCH_LIMIT_MAX: usize = 100;
+pub(crate) const SEARCH_LIMIT_DEFAULT: usize = 10;
+pub(crate) const SEARCH_LIMIT_MAX: usize = 100;
 /// Default and largest page of `GET /v1/memory`.
-pub const LIST_LIMIT_DEFAULT: usize = 50;
-pub const LIST_LIMIT_MAX: usize = 1000;
+pub(crate) const LIST_LIMIT_DEFAULT: usize = 50;
+pub(crate) const LIST_LIMIT_MAX: usize = 1000;
 
 /// A memory as the API shows it (without score).
-pub fn memory_json(memory: &Memory) -> Value {
+pub(crate) fn memory_json(memory: &Memory) -> Value {
     json!({
         "id": memory.id.to_string(),
         "content": memory.text,
@@ -91,7 +91,7 @@ struct SearchBody {
 
 /// `POST /v1/memory/search` → `{"memories": [...]}`, best first. `session_id` restricts to
 /// that session; `X-Session-ID` only ranks it up.
-pub async fn search(
+pub(crate) async fn search(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -143,7 +143,7 @@ pub async fn search(
     let memories: Vec<Value> = hits
         .iter()
         .filter(|h| h.score > 0.0)
-        .map(crate::prepare::hit_json)
+        .map(super::prepare::hit_json)
         .collect();
     Ok(json_response(
         StatusCode::OK,
@@ -153,7 +153,7 @@ pub async fn search(
 
 /// `GET /v1/memory?cursor=&limit=&session_id=` → `{"memories": [...], "next_cursor"}`,
 /// newest first; pass `next_cursor` back as `cursor` for the next page.
-pub async fn list(
+pub(crate) async fn list(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -193,7 +193,7 @@ pub async fn list(
     ))
 }
 
-pub async fn get(
+pub(crate) async fn get(
     state: &Arc<AppState>,
     req: Request<Incoming>,
     id: &str,
@@ -211,7 +211,7 @@ pub async fn get(
     }
 }
 
-pub async fn delete(
+pub(crate) async fn delete(
     state: &Arc<AppState>,
     req: Request<Incoming>,
     id: &str,
@@ -234,7 +234,7 @@ pub async fn delete(
 
 /// `DELETE /v1/memory[?session_id=][&reset=true]`: clears one session (`?session_id=` or
 /// `X-Session-ID`) or the whole vault; `reset=true` also forgets the embedder pin.
-pub async fn clear(
+pub(crate) async fn clear(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -275,7 +275,7 @@ pub async fn clear(
 }
 
 /// `POST /v1/memory/warmup` → `{status: "warm", memories_loaded, warmup_ms}`.
-pub async fn warmup(
+pub(crate) async fn warmup(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -292,7 +292,7 @@ pub async fn warmup(
 }
 
 /// `GET /v1/memory/stats`.
-pub async fn stats(
+pub(crate) async fn stats(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {

@@ -38,7 +38,7 @@ fn check_provider(provider: &str) -> Result<(), ApiError> {
 }
 
 /// `GET /v1/provider-keys` → `{"providers": [{provider, hint, base_url, updated_at}]}`.
-pub async fn list(
+pub(crate) async fn list(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -57,7 +57,7 @@ pub async fn list(
 }
 
 /// `PUT /v1/provider-keys/{provider}` `{"api_key", "base_url"?}` → the masked entry.
-pub async fn put(
+pub(crate) async fn put(
     state: &Arc<AppState>,
     req: Request<Incoming>,
     provider: &str,
@@ -110,7 +110,7 @@ pub async fn put(
 }
 
 /// `DELETE /v1/provider-keys/{provider}` → `{provider, deleted: true}` or 404.
-pub async fn delete(
+pub(crate) async fn delete(
     state: &Arc<AppState>,
     req: Request<Incoming>,
     provider: &str,
