@@ -68,7 +68,7 @@ fn bench_embed(c: &mut Criterion) {
         // One call for BATCH short texts: divide the time by BATCH for the cost per text.
         let texts = vec![SHORT; BATCH];
         g.bench_function(format!("minilm/short_batch{BATCH}"), |b| {
-            b.iter(|| model.embed_batch(black_box(&texts)))
+            b.iter(|| model.vectors(black_box(&texts)))
         });
     }
     g.finish();

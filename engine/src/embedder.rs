@@ -16,22 +16,84 @@
 //! and "transgender" are related; fused with BM25 it adds fuzzy matching, not meaning.
 
 use crate::analyzer::Analysis;
+use crate::error::{Error, Result};
 
-/// Turns text into a vector of `dim()` floats with unit L2 norm.
+/// What an embedder's vectors capture; retrieval defaults (fusion weights, the relevance
+/// gate) depend on it (`policy.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmbedderKind {
+    /// Hashed words and character n-grams (the built-in embedder): a fuzzy BM25, no meaning.
+    Lexical,
+    /// A static (model2vec) model: meaning per word piece, cosines on their own scale.
+    Static,
+    /// A transformer sentence encoder (BERT family, or a remote model).
+    Transformer,
+}
+
+/// Turns texts into vectors of `dim()` floats with unit L2 norm.
+///
+/// Fallible and batched, so an embedder that calls a service or runs a heavy model can say
+/// it failed (ingest is then not acknowledged, and nothing is written) and amortise its
+/// cost over a request's texts. The vault checks every returned batch: one vector per text,
+/// of `dim()` finite floats, or the operation fails with [`Error::Embedder`].
 pub trait Embedder: Send + Sync {
     /// Names the algorithm, its version and dimension; a vault refuses vectors from
     /// another id.
     fn id(&self) -> &str;
     fn dim(&self) -> usize;
-    fn embed(&self, text: &str) -> Vec<f32>;
+    fn kind(&self) -> EmbedderKind;
 
-    /// [`Embedder::embed`] given the text's [`Analysis`], which ingest computes once per
-    /// record for the BM25 index anyway; an embedder that analyses text the same way (the
-    /// built-in one) skips its own pass. Must return exactly what `embed(text)` returns.
-    fn embed_analyzed(&self, text: &str, analysis: &Analysis) -> Vec<f32> {
-        let _ = analysis;
-        self.embed(text)
+    /// One vector per text, in order.
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
+
+    /// [`Embedder::embed_batch`] of one text.
+    fn embed(&self, text: &str) -> Result<Vec<f32>> {
+        self.embed_batch(&[text])?
+            .pop()
+            .ok_or_else(|| Error::embedder(self.id(), "returned no vector"))
     }
+
+    /// [`Embedder::embed_batch`] given each text's [`Analysis`] (`analyses[i]` is
+    /// `texts[i]`'s), which ingest computes once per record for the BM25 index anyway; an
+    /// embedder that analyses text the same way (the built-in one) skips its own pass. Must
+    /// return exactly what `embed_batch(texts)` returns.
+    fn embed_analyzed_batch(
+        &self,
+        texts: &[&str],
+        analyses: &[&Analysis],
+    ) -> Result<Vec<Vec<f32>>> {
+        let _ = analyses;
+        self.embed_batch(texts)
+    }
+}
+
+/// `embedder`'s vectors for `texts`, checked: one per text, each of the embedder's
+/// dimension, every float finite. An embedder that breaks its contract fails the operation
+/// with [`Error::Embedder`] instead of storing or searching garbage.
+pub(crate) fn checked(
+    embedder: &dyn Embedder,
+    texts: usize,
+    vectors: Result<Vec<Vec<f32>>>,
+) -> Result<Vec<Vec<f32>>> {
+    let vectors = vectors?;
+    let fail = |reason: String| Err(Error::embedder(embedder.id(), reason));
+    if vectors.len() != texts {
+        return fail(format!(
+            "returned {} vectors for {texts} texts",
+            vectors.len()
+        ));
+    }
+    let dim = embedder.dim();
+    if let Some(v) = vectors.iter().find(|v| v.len() != dim) {
+        return fail(format!(
+            "returned a vector of length {}, not {dim}",
+            v.len()
+        ));
+    }
+    if vectors.iter().flatten().any(|x| !x.is_finite()) {
+        return fail("returned a vector with a NaN or infinite value".into());
+    }
+    Ok(vectors)
 }
 
 /// Output dimension of the built-in embedder.
@@ -163,12 +225,20 @@ impl Embedder for BuiltinEmbedder {
         BUILTIN_DIM
     }
 
-    fn embed(&self, text: &str) -> Vec<f32> {
-        self.embed_analysis(&Analysis::of(text))
+    fn kind(&self) -> EmbedderKind {
+        EmbedderKind::Lexical
     }
 
-    fn embed_analyzed(&self, _text: &str, analysis: &Analysis) -> Vec<f32> {
-        self.embed_analysis(analysis)
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        Ok(texts.iter().map(|t| self.vector(t)).collect())
+    }
+
+    fn embed_analyzed_batch(
+        &self,
+        _texts: &[&str],
+        analyses: &[&Analysis],
+    ) -> Result<Vec<Vec<f32>>> {
+        Ok(analyses.iter().map(|a| self.embed_analysis(a)).collect())
     }
 }
 
@@ -177,6 +247,12 @@ impl Embedder for BuiltinEmbedder {
 const FEATURES_PER_WORD: usize = 24;
 
 impl BuiltinEmbedder {
+    /// The vector of `text`: what [`Embedder::embed`] returns, without the `Result` (the
+    /// built-in embedder cannot fail).
+    pub fn vector(&self, text: &str) -> Vec<f32> {
+        self.embed_analysis(&Analysis::of(text))
+    }
+
     /// The vector of an analysed text: per content word, its term's unigram, the bigram with
     /// the previous term, and its token's character n-grams, in that order.
     fn embed_analysis(&self, analysis: &Analysis) -> Vec<f32> {
@@ -205,7 +281,7 @@ impl BuiltinEmbedder {
         } else {
             // Features cancelled exactly (astronomically unlikely): fall back to the empty
             // text's vector rather than return zeros.
-            return self.embed("");
+            return self.vector("");
         }
         out
     }
@@ -287,8 +363,8 @@ mod tests {
         fn matches_the_reference_embedder(text in arbitrary_text()) {
             let e = BuiltinEmbedder::new();
             let expected = bits(&reference::embed(&text));
-            prop_assert_eq!(bits(&e.embed(&text)), expected.clone());
-            prop_assert_eq!(bits(&e.embed_analyzed(&text, &Analysis::of(&text))), expected);
+            prop_assert_eq!(bits(&e.vector(&text)), expected.clone());
+            prop_assert_eq!(bits(&e.embed_analyzed_batch(&[&text], &[&Analysis::of(&text)]).unwrap()[0]), expected);
         }
     }
 
@@ -315,13 +391,13 @@ mod tests {
             "Caroline went to a LGBTQ support group",
             "東京",
         ] {
-            let a = e.embed(text);
+            let a = e.vector(text);
             assert_eq!(a.len(), BUILTIN_DIM);
-            assert_eq!(a, e.embed(text));
+            assert_eq!(a, e.vector(text));
             let norm = cos(&a, &a).sqrt();
             assert!((norm - 1.0).abs() < 1e-4, "{text:?}: norm {norm}");
         }
-        let v = e.embed("painting sunrise");
+        let v = e.vector("painting sunrise");
         let nonzero = v.iter().filter(|x| **x != 0.0).count();
         assert!(nonzero > 10 && nonzero < 60, "{nonzero} nonzero dims");
     }
@@ -337,7 +413,11 @@ mod tests {
             "Caroline: I went to a LGBTQ support group yesterday.",
             "Ünïcode café 2023",
         ] {
-            bits.extend(e.embed(text).iter().flat_map(|x| x.to_bits().to_le_bytes()));
+            bits.extend(
+                e.vector(text)
+                    .iter()
+                    .flat_map(|x| x.to_bits().to_le_bytes()),
+            );
         }
         assert_eq!(
             hash(0, &bits),
@@ -350,14 +430,14 @@ mod tests {
     #[test]
     fn similar_texts_are_closer() {
         let e = BuiltinEmbedder::new();
-        let q = e.embed("When did Melanie paint a sunrise?");
-        let near = e.embed("Melanie: I painted that sunrise last year, it was so calming.");
-        let far = e.embed("Caroline: I went to a support group yesterday.");
+        let q = e.vector("When did Melanie paint a sunrise?");
+        let near = e.vector("Melanie: I painted that sunrise last year, it was so calming.");
+        let far = e.vector("Caroline: I went to a support group yesterday.");
         assert!(cos(&q, &near) > cos(&q, &far) + 0.1);
         // Character n-grams forgive a typo the stemmer cannot.
-        let typo = e.embed("educaton");
-        let right = e.embed("education counseling");
-        let other = e.embed("painting a sunset");
+        let typo = e.vector("educaton");
+        let right = e.vector("education counseling");
+        let other = e.vector("painting a sunset");
         assert!(
             cos(&typo, &right) > cos(&typo, &other) + 0.05,
             "{} vs {}",
@@ -369,6 +449,6 @@ mod tests {
     #[test]
     fn stopword_only_texts_share_the_empty_vector() {
         let e = BuiltinEmbedder::new();
-        assert_eq!(e.embed(""), e.embed("the and of it"));
+        assert_eq!(e.vector(""), e.vector("the and of it"));
     }
 }

@@ -70,6 +70,11 @@ pub enum Error {
     #[error("embedding model file {path}: {reason}")]
     Model { path: PathBuf, reason: String },
 
+    /// The embedder failed or broke its contract (wrong count, dimension, a NaN): nothing
+    /// was stored or searched with its output.
+    #[error("embedder {embedder}: {reason}")]
+    Embedder { embedder: String, reason: String },
+
     /// The vault was purged while a caller still held a handle to it.
     #[error("vault {id:?} has been purged")]
     VaultClosed { id: String },
@@ -96,6 +101,13 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }
+    }
+
+    pub(crate) fn embedder(embedder: &str, reason: impl Into<String>) -> Error {
+        Error::Embedder {
+            embedder: embedder.to_string(),
+            reason: reason.into(),
+        }
     }
 
     pub(crate) fn model(path: impl Into<PathBuf>, reason: impl Into<String>) -> Error {

@@ -70,13 +70,14 @@ mod limits;
 mod manifest;
 mod memtable;
 mod mmap;
+mod policy;
 mod query;
 mod record;
 mod registry;
 mod segment;
 mod vault;
 
-pub use embedder::{BuiltinEmbedder, Embedder};
+pub use embedder::{BuiltinEmbedder, Embedder, EmbedderKind};
 pub use local_model::{LocalModelEmbedder, LocalModelKind};
 
 pub use chunk::{CHUNK_CHARS_MAX, CHUNK_OVERLAP_CHARS, chunk_text};
@@ -85,6 +86,7 @@ pub use distance::{Quantized, UnitDistance, dot, exact_top_k};
 pub use error::{Error, Result};
 pub use hnsw::HnswParams;
 pub use limits::MEMTABLE_RECORDS_MAX_DEFAULT;
+pub use policy::{RetrievalPolicy, SIMILARITY_MIN_LEXICAL, SIMILARITY_MIN_TRANSFORMER};
 pub use query::{Filter, Hit, SearchQuery};
 pub use record::{Memory, MemoryId, Metadata, NewMemory, Role, content_hash};
 pub use registry::{

@@ -93,6 +93,10 @@ pub struct Hit {
     /// relevance without embedding the memory again (which costs milliseconds with a
     /// transformer model).
     pub similarity: f32,
+    /// The memory's own text (not its indexing context) shares at least one index term
+    /// with the query (stopwords dropped, stemmed: "training" meets "train"). With
+    /// `similarity`, what a caller's relevance gate needs, without running the analyzer.
+    pub shares_query_term: bool,
 }
 
 #[cfg(test)]

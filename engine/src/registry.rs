@@ -23,6 +23,7 @@ use crate::embedder::{BuiltinEmbedder, Embedder};
 use crate::error::{Error, Result};
 use crate::hnsw::HnswParams;
 use crate::limits::MEMTABLE_RECORDS_MAX_DEFAULT;
+use crate::policy::RetrievalPolicy;
 use crate::vault::{Vault, VaultOptions};
 
 /// Default bound on open vaults. An idle open vault costs its memtable plus a few file
@@ -57,6 +58,8 @@ pub struct EngineConfig {
     pub embedder: Arc<dyn Embedder>,
     /// Graph parameters for large segments.
     pub hnsw: HnswParams,
+    /// How searches rank; `None` = the defaults of the embedder's kind.
+    pub policy: Option<RetrievalPolicy>,
 }
 
 impl EngineConfig {
@@ -72,6 +75,7 @@ impl EngineConfig {
             memtable_records_max: MEMTABLE_RECORDS_MAX_DEFAULT,
             embedder: Arc::new(BuiltinEmbedder::new()),
             hnsw: HnswParams::default(),
+            policy: None,
         }
     }
 }
@@ -127,11 +131,20 @@ impl Engine {
         &self.config
     }
 
+    /// The retrieval policy every vault searches with: the configured one, else the
+    /// defaults of the embedder's kind.
+    pub fn policy(&self) -> RetrievalPolicy {
+        self.config
+            .policy
+            .unwrap_or_else(|| RetrievalPolicy::for_kind(self.config.embedder.kind()))
+    }
+
     fn options(&self) -> VaultOptions {
         let mut o = VaultOptions::new(Arc::clone(&self.config.embedder));
         o.durability = self.config.durability;
         o.memtable_records_max = self.config.memtable_records_max;
         o.hnsw = self.config.hnsw.clone();
+        o.policy = self.policy();
         o.memory_total = Arc::clone(&self.memory_total);
         o
     }

@@ -30,22 +30,31 @@ impl Embedder for TinyEmbedder {
         TINY_DIM
     }
 
-    fn embed(&self, text: &str) -> Vec<f32> {
-        let mut v = vec![0f32; TINY_DIM];
-        for word in text.split_whitespace() {
-            let h = word.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            });
-            v[(h % TINY_DIM as u64) as usize] += if h & 0x100 == 0 { 1.0 } else { -1.0 };
-        }
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        if norm > 0.0 {
-            v.iter_mut().for_each(|x| *x /= norm);
-        } else {
-            v[0] = 1.0;
-        }
-        v
+    fn kind(&self) -> engine::EmbedderKind {
+        engine::EmbedderKind::Lexical
     }
+
+    fn embed_batch(&self, texts: &[&str]) -> engine::Result<Vec<Vec<f32>>> {
+        Ok(texts.iter().map(|t| tiny_vector(t)).collect())
+    }
+}
+
+/// [`TinyEmbedder`]'s vector of one text.
+fn tiny_vector(text: &str) -> Vec<f32> {
+    let mut v = vec![0f32; TINY_DIM];
+    for word in text.split_whitespace() {
+        let h = word.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        v[(h % TINY_DIM as u64) as usize] += if h & 0x100 == 0 { 1.0 } else { -1.0 };
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    } else {
+        v[0] = 1.0;
+    }
+    v
 }
 
 /// Queries over the template's words, plus ones no record holds.

@@ -17,9 +17,18 @@
 //! open_vaults_memory_mb = 1024      # heap the open vaults may hold; idle ones beyond are closed
 //! connections_max = 1024
 //!
-//! [retrieval]
+//! [retrieval]                       # every field optional: defaults follow the embedder
 //! similarity_min = 0.3              # prepare: embedding cosine that counts as relevant
 //!                                   # (default 0.3 built-in, 0.4 with a local model)
+//! fusion = "weighted"               # or "rrf" (with rrf_k0 = 60)
+//! vector_weight = 0.2               # weights of the vector and BM25 lists in the fusion
+//! lexical_weight = 0.8
+//! prior_max = 0.1                   # most the priors below may add
+//! recency_prior_max = 0.03          # recency prior of a memory made now; halves every
+//! recency_half_life_days = 30.0
+//! session_boost = 0.05              # prior of memories in the request's session
+//! candidates_per_k = 2              # each retriever proposes max(k × this, candidates_min)
+//! candidates_min = 40
 //!
 //! [embedder]
 //! model_dir = "/models/all-MiniLM-L6-v2"  # a local model (docs/format.md); unset = built-in
@@ -67,11 +76,11 @@ pub(crate) const CONNECTIONS_MAX_DEFAULT: usize = 1024;
 /// with the query still counts as relevant for prepare. 0.3 sits above the built-in
 /// embedder's noise between unrelated sentences (measured up to ~0.18) and below its score
 /// for paraphrases that share word pieces; see `prepare.rs`.
-pub(crate) const SIMILARITY_MIN_DEFAULT: f32 = 0.3;
+pub(crate) const SIMILARITY_MIN_DEFAULT: f32 = engine::SIMILARITY_MIN_LEXICAL;
 /// Default `similarity_min` with a local semantic model: measured with all-MiniLM-L6-v2 on
 /// LoCoMo (`docs/benchmarks.md`), 0.3 admits 4.6 % of unrelated turns, 0.4 admits 0.32 %
 /// while keeping 71 % of the evidence by cosine alone.
-pub(crate) const SIMILARITY_MIN_LOCAL_MODEL_DEFAULT: f32 = 0.4;
+pub(crate) const SIMILARITY_MIN_LOCAL_MODEL_DEFAULT: f32 = engine::SIMILARITY_MIN_TRANSFORMER;
 
 /// Whether an acknowledged write has been fsynced (`fsync`, the default) or only written
 /// to the OS (`buffered`: faster, loses the last moments of writes on power loss).
@@ -133,11 +142,103 @@ impl Default for Limits {
     }
 }
 
+/// `[retrieval]`: overrides of single fields of the engine's retrieval policy
+/// (`engine::RetrievalPolicy`, whose defaults follow the embedder's kind). Unset = default.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Retrieval {
     /// `None` = the embedder's default ([`Config::similarity_min`]).
     pub similarity_min: Option<f32>,
+    /// `"weighted"` (min-max normalised scores, weighted sum) or `"rrf"` (reciprocal rank).
+    pub fusion: Option<FusionSetting>,
+    pub vector_weight: Option<f32>,
+    pub lexical_weight: Option<f32>,
+    /// RRF's rank offset (`rrf` only).
+    pub rrf_k0: Option<f32>,
+    /// Most the priors (recency, session) may add to a fused score.
+    pub prior_max: Option<f32>,
+    pub recency_prior_max: Option<f32>,
+    pub recency_half_life_days: Option<f32>,
+    pub session_boost: Option<f32>,
+    pub candidates_per_k: Option<usize>,
+    pub candidates_min: Option<usize>,
+}
+
+/// How `[retrieval] fusion` combines the vector and BM25 lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FusionSetting {
+    Weighted,
+    Rrf,
+}
+
+/// RRF's usual rank offset, used when `fusion = "rrf"` names none.
+const RRF_K0_DEFAULT: f32 = 60.0;
+
+impl Retrieval {
+    /// The policy for an embedder of `kind`: its defaults with every set field replaced,
+    /// validated (the error names the setting).
+    pub(crate) fn policy(
+        &self,
+        kind: engine::EmbedderKind,
+    ) -> Result<engine::RetrievalPolicy, Error> {
+        use engine::fusion::FusionMethod;
+        let mut p = engine::RetrievalPolicy::for_kind(kind);
+        let (mut wv, mut wl) = match p.fusion.method {
+            FusionMethod::Weighted {
+                vector_weight,
+                lexical_weight,
+            }
+            | FusionMethod::Rrf {
+                vector_weight,
+                lexical_weight,
+                ..
+            } => (vector_weight, lexical_weight),
+        };
+        wv = self.vector_weight.unwrap_or(wv);
+        wl = self.lexical_weight.unwrap_or(wl);
+        let rrf = match (self.fusion, p.fusion.method) {
+            (Some(FusionSetting::Rrf), FusionMethod::Rrf { k0, .. }) => {
+                Some(self.rrf_k0.unwrap_or(k0))
+            }
+            (Some(FusionSetting::Rrf), _) => Some(self.rrf_k0.unwrap_or(RRF_K0_DEFAULT)),
+            (None, FusionMethod::Rrf { k0, .. }) => Some(self.rrf_k0.unwrap_or(k0)),
+            _ => None,
+        };
+        p.fusion.method = match rrf {
+            Some(k0) => FusionMethod::Rrf {
+                k0,
+                vector_weight: wv,
+                lexical_weight: wl,
+            },
+            None => FusionMethod::Weighted {
+                vector_weight: wv,
+                lexical_weight: wl,
+            },
+        };
+        p.fusion.prior_max = self.prior_max.unwrap_or(p.fusion.prior_max);
+        p.recency_prior_max = self.recency_prior_max.unwrap_or(p.recency_prior_max);
+        p.recency_half_life_days = self
+            .recency_half_life_days
+            .unwrap_or(p.recency_half_life_days);
+        p.session_boost = self.session_boost.unwrap_or(p.session_boost);
+        p.candidates_per_k = self.candidates_per_k.unwrap_or(p.candidates_per_k);
+        p.candidates_min = self.candidates_min.unwrap_or(p.candidates_min);
+        if self.similarity_min.is_some() {
+            p.similarity_min = self.similarity_min;
+        }
+        if self.rrf_k0.is_some() && rrf.is_none() {
+            return Err(invalid(
+                "retrieval.rrf_k0",
+                "applies only with fusion = \"rrf\"".to_owned(),
+            ));
+        }
+        p.validate().map_err(|reason| {
+            let field = reason.split(' ').next().unwrap_or("retrieval");
+            invalid(&format!("retrieval.{field}"), reason.clone())
+        })?;
+        Ok(p)
+    }
 }
 
 /// Which embedder new vaults use. Each vault records the embedder that wrote it and refuses
@@ -319,8 +420,10 @@ impl Config {
         Ok(())
     }
 
-    /// The cosine at which prepare counts a memory without a shared word as relevant: the
-    /// configured value, else the configured embedder's default.
+    /// The cosine at which prepare counts a memory without a shared word as relevant, as
+    /// far as the file tells: the configured value, else the default of the embedder it
+    /// names (the built-in one, or a model directory — a transformer unless the model turns
+    /// out static at start, which then needs an explicit value).
     pub fn similarity_min(&self) -> f32 {
         self.retrieval
             .similarity_min
@@ -329,6 +432,16 @@ impl Config {
             } else {
                 SIMILARITY_MIN_DEFAULT
             })
+    }
+
+    /// The embedder kind the file implies before any model is opened (ranges are checked
+    /// against its defaults at load; the real kind's policy is built at start).
+    fn embedder_kind_hint(&self) -> engine::EmbedderKind {
+        if self.embedder.model_dir.is_some() {
+            engine::EmbedderKind::Transformer
+        } else {
+            engine::EmbedderKind::Lexical
+        }
     }
 
     /// Checks every setting once; the message names the setting and the accepted range.
@@ -365,13 +478,7 @@ impl Config {
                 ),
             ));
         }
-        let similarity_min = self.similarity_min();
-        if !(0.0..=1.0).contains(&similarity_min) {
-            return Err(invalid(
-                "retrieval.similarity_min",
-                format!("{similarity_min} is outside 0..=1"),
-            ));
-        }
+        self.retrieval.policy(self.embedder_kind_hint())?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty".to_owned()));
         }
@@ -486,6 +593,47 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("similarity_min"), "{err}");
+    }
+
+    #[test]
+    fn retrieval_settings_override_single_fields_of_the_embedder_default() {
+        use engine::fusion::FusionMethod;
+        let lexical = engine::EmbedderKind::Lexical;
+        let default = Config::from_toml("")
+            .unwrap()
+            .retrieval
+            .policy(lexical)
+            .unwrap();
+        assert_eq!(default, engine::RetrievalPolicy::for_kind(lexical));
+        let config = Config::from_toml(
+            "[retrieval]\nfusion = \"rrf\"\nvector_weight = 0.5\nsession_boost = 0.0\ncandidates_min = 80\n",
+        )
+        .unwrap();
+        let p = config.retrieval.policy(lexical).unwrap();
+        assert_eq!(
+            p.fusion.method,
+            FusionMethod::Rrf {
+                k0: 60.0,
+                vector_weight: 0.5,
+                lexical_weight: 0.8
+            }
+        );
+        assert_eq!((p.session_boost, p.candidates_min), (0.0, 80));
+        assert_eq!(p.recency_half_life_days, default.recency_half_life_days);
+        for (toml, field) in [
+            ("session_boost = 3.0", "retrieval.session_boost"),
+            ("candidates_per_k = 0", "retrieval.candidates_per_k"),
+            ("rrf_k0 = 10.0", "retrieval.rrf_k0"),
+            (
+                "vector_weight = 0.0\nlexical_weight = 0.0",
+                "retrieval.vector_weight",
+            ),
+        ] {
+            let err = Config::from_toml(&format!("[retrieval]\n{toml}\n"))
+                .and_then(|c| c.validate().map(|_| c).map_err(|e| e.to_string()))
+                .unwrap_err();
+            assert!(err.contains(field), "{toml}: {err}");
+        }
     }
 
     #[test]

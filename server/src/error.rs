@@ -190,6 +190,15 @@ impl From<engine::Error> for ApiError {
     fn from(error: engine::Error) -> Self {
         if error.is_user_error() {
             ApiError::unprocessable("invalid_memory_request", error.to_string())
+        } else if let engine::Error::Embedder { .. } = error {
+            // The embedder's own words (no paths, no keys): the operator needs them to fix
+            // it, and the client needs to know nothing was stored.
+            tracing::error!(%error, "embedder fault");
+            let mut api = ApiError::unavailable(format!(
+                "The embedder failed, so nothing was stored or searched: {error}"
+            ));
+            api.code = "embedder_unavailable";
+            api
         } else {
             // Storage faults are logged here, once, and hidden from the client: the message
             // may name paths on the server.

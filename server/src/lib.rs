@@ -129,22 +129,23 @@ impl AppState {
                     field: "embedder.model_dir".into(),
                     reason: e.to_string(),
                 })?;
-            // A static model's cosines sit high for unrelated texts too (a model2vec model
-            // distilled from MiniLM scored ~0.9 between unrelated LoCoMo turns), so the
-            // BERT-calibrated default would let everything through: ask for a measured value.
-            if model.kind() == engine::LocalModelKind::Static
-                && config.retrieval.similarity_min.is_none()
-            {
-                return Err(error::Error::Config {
-                    field: "retrieval.similarity_min".into(),
-                    reason: "a static (model2vec) model needs an explicit value: measure it with \
-                             `cargo run -p benches --release --bin locomo -- DATA --cosines --model DIR`"
-                        .into(),
-                });
-            }
             tracing::info!(embedder = %engine::Embedder::id(&model), "local embedding model loaded");
             engine_config.embedder = std::sync::Arc::new(model);
         }
+        let policy = config.retrieval.policy(engine_config.embedder.kind())?;
+        // A static model's cosines sit high for unrelated texts too (a model2vec model
+        // distilled from MiniLM scored ~0.9 between unrelated LoCoMo turns), so its kind has
+        // no default gate and a borrowed one would let everything through: ask for a
+        // measured value.
+        if policy.similarity_min.is_none() {
+            return Err(error::Error::Config {
+                field: "retrieval.similarity_min".into(),
+                reason: "a static (model2vec) model needs an explicit value: measure it with \
+                         `cargo run -p benches --release --bin locomo -- DATA --cosines --model DIR`"
+                    .into(),
+            });
+        }
+        engine_config.policy = Some(policy);
         let engine = engine::Engine::open(engine_config)?;
         let proxy = proxy::ProxyState::open(&config).map_err(|e| error::Error::Config {
             field: "providers".into(),

@@ -43,7 +43,7 @@ fn main() -> Result<()> {
     let mut data: Vec<u8> = Vec::with_capacity(pieces.len() * dim * 4);
     for chunk in pieces.chunks(PIECES_PER_CALL) {
         let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        for v in model.embed_batch(&texts) {
+        for v in model.vectors(&texts) {
             data.extend(v.iter().flat_map(|x| x.to_le_bytes()));
         }
     }

@@ -59,7 +59,7 @@ impl<'a> Indexed<'a> {
         let mut vectors = Vec::with_capacity(texts.len());
         for (i, text) in texts.iter().enumerate() {
             lexical.add(i as u32, text);
-            vectors.push(embedder.embed(text));
+            vectors.push(embedder.embed(text).expect("embed a turn"));
         }
         Self {
             embedder,
@@ -77,7 +77,7 @@ impl<'a> Indexed<'a> {
     }
 
     fn vector(&self, query: &str, k: usize) -> Vec<(u64, f32)> {
-        let q = self.embedder.embed(query);
+        let q = self.embedder.embed(query).expect("embed a query");
         let mut hits: Vec<(u64, f32)> = self
             .vectors
             .iter()
@@ -666,7 +666,7 @@ fn print_cosines(embedder: &dyn Embedder, conversations: &[Conversation], turns:
             .iter()
             .filter(|q| (1..=4).contains(&q.category))
         {
-            let q = embedder.embed(&qa.question);
+            let q = embedder.embed(&qa.question).expect("embed a question");
             evidence.extend(qa.evidence.iter().map(|&e| cos(&q, &turns[c][e])));
             unrelated.extend(other.iter().map(|t| cos(&q, t)));
         }
@@ -715,7 +715,10 @@ fn embed_micros_per_turn(embedder: &dyn Embedder, conversations: &[Conversation]
         .flat_map(|c| c.turns.iter().map(|t| t.text.as_str()))
         .collect();
     let start = Instant::now();
-    let dims: usize = texts.iter().map(|t| embedder.embed(t).len()).sum();
+    let dims: usize = texts
+        .iter()
+        .map(|t| embedder.embed(t).expect("embed a turn").len())
+        .sum();
     let micros = start.elapsed().as_secs_f64() * 1e6;
     assert_eq!(dims, texts.len() * embedder.dim());
     micros / texts.len().max(1) as f64
@@ -737,13 +740,22 @@ impl Embedder for Cached {
         self.inner.dim()
     }
 
-    fn embed(&self, text: &str) -> Vec<f32> {
-        if let Some(v) = self.vectors.lock().get(text) {
-            return v.clone();
-        }
-        let v = self.inner.embed(text);
-        self.vectors.lock().insert(text.to_owned(), v.clone());
-        v
+    fn kind(&self) -> engine::EmbedderKind {
+        self.inner.kind()
+    }
+
+    fn embed_batch(&self, texts: &[&str]) -> engine::Result<Vec<Vec<f32>>> {
+        texts
+            .iter()
+            .map(|text| {
+                if let Some(v) = self.vectors.lock().get(*text) {
+                    return Ok(v.clone());
+                }
+                let v = self.inner.embed(text)?;
+                self.vectors.lock().insert((*text).to_owned(), v.clone());
+                Ok(v)
+            })
+            .collect()
     }
 }
 

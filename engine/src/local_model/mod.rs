@@ -38,7 +38,7 @@ mod wordpiece;
 pub use bert::{BATCH_TOKENS_MAX, BERT_TOKENS_MAX};
 pub use static_model::STATIC_TOKENS_MAX;
 
-use crate::embedder::Embedder;
+use crate::embedder::{Embedder, EmbedderKind};
 use crate::error::{Error, Result};
 use bert::{Bert, BertConfig};
 use safetensors::SafeTensors;
@@ -149,10 +149,20 @@ impl LocalModelEmbedder {
         }
     }
 
-    /// [`Embedder::embed`] of each text, the same vectors bit for bit, but a BERT model runs
-    /// the texts together (up to [`BATCH_TOKENS_MAX`] tokens per pass): several times
-    /// cheaper per text for short texts, where packing the weights for sgemm dominates.
-    pub fn embed_batch(&self, texts: &[&str]) -> Vec<Vec<f32>> {
+    /// The vector of one text (what [`Embedder::embed`] returns; a local model cannot fail
+    /// once opened).
+    pub fn vector(&self, text: &str) -> Vec<f32> {
+        normalized(match &self.model {
+            Model::Static(m) => m.embed(text),
+            Model::Bert(m) => m.embed(text),
+        })
+    }
+
+    /// [`LocalModelEmbedder::vector`] of each text, the same vectors bit for bit, but a BERT
+    /// model runs the texts together (up to [`BATCH_TOKENS_MAX`] tokens per pass): several
+    /// times cheaper per text for short texts, where packing the weights for sgemm
+    /// dominates.
+    pub fn vectors(&self, texts: &[&str]) -> Vec<Vec<f32>> {
         let raw = match &self.model {
             Model::Static(m) => texts.iter().map(|t| m.embed(t)).collect(),
             Model::Bert(m) => m.embed_batch(texts),
@@ -170,11 +180,15 @@ impl Embedder for LocalModelEmbedder {
         self.dim
     }
 
-    fn embed(&self, text: &str) -> Vec<f32> {
-        normalized(match &self.model {
-            Model::Static(m) => m.embed(text),
-            Model::Bert(m) => m.embed(text),
-        })
+    fn kind(&self) -> EmbedderKind {
+        match self.model {
+            Model::Static(_) => EmbedderKind::Static,
+            Model::Bert(_) => EmbedderKind::Transformer,
+        }
+    }
+
+    fn embed_batch(&self, texts: &[&str]) -> crate::error::Result<Vec<Vec<f32>>> {
+        Ok(self.vectors(texts))
     }
 }
 

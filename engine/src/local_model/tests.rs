@@ -171,15 +171,15 @@ fn static_model_is_the_normalised_mean_of_known_pieces() {
     assert_eq!(e.kind(), LocalModelKind::Static);
     // hello (4), "," (6), world (5): mean (5, 1, -2.5); the unknown "zebra" is dropped.
     assert_close(
-        &e.embed("Hello, zebra world"),
+        &e.vector("Hello, zebra world"),
         &unit(&[5.0, 1.0, -2.5]),
         1e-6,
     );
     // un ##believ ##able: rows 7, 8, 9.
-    assert_close(&e.embed("unbelievable"), &unit(&[8.0, 1.0, -4.0]), 1e-6);
+    assert_close(&e.vector("unbelievable"), &unit(&[8.0, 1.0, -4.0]), 1e-6);
     // No known piece: the documented fallback e0.
     for text in ["", "zebra 😀", "\u{0}\u{1}"] {
-        assert_eq!(e.embed(text), vec![1.0, 0.0, 0.0], "{text:?}");
+        assert_eq!(e.vector(text), vec![1.0, 0.0, 0.0], "{text:?}");
     }
 }
 
@@ -216,7 +216,7 @@ fn static_model_accepts_f16_weights() {
     let half = LocalModelEmbedder::open(&dir).unwrap();
     let (_tmp2, full) = static_model();
     for text in ["hello world", "unbelievable café"] {
-        assert_eq!(half.embed(text), full.embed(text), "{text}");
+        assert_eq!(half.vector(text), full.vector(text), "{text}");
     }
 }
 
@@ -460,15 +460,15 @@ fn tiny_bert_matches_a_naive_forward_pass() {
         assert_eq!(e.kind(), LocalModelKind::Bert);
         // [CLS]=2 hello=4 ,=6 world=5 [SEP]=3.
         assert_close(
-            &e.embed("Hello, world"),
+            &e.vector("Hello, world"),
             &naive_bert(&[2, 4, 6, 5, 3]),
             1e-5,
         );
         // Empty text is [CLS] [SEP], a real vector of the model.
-        assert_close(&e.embed(""), &naive_bert(&[2, 3]), 1e-5);
+        assert_close(&e.vector(""), &naive_bert(&[2, 3]), 1e-5);
         // Truncated to max_position_embeddings (6): [CLS] + 4 pieces + [SEP].
         assert_close(
-            &e.embed("hello world hello world hello world"),
+            &e.vector("hello world hello world hello world"),
             &naive_bert(&[2, 4, 5, 4, 5, 3]),
             1e-5,
         );
@@ -495,13 +495,13 @@ fn batches_give_the_same_vectors_bit_for_bit() {
         .collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     for e in [&bert, &stat] {
-        let batch = e.embed_batch(&refs);
+        let batch = e.vectors(&refs);
         assert_eq!(batch.len(), refs.len());
         for (text, v) in refs.iter().zip(&batch) {
-            assert_eq!(*v, e.embed(text), "{}: {text:?}", e.id());
+            assert_eq!(*v, e.vector(text), "{}: {text:?}", e.id());
         }
     }
-    assert!(bert.embed_batch(&[]).is_empty());
+    assert!(bert.vectors(&[]).is_empty());
 }
 
 #[test]
@@ -522,10 +522,10 @@ fn embeddings_are_unit_deterministic_and_never_panic() {
             "\u{feff}\u{fffd}\u{10ffff}",
             "a\u{301}",
         ] {
-            let v = e.embed(text);
+            let v = e.vector(text);
             assert_eq!(v.len(), e.dim());
             assert!((dot(&v, &v) - 1.0).abs() < 1e-5, "{}: {text:.20?}", e.id());
-            assert_eq!(v, e.embed(text));
+            assert_eq!(v, e.vector(text));
         }
     }
     // Different weights or tokenizer: a different id.
@@ -614,9 +614,9 @@ fn minilm_matches_the_python_reference() {
             ],
         ),
     ];
-    let vectors: Vec<Vec<f32>> = golden.iter().map(|(t, _)| e.embed(t)).collect();
+    let vectors: Vec<Vec<f32>> = golden.iter().map(|(t, _)| e.vector(t)).collect();
     let texts: Vec<&str> = golden.iter().map(|(t, _)| *t).collect();
-    assert_eq!(e.embed_batch(&texts), vectors);
+    assert_eq!(e.vectors(&texts), vectors);
     for ((text, want), got) in golden.iter().zip(&vectors) {
         let got = &got[..8];
         for (g, w) in got.iter().zip(want) {

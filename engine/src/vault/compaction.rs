@@ -214,7 +214,7 @@ mod tests {
             chunk: 0,
         };
         let (one, two, again) = (memory(1, "one"), memory(2, "two"), memory(2, "again"));
-        let vector = embedder.embed("x");
+        let vector = embedder.vector("x");
         let input = |m| SegmentInput {
             memory: m,
             vector: &vector,

@@ -44,6 +44,7 @@ use crate::footprint::MemoryGauge;
 use crate::hnsw::HnswParams;
 use crate::limits::MEMTABLE_RECORDS_MAX_DEFAULT;
 use crate::manifest::Manifest;
+use crate::policy::RetrievalPolicy;
 use crate::record::MemoryId;
 use state::State;
 
@@ -55,6 +56,9 @@ pub struct VaultOptions {
     pub memtable_records_max: usize,
     pub embedder: Arc<dyn Embedder>,
     pub hnsw: HnswParams,
+    /// How searches rank (fusion, weights, priors, candidate pool); defaults follow the
+    /// embedder's kind.
+    pub policy: RetrievalPolicy,
     /// Seal and compact on the rayon pool when thresholds are crossed. Tests that drive
     /// `seal`/`compact` by hand turn this off.
     pub background: bool,
@@ -75,6 +79,7 @@ impl VaultOptions {
         VaultOptions {
             durability: Durability::Fsync,
             memtable_records_max: MEMTABLE_RECORDS_MAX_DEFAULT,
+            policy: RetrievalPolicy::for_kind(embedder.kind()),
             embedder,
             hnsw: HnswParams::default(),
             background: true,

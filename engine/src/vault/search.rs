@@ -4,13 +4,14 @@
 //! Filters and tombstones are applied inside every scan, walk and posting loop, so deleted or
 //! filtered-out records never take a slot and `k` results come back whenever `k` match.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use crate::embedder;
 use crate::error::{Error, Result};
-use crate::fusion::fuse;
+use crate::fusion::fuse_with;
 use crate::lexical::{Bm25Query, LexicalSource, merge_top_k};
 use crate::query::{Filter, Hit, SearchQuery};
 use crate::record::MemoryId;
@@ -20,20 +21,6 @@ use super::state::{Loc, Source};
 
 /// Largest `k` a search may ask for.
 pub const SEARCH_K_MAX: usize = 1000;
-/// Each retriever proposes this many times `k` candidates to fusion (a memory ranked low by
-/// one retriever but high by the other must still reach the fuser). Not more: the pool is
-/// the floor of every HNSW beam, and 4k made a prepare (k ≈ 31) walk each graph with a beam
-/// of 124 for candidates ranked too low in both lists to matter. Searches with k ≤ 20 (the
-/// LoCoMo harness uses 10) get [`CANDIDATES_MIN`] either way.
-const CANDIDATES_PER_K: usize = 2;
-/// ... and at least this many (small k still gets a pool deep enough for fusion).
-const CANDIDATES_MIN: usize = 40;
-/// Weight of the recency prior for a memory created at `now_ms`; halves every
-/// [`RECENCY_HALF_LIFE_DAYS`]. Small: it breaks near-ties, it does not outrank relevance.
-const RECENCY_PRIOR_MAX: f32 = 0.03;
-const RECENCY_HALF_LIFE_DAYS: f32 = 30.0;
-/// Prior added to memories of `boost_session`.
-const SESSION_BOOST: f32 = 0.05;
 const MS_PER_DAY: f32 = 86_400_000.0;
 
 /// Vaults with fewer records search on the calling thread: below this, handing the work to
@@ -119,18 +106,13 @@ impl Vault {
             return Ok(Vec::new());
         }
         let inner = &*self.inner;
-        let query = inner.options.embedder.embed(&q.text);
-        if query.len() != inner.dim {
-            return Err(Error::InvalidArgument {
-                name: "embedder",
-                reason: format!(
-                    "query vector has length {}, vault dim is {}",
-                    query.len(),
-                    inner.dim
-                ),
-            });
-        }
-        let pool = (q.k * CANDIDATES_PER_K).max(CANDIDATES_MIN);
+        let embedder = &*inner.options.embedder;
+        let query = embedder::checked(embedder, 1, embedder.embed_batch(&[q.text.as_str()]))?
+            .pop()
+            .unwrap_or_default();
+        // Every ranking knob comes from the vault's policy (`policy.rs`).
+        let policy = &inner.options.policy;
+        let pool = policy.candidates(q.k);
         let ef = inner.options.hnsw.ef_search.max(pool);
         let state = inner.state.read();
         let filter = &q.filter;
@@ -243,22 +225,30 @@ impl Vault {
                 return 0.0;
             };
             let age_days = ((q.now_ms - c.created_at_ms).max(0) as f32) / MS_PER_DAY;
-            let recency = RECENCY_PRIOR_MAX * 0.5f32.powf(age_days / RECENCY_HALF_LIFE_DAYS);
+            let recency =
+                policy.recency_prior_max * 0.5f32.powf(age_days / policy.recency_half_life_days);
             recency
                 + if c.in_boost_session {
-                    SESSION_BOOST
+                    policy.session_boost
                 } else {
                     0.0
                 }
         };
-        let fused = fuse(&vector, &lexical, &prior, q.k);
+        let fused = fuse_with(&policy.fusion, &vector, &lexical, &prior, q.k);
+        // Whether each hit's own text shares an index term with the query: a caller's
+        // relevance gate (prepare) needs it, and only the engine knows the analyzer.
+        let query_terms: HashSet<String> = crate::analyzer::analyze(&q.text).into_iter().collect();
         Ok(fused
             .into_iter()
             .filter_map(|(id, score)| {
                 cands.get(&id).map(|c| {
                     let source = sources[c.loc.source];
+                    let memory = source.memory(c.loc.doc);
                     Hit {
-                        memory: source.memory(c.loc.doc),
+                        shares_query_term: crate::analyzer::analyze(&memory.text)
+                            .iter()
+                            .any(|t| query_terms.contains(t)),
+                        memory,
                         score: score.clamp(0.0, 1.0),
                         similarity: crate::distance::dot(&query, source.vector(c.loc.doc)),
                     }

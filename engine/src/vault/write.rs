@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 
 use crate::analyzer::{Analysis, TermCounts};
 use crate::chunk::chunk_text;
-use crate::error::{Error, Result};
+use crate::embedder;
+use crate::error::Result;
 use crate::limits::{DELETE_IDS_PER_RECORD_MAX, WAL_PAYLOAD_BYTES_MAX};
 use crate::record::{
     self, KIND_DELETE, KIND_INGEST, Memory, MemoryId, NewMemory, StoredMemory, content_hash,
@@ -28,6 +29,15 @@ struct EmbeddedChunk {
     vector: Vec<f32>,
     /// The BM25 terms of context and text, for the memtable.
     terms: TermCounts,
+}
+
+/// One chunk of a new message before its vector: what the embedder is asked for, and the
+/// analysis that feeds both the BM25 index and (for the built-in embedder) the vector.
+struct Chunk {
+    text: String,
+    context: String,
+    indexed: String,
+    analysis: Analysis,
 }
 
 impl Vault {
@@ -77,45 +87,61 @@ impl Vault {
             });
         }
         // 2. Chunk, analyse and embed outside every lock: the one analysis of each chunk
-        //    feeds both the BM25 index and (for the built-in embedder) the vector.
+        //    feeds both the BM25 index and (for the built-in embedder) the vector. Every
+        //    chunk of the request goes to the embedder in one batch; if it fails, nothing
+        //    has been written and the ingest fails.
+        //    On the caller's thread, whatever the batch size: rayon's global pool runs seals
+        //    and compactions (graph builds that hold its threads for seconds), and a batch
+        //    handed to it waited behind them: bulk import over HTTP fell from ~13k to ~1.5k
+        //    memories/s.
+        let messages: Vec<(u64, NewMemory, Vec<Chunk>)> = fresh
+            .into_iter()
+            .map(|(h, m, context)| {
+                // Chunk i's context is chunk i - 1 (the message's first: the previous message).
+                let mut context = context;
+                let chunks = chunk_text(&m.text)
+                    .into_iter()
+                    .map(|c| {
+                        let indexed = record::indexed_text(&context, c).into_owned();
+                        let next = record::context_of(c).to_string();
+                        Chunk {
+                            text: c.to_string(),
+                            context: std::mem::replace(&mut context, next),
+                            analysis: Analysis::of(&indexed),
+                            indexed,
+                        }
+                    })
+                    .collect();
+                (h, m, chunks)
+            })
+            .collect();
         let embedder = &*inner.options.embedder;
-        let embed = |(h, m, context): (u64, NewMemory, String)| -> Embedded {
-            // Chunk i's context is chunk i - 1 (the message's first: the previous message).
-            let mut context = context;
-            let chunks = chunk_text(&m.text)
-                .into_iter()
-                .map(|c| {
-                    let indexed = record::indexed_text(&context, c);
-                    let analysis = Analysis::of(&indexed);
-                    let vector = embedder.embed_analyzed(&indexed, &analysis);
-                    let next = record::context_of(c).to_string();
-                    EmbeddedChunk {
-                        text: c.to_string(),
-                        context: std::mem::replace(&mut context, next),
-                        vector,
-                        terms: analysis.term_counts(),
-                    }
-                })
-                .collect();
-            (h, m, chunks)
-        };
-        // On the caller's thread, whatever the batch size: rayon's global pool runs seals and
-        // compactions (graph builds that hold its threads for seconds), and a batch handed to
-        // it waited behind them: bulk import over HTTP fell from ~13k to ~1.5k memories/s.
-        let embedded: Vec<Embedded> = fresh.into_iter().map(embed).collect();
-        if embedded
+        let (texts, analyses): (Vec<&str>, Vec<&Analysis>) = messages
             .iter()
-            .flat_map(|e| &e.2)
-            .any(|c| c.vector.len() != inner.dim)
-        {
-            return Err(Error::InvalidArgument {
-                name: "embedder",
-                reason: format!(
-                    "embedder returned a vector whose length is not {}",
-                    inner.dim
-                ),
-            });
-        }
+            .flat_map(|(_, _, chunks)| chunks.iter().map(|c| (c.indexed.as_str(), &c.analysis)))
+            .unzip();
+        let mut vectors = embedder::checked(
+            embedder,
+            texts.len(),
+            embedder.embed_analyzed_batch(&texts, &analyses),
+        )?
+        .into_iter();
+        let embedded: Vec<Embedded> = messages
+            .into_iter()
+            .map(|(h, m, chunks)| {
+                let chunks = chunks
+                    .into_iter()
+                    .zip(vectors.by_ref())
+                    .map(|(c, vector)| EmbeddedChunk {
+                        terms: c.analysis.term_counts(),
+                        text: c.text,
+                        context: c.context,
+                        vector,
+                    })
+                    .collect();
+                (h, m, chunks)
+            })
+            .collect();
 
         // 3. Reserve: re-check dedupe under the lock, assign ids, mark hashes pending.
         let _gate = inner.gate.read();
@@ -322,7 +348,7 @@ mod tests {
                                 Postings::Bytes(_) => panic!("the memtable index hands out pairs"),
                             })
                             .collect();
-                    let vector = v.inner.options.embedder.embed(&indexed);
+                    let vector = v.inner.options.embedder.embed(&indexed).unwrap();
                     assert_eq!(m.vector(d), vector.as_slice(), "doc {d}");
                     (m.memory(d).id, m.lexical().doc_len(d), postings)
                 })

@@ -286,3 +286,90 @@ fn segments_serve_reads_after_seal_and_reopen() {
     assert_eq!(v.list(None, 100, None).unwrap().len(), 44);
     v.verify().unwrap();
 }
+
+/// An embedder that fails (or breaks its contract) on demand.
+struct Flaky {
+    inner: std::sync::Arc<dyn engine::Embedder>,
+    /// 0 works, 1 fails, 2 returns a NaN, 3 returns too short a vector, 4 too few vectors.
+    mode: std::sync::atomic::AtomicU8,
+}
+
+impl engine::Embedder for Flaky {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn kind(&self) -> engine::EmbedderKind {
+        self.inner.kind()
+    }
+    fn embed_batch(&self, texts: &[&str]) -> engine::Result<Vec<Vec<f32>>> {
+        let mut out = self.inner.embed_batch(texts)?;
+        match self.mode.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => {}
+            1 => {
+                return Err(engine::Error::Embedder {
+                    embedder: "flaky".into(),
+                    reason: "endpoint down".into(),
+                });
+            }
+            2 => out[0][0] = f32::NAN,
+            3 => {
+                out[0].pop();
+            }
+            _ => {
+                out.pop();
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A failing embedder is a clear error, never a panic, and the ingest it fails writes
+/// nothing: not to the memtable, not to the WAL (a reopen finds only the earlier memory).
+#[test]
+fn an_embedder_failure_fails_the_ingest_and_writes_nothing() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = std::sync::Arc::new(Flaky {
+        inner: crate::common::WordHash::shared(16),
+        mode: std::sync::atomic::AtomicU8::new(0),
+    });
+    let mut o = engine::VaultOptions::new(flaky.clone());
+    o.background = false;
+    let v = engine::Vault::open(dir.path(), o.clone()).unwrap();
+    v.ingest(vec![msg("s", Role::User, "kept before the outage", 1)])
+        .unwrap();
+    for mode in 1..=4u8 {
+        flaky.mode.store(mode, Ordering::SeqCst);
+        let batch = vec![
+            msg("s", Role::User, "lost in the outage", 2),
+            msg("s", Role::Assistant, "also lost", 3),
+        ];
+        let err = v.ingest(batch).unwrap_err();
+        assert!(
+            matches!(err, engine::Error::Embedder { .. }),
+            "mode {mode}: {err}"
+        );
+        assert!(!err.is_user_error(), "an embedder fault is the service's");
+        let err = v.search(&query("outage", 5)).unwrap_err();
+        assert!(matches!(err, engine::Error::Embedder { .. }), "mode {mode}");
+        assert_eq!(v.stats().unwrap().memories, 1, "mode {mode}");
+    }
+    flaky.mode.store(0, Ordering::SeqCst);
+    drop(v);
+    let v = engine::Vault::open(dir.path(), o).unwrap();
+    let texts: Vec<String> = v
+        .list(None, 10, None)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["kept before the outage"]);
+    // Once the embedder is back, the same messages are stored (not skipped as duplicates).
+    let out = v
+        .ingest(vec![msg("s", Role::User, "lost in the outage", 2)])
+        .unwrap();
+    assert_eq!((out.stored.len(), out.skipped), (1, 0));
+}

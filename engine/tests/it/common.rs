@@ -36,7 +36,16 @@ impl Embedder for WordHash {
     fn dim(&self) -> usize {
         self.dim
     }
-    fn embed(&self, text: &str) -> Vec<f32> {
+    fn kind(&self) -> engine::EmbedderKind {
+        engine::EmbedderKind::Lexical
+    }
+    fn embed_batch(&self, texts: &[&str]) -> engine::Result<Vec<Vec<f32>>> {
+        Ok(texts.iter().map(|t| self.vector(t)).collect())
+    }
+}
+
+impl WordHash {
+    pub fn vector(&self, text: &str) -> Vec<f32> {
         let mut v = vec![0f32; self.dim];
         for w in text.split_whitespace() {
             let h = fnv(&w.to_lowercase());

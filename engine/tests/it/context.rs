@@ -18,10 +18,10 @@ fn assert_embedded(v: &Vault, id: u64, indexed: &str) {
         "zebra weather talk",
         indexed,
     ] {
-        let q = e.embed(probe);
+        let q = e.embed(probe).unwrap();
         let hits = v.search_vectors(&q, 50, &Filter::default()).unwrap();
         let got = hits.iter().find(|h| h.0 == id).unwrap().1;
-        let want = engine::dot(&q, &e.embed(indexed));
+        let want = engine::dot(&q, &e.embed(indexed).unwrap());
         assert!(
             (got - want).abs() < 1e-5,
             "{id} was not embedded as {indexed:?}"

@@ -160,12 +160,12 @@ fn run(ops: Vec<Op>) {
                     session_id: session.map(|i| SESSIONS[i].to_string()),
                     ..Filter::default()
                 };
-                let q = embedder.embed(&text);
+                let q = embedder.embed(&text).unwrap();
                 let mut truth: Vec<f32> = m
                     .live
                     .iter()
                     .filter(|(_, (s, _, _))| filter.session_id.as_ref().is_none_or(|f| f == s))
-                    .map(|(id, _)| engine::dot(&q, &embedder.embed(&m.indexed[id])))
+                    .map(|(id, _)| engine::dot(&q, &embedder.embed(&m.indexed[id]).unwrap()))
                     .collect();
                 truth.sort_by(|a, b| b.total_cmp(a));
                 truth.truncate(k);
@@ -175,7 +175,9 @@ fn run(ops: Vec<Op>) {
                     let (s, _, _) = m.live.get(id).expect("search returned a dead memory");
                     assert!(filter.session_id.as_ref().is_none_or(|f| f == s));
                     let indexed = &m.indexed[id];
-                    assert!((engine::dot(&q, &embedder.embed(indexed)) - score).abs() < 1e-4);
+                    assert!(
+                        (engine::dot(&q, &embedder.embed(indexed).unwrap()) - score).abs() < 1e-4
+                    );
                     // Graph search is approximate; on these tiny, tie-heavy sets it must
                     // still find results at least almost as good as the exact ones.
                     assert!(*score >= t - 0.35, "score {score} far below exact {t}");

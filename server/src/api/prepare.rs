@@ -7,11 +7,11 @@
 //! is relevant at all: the top hit of an unrelated vault still scores ~0.5. Relevance is
 //! therefore decided here, per hit, on absolute evidence:
 //!
-//! * **Relevant** = the memory shares at least one index term with the query (the engine's
-//!   analyzer: stopwords dropped, Porter-stemmed, so "training" meets "train"), or the
-//!   embedder's cosine between them is at least `retrieval.similarity_min` (0.3 for the
-//!   built-in embedder, whose noise between unrelated sentences measured up to ~0.18; 0.4
-//!   by default with a local semantic model).
+//! * **Relevant** = the memory shares at least one index term with the query
+//!   (`Hit::shares_query_term`: the engine's analyzer, stopwords dropped, Porter-stemmed, so
+//!   "training" meets "train"), or the embedder's cosine between them is at least the
+//!   retrieval policy's `similarity_min` (0.3 for the built-in embedder, whose noise between
+//!   unrelated sentences measured up to ~0.18; 0.4 by default with a transformer model).
 //!   Irrelevant hits are dropped, so a large unrelated vault yields an empty context.
 //! * **Recency fallback** (small vaults only): when the searched vault or session holds at
 //!   most [`RECENCY_FALLBACK_VAULT_MAX`] memories and the request has no `filters`, the
@@ -171,7 +171,7 @@ pub(crate) fn retrieve(
     let hits = vault.search(&search)?;
     state.metrics.retrieval.observe(started.elapsed());
 
-    let relevance = Relevance::new(state, query);
+    let relevance = Relevance::new(state);
     let mut relevant: Vec<Hit> = Vec::new();
     for hit in &hits {
         if relevant.len() == limit {
@@ -206,6 +206,7 @@ pub(crate) fn retrieve(
                         memory,
                         score,
                         similarity: 0.0,
+                        shares_query_term: false,
                     }
                 })
                 .collect();
@@ -215,27 +216,25 @@ pub(crate) fn retrieve(
     Ok(format_context(relevant, opts.density.budget_tokens()))
 }
 
-/// Decides whether a memory is relevant to the query at all (see the module docs). The
-/// cosine is the engine's: the query's embedding against the memory's stored vector, so no
-/// memory is embedded again here (milliseconds each with a transformer model).
+/// Decides whether a memory is relevant to the query at all (see the module docs). Both
+/// signals are the engine's: the query's embedding against the memory's stored vector (no
+/// memory is embedded again here, milliseconds each with a transformer model) and whether
+/// the memory shares an index term with the query.
 struct Relevance {
-    terms: std::collections::HashSet<String>,
     similarity_min: f32,
 }
 
 impl Relevance {
-    fn new(state: &AppState, query: &str) -> Self {
+    fn new(state: &AppState) -> Self {
         Self {
-            terms: engine::analyzer::analyze(query).into_iter().collect(),
-            similarity_min: state.config.similarity_min(),
+            // `open` refuses a policy without a gate, so the fallback (admit nothing on
+            // cosine alone) is never used.
+            similarity_min: state.engine.policy().similarity_min.unwrap_or(1.0),
         }
     }
 
     fn is_relevant(&self, hit: &Hit) -> bool {
-        hit.similarity >= self.similarity_min
-            || engine::analyzer::analyze(&hit.memory.text)
-                .iter()
-                .any(|t| self.terms.contains(t))
+        hit.similarity >= self.similarity_min || hit.shares_query_term
     }
 }
 
@@ -389,6 +388,7 @@ mod tests {
             },
             score,
             similarity: score,
+            shares_query_term: false,
         }
     }
 
