@@ -282,3 +282,61 @@ fn a_checkpoint_near_the_end_of_the_lsn_space_is_refused_not_a_later_panic() {
         }
     }
 }
+
+#[test]
+fn every_tail_cut_at_open_is_logged_and_counted() {
+    use std::fmt::Write as _;
+    use std::sync::Mutex;
+
+    /// Collects every event's fields as text.
+    struct Capture(Arc<Mutex<Vec<String>>>);
+    struct Fields(String);
+    impl tracing::field::Visit for Fields {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            let _ = write!(self.0, "{}={:?} ", field.name(), value);
+        }
+    }
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut fields = Fields(format!("{} ", event.metadata().level()));
+            event.record(&mut fields);
+            self.0.lock().expect("capture").push(fields.0);
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let options = options(Durability::Fsync);
+    let (log, _) = Wal::open(tmp.path(), options.clone()).expect("open");
+    log.append(1, b"kept").expect("append");
+    drop(log);
+    let segment = crate::segment::segment_path(tmp.path(), 1);
+    let clean = std::fs::metadata(&segment).expect("stat").len();
+    let mut bytes = std::fs::read(&segment).expect("read");
+    bytes.extend_from_slice(&[0xAB; 9]); // A torn frame.
+    std::fs::write(&segment, &bytes).expect("write");
+
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let (_log, recovery) = tracing::subscriber::with_default(Capture(Arc::clone(&events)), || {
+        Wal::open(tmp.path(), options.clone())
+    })
+    .expect("reopen");
+    assert_eq!((recovery.tail_cuts, recovery.truncated_bytes), (1, 9));
+    assert_eq!(recovery.records.len(), 1);
+    let events = events.lock().expect("capture");
+    let cut: Vec<&String> = events.iter().filter(|e| e.contains("torn tail")).collect();
+    assert_eq!(cut.len(), 1, "{events:?}");
+    assert!(cut[0].starts_with("WARN"), "{}", cut[0]);
+    assert!(cut[0].contains(&format!("offset={clean}")), "{}", cut[0]);
+    assert!(cut[0].contains("bytes=9"), "{}", cut[0]);
+    assert!(cut[0].contains("00000000000000000001.wal"), "{}", cut[0]);
+}

@@ -179,6 +179,9 @@ pub struct Recovery {
     pub checkpoint: Lsn,
     /// Bytes of torn tail cut off the last segment (0 if it was clean).
     pub truncated_bytes: u64,
+    /// Tail cuts made (0 or 1: only the last segment can be cut). Each is also logged with
+    /// `tracing::warn!` naming the file, the offset cut at and the bytes cut.
+    pub tail_cuts: u32,
 }
 
 /// `Wal` is shared across threads as `Arc<Wal>`; keep it that way.
