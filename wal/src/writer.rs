@@ -407,7 +407,15 @@ impl Wal {
             Ok(()) => Ok(()),
             Err(err) if err.is_retryable() => match self.roll_back(log, mark) {
                 Ok(()) => Err(GroupError::Stalled(err)),
-                Err(undo) => Err(GroupError::Poisoned(undo)),
+                Err(undo) => {
+                    // The caller gets the undo's error (the batch's fate is now unknown).
+                    tracing::error!(
+                        write = %err,
+                        undo = %undo,
+                        "wal: could not undo a write that ran out of space; poisoned"
+                    );
+                    Err(GroupError::Poisoned(undo))
+                }
             },
             Err(err) => Err(GroupError::Poisoned(err)),
         }
