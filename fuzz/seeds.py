@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Writes small seed inputs for the engine fuzz targets into corpus/<target>/.
+"""Writes small seed inputs for the fuzz targets into corpus/<target>/.
 
 The targets damage valid files built in-process (see src/edit.rs), so the empty input is
 already a valid vault; these seeds give libFuzzer one example of each edit op on each file,
 so it starts from inputs long enough to carry edit scripts instead of growing them byte by
-byte. Run from fuzz/:  python3 seeds.py
+byte. wal_recovery takes a whole segment file: its seeds are segments built here from
+docs/format.md, valid, torn and damaged. Run from fuzz/:  python3 seeds.py
 """
 import json
 import os
 import struct
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -82,6 +84,34 @@ def manifest_variants():
     yield dict(m, embedder=None, dim=0)
 
 
+def wal_segment(batches, seed=0x5EED_CAFE, first_lsn=1):
+    """A WAL segment file as docs/format.md specifies it: header, then one frame per record,
+    END_OF_BATCH on the last record of each batch; frame crcs start from the header's seed."""
+    head = b"MRWALSEG" + struct.pack("<HHIQI", 1, 0, seed, first_lsn, 0)
+    out = head + struct.pack("<I", zlib.crc32(head))
+    for batch in batches:
+        for i, (kind, payload) in enumerate(batch):
+            flags = 1 if i + 1 == len(batch) else 0
+            frame = struct.pack("<IBB", len(payload), kind, flags)
+            frame += struct.pack("<I", zlib.crc32(frame, seed)) + payload
+            out += frame + struct.pack("<I", zlib.crc32(frame, seed))
+    return out
+
+
+def wal_recovery_seeds():
+    batches = [[(1, b"hello")], [(2, b"a"), (2, b""), (2, bytes(range(40)))], [(3, b"x" * 100)]]
+    whole = wal_segment(batches)
+    yield "valid", whole
+    yield "empty", wal_segment([])
+    yield "torn", whole[:-7]  # the last frame cut short: a torn tail
+    yield "unfinished-batch", wal_segment(batches[:1] + [[(2, b"a"), (2, b"b")]])[:-20]
+    yield "garbage-tail", whole + b"\x00" * 16 + b"\xff" * 16
+    flipped = bytearray(whole)
+    flipped[32 + 12] ^= 0x01  # a payload bit of the first record: damage before intact data
+    yield "flipped", bytes(flipped)
+    yield "late-lsn", wal_segment(batches, first_lsn=2)
+
+
 def write(target, name, data):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -116,6 +146,8 @@ def main():
     write("lexical_view", "seed-raw", bytes([3]) + b"MRLEXIDX" + struct.pack("<IIII", 1, 0, 0, 0) + bytes(24))
     for i, s in enumerate(SCRIPTS):
         write("hnsw_graph", f"seed-{i}", bytes([0]) + s)
+    for name, data in wal_recovery_seeds():
+        write("wal_recovery", f"seed-{name}", data)
     write("hnsw_graph", "seed-raw", bytes([1]) + struct.pack("<8I", 1, 8, 4, 0, 0, 0, 0, 0) + bytes(36))
 
 

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
     /// An operating-system call failed. On the append path this also poisons the log.
+    /// (A write that failed for lack of space is [`WalError::NoSpace`] instead.)
     #[error("wal: {op} {path}: {source}")]
     Io {
         /// What we were doing (`"write"`, `"fsync"`, `"rename"`, ...).
@@ -18,6 +19,27 @@ pub enum WalError {
         /// The file or directory involved.
         path: PathBuf,
         /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A write or file creation failed because the file system is full (`ENOSPC`,
+    /// [`io::ErrorKind::StorageFull`]) or the quota is exhausted (`EDQUOT`,
+    /// [`io::ErrorKind::QuotaExceeded`]). Retryable: before this error is returned the log has
+    /// cut its files back to the last acknowledged record (durably), so nothing of the failed
+    /// append — nor of the appends that were queued with it, which get this error too — is on
+    /// disk or will ever be replayed, and the log stays open. The next append tries again
+    /// (reusing the LSNs the failed ones would have had); [`crate::Wal::health`] reports
+    /// [`crate::Health::WriteStalled`] until one succeeds. A checkpoint that runs out of space
+    /// returns it too (the previous checkpoint stays). Any other failed write, every failed
+    /// fsync, and a failure while cutting back are [`WalError::Io`] and poison the log.
+    #[error("wal: {op} {path}: {source} (nothing was kept; retry once there is space)")]
+    NoSpace {
+        /// What failed (`"write"` or `"create"`).
+        op: &'static str,
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error (for appends that were queued behind the failed write, a copy
+        /// of its kind).
         #[source]
         source: io::Error,
     },
@@ -87,7 +109,8 @@ pub enum WalError {
     /// `append_batch` was called with no records.
     #[error("wal: empty batch")]
     EmptyBatch,
-    /// An earlier write or fsync failed; the log refuses further work until it is reopened.
+    /// An earlier fsync failed, or a write for another reason than lack of space, or undoing a
+    /// write that ran out of space: the log refuses further work until it is reopened.
     #[error("wal: poisoned by an earlier I/O failure; reopen the log to recover")]
     Poisoned,
     /// `checkpoint(lsn)` named an LSN that has not been acknowledged yet.
@@ -114,5 +137,60 @@ impl WalError {
             path: path.into(),
             source,
         }
+    }
+
+    /// Wraps the error of a write or a file creation: [`WalError::NoSpace`] if it says the
+    /// disk or quota is full, [`WalError::Io`] otherwise. Never use it for an fsync: a failed
+    /// fsync means the page cache can no longer be trusted, whatever the errno.
+    pub(crate) fn write(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        if is_out_of_space(&source) {
+            WalError::NoSpace {
+                op,
+                path: path.into(),
+                source,
+            }
+        } else {
+            WalError::io(op, path, source)
+        }
+    }
+
+    /// True for [`WalError::NoSpace`]: the log is still open and nothing of the failed call
+    /// reached the log; the same call may be retried (after freeing space).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, WalError::NoSpace { .. })
+    }
+}
+
+/// `ENOSPC` and `EDQUOT` (std maps them to these kinds on every Unix).
+pub(crate) fn is_out_of_space(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_enospc_and_edquot_count_as_out_of_space() {
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let err = WalError::write("write", "f", io::Error::from_raw_os_error(errno));
+            assert!(err.is_retryable(), "errno {errno}");
+        }
+        for errno in [
+            libc::EIO,
+            libc::EROFS,
+            libc::EFBIG,
+            libc::EBADF,
+            libc::EINTR,
+        ] {
+            let err = WalError::write("write", "f", io::Error::from_raw_os_error(errno));
+            assert!(matches!(err, WalError::Io { .. }), "errno {errno}");
+        }
+        assert!(
+            !WalError::io("fsync", "f", io::Error::from_raw_os_error(libc::ENOSPC)).is_retryable()
+        );
     }
 }

@@ -1,13 +1,14 @@
-//! The file-system seam: every write, fsync, rename and delete the log performs at run time
-//! goes through [`Storage`] and [`LogFile`], so tests can swap in a layer that fails the Nth
-//! write or fsync (see `FaultyStorage` below) and check that the log poisons itself and that a
-//! reopen recovers the acknowledged records intact.
+//! The file-system seam: every write, fsync, truncate, rename and delete the log performs at
+//! run time goes through [`Storage`] and [`LogFile`], so tests can swap in a layer that fails
+//! the Nth write, fsync or truncate, or every write for a while (a full disk; see
+//! `FaultyStorage` below), and check that the log stalls or poisons itself as it should and
+//! that a reopen recovers exactly the acknowledged records.
 //!
 //! Reads (recovery, `verify`) use `std::fs` directly: a failed read fails `open` and
 //! poisons nothing, so there is nothing to inject there.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::Path;
 
 /// An open file the log appends to.
@@ -16,6 +17,11 @@ pub(crate) trait LogFile: Send {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
     /// Makes everything written so far durable (`fdatasync`).
     fn sync_data(&mut self) -> io::Result<()>;
+    /// Cuts the file to `len` bytes and positions the next write there; returns the length
+    /// it had. Not durable until the next `sync_all`.
+    fn truncate(&mut self, len: u64) -> io::Result<u64>;
+    /// Makes the contents and the metadata, the size included, durable (`fsync`).
+    fn sync_all(&mut self) -> io::Result<()>;
 }
 
 /// The directory operations the log performs after `open`.
@@ -35,6 +41,10 @@ pub(crate) trait Storage: Send + Sync {
 /// Creates `path` holding `bytes` so that a crash leaves either no file or the whole one:
 /// write a temp name, fsync it, rename it into place, fsync the directory. Returns the open
 /// file, positioned at its end, for callers that go on appending (segments).
+///
+/// If writing or syncing the temp file fails, it is deleted (best effort: it was never renamed,
+/// so it is garbage either way, and `Wal::open` deletes leftovers), so a log that keeps running
+/// out of space does not collect them.
 pub(crate) fn create_durably(
     storage: &dyn Storage,
     tmp: &Path,
@@ -44,11 +54,16 @@ pub(crate) fn create_durably(
     use crate::WalError;
     let mut file = storage
         .create(tmp)
-        .map_err(|e| WalError::io("create", tmp, e))?;
-    file.write_all(bytes)
-        .map_err(|e| WalError::io("write", tmp, e))?;
-    file.sync_data()
-        .map_err(|e| WalError::io("fsync", tmp, e))?;
+        .map_err(|e| WalError::write("create", tmp, e))?;
+    let written = file
+        .write_all(bytes)
+        .map_err(|e| WalError::write("write", tmp, e))
+        .and_then(|()| file.sync_data().map_err(|e| WalError::io("fsync", tmp, e)));
+    if let Err(err) = written {
+        drop(file);
+        let _ = storage.remove(tmp);
+        return Err(err);
+    }
     storage
         .rename(tmp, path)
         .map_err(|e| WalError::io("rename", tmp, e))?;
@@ -72,6 +87,19 @@ impl LogFile for OsFile {
 
     fn sync_data(&mut self) -> io::Result<()> {
         self.0.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<u64> {
+        let was = self.0.metadata()?.len();
+        self.0.set_len(len)?;
+        // A file from `create` is not in append mode: without the seek the next write would
+        // land at the old end and leave a hole of zeros.
+        self.0.seek(SeekFrom::Start(len))?;
+        Ok(was)
+    }
+
+    fn sync_all(&mut self) -> io::Result<()> {
+        self.0.sync_all()
     }
 }
 
@@ -113,28 +141,57 @@ mod fault {
     use std::io;
     use std::path::Path;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::mpsc::{Receiver, Sender, channel};
 
-    /// Which operation to fail. Counters are 1-based and shared by every file of the storage;
+    use parking_lot::Mutex;
+
+    /// Which operations to fail. Counters are 1-based and shared by every file of the storage;
     /// directory fsyncs count as fsyncs.
     #[derive(Clone, Copy, Debug, Default)]
     pub(crate) struct FaultPlan {
         /// Fail the Nth `write_all`, after writing the first half of its buffer (a short write).
         pub fail_write_at: Option<u64>,
+        /// Fail every `write_all` from the Nth on (a disk that filled up), the same way, until
+        /// `fail_writes_until` or [`FaultyStorage::clear`].
+        pub fail_writes_from: Option<u64>,
+        /// With `fail_writes_from`: the first write that succeeds again (space was freed).
+        pub fail_writes_until: Option<u64>,
+        /// Fail every write whose number is a multiple of this (a disk that keeps filling up
+        /// and emptying: a log file next to others that grow and shrink).
+        pub fail_every_nth_write: Option<u64>,
+        /// The errno failed writes report; `None` for a generic error (which the log must
+        /// treat as an I/O failure of unknown effect).
+        pub write_errno: Option<i32>,
         /// Fail the Nth fsync without syncing.
         pub fail_sync_at: Option<u64>,
+        /// Fail the Nth truncate without truncating.
+        pub fail_truncate_at: Option<u64>,
         /// Fail the Nth `remove` without removing (a crash before the unlink reached disk).
         pub fail_remove_at: Option<u64>,
+        /// Count fsyncs (and fail the planned one) but skip the real `fdatasync`: for the long
+        /// fault sweeps, which reopen in the same process and never crash the OS.
+        pub skip_real_sync: bool,
     }
 
     #[derive(Default)]
     struct Counters {
         writes: AtomicU64,
         syncs: AtomicU64,
+        truncates: AtomicU64,
         removes: AtomicU64,
+        creates: AtomicU64,
+        /// Set by [`FaultyStorage::fail_writes_from_now`]: every write from this number on
+        /// fails (0: none).
+        fail_writes_from: AtomicU64,
+        /// Set by [`FaultyStorage::clear`]: no further injected failures.
+        cleared: AtomicBool,
+        /// Armed by [`FaultyStorage::hold_next_sync`].
+        hold: Mutex<Option<Receiver<()>>>,
+        held: AtomicBool,
     }
 
-    /// Real files, with one injected failure.
+    /// Real files, with injected failures.
     pub(crate) struct FaultyStorage {
         plan: FaultPlan,
         counters: Arc<Counters>,
@@ -157,15 +214,50 @@ mod fault {
         pub(crate) fn syncs(&self) -> u64 {
             self.counters.syncs.load(Ordering::SeqCst)
         }
+
+        /// How many files have been created (segments, checkpoints, temporaries).
+        pub(crate) fn creates(&self) -> u64 {
+            self.counters.creates.load(Ordering::SeqCst)
+        }
+
+        /// Makes the next file fsync block until the returned sender sends (or is dropped),
+        /// so a test can queue appenders behind a leader and stage one big group.
+        pub(crate) fn hold_next_sync(&self) -> Sender<()> {
+            let (release, receiver) = channel();
+            *self.counters.hold.lock() = Some(receiver);
+            release
+        }
+
+        /// True while an fsync is blocked by [`FaultyStorage::hold_next_sync`].
+        pub(crate) fn sync_held(&self) -> bool {
+            self.counters.held.load(Ordering::SeqCst)
+        }
+
+        /// The `k`th write from now (1 = the next one) and every later one fail, as
+        /// `fail_writes_from` does, until [`FaultyStorage::clear`].
+        pub(crate) fn fail_writes_from_now(&self, k: u64) {
+            let from = self.writes() + k;
+            self.counters.fail_writes_from.store(from, Ordering::SeqCst);
+        }
+
+        /// Ends every planned fault: the disk has room again.
+        pub(crate) fn clear(&self) {
+            self.counters.cleared.store(true, Ordering::SeqCst);
+        }
     }
 
     fn injected(what: &str) -> io::Error {
         io::Error::other(format!("injected {what} failure"))
     }
 
+    /// Counts one operation in `counter`; true if the plan fails it.
+    fn hit(counters: &Counters, counter: &AtomicU64, fail: impl Fn(u64) -> bool) -> bool {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        !counters.cleared.load(Ordering::SeqCst) && fail(n)
+    }
+
     fn sync_fails(plan: &FaultPlan, counters: &Counters) -> bool {
-        let n = counters.syncs.fetch_add(1, Ordering::SeqCst) + 1;
-        plan.fail_sync_at == Some(n)
+        hit(counters, &counters.syncs, |n| plan.fail_sync_at == Some(n))
     }
 
     struct FaultyFile {
@@ -176,19 +268,59 @@ mod fault {
 
     impl LogFile for FaultyFile {
         fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-            let n = self.counters.writes.fetch_add(1, Ordering::SeqCst) + 1;
-            if self.plan.fail_write_at == Some(n) {
+            let plan = &self.plan;
+            let from_now = self.counters.fail_writes_from.load(Ordering::SeqCst);
+            let fails = hit(&self.counters, &self.counters.writes, |n| {
+                (from_now != 0 && n >= from_now)
+                    || plan.fail_write_at == Some(n)
+                    || plan.fail_every_nth_write.is_some_and(|k| n % k == 0)
+                    || (plan.fail_writes_from.is_some_and(|from| n >= from)
+                        && plan.fail_writes_until.is_none_or(|until| n < until))
+            });
+            if fails {
                 self.inner.write_all(&buf[..buf.len() / 2])?;
-                return Err(injected("write"));
+                return Err(match plan.write_errno {
+                    Some(errno) => io::Error::from_raw_os_error(errno),
+                    None => injected("write"),
+                });
             }
             self.inner.write_all(buf)
         }
 
         fn sync_data(&mut self) -> io::Result<()> {
+            let hold = self.counters.hold.lock().take();
+            if let Some(release) = hold {
+                self.counters.held.store(true, Ordering::SeqCst);
+                let _ = release.recv();
+                self.counters.held.store(false, Ordering::SeqCst);
+            }
             if sync_fails(&self.plan, &self.counters) {
                 return Err(injected("fsync"));
             }
+            if self.plan.skip_real_sync {
+                return Ok(());
+            }
             self.inner.sync_data()
+        }
+
+        fn truncate(&mut self, len: u64) -> io::Result<u64> {
+            let plan = &self.plan;
+            if hit(&self.counters, &self.counters.truncates, |n| {
+                plan.fail_truncate_at == Some(n)
+            }) {
+                return Err(injected("truncate"));
+            }
+            self.inner.truncate(len)
+        }
+
+        fn sync_all(&mut self) -> io::Result<()> {
+            if sync_fails(&self.plan, &self.counters) {
+                return Err(injected("fsync"));
+            }
+            if self.plan.skip_real_sync {
+                return Ok(());
+            }
+            self.inner.sync_all()
         }
     }
 
@@ -204,6 +336,7 @@ mod fault {
 
     impl Storage for FaultyStorage {
         fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+            self.counters.creates.fetch_add(1, Ordering::SeqCst);
             Ok(self.wrap(OsStorage.create(path)?))
         }
 
@@ -216,8 +349,10 @@ mod fault {
         }
 
         fn remove(&self, path: &Path) -> io::Result<()> {
-            let n = self.counters.removes.fetch_add(1, Ordering::SeqCst) + 1;
-            if self.plan.fail_remove_at == Some(n) {
+            let plan = &self.plan;
+            if hit(&self.counters, &self.counters.removes, |n| {
+                plan.fail_remove_at == Some(n)
+            }) {
                 return Err(injected("remove"));
             }
             OsStorage.remove(path)
@@ -226,6 +361,9 @@ mod fault {
         fn sync_dir(&self, dir: &Path) -> io::Result<()> {
             if sync_fails(&self.plan, &self.counters) {
                 return Err(injected("directory fsync"));
+            }
+            if self.plan.skip_real_sync {
+                return Ok(());
             }
             OsStorage.sync_dir(dir)
         }

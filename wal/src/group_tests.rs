@@ -43,6 +43,14 @@ impl LogFile for GatedFile {
         }
         self.inner.sync_data()
     }
+
+    fn truncate(&mut self, len: u64) -> io::Result<u64> {
+        self.inner.truncate(len)
+    }
+
+    fn sync_all(&mut self) -> io::Result<()> {
+        self.inner.sync_all()
+    }
 }
 
 impl Storage for GatedStorage {

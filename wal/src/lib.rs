@@ -20,12 +20,18 @@
 //! batch never spans two segments, so a single batch larger than that gets a segment of its
 //! own. Replay holds one segment and every replayed record in memory.
 //!
-//! **Modules.** `writer` (the [`Wal`] handle, group commit, poisoning), `record` (frame
-//! codec), `segment` (segment header, naming, scanning), `recovery` (replay on open,
+//! **Failures.** A write that fails for lack of space ([`WalError::NoSpace`]) is undone
+//! before it is reported and the log stays open ([`Health::WriteStalled`]); a failed fsync,
+//! any other failed write, or a failure while undoing poisons the log until it is reopened
+//! ([`Health::Poisoned`]). See the `writer` module.
+//!
+//! **Modules.** `writer` (the [`Wal`] handle, group commit, stalls and poisoning), `record`
+//! (frame codec), `segment` (segment header, naming, scanning), `recovery` (replay on open,
 //! [`verify`]), `checkpoint` (the checkpoint file), `file` (the I/O seam that tests use to
-//! inject failures), `error` ([`WalError`]). Tests: `fault_tests` (injected write/fsync
-//! failures), `group_tests` (one fsync for a queued group), `tests/recovery/` (round trips,
-//! torn tails, bit flips, golden format, never-panic proptests), `tests/crash.rs` (SIGKILL).
+//! inject failures), `error` ([`WalError`]). Tests: `fault_tests` (injected write, fsync and
+//! truncate failures, full disks), `group_tests` (one fsync for a queued group),
+//! `tests/recovery/` (round trips, torn tails, bit flips, golden format, never-panic
+//! proptests), `tests/crash.rs` (SIGKILL).
 //!
 //! # Example
 //!
@@ -76,7 +82,10 @@ pub use error::WalError;
 pub use recovery::{SegmentReport, VerifyReport, verify};
 pub use writer::Wal;
 
-/// Log sequence number: the first record ever appended is 1; strictly increasing, never reused.
+/// Log sequence number: the first record ever appended is 1. Acknowledged LSNs are strictly
+/// increasing and gap-free, and never reused. (The LSNs an append was given internally before
+/// it failed with [`WalError::NoSpace`] were never returned and never reached the disk; the
+/// next appends get them.)
 pub type Lsn = u64;
 
 /// Default for [`WalOptions::segment_bytes_max`]: 64 MiB.
@@ -159,6 +168,36 @@ impl Default for WalOptions {
     }
 }
 
+/// What [`Wal::health`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Health {
+    /// Appends are being acknowledged.
+    Healthy,
+    /// The last write failed for lack of space ([`WalError::NoSpace`]) and nothing has been
+    /// written since. The log is intact and open; the next append tries again.
+    WriteStalled,
+    /// An fsync or a write failed in a way that leaves the files' state unknown: every call
+    /// fails with [`WalError::Poisoned`] until the log is reopened.
+    Poisoned,
+}
+
+impl Health {
+    /// `"healthy"`, `"write_stalled"` or `"poisoned"` (for readiness reports and metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::WriteStalled => "write_stalled",
+            Health::Poisoned => "poisoned",
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One replayed record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -179,6 +218,9 @@ pub struct Recovery {
     pub checkpoint: Lsn,
     /// Bytes of torn tail cut off the last segment (0 if it was clean).
     pub truncated_bytes: u64,
+    /// Tail cuts made (0 or 1: only the last segment can be cut). Each is also logged with
+    /// `tracing::warn!` naming the file, the offset cut at and the bytes cut.
+    pub tail_cuts: u32,
 }
 
 /// `Wal` is shared across threads as `Arc<Wal>`; keep it that way.

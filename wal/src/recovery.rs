@@ -223,6 +223,7 @@ pub(crate) fn replay(storage: &dyn Storage, dir: &Path) -> Result<Replayed, WalE
     let mut sealed = list_segments(dir)?;
     let mut records = Vec::new();
     let mut truncated_bytes = 0;
+    let mut tail_cuts = 0;
     let mut tail = None;
     let tail_next = walk(&sealed, checkpoint, |seg, bytes, scan, is_last| {
         for (i, rec) in scan.records.iter().enumerate() {
@@ -239,6 +240,13 @@ pub(crate) fn replay(storage: &dyn Storage, dir: &Path) -> Result<Replayed, WalE
             if scan.torn_bytes > 0 {
                 truncate(&seg.path, scan.valid_bytes)?;
                 truncated_bytes = scan.torn_bytes;
+                tail_cuts += 1;
+                tracing::warn!(
+                    file = %seg.path.display(),
+                    offset = scan.valid_bytes,
+                    bytes = scan.torn_bytes,
+                    "wal: cut a torn tail (an unfinished write or batch) off the last segment"
+                );
             }
             tail = Some((
                 seg.path.clone(),
@@ -294,6 +302,7 @@ pub(crate) fn replay(storage: &dyn Storage, dir: &Path) -> Result<Replayed, WalE
             records,
             checkpoint,
             truncated_bytes,
+            tail_cuts,
         },
         sealed,
         active,

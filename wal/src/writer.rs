@@ -11,16 +11,48 @@
 //! load one fsync acknowledges many appends and no thread spins. There is at most one leader,
 //! which keeps the file in LSN order.
 //!
-//! # Poisoning
+//! # Failures: stall or poison
 //!
-//! The first failed write or fsync (of a segment, the directory or the checkpoint) sets
-//! `poisoned` for good: the state of the file is unknown (a failed fsync may have dropped dirty
-//! pages), so retrying could acknowledge data that is not on disk. Every later call returns
-//! [`WalError::Poisoned`] until the log is reopened, which re-reads the truth from disk.
+//! The log is in one of three states ([`Health`]).
+//!
+//! **Healthy.**
+//!
+//! **WriteStalled**: the last write failed for lack of space (`ENOSPC`/`EDQUOT`, see
+//! [`WalError::NoSpace`]). The bytes after the last acknowledged record were never
+//! acknowledged, so the failure can be undone before anyone hears of it. Still holding the
+//! files, the leader deletes every segment the failed group created (newest first, the
+//! directory fsynced after each delete, so a crash midway leaves no gap), cuts the segment that
+//! was active when the group began back to the end of its last acknowledged record (`set_len`,
+//! then `fsync`), and only then fails the group's appends and every append queued behind it
+//! with `NoSpace`. ("Acknowledged", not "fsynced": in Buffered mode acknowledged records may
+//! not be synced yet, and they stay.) Their LSNs were never returned to anyone and no byte on
+//! disk carries them, so the next appends get them again: acknowledged LSNs stay gap-free, as
+//! recovery requires (frame i of a segment has LSN `first_lsn + i` and segments continue each
+//! other, so a skipped LSN would be a hole that recovery refuses as damage). Before those LSNs
+//! are handed out again, new appenders wait until every discarded appender has taken its error
+//! (`draining`): a waiter tells its fate by comparing its last LSN with `acked_lsn`, which must
+//! not move until it has looked. The log stays open; the next successful append (or
+//! checkpoint) makes it Healthy again. A checkpoint that runs out of space stalls the same way:
+//! only its temporary file was touched.
+//!
+//! **Poisoned**, for good: a failed fsync (of a segment, the directory or the checkpoint),
+//! whatever its errno; a write that failed for any other reason than space; any failure while
+//! undoing a stalled group. The state of the file is then unknown (a failed fsync may have
+//! dropped dirty pages and cleared the error, "fsyncgate"), so retrying could acknowledge data
+//! that is not on disk. Every later call returns [`WalError::Poisoned`] until the log is
+//! reopened, which re-reads the truth from disk.
+//!
+//! Why poison rather than rotate to a fresh segment when the cut itself fails: after a failed
+//! write the old segment's tail is unknown (half a frame, whole unacknowledged batches), and a
+//! sealed segment must end on a batch boundary and be continued by the next one, so a log
+//! rotated past it would refuse to open. The reopen of a poisoned log cuts the torn tail of its
+//! last segment by design.
 
 use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
@@ -29,9 +61,9 @@ use crate::error::WalError;
 use crate::file::{OsStorage, Storage};
 use crate::record::{self, FLAG_END_OF_BATCH, FRAME_OVERHEAD_BYTES};
 use crate::recovery::{self, SegmentFile};
-use crate::segment::{self, ActiveSegment};
+use crate::segment::{self, ActiveSegment, SegmentHeader};
 use crate::{
-    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, Durability, Lsn, RECORD_BYTES_LIMIT, Recovery,
+    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, Durability, Health, Lsn, RECORD_BYTES_LIMIT, Recovery,
     SEGMENT_BYTES_MIN, WalOptions,
 };
 
@@ -51,7 +83,14 @@ pub struct Wal {
     /// The files. Locked by the leader while it writes, and by `sync` and `checkpoint`;
     /// never while holding `commit`.
     log: Mutex<Log>,
+    /// [`Health`] as a `u8`, for a lock-free [`Wal::health`]. Written under `commit`; never
+    /// leaves `POISONED`.
+    health: AtomicU8,
 }
+
+const HEALTHY: u8 = 0;
+const WRITE_STALLED: u8 = 1;
+const POISONED: u8 = 2;
 
 /// Group-commit state, guarded by `Wal::commit`.
 struct Commit {
@@ -61,11 +100,60 @@ struct Commit {
     acked_lsn: Lsn,
     /// True while a leader writes a group outside the lock. At most one leader at a time.
     leader_active: bool,
-    /// Set by the first failed write or fsync; never cleared.
+    /// Set by the first failed fsync or non-retryable write; never cleared.
     poisoned: bool,
+    /// Bumped by every stalled group. An appender whose epoch changed while it waited and whose
+    /// last LSN is above `acked_lsn` had its batch discarded.
+    epoch: u64,
+    /// Appenders whose batches the last stall discarded and that have not yet returned their
+    /// error. While non-zero, nobody may take LSNs: the discarded appenders' LSNs are about to
+    /// be reused, and they tell their fate by comparing them with `acked_lsn`.
+    draining: usize,
+    /// What the last stall failed with, to give discarded appenders their own error.
+    stall: Option<Stall>,
     /// Records waiting for the next leader. Bounded: each caller blocked in `append_batch`
     /// has at most one batch in it.
     queue: Queue,
+}
+
+/// The failure of a stalled group, kept to build a [`WalError::NoSpace`] per appender.
+struct Stall {
+    op: &'static str,
+    path: PathBuf,
+    kind: io::ErrorKind,
+    errno: Option<i32>,
+}
+
+impl Stall {
+    fn of(err: &WalError) -> Option<Stall> {
+        match err {
+            WalError::NoSpace { op, path, source } => Some(Stall {
+                op,
+                path: path.clone(),
+                kind: source.kind(),
+                errno: source.raw_os_error(),
+            }),
+            _ => None,
+        }
+    }
+
+    fn error(&self) -> WalError {
+        WalError::NoSpace {
+            op: self.op,
+            path: self.path.clone(),
+            source: self
+                .errno
+                .map_or_else(|| io::Error::from(self.kind), io::Error::from_raw_os_error),
+        }
+    }
+}
+
+/// How a leader's group ended when it did not succeed.
+enum GroupError {
+    /// Out of space; every file is back where the group found it. Retryable.
+    Stalled(WalError),
+    /// Anything else: the log poisons itself.
+    Poisoned(WalError),
 }
 
 /// Queued records: payload bytes back to back, plus one entry per record.
@@ -75,6 +163,16 @@ struct Queue {
     first_lsn: Lsn,
     entries: Vec<Entry>,
     payloads: Vec<u8>,
+}
+
+impl Queue {
+    /// Number of batches (one per waiting appender).
+    fn batches(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.flags & FLAG_END_OF_BATCH != 0)
+            .count()
+    }
 }
 
 struct Entry {
@@ -94,12 +192,36 @@ struct Log {
     scratch: Vec<u8>,
 }
 
+/// Where a group began: what a stalled group is cut back to. Between groups, the active
+/// segment's `bytes` and `records` describe exactly its acknowledged content.
+struct Mark {
+    /// `sealed.len()`: more at the end of the group means it rotated.
+    sealed: usize,
+    path: PathBuf,
+    header: SegmentHeader,
+    bytes: u64,
+    records: u64,
+}
+
+impl Mark {
+    fn of(log: &Log) -> Mark {
+        Mark {
+            sealed: log.sealed.len(),
+            path: log.active.path.clone(),
+            header: log.active.header,
+            bytes: log.active.bytes,
+            records: log.active.records,
+        }
+    }
+}
+
 impl fmt::Debug for Wal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Wal")
             .field("dir", &self.dir)
             .field("options", &self.options)
             .field("last_lsn", &self.last_lsn())
+            .field("health", &self.health())
             .finish_non_exhaustive()
     }
 }
@@ -144,6 +266,9 @@ impl Wal {
                 acked_lsn: replayed.next_lsn - 1,
                 leader_active: false,
                 poisoned: false,
+                epoch: 0,
+                draining: 0,
+                stall: None,
                 queue: Queue::default(),
             }),
             committed: Condvar::new(),
@@ -153,6 +278,7 @@ impl Wal {
                 checkpoint: replayed.recovery.checkpoint,
                 scratch: Vec::new(),
             }),
+            health: AtomicU8::new(HEALTHY),
         };
         Ok((wal, replayed.recovery))
     }
@@ -164,12 +290,20 @@ impl Wal {
 
     /// Appends records that survive a crash all together or not at all; returns the LSN of
     /// the last one once the batch is acknowledged. LSNs within the batch are consecutive.
+    ///
+    /// After [`WalError::NoSpace`] nothing of the batch is in the log, now or after any reopen,
+    /// and the call may be retried. After any other I/O error the log is poisoned and the batch
+    /// may or may not be replayed by the next open (all of it or none).
     pub fn append_batch(&self, records: &[(u8, &[u8])]) -> Result<Lsn, WalError> {
         self.check_batch(records)?;
         let mut commit = self.commit.lock();
+        while commit.draining > 0 && !commit.poisoned {
+            self.committed.wait(&mut commit);
+        }
         if commit.poisoned {
             return Err(WalError::Poisoned);
         }
+        let epoch = commit.epoch;
         let count = records.len() as u64;
         let last = commit.next_lsn + count - 1;
         if commit.queue.entries.is_empty() {
@@ -190,8 +324,20 @@ impl Wal {
             });
         }
         loop {
+            // Sound for a discarded batch too: `acked_lsn` cannot move while it drains.
             if commit.acked_lsn >= last {
                 return Ok(last);
+            }
+            if commit.epoch != epoch {
+                // A stall discarded this batch (cut from disk already); its LSNs are reused.
+                commit.draining -= 1;
+                if commit.draining == 0 {
+                    self.committed.notify_all();
+                }
+                return Err(commit
+                    .stall
+                    .as_ref()
+                    .map_or(WalError::Poisoned, Stall::error));
             }
             if commit.poisoned {
                 return Err(WalError::Poisoned);
@@ -212,13 +358,14 @@ impl Wal {
         let group_last = group.first_lsn + group.entries.len() as u64 - 1;
         let result = MutexGuard::unlocked(commit, || self.write_group(&group));
         commit.leader_active = false;
-        // Waking everyone is right in both outcomes: acknowledged followers return, the rest
-        // elect the next leader, and after a failure all of them see `poisoned`. They run only
-        // once this guard is released, after the state below is published.
+        // Waking everyone is right in every outcome: acknowledged followers return, the rest
+        // elect the next leader, and after a failure all of them see `epoch` or `poisoned`.
+        // They run only once this guard is released, after the state below is published.
         self.committed.notify_all();
         match result {
             Ok(()) => {
                 commit.acked_lsn = group_last;
+                self.clear_stall();
                 // Hand the group's allocations back to the queue if nobody queued meanwhile.
                 if commit.queue.entries.is_empty()
                     && group.payloads.capacity() <= SCRATCH_KEEP_BYTES_MAX
@@ -229,18 +376,130 @@ impl Wal {
                 }
                 Ok(())
             }
-            Err(err) => {
+            Err(GroupError::Stalled(err)) => {
+                // The files hold exactly the records up to `acked_lsn` again. Fail this group
+                // and the queue (their LSNs follow the group's), and hand those LSNs out anew.
+                // The leader's own batch is in the group and it returns `err` itself.
+                let discarded = group.batches() + commit.queue.batches();
+                commit.draining += discarded.saturating_sub(1);
+                commit.queue = Queue::default();
+                commit.next_lsn = commit.acked_lsn + 1;
+                commit.epoch += 1;
+                commit.stall = Stall::of(&err);
+                self.set_stalled();
+                Err(err)
+            }
+            Err(GroupError::Poisoned(err)) => {
                 commit.poisoned = true;
+                self.health.store(POISONED, Ordering::SeqCst);
                 Err(err)
             }
         }
     }
 
-    /// Encodes and writes one group, rotating between batches as needed, then fsyncs it
-    /// (Fsync mode). Called by the leader only.
-    fn write_group(&self, group: &Queue) -> Result<(), WalError> {
+    /// Writes (and in Fsync mode syncs) one group; after a write that failed for lack of
+    /// space, undoes it before returning. Called by the leader only.
+    fn write_group(&self, group: &Queue) -> Result<(), GroupError> {
         let mut guard = self.log.lock();
         let log = &mut *guard;
+        let mark = Mark::of(log);
+        match self.write_group_locked(log, group) {
+            Ok(()) => Ok(()),
+            Err(err) if err.is_retryable() => match self.roll_back(log, mark) {
+                Ok(()) => Err(GroupError::Stalled(err)),
+                Err(undo) => {
+                    // The caller gets the undo's error (the batch's fate is now unknown).
+                    tracing::error!(
+                        write = %err,
+                        undo = %undo,
+                        "wal: could not undo a write that ran out of space; poisoned"
+                    );
+                    Err(GroupError::Poisoned(undo))
+                }
+            },
+            Err(err) => Err(GroupError::Poisoned(err)),
+        }
+    }
+
+    /// Cuts the files back to `mark` (see the module docs), durably. Any failure here poisons.
+    fn roll_back(&self, log: &mut Log, mark: Mark) -> Result<(), WalError> {
+        if log.sealed.len() > mark.sealed {
+            // The group rotated: delete every segment it created, newest first, so a crash
+            // midway never leaves a gap; then reopen the segment it began in.
+            let mut created: Vec<PathBuf> = log
+                .sealed
+                .drain(mark.sealed + 1..)
+                .map(|s| s.path)
+                .collect();
+            created.push(log.active.path.clone());
+            for path in created.iter().rev() {
+                self.storage
+                    .remove(path)
+                    .map_err(|e| WalError::io("remove", path, e))?;
+                self.storage
+                    .sync_dir(&self.dir)
+                    .map_err(|e| WalError::io("fsync directory", &self.dir, e))?;
+                tracing::warn!(
+                    file = %path.display(),
+                    "wal: deleted a segment created by a group that ran out of space"
+                );
+            }
+            log.sealed.pop(); // The mark segment becomes the active one again.
+            let file = self
+                .storage
+                .open_append(&mark.path)
+                .map_err(|e| WalError::io("open", &mark.path, e))?;
+            log.active = ActiveSegment {
+                file,
+                path: mark.path,
+                header: mark.header,
+                bytes: mark.bytes,
+                records: mark.records,
+            };
+        }
+        let active = &mut log.active;
+        let was = active
+            .file
+            .truncate(mark.bytes)
+            .map_err(|e| WalError::io("truncate", &active.path, e))?;
+        active
+            .file
+            .sync_all()
+            .map_err(|e| WalError::io("fsync", &active.path, e))?;
+        active.bytes = mark.bytes;
+        active.records = mark.records;
+        if was > mark.bytes {
+            tracing::warn!(
+                file = %active.path.display(),
+                offset = mark.bytes,
+                bytes = was - mark.bytes,
+                "wal: cut the unacknowledged tail of a write that ran out of space"
+            );
+        }
+        Ok(())
+    }
+
+    fn set_stalled(&self) {
+        let _ = self.health.compare_exchange(
+            HEALTHY,
+            WRITE_STALLED,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    fn clear_stall(&self) {
+        let _ = self.health.compare_exchange(
+            WRITE_STALLED,
+            HEALTHY,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Encodes and writes one group, rotating between batches as needed, then fsyncs it
+    /// (Fsync mode).
+    fn write_group_locked(&self, log: &mut Log, group: &Queue) -> Result<(), WalError> {
         let mut buf = std::mem::take(&mut log.scratch);
         buf.clear();
         let mut lsn = group.first_lsn;
@@ -346,7 +605,16 @@ impl Wal {
         if lsn <= log.checkpoint {
             return Ok(());
         }
-        let result = checkpoint::write(&*self.storage, &self.dir, lsn).and_then(|()| {
+        let result = match checkpoint::write(&*self.storage, &self.dir, lsn) {
+            // Only the temporary file was touched: nothing to undo, no reason to poison.
+            Err(err) if err.is_retryable() => {
+                drop(guard);
+                self.set_stalled();
+                return Err(err);
+            }
+            other => other,
+        };
+        let result = result.and_then(|()| {
             log.checkpoint = lsn;
             let active_first = log.active.header.first_lsn;
             recovery::delete_covered(
@@ -358,7 +626,21 @@ impl Wal {
             )
         });
         drop(guard);
+        if result.is_ok() {
+            self.clear_stall();
+        }
         self.poison_on_error(result)
+    }
+
+    /// The state of the log (see the module docs), without taking a lock: cheap enough for
+    /// every readiness probe. `WriteStalled` means the last write ran out of space and nothing
+    /// has been written since; appends are still attempted. `Poisoned` lasts until reopen.
+    pub fn health(&self) -> Health {
+        match self.health.load(Ordering::SeqCst) {
+            HEALTHY => Health::Healthy,
+            WRITE_STALLED => Health::WriteStalled,
+            _ => Health::Poisoned,
+        }
     }
 
     /// The highest acknowledged LSN (0 for an empty log).
@@ -390,6 +672,7 @@ impl Wal {
     fn poison_on_error(&self, result: Result<(), WalError>) -> Result<(), WalError> {
         if result.is_err() {
             self.commit.lock().poisoned = true;
+            self.health.store(POISONED, Ordering::SeqCst);
             self.committed.notify_all();
         }
         result
@@ -413,7 +696,7 @@ fn write_all(active: &mut ActiveSegment, buf: &[u8]) -> Result<(), WalError> {
     active
         .file
         .write_all(buf)
-        .map_err(|e| WalError::io("write", &active.path, e))
+        .map_err(|e| WalError::write("write", &active.path, e))
 }
 
 fn sync_data(active: &mut ActiveSegment) -> Result<(), WalError> {
