@@ -7,6 +7,7 @@ so it starts from inputs long enough to carry edit scripts instead of growing th
 byte. wal_recovery takes a whole segment file: its seeds are segments built here from
 docs/format.md, valid, torn and damaged. Run from fuzz/:  python3 seeds.py
 """
+import base64
 import json
 import os
 import struct
@@ -140,6 +141,9 @@ def main():
     # u64::MAX once made Vault::open overflow computing the next id.
     for i, v in enumerate((0, 2**62, 2**64 - 1)):
         write("wal_payload", f"seed-id-{i}", bytes([0, 0]) + op_u64(5, v))
+    # Found by fuzz/ci.sh: a created_at far in the past made the search's recency prior
+    # overflow `now - created_at` (fixed with a saturating subtraction in vault/search.rs).
+    write("wal_payload", "crash-recency-overflow", base64.b64decode("gFxcXAYABIBcXFwGAA=="))
     for flags in (0, 2):
         for i, s in enumerate(SCRIPTS):
             write("lexical_view", f"seed-{flags}-{i}", bytes([flags]) + s)

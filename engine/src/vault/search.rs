@@ -224,7 +224,9 @@ impl Vault {
             let Some(c) = cands.get(&id) else {
                 return 0.0;
             };
-            let age_days = ((q.now_ms - c.created_at_ms).max(0) as f32) / MS_PER_DAY;
+            // Saturating: a damaged or hostile `created_at` (i64::MIN, say) must not overflow
+            // (found by the `wal_payload` fuzz target).
+            let age_days = (q.now_ms.saturating_sub(c.created_at_ms).max(0) as f32) / MS_PER_DAY;
             let recency =
                 policy.recency_prior_max * 0.5f32.powf(age_days / policy.recency_half_life_days);
             recency
@@ -317,6 +319,39 @@ mod tests {
                 .map(|&(_, id)| id)
                 .collect();
             assert_eq!(got, want, "session {session}");
+        }
+    }
+
+    /// Regression (fuzz target `wal_payload`): a memory created at `i64::MIN` (or a query at
+    /// `i64::MAX`) made the recency prior overflow `now - created_at`.
+    #[test]
+    fn extreme_timestamps_do_not_overflow_the_recency_prior() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = VaultOptions::new(Arc::new(BuiltinEmbedder::new()));
+        options.background = false;
+        let v = Vault::open(dir.path(), options).unwrap();
+        for (i, at) in [i64::MIN, i64::MAX, 0].into_iter().enumerate() {
+            v.ingest(vec![NewMemory {
+                session_id: "s".into(),
+                role: Role::User,
+                text: format!("tomato garden {i}"),
+                created_at_ms: at,
+                model: None,
+                metadata: None,
+            }])
+            .unwrap();
+        }
+        for now_ms in [i64::MIN, i64::MAX, 0] {
+            let hits = v
+                .search(&SearchQuery {
+                    text: "tomato".into(),
+                    k: 5,
+                    filter: Filter::default(),
+                    boost_session: None,
+                    now_ms,
+                })
+                .unwrap();
+            assert_eq!(hits.len(), 3);
         }
     }
 }
