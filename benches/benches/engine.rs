@@ -1,6 +1,9 @@
 //! Storage-engine benchmarks (criterion, medians), with hnswlib measured on the very same
 //! vectors in the same run.
 //!
+//! Long (~690 lines): one criterion binary for every engine bench, so one build serves
+//! a same-run comparison.
+//!
 //! ```text
 //! cargo bench -p benches --bench engine                 # everything
 //! cargo bench -p benches --bench engine -- hnsw          # one group
@@ -468,17 +471,18 @@ fn big_vault_dir() -> PathBuf {
     let mut rng = Rng(9);
     for chunk in 0..n.div_ceil(1000) {
         let batch: Vec<NewMemory> = (0..1000.min(n - chunk * 1000))
-            .map(|i| NewMemory {
-                session_id: format!("s{}", (chunk * 1000 + i) / 50),
-                role: if i % 2 == 0 {
+            .map(|i| {
+                let role = if i % 2 == 0 {
                     Role::User
                 } else {
                     Role::Assistant
-                },
-                text: sentence(&mut rng),
-                created_at_ms: (chunk * 1000 + i) as i64 * 60_000,
-                model: None,
-                metadata: None,
+                };
+                NewMemory::new(
+                    format!("s{}", (chunk * 1000 + i) / 50),
+                    role,
+                    sentence(&mut rng),
+                    (chunk * 1000 + i) as i64 * 60_000,
+                )
             })
             .collect();
         v.ingest(batch).expect("ingest");
@@ -597,14 +601,7 @@ fn ingest_writers(
                             for batch in batches {
                                 let msgs = batch
                                     .iter()
-                                    .map(|t| NewMemory {
-                                        session_id: "s".into(),
-                                        role: Role::User,
-                                        text: t.clone(),
-                                        created_at_ms: 0,
-                                        model: None,
-                                        metadata: None,
-                                    })
+                                    .map(|t| NewMemory::new("s", Role::User, t.clone(), 0))
                                     .collect();
                                 v.ingest(msgs).expect("ingest");
                             }
@@ -632,14 +629,12 @@ fn bench_startup(c: &mut Criterion) {
             let mut o = vault_options(Arc::new(BuiltinEmbedder::new()));
             o.durability = Durability::Buffered;
             let v = Vault::open(&template, o).expect("template");
-            v.ingest(vec![NewMemory {
-                session_id: String::new(),
-                role: Role::Note,
-                text: "a small vault".into(),
-                created_at_ms: 0,
-                model: None,
-                metadata: None,
-            }])
+            v.ingest(vec![NewMemory::new(
+                String::new(),
+                Role::Note,
+                "a small vault",
+                0,
+            )])
             .expect("ingest");
             v.sync().expect("sync");
         }

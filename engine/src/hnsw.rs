@@ -1,6 +1,9 @@
 //! HNSW graphs for large segments: built with `hnsw_rs`, stored as flat neighbour lists in
 //! `graph.bin`, searched in place over the mapped file.
 //!
+//! Long (~680 lines, 160 of them tests): build, on-disk layout and the in-place walk
+//! share the neighbour-list format and stay together.
+//!
 //! Why not reload `hnsw_rs`'s own dump: reloading allocates one `Arc<Point>` and one lock per
 //! vector (hundreds of milliseconds for 100k points), while a vault must open in
 //! milliseconds. So `hnsw_rs` does what it is good at — building the graph in parallel —

@@ -15,13 +15,17 @@
 //! of heap between them, vault ids of at most [`VAULT_ID_BYTES_MAX`] bytes of
 //! `[A-Za-z0-9_-]`, 4 GiB of text per segment, one embedder (id + dimension) per vault.
 //!
-//! **Modules:** `vault` (open, write path, reads), `search` (hybrid retrieval),
-//! `compaction` (seal + merge), `memtable`, `segment` (files of a sealed segment), `hnsw`
-//! (graph build via `hnsw_rs`, in-place search), `distance` (simsimd), `manifest`, `file`
-//! (common header, durable writes), `mmap` (the only `unsafe`), `record` (types, WAL payloads),
-//! `query`, `chunk`, `registry` ([`Engine`]), `footprint` (heap estimate of open vaults),
-//! `error`; retrieval quality: `embedder`, `local_model`, `analyzer`, `lexical`, `fusion`. File
-//! formats: `docs/format.md`.
+//! **Modules:** `vault/` (one folder: `mod.rs` the handle and lock order, `state.rs` the
+//! read model with one `Source` reader over memtable, frozen memtables and segments,
+//! `open.rs`, `write.rs`, `read.rs`, `search.rs`, `seal.rs`, `compaction.rs`, and
+//! `layout.rs`, the one place the segment list changes), `memtable`, `segment` (files of a
+//! sealed segment), `hnsw` (graph build via `hnsw_rs`, in-place search), `distance`
+//! (simsimd), `manifest`, `file` (common header, durable writes), `mmap` (the only
+//! `unsafe`), `record` (types, WAL payloads, `encoded_len`), `query`, `chunk`, `limits`
+//! (shared sizes), `crash` (test fault points), `registry` ([`Engine`]), `footprint` (heap
+//! estimate of open vaults), `error`; retrieval quality: `policy` ([`RetrievalPolicy`]: every
+//! ranking knob), `embedder` (the fallible, batched [`Embedder`] trait), `local_model`,
+//! `analyzer`, `lexical`, `fusion`. File formats: `docs/format.md`.
 //!
 //! ```
 //! use engine::{Engine, EngineConfig, Filter, NewMemory, Role, SearchQuery};
@@ -29,14 +33,7 @@
 //! let dir = tempfile::tempdir()?;
 //! let engine = Engine::open(EngineConfig::new(dir.path().to_path_buf()))?;
 //! let vault = engine.vault("key_0123456789abcdef")?;
-//! let said = |text: &str| NewMemory {
-//!     session_id: "chat-1".into(),
-//!     role: Role::User,
-//!     text: text.into(),
-//!     created_at_ms: 1_700_000_000_000,
-//!     model: None,
-//!     metadata: None,
-//! };
+//! let said = |text: &str| NewMemory::new("chat-1", Role::User, text, 1_700_000_000_000);
 //! vault.ingest(vec![said("My cat is called Miso"), said("I live in Lyon")])?;
 //! // Clients resend the whole history: nothing is stored twice.
 //! assert_eq!(vault.ingest(vec![said("My cat is called Miso")])?.skipped, 1);
@@ -52,9 +49,13 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+// Modules public for benches (the LoCoMo harness, criterion) and fuzz targets only: their
+// items are not part of the engine's API and may change without notice.
+#[doc(hidden)]
 pub mod analyzer;
 pub mod embedder;
 pub mod fusion;
+#[doc(hidden)]
 pub mod lexical;
 pub mod local_model;
 mod stem;
@@ -65,6 +66,7 @@ mod distance;
 mod error;
 mod file;
 mod footprint;
+#[doc(hidden)]
 pub mod hnsw;
 mod limits;
 mod manifest;
@@ -81,8 +83,11 @@ pub use embedder::{BuiltinEmbedder, Embedder, EmbedderKind};
 pub use local_model::{LocalModelEmbedder, LocalModelKind};
 
 pub use chunk::{CHUNK_CHARS_MAX, CHUNK_OVERLAP_CHARS, chunk_text};
+#[doc(hidden)]
 pub use crash::{CrashPoint, PauseHook};
-pub use distance::{Quantized, UnitDistance, dot, exact_top_k};
+pub use distance::dot;
+#[doc(hidden)]
+pub use distance::{Quantized, UnitDistance, exact_top_k};
 pub use error::{Error, Result};
 pub use hnsw::HnswParams;
 pub use limits::MEMTABLE_RECORDS_MAX_DEFAULT;
@@ -93,6 +98,7 @@ pub use registry::{
     Engine, EngineConfig, OPEN_VAULTS_MAX_DEFAULT, OPEN_VAULTS_MEMORY_BYTES_MAX_DEFAULT,
     VAULT_ID_BYTES_MAX, validate_vault_id,
 };
+#[doc(hidden)]
 pub use segment::Segment;
 pub use vault::{
     COMPACTION_DELETED_SHARE_MIN, COMPACTION_FANIN, IngestOutcome, SEARCH_K_MAX, Vault,

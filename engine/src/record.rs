@@ -84,6 +84,38 @@ pub struct NewMemory {
     pub metadata: Option<Metadata>,
 }
 
+impl NewMemory {
+    /// A message with no model and no metadata. Every stored field has its place here or in
+    /// a `with_*` method, so a new field is added in one constructor, not in every literal.
+    pub fn new(
+        session_id: impl Into<String>,
+        role: Role,
+        text: impl Into<String>,
+        created_at_ms: i64,
+    ) -> NewMemory {
+        NewMemory {
+            session_id: session_id.into(),
+            role,
+            text: text.into(),
+            created_at_ms,
+            model: None,
+            metadata: None,
+        }
+    }
+
+    /// The model that wrote the message (assistant turns through the proxy).
+    pub fn with_model(mut self, model: Option<String>) -> NewMemory {
+        self.model = model;
+        self
+    }
+
+    /// A small JSON object stored with the message and usable in search filters.
+    pub fn with_metadata(mut self, metadata: Option<Metadata>) -> NewMemory {
+        self.metadata = metadata;
+        self
+    }
+}
+
 /// A stored memory (one chunk of a message).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Memory {

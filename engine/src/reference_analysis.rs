@@ -3,6 +3,8 @@
 //! versions must reproduce these terms and vector bits for every input (proptests in
 //! `analyzer.rs` and `embedder.rs`): segments on disk and the embedder id
 //! `builtin-hash-v1-384` depend on them. Keep this file frozen.
+//!
+//! Long (~680 lines) on purpose: a frozen, test-only copy that must not be refactored.
 
 #![allow(dead_code)]
 

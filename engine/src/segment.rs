@@ -1,5 +1,8 @@
 //! Immutable segments: a directory of files holding sealed records, mapped read-only.
 //!
+//! Long (~840 lines, 170 of them tests): the writer and the reader of the segment
+//! format stay in one file so the byte layout is defined in one place.
+//!
 //! ```text
 //! seg-<seq:016x>/
 //!   vectors.bin   MRSEGVEC  n × dim little-endian f32, doc-major, 64-byte aligned
@@ -66,7 +69,9 @@ pub(crate) struct Row {
     pub metadata: [u32; 2],
 }
 
-const _: () = assert!(std::mem::size_of::<Row>() == 64);
+/// Bytes of one row in `records.bin` (docs/format.md): the `Row` struct, read in place.
+const ROW_BYTES: usize = 64;
+const _: () = assert!(std::mem::size_of::<Row>() == ROW_BYTES);
 const ROW_HAS_MODEL: u8 = 1;
 const ROW_HAS_METADATA: u8 = 2;
 
@@ -200,10 +205,10 @@ pub(crate) fn write(
             metadata,
         });
     }
-    let mut records = Vec::with_capacity(RECORDS_SUBHEADER_BYTES + n * 64 + heap.len());
+    let mut records = Vec::with_capacity(RECORDS_SUBHEADER_BYTES + n * ROW_BYTES + heap.len());
     records.extend_from_slice(&(n as u32).to_le_bytes());
     records.extend_from_slice(&0u32.to_le_bytes());
-    let heap_offset = (RECORDS_SUBHEADER_BYTES + n * 64) as u64;
+    let heap_offset = (RECORDS_SUBHEADER_BYTES + n * ROW_BYTES) as u64;
     records.extend_from_slice(&heap_offset.to_le_bytes());
     records.extend_from_slice(bytemuck::cast_slice(&rows));
     records.extend_from_slice(&heap);
@@ -338,7 +343,8 @@ impl Segment {
                 .try_into()
                 .map_err(|_| Error::corrupt(records.path(), "sub-header"))?,
         ) as usize;
-        if heap_offset != RECORDS_SUBHEADER_BYTES + n as usize * 64 || heap_offset > rp.len() {
+        if heap_offset != RECORDS_SUBHEADER_BYTES + n as usize * ROW_BYTES || heap_offset > rp.len()
+        {
             return Err(Error::corrupt(records.path(), "heap offset"));
         }
         let lexical = MappedLexical::open(&dir.join(LEXICAL_FILE))?;
@@ -477,11 +483,11 @@ impl Segment {
 
     pub(crate) fn rows(&self) -> &[Row] {
         let start = RECORDS_SUBHEADER_BYTES;
-        bytemuck::cast_slice(&self.records_payload()[start..start + self.n as usize * 64])
+        bytemuck::cast_slice(&self.records_payload()[start..start + self.n as usize * ROW_BYTES])
     }
 
     fn heap(&self) -> &[u8] {
-        &self.records_payload()[RECORDS_SUBHEADER_BYTES + self.n as usize * 64..]
+        &self.records_payload()[RECORDS_SUBHEADER_BYTES + self.n as usize * ROW_BYTES..]
     }
 
     fn str_at(&self, [off, len]: [u32; 2]) -> &str {

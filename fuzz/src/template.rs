@@ -46,14 +46,9 @@ pub fn message(session: &str, role: Role, text: &str, tagged: bool) -> NewMemory
         m.insert("topic".into(), serde_json::json!("pets"));
         m
     });
-    NewMemory {
-        session_id: session.into(),
-        role,
-        text: text.into(),
-        created_at_ms: CREATED_AT_MS,
-        model: tagged.then(|| "fuzz/model".to_string()),
-        metadata,
-    }
+    NewMemory::new(session, role, text, CREATED_AT_MS)
+        .with_model(tagged.then(|| "fuzz/model".to_string()))
+        .with_metadata(metadata)
 }
 
 /// Words the template's messages are made of, mixed so BM25 and the vectors have something

@@ -2,6 +2,9 @@
 //! content-part content), filters, the session id and the memory-mode spellings; and the
 //! one way a message becomes a stored memory ([`to_new_memory`]).
 //!
+//! Long (~630 lines, a third of them tests) because every request shape and the one
+//! validation of a stored message must read the same limits in one place.
+//!
 //! Every check here answers 400 (wrong shape or type), 413 (over a configured limit) or 422
 //! (well-formed but meaningless value) with `param` naming the field, never a panic.
 //!
@@ -158,14 +161,9 @@ pub(crate) fn to_new_memory(
         return Err(Invalid::EmptyText);
     }
     check_memory_fields(session_id, model, metadata.as_ref())?;
-    Ok(NewMemory {
-        session_id: session_id.to_owned(),
-        role,
-        text,
-        created_at_ms,
-        model: model.map(str::to_owned),
-        metadata,
-    })
+    Ok(NewMemory::new(session_id, role, text, created_at_ms)
+        .with_model(model.map(str::to_owned))
+        .with_metadata(metadata))
 }
 
 /// One chat message as the memory paths see it: its role, its text (text parts joined),

@@ -1,5 +1,8 @@
 //! Proxy mode end to end: the real server in-process on loopback, calling the fake provider
 //! of `fake_provider.rs` on another loopback port.
+//!
+//! Long (~1090 lines): test-only; one scenario per proxy behaviour against one fake
+//! provider.
 
 use std::sync::Arc;
 use std::time::Duration;

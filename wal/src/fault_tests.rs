@@ -2,6 +2,8 @@
 //! that the log poisons itself, refuses all later work, and that a reopen over the real file
 //! system recovers every acknowledged record intact and nothing that was never attempted.
 //!
+//! Long (~880 lines): test-only; one scenario per fault, each needing its own setup.
+//!
 //! Then the full disk: writes failing with `ENOSPC`/`EDQUOT` must stall the log instead
 //! (`WalError::NoSpace`, `Health::WriteStalled`), undo the failed group on disk before the
 //! error is returned, and let the next append through once there is room. The rule checked:

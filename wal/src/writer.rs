@@ -1,5 +1,8 @@
 //! The [`Wal`] handle: appends with group commit, `sync`, and `checkpoint`.
 //!
+//! Long (~710 lines): group commit, poisoning and the full-disk stall are one state
+//! machine over one lock; split, their invariants would be read in pieces.
+//!
 //! # Group commit
 //!
 //! Appenders never fsync on their own. Each one, under the `commit` mutex, takes the next LSNs

@@ -1,5 +1,8 @@
 //! LoCoMo retrieval-quality harness (issue 6, item 7).
 //!
+//! Long (~770 lines): one harness binary, its variants (sweeps, misses, cosines)
+//! sharing the loaders and scorers.
+//!
 //! `cargo run -p benches --release --bin locomo -- PATH/TO/locomo-dev.json [--sweep] [--misses] [--model DIR]`
 //!
 //! `locomo-dev.json` is the LoCoMo dev split; it is not distributed with the project, so pass
@@ -169,14 +172,12 @@ impl VaultIndex {
         let mut turn_of = HashMap::new();
         // One ingest per turn so every stored id (one per chunk) maps to its turn.
         for (i, turn) in conv.turns.iter().enumerate() {
-            let outcome = vault.ingest(vec![NewMemory {
-                session_id: turn.session_id.clone(),
-                role: Role::User,
-                text: turn.text.clone(),
-                created_at_ms: turn.created_at_ms,
-                model: None,
-                metadata: None,
-            }])?;
+            let outcome = vault.ingest(vec![NewMemory::new(
+                turn.session_id.as_str(),
+                Role::User,
+                turn.text.as_str(),
+                turn.created_at_ms,
+            )])?;
             for id in outcome.stored {
                 turn_of.insert(id, i as u64);
             }

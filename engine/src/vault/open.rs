@@ -184,14 +184,7 @@ mod tests {
     }
 
     fn said(text: &str) -> NewMemory {
-        NewMemory {
-            session_id: "s".into(),
-            role: Role::User,
-            text: text.into(),
-            created_at_ms: 1,
-            model: None,
-            metadata: None,
-        }
+        NewMemory::new("s", Role::User, text, 1)
     }
 
     /// Regression (fuzz target `wal_payload`): a WAL record with valid framing carrying id

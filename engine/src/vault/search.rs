@@ -282,13 +282,13 @@ mod tests {
         let mut ids: Vec<(String, u64)> = Vec::new();
         for round in 0..3 {
             let batch: Vec<NewMemory> = (0..30)
-                .map(|i| NewMemory {
-                    session_id: format!("s{}", (i * 7 + round) % 5),
-                    role: Role::User,
-                    text: format!("garden tomato note {round} {i} extra{}", i % 3),
-                    created_at_ms: i64::from(round * 100 + i),
-                    model: None,
-                    metadata: None,
+                .map(|i| {
+                    NewMemory::new(
+                        format!("s{}", (i * 7 + round) % 5),
+                        Role::User,
+                        format!("garden tomato note {round} {i} extra{}", i % 3),
+                        i64::from(round * 100 + i),
+                    )
                 })
                 .collect();
             let sessions: Vec<String> = batch.iter().map(|m| m.session_id.clone()).collect();
@@ -331,14 +331,12 @@ mod tests {
         options.background = false;
         let v = Vault::open(dir.path(), options).unwrap();
         for (i, at) in [i64::MIN, i64::MAX, 0].into_iter().enumerate() {
-            v.ingest(vec![NewMemory {
-                session_id: "s".into(),
-                role: Role::User,
-                text: format!("tomato garden {i}"),
-                created_at_ms: at,
-                model: None,
-                metadata: None,
-            }])
+            v.ingest(vec![NewMemory::new(
+                "s",
+                Role::User,
+                format!("tomato garden {i}"),
+                at,
+            )])
             .unwrap();
         }
         for now_ms in [i64::MIN, i64::MAX, 0] {

@@ -318,14 +318,7 @@ mod tests {
     }
 
     fn said(text: &str) -> NewMemory {
-        NewMemory {
-            session_id: "s".into(),
-            role: Role::User,
-            text: text.into(),
-            created_at_ms: 1,
-            model: None,
-            metadata: None,
-        }
+        NewMemory::new("s", Role::User, text, 1)
     }
 
     /// Ingest analyses each chunk once, outside the lock, and hands the counts to the memtable; WAL replay counts them in `Memtable::insert`.

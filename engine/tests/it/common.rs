@@ -72,14 +72,7 @@ pub fn options(dim: usize) -> VaultOptions {
 }
 
 pub fn msg(session: &str, role: Role, text: &str, at: i64) -> NewMemory {
-    NewMemory {
-        session_id: session.to_string(),
-        role,
-        text: text.to_string(),
-        created_at_ms: at,
-        model: None,
-        metadata: None,
-    }
+    NewMemory::new(session, role, text, at)
 }
 
 pub fn open(dir: &std::path::Path, dim: usize) -> Vault {

@@ -6,6 +6,9 @@
 //! ([`AnthropicToOpenAi`], named, like the answer, in the other direction). The reverse
 //! translation is [`super::anthropic_to_openai`].
 //!
+//! Long (~670 lines, 200 of them tests): the request, answer and stream translations
+//! are one mapping table and read best side by side.
+//!
 //! Also here, because they read the same Messages responses: what `/v1/messages` uses when
 //! it forwards to an Anthropic-format provider untranslated ([`message_text`],
 //! [`AnthropicRelay`]), and the [`ANTHROPIC_VERSION`] header every Anthropic request gets.
