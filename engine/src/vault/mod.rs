@@ -230,3 +230,26 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+/// Fixtures the vault's unit tests share: a hand-driven vault of the built-in embedder.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use crate::embedder::BuiltinEmbedder;
+    use crate::record::{NewMemory, Role};
+
+    use super::VaultOptions;
+
+    /// No background seals or compactions: tests call them by hand.
+    pub fn options() -> VaultOptions {
+        let mut o = VaultOptions::new(Arc::new(BuiltinEmbedder::new()));
+        o.background = false;
+        o
+    }
+
+    /// A user message of session "s".
+    pub fn said(text: &str) -> NewMemory {
+        NewMemory::new("s", Role::User, text, 1)
+    }
+}

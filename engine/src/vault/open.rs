@@ -166,26 +166,13 @@ impl Vault {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use crate::embedder::BuiltinEmbedder;
     use crate::error::Error;
     use crate::limits::MEMORY_ID_END;
     use crate::manifest::Manifest;
-    use crate::record::{self, NewMemory};
-    use crate::record::{KIND_INGEST, Role};
-    use crate::vault::{Vault, VaultOptions};
+    use crate::record::{self, KIND_INGEST};
+    use crate::vault::Vault;
+    use crate::vault::testing::{options, said};
     use wal::{Wal, WalOptions};
-
-    fn options() -> VaultOptions {
-        let mut o = VaultOptions::new(Arc::new(BuiltinEmbedder::new()));
-        o.background = false;
-        o
-    }
-
-    fn said(text: &str) -> NewMemory {
-        NewMemory::new("s", Role::User, text, 1)
-    }
 
     /// Regression (fuzz target `wal_payload`): a WAL record with valid framing carrying id
     /// `u64::MAX` made `open` overflow computing the next id (a panic with overflow checks,

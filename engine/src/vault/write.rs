@@ -304,22 +304,9 @@ impl Vault {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use crate::embedder::BuiltinEmbedder;
-    use crate::record::Role;
     use crate::record::{self, NewMemory};
-    use crate::vault::{Vault, VaultOptions};
-
-    fn options() -> VaultOptions {
-        let mut o = VaultOptions::new(Arc::new(BuiltinEmbedder::new()));
-        o.background = false;
-        o
-    }
-
-    fn said(text: &str) -> NewMemory {
-        NewMemory::new("s", Role::User, text, 1)
-    }
+    use crate::vault::Vault;
+    use crate::vault::testing::{options, said};
 
     /// Ingest analyses each chunk once, outside the lock, and hands the counts to the memtable; WAL replay counts them in `Memtable::insert`.
     /// Both must index exactly the same terms, and the shared analysis must give the vector
