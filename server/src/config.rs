@@ -19,6 +19,7 @@
 //! open_vaults_max = 1024
 //! open_vaults_memory_mb = 1024      # heap the open vaults may hold; idle ones beyond are closed
 //! connections_max = 1024
+//! memtable_records_max = 4096       # records a vault holds in memory before sealing a segment
 //!
 //! [retrieval]                       # every field optional: defaults follow the embedder
 //! similarity_min = 0.3              # prepare: embedding cosine that counts as relevant
@@ -122,6 +123,9 @@ pub struct Limits {
     pub open_vaults_memory_mb: u64,
     /// Simultaneous client connections; more wait in the kernel's accept queue.
     pub connections_max: usize,
+    /// A vault's memtable is sealed into a segment past this many records. The default suits
+    /// production; crash campaigns set it small so seals and compactions race the kill.
+    pub memtable_records_max: usize,
 }
 
 impl Limits {
@@ -141,6 +145,7 @@ impl Default for Limits {
             open_vaults_max: OPEN_VAULTS_MAX_DEFAULT,
             open_vaults_memory_mb: OPEN_VAULTS_MEMORY_MB_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
+            memtable_records_max: engine::MEMTABLE_RECORDS_MAX_DEFAULT,
         }
     }
 }
@@ -406,6 +411,9 @@ impl Config {
                     self.limits.open_vaults_memory_mb = parse_number(name, value)?
                 }
                 "CONNECTIONS_MAX" => self.limits.connections_max = parse_number(name, value)?,
+                "MEMTABLE_RECORDS_MAX" => {
+                    self.limits.memtable_records_max = parse_number(name, value)?
+                }
                 "SIMILARITY_MIN" => {
                     self.retrieval.similarity_min = Some(parse_number(name, value)?)
                 }
@@ -467,6 +475,7 @@ impl Config {
             ("limits.message_chars_max", limits.message_chars_max),
             ("limits.open_vaults_max", limits.open_vaults_max),
             ("limits.connections_max", limits.connections_max),
+            ("limits.memtable_records_max", limits.memtable_records_max),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be at least 1".to_owned()));

@@ -123,6 +123,7 @@ impl AppState {
         engine_config.durability = config.durability.to_wal();
         engine_config.open_vaults_max = config.limits.open_vaults_max;
         engine_config.open_vaults_memory_bytes_max = config.limits.open_vaults_memory_bytes();
+        engine_config.memtable_records_max = config.limits.memtable_records_max;
         if let Some(model_dir) = &config.embedder.model_dir {
             let model =
                 engine::LocalModelEmbedder::open(model_dir).map_err(|e| error::Error::Config {

@@ -21,10 +21,16 @@ impl Binary {
     /// `memoryrouter serve --listen 127.0.0.1:0 --data-dir DIR` plus `extra` arguments;
     /// returns once it has printed its address and answered `/readyz`.
     pub fn serve(dir: &Path, extra: &[&str]) -> Binary {
+        Binary::serve_with_env(dir, extra, &[])
+    }
+
+    /// [`Binary::serve`] with `env` set for the server process (`MEMORYROUTER_*` settings).
+    pub fn serve_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Binary {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env("MEMORYROUTER_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
