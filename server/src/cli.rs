@@ -58,6 +58,14 @@ pub enum Command {
         /// The data directory to check.
         dir: PathBuf,
     },
+    /// Repair damaged write-ahead logs offline (the server must be stopped): each log that
+    /// `verify` refuses — the catalog's, the proxy outbox's, each vault's — is copied to
+    /// `DIR/repair-<unix time>/…`, then cut at the end of the last complete batch before the
+    /// first damage; prints exactly what was cut.
+    Repair {
+        /// The data directory to repair.
+        dir: PathBuf,
+    },
     /// Write one vault as JSON Lines (offline).
     Export {
         /// The key whose vault to export.

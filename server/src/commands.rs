@@ -183,6 +183,66 @@ pub fn verify(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// `memoryrouter repair DIR`: every log `verify` refuses is backed up and cut at its first
+/// damage (`wal::repair`); clean logs are left alone. Holds the data-directory lock, so it
+/// refuses to run beside a server.
+pub fn repair(dir: &Path) -> Result<(), Error> {
+    let _lock = datadir::lock(dir)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let backup_root = dir.join(format!("repair-{stamp}"));
+    let mut logs: Vec<(String, std::path::PathBuf)> = vec![
+        ("catalog".into(), dir.join(datadir::CATALOG_DIR)),
+        (
+            "proxy outbox".into(),
+            dir.join(crate::proxy::state::OUTBOX_DIR),
+        ),
+    ];
+    let vaults_dir = dir.join(datadir::VAULTS_DIR);
+    if let Ok(entries) = std::fs::read_dir(&vaults_dir) {
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|id| engine::validate_vault_id(id).is_ok())
+            .collect();
+        ids.sort();
+        logs.extend(
+            ids.into_iter()
+                .map(|id| (format!("vault {id}"), vaults_dir.join(&id).join("wal"))),
+        );
+    }
+    let mut repaired = 0;
+    for (name, wal_dir) in logs {
+        if !wal_dir.is_dir() || wal::verify(&wal_dir).is_ok() {
+            continue;
+        }
+        let relative = wal_dir.strip_prefix(dir).unwrap_or(&wal_dir);
+        let report = wal::repair(&wal_dir, &backup_root.join(relative))?;
+        let Some(cut) = report.cut else { continue };
+        repaired += 1;
+        println!(
+            "{name}: {} at byte {}: {}
+  cut from lsn {} on: {} intact record(s) after the damage lost, {} bytes and {} whole segment file(s) removed
+  backup: {}",
+            cut.file.display(),
+            cut.offset,
+            cut.reason,
+            cut.first_lost_lsn,
+            cut.records_lost,
+            cut.bytes_removed,
+            cut.segments_removed.len(),
+            report.backup.display()
+        );
+    }
+    if repaired == 0 {
+        println!("no damaged log: nothing changed");
+    } else {
+        println!("repaired {repaired} log(s); run `memoryrouter verify` next");
+    }
+    Ok(())
+}
+
 pub fn export(flags: &Flags, key_id: &str, out: Option<&Path>) -> Result<(), Error> {
     let config = load(flags)?;
     let (_lock, catalog) = open_catalog(&config)?;

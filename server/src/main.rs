@@ -44,6 +44,7 @@ fn main() -> anyhow::Result<()> {
                 },
         } => Ok(server::keys_revoke(&location.flags(None), &id, purge)?),
         Command::Verify { dir } => Ok(server::verify(&dir)?),
+        Command::Repair { dir } => Ok(server::repair(&dir)?),
         Command::Export {
             key_id,
             out,

@@ -174,3 +174,75 @@ fn verify_reports_a_flipped_byte_in_the_catalog() {
     assert!(!ok, "a flipped byte must fail verification");
     assert!(stderr.to_lowercase().contains("checksum"), "{stderr}");
 }
+
+/// `memoryrouter repair` on a vault whose WAL is damaged before intact frames (the case open
+/// refuses): it backs the log up, cuts it at the damage, says exactly what was cut, and the
+/// data directory verifies and serves again.
+#[test]
+fn repair_cuts_a_damaged_vault_log_and_reports_what_was_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let server = common::Binary::serve(dir.path(), &[]);
+    let admin = common::admin_key(dir.path());
+    let (id, key) = common::mint(&server, &admin, "damaged");
+    for text in ["first fact", "second fact", "third fact"] {
+        let body = format!(r#"{{"messages":[{{"role":"user","content":"{text}"}}]}}"#);
+        let (status, body) = server
+            .request("POST", "/v1/memory/ingest", Some(&key), &body)
+            .unwrap();
+        assert_eq!(status, 202, "{body}");
+    }
+    let (status, _) = server.terminate();
+    assert!(status.success());
+    let wal_dir = dir.path().join("vaults").join(&id).join("wal");
+    let segment = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "wal"))
+        .expect("a vault WAL segment");
+    let original = std::fs::read(&segment).unwrap();
+    let mut bytes = original.clone();
+    bytes[0x30] ^= 0x01; // inside the first batch's payload
+    std::fs::write(&segment, &bytes).unwrap();
+    assert!(!cli(&["verify", data]).0, "the damage must be seen");
+
+    let (ok, report, stderr) = cli(&["repair", data]);
+    assert!(ok, "{stderr}");
+    assert!(
+        report.contains("cut from lsn 1 on: 2 intact record(s) after the damage lost"),
+        "{report}"
+    );
+    let backup = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("repair-"))
+        })
+        .expect("a backup directory");
+    let backed_up = backup
+        .join("vaults")
+        .join(&id)
+        .join("wal")
+        .join(segment.file_name().unwrap());
+    assert_eq!(
+        std::fs::read(backed_up).unwrap(),
+        bytes,
+        "backup is the damaged log"
+    );
+    let (ok, report, stderr) = cli(&["verify", data]);
+    assert!(ok, "verify after repair: {stderr}");
+    assert!(report.contains("every checksum matches"), "{report}");
+    let (ok, report, _) = cli(&["repair", data]);
+    assert!(ok && report.contains("nothing changed"), "{report}");
+    let server = common::Binary::serve(dir.path(), &[]);
+    let (status, export) = server
+        .request("GET", "/v1/memory/export", Some(&key), "")
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(export.lines().count(), 0, "{export}");
+    let (status, _) = server.terminate();
+    assert!(status.success());
+}

@@ -67,6 +67,7 @@ mod error;
 mod file;
 mod record;
 mod recovery;
+mod repair;
 mod segment;
 mod writer;
 
@@ -80,6 +81,7 @@ use std::str::FromStr;
 
 pub use error::WalError;
 pub use recovery::{SegmentReport, VerifyReport, verify};
+pub use repair::{Cut, RepairReport, repair};
 pub use writer::Wal;
 
 /// Log sequence number: the first record ever appended is 1. Acknowledged LSNs are strictly

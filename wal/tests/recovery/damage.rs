@@ -198,3 +198,93 @@ fn leftover_temp_files_are_removed_and_unrelated_files_ignored() {
     assert!(!tmp.path().join("00000000000000000002.tmp").exists());
     assert!(tmp.path().join("notes.txt").exists());
 }
+
+/// `repair` turns every refusal into an open log holding exactly the whole batches before
+/// the damage, reports the first lost LSN and every recognisable lost record, and keeps a
+/// byte-identical backup. A flip in every byte of the middle and tail records, and damage in
+/// the first of several segments (the later ones are removed and counted).
+#[test]
+fn repair_cuts_at_the_first_damage_and_reports_exactly_what_was_lost() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let original = tmp.path().join("original");
+    let written = write_known_log(&original);
+    let bytes = fs::read(&written.segment).expect("read");
+    let name = written.segment.file_name().expect("name");
+    let mut repaired = 0;
+    for byte in written.ends[0].0 as usize..bytes.len() {
+        let dir = tmp.path().join(format!("flip-{byte}"));
+        fs::create_dir(&dir).expect("mkdir");
+        let mut bad = bytes.clone();
+        bad[byte] ^= 0x10;
+        fs::write(dir.join(name), &bad).expect("write");
+        if Wal::open(&dir, WalOptions::default()).is_ok() {
+            // A torn tail: open cuts it itself; nothing for repair to do.
+            fs::remove_dir_all(&dir).expect("cleanup");
+            continue;
+        }
+        let backup = tmp.path().join(format!("backup-{byte}"));
+        let report = wal::repair(&dir, &backup).expect("repair");
+        assert_eq!(
+            fs::read(backup.join(name)).expect("backup"),
+            bad,
+            "byte {byte}"
+        );
+        let cut = report.cut.expect("a refused log is cut");
+        let (kept_len, kept) = written
+            .ends
+            .iter()
+            .copied()
+            .rfind(|(len, _)| *len as usize <= byte)
+            .expect("the first batch is whole");
+        assert_eq!(cut.first_lost_lsn, kept as u64 + 1, "byte {byte}");
+        assert_eq!(
+            cut.bytes_removed,
+            bytes.len() as u64 - kept_len,
+            "byte {byte}"
+        );
+        // Frames after the damaged one are intact and counted; the damaged one is not.
+        assert_eq!(
+            cut.records_lost as usize,
+            written.records.len() - kept - 1,
+            "byte {byte}"
+        );
+        assert_eq!(fs::metadata(dir.join(name)).expect("stat").len(), kept_len);
+        let (log, recovery) = open(&dir, &WalOptions::default());
+        assert_eq!(recovery.records, written.records[..kept], "byte {byte}");
+        assert_eq!(
+            recovery.truncated_bytes, 0,
+            "repair left a tail for open to cut"
+        );
+        assert_eq!(log.append(9, b"after").expect("append"), kept as u64 + 1);
+        repaired += 1;
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+    assert!(repaired > 20, "only {repaired} damaged logs were exercised");
+
+    // Damage in the first of several segments: the later ones are removed and counted.
+    let dir = tmp.path().join("many");
+    let (log, _) = open(&dir, &small_segments());
+    for i in 0..60u32 {
+        log.append(1, &i.to_le_bytes().repeat(8)).expect("append");
+    }
+    drop(log);
+    let files = segment_files(&dir);
+    assert!(files.len() >= 3, "{} segments", files.len());
+    let mut first = fs::read(&files[0]).expect("read");
+    let at = first.len() - 10;
+    first[at] ^= 0xff;
+    fs::write(&files[0], &first).expect("write");
+    assert!(Wal::open(&dir, small_segments()).is_err());
+    let report = wal::repair(&dir, &tmp.path().join("many-backup")).expect("repair");
+    let cut = report.cut.expect("cut");
+    assert_eq!(cut.segments_removed.len(), files.len() - 1);
+    let (_log, recovery) = open(&dir, &small_segments());
+    let kept = recovery.records.len() as u64;
+    assert_eq!(cut.first_lost_lsn, kept + 1);
+    // The damaged frame is the only one not counted.
+    assert_eq!(cut.records_lost, 60 - kept - 1);
+
+    // A clean log is copied and left alone.
+    let report = wal::repair(&dir, &tmp.path().join("clean-backup")).expect("repair");
+    assert!(report.cut.is_none());
+}
