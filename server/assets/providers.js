@@ -23,7 +23,6 @@ export function reset() {
 async function save() {
   const provider = $('provider-name').value.trim().toLowerCase();
   const apiKey = $('provider-key').value.trim();
-  const baseUrl = $('provider-base-url').value.trim();
   if (!PROVIDER_NAME.test(provider)) {
     flash('Enter a provider name: lowercase letters, digits, "_" or "-", such as openai.', 'error');
     return;
@@ -33,7 +32,6 @@ async function save() {
     return;
   }
   const body = { api_key: apiKey };
-  if (baseUrl) body.base_url = baseUrl;
   await api('PUT', `/v1/provider-keys/${encodeURIComponent(provider)}`, { body });
   $('provider-form').reset();
   flash(`Provider key for ${provider} saved.`);
@@ -54,7 +52,6 @@ async function remove(provider) {
 
 function replace(entry) {
   $('provider-name').value = entry.provider;
-  $('provider-base-url').value = entry.base_url ?? '';
   $('provider-key').value = '';
   $('provider-key').focus();
 }
@@ -66,7 +63,6 @@ function row(entry) {
     el('td', {}, el('strong', { text: entry.provider }),
       updated ? el('div', { className: 'hint' }, 'saved ', el('time', { datetime: isoDate(updated), text: formatDate(updated) })) : null),
     el('td', {}, el('code', { text: hint })),
-    el('td', entry.base_url ? {} : { className: 'muted' }, entry.base_url ? el('code', { text: entry.base_url }) : 'default'),
     el('td', { className: 'actions' },
       el('button', {
         type: 'button', className: 'ghost small', text: 'Replace',

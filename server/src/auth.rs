@@ -121,7 +121,8 @@ pub(crate) async fn authenticate(
     let (key, mode) = presented
         .and_then(split_suffix)
         .ok_or_else(ApiError::invalid_key)?;
-    if !secret::looks_like_key(key) {
+    // Shape and checksum first: a mistyped or forged key costs no hashing and no lookup.
+    if !secret::looks_like_key(key) || !secret::passes_checksum(key) {
         return Err(ApiError::invalid_key());
     }
     let record = state
@@ -201,6 +202,59 @@ mod tests {
         assert_eq!(bearer(&headers), None);
         headers.insert("authorization", "Bearer".parse().unwrap());
         assert_eq!(bearer(&headers), None);
+    }
+
+    /// A key whose checksum fails is refused before the catalog is asked — even one the
+    /// catalog holds (registered here as it is, as if its hash had been stored) — while a
+    /// key minted before keys had a checksum keeps working.
+    #[tokio::test]
+    async fn a_failing_checksum_is_refused_before_the_lookup_and_old_keys_still_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::Config {
+            data_dir: dir.path().to_path_buf(),
+            ..crate::Config::default()
+        };
+        let state = crate::AppState::open(config).unwrap().state;
+        let account = state.catalog.accounts().remove(0).id;
+        let register = |key: &str| {
+            state
+                .catalog
+                .register_key(key, &account, None, false, 0)
+                .unwrap()
+        };
+        let bearer = |key: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
+            headers
+        };
+        let legacy = format!(
+            "{}{}",
+            secret::KEY_PREFIX,
+            "Ab3x".repeat(11)[..43].to_owned()
+        );
+        let minted = secret::mint_key().unwrap();
+        let last = minted.chars().last().unwrap();
+        let forged = format!(
+            "{}{}",
+            &minted[..minted.len() - 1],
+            if last == 'a' { 'b' } else { 'a' }
+        );
+        for key in [&legacy, &minted, &forged] {
+            register(key);
+        }
+        assert!(authenticate(&state, &bearer(&legacy)).await.is_ok());
+        assert!(
+            authenticate(&state, &bearer(&format!("{legacy}:read")))
+                .await
+                .is_ok()
+        );
+        assert!(authenticate(&state, &bearer(&minted)).await.is_ok());
+        assert!(
+            state.catalog.lookup(&forged).is_some(),
+            "the catalog holds it"
+        );
+        let refused = authenticate(&state, &bearer(&forged)).await.unwrap_err();
+        assert_eq!(refused.code, "invalid_memory_key");
     }
 
     #[test]

@@ -302,6 +302,11 @@ pub fn import(flags: &Flags, key_id: &str, file: &Path) -> Result<(), Error> {
                     reason,
                 }
             })?;
+        // A record of nothing but white space holds nothing to import (as on ingest).
+        let Some(memory) = memory else {
+            skipped += 1;
+            continue;
+        };
         batch.push(memory);
         if batch.len() >= crate::api::transfer::IMPORT_BATCH_MAX {
             let outcome = vault.ingest(std::mem::take(&mut batch))?;

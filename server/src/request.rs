@@ -10,9 +10,11 @@
 //!
 //! **Invariant:** every memory stored — by ingest, by the proxy after an answer, by an
 //! import or upload line, by `memoryrouter import` — is built by [`to_new_memory`], so it
-//! has a non-empty text, a session id of at most [`SESSION_ID_BYTES_MAX`] bytes, a model
-//! of at most [`MODEL_CHARS_MAX`] characters and metadata of at most
-//! [`METADATA_BYTES_MAX`] bytes. The configured `message_chars_max` bounds what clients
+//! has a non-empty text, a `created_at` every reader can format (1970 to the end of 9999,
+//! UTC: [`check_created_at`]), a session id of at most [`SESSION_ID_BYTES_MAX`] bytes, a
+//! model of at most [`MODEL_CHARS_MAX`] characters and metadata of at most
+//! [`METADATA_BYTES_MAX`] bytes. So whatever is acknowledged can be listed, searched,
+//! prepared and exported, and whatever export writes, import reads. The configured `message_chars_max` bounds what clients
 //! send ([`check_text_length`]: messages, import and upload lines), not the proxy's
 //! answers or the CLI's import of an export.
 
@@ -50,7 +52,12 @@ pub(crate) enum Invalid {
     ModelTooLong,
     /// The metadata is larger than [`METADATA_BYTES_MAX`] bytes, serialised.
     MetadataTooLarge,
+    /// `created_at` is outside the range every reader formats ([`check_created_at`]).
+    CreatedAtOutOfRange,
 }
+
+/// What [`Invalid::CreatedAtOutOfRange`] says, on every path.
+const CREATED_AT_RANGE: &str = "`created_at` must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z (in UTC, after its offset)";
 
 impl Invalid {
     /// The memory API's error: 413 with its code (the field's `param` where there is one
@@ -79,6 +86,10 @@ impl Invalid {
                 format!("`metadata` is larger than {METADATA_BYTES_MAX} bytes."),
             )
             .with_param("metadata"),
+            Invalid::CreatedAtOutOfRange => {
+                ApiError::bad_request("invalid_created_at", format!("{CREATED_AT_RANGE}."))
+                    .with_param("created_at")
+            }
         }
     }
 }
@@ -98,6 +109,7 @@ impl std::fmt::Display for Invalid {
             Invalid::MetadataTooLarge => {
                 write!(f, "`metadata` is larger than {METADATA_BYTES_MAX} bytes")
             }
+            Invalid::CreatedAtOutOfRange => f.write_str(CREATED_AT_RANGE),
         }
     }
 }
@@ -117,6 +129,18 @@ pub(crate) fn check_session_id(session_id: &str) -> Result<(), Invalid> {
         return Err(Invalid::SessionTooLong);
     }
     Ok(())
+}
+
+/// A `created_at` (epoch milliseconds, UTC) against the range every reader and formatter
+/// handles: 1970 to the end of 9999 ([`crate::time::MS_MIN`]..=[`crate::time::MS_MAX`]).
+/// Before this check, `253402300800000`, `1e300` or `"9999-12-31T23:59:59-23:59"` were
+/// acknowledged and then failed every read of the vault.
+pub(crate) fn check_created_at(created_at_ms: i64) -> Result<(), Invalid> {
+    if (crate::time::MS_MIN..=crate::time::MS_MAX).contains(&created_at_ms) {
+        Ok(())
+    } else {
+        Err(Invalid::CreatedAtOutOfRange)
+    }
 }
 
 /// A model string against [`MODEL_CHARS_MAX`].
@@ -148,7 +172,8 @@ pub(crate) fn check_memory_fields(
 }
 
 /// The memory to store for one message: the only place a [`NewMemory`] is built. Refuses
-/// an empty text and the fields [`check_memory_fields`] refuses.
+/// an empty text, a `created_at` [`check_created_at`] refuses and the fields
+/// [`check_memory_fields`] refuses.
 pub(crate) fn to_new_memory(
     session_id: &str,
     role: Role,
@@ -160,6 +185,7 @@ pub(crate) fn to_new_memory(
     if text.trim().is_empty() {
         return Err(Invalid::EmptyText);
     }
+    check_created_at(created_at_ms)?;
     check_memory_fields(session_id, model, metadata.as_ref())?;
     Ok(NewMemory::new(session_id, role, text, created_at_ms)
         .with_model(model.map(str::to_owned))
@@ -259,13 +285,17 @@ fn parse_message(index: usize, item: &Value, limits: &Limits) -> Result<ChatMess
         .map_err(|e| e.api_error().with_param(at(".content")))?;
     let created_at_ms = match fields.get("created_at") {
         None | Some(Value::Null) => None,
-        Some(value) => Some(crate::time::parse_json_ms(value).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_created_at",
-                "`created_at` must be an RFC 3339 string or epoch milliseconds.",
-            )
-            .with_param(at(".created_at"))
-        })?),
+        Some(value) => {
+            let ms = crate::time::parse_json_ms(value).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_created_at",
+                    "`created_at` must be an RFC 3339 string or epoch milliseconds.",
+                )
+                .with_param(at(".created_at"))
+            })?;
+            check_created_at(ms).map_err(|e| e.api_error().with_param(at(".created_at")))?;
+            Some(ms)
+        }
     };
     let remember = match fields.get("memory") {
         None | Some(Value::Null) => true,
@@ -518,6 +548,25 @@ mod tests {
             status(json!([{"role": "user", "content": "x", "memory": "no"}])),
             400
         );
+        // The repro: each was acknowledged, then every read of the vault was a 500.
+        for created_at in [
+            json!(253_402_300_800_000_i64),
+            json!(1e300),
+            json!("9999-12-31T23:59:59-23:59"),
+            json!("1970-01-01T00:00:00+00:01"),
+            json!(u64::MAX),
+        ] {
+            let error = parse_messages(
+                &json!([{"role": "user", "content": "x", "created_at": created_at}]),
+                &limits(),
+            )
+            .unwrap_err();
+            assert_eq!(
+                (error.status.as_u16(), error.code, error.param.as_deref()),
+                (400, "invalid_created_at", Some("messages[0].created_at")),
+                "{created_at}"
+            );
+        }
         assert_eq!(
             status(json!([{"role": "user", "content": "more than ten chars"}])),
             413
@@ -566,6 +615,15 @@ mod tests {
             memory("", "hi", None, Some(metadata)).err(),
             Some(Invalid::MetadataTooLarge)
         );
+        let at = |ms| to_new_memory("", Role::User, "hi".into(), ms, None, None).err();
+        assert_eq!(at(crate::time::MS_MAX), None);
+        assert_eq!(at(0), None);
+        assert_eq!(
+            at(crate::time::MS_MAX + 1),
+            Some(Invalid::CreatedAtOutOfRange)
+        );
+        assert_eq!(at(-1), Some(Invalid::CreatedAtOutOfRange));
+        assert_eq!(at(i64::MAX), Some(Invalid::CreatedAtOutOfRange));
         assert_eq!(check_text_length("ééé", 3), Ok(()));
         assert_eq!(
             check_text_length("éééé", 3),

@@ -1,8 +1,13 @@
 //! Secrets: Memory Key minting and hashing, key ids, and the provider-key cipher.
 //!
-//! A Memory Key is 32 bytes from the OS random generator shown as `mk_` + 43 base62 digits.
-//! Only its SHA-256 is kept; a presented key is hashed and looked up by that hash, and the
-//! stored hash is compared again in constant time. Provider keys are sealed with
+//! A Memory Key is 32 bytes from the OS random generator shown as `mk_` + 43 base62 digits,
+//! followed by a checksum: the CRC32 (IEEE) of those 46 characters as 6 base62 digits, as
+//! GitHub's tokens carry one. The checksum lets a secret scanner validate a leaked key
+//! offline, and lets the server refuse a mistyped or forged key before any catalog lookup
+//! ([`passes_checksum`]). Keys minted before the checksum (`mk_` + 43 digits) keep working:
+//! they have no checksum to check and go to the lookup as before. Only a key's SHA-256 is
+//! kept; a presented key is hashed and looked up by that hash, and the stored hash is
+//! compared again in constant time. Provider keys are sealed with
 //! ChaCha20-Poly1305 under a 32-byte secret that lives in `DATA_DIR/secret.key` (0600) or
 //! `MEMORYROUTER_SECRET_KEY` (64 hex digits); the associated data binds each ciphertext to
 //! its account and provider so a ciphertext cannot be moved to another slot.
@@ -18,6 +23,8 @@ pub(crate) const KEY_PREFIX: &str = "mk_";
 pub(crate) const KEY_RANDOM_BYTES: usize = 32;
 /// Base62 digits needed for 32 bytes: ceil(256 / log2(62)) = 43.
 pub(crate) const KEY_DIGITS: usize = 43;
+/// Base62 digits of the checksum: a CRC32 is below 2^32 < 62^6.
+pub(crate) const KEY_CHECKSUM_DIGITS: usize = 6;
 /// Base62 characters in a key id after `key_` (16 digits ≈ 95 bits: collisions are moot).
 pub(crate) const KEY_ID_DIGITS: usize = 16;
 /// Characters of the key shown in listings (`mk_` + 4), enough to recognise, useless to guess.
@@ -56,11 +63,34 @@ fn base62(bytes: &[u8], width: usize) -> String {
     digits.into_iter().map(char::from).collect()
 }
 
-/// A fresh Memory Key: `mk_` + 43 base62 digits.
+/// A fresh Memory Key: `mk_` + 43 random base62 digits + their 6-digit checksum.
 pub(crate) fn mint_key() -> Result<String, Error> {
     let mut bytes = [0u8; KEY_RANDOM_BYTES];
     random_bytes(&mut bytes)?;
-    Ok(format!("{KEY_PREFIX}{}", base62(&bytes, KEY_DIGITS)))
+    let body = format!("{KEY_PREFIX}{}", base62(&bytes, KEY_DIGITS));
+    let sum = checksum(&body);
+    Ok(body + &sum)
+}
+
+/// The checksum of a key's first 46 characters (`mk_` + the random digits): their CRC32
+/// (IEEE, as zlib computes it) as 6 base62 digits, big-endian, `0`-padded.
+fn checksum(body: &str) -> String {
+    base62(
+        &crc32fast::hash(body.as_bytes()).to_be_bytes(),
+        KEY_CHECKSUM_DIGITS,
+    )
+}
+
+/// False for a key with a checksum that does not hold: a typo or a forgery, refused before
+/// any lookup. True for a key whose checksum holds and for a key minted before keys had
+/// one (`mk_` + 43 digits), which only the lookup can judge. Call after [`looks_like_key`].
+pub(crate) fn passes_checksum(key: &str) -> bool {
+    let sum_at = KEY_PREFIX.len() + KEY_DIGITS;
+    match (key.get(..sum_at), key.get(sum_at..)) {
+        (Some(_), Some("")) => true,
+        (Some(body), Some(sum)) => constant_time_eq(checksum(body).as_bytes(), sum.as_bytes()),
+        _ => false,
+    }
 }
 
 /// `prefix` + `digits` uniformly random base62 characters (rejection sampling keeps the
@@ -80,11 +110,14 @@ pub(crate) fn random_id(prefix: &str, digits: usize) -> Result<String, Error> {
     Ok(out)
 }
 
-/// True when `text` has the shape of a Memory Key (without suffix). Cheap pre-check so
-/// provider keys and garbage are rejected before hashing.
+/// True when `text` has the shape of a Memory Key (without suffix), with or without a
+/// checksum, whether the checksum holds or not. Cheap pre-check so provider keys and
+/// garbage are rejected before hashing, and the proxy's test that a would-be provider key
+/// is not a Memory Key (a mistyped Memory Key is never sent upstream either).
 pub(crate) fn looks_like_key(text: &str) -> bool {
     text.strip_prefix(KEY_PREFIX).is_some_and(|rest| {
-        rest.len() == KEY_DIGITS && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+        (rest.len() == KEY_DIGITS || rest.len() == KEY_DIGITS + KEY_CHECKSUM_DIGITS)
+            && rest.bytes().all(|b| b.is_ascii_alphanumeric())
     })
 }
 
@@ -201,6 +234,85 @@ mod tests {
         assert_ne!(a, b);
         assert!(!looks_like_key("sk-not-a-memory-key"));
         assert!(!looks_like_key(&format!("{a}x")));
+    }
+
+    #[test]
+    fn minted_keys_carry_a_checksum_that_catches_every_typo() {
+        let key = mint_key().unwrap();
+        assert_eq!(
+            key.len(),
+            KEY_PREFIX.len() + KEY_DIGITS + KEY_CHECKSUM_DIGITS
+        );
+        assert!(looks_like_key(&key) && passes_checksum(&key), "{key}");
+        let bytes = key.as_bytes();
+        let mut typos = 0;
+        // Every single-character substitution, anywhere after the prefix.
+        for at in KEY_PREFIX.len()..bytes.len() {
+            for &digit in BASE62 {
+                if digit == bytes[at] {
+                    continue;
+                }
+                let mut typo = bytes.to_vec();
+                typo[at] = digit;
+                let typo = String::from_utf8(typo).unwrap();
+                assert!(looks_like_key(&typo), "the shape is kept: {typo}");
+                assert!(!passes_checksum(&typo), "{typo}");
+                typos += 1;
+            }
+        }
+        // Every swap of two neighbouring, different characters.
+        for at in KEY_PREFIX.len()..bytes.len() - 1 {
+            if bytes[at] != bytes[at + 1] {
+                let mut typo = bytes.to_vec();
+                typo.swap(at, at + 1);
+                assert!(!passes_checksum(&String::from_utf8(typo).unwrap()));
+                typos += 1;
+            }
+        }
+        assert!(typos > 49 * 61, "{typos}");
+    }
+
+    #[test]
+    fn forged_keys_fail_the_checksum_and_old_keys_pass_it() {
+        // 200,000 forgeries of the right shape from a fixed sequence: a random checksum
+        // holds with probability 62^-6 (about 1 in 57 billion), so none may pass.
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            BASE62[(state % 62) as usize]
+        };
+        for _ in 0..200_000 {
+            let digits: Vec<u8> = (0..KEY_DIGITS + KEY_CHECKSUM_DIGITS)
+                .map(|_| next())
+                .collect();
+            let forged = format!("{KEY_PREFIX}{}", String::from_utf8(digits).unwrap());
+            assert!(looks_like_key(&forged));
+            assert!(!passes_checksum(&forged), "{forged}");
+        }
+        // A key minted before the checksum: the shape holds, and only the lookup judges it.
+        let legacy = format!(
+            "{KEY_PREFIX}{}",
+            base62(&[7u8; KEY_RANDOM_BYTES], KEY_DIGITS)
+        );
+        assert!(looks_like_key(&legacy) && passes_checksum(&legacy));
+        // The checksum is the CRC32 of the first 46 characters, base62, as documented.
+        let key = mint_key().unwrap();
+        let (body, sum) = key.split_at(KEY_PREFIX.len() + KEY_DIGITS);
+        let crc = sum.bytes().fold(0u64, |n, d| {
+            n * 62 + BASE62.iter().position(|b| *b == d).unwrap() as u64
+        });
+        assert_eq!(crc, u64::from(crc32fast::hash(body.as_bytes())));
+        for bad in [
+            "mk_short",
+            "",
+            "mk_",
+            &format!("{key}0"),
+            &key[..key.len() - 1],
+        ] {
+            assert!(!(looks_like_key(bad) && passes_checksum(bad)), "{bad}");
+        }
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! in-flight request and close, and the loop waits (bounded) until all connection tasks
 //! have ended. Then the engine and the catalog are flushed, so every acknowledged write
 //! and the pending `last_used_at` times are on disk before `run` returns.
+//!
+//! Requests hyper cannot parse are answered by hyper itself; [`protocol_errors`] gives
+//! those answers the API's JSON error body too.
+
+mod protocol_errors;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -160,7 +165,10 @@ async fn connection(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(HEADER_READ_TIMEOUT_SECS))
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(
+            TokioIo::new(protocol_errors::ErrorBodyIo::new(stream)),
+            service,
+        );
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}

@@ -3,8 +3,25 @@
 //! The engine stores `created_at` as epoch milliseconds; clients read and write RFC 3339
 //! strings (`2026-06-05T21:00:00.000Z`), and backfilling clients often send epoch
 //! milliseconds. Offsets other than `Z` (`+02:00`) are accepted and normalised to UTC.
+//!
+//! **Range.** RFC 3339 has four-digit years and humantime prints nothing before 1970, so
+//! the times every reader and formatter handles are [`MS_MIN`]..=[`MS_MAX`] (1970 to the
+//! end of 9999, UTC). A stored `created_at` is held to it (`request::check_created_at`);
+//! [`format_ms`] clamps anything outside it (a record written before the check), so no
+//! stored value can make a read fail.
 
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Earliest time stored or shown: the Unix epoch.
+pub(crate) const MS_MIN: i64 = 0;
+/// Latest time stored or shown: 9999-12-31T23:59:59.999Z.
+pub(crate) const MS_MAX: i64 = 253_402_300_799_999;
+
+/// `ms` within [`MS_MIN`]..=[`MS_MAX`].
+pub(crate) fn clamp_ms(ms: i64) -> i64 {
+    ms.clamp(MS_MIN, MS_MAX)
+}
 
 /// Milliseconds since the Unix epoch, now. A clock before 1970 reads as 0.
 pub(crate) fn now_ms() -> i64 {
@@ -14,12 +31,18 @@ pub(crate) fn now_ms() -> i64 {
     }
 }
 
-/// Formats epoch milliseconds as RFC 3339 UTC with milliseconds. Times before 1970 are
-/// clamped to the epoch because humantime cannot print them.
+/// Formats epoch milliseconds as RFC 3339 UTC with milliseconds, clamped to
+/// [`MS_MIN`]..=[`MS_MAX`]: humantime prints nothing before 1970 and fails (which
+/// `to_string` turns into a panic) past 9999.
 pub(crate) fn format_ms(ms: i64) -> String {
-    let clamped = u64::try_from(ms).unwrap_or(0);
+    let clamped = u64::try_from(clamp_ms(ms)).unwrap_or(0);
     let time = UNIX_EPOCH + Duration::from_millis(clamped);
-    humantime::format_rfc3339_millis(time).to_string()
+    let mut out = String::with_capacity(24);
+    if write!(out, "{}", humantime::format_rfc3339_millis(time)).is_err() {
+        // Unreachable within the range; never a panic on a read path.
+        return "1970-01-01T00:00:00.000Z".to_owned();
+    }
+    out
 }
 
 /// Parses an RFC 3339 timestamp (`Z` or `±HH:MM` offset) into epoch milliseconds.
@@ -108,5 +131,24 @@ mod tests {
         );
         assert_eq!(parse_json_ms(&serde_json::json!("yesterday")), None);
         assert_eq!(parse_json_ms(&serde_json::json!(true)), None);
+    }
+
+    #[test]
+    fn every_i64_formats_clamped_to_the_range() {
+        assert_eq!(format_ms(MS_MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(format_ms(MS_MIN), "1970-01-01T00:00:00.000Z");
+        for ms in [MS_MAX + 1, 253_402_300_800_000, i64::MAX] {
+            assert_eq!(format_ms(ms), "9999-12-31T23:59:59.999Z", "{ms}");
+        }
+        for ms in [-1, i64::MIN] {
+            assert_eq!(format_ms(ms), "1970-01-01T00:00:00.000Z", "{ms}");
+        }
+        // The inputs parse (so the range check, not the parser, refuses them).
+        assert_eq!(
+            parse_rfc3339_ms("9999-12-31T23:59:59-23:59"),
+            Some(MS_MAX - 999 + (23 * 60 + 59) * 60_000)
+        );
+        assert_eq!(parse_json_ms(&serde_json::json!(1e300)), Some(i64::MAX));
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00+00:01"), Some(-60_000));
     }
 }

@@ -25,11 +25,33 @@ async fn a_revoked_key_gets_401_on_the_next_request() {
 async fn unknown_malformed_and_missing_keys_look_the_same() {
     let server = TestServer::start().await;
     let fake = format!("mk_{}", "A".repeat(43));
+    let forged = format!("mk_{}", "A".repeat(49));
+    let (_id, real) = server.mint_key("typo").await;
+    // One mistyped character, and two neighbours swapped: the checksum refuses both.
+    let typo: String = real
+        .char_indices()
+        .map(|(i, c)| match (i, c) {
+            (20, 'x') => 'y',
+            (20, _) => 'x',
+            _ => c,
+        })
+        .collect();
+    let swapped: String = {
+        let mut chars: Vec<char> = real.chars().collect();
+        let at = (3..chars.len() - 1)
+            .find(|&i| chars[i] != chars[i + 1])
+            .unwrap();
+        chars.swap(at, at + 1);
+        chars.into_iter().collect()
+    };
     let mut bodies = Vec::new();
     for key in [
         None,
         Some("sk-openai-key"),
         Some(fake.as_str()),
+        Some(forged.as_str()),
+        Some(typo.as_str()),
+        Some(swapped.as_str()),
         Some("mk_short"),
         Some(&format!("{}:sideways", server.admin_key)),
     ] {
@@ -41,6 +63,54 @@ async fn unknown_malformed_and_missing_keys_look_the_same() {
         bodies.windows(2).all(|w| w[0] == w[1]),
         "401 bodies must not reveal why: {bodies:?}"
     );
+    server.stop().await;
+}
+
+/// CRC32 (IEEE, reflected, as zlib and secret scanners compute it), bit by bit: written
+/// from the documented format, independently of the server's implementation.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// What a secret scanner does with a leaked key, offline: `mk_` + 49 base62 characters, the
+/// last 6 the CRC32 of everything before them in base62 (`0-9A-Za-z`, big-endian).
+fn scanner_accepts(key: &str) -> bool {
+    const DIGITS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let Some(rest) = key.strip_prefix("mk_") else {
+        return false;
+    };
+    if rest.len() != 49 || !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return false;
+    }
+    let (body, sum) = key.split_at(3 + 43);
+    let value = sum.bytes().fold(0u64, |n, d| {
+        n * 62 + DIGITS.iter().position(|x| *x == d).unwrap() as u64
+    });
+    value == u64::from(crc32(body.as_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minted_keys_carry_a_checksum_a_scanner_can_verify_offline() {
+    let server = TestServer::start().await;
+    assert!(scanner_accepts(&server.admin_key), "{}", server.admin_key);
+    for name in ["a", "b", "c"] {
+        let (_id, key) = server.mint_key(name).await;
+        assert!(scanner_accepts(&key), "{key}");
+        let mut typo = key.clone().into_bytes();
+        typo[20] = if typo[20] == b'x' { b'y' } else { b'x' };
+        assert!(!scanner_accepts(std::str::from_utf8(&typo).unwrap()));
+    }
     server.stop().await;
 }
 

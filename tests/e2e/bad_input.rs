@@ -295,3 +295,139 @@ fn arbitrary_json_bodies_never_get_a_5xx() {
         .unwrap();
     runtime.block_on(server.stop());
 }
+
+/// Sends raw bytes on a fresh connection and reads until the server closes it (or a guard
+/// of 10 s passes); returns status, headers (lower-cased) and body.
+async fn raw_http(server: &TestServer, request: Vec<u8>) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // The server may answer and close before every byte is written (oversized heads).
+    let _ = stream.write_all(&request).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut out),
+    )
+    .await;
+    assert!(read.is_ok(), "the server neither answered nor closed");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, _) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let head_len = head.len() + 4;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"));
+    let body = out.get(head_len..).unwrap_or_default().to_vec();
+    (status, head.to_ascii_lowercase(), body)
+}
+
+/// Requests hyper cannot parse (bad header bytes, `Content-Length: -1`, oversized heads, …)
+/// get the same JSON error body as every other error, not an empty one, and the connection
+/// is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_carry_the_json_error_body() {
+    let server = TestServer::start().await;
+    let big_header = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(500_000)
+    );
+    let many_headers = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        (0..150)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect::<String>()
+    );
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "bad header bytes",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad\x01Name: v\r\n\r\n".to_vec(),
+            400,
+            "invalid_http_request",
+        ),
+        (
+            "header value with a control byte",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n".to_vec(),
+            400,
+            "invalid_http_request",
+        ),
+        (
+            "negative Content-Length",
+            b"POST /v1/memory/ingest HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec(),
+            400,
+            "invalid_http_request",
+        ),
+        (
+            "two Content-Lengths",
+            b"POST /v1/memory/ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec(),
+            400,
+            "invalid_http_request",
+        ),
+        (
+            "bad method",
+            b"G(T /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+            "invalid_http_request",
+        ),
+        (
+            "bad version",
+            b"GET /healthz HTTP/7.0\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+            "invalid_http_request",
+        ),
+        (
+            "not HTTP at all",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n".to_vec(),
+            400,
+            "invalid_http_request",
+        ),
+        (
+            "oversized header",
+            big_header.into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "too many headers",
+            many_headers.into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        ("URI too long", long_uri.into_bytes(), 414, "uri_too_long"),
+    ];
+    for (name, request, status, code) in cases {
+        let (got, head, body) = raw_http(&server, request).await;
+        assert_eq!(got, status, "{name}: {head}");
+        assert!(
+            head.contains("content-type: application/json"),
+            "{name}: {head}"
+        );
+        let json: Value = serde_json::from_slice(&body).unwrap_or_else(|e| {
+            panic!(
+                "{name}: body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&body)
+            )
+        });
+        let error = &json["error"];
+        assert_eq!(error["code"], code, "{name}: {json}");
+        assert_eq!(error["type"], "invalid_request_error", "{name}: {json}");
+        assert!(error["message"].is_string() && error.get("param").is_some());
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{name}: {head}"
+        );
+    }
+    // A good request on a kept-alive connection after all that is untouched.
+    let (status, head, body) = raw_http(
+        &server,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &br#"{"status":"ok"}"#[..]),
+        "{head}"
+    );
+    server.stop().await;
+}

@@ -7,5 +7,6 @@ mod isolation;
 mod memory_api;
 mod ops;
 mod proxy;
+mod readable;
 mod restart;
 mod seed;

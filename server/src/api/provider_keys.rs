@@ -1,5 +1,10 @@
 //! `/v1/provider-keys/{provider}`: the account's stored provider keys (admin key only),
 //! encrypted at rest and only ever listed masked.
+//!
+//! Only the key is stored. A `base_url` in the body is refused with 400: provider base URLs
+//! come only from the config file (`[providers.NAME] base_url`), so no URL a request sends is
+//! ever stored, listed or fetched (an accepted-but-ignored setting would be a silent bug,
+//! and an honoured one a server-side request forgery).
 
 use std::sync::Arc;
 
@@ -18,11 +23,25 @@ use crate::time::{format_ms, now_ms};
 #[derive(Deserialize)]
 struct PutBody {
     api_key: String,
-    base_url: Option<String>,
+    /// Refused when given (see the module docs); read only to say so.
+    #[serde(default)]
+    base_url: Option<serde_json::Value>,
 }
 
+/// A stored key as listed: never the key, never a base URL (a catalog written before
+/// base URLs were refused may still hold one; it was never used and is not shown).
 fn info_json(info: &ProviderKeyInfo) -> serde_json::Value {
-    json!({"provider": info.provider, "hint": info.hint, "base_url": info.base_url, "updated_at": format_ms(info.updated_at_ms)})
+    json!({"provider": info.provider, "hint": info.hint, "updated_at": format_ms(info.updated_at_ms)})
+}
+
+/// The answer to a `base_url` in the body: where base URLs are set instead.
+fn base_url_refused() -> ApiError {
+    ApiError::bad_request(
+        "base_url_not_supported",
+        "`base_url` is not accepted here: provider base URLs are set only in the server's \
+         config file (`[providers.NAME] base_url`). Send just the `api_key`.",
+    )
+    .with_param("base_url")
 }
 
 fn check_provider(provider: &str) -> Result<(), ApiError> {
@@ -37,7 +56,7 @@ fn check_provider(provider: &str) -> Result<(), ApiError> {
     }
 }
 
-/// `GET /v1/provider-keys` → `{"providers": [{provider, hint, base_url, updated_at}]}`.
+/// `GET /v1/provider-keys` → `{"providers": [{provider, hint, updated_at}]}`.
 pub(crate) async fn list(
     state: &Arc<AppState>,
     req: Request<Incoming>,
@@ -56,7 +75,7 @@ pub(crate) async fn list(
     ))
 }
 
-/// `PUT /v1/provider-keys/{provider}` `{"api_key", "base_url"?}` → the masked entry.
+/// `PUT /v1/provider-keys/{provider}` `{"api_key"}` → the masked entry; a `base_url` is 400.
 pub(crate) async fn put(
     state: &Arc<AppState>,
     req: Request<Incoming>,
@@ -68,31 +87,21 @@ pub(crate) async fn put(
     check_provider(provider)?;
     let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
     let request: PutBody = parse_json(&bytes)?;
+    if request.base_url.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(base_url_refused());
+    }
     if request.api_key.trim().is_empty() {
         return Err(
             ApiError::bad_request("empty_api_key", "`api_key` must not be empty.")
                 .with_param("api_key"),
         );
     }
-    if request.api_key.len() > PROVIDER_VALUE_CHARS_MAX
-        || request
-            .base_url
-            .as_ref()
-            .is_some_and(|u| u.len() > PROVIDER_VALUE_CHARS_MAX)
-    {
+    if request.api_key.len() > PROVIDER_VALUE_CHARS_MAX {
         return Err(ApiError::too_large(
             "value_too_long",
-            format!("Values are limited to {PROVIDER_VALUE_CHARS_MAX} bytes."),
-        ));
-    }
-    if let Some(url) = &request.base_url
-        && !(url.starts_with("http://") || url.starts_with("https://"))
-    {
-        return Err(ApiError::bad_request(
-            "invalid_base_url",
-            "`base_url` must start with http:// or https://.",
+            format!("`api_key` is longer than {PROVIDER_VALUE_CHARS_MAX} bytes."),
         )
-        .with_param("base_url"));
+        .with_param("api_key"));
     }
     let st = state.clone();
     let provider = provider.to_owned();
@@ -101,7 +110,7 @@ pub(crate) async fn put(
             &auth.account_id,
             &provider,
             request.api_key.trim(),
-            request.base_url,
+            None,
             now_ms(),
         )?)
     })

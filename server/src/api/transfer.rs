@@ -5,6 +5,13 @@
 //!
 //! Export/import work on stored records: a long message exported as several chunks comes
 //! back as several memories (each short enough never to be chunked again).
+//!
+//! **Whatever export writes, import reads.** Every exported field is within what
+//! [`import_line`] accepts: `created_at_ms` is clamped to the range every reader handles (a
+//! record stored before that range was checked still exports), import allows records up to
+//! the engine's chunk size even when `message_chars_max` is lower, and a record whose text
+//! is only white space (a chunk cut from a long run of spaces) is skipped, not failed, as an
+//! empty message is on ingest.
 
 use std::sync::Arc;
 
@@ -29,10 +36,11 @@ pub(crate) const IMPORT_BATCH_MAX: usize = 1000;
 /// Memories read per page while exporting.
 pub(crate) const EXPORT_PAGE_MAX: usize = 1000;
 
-/// One export line: [`memory_json`] plus `created_at_ms` for a lossless round trip.
+/// One export line: [`memory_json`] plus `created_at_ms` for a lossless round trip (clamped
+/// like `created_at`, so the line imports).
 pub(crate) fn export_line(memory: &Memory) -> String {
     let mut value = memory_json(memory);
-    value["created_at_ms"] = json!(memory.created_at_ms);
+    value["created_at_ms"] = json!(crate::time::clamp_ms(memory.created_at_ms));
     value.to_string()
 }
 
@@ -40,18 +48,20 @@ pub(crate) fn export_line(memory: &Memory) -> String {
 /// `session_id` (default `default_session`), `created_at_ms`/`created_at`/`timestamp`,
 /// `model`, `metadata` optional. `chars_max` is the configured `message_chars_max` for a
 /// line a client sent (`None` for the CLI's import of a file). The memory is built and
-/// bounded by [`to_new_memory`], like every other.
+/// bounded by [`to_new_memory`], like every other. `Ok(None)`: the content is empty or white
+/// space, a line to skip.
 pub(crate) fn import_line(
     line: &str,
     now_ms: i64,
     default_session: &str,
     chars_max: Option<usize>,
-) -> Result<NewMemory, String> {
+) -> Result<Option<NewMemory>, String> {
     let value: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
     let Value::Object(fields) = value else {
         return Err("a line must be a JSON object".into());
     };
     let text = match fields.get("content").or_else(|| fields.get("text")) {
+        Some(Value::String(text)) if text.trim().is_empty() => return Ok(None),
         Some(Value::String(text)) => text.clone(),
         _ => return Err("`content` must be a string".into()),
     };
@@ -90,7 +100,7 @@ pub(crate) fn import_line(
     if let Some(chars_max) = chars_max {
         check_text_length(&memory.text, chars_max).map_err(|e| e.to_string())?;
     }
-    Ok(memory)
+    Ok(Some(memory))
 }
 
 /// Calls `f` on every memory of the vault, newest first, a page at a time.
@@ -144,11 +154,14 @@ struct BulkOutcome {
     errors: Vec<Value>,
 }
 
+/// `chars_max` bounds each line's text (the configured `message_chars_max`, or for an import
+/// at least the engine's chunk size, which bounds every exported record).
 async fn bulk_store(
     state: &Arc<AppState>,
     vault_id: String,
     text: String,
     default_session: String,
+    chars_max: usize,
 ) -> Result<BulkOutcome, ApiError> {
     let lines: Vec<(usize, String)> = text
         .lines()
@@ -165,7 +178,6 @@ async fn bulk_store(
             ),
         ));
     }
-    let chars_max = state.config.limits.message_chars_max;
     let st = state.clone();
     blocking(move || {
         let now = now_ms();
@@ -180,7 +192,8 @@ async fn bulk_store(
         let mut batch = Vec::new();
         for (number, line) in &lines {
             match import_line(line, now, &default_session, Some(chars_max)) {
-                Ok(memory) => batch.push(memory),
+                Ok(Some(memory)) => batch.push(memory),
+                Ok(None) => outcome.skipped += 1,
                 Err(message) => {
                     outcome.failed += 1;
                     if outcome.errors.len() < REPORTED_ERRORS_MAX {
@@ -223,7 +236,12 @@ pub(crate) async fn import(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let (_parts, vault_id, text) = jsonl_request(state, req).await?;
-    let outcome = bulk_store(state, vault_id, text, String::new()).await?;
+    let chars_max = state
+        .config
+        .limits
+        .message_chars_max
+        .max(engine::CHUNK_CHARS_MAX);
+    let outcome = bulk_store(state, vault_id, text, String::new(), chars_max).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({"imported": outcome.stored_messages, "skipped": outcome.skipped, "failed": outcome.failed, "errors": outcome.errors}),
@@ -239,7 +257,8 @@ pub(crate) async fn upload(
     let (parts, vault_id, text) = jsonl_request(state, req).await?;
     // The header is held to the same bound as in every other request that names a session.
     let session = session_id(None, &parts.headers)?;
-    let outcome = bulk_store(state, vault_id.clone(), text, session).await?;
+    let chars_max = state.config.limits.message_chars_max;
+    let outcome = bulk_store(state, vault_id.clone(), text, session, chars_max).await?;
     let mut body = json!({
         "status": if outcome.failed == 0 { "complete" } else { "partial" },
         "vault": vault_id,
@@ -257,32 +276,76 @@ mod tests {
 
     #[test]
     fn import_lines_round_trip_and_report_errors() {
-        let memory = import_line(r#"{"content":"hi","role":"assistant","session_id":"s","created_at":"2026-06-05T21:00:00.000Z","metadata":{"a":1}}"#, 7, "", None).unwrap();
+        let memory = import_line(r#"{"content":"hi","role":"assistant","session_id":"s","created_at":"2026-06-05T21:00:00.000Z","metadata":{"a":1}}"#, 7, "", None).unwrap().unwrap();
         assert_eq!(memory.role, engine::Role::Assistant);
         assert_eq!(memory.session_id, "s");
         assert_eq!(
             crate::time::format_ms(memory.created_at_ms),
             "2026-06-05T21:00:00.000Z"
         );
-        let upload =
-            import_line(r#"{"content":"x","timestamp":1700000000000}"#, 7, "", None).unwrap();
+        let upload = import_line(r#"{"content":"x","timestamp":1700000000000}"#, 7, "", None)
+            .unwrap()
+            .unwrap();
         assert_eq!(upload.created_at_ms, 1_700_000_000_000);
         assert_eq!(
             import_line(r#"{"content":"x"}"#, 7, "", None)
+                .unwrap()
                 .unwrap()
                 .created_at_ms,
             7
         );
         assert!(import_line("not json", 0, "", None).is_err());
-        assert!(import_line(r#"{"content":""}"#, 0, "", None).is_err());
+        assert!(matches!(
+            import_line(r#"{"content":" \n"}"#, 0, "", None),
+            Ok(None)
+        ));
+        assert!(import_line(r#"{"content":7}"#, 0, "", None).is_err());
+        for time in [
+            r#""created_at_ms":253402300800000"#,
+            r#""created_at":1e300"#,
+            r#""timestamp":"9999-12-31T23:59:59-23:59""#,
+            r#""created_at":"1970-01-01T00:00:00+00:01""#,
+        ] {
+            assert_eq!(
+                import_line(&format!(r#"{{"content":"x",{time}}}"#), 0, "", None).unwrap_err(),
+                "`created_at` must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z (in UTC, after its offset)",
+                "{time}"
+            );
+        }
         assert!(import_line(r#"{"content":"x","role":"wizard"}"#, 0, "", None).is_err());
         assert!(import_line(r#"[1]"#, 0, "", None).is_err());
     }
 
     #[test]
+    fn an_exported_line_imports_whatever_created_at_is_on_disk() {
+        for (stored, exported) in [
+            (i64::MAX, crate::time::MS_MAX),
+            (253_402_300_800_000, crate::time::MS_MAX),
+            (i64::MIN, 0),
+            (-1, 0),
+            (1_700_000_000_000, 1_700_000_000_000),
+        ] {
+            let memory = Memory {
+                id: 1,
+                session_id: "s".into(),
+                role: engine::Role::User,
+                text: "hi".into(),
+                created_at_ms: stored,
+                model: None,
+                metadata: None,
+                content_hash: 0,
+                chunk: 0,
+            };
+            let line = export_line(&memory);
+            let back = import_line(&line, 0, "", None).unwrap().unwrap();
+            assert_eq!(back.created_at_ms, exported, "{line}");
+        }
+    }
+
+    #[test]
     fn import_lines_take_the_default_session_and_the_request_limits() {
         let line = |text: &str, session: &str, chars_max| {
-            import_line(text, 0, session, chars_max).map(|m| m.session_id)
+            import_line(text, 0, session, chars_max).map(|m| m.unwrap().session_id)
         };
         assert_eq!(line(r#"{"content":"x"}"#, "up", None).unwrap(), "up");
         assert_eq!(
