@@ -43,6 +43,25 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// An fsync of a file or directory failed. What reached the disk is unknown (Linux may
+    /// have dropped the dirty pages and cleared the error), so the vault that saw it is
+    /// poisoned: it refuses writes for the rest of the process's life.
+    #[error("fsync failed on {path}: {source}")]
+    SyncFailed {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The vault saw a failed fsync earlier in this process and refuses writes: its memory
+    /// may hold bytes the disk never got. Reads still answer; a restart recovers from what is
+    /// on disk.
+    #[error(
+        "vault {id:?} refuses writes since an fsync failed (what reached the disk is unknown); \
+         restart to recover from the disk"
+    )]
+    VaultPoisoned { id: String },
+
     /// A file whose bytes do not match what `docs/format.md` says they must be.
     #[error("corrupt file {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
@@ -96,6 +115,22 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }
+    }
+
+    /// Wraps a failed fsync with the path it happened on.
+    pub(crate) fn sync_failed(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::SyncFailed { path, source }
+    }
+
+    /// True for a failed fsync, the engine's or its WAL's: after one, nothing the process
+    /// holds about the disk can be trusted (see [`Error::SyncFailed`]).
+    pub fn is_failed_sync(&self) -> bool {
+        match self {
+            Error::SyncFailed { .. } => true,
+            Error::Wal(wal::WalError::Io { op, .. }) => op.starts_with("fsync"),
+            _ => false,
+        }
     }
 
     pub(crate) fn model(path: impl Into<PathBuf>, reason: impl Into<String>) -> Error {

@@ -74,6 +74,8 @@ mod query;
 mod record;
 mod registry;
 mod segment;
+#[doc(hidden)]
+pub mod storage;
 mod vault;
 
 pub use embedder::{BuiltinEmbedder, Embedder};

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::file;
 use crate::record::MemoryId;
+use crate::storage::Storage;
 
 pub const MAGIC: &[u8; 8] = b"MRVMANIF";
 pub const VERSION: u32 = 1;
@@ -89,10 +90,10 @@ impl Manifest {
     }
 
     /// Durably replaces the vault's manifest with `self`.
-    pub fn store(&self, dir: &Path) -> Result<()> {
+    pub fn store(&self, storage: &dyn Storage, dir: &Path) -> Result<()> {
         let payload = serde_json::to_vec(self)
             .map_err(|e| Error::corrupt(Self::path(dir), format!("encoding manifest: {e}")))?;
-        file::replace_atomically(&Self::path(dir), MAGIC, VERSION, &payload)
+        file::replace_atomically(storage, &Self::path(dir), MAGIC, VERSION, &payload)
     }
 }
 
@@ -113,8 +114,8 @@ mod tests {
             segments: vec!["seg-0000000000000001".into()],
             tombstones: vec![4],
         };
-        m.store(dir.path()).unwrap();
-        m.store(dir.path()).unwrap();
+        m.store(&crate::storage::OsStorage, dir.path()).unwrap();
+        m.store(&crate::storage::OsStorage, dir.path()).unwrap();
         assert_eq!(Manifest::load(dir.path()).unwrap(), Some(m));
     }
 
@@ -134,14 +135,16 @@ mod tests {
             &["/tmp"],
             &["wal"],
         ] {
-            with(bad).store(dir.path()).unwrap();
+            with(bad)
+                .store(&crate::storage::OsStorage, dir.path())
+                .unwrap();
             assert!(
                 matches!(Manifest::load(dir.path()), Err(Error::Corrupt { .. })),
                 "{bad:?}"
             );
         }
         let good = with(&["seg-0000000000000001", "seg-0000000000000002"]);
-        good.store(dir.path()).unwrap();
+        good.store(&crate::storage::OsStorage, dir.path()).unwrap();
         assert_eq!(Manifest::load(dir.path()).unwrap(), Some(good));
     }
 }

@@ -26,6 +26,7 @@ use crate::lexical::{LexicalBuilder, LexicalSource};
 use crate::mmap::{MappedFile, MappedLexical};
 use crate::query::Filter;
 use crate::record::{Memory, MemoryId, Metadata, Role, parse_metadata};
+use crate::storage::Storage;
 
 const VECTORS_MAGIC: &[u8; 8] = b"MRSEGVEC";
 const RECORDS_MAGIC: &[u8; 8] = b"MRSEGREC";
@@ -104,16 +105,19 @@ pub(crate) fn is_dir_name(name: &str) -> bool {
 }
 
 /// Removes segment directories that left the vault's list, then syncs the vault directory.
-pub(crate) fn remove_dirs(segments: &[std::sync::Arc<Segment>]) -> Result<()> {
+pub(crate) fn remove_dirs(
+    storage: &dyn Storage,
+    segments: &[std::sync::Arc<Segment>],
+) -> Result<()> {
     for s in segments {
-        match std::fs::remove_dir_all(s.dir()) {
+        match storage.remove_dir_all(s.dir()) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(s.dir())(e)),
         }
     }
     if let Some(parent) = segments.first().and_then(|s| s.dir().parent()) {
-        file::sync_dir(parent)?;
+        file::sync_dir(storage, parent)?;
     }
     Ok(())
 }
@@ -122,6 +126,7 @@ pub(crate) fn remove_dirs(segments: &[std::sync::Arc<Segment>]) -> Result<()> {
 /// `after_temp_dir` runs once the files are complete and synced under the temp name (a
 /// test's crash point; production passes `|| Ok(())`).
 pub(crate) fn write(
+    storage: &dyn Storage,
     vault_dir: &Path,
     name: &str,
     dim: usize,
@@ -133,9 +138,9 @@ pub(crate) fn write(
     debug_assert!(inputs.windows(2).all(|w| w[0].memory.id < w[1].memory.id));
     let tmp = vault_dir.join(format!("{name}.tmp"));
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(Error::io(&tmp))?;
+        storage.remove_dir_all(&tmp).map_err(Error::io(&tmp))?;
     }
-    std::fs::create_dir(&tmp).map_err(Error::io(&tmp))?;
+    storage.create_dir(&tmp).map_err(Error::io(&tmp))?;
 
     // Vectors.
     let n = inputs.len();
@@ -151,7 +156,13 @@ pub(crate) fn write(
         flat.extend_from_slice(input.vector);
     }
     vectors.extend_from_slice(bytemuck::cast_slice(&flat));
-    file::write_new(&tmp.join(VECTORS_FILE), VECTORS_MAGIC, VERSION, &vectors)?;
+    file::write_new(
+        storage,
+        &tmp.join(VECTORS_FILE),
+        VECTORS_MAGIC,
+        VERSION,
+        &vectors,
+    )?;
     drop(vectors);
 
     // Records.
@@ -207,7 +218,13 @@ pub(crate) fn write(
     records.extend_from_slice(&heap_offset.to_le_bytes());
     records.extend_from_slice(bytemuck::cast_slice(&rows));
     records.extend_from_slice(&heap);
-    file::write_new(&tmp.join(RECORDS_FILE), RECORDS_MAGIC, VERSION, &records)?;
+    file::write_new(
+        storage,
+        &tmp.join(RECORDS_FILE),
+        RECORDS_MAGIC,
+        VERSION,
+        &records,
+    )?;
     drop(records);
 
     // Lexical index (carries its own magic, version and crc).
@@ -219,31 +236,26 @@ pub(crate) fn write(
             &crate::record::indexed_text(context, &input.memory.text),
         );
     }
-    write_raw(&tmp.join(LEXICAL_FILE), &lex.finish())?;
+    file::write_raw(storage, &tmp.join(LEXICAL_FILE), &lex.finish())?;
 
     // Graph, only where it beats a scan (and never on the seal path).
     if graph == GraphBuild::WhenLarge && n >= hnsw.min_records {
         let graph = hnsw::build(&flat, dim, hnsw);
-        file::write_new(&tmp.join(GRAPH_FILE), hnsw::MAGIC, hnsw::VERSION, &graph)?;
+        file::write_new(
+            storage,
+            &tmp.join(GRAPH_FILE),
+            hnsw::MAGIC,
+            hnsw::VERSION,
+            &graph,
+        )?;
     }
-    file::sync_dir(&tmp)?;
+    file::sync_dir(storage, &tmp)?;
     // A test's crash point: the temp dir is complete, nothing names it yet.
     after_temp_dir()?;
     let dest = vault_dir.join(name);
-    std::fs::rename(&tmp, &dest).map_err(Error::io(&dest))?;
-    file::sync_dir(vault_dir)?;
+    storage.rename(&tmp, &dest).map_err(Error::io(&dest))?;
+    file::sync_dir(storage, vault_dir)?;
     Ok(dest)
-}
-
-fn write_raw(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(Error::io(path))?;
-    f.write_all(bytes).map_err(Error::io(path))?;
-    f.sync_all().map_err(Error::io(path))
 }
 
 /// An open, immutable, mapped segment.
@@ -707,6 +719,7 @@ mod tests {
             },
         ];
         let path = write(
+            &crate::storage::OsStorage,
             dir.path(),
             "seg-0000000000000001",
             2,
@@ -750,6 +763,7 @@ mod tests {
             context: "",
         }];
         let path = write(
+            &crate::storage::OsStorage,
             dir.path(),
             "seg-1",
             2,
@@ -813,6 +827,7 @@ mod tests {
             ..HnswParams::default()
         };
         let path = write(
+            &crate::storage::OsStorage,
             dir.path(),
             "seg-0000000000000002",
             2,

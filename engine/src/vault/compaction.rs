@@ -76,7 +76,12 @@ impl Vault {
     /// Runs one compaction step now (synchronously) if the policy finds one; returns whether
     /// it merged anything.
     pub fn compact(&self) -> Result<bool> {
-        self.check_open()?;
+        self.check_writable()?;
+        let result = self.compact_checked();
+        self.poison_on_failed_sync(result)
+    }
+
+    fn compact_checked(&self) -> Result<bool> {
         let inner = &*self.inner;
         let _compact = inner.compact_lock.lock();
         let (chosen, deleted): (Vec<Arc<Segment>>, HashSet<MemoryId>) = {
@@ -101,7 +106,12 @@ impl Vault {
 
     /// Merges every segment into one, whatever the policy says (tests and benches).
     pub fn compact_all(&self) -> Result<bool> {
-        self.check_open()?;
+        self.check_writable()?;
+        let result = self.compact_all_checked();
+        self.poison_on_failed_sync(result)
+    }
+
+    fn compact_all_checked(&self) -> Result<bool> {
         let inner = &*self.inner;
         let _compact = inner.compact_lock.lock();
         let (chosen, deleted) = {
@@ -163,6 +173,7 @@ impl Vault {
         } else {
             let name = segment::dir_name(inner.next_segment.fetch_add(1, Ordering::SeqCst));
             let path = segment::write(
+                &*inner.options.storage,
                 &inner.dir,
                 &name,
                 inner.dim,
@@ -181,7 +192,7 @@ impl Vault {
             output,
         })?;
         inner.options.reach(CrashPoint::CompactAfterManifest)?;
-        segment::remove_dirs(&removed)
+        segment::remove_dirs(&*inner.options.storage, &removed)
     }
 }
 
@@ -227,6 +238,7 @@ mod tests {
         {
             let params = HnswParams::default();
             segment::write(
+                &crate::storage::OsStorage,
                 dir.path(),
                 name,
                 dim,
@@ -246,7 +258,7 @@ mod tests {
             segments: names.iter().map(|n| n.to_string()).collect(),
             tombstones: Vec::new(),
         }
-        .store(dir.path())
+        .store(&crate::storage::OsStorage, dir.path())
         .unwrap();
         let mut options = VaultOptions::new(embedder);
         options.background = false;

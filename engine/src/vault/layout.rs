@@ -88,7 +88,7 @@ impl Vault {
             }
         }
         stored.tombstones = inner.state.read().tombstones_for(&next);
-        stored.store(&inner.dir)?;
+        stored.store(&*inner.options.storage, &inner.dir)?;
         *manifest = stored;
 
         let mut state = inner.state.write();

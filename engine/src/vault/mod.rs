@@ -42,9 +42,10 @@ use crate::embedder::Embedder;
 use crate::error::{Error, Result};
 use crate::footprint::MemoryGauge;
 use crate::hnsw::HnswParams;
-use crate::limits::MEMTABLE_RECORDS_MAX_DEFAULT;
+use crate::limits::{MEMTABLE_RECORDS_MAX_DEFAULT, WAL_SEGMENT_BYTES_MAX};
 use crate::manifest::Manifest;
 use crate::record::MemoryId;
+use crate::storage::Storage;
 use state::State;
 
 /// How a vault is opened.
@@ -68,6 +69,14 @@ pub struct VaultOptions {
     /// Where this vault adds its heap estimate: the registry's engine-wide total, or a
     /// counter of its own for a vault opened directly.
     pub(crate) memory_total: Arc<AtomicU64>,
+    /// Every write, fsync, rename and removal of the vault — its WAL's included — goes
+    /// through this seam (`storage.rs`); the power-loss harness swaps in a recorder.
+    #[doc(hidden)]
+    pub storage: Arc<dyn Storage>,
+    /// The WAL rotates to a new segment file past this size (tests make it small to cover
+    /// rotation and the deletion of checkpointed segments).
+    #[doc(hidden)]
+    pub wal_segment_bytes_max: u64,
 }
 
 impl VaultOptions {
@@ -81,6 +90,8 @@ impl VaultOptions {
             crash_at: None,
             pause_at: None,
             memory_total: Arc::new(AtomicU64::new(0)),
+            storage: crate::storage::os(),
+            wal_segment_bytes_max: WAL_SEGMENT_BYTES_MAX,
         }
     }
 
@@ -149,6 +160,10 @@ pub(crate) struct Inner {
     /// Background jobs queued or running; the registry never closes a busy vault.
     pub jobs: AtomicUsize,
     pub seal_scheduled: AtomicBool,
+    /// Set for good by the first failed fsync (the engine's or the WAL's): writes are then
+    /// refused with [`Error::VaultPoisoned`] and the registry never closes the vault, so it
+    /// is never reopened in this process from a page cache that may differ from the disk.
+    pub poisoned: AtomicBool,
     /// The same gauge as `State::memory`, readable without the state lock: the registry
     /// reads it under its own lock, where waiting for a vault's lock would stall every vault.
     pub memory: Arc<MemoryGauge>,
@@ -181,6 +196,35 @@ impl Vault {
         Ok(())
     }
 
+    /// `check_open`, and the vault has not seen a failed fsync: every write path starts here.
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        self.check_open()?;
+        if self.is_poisoned() {
+            return Err(Error::VaultPoisoned {
+                id: self.inner.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// True once an fsync of this vault (a WAL append's, a segment's, the manifest's or a
+    /// directory's) has failed in this process. A poisoned vault answers reads, refuses
+    /// writes, and stays open until the process ends; the next process recovers from the disk.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Passes `result` through, poisoning the vault if it is a failed fsync.
+    pub(crate) fn poison_on_failed_sync<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result
+            && e.is_failed_sync()
+            && !self.inner.poisoned.swap(true, Ordering::AcqRel)
+        {
+            tracing::error!(vault = %self.inner.name, error = %e, "fsync failed: the vault refuses writes until the process restarts");
+        }
+        result
+    }
+
     /// Estimated heap bytes this vault holds while open: memtables, dedupe and tombstone
     /// sets, segments' in-memory side. Mapped segment files are page cache and not counted
     /// (`footprint.rs` says why). Recomputed from lengths and capacities under the read lock
@@ -206,8 +250,8 @@ impl Vault {
 
     /// Flushes the WAL to disk (matters in `Buffered` durability; a no-op cost otherwise).
     pub fn sync(&self) -> Result<()> {
-        self.inner.wal.sync()?;
-        Ok(())
+        let result = self.inner.wal.sync().map_err(Error::from);
+        self.poison_on_failed_sync(result)
     }
 
     /// True while a background seal or compaction is queued or running.

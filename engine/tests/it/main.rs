@@ -5,6 +5,7 @@ mod common;
 mod context;
 mod crash;
 mod memory;
+mod missing;
 mod model;
 mod race;
 mod registry;
