@@ -125,6 +125,10 @@ pub(crate) fn remove_dirs(
 /// Writes a segment directory `dir/name` from records sorted by id. Returns its path.
 /// `after_temp_dir` runs once the files are complete and synced under the temp name (a
 /// test's crash point; production passes `|| Ok(())`).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the seam (storage) joined seven arguments that each say what to write"
+)]
 pub(crate) fn write(
     storage: &dyn Storage,
     vault_dir: &Path,
