@@ -70,6 +70,8 @@ mod limits;
 mod manifest;
 mod memtable;
 mod mmap;
+#[doc(hidden)]
+pub mod powerloss;
 mod query;
 mod record;
 mod registry;
