@@ -103,7 +103,7 @@ pub fn os() -> Arc<dyn Storage> {
 
 /// Fsyncs a directory so creations, renames and removals in it are durable. A failure is
 /// [`Error::SyncFailed`]: the vault that sees it stops accepting writes.
-pub(crate) fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
+pub fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
     storage.sync_dir(dir).map_err(Error::sync_failed(dir))
 }
 
@@ -112,7 +112,7 @@ pub(crate) fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
 /// vanish with a directory entry that never reached the disk. When `dir` already exists and
 /// `resync` is set, its parent is fsynced anyway: an earlier process may have created it and
 /// died before its sync. Returns whether `dir` was created.
-pub(crate) fn create_dir_durably(storage: &dyn Storage, dir: &Path, resync: bool) -> Result<bool> {
+pub fn create_dir_durably(storage: &dyn Storage, dir: &Path, resync: bool) -> Result<bool> {
     if dir.is_dir() {
         if resync && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(storage, parent)?;

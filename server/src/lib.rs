@@ -113,11 +113,7 @@ impl AppState {
         datadir::ensure(&dir)?;
         let lock = datadir::lock(&dir)?;
         let secret = datadir::load_or_create_secret(&dir, config.secret_key_hex.as_deref())?;
-        let catalog = catalog::Catalog::open(
-            &dir.join(datadir::CATALOG_DIR),
-            config.durability.to_wal(),
-            &secret,
-        )?;
+        let catalog = catalog::Catalog::open(&dir.join(datadir::CATALOG_DIR), &secret)?;
         let new_admin_key = commands::bootstrap(&catalog, &dir)?;
         let mut engine_config = engine::EngineConfig::new(dir.join(datadir::VAULTS_DIR));
         engine_config.durability = config.durability.to_wal();

@@ -7,6 +7,7 @@ mod crash;
 mod memory;
 mod missing;
 mod model;
+mod permissions;
 mod powerloss;
 mod race;
 mod registry;

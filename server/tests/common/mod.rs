@@ -21,7 +21,18 @@ impl Binary {
     /// `memoryrouter serve --listen 127.0.0.1:0 --data-dir DIR` plus `extra` arguments;
     /// returns once it has printed its address and answered `/readyz`.
     pub fn serve(dir: &Path, extra: &[&str]) -> Binary {
-        let mut child = Command::new(BIN)
+        Self::start(Command::new(BIN), dir, extra)
+    }
+
+    /// `serve` under the given umask (set by `sh` before it execs the binary).
+    pub fn serve_with_umask(dir: &Path, umask: &str) -> Binary {
+        let mut sh = Command::new("sh");
+        sh.args(["-c", &format!("umask {umask}; exec \"$0\" \"$@\""), BIN]);
+        Self::start(sh, dir, &[])
+    }
+
+    fn start(mut command: Command, dir: &Path, extra: &[&str]) -> Binary {
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .args(extra)
