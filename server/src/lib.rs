@@ -48,6 +48,8 @@ mod datadir;
 mod error;
 mod http;
 mod metrics;
+#[cfg(test)]
+mod powerloss_tests;
 mod proxy;
 mod ratelimit;
 mod request;
