@@ -10,7 +10,10 @@ use engine::{HnswParams, Role, Vault, VaultOptions};
 use crate::common::{WordHash, msg};
 
 #[test]
-#[allow(unsafe_code, reason = "umask(2) is the one way to set the process umask")]
+#[allow(
+    unsafe_code,
+    reason = "umask(2) is the one way to set the process umask"
+)]
 fn a_vault_is_owner_only_under_umask_022() {
     // SAFETY: umask only swaps the process's file-mode mask; 022 is the usual default, so
     // tests running alongside see what they would see anyway.
@@ -53,7 +56,16 @@ fn a_vault_is_owner_only_under_umask_022() {
         }
     }
     assert!(loose.is_empty(), "not owner-only: {loose:#?}");
-    for expected in ["MANIFEST", "checkpoint", "graph.bin", "lexical.bin", "records.bin"] {
-        assert!(files.iter().any(|f| f == expected), "{expected} in {files:?}");
+    for expected in [
+        "MANIFEST",
+        "checkpoint",
+        "graph.bin",
+        "lexical.bin",
+        "records.bin",
+    ] {
+        assert!(
+            files.iter().any(|f| f == expected),
+            "{expected} in {files:?}"
+        );
     }
 }
