@@ -125,6 +125,8 @@ struct Model {
     bypassed: Vec<PathBuf>,
     skip: Option<SyncSite>,
     skipped: u64,
+    /// Every sync fails (and syncs nothing) while set: a disk that reports an fsync error.
+    fail_syncs: bool,
     /// Bumped whenever the durable state changes (an effective sync).
     durable_version: u64,
 }
@@ -159,6 +161,7 @@ impl PowerLoss {
             bypassed: Vec::new(),
             skip: None,
             skipped: 0,
+            fail_syncs: false,
             durable_version: 0,
         };
         model.import_tree(ROOT, root, true)?;
@@ -182,6 +185,12 @@ impl PowerLoss {
     /// Makes every sync issued from `site` a no-op in the model (teeth checks).
     pub fn skip_syncs(&self, site: Option<SyncSite>) {
         self.0.model.lock().skip = site;
+    }
+
+    /// Makes every fsync fail (with nothing synced) while `on`: what a disk reporting EIO
+    /// looks like to the code above.
+    pub fn fail_syncs(&self, on: bool) {
+        self.0.model.lock().fail_syncs = on;
     }
 
     /// How many syncs the skipped site issued (a teeth check whose site never syncs proves
@@ -242,14 +251,18 @@ impl PowerLoss {
         }
     }
 
-    /// Whether a sync of `kind` on `path` comes from the skipped call site.
-    fn skips(&self, kind: OpKind, path: &Path) -> bool {
+    /// Whether a sync of `kind` on `path` comes from the skipped call site; an error when
+    /// syncs are set to fail.
+    fn skips(&self, kind: OpKind, path: &Path) -> io::Result<bool> {
         let mut model = self.0.model.lock();
+        if model.fail_syncs {
+            return Err(io::Error::other("injected fsync failure"));
+        }
         let Some(site) = &model.skip else {
-            return false;
+            return Ok(false);
         };
         if site.kind != kind || !(site.path)(path) {
-            return false;
+            return Ok(false);
         }
         let trace = std::backtrace::Backtrace::force_capture().to_string();
         // The call site: the innermost frames outside this file, in order.
@@ -269,7 +282,7 @@ impl PowerLoss {
         if hit {
             model.skipped += 1;
         }
-        hit
+        Ok(hit)
     }
 }
 
@@ -474,7 +487,7 @@ impl LogFile for PlFile {
     fn sync_data(&mut self) -> io::Result<()> {
         self.storage.before(OpKind::SyncFile, &self.path);
         // No real fsync: the model is the disk.
-        if self.storage.skips(OpKind::SyncFile, &self.path) {
+        if self.storage.skips(OpKind::SyncFile, &self.path)? {
             return Ok(());
         }
         if let Some(node) = self.node {
@@ -598,7 +611,7 @@ impl wal::Storage for PowerLoss {
         if !dir.is_dir() {
             return Err(io::Error::new(io::ErrorKind::NotFound, "no such directory"));
         }
-        if self.skips(OpKind::SyncDir, dir) {
+        if self.skips(OpKind::SyncDir, dir)? {
             return Ok(());
         }
         let mut model = self.0.model.lock();

@@ -51,3 +51,52 @@ pub(crate) fn metrics(state: &Arc<AppState>) -> Result<Response<Body>, ApiError>
         "text/plain; version=0.0.4; charset=utf-8",
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    /// A failed fsync in one vault turns readiness to 503 and shows in the metrics; the
+    /// vault keeps refusing writes after the disk recovers (only a restart clears it).
+    #[test]
+    fn readiness_and_metrics_report_a_vault_whose_fsync_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::from_toml("").unwrap();
+        config.data_dir = dir.path().to_path_buf();
+        let disk = engine::powerloss::PowerLoss::attach(dir.path()).unwrap();
+        let state = Arc::new(
+            AppState::open_with(config, Arc::new(disk.clone()))
+                .unwrap()
+                .state,
+        );
+        assert!(readyz(&state).is_ok());
+        let said = |text: &str| engine::NewMemory {
+            session_id: "s".into(),
+            role: engine::Role::User,
+            text: text.into(),
+            created_at_ms: 1,
+            model: None,
+            metadata: None,
+        };
+        let vault = state.engine.vault("key_sick").unwrap();
+        vault.ingest(vec![said("before the failure")]).unwrap();
+        disk.fail_syncs(true);
+        assert!(vault.ingest(vec![said("not acknowledged")]).is_err());
+        disk.fail_syncs(false);
+        assert!(vault.ingest(vec![said("refused")]).is_err());
+        let err = readyz(&state).unwrap_err();
+        assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(err.message.contains("1 vault(s)"), "{}", err.message);
+        let body = metrics(&state).unwrap().into_body();
+        let text = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(body.collect())
+            .unwrap()
+            .to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        assert!(text.contains("memoryrouter_vaults_poisoned 1"), "{text}");
+        assert!(text.contains("memoryrouter_catalog_poisoned 0"), "{text}");
+    }
+}
