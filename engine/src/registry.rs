@@ -125,7 +125,9 @@ impl Engine {
     /// Creates the root directory if needed (owner-only, its entry synced into its parent).
     /// Does not look inside it.
     pub fn open(config: EngineConfig) -> Result<Engine> {
-        crate::storage::create_dir_durably(&*config.storage, &config.root, false)?;
+        // Resynced at every start: a process that died between creating it and syncing it
+        // would otherwise leave every vault under an entry that may never reach the disk.
+        crate::storage::create_dir_durably(&*config.storage, &config.root, true)?;
         Ok(Engine {
             config,
             open: Mutex::new((HashMap::new(), 0)),

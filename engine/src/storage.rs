@@ -113,9 +113,23 @@ pub fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
 /// `resync` is set, its parent is fsynced anyway: an earlier process may have created it and
 /// died before its sync. Returns whether `dir` was created.
 pub fn create_dir_durably(storage: &dyn Storage, dir: &Path, resync: bool) -> Result<bool> {
+    // A relative path's parent may be "": that is the working directory.
+    let parent = dir.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    });
     if dir.is_dir() {
-        if resync && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(storage, parent)?;
+        if resync && let Some(parent) = parent {
+            match storage.sync_dir(parent) {
+                Ok(()) => {}
+                // A parent we may not read (a directory made for us by someone else): the
+                // entry is as durable as its creator left it; nothing better can be done.
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
+                Err(e) => return Err(Error::sync_failed(parent)(e)),
+            }
         }
         return Ok(false);
     }
@@ -128,7 +142,7 @@ pub fn create_dir_durably(storage: &dyn Storage, dir: &Path, resync: bool) -> Re
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
         Err(e) => return Err(Error::io(dir)(e)),
     }
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = parent {
         sync_dir(storage, parent)?;
     }
     Ok(true)

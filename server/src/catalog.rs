@@ -215,7 +215,7 @@ impl Catalog {
         secret: &[u8; secret::SECRET_KEY_BYTES],
         storage: Arc<dyn engine::storage::Storage>,
     ) -> Result<Self, Error> {
-        engine::storage::create_dir_durably(&*storage, dir, false)?;
+        engine::storage::create_dir_durably(&*storage, dir, true)?;
         let options = wal::WalOptions {
             durability: wal::Durability::Fsync,
             ..wal::WalOptions::default()

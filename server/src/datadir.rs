@@ -33,7 +33,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 
 /// Creates the data directory (owner-only, its entry synced into its parent) if needed.
 pub(crate) fn ensure(dir: &Path) -> Result<(), Error> {
-    engine::storage::create_dir_durably(&engine::storage::OsStorage, dir, false)?;
+    engine::storage::create_dir_durably(&engine::storage::OsStorage, dir, true)?;
     Ok(())
 }
 

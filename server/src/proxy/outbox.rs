@@ -83,7 +83,7 @@ impl Outbox {
         durability: Durability,
         storage: Arc<dyn engine::storage::Storage>,
     ) -> Result<(Outbox, Vec<(Lsn, PendingExchange)>), ProxyError> {
-        engine::storage::create_dir_durably(&*storage, dir, false).map_err(|e| {
+        engine::storage::create_dir_durably(&*storage, dir, true).map_err(|e| {
             ProxyError::Outbox {
                 reason: e.to_string(),
             }
