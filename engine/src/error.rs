@@ -45,22 +45,14 @@ pub enum Error {
 
     /// An fsync of a file or directory failed. What reached the disk is unknown (Linux may
     /// have dropped the dirty pages and cleared the error), so the vault that saw it is
-    /// poisoned: it refuses writes for the rest of the process's life.
+    /// poisoned: its storage refuses every write for the rest of the process's life
+    /// ([`crate::Vault::is_poisoned`]).
     #[error("fsync failed on {path}: {source}")]
     SyncFailed {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-
-    /// The vault saw a failed fsync earlier in this process and refuses writes: its memory
-    /// may hold bytes the disk never got. Reads still answer; a restart recovers from what is
-    /// on disk.
-    #[error(
-        "vault {id:?} refuses writes since an fsync failed (what reached the disk is unknown); \
-         restart to recover from the disk"
-    )]
-    VaultPoisoned { id: String },
 
     /// A file whose bytes do not match what `docs/format.md` says they must be.
     #[error("corrupt file {path}: {reason}")]

@@ -67,6 +67,7 @@ mod distance;
 mod error;
 mod file;
 mod footprint;
+mod guard;
 pub mod hnsw;
 mod limits;
 mod manifest;

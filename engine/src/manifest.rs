@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::file;
 use crate::record::MemoryId;
-use crate::storage::Storage;
+use crate::storage::InDir;
 
 pub const MAGIC: &[u8; 8] = b"MRVMANIF";
 pub const VERSION: u32 = 1;
@@ -89,11 +89,12 @@ impl Manifest {
         Ok(())
     }
 
-    /// Durably replaces the vault's manifest with `self`.
-    pub fn store(&self, storage: &dyn Storage, dir: &Path) -> Result<()> {
+    /// Durably replaces the vault's manifest with `self`, through the storage of `dir`.
+    pub fn store<D: InDir + ?Sized>(&self, dir: &D) -> Result<()> {
+        let path = Self::path(dir.path());
         let payload = serde_json::to_vec(self)
-            .map_err(|e| Error::corrupt(Self::path(dir), format!("encoding manifest: {e}")))?;
-        file::replace_atomically(storage, &Self::path(dir), MAGIC, VERSION, &payload)
+            .map_err(|e| Error::corrupt(&path, format!("encoding manifest: {e}")))?;
+        file::replace_atomically(dir.storage(), &path, MAGIC, VERSION, &payload)
     }
 }
 
@@ -114,8 +115,8 @@ mod tests {
             segments: vec!["seg-0000000000000001".into()],
             tombstones: vec![4],
         };
-        m.store(&crate::storage::OsStorage, dir.path()).unwrap();
-        m.store(&crate::storage::OsStorage, dir.path()).unwrap();
+        m.store(dir.path()).unwrap();
+        m.store(dir.path()).unwrap();
         assert_eq!(Manifest::load(dir.path()).unwrap(), Some(m));
     }
 
@@ -135,16 +136,14 @@ mod tests {
             &["/tmp"],
             &["wal"],
         ] {
-            with(bad)
-                .store(&crate::storage::OsStorage, dir.path())
-                .unwrap();
+            with(bad).store(dir.path()).unwrap();
             assert!(
                 matches!(Manifest::load(dir.path()), Err(Error::Corrupt { .. })),
                 "{bad:?}"
             );
         }
         let good = with(&["seg-0000000000000001", "seg-0000000000000002"]);
-        good.store(&crate::storage::OsStorage, dir.path()).unwrap();
+        good.store(dir.path()).unwrap();
         assert_eq!(Manifest::load(dir.path()).unwrap(), Some(good));
     }
 }

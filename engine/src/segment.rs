@@ -26,7 +26,7 @@ use crate::lexical::{LexicalBuilder, LexicalSource};
 use crate::mmap::{MappedFile, MappedLexical};
 use crate::query::Filter;
 use crate::record::{Memory, MemoryId, Metadata, Role, parse_metadata};
-use crate::storage::Storage;
+use crate::storage::InDir;
 
 const VECTORS_MAGIC: &[u8; 8] = b"MRSEGVEC";
 const RECORDS_MAGIC: &[u8; 8] = b"MRSEGREC";
@@ -104,11 +104,17 @@ pub(crate) fn is_dir_name(name: &str) -> bool {
     name.starts_with(DIR_PREFIX)
 }
 
+/// Segments that left a vault's list (`Vault::install`), with the vault directory whose
+/// storage removes them.
+pub(crate) struct Removed<'a> {
+    pub segments: Vec<std::sync::Arc<Segment>>,
+    pub dir: &'a dyn InDir,
+}
+
 /// Removes segment directories that left the vault's list, then syncs the vault directory.
-pub(crate) fn remove_dirs(
-    storage: &dyn Storage,
-    segments: &[std::sync::Arc<Segment>],
-) -> Result<()> {
+pub(crate) fn remove_dirs(removed: &Removed<'_>) -> Result<()> {
+    let storage = removed.dir.storage();
+    let segments = &removed.segments;
     for s in segments {
         match storage.remove_dir_all(s.dir()) {
             Ok(()) => {}
@@ -125,13 +131,8 @@ pub(crate) fn remove_dirs(
 /// Writes a segment directory `dir/name` from records sorted by id. Returns its path.
 /// `after_temp_dir` runs once the files are complete and synced under the temp name (a
 /// test's crash point; production passes `|| Ok(())`).
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the seam (storage) joined seven arguments that each say what to write"
-)]
-pub(crate) fn write(
-    storage: &dyn Storage,
-    vault_dir: &Path,
+pub(crate) fn write<D: InDir + ?Sized>(
+    vault: &D,
     name: &str,
     dim: usize,
     inputs: &[SegmentInput<'_>],
@@ -140,6 +141,7 @@ pub(crate) fn write(
     after_temp_dir: &dyn Fn() -> Result<()>,
 ) -> Result<PathBuf> {
     debug_assert!(inputs.windows(2).all(|w| w[0].memory.id < w[1].memory.id));
+    let (storage, vault_dir) = (vault.storage(), vault.path());
     let tmp = vault_dir.join(format!("{name}.tmp"));
     if tmp.exists() {
         storage.remove_dir_all(&tmp).map_err(Error::io(&tmp))?;
@@ -723,7 +725,6 @@ mod tests {
             },
         ];
         let path = write(
-            &crate::storage::OsStorage,
             dir.path(),
             "seg-0000000000000001",
             2,
@@ -767,7 +768,6 @@ mod tests {
             context: "",
         }];
         let path = write(
-            &crate::storage::OsStorage,
             dir.path(),
             "seg-1",
             2,
@@ -831,7 +831,6 @@ mod tests {
             ..HnswParams::default()
         };
         let path = write(
-            &crate::storage::OsStorage,
             dir.path(),
             "seg-0000000000000002",
             2,

@@ -14,7 +14,7 @@
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -99,6 +99,70 @@ impl Storage for OsStorage {
 /// The real file system, shared.
 pub fn os() -> Arc<dyn Storage> {
     Arc::new(OsStorage)
+}
+
+/// A directory to write in, with the storage that writes there: a vault's directory carries
+/// its vault's storage ([`VaultDir`]); a bare path (tests, tools) writes through [`OsStorage`].
+pub trait InDir {
+    fn path(&self) -> &Path;
+    fn storage(&self) -> &dyn Storage;
+}
+
+impl InDir for Path {
+    fn path(&self) -> &Path {
+        self
+    }
+
+    fn storage(&self) -> &dyn Storage {
+        &OsStorage
+    }
+}
+
+impl InDir for PathBuf {
+    fn path(&self) -> &Path {
+        self
+    }
+
+    fn storage(&self) -> &dyn Storage {
+        &OsStorage
+    }
+}
+
+/// A vault's directory and the (guarded) storage every write of the vault goes through.
+/// Derefs to the path, so reads use it like one.
+pub(crate) struct VaultDir {
+    path: PathBuf,
+    storage: Arc<dyn Storage>,
+}
+
+impl VaultDir {
+    pub(crate) fn new(path: PathBuf, storage: Arc<dyn Storage>) -> Self {
+        VaultDir { path, storage }
+    }
+}
+
+impl InDir for VaultDir {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn storage(&self) -> &dyn Storage {
+        &*self.storage
+    }
+}
+
+impl std::ops::Deref for VaultDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::fmt::Debug for VaultDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.path.fmt(f)
+    }
 }
 
 /// Fsyncs a directory so creations, renames and removals in it are durable. A failure is

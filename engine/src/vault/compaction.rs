@@ -76,12 +76,7 @@ impl Vault {
     /// Runs one compaction step now (synchronously) if the policy finds one; returns whether
     /// it merged anything.
     pub fn compact(&self) -> Result<bool> {
-        self.check_writable()?;
-        let result = self.compact_checked();
-        self.poison_on_failed_sync(result)
-    }
-
-    fn compact_checked(&self) -> Result<bool> {
+        self.check_open()?;
         let inner = &*self.inner;
         let _compact = inner.compact_lock.lock();
         let (chosen, deleted): (Vec<Arc<Segment>>, HashSet<MemoryId>) = {
@@ -106,12 +101,7 @@ impl Vault {
 
     /// Merges every segment into one, whatever the policy says (tests and benches).
     pub fn compact_all(&self) -> Result<bool> {
-        self.check_writable()?;
-        let result = self.compact_all_checked();
-        self.poison_on_failed_sync(result)
-    }
-
-    fn compact_all_checked(&self) -> Result<bool> {
+        self.check_open()?;
         let inner = &*self.inner;
         let _compact = inner.compact_lock.lock();
         let (chosen, deleted) = {
@@ -173,7 +163,6 @@ impl Vault {
         } else {
             let name = segment::dir_name(inner.next_segment.fetch_add(1, Ordering::SeqCst));
             let path = segment::write(
-                &*inner.options.storage,
                 &inner.dir,
                 &name,
                 inner.dim,
@@ -192,7 +181,7 @@ impl Vault {
             output,
         })?;
         inner.options.reach(CrashPoint::CompactAfterManifest)?;
-        segment::remove_dirs(&*inner.options.storage, &removed)
+        segment::remove_dirs(&removed)
     }
 }
 
@@ -238,7 +227,6 @@ mod tests {
         {
             let params = HnswParams::default();
             segment::write(
-                &crate::storage::OsStorage,
                 dir.path(),
                 name,
                 dim,
@@ -258,7 +246,7 @@ mod tests {
             segments: names.iter().map(|n| n.to_string()).collect(),
             tombstones: Vec::new(),
         }
-        .store(&crate::storage::OsStorage, dir.path())
+        .store(dir.path())
         .unwrap();
         let mut options = VaultOptions::new(embedder);
         options.background = false;

@@ -27,7 +27,7 @@ mod search;
 mod state;
 mod write;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -45,7 +45,7 @@ use crate::hnsw::HnswParams;
 use crate::limits::{MEMTABLE_RECORDS_MAX_DEFAULT, WAL_SEGMENT_BYTES_MAX};
 use crate::manifest::Manifest;
 use crate::record::MemoryId;
-use crate::storage::Storage;
+use crate::storage::{Storage, VaultDir};
 use state::State;
 
 /// How a vault is opened.
@@ -136,7 +136,8 @@ pub struct VaultStats {
 
 pub(crate) struct Inner {
     pub name: String,
-    pub dir: PathBuf,
+    /// The directory, with the storage every write of the vault goes through.
+    pub dir: VaultDir,
     pub wal: Wal,
     pub options: VaultOptions,
     pub dim: usize,
@@ -160,10 +161,11 @@ pub(crate) struct Inner {
     /// Background jobs queued or running; the registry never closes a busy vault.
     pub jobs: AtomicUsize,
     pub seal_scheduled: AtomicBool,
-    /// Set for good by the first failed fsync (the engine's or the WAL's): writes are then
-    /// refused with [`Error::VaultPoisoned`] and the registry never closes the vault, so it
-    /// is never reopened in this process from a page cache that may differ from the disk.
-    pub poisoned: AtomicBool,
+    /// Set for good by the first failed fsync (the engine's or the WAL's): the vault's
+    /// storage (`storage::Guarded`) then refuses every write, and the registry never closes
+    /// the vault, so it is never reopened in this process from a page cache that may differ
+    /// from the disk.
+    pub poisoned: Arc<AtomicBool>,
     /// The same gauge as `State::memory`, readable without the state lock: the registry
     /// reads it under its own lock, where waiting for a vault's lock would stall every vault.
     pub memory: Arc<MemoryGauge>,
@@ -196,33 +198,12 @@ impl Vault {
         Ok(())
     }
 
-    /// `check_open`, and the vault has not seen a failed fsync: every write path starts here.
-    pub(crate) fn check_writable(&self) -> Result<()> {
-        self.check_open()?;
-        if self.is_poisoned() {
-            return Err(Error::VaultPoisoned {
-                id: self.inner.name.clone(),
-            });
-        }
-        Ok(())
-    }
-
     /// True once an fsync of this vault (a WAL append's, a segment's, the manifest's or a
     /// directory's) has failed in this process. A poisoned vault answers reads, refuses
-    /// writes, and stays open until the process ends; the next process recovers from the disk.
+    /// every write (its storage does, `storage::Guarded`), and stays open until the process
+    /// ends; the next process recovers from the disk.
     pub fn is_poisoned(&self) -> bool {
         self.inner.poisoned.load(Ordering::Acquire)
-    }
-
-    /// Passes `result` through, poisoning the vault if it is a failed fsync.
-    pub(crate) fn poison_on_failed_sync<T>(&self, result: Result<T>) -> Result<T> {
-        if let Err(e) = &result
-            && e.is_failed_sync()
-            && !self.inner.poisoned.swap(true, Ordering::AcqRel)
-        {
-            tracing::error!(vault = %self.inner.name, error = %e, "fsync failed: the vault refuses writes until the process restarts");
-        }
-        result
     }
 
     /// Estimated heap bytes this vault holds while open: memtables, dedupe and tombstone
@@ -250,8 +231,8 @@ impl Vault {
 
     /// Flushes the WAL to disk (matters in `Buffered` durability; a no-op cost otherwise).
     pub fn sync(&self) -> Result<()> {
-        let result = self.inner.wal.sync().map_err(Error::from);
-        self.poison_on_failed_sync(result)
+        self.inner.wal.sync()?;
+        Ok(())
     }
 
     /// True while a background seal or compaction is queued or running.

@@ -11,11 +11,12 @@ use wal::{Wal, WalOptions};
 
 use crate::error::{Error, Result};
 use crate::footprint::MemoryGauge;
+use crate::guard::Guarded;
 use crate::limits::MEMORY_ID_END;
 use crate::manifest::Manifest;
 use crate::record::{self, KIND_DELETE, KIND_INGEST};
 use crate::segment::{self, Segment};
-use crate::storage::{self, Storage};
+use crate::storage::{self, Storage, VaultDir};
 
 use super::state::State;
 use super::{Inner, Vault, VaultOptions};
@@ -30,7 +31,15 @@ impl Vault {
     /// (a lost manifest is never read as a new vault, whose open would delete every segment
     /// as a leftover), or a WAL that ends before the manifest's checkpoint.
     pub fn open(dir: &Path, options: VaultOptions) -> Result<Vault> {
-        let storage = &*options.storage;
+        let name = dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // Every write of this vault goes through the guard: the first failed fsync poisons it.
+        let guarded = Guarded::new(Arc::clone(&options.storage), name.clone());
+        let poisoned = guarded.poisoned();
+        let guarded: Arc<dyn Storage> = Arc::new(guarded);
+        let storage = &*guarded;
         let embedder_id = options.embedder.id().to_string();
         let dim = options.embedder.dim();
         let wal_dir = dir.join("wal");
@@ -97,7 +106,7 @@ impl Vault {
             durability: options.durability,
             ..WalOptions::default()
         };
-        let wal_storage: Arc<dyn wal::Storage> = Arc::clone(&options.storage) as _;
+        let wal_storage: Arc<dyn wal::Storage> = Arc::clone(&guarded) as _;
         let (wal, recovery) = Wal::open_with_storage(&wal_dir, wal_options, wal_storage)?;
         if wal.last_lsn() < manifest.checkpoint_lsn {
             return Err(Error::corrupt(
@@ -173,14 +182,10 @@ impl Vault {
         }
         let next_id = manifest.next_id.max(max_id + 1);
         let next_segment = manifest.next_segment;
-        let name = dir
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
         Ok(Vault {
             inner: Arc::new(Inner {
                 name,
-                dir: dir.to_path_buf(),
+                dir: VaultDir::new(dir.to_path_buf(), guarded),
                 wal,
                 options,
                 dim,
@@ -196,7 +201,7 @@ impl Vault {
                 closed: AtomicBool::new(false),
                 jobs: AtomicUsize::new(0),
                 seal_scheduled: AtomicBool::new(false),
-                poisoned: AtomicBool::new(false),
+                poisoned,
             }),
         })
     }
@@ -346,17 +351,13 @@ mod tests {
             .unwrap();
         let mut manifest = Manifest::load(dir.path()).unwrap().unwrap();
         manifest.next_id = u64::MAX;
-        manifest
-            .store(&crate::storage::OsStorage, dir.path())
-            .unwrap();
+        manifest.store(dir.path()).unwrap();
         assert!(matches!(
             Vault::open(dir.path(), options()),
             Err(Error::Corrupt { .. })
         ));
         manifest.next_id = MEMORY_ID_END;
-        manifest
-            .store(&crate::storage::OsStorage, dir.path())
-            .unwrap();
+        manifest.store(dir.path()).unwrap();
         let vault = Vault::open(dir.path(), options()).unwrap();
         assert_eq!(
             vault.get(1).unwrap().map(|m| m.text).as_deref(),

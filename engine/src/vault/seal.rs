@@ -23,12 +23,7 @@ impl Vault {
     /// Seals the memtable into segments of at most `memtable_records_max` records, none with
     /// a graph, now (synchronously). Returns false when there was nothing to seal.
     pub fn seal(&self) -> Result<bool> {
-        self.check_writable()?;
-        let result = self.seal_checked();
-        self.poison_on_failed_sync(result)
-    }
-
-    fn seal_checked(&self) -> Result<bool> {
+        self.check_open()?;
         let inner = &*self.inner;
         let _seal = inner.seal_lock.lock();
         // Freeze: with the gate closed no ingest or delete is between its WAL append and its
@@ -85,7 +80,6 @@ impl Vault {
         for chunk in inputs.chunks(per_segment) {
             let name = segment::dir_name(inner.next_segment.fetch_add(1, Ordering::SeqCst));
             paths.push(segment::write(
-                &*inner.options.storage,
                 &inner.dir,
                 &name,
                 inner.dim,

@@ -35,12 +35,7 @@ impl Vault {
     /// to the next search. Messages already present — same session, role and whole text —
     /// are skipped, so resending a whole chat history stores nothing twice.
     pub fn ingest(&self, batch: Vec<NewMemory>) -> Result<IngestOutcome> {
-        self.check_writable()?;
-        let result = self.ingest_checked(batch);
-        self.poison_on_failed_sync(result)
-    }
-
-    fn ingest_checked(&self, batch: Vec<NewMemory>) -> Result<IngestOutcome> {
+        self.check_open()?;
         let inner = &*self.inner;
         // 1. Drop messages already stored (or repeated within the batch) before paying for
         //    embeddings: clients resend the whole history on every call.
@@ -217,7 +212,7 @@ impl Vault {
             let mut next = manifest.clone();
             next.embedder = Some(self.inner.options.embedder.id().to_string());
             next.dim = self.inner.dim as u32;
-            next.store(&*self.inner.options.storage, &self.inner.dir)?;
+            next.store(&self.inner.dir)?;
             *manifest = next;
         }
         Ok(())
@@ -225,6 +220,7 @@ impl Vault {
 
     /// Deletes one memory; `Ok(false)` if it does not exist (or is already deleted).
     pub fn delete(&self, id: MemoryId) -> Result<bool> {
+        self.check_open()?;
         Ok(self.delete_ids(|state| {
             if state.is_live(id) {
                 vec![id]
@@ -236,17 +232,12 @@ impl Vault {
 
     /// Deletes every memory (of one session, when given); returns how many.
     pub fn clear(&self, session_id: Option<&str>) -> Result<u64> {
+        self.check_open()?;
         self.delete_ids(|state| state.live_ids(session_id))
     }
 
     /// Resolves ids under the state lock, writes their tombstones through the WAL, applies.
     fn delete_ids(&self, resolve: impl FnOnce(&State) -> Vec<MemoryId>) -> Result<u64> {
-        self.check_writable()?;
-        let result = self.delete_ids_checked(resolve);
-        self.poison_on_failed_sync(result)
-    }
-
-    fn delete_ids_checked(&self, resolve: impl FnOnce(&State) -> Vec<MemoryId>) -> Result<u64> {
         let inner = &*self.inner;
         let _serial = inner.delete_lock.lock();
         let _gate = inner.gate.read();
@@ -273,12 +264,7 @@ impl Vault {
     /// Deletes everything and forgets the embedder pin (the next ingest pins again). Ids keep
     /// increasing: an id is never reused.
     pub fn reset(&self) -> Result<()> {
-        self.check_writable()?;
-        let result = self.reset_checked();
-        self.poison_on_failed_sync(result)
-    }
-
-    fn reset_checked(&self) -> Result<()> {
+        self.check_open()?;
         let inner = &*self.inner;
         let _c = inner.compact_lock.lock();
         let _s = inner.seal_lock.lock();
@@ -286,7 +272,7 @@ impl Vault {
         let lsn = inner.wal.last_lsn();
         let removed = self.install(Change::Reset { lsn })?;
         inner.wal.checkpoint(lsn)?;
-        segment::remove_dirs(&*inner.options.storage, &removed)
+        segment::remove_dirs(&removed)
     }
 }
 
