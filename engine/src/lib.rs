@@ -19,7 +19,7 @@
 //! `compaction` (seal + merge), `memtable`, `segment` (files of a sealed segment), `hnsw`
 //! (graph build via `hnsw_rs`, in-place search), `distance` (simsimd), `manifest`, `file`
 //! (common header, durable writes), `storage` (the file-system seam every write goes through;
-//! owner-only modes), `powerloss` (hidden: the recorder the power-loss tests put behind that
+//! owner-only modes), `guard` (a vault's storage, poisoned by its first failed fsync), `powerloss` (hidden: the recorder the power-loss tests put behind that
 //! seam), `mmap` (the only `unsafe`), `record` (types, WAL payloads),
 //! `query`, `chunk`, `registry` ([`Engine`]), `footprint` (heap estimate of open vaults),
 //! `error`; retrieval quality: `embedder`, `local_model`, `analyzer`, `lexical`, `fusion`. File
