@@ -43,6 +43,17 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// An fsync of a file or directory failed. What reached the disk is unknown (Linux may
+    /// have dropped the dirty pages and cleared the error), so the vault that saw it is
+    /// poisoned: its storage refuses every write for the rest of the process's life
+    /// ([`crate::Vault::is_poisoned`]).
+    #[error("fsync failed on {path}: {source}")]
+    SyncFailed {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A file whose bytes do not match what `docs/format.md` says they must be.
     #[error("corrupt file {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
@@ -107,6 +118,22 @@ impl Error {
         Error::Embedder {
             embedder: embedder.to_string(),
             reason: reason.into(),
+        }
+    }
+
+    /// Wraps a failed fsync with the path it happened on.
+    pub(crate) fn sync_failed(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::SyncFailed { path, source }
+    }
+
+    /// True for a failed fsync, the engine's or its WAL's: after one, nothing the process
+    /// holds about the disk can be trusted (see [`Error::SyncFailed`]).
+    pub fn is_failed_sync(&self) -> bool {
+        match self {
+            Error::SyncFailed { .. } => true,
+            Error::Wal(wal::WalError::Io { op, .. }) => op.starts_with("fsync"),
+            _ => false,
         }
     }
 

@@ -17,11 +17,10 @@
 //! The payload starts at offset 64 so `f32`/`u64` arrays in it stay aligned in a page-aligned
 //! map.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::storage::Storage;
 
 /// Bytes before the payload.
 pub const HEADER_BYTES: usize = 64;
@@ -122,41 +121,49 @@ pub fn verify(path: &Path, header: &Header, payload: &[u8]) -> Result<()> {
 
 /// Writes header + payload to a new file and fsyncs it. The caller renames it into place and
 /// fsyncs the directory.
-pub fn write_new(path: &Path, magic: &[u8; 8], version: u32, payload: &[u8]) -> Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(Error::io(path))?;
+pub fn write_new(
+    storage: &dyn Storage,
+    path: &Path,
+    magic: &[u8; 8],
+    version: u32,
+    payload: &[u8],
+) -> Result<()> {
+    let mut f = storage.create_new(path).map_err(Error::io(path))?;
     f.write_all(&header(magic, version, payload))
         .map_err(Error::io(path))?;
     f.write_all(payload).map_err(Error::io(path))?;
-    f.sync_all().map_err(Error::io(path))
+    f.sync_data().map_err(Error::sync_failed(path))
+}
+
+/// Writes `bytes` (a file with its own framing) to a new file and fsyncs it.
+pub fn write_raw(storage: &dyn Storage, path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = storage.create_new(path).map_err(Error::io(path))?;
+    f.write_all(bytes).map_err(Error::io(path))?;
+    f.sync_data().map_err(Error::sync_failed(path))
 }
 
 /// Replaces `path` atomically with header + payload: temp file, fsync, rename, fsync dir.
 pub fn replace_atomically(
+    storage: &dyn Storage,
     path: &Path,
     magic: &[u8; 8],
     version: u32,
     payload: &[u8],
 ) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    match std::fs::remove_file(&tmp) {
+    match storage.remove(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(&tmp)(e)),
     }
-    write_new(&tmp, magic, version, payload)?;
-    std::fs::rename(&tmp, path).map_err(Error::io(path))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    write_new(storage, &tmp, magic, version, payload)?;
+    storage.rename(&tmp, path).map_err(Error::io(path))?;
+    sync_dir(storage, path.parent().unwrap_or(Path::new(".")))
 }
 
 /// Fsyncs a directory so renames and creations in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io(dir))
+pub fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    crate::storage::sync_dir(storage, dir)
 }
 
 pub fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -173,7 +180,14 @@ mod tests {
     fn header_round_trips_and_detects_damage() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        replace_atomically(&path, b"MRTEST01", 3, b"payload").unwrap();
+        replace_atomically(
+            &crate::storage::OsStorage,
+            &path,
+            b"MRTEST01",
+            3,
+            b"payload",
+        )
+        .unwrap();
         let bytes = std::fs::read(&path).unwrap();
         let (h, p) = parse(&path, &bytes, b"MRTEST01", 1, 3, true).unwrap();
         assert_eq!((h.version, p), (3, &b"payload"[..]));

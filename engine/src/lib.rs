@@ -20,7 +20,10 @@
 //! `open.rs`, `write.rs`, `read.rs`, `search.rs`, `seal.rs`, `compaction.rs`, and
 //! `layout.rs`, the one place the segment list changes), `memtable`, `segment` (files of a
 //! sealed segment), `hnsw` (graph build via `hnsw_rs`, in-place search), `distance`
-//! (simsimd), `manifest`, `file` (common header, durable writes), `mmap` (the only
+//! (simsimd), `manifest`, `file` (common header, durable writes), `storage` (the file-system seam every write goes
+//! through; owner-only modes), `guard` (a vault's storage, poisoned by its first failed
+//! fsync), `powerloss` (hidden: the recorder the power-loss tests put behind that seam),
+//! `mmap` (the only
 //! `unsafe`), `record` (types, WAL payloads, `encoded_len`), `query`, `chunk`, `limits`
 //! (shared sizes), `crash` (test fault points), `registry` ([`Engine`]), `footprint` (heap
 //! estimate of open vaults), `error`; retrieval quality: `policy` ([`RetrievalPolicy`]: every
@@ -66,6 +69,7 @@ mod distance;
 mod error;
 mod file;
 mod footprint;
+mod guard;
 #[doc(hidden)]
 pub mod hnsw;
 mod limits;
@@ -73,10 +77,14 @@ mod manifest;
 mod memtable;
 mod mmap;
 mod policy;
+#[doc(hidden)]
+pub mod powerloss;
 mod query;
 mod record;
 mod registry;
 mod segment;
+#[doc(hidden)]
+pub mod storage;
 mod vault;
 
 pub use embedder::{BuiltinEmbedder, Embedder, EmbedderKind};

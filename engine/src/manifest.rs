@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::file;
 use crate::record::MemoryId;
+use crate::storage::InDir;
 
 pub const MAGIC: &[u8; 8] = b"MRVMANIF";
 pub const VERSION: u32 = 1;
@@ -88,11 +89,12 @@ impl Manifest {
         Ok(())
     }
 
-    /// Durably replaces the vault's manifest with `self`.
-    pub fn store(&self, dir: &Path) -> Result<()> {
+    /// Durably replaces the vault's manifest with `self`, through the storage of `dir`.
+    pub fn store<D: InDir + ?Sized>(&self, dir: &D) -> Result<()> {
+        let path = Self::path(dir.path());
         let payload = serde_json::to_vec(self)
-            .map_err(|e| Error::corrupt(Self::path(dir), format!("encoding manifest: {e}")))?;
-        file::replace_atomically(&Self::path(dir), MAGIC, VERSION, &payload)
+            .map_err(|e| Error::corrupt(&path, format!("encoding manifest: {e}")))?;
+        file::replace_atomically(dir.storage(), &path, MAGIC, VERSION, &payload)
     }
 }
 

@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::hnsw::HnswParams;
 use crate::limits::MEMTABLE_RECORDS_MAX_DEFAULT;
 use crate::policy::RetrievalPolicy;
+use crate::storage::Storage;
 use crate::vault::{Vault, VaultOptions};
 
 /// Default bound on open vaults. An idle open vault costs its memtable plus a few file
@@ -60,6 +61,12 @@ pub struct EngineConfig {
     pub hnsw: HnswParams,
     /// How searches rank; `None` = the defaults of the embedder's kind.
     pub policy: Option<RetrievalPolicy>,
+    /// The file-system seam every vault writes through (`storage.rs`); tests record it.
+    #[doc(hidden)]
+    pub storage: Arc<dyn Storage>,
+    /// Each vault's WAL rotates past this size (tests make it small).
+    #[doc(hidden)]
+    pub wal_segment_bytes_max: u64,
 }
 
 impl EngineConfig {
@@ -76,6 +83,8 @@ impl EngineConfig {
             embedder: Arc::new(BuiltinEmbedder::new()),
             hnsw: HnswParams::default(),
             policy: None,
+            storage: crate::storage::os(),
+            wal_segment_bytes_max: crate::limits::WAL_SEGMENT_BYTES_MAX,
         }
     }
 }
@@ -117,9 +126,12 @@ pub fn validate_vault_id(id: &str) -> Result<()> {
 }
 
 impl Engine {
-    /// Creates the root directory if needed. Does not look inside it.
+    /// Creates the root directory if needed (owner-only, its entry synced into its parent).
+    /// Does not look inside it.
     pub fn open(config: EngineConfig) -> Result<Engine> {
-        std::fs::create_dir_all(&config.root).map_err(Error::io(&config.root))?;
+        // Resynced at every start: a process that died between creating it and syncing it
+        // would otherwise leave every vault under an entry that may never reach the disk.
+        crate::storage::create_dir_durably(&*config.storage, &config.root, true)?;
         Ok(Engine {
             config,
             open: Mutex::new((HashMap::new(), 0)),
@@ -146,6 +158,8 @@ impl Engine {
         o.hnsw = self.config.hnsw.clone();
         o.policy = self.policy();
         o.memory_total = Arc::clone(&self.memory_total);
+        o.storage = Arc::clone(&self.config.storage);
+        o.wal_segment_bytes_max = self.config.wal_segment_bytes_max;
         o
     }
 
@@ -184,7 +198,9 @@ impl Engine {
     /// Closes least recently used vaults while more than `open_vaults_max` are open or their
     /// heap estimate is above `open_vaults_memory_bytes_max`, skipping vaults that someone
     /// still holds (the one just handed out included) or that have background work in flight
-    /// (closing those would let a second instance open the same directory). When only such
+    /// (closing those would let a second instance open the same directory), and poisoned ones
+    /// (reopening would read back a page cache that may hold what a failed fsync never
+    /// wrote: a poisoned vault stays open, refusing writes, until the process ends). When only such
     /// vaults are left it stops over the bound: a vault bigger than the bound stays open
     /// while it is used, and is closed once idle when another vault is asked for.
     fn evict(&self, map: &mut HashMap<String, Slot>) {
@@ -197,7 +213,9 @@ impl Engine {
         while map.len() > count_max || bytes > bytes_max {
             let victim = map
                 .iter()
-                .filter(|(_, s)| Arc::strong_count(&s.vault) == 1 && !s.vault.is_busy())
+                .filter(|(_, s)| {
+                    Arc::strong_count(&s.vault) == 1 && !s.vault.is_busy() && !s.vault.is_poisoned()
+                })
                 .min_by_key(|(_, s)| s.last_used)
                 .map(|(k, _)| k.clone());
             let Some(slot) = victim.as_ref().and_then(|id| map.remove(id)) else {
@@ -212,6 +230,21 @@ impl Engine {
 
     pub fn open_vault_count(&self) -> usize {
         self.open.lock().0.len()
+    }
+
+    /// Ids of the open vaults that saw a failed fsync ([`Vault::is_poisoned`]), sorted: they
+    /// refuse writes until the process restarts (readiness and metrics report them).
+    pub fn poisoned_vaults(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .open
+            .lock()
+            .0
+            .iter()
+            .filter(|(_, s)| s.vault.is_poisoned())
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
     }
 
     /// Summed heap estimate of the open vaults, in bytes (what `open_vaults_memory_bytes_max`
@@ -245,12 +278,13 @@ impl Engine {
             slot.vault.mark_closed();
         }
         let dir = self.config.root.join(id);
-        match std::fs::remove_dir_all(&dir) {
+        let storage = &*self.config.storage;
+        match storage.remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(&dir)(e)),
         }
-        crate::file::sync_dir(&self.config.root)
+        crate::storage::sync_dir(storage, &self.config.root)
     }
 
     /// Syncs every open vault's WAL (shutdown, `Buffered` durability).

@@ -29,6 +29,7 @@ use crate::lexical::{LexicalBuilder, LexicalSource};
 use crate::mmap::{MappedFile, MappedLexical};
 use crate::query::Filter;
 use crate::record::{Memory, MemoryId, Metadata, Role, parse_metadata};
+use crate::storage::InDir;
 
 const VECTORS_MAGIC: &[u8; 8] = b"MRSEGVEC";
 const RECORDS_MAGIC: &[u8; 8] = b"MRSEGREC";
@@ -108,17 +109,26 @@ pub(crate) fn is_dir_name(name: &str) -> bool {
     name.starts_with(DIR_PREFIX)
 }
 
+/// Segments that left a vault's list (`Vault::install`), with the vault directory whose
+/// storage removes them.
+pub(crate) struct Removed<'a> {
+    pub segments: Vec<std::sync::Arc<Segment>>,
+    pub dir: &'a dyn InDir,
+}
+
 /// Removes segment directories that left the vault's list, then syncs the vault directory.
-pub(crate) fn remove_dirs(segments: &[std::sync::Arc<Segment>]) -> Result<()> {
+pub(crate) fn remove_dirs(removed: &Removed<'_>) -> Result<()> {
+    let storage = removed.dir.storage();
+    let segments = &removed.segments;
     for s in segments {
-        match std::fs::remove_dir_all(s.dir()) {
+        match storage.remove_dir_all(s.dir()) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(s.dir())(e)),
         }
     }
     if let Some(parent) = segments.first().and_then(|s| s.dir().parent()) {
-        file::sync_dir(parent)?;
+        file::sync_dir(storage, parent)?;
     }
     Ok(())
 }
@@ -126,8 +136,8 @@ pub(crate) fn remove_dirs(segments: &[std::sync::Arc<Segment>]) -> Result<()> {
 /// Writes a segment directory `dir/name` from records sorted by id. Returns its path.
 /// `after_temp_dir` runs once the files are complete and synced under the temp name (a
 /// test's crash point; production passes `|| Ok(())`).
-pub(crate) fn write(
-    vault_dir: &Path,
+pub(crate) fn write<D: InDir + ?Sized>(
+    vault: &D,
     name: &str,
     dim: usize,
     inputs: &[SegmentInput<'_>],
@@ -136,11 +146,12 @@ pub(crate) fn write(
     after_temp_dir: &dyn Fn() -> Result<()>,
 ) -> Result<PathBuf> {
     debug_assert!(inputs.windows(2).all(|w| w[0].memory.id < w[1].memory.id));
+    let (storage, vault_dir) = (vault.storage(), vault.path());
     let tmp = vault_dir.join(format!("{name}.tmp"));
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(Error::io(&tmp))?;
+        storage.remove_dir_all(&tmp).map_err(Error::io(&tmp))?;
     }
-    std::fs::create_dir(&tmp).map_err(Error::io(&tmp))?;
+    storage.create_dir(&tmp).map_err(Error::io(&tmp))?;
 
     // Vectors.
     let n = inputs.len();
@@ -156,7 +167,13 @@ pub(crate) fn write(
         flat.extend_from_slice(input.vector);
     }
     vectors.extend_from_slice(bytemuck::cast_slice(&flat));
-    file::write_new(&tmp.join(VECTORS_FILE), VECTORS_MAGIC, VERSION, &vectors)?;
+    file::write_new(
+        storage,
+        &tmp.join(VECTORS_FILE),
+        VECTORS_MAGIC,
+        VERSION,
+        &vectors,
+    )?;
     drop(vectors);
 
     // Records.
@@ -212,7 +229,13 @@ pub(crate) fn write(
     records.extend_from_slice(&heap_offset.to_le_bytes());
     records.extend_from_slice(bytemuck::cast_slice(&rows));
     records.extend_from_slice(&heap);
-    file::write_new(&tmp.join(RECORDS_FILE), RECORDS_MAGIC, VERSION, &records)?;
+    file::write_new(
+        storage,
+        &tmp.join(RECORDS_FILE),
+        RECORDS_MAGIC,
+        VERSION,
+        &records,
+    )?;
     drop(records);
 
     // Lexical index (carries its own magic, version and crc).
@@ -224,31 +247,26 @@ pub(crate) fn write(
             &crate::record::indexed_text(context, &input.memory.text),
         );
     }
-    write_raw(&tmp.join(LEXICAL_FILE), &lex.finish())?;
+    file::write_raw(storage, &tmp.join(LEXICAL_FILE), &lex.finish())?;
 
     // Graph, only where it beats a scan (and never on the seal path).
     if graph == GraphBuild::WhenLarge && n >= hnsw.min_records {
         let graph = hnsw::build(&flat, dim, hnsw);
-        file::write_new(&tmp.join(GRAPH_FILE), hnsw::MAGIC, hnsw::VERSION, &graph)?;
+        file::write_new(
+            storage,
+            &tmp.join(GRAPH_FILE),
+            hnsw::MAGIC,
+            hnsw::VERSION,
+            &graph,
+        )?;
     }
-    file::sync_dir(&tmp)?;
+    file::sync_dir(storage, &tmp)?;
     // A test's crash point: the temp dir is complete, nothing names it yet.
     after_temp_dir()?;
     let dest = vault_dir.join(name);
-    std::fs::rename(&tmp, &dest).map_err(Error::io(&dest))?;
-    file::sync_dir(vault_dir)?;
+    storage.rename(&tmp, &dest).map_err(Error::io(&dest))?;
+    file::sync_dir(storage, vault_dir)?;
     Ok(dest)
-}
-
-fn write_raw(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(Error::io(path))?;
-    f.write_all(bytes).map_err(Error::io(path))?;
-    f.sync_all().map_err(Error::io(path))
 }
 
 /// An open, immutable, mapped segment.

@@ -9,9 +9,16 @@
 //! it is kept in memory and written as one batched record by [`Catalog::flush_last_used`]
 //! (every minute and at shutdown): a crash may forget the last minute of "last used" times,
 //! never a key or a revocation.
+//!
+//! Catalog writes are always fsynced, whatever `durability` says for memories: a revocation
+//! answered 200 must not come back after a power loss. The directory is owner-only and
+//! created durably; a failed fsync poisons the catalog ([`Catalog::is_poisoned`]) as it does
+//! the log under it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -191,20 +198,29 @@ pub struct Catalog {
     cipher: Cipher,
     /// `last_used_at` updates not yet written to the WAL (see the module docs).
     used: Mutex<HashMap<String, i64>>,
+    /// An fsync of the catalog's log failed: it refuses changes until the process restarts.
+    poisoned: AtomicBool,
 }
 
 impl Catalog {
-    /// Opens (or creates) the catalog in `dir` and replays it.
-    pub(crate) fn open(
+    /// Opens (or creates) the catalog in `dir` and replays it. Every change is fsynced before
+    /// it is acknowledged, whatever the configured durability (see the module docs).
+    pub(crate) fn open(dir: &Path, secret: &[u8; secret::SECRET_KEY_BYTES]) -> Result<Self, Error> {
+        Self::open_with(dir, secret, engine::storage::os())
+    }
+
+    /// [`Catalog::open`] writing through `storage` (the power-loss tests record it).
+    pub(crate) fn open_with(
         dir: &Path,
-        durability: wal::Durability,
         secret: &[u8; secret::SECRET_KEY_BYTES],
+        storage: Arc<dyn engine::storage::Storage>,
     ) -> Result<Self, Error> {
+        engine::storage::create_dir_durably(&*storage, dir, true)?;
         let options = wal::WalOptions {
-            durability,
+            durability: wal::Durability::Fsync,
             ..wal::WalOptions::default()
         };
-        let (wal, recovery) = wal::Wal::open(dir, options)?;
+        let (wal, recovery) = wal::Wal::open_with_storage(dir, options, storage)?;
         if recovery.truncated_bytes > 0 {
             tracing::warn!(
                 bytes = recovery.truncated_bytes,
@@ -221,7 +237,14 @@ impl Catalog {
             write_lock: Mutex::new(()),
             cipher: Cipher::new(secret)?,
             used: Mutex::new(HashMap::new()),
+            poisoned: AtomicBool::new(false),
         })
+    }
+
+    /// True once an fsync of the catalog's log failed in this process: every later change
+    /// fails (the log is poisoned) until a restart; lookups keep answering.
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
     }
 
     /// Appends one record durably, then applies it.
@@ -232,7 +255,11 @@ impl Catalog {
             reason: e.to_string(),
         })?;
         let _guard = self.write_lock.lock();
-        let lsn = self.wal.append(kind, &payload)?;
+        let lsn = self.wal.append(kind, &payload).inspect_err(|e| {
+            if matches!(e, wal::WalError::Io { op, .. } if op.starts_with("fsync")) {
+                self.poisoned.store(true, Ordering::Release);
+            }
+        })?;
         self.state.write().apply(kind, &payload, lsn)
     }
 
@@ -481,7 +508,7 @@ mod tests {
     const SECRET: [u8; 32] = [3; 32];
 
     fn open(dir: &Path) -> Catalog {
-        Catalog::open(dir, wal::Durability::Fsync, &SECRET).unwrap()
+        Catalog::open(dir, &SECRET).unwrap()
     }
 
     #[test]
@@ -541,7 +568,7 @@ mod tests {
             );
         }
         {
-            let wrong = Catalog::open(dir.path(), wal::Durability::Fsync, &[9; 32]).unwrap();
+            let wrong = Catalog::open(dir.path(), &[9; 32]).unwrap();
             assert!(matches!(
                 wrong.provider_key("acct_a", "openai"),
                 Err(Error::Decrypt { .. })

@@ -53,11 +53,7 @@ fn open_catalog(config: &Config) -> Result<(datadir::DirLock, Catalog), Error> {
     let lock = datadir::lock(&config.data_dir)?;
     let secret =
         datadir::load_or_create_secret(&config.data_dir, config.secret_key_hex.as_deref())?;
-    let catalog = Catalog::open(
-        &config.data_dir.join(datadir::CATALOG_DIR),
-        config.durability.to_wal(),
-        &secret,
-    )?;
+    let catalog = Catalog::open(&config.data_dir.join(datadir::CATALOG_DIR), &secret)?;
     if let Some(key) = bootstrap(&catalog, &config.data_dir)? {
         println!(
             "{}",
@@ -252,10 +248,21 @@ pub fn export(flags: &Flags, key_id: &str, out: Option<&Path>) -> Result<(), Err
     let engine = open_engine(&config)?;
     let vault = engine.vault(key_id)?;
     let mut sink: Box<dyn std::io::Write> = match out {
-        Some(path) => Box::new(std::fs::File::create(path).map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })?),
+        // Memories in plain text: owner-only, like the data directory.
+        Some(path) => Box::new(
+            std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true),
+                datadir::SECRET_FILE_MODE,
+            )
+            .open(path)
+            .map_err(|source| Error::Io {
+                path: path.to_owned(),
+                source,
+            })?,
+        ),
         None => Box::new(std::io::stdout().lock()),
     };
     let io = |source| Error::Io {

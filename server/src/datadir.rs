@@ -3,6 +3,10 @@
 //! Both key files are owner-only (0600) and written crash-safely: to a temporary name,
 //! fsynced, renamed over the target, and the directory fsynced, so a crash leaves either no
 //! file or the whole file, never a truncated secret.
+//!
+//! Everything under the data directory is owner-only whatever the umask: directories 0700
+//! (this one, `catalog/`, `vaults/` and each vault, `proxy-outbox/`), files 0600 (the engine
+//! and the `wal` crate create theirs with `engine::storage::FILE_MODE`).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -27,9 +31,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-/// Creates the data directory (owner-only) if needed.
+/// Creates the data directory (owner-only, its entry synced into its parent) if needed.
 pub(crate) fn ensure(dir: &Path) -> Result<(), Error> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    engine::storage::create_dir_durably(&engine::storage::OsStorage, dir, true)?;
     Ok(())
 }
 
@@ -45,6 +49,7 @@ pub(crate) fn lock(dir: &Path) -> Result<DirLock, Error> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(SECRET_FILE_MODE)
         .open(&path)
         .map_err(io(&path))?;
     match file.try_lock() {

@@ -48,6 +48,8 @@ mod datadir;
 mod error;
 mod http;
 mod metrics;
+#[cfg(test)]
+mod powerloss_tests;
 mod proxy;
 mod ratelimit;
 mod request;
@@ -109,18 +111,28 @@ impl AppState {
     /// Opens (creating on first start) the data directory: lock, secret, catalog with its
     /// account and admin key, and the engine. Never scans the vault directories.
     pub fn open(config: config::Config) -> Result<Opened, error::Error> {
+        Self::open_with(config, engine::storage::os())
+    }
+
+    /// [`AppState::open`] with the catalog and the vaults writing through `storage` (tests
+    /// put the engine's recorder there to make fsyncs fail).
+    pub(crate) fn open_with(
+        config: config::Config,
+        storage: std::sync::Arc<dyn engine::storage::Storage>,
+    ) -> Result<Opened, error::Error> {
         let dir = config.data_dir.clone();
         datadir::ensure(&dir)?;
         let lock = datadir::lock(&dir)?;
         let secret = datadir::load_or_create_secret(&dir, config.secret_key_hex.as_deref())?;
-        let catalog = catalog::Catalog::open(
+        let catalog = catalog::Catalog::open_with(
             &dir.join(datadir::CATALOG_DIR),
-            config.durability.to_wal(),
             &secret,
+            std::sync::Arc::clone(&storage),
         )?;
         let new_admin_key = commands::bootstrap(&catalog, &dir)?;
         let mut engine_config = engine::EngineConfig::new(dir.join(datadir::VAULTS_DIR));
         engine_config.durability = config.durability.to_wal();
+        engine_config.storage = storage;
         engine_config.open_vaults_max = config.limits.open_vaults_max;
         engine_config.open_vaults_memory_bytes_max = config.limits.open_vaults_memory_bytes();
         engine_config.memtable_records_max = config.limits.memtable_records_max;

@@ -114,6 +114,16 @@ pub(crate) struct Metrics {
     pub memories_stored: AtomicU64,
 }
 
+/// Values read at scrape time.
+pub(crate) struct Gauges {
+    pub open_vaults: usize,
+    pub open_vaults_bytes: u64,
+    /// Open vaults that saw a failed fsync (they refuse writes until a restart).
+    pub poisoned_vaults: usize,
+    pub catalog_poisoned: bool,
+    pub uptime: Duration,
+}
+
 /// A route's count and latency quantiles, for `GET /v1/admin/overview`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct RouteSummary {
@@ -157,12 +167,14 @@ impl Metrics {
     }
 
     /// Prometheus text exposition format 0.0.4.
-    pub(crate) fn render(
-        &self,
-        open_vaults: usize,
-        open_vaults_bytes: u64,
-        uptime: Duration,
-    ) -> String {
+    pub(crate) fn render(&self, gauges: &Gauges) -> String {
+        let Gauges {
+            open_vaults,
+            open_vaults_bytes,
+            poisoned_vaults,
+            catalog_poisoned,
+            uptime,
+        } = *gauges;
         let mut out = String::with_capacity(8 * 1024);
         out.push_str("# HELP memoryrouter_request_duration_seconds Request latency by route.\n");
         out.push_str("# TYPE memoryrouter_request_duration_seconds histogram\n");
@@ -217,6 +229,20 @@ impl Metrics {
             out,
             "memoryrouter_open_vaults_memory_bytes {open_vaults_bytes}"
         );
+        out.push_str(
+            "# HELP memoryrouter_vaults_poisoned Open vaults refusing writes since an fsync failed (until a restart).\n",
+        );
+        out.push_str("# TYPE memoryrouter_vaults_poisoned gauge\n");
+        let _ = writeln!(out, "memoryrouter_vaults_poisoned {poisoned_vaults}");
+        out.push_str(
+            "# HELP memoryrouter_catalog_poisoned 1 when the key catalog refuses changes since an fsync failed.\n",
+        );
+        out.push_str("# TYPE memoryrouter_catalog_poisoned gauge\n");
+        let _ = writeln!(
+            out,
+            "memoryrouter_catalog_poisoned {}",
+            u8::from(catalog_poisoned)
+        );
         out.push_str("# HELP memoryrouter_uptime_seconds Seconds since start.\n");
         out.push_str("# TYPE memoryrouter_uptime_seconds gauge\n");
         let _ = writeln!(out, "memoryrouter_uptime_seconds {}", uptime.as_secs());
@@ -246,7 +272,13 @@ mod tests {
         let m = Metrics::default();
         m.record_request("GET /healthz", 200, Duration::from_millis(1));
         m.record_request("GET /healthz", 404, Duration::from_millis(1));
-        let text = m.render(3, 4096, Duration::from_secs(5));
+        let text = m.render(&Gauges {
+            open_vaults: 3,
+            open_vaults_bytes: 4096,
+            poisoned_vaults: 1,
+            catalog_poisoned: false,
+            uptime: Duration::from_secs(5),
+        });
         assert!(
             text.contains("memoryrouter_request_duration_seconds_count{route=\"GET /healthz\"} 2"),
             "{text}"
@@ -256,5 +288,7 @@ mod tests {
         );
         assert!(text.contains("memoryrouter_open_vaults 3"));
         assert!(text.contains("memoryrouter_open_vaults_memory_bytes 4096"));
+        assert!(text.contains("memoryrouter_vaults_poisoned 1"));
+        assert!(text.contains("memoryrouter_catalog_poisoned 0"));
     }
 }

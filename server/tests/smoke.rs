@@ -247,3 +247,75 @@ fn repair_cuts_a_damaged_vault_log_and_reports_what_was_lost() {
     let (status, _) = server.terminate();
     assert!(status.success());
 }
+
+/// Owner-only data whatever the umask (issue 12, item 9): under the usual 022 every
+/// directory the server creates is 0700 and every file 0600 — `find DATA -perm /077` prints
+/// nothing. Vaults, WALs and the outbox hold memories in plain text.
+#[test]
+fn the_data_dir_is_owner_only_under_umask_022() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Binary::serve_with_umask(&data, "022");
+    let admin = admin_key(&data);
+    let (id, key) = mint(&server, &admin, "user:perm");
+    let ingest = r#"{"messages":[{"role":"user","content":"My locker code is 4711."}]}"#;
+    let (status, _) = server
+        .request("POST", "/v1/memory/ingest", Some(&key), ingest)
+        .unwrap();
+    assert_eq!(status, 202);
+    let (status, body) = server
+        .request(
+            "PUT",
+            "/v1/provider-keys/openai",
+            Some(&admin),
+            r#"{"api_key":"sk-test-owner-only"}"#,
+        )
+        .unwrap();
+    assert!(status < 300, "{status} {body}");
+    let (status, _) = server.terminate();
+    assert!(status.success());
+    // An export holds the memories in plain text too.
+    let export = dir.path().join("export.jsonl");
+    let (ok, _, stderr) = cli(&[
+        "export",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--key-id",
+        &id,
+        "--out",
+        export.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let mode = std::fs::metadata(&export).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let mut seen = Vec::new();
+    let mut loose = Vec::new();
+    let mut stack = vec![data.clone()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        if mode != want {
+            loose.push(format!("{} {mode:o}", path.display()));
+        }
+        seen.push(path.strip_prefix(&data).unwrap().display().to_string());
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(loose.is_empty(), "not owner-only: {loose:#?}");
+    for expected in [
+        "catalog",
+        "vaults",
+        "proxy-outbox",
+        "admin.key",
+        "secret.key",
+        "LOCK",
+    ] {
+        assert!(seen.iter().any(|p| p == expected), "{expected} in {seen:?}");
+    }
+    assert!(seen.iter().any(|p| p.ends_with("MANIFEST")), "{seen:?}");
+    assert!(seen.iter().any(|p| p.ends_with(".wal")), "{seen:?}");
+}

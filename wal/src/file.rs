@@ -6,13 +6,22 @@
 //!
 //! Reads (recovery, `verify`) use `std::fs` directly: a failed read fails `open` and
 //! poisons nothing, so there is nothing to inject there.
+//!
+//! The traits are public but hidden (`wal::Storage`, `wal::LogFile`, `Wal::open_with_storage`)
+//! for the engine's power-loss harness, which records every write and sync to compute what a
+//! crash would leave on disk. Files are created owner-only
+//! (0600) whatever the umask: logs hold users' memories and the key catalog.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
+/// Mode of every file the log creates: owner read/write only.
+pub const FILE_MODE: u32 = 0o600;
+
 /// An open file the log appends to.
-pub(crate) trait LogFile: Send {
+pub trait LogFile: Send {
     /// Writes the whole buffer at the end of the file (a short write is an error).
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
     /// Makes everything written so far durable (`fdatasync`).
@@ -25,7 +34,7 @@ pub(crate) trait LogFile: Send {
 }
 
 /// The directory operations the log performs after `open`.
-pub(crate) trait Storage: Send + Sync {
+pub trait Storage: Send + Sync {
     /// Creates `path` (truncating any previous file) for writing.
     fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>>;
     /// Opens the existing file `path` for appending at its end.
@@ -76,7 +85,7 @@ pub(crate) fn create_durably(
 
 /// The real file system.
 #[derive(Debug, Default)]
-pub(crate) struct OsStorage;
+pub struct OsStorage;
 
 struct OsFile(File);
 
@@ -109,6 +118,7 @@ impl Storage for OsStorage {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(FILE_MODE)
             .open(path)?;
         Ok(Box::new(OsFile(file)))
     }

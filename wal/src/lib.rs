@@ -80,9 +80,25 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use error::WalError;
+// The I/O seam, for the engine's power-loss harness (see `file.rs`); not a stable API.
+#[doc(hidden)]
+pub use file::{FILE_MODE, LogFile, OsStorage, Storage};
 pub use recovery::{SegmentReport, VerifyReport, verify};
 pub use repair::{Cut, RepairReport, repair};
 pub use writer::Wal;
+
+impl Wal {
+    /// [`Wal::open`] with every write, sync, rename and delete going through `storage`
+    /// (the engine's power-loss harness records them). Not a stable API.
+    #[doc(hidden)]
+    pub fn open_with_storage(
+        dir: &std::path::Path,
+        options: WalOptions,
+        storage: std::sync::Arc<dyn Storage>,
+    ) -> Result<(Wal, Recovery), WalError> {
+        Self::open_with(dir, options, storage)
+    }
+}
 
 /// Log sequence number: the first record ever appended is 1. Acknowledged LSNs are strictly
 /// increasing and gap-free, and never reused. (The LSNs an append was given internally before

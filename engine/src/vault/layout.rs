@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use crate::error::Result;
 use crate::manifest::Manifest;
 use crate::memtable::Memtable;
-use crate::segment::Segment;
+use crate::segment::{Removed, Segment};
 
 use super::Vault;
 
@@ -43,7 +43,7 @@ impl Vault {
     /// Stores the manifest for `change` and applies it to the searched state, atomically with
     /// respect to every other change. Returns the segments that left the list (their
     /// directories are the caller's to remove, after this returns).
-    pub(super) fn install(&self, change: Change<'_>) -> Result<Vec<Arc<Segment>>> {
+    pub(super) fn install(&self, change: Change<'_>) -> Result<Removed<'_>> {
         let inner = &*self.inner;
         let mut manifest = inner.manifest.lock();
         // Only `install` changes `state.segments`, and only with the manifest lock held: the
@@ -107,6 +107,9 @@ impl Vault {
             }
         }
         state.prune_deleted();
-        Ok(removed)
+        Ok(Removed {
+            segments: removed,
+            dir: &inner.dir,
+        })
     }
 }

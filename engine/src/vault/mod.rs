@@ -27,7 +27,7 @@ mod search;
 mod state;
 mod write;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -42,10 +42,11 @@ use crate::embedder::Embedder;
 use crate::error::{Error, Result};
 use crate::footprint::MemoryGauge;
 use crate::hnsw::HnswParams;
-use crate::limits::MEMTABLE_RECORDS_MAX_DEFAULT;
+use crate::limits::{MEMTABLE_RECORDS_MAX_DEFAULT, WAL_SEGMENT_BYTES_MAX};
 use crate::manifest::Manifest;
 use crate::policy::RetrievalPolicy;
 use crate::record::MemoryId;
+use crate::storage::{Storage, VaultDir};
 use state::State;
 
 /// How a vault is opened.
@@ -72,6 +73,14 @@ pub struct VaultOptions {
     /// Where this vault adds its heap estimate: the registry's engine-wide total, or a
     /// counter of its own for a vault opened directly.
     pub(crate) memory_total: Arc<AtomicU64>,
+    /// Every write, fsync, rename and removal of the vault — its WAL's included — goes
+    /// through this seam (`storage.rs`); the power-loss harness swaps in a recorder.
+    #[doc(hidden)]
+    pub storage: Arc<dyn Storage>,
+    /// The WAL rotates to a new segment file past this size (tests make it small to cover
+    /// rotation and the deletion of checkpointed segments).
+    #[doc(hidden)]
+    pub wal_segment_bytes_max: u64,
 }
 
 impl VaultOptions {
@@ -86,6 +95,8 @@ impl VaultOptions {
             crash_at: None,
             pause_at: None,
             memory_total: Arc::new(AtomicU64::new(0)),
+            storage: crate::storage::os(),
+            wal_segment_bytes_max: WAL_SEGMENT_BYTES_MAX,
         }
     }
 
@@ -130,7 +141,8 @@ pub struct VaultStats {
 
 pub(crate) struct Inner {
     pub name: String,
-    pub dir: PathBuf,
+    /// The directory, with the storage every write of the vault goes through.
+    pub dir: VaultDir,
     pub wal: Wal,
     pub options: VaultOptions,
     pub dim: usize,
@@ -154,6 +166,11 @@ pub(crate) struct Inner {
     /// Background jobs queued or running; the registry never closes a busy vault.
     pub jobs: AtomicUsize,
     pub seal_scheduled: AtomicBool,
+    /// Set for good by the first failed fsync (the engine's or the WAL's): the vault's
+    /// storage (`storage::Guarded`) then refuses every write, and the registry never closes
+    /// the vault, so it is never reopened in this process from a page cache that may differ
+    /// from the disk.
+    pub poisoned: Arc<AtomicBool>,
     /// The same gauge as `State::memory`, readable without the state lock: the registry
     /// reads it under its own lock, where waiting for a vault's lock would stall every vault.
     pub memory: Arc<MemoryGauge>,
@@ -184,6 +201,14 @@ impl Vault {
             });
         }
         Ok(())
+    }
+
+    /// True once an fsync of this vault (a WAL append's, a segment's, the manifest's or a
+    /// directory's) has failed in this process. A poisoned vault answers reads, refuses
+    /// every write (its storage does, `storage::Guarded`), and stays open until the process
+    /// ends; the next process recovers from the disk.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::Acquire)
     }
 
     /// Estimated heap bytes this vault holds while open: memtables, dedupe and tombstone

@@ -11,10 +11,12 @@ use wal::{Wal, WalOptions};
 
 use crate::error::{Error, Result};
 use crate::footprint::MemoryGauge;
-use crate::limits::{MEMORY_ID_END, WAL_SEGMENT_BYTES_MAX};
+use crate::guard::Guarded;
+use crate::limits::MEMORY_ID_END;
 use crate::manifest::Manifest;
 use crate::record::{self, KIND_DELETE, KIND_INGEST};
 use crate::segment::{self, Segment};
+use crate::storage::{self, Storage, VaultDir};
 
 use super::state::State;
 use super::{Inner, Vault, VaultOptions};
@@ -23,14 +25,52 @@ impl Vault {
     /// Opens (or creates) the vault in `dir`: loads the manifest, maps the segments (no index
     /// is rebuilt), removes leftovers of interrupted seals and compactions, and replays the
     /// WAL past the manifest's checkpoint into the memtable.
+    ///
+    /// A vault whose files contradict each other is refused (`Error::Corrupt`) before
+    /// anything on disk is touched: no MANIFEST next to segment directories or WAL records
+    /// (a lost manifest is never read as a new vault, whose open would delete every segment
+    /// as a leftover), or a WAL that ends before the manifest's checkpoint.
     pub fn open(dir: &Path, options: VaultOptions) -> Result<Vault> {
-        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        let name = dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // Every write of this vault goes through the guard: the first failed fsync poisons it.
+        let guarded = Guarded::new(Arc::clone(&options.storage), name.clone());
+        let poisoned = guarded.poisoned();
+        let guarded: Arc<dyn Storage> = Arc::new(guarded);
+        let storage = &*guarded;
         let embedder_id = options.embedder.id().to_string();
         let dim = options.embedder.dim();
-        let mut manifest = Manifest::load(dir)?.unwrap_or(Manifest {
-            next_id: 1,
-            ..Manifest::default()
-        });
+        let wal_dir = dir.join("wal");
+        let stored = if dir.is_dir() {
+            Manifest::load(dir)?
+        } else {
+            None
+        };
+        let is_new = stored.is_none();
+        let mut manifest = match stored {
+            Some(manifest) => {
+                if manifest.checkpoint_lsn > 0 && !holds_wal_files(&wal_dir)? {
+                    return Err(Error::corrupt(
+                        &wal_dir,
+                        format!(
+                            "the WAL has no files but the manifest says records up to lsn {} \
+                             were written through it: refusing to start a new log below them",
+                            manifest.checkpoint_lsn
+                        ),
+                    ));
+                }
+                manifest
+            }
+            None => {
+                refuse_if_written(dir)?;
+                Manifest {
+                    next_id: 1,
+                    ..Manifest::default()
+                }
+            }
+        };
         if let Some(stored) = &manifest.embedder
             && (*stored != embedder_id || manifest.dim as usize != dim)
         {
@@ -43,18 +83,11 @@ impl Vault {
         }
         manifest.next_id = manifest.next_id.max(1);
 
-        // Leftovers: temp dirs and segments no manifest names (a crash mid-seal/compaction).
-        let live: HashSet<&str> = manifest.segments.iter().map(String::as_str).collect();
-        for entry in std::fs::read_dir(dir).map_err(Error::io(dir))? {
-            let entry = entry.map_err(Error::io(dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
-            if segment::is_dir_name(&name) && !live.contains(name.as_str()) {
-                std::fs::remove_dir_all(&path).map_err(Error::io(&path))?;
-            } else if name.ends_with(".tmp") {
-                std::fs::remove_file(&path).map_err(Error::io(&path))?;
-            }
-        }
+        // A vault that has never stored a manifest may have been created by a process that
+        // died before syncing its directory entry: sync it (again) before anything written
+        // inside can be acknowledged. The WAL directory is made here too (owner-only).
+        storage::create_dir_durably(storage, dir, is_new)?;
+        storage::create_dir_durably(storage, &wal_dir, is_new)?;
 
         let segments = manifest
             .segments
@@ -69,11 +102,24 @@ impl Vault {
             rayon::spawn(move || warm.iter().for_each(|s| s.warm_codes()));
         }
         let wal_options = WalOptions {
-            segment_bytes_max: WAL_SEGMENT_BYTES_MAX,
+            segment_bytes_max: options.wal_segment_bytes_max,
             durability: options.durability,
             ..WalOptions::default()
         };
-        let (wal, recovery) = Wal::open(&dir.join("wal"), wal_options)?;
+        let wal_storage: Arc<dyn wal::Storage> = Arc::clone(&guarded) as _;
+        let (wal, recovery) = Wal::open_with_storage(&wal_dir, wal_options, wal_storage)?;
+        if wal.last_lsn() < manifest.checkpoint_lsn {
+            return Err(Error::corrupt(
+                &wal_dir,
+                format!(
+                    "the WAL ends at lsn {} but the manifest says records up to lsn {} were \
+                     written through it: WAL files are missing",
+                    wal.last_lsn(),
+                    manifest.checkpoint_lsn
+                ),
+            ));
+        }
+        remove_leftovers(storage, dir, &manifest)?;
 
         let mut state = State::new(
             dim,
@@ -136,14 +182,10 @@ impl Vault {
         }
         let next_id = manifest.next_id.max(max_id + 1);
         let next_segment = manifest.next_segment;
-        let name = dir
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
         Ok(Vault {
             inner: Arc::new(Inner {
                 name,
-                dir: dir.to_path_buf(),
+                dir: VaultDir::new(dir.to_path_buf(), guarded),
                 wal,
                 options,
                 dim,
@@ -159,9 +201,90 @@ impl Vault {
                 closed: AtomicBool::new(false),
                 jobs: AtomicUsize::new(0),
                 seal_scheduled: AtomicBool::new(false),
+                poisoned,
             }),
         })
     }
+}
+
+/// Refuses a vault directory without a MANIFEST that holds what only a vault with one can
+/// hold: a segment directory, a WAL checkpoint, or a WAL segment with records (the first
+/// ingest stores the manifest before its records reach the WAL). Reads only.
+fn refuse_if_written(dir: &Path) -> Result<()> {
+    let missing = |what: String| {
+        Err(Error::corrupt(
+            Manifest::path(dir),
+            format!(
+                "MANIFEST is missing but {what} exists: refusing to open (a lost manifest is \
+                 not an empty vault; restore it from a backup or move the vault aside)"
+            ),
+        ))
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dir)(e)),
+    };
+    for entry in entries {
+        let name = entry.map_err(Error::io(dir))?.file_name();
+        let name = name.to_string_lossy();
+        if segment::is_dir_name(&name) {
+            return missing(format!("segment directory {name}"));
+        }
+    }
+    let wal_dir = dir.join("wal");
+    let entries = match std::fs::read_dir(&wal_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(&wal_dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(Error::io(&wal_dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let len = entry.metadata().map_err(Error::io(entry.path()))?.len();
+        if name == "checkpoint" || (name.ends_with(".wal") && len > WAL_EMPTY_SEGMENT_BYTES) {
+            return missing(format!("WAL file wal/{name}"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the WAL directory holds a checkpoint or a segment file. Reads only.
+fn holds_wal_files(wal_dir: &Path) -> Result<bool> {
+    let entries = match std::fs::read_dir(wal_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(wal_dir)(e)),
+    };
+    for entry in entries {
+        let name = entry.map_err(Error::io(wal_dir))?.file_name();
+        let name = name.to_string_lossy();
+        if name == "checkpoint" || name.ends_with(".wal") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Size of a WAL segment holding no record: its header (`docs/format.md`, WAL segment file).
+const WAL_EMPTY_SEGMENT_BYTES: u64 = 32;
+
+/// Removes what interrupted seals, compactions and manifest replaces leave behind: temp
+/// directories and files, and segment directories the manifest does not name. No sync: a
+/// removal that does not reach the disk is redone at the next open.
+fn remove_leftovers(storage: &dyn Storage, dir: &Path, manifest: &Manifest) -> Result<()> {
+    let live: HashSet<&str> = manifest.segments.iter().map(String::as_str).collect();
+    for entry in std::fs::read_dir(dir).map_err(Error::io(dir))? {
+        let entry = entry.map_err(Error::io(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if segment::is_dir_name(&name) && !live.contains(name.as_str()) {
+            storage.remove_dir_all(&path).map_err(Error::io(&path))?;
+        } else if name.ends_with(".tmp") {
+            storage.remove(&path).map_err(Error::io(&path))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -149,3 +149,146 @@ fn concurrent_writers_and_readers_agree() {
     assert_eq!(v.stats().unwrap().memories, 500);
     assert_eq!(v.list(None, 1000, None).unwrap().len(), 500);
 }
+
+/// The real file system, except that every fsync fails while `failing` is set.
+#[derive(Default)]
+struct FailingSyncs {
+    failing: std::sync::atomic::AtomicBool,
+}
+
+struct FailingFile {
+    inner: Box<dyn engine::storage::LogFile>,
+    storage: Arc<FailingSyncs>,
+}
+
+impl FailingSyncs {
+    fn check(&self) -> std::io::Result<()> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected fsync failure"));
+        }
+        Ok(())
+    }
+}
+
+impl engine::storage::LogFile for FailingFile {
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.inner.write_all(buf)
+    }
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        self.storage.check()?;
+        self.inner.sync_data()
+    }
+    fn truncate(&mut self, len: u64) -> std::io::Result<u64> {
+        self.inner.truncate(len)
+    }
+    fn sync_all(&mut self) -> std::io::Result<()> {
+        self.storage.check()?;
+        self.inner.sync_all()
+    }
+}
+
+/// The storage handed to the engine: shares the switch with the test.
+struct Failing(Arc<FailingSyncs>);
+
+impl Failing {
+    fn wrap(
+        &self,
+        f: std::io::Result<Box<dyn engine::storage::LogFile>>,
+    ) -> std::io::Result<Box<dyn engine::storage::LogFile>> {
+        Ok(Box::new(FailingFile {
+            inner: f?,
+            storage: Arc::clone(&self.0),
+        }))
+    }
+}
+
+impl wal::Storage for Failing {
+    fn create(&self, path: &std::path::Path) -> std::io::Result<Box<dyn wal::LogFile>> {
+        self.wrap(wal::Storage::create(&engine::storage::OsStorage, path))
+    }
+    fn open_append(&self, path: &std::path::Path) -> std::io::Result<Box<dyn wal::LogFile>> {
+        self.wrap(engine::storage::OsStorage.open_append(path))
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        engine::storage::OsStorage.rename(from, to)
+    }
+    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+        engine::storage::OsStorage.remove(path)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.0.check()?;
+        engine::storage::OsStorage.sync_dir(dir)
+    }
+}
+
+impl engine::storage::Storage for Failing {
+    fn create_new(&self, path: &std::path::Path) -> std::io::Result<Box<dyn wal::LogFile>> {
+        self.wrap(engine::storage::OsStorage.create_new(path))
+    }
+    fn create_dir(&self, path: &std::path::Path) -> std::io::Result<()> {
+        engine::storage::OsStorage.create_dir(path)
+    }
+    fn remove_dir_all(&self, path: &std::path::Path) -> std::io::Result<()> {
+        engine::storage::OsStorage.remove_dir_all(path)
+    }
+}
+
+/// After a failed fsync a vault refuses writes for the life of the process and the registry
+/// never closes it — reopening would read back a page cache that may hold bytes the disk
+/// never got (and answer a retried ingest as a duplicate of them). Reads keep working.
+#[test]
+fn a_vault_whose_fsync_failed_stays_open_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let switch = Arc::new(FailingSyncs::default());
+    let mut c = EngineConfig::new(dir.path().to_path_buf());
+    c.embedder = WordHash::shared(16);
+    c.open_vaults_max = 1;
+    c.storage = Arc::new(Failing(Arc::clone(&switch)));
+    let e = Engine::open(c).unwrap();
+    let sick = e.vault("sick").unwrap();
+    sick.ingest(vec![msg("s", Role::User, "synced before the failure", 1)])
+        .unwrap();
+    switch
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = sick
+        .ingest(vec![msg("s", Role::User, "never acknowledged", 2)])
+        .unwrap_err();
+    assert!(err.is_failed_sync(), "{err}");
+    assert!(sick.is_poisoned());
+    switch
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    // The disk works again; the vault still refuses, every kind of write.
+    refused(sick.ingest(vec![msg("s", Role::User, "never acknowledged", 2)]));
+    refused(sick.delete(1));
+    refused(sick.seal());
+    assert_eq!(sick.list(None, 10, None).unwrap().len(), 1, "reads answer");
+    assert_eq!(e.poisoned_vaults(), ["sick"]);
+    drop(sick);
+    // Past the bound of one open vault, the idle poisoned vault is still never closed.
+    for other in ["a", "b", "c"] {
+        e.vault(other)
+            .unwrap()
+            .ingest(vec![msg("s", Role::User, other, 3)])
+            .unwrap();
+    }
+    assert_eq!(e.poisoned_vaults(), ["sick"]);
+    refused(
+        e.vault("sick")
+            .unwrap()
+            .ingest(vec![msg("s", Role::User, "retry", 4)]),
+    );
+}
+
+/// A write a poisoned vault refused: a storage fault (503). Its WAL says it is poisoned;
+/// everything else, the vault's storage ("refuses writes since an fsync failed").
+fn refused<T: std::fmt::Debug>(result: Result<T, Error>) {
+    let err = result.unwrap_err();
+    assert!(!err.is_user_error(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("refuses writes since an fsync failed") || text.contains("poisoned"),
+        "{err}"
+    );
+}

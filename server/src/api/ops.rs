@@ -1,5 +1,6 @@
 //! Operations endpoints: `/healthz` (the process answers), `/readyz` (it accepts work: not
-//! shutting down), `/metrics` (Prometheus text).
+//! shutting down, and no vault or the catalog saw a failed fsync), `/metrics` (Prometheus
+//! text).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,6 +11,7 @@ use serde_json::json;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::http::{Body, json_response, text_response};
+use crate::metrics;
 
 pub(crate) fn healthz(_state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
     Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
@@ -19,18 +21,82 @@ pub(crate) fn readyz(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> 
     if state.shutting_down.load(Ordering::Relaxed) {
         return Err(ApiError::unavailable("Shutting down."));
     }
+    // After a failed fsync nothing the process holds about the disk can be trusted: the
+    // vault (or the catalog) refuses writes until a restart, which recovers from the disk.
+    let poisoned = state.engine.poisoned_vaults().len();
+    if poisoned > 0 || state.catalog.is_poisoned() {
+        let what = match (poisoned, state.catalog.is_poisoned()) {
+            (0, _) => "the key catalog".to_owned(),
+            (n, false) => format!("{n} vault(s)"),
+            (n, true) => format!("{n} vault(s) and the key catalog"),
+        };
+        return Err(ApiError::unavailable(format!(
+            "An fsync failed for {what}; writes there are refused until the server restarts."
+        )));
+    }
     Ok(json_response(StatusCode::OK, &json!({"status": "ready"})))
 }
 
 pub(crate) fn metrics(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
-    let text = state.metrics.render(
-        state.engine.open_vault_count(),
-        state.engine.memory_bytes(),
-        state.started.elapsed(),
-    );
+    let text = state.metrics.render(&metrics::Gauges {
+        open_vaults: state.engine.open_vault_count(),
+        open_vaults_bytes: state.engine.memory_bytes(),
+        poisoned_vaults: state.engine.poisoned_vaults().len(),
+        catalog_poisoned: state.catalog.is_poisoned(),
+        uptime: state.started.elapsed(),
+    });
     Ok(text_response(
         StatusCode::OK,
         text,
         "text/plain; version=0.0.4; charset=utf-8",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    /// A failed fsync in one vault turns readiness to 503 and shows in the metrics; the
+    /// vault keeps refusing writes after the disk recovers (only a restart clears it).
+    #[test]
+    fn readiness_and_metrics_report_a_vault_whose_fsync_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::from_toml("").unwrap();
+        config.data_dir = dir.path().to_path_buf();
+        let disk = engine::powerloss::PowerLoss::attach(dir.path()).unwrap();
+        let state = Arc::new(
+            AppState::open_with(config, Arc::new(disk.clone()))
+                .unwrap()
+                .state,
+        );
+        assert!(readyz(&state).is_ok());
+        let said = |text: &str| engine::NewMemory {
+            session_id: "s".into(),
+            role: engine::Role::User,
+            text: text.into(),
+            created_at_ms: 1,
+            model: None,
+            metadata: None,
+        };
+        let vault = state.engine.vault("key_sick").unwrap();
+        vault.ingest(vec![said("before the failure")]).unwrap();
+        disk.fail_syncs(true);
+        assert!(vault.ingest(vec![said("not acknowledged")]).is_err());
+        disk.fail_syncs(false);
+        assert!(vault.ingest(vec![said("refused")]).is_err());
+        let err = readyz(&state).unwrap_err();
+        assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(err.message.contains("1 vault(s)"), "{}", err.message);
+        let body = metrics(&state).unwrap().into_body();
+        let text = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(body.collect())
+            .unwrap()
+            .to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        assert!(text.contains("memoryrouter_vaults_poisoned 1"), "{text}");
+        assert!(text.contains("memoryrouter_catalog_poisoned 0"), "{text}");
+    }
 }

@@ -20,6 +20,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -71,12 +72,29 @@ impl Outbox {
         dir: &Path,
         durability: Durability,
     ) -> Result<(Outbox, Vec<(Lsn, PendingExchange)>), ProxyError> {
+        Self::open_with(dir, durability, engine::storage::os())
+    }
+
+    /// [`Outbox::open`] writing through `storage` (the power-loss tests record it). The
+    /// directory is created owner-only and synced into its parent.
+    #[doc(hidden)]
+    pub fn open_with(
+        dir: &Path,
+        durability: Durability,
+        storage: Arc<dyn engine::storage::Storage>,
+    ) -> Result<(Outbox, Vec<(Lsn, PendingExchange)>), ProxyError> {
+        engine::storage::create_dir_durably(&*storage, dir, true).map_err(|e| {
+            ProxyError::Outbox {
+                reason: e.to_string(),
+            }
+        })?;
         let options = WalOptions {
             segment_bytes_max: OUTBOX_SEGMENT_BYTES_MAX,
             durability: Durability::Buffered,
             ..WalOptions::default()
         };
-        let (wal, recovery) = Wal::open(dir, options).map_err(outbox_error)?;
+        let (wal, recovery) =
+            Wal::open_with_storage(dir, options, storage).map_err(outbox_error)?;
         let mut recovered = Vec::new();
         for record in recovery.records {
             if record.kind != KIND_EXCHANGE {

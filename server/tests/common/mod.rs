@@ -26,11 +26,23 @@ impl Binary {
 
     /// [`Binary::serve`] with `env` set for the server process (`MEMORYROUTER_*` settings).
     pub fn serve_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Binary {
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command.envs(env.iter().copied());
+        Self::start(command, dir, extra)
+    }
+
+    /// `serve` under the given umask (set by `sh` before it execs the binary).
+    pub fn serve_with_umask(dir: &Path, umask: &str) -> Binary {
+        let mut sh = Command::new("sh");
+        sh.args(["-c", &format!("umask {umask}; exec \"$0\" \"$@\""), BIN]);
+        Self::start(sh, dir, &[])
+    }
+
+    fn start(mut command: Command, dir: &Path, extra: &[&str]) -> Binary {
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .args(extra)
-            .envs(env.iter().copied())
             .env("MEMORYROUTER_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
