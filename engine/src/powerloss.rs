@@ -282,6 +282,8 @@ impl PowerLoss {
                 let (file, name) = f.rsplit_once(':').unwrap_or(("", f));
                 // Generic functions print their arguments: `write<engine::…::VaultDir>`.
                 let n = n.split('<').next().unwrap_or(n);
+                // A closure inside the named function is that function's call site.
+                let n = n.trim_end_matches("::{{closure}}");
                 (n == name || n.ends_with(&format!("::{name}"))) && same_file(at, file)
             });
         if hit {

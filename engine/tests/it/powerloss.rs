@@ -698,7 +698,7 @@ fn sites() -> Vec<Site> {
                 SyncFile,
                 &[
                     "wal/src/writer.rs:sync_data",
-                    "wal/src/writer.rs:write_group",
+                    "wal/src/writer.rs:write_group_locked",
                 ],
                 |_| true,
             ),
