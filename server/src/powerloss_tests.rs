@@ -418,7 +418,7 @@ fn the_catalog_and_outbox_checks_have_teeth() {
         functions: if caller == "write_group" {
             &[
                 "wal/src/writer.rs:sync_data",
-                "wal/src/writer.rs:write_group",
+                "wal/src/writer.rs:write_group_locked",
             ]
         } else {
             &["wal/src/writer.rs:sync_data", "wal/src/writer.rs:sync"]
