@@ -480,7 +480,7 @@ impl LogFile for PlFile {
     /// fill the disk: modelled as an immediate cut of the file's data (its synced prefix
     /// shrinks with it), made durable by the next `sync_all`, which syncs like `sync_data`.
     fn truncate(&mut self, len: u64) -> io::Result<u64> {
-        let was = crate::storage::truncate_file(&mut self.file, len)?;
+        let was = wal::truncate_file(&mut self.file, len)?;
         if let Some(node) = self.node {
             let mut model = self.storage.0.model.lock();
             let file = model.file(node);
@@ -700,7 +700,7 @@ impl LogFile for NoSyncFile {
     }
 
     fn truncate(&mut self, len: u64) -> io::Result<u64> {
-        crate::storage::truncate_file(&mut self.0, len)
+        wal::truncate_file(&mut self.0, len)
     }
 
     fn sync_all(&mut self) -> io::Result<()> {

@@ -554,6 +554,11 @@ impl Segment {
             .map(|d| d as u32)
     }
 
+    /// The record's text, read in place (no other field decoded).
+    pub fn text(&self, doc: u32) -> &str {
+        self.str_at(self.rows()[doc as usize].text)
+    }
+
     pub fn session(&self, doc: u32) -> &str {
         self.str_at(self.rows()[doc as usize].session)
     }

@@ -77,22 +77,12 @@ impl LogFile for OsFile {
     }
 
     fn truncate(&mut self, len: u64) -> io::Result<u64> {
-        truncate_file(&mut self.0, len)
+        wal::truncate_file(&mut self.0, len)
     }
 
     fn sync_all(&mut self) -> io::Result<()> {
         self.0.sync_all()
     }
-}
-
-/// Cuts `file` to `len` bytes and puts the next write there (a file from `create` is not in
-/// append mode: without the seek the next write would leave a hole); returns the old length.
-pub(crate) fn truncate_file(file: &mut std::fs::File, len: u64) -> io::Result<u64> {
-    use std::io::Seek as _;
-    let was = file.metadata()?.len();
-    file.set_len(len)?;
-    file.seek(io::SeekFrom::Start(len))?;
-    Ok(was)
 }
 
 impl Storage for OsStorage {

@@ -87,6 +87,17 @@ pub(crate) fn create_durably(
     Ok(file)
 }
 
+/// Cuts `file` to `len` bytes and puts the next write there; returns the length it had. A
+/// file from `create` is not in append mode: without the seek the next write would land at
+/// the old end and leave a hole of zeros. (`LogFile::truncate` of every real-file storage.)
+#[doc(hidden)]
+pub fn truncate_file(file: &mut File, len: u64) -> io::Result<u64> {
+    let was = file.metadata()?.len();
+    file.set_len(len)?;
+    file.seek(SeekFrom::Start(len))?;
+    Ok(was)
+}
+
 /// The real file system.
 #[derive(Debug, Default)]
 pub struct OsStorage;
@@ -103,12 +114,7 @@ impl LogFile for OsFile {
     }
 
     fn truncate(&mut self, len: u64) -> io::Result<u64> {
-        let was = self.0.metadata()?.len();
-        self.0.set_len(len)?;
-        // A file from `create` is not in append mode: without the seek the next write would
-        // land at the old end and leave a hole of zeros.
-        self.0.seek(SeekFrom::Start(len))?;
-        Ok(was)
+        truncate_file(&mut self.0, len)
     }
 
     fn sync_all(&mut self) -> io::Result<()> {

@@ -48,7 +48,8 @@ impl Vault {
         let mut manifest = inner.manifest.lock();
         // Only `install` changes `state.segments`, and only with the manifest lock held: the
         // list read here is current until this function returns.
-        let current = inner.state.read().segments.clone();
+        let state = inner.state.read();
+        let current = state.segments.clone();
         let is_in =
             |list: &[Arc<Segment>], s: &Arc<Segment>| list.iter().any(|x| Arc::ptr_eq(x, s));
         let (next, removed): (Vec<Arc<Segment>>, Vec<Arc<Segment>>) = match &change {
@@ -65,7 +66,7 @@ impl Vault {
                 next.extend(output.iter().cloned());
                 (next, inputs.to_vec())
             }
-            Change::Reset { .. } => (Vec::new(), current.clone()),
+            Change::Reset { .. } => (Vec::new(), current),
         };
 
         let mut stored = manifest.clone();
@@ -87,7 +88,8 @@ impl Vault {
                 };
             }
         }
-        stored.tombstones = inner.state.read().tombstones_for(&next);
+        stored.tombstones = state.tombstones_for(&next);
+        drop(state);
         stored.store(&inner.dir)?;
         *manifest = stored;
 

@@ -75,10 +75,10 @@ impl<'a> Source<'a> {
         }
     }
 
-    pub fn text(self, doc: u32) -> std::borrow::Cow<'a, str> {
+    pub fn text(self, doc: u32) -> &'a str {
         match self {
-            Source::Mem(m) => std::borrow::Cow::Borrowed(&m.memory(doc).text),
-            Source::Segment(s) => std::borrow::Cow::Owned(s.memory(doc).text),
+            Source::Mem(m) => &m.memory(doc).text,
+            Source::Segment(s) => s.text(doc),
         }
     }
 
@@ -295,7 +295,7 @@ impl State {
         self.sources()
             .filter_map(|s| s.newest_in_session(session, &live).map(|d| (s.id(d), s, d)))
             .max_by_key(|&(id, _, _)| id)
-            .map(|(_, s, d)| s.text(d).into_owned())
+            .map(|(_, s, d)| s.text(d).to_owned())
     }
 
     /// Live ids (of one session, when given), in source order.
