@@ -216,6 +216,44 @@ impl Vault {
             lexical_raw.extend(hits.iter().map(|&(doc, score)| (src, doc, score)));
         }
         merge_top_k(&mut lexical_raw, pool);
+        // A day or month the query names: the best BM25 matches created in its window join
+        // the lexical candidates (the date signal can lift only a candidate), at the cost of
+        // one more pass over the query's postings, for such queries only.
+        let named = if policy.signals.date_boost() > 0.0 {
+            dates::named_dates(&q.text)
+        } else {
+            Vec::new()
+        };
+        let windows: Vec<dates::Named> = named
+            .iter()
+            .copied()
+            .filter(|n| n.granularity() != dates::Granularity::Year)
+            .collect();
+        if let (false, Some(plan)) = (windows.is_empty(), plan.as_ref()) {
+            let days = i64::from(policy.signals.date_window_days);
+            let mut dated: Vec<(usize, u32, f32)> = Vec::new();
+            for (src, source) in sources.iter().enumerate() {
+                let in_window = |d: u32| {
+                    let at = source.created_at(d);
+                    windows.iter().any(|n| n.covers(at, days)) && accept(src, d)
+                };
+                dated.extend(
+                    plan.source_top_k(src, pool, &in_window)
+                        .into_iter()
+                        .map(|(doc, score)| (src, doc, score)),
+                );
+            }
+            merge_top_k(&mut dated, pool);
+            let have: HashSet<(usize, u32)> = lexical_raw.iter().map(|&(s, d, _)| (s, d)).collect();
+            lexical_raw.extend(
+                dated
+                    .into_iter()
+                    .filter(|&(s, d, _)| !have.contains(&(s, d))),
+            );
+            lexical_raw.sort_unstable_by(|a, b| {
+                b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1))
+            });
+        }
 
         let mut vector: Vec<(MemoryId, f32)> = Vec::new();
         for (source, hits) in results.into_iter().enumerate() {
@@ -280,6 +318,7 @@ impl Vault {
                 deleted: &state.deleted,
                 accept: &accept,
                 query: &q.text,
+                dates: &named,
                 k: q.k,
             }
             .rerank(&mut entries);

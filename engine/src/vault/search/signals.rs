@@ -10,7 +10,7 @@ use crate::policy::Signals;
 use crate::record::MemoryId;
 use crate::vault::state::{Loc, Source};
 
-use super::dates::{Granularity, named_dates};
+use super::dates::{Granularity, Named};
 
 /// Memories of another session skipped, at most, looking for a memory's neighbour in its
 /// source (sessions interleave when a user runs two chats at once).
@@ -37,6 +37,8 @@ pub(super) struct Context<'s, 'a> {
     /// no candidate before they become one.
     pub accept: &'s dyn Fn(usize, u32) -> bool,
     pub query: &'s str,
+    /// The dates the query names (`dates::named_dates`).
+    pub dates: &'s [Named],
     pub k: usize,
 }
 
@@ -104,11 +106,7 @@ impl Context<'_, '_> {
         } else {
             vec![0.0; entries.len()]
         };
-        let dates = if g.date_boost() > 0.0 {
-            named_dates(self.query)
-        } else {
-            Vec::new()
-        };
+        let dates = self.dates;
         let window = i64::from(g.date_window_days);
         let mut raw: Vec<(usize, f32)> = entries
             .iter()
