@@ -758,6 +758,9 @@ const KNOBS: [Knob; 9] = [
     ),
 ];
 
+/// A signal removed in an `--ablate` run: its name and how its knobs are zeroed.
+type Ablation = (&'static str, fn(&mut Signals));
+
 /// What tuning maximises: the mean of R@5 and R@10 over the questions of the tuning
 /// conversations (both are targets of issue 13).
 fn objective(t: &Tally) -> f64 {
@@ -906,7 +909,7 @@ fn leave_one_out(
     );
     let mut pooled = Tally::default();
     let mut macro_sum = (0.0, 0.0, 0.0);
-    for held in 0..n {
+    for (held, conv) in conversations.iter().enumerate() {
         let train: Vec<usize> = (0..n).filter(|&c| c != held).collect();
         let tuned = eval.tune(defaults, &train)?;
         let t = eval.tallies(&tuned)?[held].clone();
@@ -914,7 +917,7 @@ fn leave_one_out(
         macro_sum = (macro_sum.0 + r5, macro_sum.1 + r10, macro_sum.2 + mrr);
         println!(
             "{:<12} {:>5} {r5:>7.3} {r10:>7.3} {mrr:>7.3}   {}",
-            conversations[held].sample_id,
+            conv.sample_id,
             t.questions[0],
             knobs_of(&tuned)
         );
@@ -930,7 +933,7 @@ fn leave_one_out(
         macro_sum.2 / nf
     );
     // Ablations: each signal held at 0 while the rest is tuned the same way.
-    let ablations: [(&str, fn(&mut Signals)); 4] = [
+    let ablations: [Ablation; 4] = [
         ("without dates", |s| {
             s.date_boost_day = 0.0;
             s.date_boost_month = 0.0;
