@@ -572,7 +572,10 @@ mod tests {
         // Turn 2 matches through its context (the turn before it); turn 3 does not match.
         let off = top3(&only(|_| {}), Filter::default());
         assert!(!off.contains(&ids[2]), "{off:?}");
-        for candidates_min in [40, 1] {
+        for (candidates_min, seal) in [(40, false), (1, false), (40, true)] {
+            if seal {
+                v.seal().unwrap();
+            }
             let mut smooth = only(|g| g.neighbour_weight = 1.0);
             smooth.candidates_min = candidates_min;
             let on = top3(&smooth, Filter::default());
@@ -604,10 +607,17 @@ mod tests {
         );
         let q = "tomato garden";
         let at = |r: &[u64], id| r.iter().position(|&x| x == id).unwrap();
-        let off = ranked(&v, q, &only(|_| {}), Filter::default());
-        assert!(at(&off, ids[2]) < at(&off, ids[6]), "{off:?}");
-        let on = ranked(&v, q, &only(|g| g.session_weight = 1.0), Filter::default());
-        assert!(at(&on, ids[6]) < at(&on, ids[2]), "{on:?}");
+        // In the memtable (sessions found by walking its docs), then in a segment (found by
+        // its session index).
+        for sealed in [false, true] {
+            if sealed {
+                v.seal().unwrap();
+            }
+            let off = ranked(&v, q, &only(|_| {}), Filter::default());
+            assert!(at(&off, ids[2]) < at(&off, ids[6]), "{sealed}: {off:?}");
+            let on = ranked(&v, q, &only(|g| g.session_weight = 1.0), Filter::default());
+            assert!(at(&on, ids[6]) < at(&on, ids[2]), "{sealed}: {on:?}");
+        }
     }
 
     #[test]

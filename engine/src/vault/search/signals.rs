@@ -3,9 +3,9 @@
 //! smoothing and the question penalty. Every pass is over the candidates, their sessions'
 //! memories near them and the query's postings in those sessions — never over the vault.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use crate::lexical::{BM25_B, BM25_K1, LexicalSource, Postings, term_counts};
+use crate::lexical::{BM25_B, BM25_K1, Postings, term_counts};
 use crate::policy::Signals;
 use crate::record::MemoryId;
 use crate::vault::state::{Loc, Source};
@@ -17,7 +17,7 @@ use super::dates::{Granularity, Named};
 const NEIGHBOUR_SKIP_MAX: u32 = 8;
 /// A session scored as one document is its memories within this many positions of a
 /// candidate (on each side), so a session of thousands of messages costs no more than this.
-const SESSION_SPAN: usize = 64;
+const SESSION_SPAN: usize = 16;
 
 /// One candidate being re-ranked.
 pub(super) struct Entry {
@@ -63,7 +63,7 @@ impl Context<'_, '_> {
     /// `entries` (the caller builds its hits from there).
     pub fn rerank(&self, entries: &mut Vec<Entry>) -> Vec<(MemoryId, f32)> {
         let g = self.signals;
-        let mut index: HashMap<MemoryId, usize> =
+        let mut index: foldhash::HashMap<MemoryId, usize> =
             entries.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
         // Neighbours of every candidate, as entry indices; new ones join with a fused 0.
         let mut neighbours: Vec<[Option<usize>; 2]> = Vec::new();
@@ -196,35 +196,40 @@ impl Context<'_, '_> {
             return vec![0.0; entries.len()];
         }
         // Sessions in first-seen order, and each entry's session.
-        let mut session_of: HashMap<&str, usize> = HashMap::new();
+        let mut session_of: foldhash::HashMap<&str, usize> = foldhash::HashMap::default();
         let mut entry_session: Vec<usize> = Vec::with_capacity(entries.len());
-        // Per session: per source, the candidate docs.
-        let mut docs: Vec<HashMap<usize, Vec<u32>>> = Vec::new();
+        // (session, source, doc) of every candidate, grouped below by session and source.
+        let mut groups: Vec<(usize, usize, u32)> = Vec::with_capacity(entries.len());
         for e in entries {
             let session = self.sources[e.loc.source].session(e.loc.doc);
             let next = session_of.len();
             let s = *session_of.entry(session).or_insert(next);
-            if s == docs.len() {
-                docs.push(HashMap::new());
-            }
-            docs[s].entry(e.loc.source).or_default().push(e.loc.doc);
+            groups.push((s, e.loc.source, e.loc.doc));
             entry_session.push(s);
         }
-        // Term weights: idf over every source, times the query term's count.
+        groups.sort_unstable();
+        let n_sessions = session_of.len();
+        // Term weights (idf over every source, times the query term's count) and each
+        // term's postings per source.
         let n: f64 = self
             .sources
             .iter()
             .map(|s| f64::from(s.lexical().n_docs()))
             .sum();
-        let mut postings: HashMap<(usize, usize), Postings<'_>> = HashMap::new();
+        let lists: Vec<Vec<Postings<'_>>> = terms
+            .iter()
+            .map(|(term, _)| {
+                self.sources
+                    .iter()
+                    .map(|s| s.lexical().postings(term))
+                    .collect()
+            })
+            .collect();
         let weights: Vec<f32> = terms
             .iter()
-            .map(|(term, qtf)| {
-                let df: f64 = self
-                    .sources
-                    .iter()
-                    .map(|s| s.lexical().postings(term).len() as f64)
-                    .sum();
+            .zip(&lists)
+            .map(|((_, qtf), lists)| {
+                let df: f64 = lists.iter().map(|p| p.len() as f64).sum();
                 if df == 0.0 {
                     0.0
                 } else {
@@ -233,35 +238,38 @@ impl Context<'_, '_> {
             })
             .collect();
         // Per session: summed term frequencies and length.
-        let mut tfs: Vec<Vec<u32>> = vec![vec![0; terms.len()]; docs.len()];
-        let mut lens: Vec<u64> = vec![0; docs.len()];
-        for (s, by_source) in docs.into_iter().enumerate() {
-            for (src, candidates) in by_source {
-                let source = self.sources[src];
-                let members = self.session_members(source, &candidates);
-                let lexical: &dyn LexicalSource = source.lexical();
-                let doc_lens = lexical.doc_lens();
-                lens[s] += members
-                    .iter()
-                    .map(|&d| u64::from(doc_lens.get(d)))
-                    .sum::<u64>();
-                for (t, (term, _)) in terms.iter().enumerate() {
-                    if weights[t] == 0.0 {
-                        continue;
+        let mut tfs: Vec<Vec<u32>> = vec![vec![0; terms.len()]; n_sessions];
+        let mut lens: Vec<u64> = vec![0; n_sessions];
+        let mut candidates: Vec<u32> = Vec::new();
+        let mut at_group = 0;
+        while at_group < groups.len() {
+            let (s, src, _) = groups[at_group];
+            candidates.clear();
+            while at_group < groups.len() && groups[at_group].0 == s && groups[at_group].1 == src {
+                candidates.push(groups[at_group].2);
+                at_group += 1;
+            }
+            let source = self.sources[src];
+            let members = self.session_members(source, &candidates);
+            let doc_lens = source.lexical().doc_lens();
+            lens[s] += members
+                .iter()
+                .map(|&d| u64::from(doc_lens.get(d)))
+                .sum::<u64>();
+            for (t, lists) in lists.iter().enumerate() {
+                if weights[t] == 0.0 {
+                    continue;
+                }
+                let list = lists[src];
+                let mut at = 0;
+                for &d in &members {
+                    at = list.seek(at, d);
+                    if at >= list.len() {
+                        break;
                     }
-                    let list = *postings
-                        .entry((src, t))
-                        .or_insert_with(|| lexical.postings(term));
-                    let mut at = 0;
-                    for &d in &members {
-                        at = list.seek(at, d);
-                        if at >= list.len() {
-                            break;
-                        }
-                        let (doc, tf) = list.get(at);
-                        if doc == d {
-                            tfs[s][t] += tf;
-                        }
+                    let (doc, tf) = list.get(at);
+                    if doc == d {
+                        tfs[s][t] += tf;
                     }
                 }
             }
@@ -314,9 +322,16 @@ impl Context<'_, '_> {
                 }
             }
             None => {
-                // A memtable: walk out from each candidate, past a few other sessions' docs.
-                let mut seen: HashSet<u32> = HashSet::new();
-                for &c in candidates {
+                // A memtable: walk out from each candidate (ascending), past a few other
+                // sessions' docs; a doc a walk from an earlier candidate reached is not
+                // walked again.
+                let mut sorted = candidates.to_vec();
+                sorted.sort_unstable();
+                let mut done: Option<u32> = None;
+                for c in sorted {
+                    if done.is_some_and(|hi| c <= hi) {
+                        continue;
+                    }
                     for up in [false, true] {
                         let (mut found, mut skipped) = (0usize, 0u32);
                         let mut d = c;
@@ -327,6 +342,9 @@ impl Context<'_, '_> {
                                 (true, d) if d + 1 >= source.len() => break,
                                 (true, d) => d + 1,
                             };
+                            if !up && done.is_some_and(|hi| d <= hi) {
+                                break;
+                            }
                             if source.session(d) != session {
                                 skipped += 1;
                                 if skipped > NEIGHBOUR_SKIP_MAX {
@@ -336,19 +354,23 @@ impl Context<'_, '_> {
                             }
                             skipped = 0;
                             found += 1;
-                            if !seen.insert(d) || found > SESSION_SPAN {
-                                break;
-                            }
                             if live(d) {
                                 out.push(d);
                             }
+                            if found >= SESSION_SPAN {
+                                break;
+                            }
+                        }
+                        if up {
+                            done = Some(d);
                         }
                     }
-                    if seen.insert(c) && live(c) {
+                    if live(c) {
                         out.push(c);
                     }
                 }
                 out.sort_unstable();
+                out.dedup();
             }
         }
         out
