@@ -53,7 +53,7 @@ pub struct Signals {
     pub date_boost_year: f32,
     pub date_window_days: u32,
     /// Session-level BM25: each session holding a candidate is scored as one document
-    /// (its memories near the candidates, up to 64 on each side of one), divided by the best
+    /// (its memories near the candidates, up to 16 on each side of one), divided by the best
     /// session's score, times this, and added to every candidate of that session. A session
     /// that talks about the query's subject lifts its turns, also the turns that do not
     /// repeat its words.
