@@ -99,7 +99,10 @@ pub use distance::{Quantized, UnitDistance, exact_top_k};
 pub use error::{Error, Result};
 pub use hnsw::HnswParams;
 pub use limits::MEMTABLE_RECORDS_MAX_DEFAULT;
-pub use policy::{RetrievalPolicy, SIMILARITY_MIN_LEXICAL, SIMILARITY_MIN_TRANSFORMER};
+pub use policy::{
+    DATE_WINDOW_DAYS, DEFAULT_SIGNALS, RetrievalPolicy, SIMILARITY_MIN_LEXICAL,
+    SIMILARITY_MIN_TRANSFORMER, Signals,
+};
 pub use query::{Filter, Hit, SearchQuery};
 pub use record::{Memory, MemoryId, Metadata, NewMemory, Role, content_hash};
 pub use registry::{

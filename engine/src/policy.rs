@@ -1,7 +1,8 @@
 //! The retrieval policy: every knob that decides how a vault ranks, in one struct — how the
 //! vector and BM25 lists are fused and weighted, the recency and session priors, the
-//! candidate pool each retriever proposes, and the cosine at which a memory counts as
-//! relevant to a prepare. Defaults are per embedder kind ([`RetrievalPolicy::for_kind`]);
+//! candidate pool each retriever proposes, the recall signals that need no model (dates
+//! named in the query, session-level BM25, neighbour smoothing, the question penalty), and
+//! the cosine at which a memory counts as relevant to a prepare. Defaults are per embedder kind ([`RetrievalPolicy::for_kind`]);
 //! the server's `[retrieval]` settings override single fields.
 //!
 //! To try a different fusion: change [`RetrievalPolicy::for_kind`] (defaults) or set
@@ -9,7 +10,7 @@
 //! `docs/benchmarks.md`); the search itself (`vault/search.rs`) reads only this struct.
 
 use crate::embedder::EmbedderKind;
-use crate::fusion::{DEFAULT_FUSION, FusionMethod, FusionParams};
+use crate::fusion::{DEFAULT_FUSION, FusionMethod, FusionParams, LEXICAL_EMBEDDER_FUSION};
 
 /// How a vault ranks.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -33,7 +34,92 @@ pub struct RetrievalPolicy {
     /// with the query still counts as relevant in a prepare. `None` where no default can be
     /// given (a static model's cosines sit on a scale of their own; the operator sets it).
     pub similarity_min: Option<f32>,
+    /// The recall signals added to the fused score (see [`Signals`]); all 0 = plain fusion.
+    pub signals: Signals,
 }
+
+/// Signals that need no model, added to a candidate's fused score (which lies in `[0, 1]`)
+/// before the final ranking; the sum is rescaled into `[0, 1]`. Chosen and measured on the
+/// LoCoMo dev split with one conversation held out at a time (`docs/benchmarks.md`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Signals {
+    /// Dates named in the query: a memory created in `[d, d + date_window_days]` of a day
+    /// `d` the query names ("on 13 October, 2023", "on May 3") gains `date_boost_day`; of a
+    /// named month ("in June 2023", "in June": `d` runs over the month) `date_boost_month`;
+    /// of a named year `date_boost_year`. People speak of an event on the day or in the
+    /// days after it. The largest applies when the query names several dates.
+    pub date_boost_day: f32,
+    pub date_boost_month: f32,
+    pub date_boost_year: f32,
+    pub date_window_days: u32,
+    /// Session-level BM25: each session holding a candidate is scored as one document
+    /// (its memories near the candidates, up to 16 on each side of one), divided by the best
+    /// session's score, times this, and added to every candidate of that session. A session
+    /// that talks about the query's subject lifts its turns, also the turns that do not
+    /// repeat its words.
+    pub session_weight: f32,
+    /// Neighbour smoothing: a memory gains this × the higher fused score of the previous and
+    /// the next memory of its session (the adjacent memories of the same session, within
+    /// the same source); those neighbours become candidates too. An answer is often the
+    /// turn after the one that shares the query's words.
+    pub neighbour_weight: f32,
+    /// A memory whose text ends in "?" loses this: a question shares the query's words but
+    /// is rarely what answers it.
+    pub question_penalty: f32,
+}
+
+impl Signals {
+    /// No signal: the search ranks by fusion and priors alone.
+    pub const OFF: Signals = Signals {
+        date_boost_day: 0.0,
+        date_boost_month: 0.0,
+        date_boost_year: 0.0,
+        date_window_days: DATE_WINDOW_DAYS,
+        session_weight: 0.0,
+        neighbour_weight: 0.0,
+        question_penalty: 0.0,
+    };
+
+    /// Whether any signal can change a score.
+    pub fn any(&self) -> bool {
+        self.date_boost() > 0.0
+            || self.session_weight > 0.0
+            || self.neighbour_weight > 0.0
+            || self.question_penalty > 0.0
+    }
+
+    /// The largest date boost.
+    pub fn date_boost(&self) -> f32 {
+        self.date_boost_day
+            .max(self.date_boost_month)
+            .max(self.date_boost_year)
+    }
+
+    /// The most the signals can add above, and take below, a fused score: final scores are
+    /// `(fused + signals + question_penalty) / (1 + span())`, in `[0, 1]`.
+    pub fn span(&self) -> f32 {
+        self.date_boost() + self.session_weight + self.neighbour_weight + self.question_penalty
+    }
+}
+
+/// Days after a named date (or the end of a named month or year) that still count as
+/// talking about it.
+pub const DATE_WINDOW_DAYS: u32 = 7;
+
+/// The measured defaults of the signals (the same for every embedder kind until a semantic
+/// model is measured with them): the values leave-one-conversation-out tuning on the LoCoMo
+/// dev split chose for most held-out conversations (`locomo --loco`, `docs/benchmarks.md`).
+/// A named day or month lifts a memory of its window above almost any other candidate; a
+/// window of a week (not two) is what the folds chose.
+pub const DEFAULT_SIGNALS: Signals = Signals {
+    date_boost_day: 0.8,
+    date_boost_month: 0.8,
+    date_boost_year: 0.1,
+    date_window_days: DATE_WINDOW_DAYS,
+    session_weight: 0.2,
+    neighbour_weight: 0.3,
+    question_penalty: 0.3,
+};
 
 /// `similarity_min` of the built-in embedder: above its noise between unrelated sentences
 /// (measured up to ~0.18), below its score for a shared rare word.
@@ -46,10 +132,14 @@ pub const SIMILARITY_MIN_TRANSFORMER: f32 = 0.4;
 impl RetrievalPolicy {
     /// The measured defaults for an embedder kind. The fusion weights were chosen with the
     /// built-in (lexical) embedder, where the vector list mostly repeats BM25 with more
-    /// noise (`fusion::DEFAULT_FUSION`); semantic kinds use the same until re-measured.
+    /// noise (`fusion::LEXICAL_EMBEDDER_FUSION`, re-measured with the recall signals);
+    /// semantic kinds keep `fusion::DEFAULT_FUSION` until measured.
     pub fn for_kind(kind: EmbedderKind) -> RetrievalPolicy {
         RetrievalPolicy {
-            fusion: DEFAULT_FUSION,
+            fusion: match kind {
+                EmbedderKind::Lexical => LEXICAL_EMBEDDER_FUSION,
+                EmbedderKind::Static | EmbedderKind::Transformer => DEFAULT_FUSION,
+            },
             recency_prior_max: 0.03,
             recency_half_life_days: 30.0,
             session_boost: 0.05,
@@ -60,6 +150,7 @@ impl RetrievalPolicy {
                 EmbedderKind::Transformer => Some(SIMILARITY_MIN_TRANSFORMER),
                 EmbedderKind::Static => None,
             },
+            signals: DEFAULT_SIGNALS,
         }
     }
 
@@ -103,6 +194,19 @@ impl RetrievalPolicy {
         unit("session_boost", self.session_boost)?;
         if let Some(s) = self.similarity_min {
             unit("similarity_min", s)?;
+        }
+        let g = &self.signals;
+        unit("date_boost_day", g.date_boost_day)?;
+        unit("date_boost_month", g.date_boost_month)?;
+        unit("date_boost_year", g.date_boost_year)?;
+        unit("session_weight", g.session_weight)?;
+        unit("neighbour_weight", g.neighbour_weight)?;
+        unit("question_penalty", g.question_penalty)?;
+        if g.date_window_days > 366 {
+            return Err(format!(
+                "date_window_days {} is outside 0..=366",
+                g.date_window_days
+            ));
         }
         if !(self.recency_half_life_days.is_finite() && self.recency_half_life_days > 0.0) {
             return Err(format!(
@@ -171,6 +275,39 @@ mod tests {
             ..base
         };
         assert!(bad.validate().unwrap_err().contains("candidates_per_k"));
+        for (signals, field) in [
+            (
+                Signals {
+                    date_boost_month: 1.5,
+                    ..DEFAULT_SIGNALS
+                },
+                "date_boost_month",
+            ),
+            (
+                Signals {
+                    neighbour_weight: f32::NAN,
+                    ..DEFAULT_SIGNALS
+                },
+                "neighbour_weight",
+            ),
+            (
+                Signals {
+                    question_penalty: -0.1,
+                    ..DEFAULT_SIGNALS
+                },
+                "question_penalty",
+            ),
+            (
+                Signals {
+                    date_window_days: 400,
+                    ..DEFAULT_SIGNALS
+                },
+                "date_window_days",
+            ),
+        ] {
+            let bad = RetrievalPolicy { signals, ..base };
+            assert!(bad.validate().unwrap_err().contains(field), "{field}");
+        }
         let bad = RetrievalPolicy {
             fusion: FusionParams {
                 method: FusionMethod::Weighted {

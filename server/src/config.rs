@@ -33,6 +33,14 @@
 //! session_boost = 0.05              # prior of memories in the request's session
 //! candidates_per_k = 2              # each retriever proposes max(k × this, candidates_min)
 //! candidates_min = 40
+//! date_boost_day = 0.8              # a memory in the window of a day the query names
+//! date_boost_month = 0.8            # … of a month it names ("in June")
+//! date_boost_year = 0.1             # … of a year it names
+//! date_window_days = 7              # window: the date (or month, year) and this many days after
+//! session_weight = 0.2              # session-level BM25, added to every turn of the session
+//! neighbour_weight = 0.3            # × the better fused score of the previous/next turn
+//! question_penalty = 0.3            # taken from memories ending in "?"
+//!                                   # (0 turns a signal off; engine::Signals documents each)
 //!
 //! [embedder]
 //! model_dir = "/models/all-MiniLM-L6-v2"  # a local model (docs/format.md); unset = built-in
@@ -170,6 +178,15 @@ pub struct Retrieval {
     pub session_boost: Option<f32>,
     pub candidates_per_k: Option<usize>,
     pub candidates_min: Option<usize>,
+    /// The recall signals (`engine::Signals`): dates named in the query, session-level
+    /// BM25, neighbour smoothing, the question penalty. 0 turns one off.
+    pub date_boost_day: Option<f32>,
+    pub date_boost_month: Option<f32>,
+    pub date_boost_year: Option<f32>,
+    pub date_window_days: Option<u32>,
+    pub session_weight: Option<f32>,
+    pub neighbour_weight: Option<f32>,
+    pub question_penalty: Option<f32>,
 }
 
 /// How `[retrieval] fusion` combines the vector and BM25 lists.
@@ -232,6 +249,14 @@ impl Retrieval {
         p.session_boost = self.session_boost.unwrap_or(p.session_boost);
         p.candidates_per_k = self.candidates_per_k.unwrap_or(p.candidates_per_k);
         p.candidates_min = self.candidates_min.unwrap_or(p.candidates_min);
+        let g = &mut p.signals;
+        g.date_boost_day = self.date_boost_day.unwrap_or(g.date_boost_day);
+        g.date_boost_month = self.date_boost_month.unwrap_or(g.date_boost_month);
+        g.date_boost_year = self.date_boost_year.unwrap_or(g.date_boost_year);
+        g.date_window_days = self.date_window_days.unwrap_or(g.date_window_days);
+        g.session_weight = self.session_weight.unwrap_or(g.session_weight);
+        g.neighbour_weight = self.neighbour_weight.unwrap_or(g.neighbour_weight);
+        g.question_penalty = self.question_penalty.unwrap_or(g.question_penalty);
         if self.similarity_min.is_some() {
             p.similarity_min = self.similarity_min;
         }
@@ -618,22 +643,32 @@ mod tests {
             .unwrap();
         assert_eq!(default, engine::RetrievalPolicy::for_kind(lexical));
         let config = Config::from_toml(
-            "[retrieval]\nfusion = \"rrf\"\nvector_weight = 0.5\nsession_boost = 0.0\ncandidates_min = 80\n",
+            "[retrieval]\nfusion = \"rrf\"\nvector_weight = 0.5\nsession_boost = 0.0\ncandidates_min = 80\nneighbour_weight = 0.0\ndate_window_days = 3\n",
         )
         .unwrap();
         let p = config.retrieval.policy(lexical).unwrap();
+        let FusionMethod::Weighted { lexical_weight, .. } = default.fusion.method else {
+            panic!("the built-in embedder's default fusion is weighted");
+        };
         assert_eq!(
             p.fusion.method,
             FusionMethod::Rrf {
                 k0: 60.0,
                 vector_weight: 0.5,
-                lexical_weight: 0.8
+                lexical_weight,
             }
         );
         assert_eq!((p.session_boost, p.candidates_min), (0.0, 80));
         assert_eq!(p.recency_half_life_days, default.recency_half_life_days);
+        assert_eq!(
+            (p.signals.neighbour_weight, p.signals.date_window_days),
+            (0.0, 3)
+        );
+        assert_eq!(p.signals.session_weight, default.signals.session_weight);
         for (toml, field) in [
             ("session_boost = 3.0", "retrieval.session_boost"),
+            ("question_penalty = 1.5", "retrieval.question_penalty"),
+            ("date_window_days = 1000", "retrieval.date_window_days"),
             ("candidates_per_k = 0", "retrieval.candidates_per_k"),
             ("rrf_k0 = 10.0", "retrieval.rrf_k0"),
             (

@@ -3,7 +3,7 @@
 //! Long (~770 lines): one harness binary, its variants (sweeps, misses, cosines)
 //! sharing the loaders and scorers.
 //!
-//! `cargo run -p benches --release --bin locomo -- PATH/TO/locomo-dev.json [--sweep] [--misses] [--model DIR]`
+//! `cargo run -p benches --release --bin locomo -- PATH/TO/locomo-dev.json [--loco] [--sweep] [--misses] [--model DIR]`
 //!
 //! `locomo-dev.json` is the LoCoMo dev split; it is not distributed with the project, so pass
 //! its path.
@@ -22,6 +22,15 @@
 //!   previous turn of its session (speaker name dropped) — what the vault does since WAL /
 //!   segment format 2 (it keeps the speaker, which is part of the stored text).
 //!
+//! - `vault, signals off`: the same vault ranked without the recall signals
+//!   (`RetrievalPolicy::signals` = `Signals::OFF`), in the same run (recall and latency
+//!   before/after).
+//!
+//! `--loco` adds leave-one-conversation-out tuning of the fusion weight and the recall
+//! signals (tuned on three conversations, scored on the fourth, for each; see
+//! `leave_one_out`), the figure to report: tuning on all four overstates recall.
+//! `--ablate` (with `--loco`) also scores, held out, each signal removed (the others tuned).
+//! `--latency` times the vault's search with each signal alone, all, and none.
 //! `--sweep` adds fusion variants (used to choose `engine::fusion::DEFAULT_FUSION`);
 //! `--explore` adds other contexts (speaker kept, next turn, own text twice, two previous
 //! turns) and pseudo-relevance feedback (RM3-style expansion from the top BM25 docs);
@@ -37,13 +46,15 @@ use engine::fusion::{DEFAULT_FUSION, FusionMethod, FusionParams, fuse_with};
 use engine::lexical::{LexicalSource, MemLexical, bm25};
 use engine::{
     BuiltinEmbedder, Durability, Embedder, Engine, EngineConfig, Filter, LocalModelEmbedder,
-    NewMemory, Role, SearchQuery, Vault,
+    NewMemory, RetrievalPolicy, Role, SearchQuery, Signals, Vault,
 };
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Rows of the table with a per-category breakdown (the ones `methods` always lists).
+const FIXED_ROWS: usize = 7;
 /// How many candidates each list contributes to fusion in the module-level rows.
 const FUSION_CANDIDATES: usize = 40;
 const K_MAX: usize = 10;
@@ -197,14 +208,24 @@ impl VaultIndex {
         })
     }
 
-    fn search(&self, query: &str, k: usize) -> Result<Vec<(u64, f32)>> {
-        let hits = self.vault.search(&SearchQuery {
+    /// The turns `policy` ranks for `query` (the vault's own policy when `None`).
+    fn search(
+        &self,
+        query: &str,
+        k: usize,
+        policy: Option<&RetrievalPolicy>,
+    ) -> Result<Vec<(u64, f32)>> {
+        let q = SearchQuery {
             text: query.to_owned(),
             k,
             filter: Filter::default(),
             boost_session: None,
             now_ms: self.now_ms,
-        })?;
+        };
+        let hits = match policy {
+            Some(p) => self.vault.search_with(&q, p)?,
+            None => self.vault.search(&q)?,
+        };
         let mut out: Vec<(u64, f32)> = Vec::new();
         for hit in hits {
             if let Some(&turn) = self.turn_of.get(&hit.memory.id)
@@ -250,6 +271,22 @@ impl Tally {
         self.latencies_us.push(micros);
     }
 
+    /// Adds `other`'s questions (latencies are not kept: a merged tally is for recall).
+    fn merge(&mut self, other: &Tally) {
+        for c in 0..5 {
+            self.questions[c] += other.questions[c];
+            self.recall5[c] += other.recall5[c];
+            self.recall10[c] += other.recall10[c];
+            self.mrr[c] += other.mrr[c];
+        }
+    }
+
+    /// (R@5, R@10, MRR) of category `c` (0 = all).
+    fn rates(&self, c: usize) -> (f64, f64, f64) {
+        let n = self.questions[c].max(1) as f64;
+        (self.recall5[c] / n, self.recall10[c] / n, self.mrr[c] / n)
+    }
+
     fn percentile(&self, p: f64) -> f64 {
         let mut v = self.latencies_us.clone();
         v.sort_by(f64::total_cmp);
@@ -264,6 +301,8 @@ impl Tally {
 #[derive(Clone, Copy)]
 enum Method {
     Vault,
+    /// The vault ranked by another policy (`Vault::search_with`).
+    VaultWith(RetrievalPolicy),
     Bm25 {
         context: bool,
     },
@@ -399,9 +438,16 @@ fn with_previous_turn(conv: &Conversation) -> Vec<String> {
         .collect()
 }
 
-fn methods(sweep: bool, explore: bool) -> Vec<(String, Method)> {
+fn methods(policy: RetrievalPolicy, sweep: bool, explore: bool) -> Vec<(String, Method)> {
     let mut out = vec![
         ("vault (product)".to_string(), Method::Vault),
+        (
+            "vault, signals off".to_string(),
+            Method::VaultWith(RetrievalPolicy {
+                signals: Signals::OFF,
+                ..policy
+            }),
+        ),
         ("bm25".into(), Method::Bm25 { context: false }),
         ("embedder".into(), Method::Embedder),
         (
@@ -515,7 +561,9 @@ fn main() -> Result<()> {
         .iter()
         .find(|a| !a.starts_with("--") && Some(*a) != model_dir)
     else {
-        bail!("usage: locomo <locomo-dev.json> [--sweep] [--explore] [--misses] [--model DIR]");
+        bail!(
+            "usage: locomo <locomo-dev.json> [--loco [--ablate]] [--latency] [--sweep] [--explore] [--misses] [--cosines] [--model DIR]"
+        );
     };
     let sweep = args.iter().any(|a| a == "--sweep");
     let explore = args.iter().any(|a| a == "--explore");
@@ -529,7 +577,9 @@ fn main() -> Result<()> {
         ),
         None => Arc::new(BuiltinEmbedder::new()),
     };
-    let methods = methods(sweep, explore);
+    let loco = args.iter().any(|a| a == "--loco");
+    let defaults = RetrievalPolicy::for_kind(raw.kind());
+    let methods = methods(defaults, sweep, explore);
     let embed_us = embed_micros_per_turn(raw.as_ref(), &conversations);
     // Every row embeds the same turns and questions again; a model embeds in milliseconds,
     // so with one all rows share a cache (embedders are deterministic: recall is unchanged,
@@ -579,7 +629,8 @@ fn main() -> Result<()> {
                 let q = qa.question.as_str();
                 let start = Instant::now();
                 let ranked = match *method {
-                    Method::Vault => vault.search(q, K_MAX)?,
+                    Method::Vault => vault.search(q, K_MAX, None)?,
+                    Method::VaultWith(p) => vault.search(q, K_MAX, Some(&p))?,
                     Method::Bm25 { context: c } => {
                         if c { &context } else { &plain }.lexical(q, K_MAX)
                     }
@@ -624,7 +675,7 @@ fn main() -> Result<()> {
     );
     for (i, ((name, _), t)) in methods.iter().zip(&tallies).enumerate() {
         // The fixed rows get a per-category breakdown; sweep variants one line each.
-        let categories = if i < 6 { 0..5 } else { 0..1 };
+        let categories = if i < FIXED_ROWS { 0..5 } else { 0..1 };
         for c in categories {
             let n = t.questions[c] as f64;
             if n == 0.0 {
@@ -650,6 +701,378 @@ fn main() -> Result<()> {
     }
     if cosines {
         print_cosines(embedder, &conversations, &turn_vectors);
+    }
+    if loco {
+        let ablate = args.iter().any(|a| a == "--ablate");
+        leave_one_out(&conversations, &cached, defaults, ablate)?;
+    }
+    if args.iter().any(|a| a == "--latency") {
+        signal_latency(&conversations, &cached, defaults)?;
+    }
+    Ok(())
+}
+
+/// One knob `--loco` tunes: its name, the values tried, and how it is set.
+type Knob = (&'static str, &'static [f32], fn(&mut RetrievalPolicy, f32));
+
+/// The knobs `--loco` tunes, by coordinate ascent: the fusion's vector weight (BM25 gets
+/// the rest), the candidate pool (`candidates_min`) and every recall signal.
+const KNOBS: [Knob; 9] = [
+    ("vector_weight", &[0.05, 0.1, 0.2, 0.3], |p, v| {
+        p.fusion.method = FusionMethod::Weighted {
+            vector_weight: v,
+            lexical_weight: 1.0 - v,
+        }
+    }),
+    ("candidates_min", &[40.0, 60.0, 80.0], |p, v| {
+        p.candidates_min = v as usize
+    }),
+    ("date_boost_day", &[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], |p, v| {
+        p.signals.date_boost_day = v
+    }),
+    (
+        "date_boost_month",
+        &[0.0, 0.15, 0.3, 0.45, 0.6, 0.8, 1.0],
+        |p, v| p.signals.date_boost_month = v,
+    ),
+    ("date_boost_year", &[0.0, 0.05, 0.1, 0.2, 0.3], |p, v| {
+        p.signals.date_boost_year = v
+    }),
+    ("date_window_days", &[5.0, 7.0, 10.0, 14.0, 21.0], |p, v| {
+        p.signals.date_window_days = v as u32
+    }),
+    (
+        "session_weight",
+        &[0.0, 0.1, 0.2, 0.3, 0.45, 0.6],
+        |p, v| p.signals.session_weight = v,
+    ),
+    (
+        "neighbour_weight",
+        &[0.0, 0.1, 0.2, 0.3, 0.45, 0.6],
+        |p, v| p.signals.neighbour_weight = v,
+    ),
+    (
+        "question_penalty",
+        &[0.0, 0.1, 0.2, 0.3, 0.45, 0.6],
+        |p, v| p.signals.question_penalty = v,
+    ),
+];
+
+/// A signal removed in an `--ablate` run: its name and how its knobs are zeroed.
+type Ablation = (&'static str, fn(&mut Signals));
+
+/// What tuning maximises: the mean of R@5 and R@10 over the questions of the tuning
+/// conversations (both are targets of issue 13).
+fn objective(t: &Tally) -> f64 {
+    let (r5, r10, _) = t.rates(0);
+    (r5 + r10) / 2.0
+}
+
+/// Per-conversation tallies of the vault ranked by one policy, cached by policy.
+struct Evaluator<'a> {
+    conversations: &'a [Conversation],
+    indexes: Vec<VaultIndex>,
+    cache: HashMap<String, Vec<Tally>>,
+}
+
+impl Evaluator<'_> {
+    fn tallies(&mut self, policy: &RetrievalPolicy) -> Result<&[Tally]> {
+        let key = format!("{policy:?}");
+        if !self.cache.contains_key(&key) {
+            let mut out = Vec::with_capacity(self.conversations.len());
+            for (conv, index) in self.conversations.iter().zip(&self.indexes) {
+                let mut t = Tally::default();
+                for qa in conv
+                    .questions
+                    .iter()
+                    .filter(|q| (1..=4).contains(&q.category))
+                {
+                    if qa.evidence.is_empty() {
+                        continue;
+                    }
+                    let ranked = index.search(&qa.question, K_MAX, Some(policy))?;
+                    let ids: Vec<u64> = ranked.iter().map(|h| h.0).collect();
+                    t.add(qa.category, &qa.evidence, &ids, 0.0);
+                }
+                out.push(t);
+            }
+            self.cache.insert(key.clone(), out);
+        }
+        Ok(&self.cache[&key])
+    }
+
+    /// The pooled tally of `policy` over the conversations `on`.
+    fn pooled(&mut self, policy: &RetrievalPolicy, on: &[usize]) -> Result<Tally> {
+        let all = self.tallies(policy)?;
+        let mut t = Tally::default();
+        for &c in on {
+            t.merge(&all[c]);
+        }
+        Ok(t)
+    }
+
+    /// Coordinate ascent over [`KNOBS`] from `start`, maximising [`objective`] on the
+    /// conversations `on`, until a round changes nothing (at most 3 rounds).
+    fn tune(&mut self, start: RetrievalPolicy, on: &[usize]) -> Result<RetrievalPolicy> {
+        self.tune_except(start, on, "")
+    }
+
+    /// [`Evaluator::tune`] leaving the knobs of the signal an ablation named (`"without
+    /// dates"` and so on) as `start` has them.
+    fn tune_except(
+        &mut self,
+        start: RetrievalPolicy,
+        on: &[usize],
+        ablation: &str,
+    ) -> Result<RetrievalPolicy> {
+        let skipped = |knob: &str| {
+            let signal = knob.split('_').next().unwrap_or(knob);
+            !ablation.is_empty()
+                && (ablation.contains(signal)
+                    || (signal == "date" && ablation.contains("dates"))
+                    || (signal == "neighbour" && ablation.contains("neighbours")))
+        };
+        let mut best = start;
+        let mut best_score = objective(&self.pooled(&best, on)?);
+        for _ in 0..3 {
+            let mut changed = false;
+            for (name, values, set) in KNOBS {
+                if skipped(name) {
+                    continue;
+                }
+                for &v in values {
+                    let mut p = best;
+                    set(&mut p, v);
+                    let score = objective(&self.pooled(&p, on)?);
+                    // Strictly better only: ties keep the current (default-side) value.
+                    if score > best_score + 1e-9 {
+                        (best, best_score, changed) = (p, score, true);
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        Ok(best)
+    }
+}
+
+/// The knobs of `p` that [`KNOBS`] tunes, on one line.
+fn knobs_of(p: &RetrievalPolicy) -> String {
+    let wv = match p.fusion.method {
+        FusionMethod::Weighted { vector_weight, .. } | FusionMethod::Rrf { vector_weight, .. } => {
+            vector_weight
+        }
+    };
+    let g = &p.signals;
+    format!(
+        "vector {wv} pool {} day {} month {} year {} window {} session {} neighbour {} question {}",
+        p.candidates_min,
+        g.date_boost_day,
+        g.date_boost_month,
+        g.date_boost_year,
+        g.date_window_days,
+        g.session_weight,
+        g.neighbour_weight,
+        g.question_penalty
+    )
+}
+
+/// `--loco`: leave-one-conversation-out. For each conversation, the knobs are tuned on the
+/// other three (coordinate ascent from the defaults) and the tuned policy is scored on the
+/// held-out one; reported per held-out conversation, pooled over all questions (each
+/// scored by the policy tuned without its conversation) with a per-category breakdown, and
+/// as the mean over the held-out conversations. Then, for comparison, the defaults and a
+/// policy tuned on all four, both scored in-sample.
+fn leave_one_out(
+    conversations: &[Conversation],
+    embedder: &Arc<dyn Embedder>,
+    defaults: RetrievalPolicy,
+    ablate: bool,
+) -> Result<()> {
+    let indexes = conversations
+        .iter()
+        .map(|c| VaultIndex::new(c, Arc::clone(embedder)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut eval = Evaluator {
+        conversations,
+        indexes,
+        cache: HashMap::new(),
+    };
+    let n = conversations.len();
+    let started = Instant::now();
+    println!("\nleave-one-conversation-out (tuned on the others, objective (R@5 + R@10) / 2):");
+    println!(
+        "{:<12} {:>5} {:>7} {:>7} {:>7}   tuned on the others",
+        "held out", "n", "R@5", "R@10", "MRR"
+    );
+    let mut pooled = Tally::default();
+    let mut macro_sum = (0.0, 0.0, 0.0);
+    for (held, conv) in conversations.iter().enumerate() {
+        let train: Vec<usize> = (0..n).filter(|&c| c != held).collect();
+        let tuned = eval.tune(defaults, &train)?;
+        let t = eval.tallies(&tuned)?[held].clone();
+        let (r5, r10, mrr) = t.rates(0);
+        macro_sum = (macro_sum.0 + r5, macro_sum.1 + r10, macro_sum.2 + mrr);
+        println!(
+            "{:<12} {:>5} {r5:>7.3} {r10:>7.3} {mrr:>7.3}   {}",
+            conv.sample_id,
+            t.questions[0],
+            knobs_of(&tuned)
+        );
+        pooled.merge(&t);
+    }
+    let nf = n as f64;
+    println!(
+        "{:<12} {:>5} {:>7.3} {:>7.3} {:>7.3}",
+        "mean",
+        "",
+        macro_sum.0 / nf,
+        macro_sum.1 / nf,
+        macro_sum.2 / nf
+    );
+    // Ablations: each signal held at 0 while the rest is tuned the same way.
+    let ablations: [Ablation; 4] = [
+        ("without dates", |s| {
+            s.date_boost_day = 0.0;
+            s.date_boost_month = 0.0;
+            s.date_boost_year = 0.0;
+        }),
+        ("without session", |s| s.session_weight = 0.0),
+        ("without neighbours", |s| s.neighbour_weight = 0.0),
+        ("without question", |s| s.question_penalty = 0.0),
+    ];
+    let mut ablated: Vec<(String, Tally)> = Vec::new();
+    if ablate {
+        for (name, clear) in ablations {
+            let mut pooled = Tally::default();
+            for held in 0..n {
+                let train: Vec<usize> = (0..n).filter(|&c| c != held).collect();
+                let mut start = defaults;
+                clear(&mut start.signals);
+                let mut tuned = eval.tune_except(start, &train, name)?;
+                clear(&mut tuned.signals);
+                pooled.merge(&eval.tallies(&tuned)?[held]);
+            }
+            ablated.push((format!("held-out {name}"), pooled));
+        }
+    }
+    let all: Vec<usize> = (0..n).collect();
+    let in_sample = eval.tune(defaults, &all)?;
+    let rows = [
+        ("held-out (pooled)".to_string(), pooled),
+        (
+            "defaults, in-sample".to_string(),
+            eval.pooled(&defaults, &all)?,
+        ),
+        (
+            "signals off, in-sample".to_string(),
+            eval.pooled(
+                &RetrievalPolicy {
+                    signals: Signals::OFF,
+                    ..defaults
+                },
+                &all,
+            )?,
+        ),
+        (
+            "tuned on all, in-sample".to_string(),
+            eval.pooled(&in_sample, &all)?,
+        ),
+    ];
+    println!(
+        "{:<26} {:>5} {:>7} {:>7} {:>7}",
+        "vault", "cat", "R@5", "R@10", "MRR"
+    );
+    for (name, t) in rows.iter().chain(&ablated) {
+        for c in 0..5 {
+            let (r5, r10, mrr) = t.rates(c);
+            let label = if c == 0 {
+                "all".to_string()
+            } else {
+                c.to_string()
+            };
+            println!("{name:<26} {label:>5} {r5:>7.3} {r10:>7.3} {mrr:>7.3}");
+        }
+    }
+    println!("defaults:          {}", knobs_of(&defaults));
+    println!("tuned on all four: {}", knobs_of(&in_sample));
+    println!(
+        "({} policies evaluated in {:.0} s)",
+        eval.cache.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `--latency`: search p50/p95 of the vault with the signals off, each signal alone, and
+/// all of them (the defaults), interleaved per question so load from other jobs hits every
+/// variant alike; 5 runs of each question.
+fn signal_latency(
+    conversations: &[Conversation],
+    embedder: &Arc<dyn Embedder>,
+    defaults: RetrievalPolicy,
+) -> Result<()> {
+    let off = RetrievalPolicy {
+        signals: Signals::OFF,
+        ..defaults
+    };
+    let with = |set: fn(&mut Signals, &Signals)| {
+        let mut p = off;
+        set(&mut p.signals, &defaults.signals);
+        p
+    };
+    let variants: [(&str, RetrievalPolicy); 6] = [
+        ("signals off", off),
+        (
+            "dates only",
+            with(|s, d| {
+                s.date_boost_day = d.date_boost_day;
+                s.date_boost_month = d.date_boost_month;
+                s.date_boost_year = d.date_boost_year;
+            }),
+        ),
+        (
+            "session only",
+            with(|s, d| s.session_weight = d.session_weight),
+        ),
+        (
+            "neighbours only",
+            with(|s, d| s.neighbour_weight = d.neighbour_weight),
+        ),
+        (
+            "question only",
+            with(|s, d| s.question_penalty = d.question_penalty),
+        ),
+        ("all (defaults)", defaults),
+    ];
+    let mut times: Vec<Tally> = vec![Tally::default(); variants.len()];
+    for conv in conversations {
+        let index = VaultIndex::new(conv, Arc::clone(embedder))?;
+        for qa in conv
+            .questions
+            .iter()
+            .filter(|q| (1..=4).contains(&q.category))
+        {
+            for _ in 0..5 {
+                for (i, (_, p)) in variants.iter().enumerate() {
+                    let start = Instant::now();
+                    index.search(&qa.question, K_MAX, Some(p))?;
+                    times[i]
+                        .latencies_us
+                        .push(start.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+        }
+    }
+    println!("\nsearch latency by signal (5 runs of each question, interleaved):");
+    for ((name, _), t) in variants.iter().zip(&times) {
+        println!(
+            "{name:<20} p50 {:>7.1} µs   p95 {:>7.1} µs",
+            t.percentile(0.5),
+            t.percentile(0.95)
+        );
     }
     Ok(())
 }

@@ -1,8 +1,13 @@
 //! Hybrid search over one vault: vector candidates from every source (exact SIMD scans of
 //! the memtables and small segments, HNSW walks of large ones), BM25 candidates over all of
-//! them as one corpus, fused by `fusion::fuse` with a small recency and session prior.
+//! them as one corpus, fused by `fusion::fuse` with a small recency and session prior, then
+//! re-ranked by the recall signals of the policy (`search/signals.rs`: dates named in the
+//! query — `search/dates.rs` —, session-level BM25, neighbour smoothing, question penalty).
 //! Filters and tombstones are applied inside every scan, walk and posting loop, so deleted or
 //! filtered-out records never take a slot and `k` results come back whenever `k` match.
+
+mod dates;
+mod signals;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
@@ -13,6 +18,7 @@ use crate::embedder;
 use crate::error::{Error, Result};
 use crate::fusion::fuse_with;
 use crate::lexical::{Bm25Query, LexicalSource, merge_top_k};
+use crate::policy::RetrievalPolicy;
 use crate::query::{Filter, Hit, SearchQuery};
 use crate::record::MemoryId;
 
@@ -95,7 +101,18 @@ impl Vault {
 
     /// Hybrid search; hits sorted by score (in [0, 1]) best first.
     pub fn search(&self, q: &SearchQuery) -> Result<Vec<Hit>> {
+        self.search_with(q, &self.inner.options.policy)
+    }
+
+    /// [`Vault::search`] ranked by `policy` instead of the vault's own (the LoCoMo harness
+    /// compares policies on one vault with it).
+    #[doc(hidden)]
+    pub fn search_with(&self, q: &SearchQuery, policy: &RetrievalPolicy) -> Result<Vec<Hit>> {
         self.check_open()?;
+        policy.validate().map_err(|reason| Error::InvalidArgument {
+            name: "policy",
+            reason,
+        })?;
         if q.k > SEARCH_K_MAX {
             return Err(Error::InvalidArgument {
                 name: "k",
@@ -110,8 +127,7 @@ impl Vault {
         let query = embedder::checked(embedder, 1, embedder.embed_batch(&[q.text.as_str()]))?
             .pop()
             .unwrap_or_default();
-        // Every ranking knob comes from the vault's policy (`policy.rs`).
-        let policy = &inner.options.policy;
+        // Every ranking knob comes from the policy (`policy.rs`).
         let pool = policy.candidates(q.k);
         let ef = inner.options.hnsw.ef_search.max(pool);
         let state = inner.state.read();
@@ -200,6 +216,44 @@ impl Vault {
             lexical_raw.extend(hits.iter().map(|&(doc, score)| (src, doc, score)));
         }
         merge_top_k(&mut lexical_raw, pool);
+        // A day or month the query names: the best BM25 matches created in its window join
+        // the lexical candidates (the date signal can lift only a candidate), at the cost of
+        // one more pass over the query's postings, for such queries only.
+        let named = if policy.signals.date_boost() > 0.0 {
+            dates::named_dates(&q.text)
+        } else {
+            Vec::new()
+        };
+        let windows: Vec<dates::Named> = named
+            .iter()
+            .copied()
+            .filter(|n| n.granularity() != dates::Granularity::Year)
+            .collect();
+        if let (false, Some(plan)) = (windows.is_empty(), plan.as_ref()) {
+            let days = i64::from(policy.signals.date_window_days);
+            let mut dated: Vec<(usize, u32, f32)> = Vec::new();
+            for (src, source) in sources.iter().enumerate() {
+                let in_window = |d: u32| {
+                    let at = source.created_at(d);
+                    windows.iter().any(|n| n.covers(at, days)) && accept(src, d)
+                };
+                dated.extend(
+                    plan.source_top_k(src, pool, &in_window)
+                        .into_iter()
+                        .map(|(doc, score)| (src, doc, score)),
+                );
+            }
+            merge_top_k(&mut dated, pool);
+            let have: HashSet<(usize, u32)> = lexical_raw.iter().map(|&(s, d, _)| (s, d)).collect();
+            lexical_raw.extend(
+                dated
+                    .into_iter()
+                    .filter(|&(s, d, _)| !have.contains(&(s, d))),
+            );
+            lexical_raw.sort_unstable_by(|a, b| {
+                b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1))
+            });
+        }
 
         let mut vector: Vec<(MemoryId, f32)> = Vec::new();
         for (source, hits) in results.into_iter().enumerate() {
@@ -236,7 +290,47 @@ impl Vault {
                     0.0
                 }
         };
-        let fused = fuse_with(&policy.fusion, &vector, &lexical, &prior, q.k);
+        let signals = &policy.signals;
+        let all = vector.len() + lexical.len();
+        let mut fused = fuse_with(
+            &policy.fusion,
+            &vector,
+            &lexical,
+            &prior,
+            if signals.any() { all } else { q.k },
+        );
+        if signals.any() {
+            let mut entries: Vec<signals::Entry> = fused
+                .iter()
+                .filter_map(|&(id, score)| {
+                    cands.get(&id).map(|c| signals::Entry {
+                        id,
+                        loc: c.loc,
+                        created_at_ms: c.created_at_ms,
+                        fused: score,
+                    })
+                })
+                .collect();
+            let n_fused = entries.len();
+            fused = signals::Context {
+                signals,
+                sources: &sources,
+                deleted: &state.deleted,
+                accept: &accept,
+                query: &q.text,
+                dates: &named,
+                k: q.k,
+            }
+            .rerank(&mut entries);
+            // Neighbours that joined are hits like the others.
+            for e in entries.drain(n_fused..) {
+                cands.entry(e.id).or_insert(Candidate {
+                    loc: e.loc,
+                    created_at_ms: e.created_at_ms,
+                    in_boost_session: false,
+                });
+            }
+        }
         // Whether each hit's own text shares an index term with the query: a caller's
         // relevance gate (prepare) needs it, and only the engine knows the analyzer.
         let query_terms: HashSet<String> = crate::analyzer::analyze(&q.text).into_iter().collect();
@@ -265,6 +359,8 @@ mod tests {
     use std::collections::BTreeSet;
     use std::sync::Arc;
 
+    use crate::embedder::EmbedderKind;
+    use crate::policy::{RetrievalPolicy, Signals};
     use crate::query::{Filter, SearchQuery};
     use crate::record::{NewMemory, Role};
     use crate::{BuiltinEmbedder, Vault, VaultOptions};
@@ -320,6 +416,246 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "session {session}");
         }
+    }
+
+    /// A vault (no background work) holding `turns` as (session, role, text, created_at),
+    /// ingested one by one so ids follow the order given; returns the vault and the ids.
+    fn vault_of(dir: &std::path::Path, turns: &[(&str, Role, &str, i64)]) -> (Vault, Vec<u64>) {
+        let v = Vault::open(dir, crate::vault::testing::options()).unwrap();
+        let mut ids = Vec::new();
+        for &(session, role, text, at) in turns {
+            ids.extend(
+                v.ingest(vec![NewMemory::new(session, role, text, at)])
+                    .unwrap()
+                    .stored,
+            );
+        }
+        (v, ids)
+    }
+
+    /// The ids `policy` ranks for `text` (k = 10, no filter), best first.
+    fn ranked(v: &Vault, text: &str, policy: &RetrievalPolicy, filter: Filter) -> Vec<u64> {
+        v.search_with(
+            &SearchQuery {
+                text: text.into(),
+                k: 10,
+                filter,
+                boost_session: None,
+                now_ms: NOW,
+            },
+            policy,
+        )
+        .unwrap()
+        .iter()
+        .map(|h| h.memory.id)
+        .collect()
+    }
+
+    /// The default policy with every signal off except those `set` turns on.
+    fn only(set: impl FnOnce(&mut Signals)) -> RetrievalPolicy {
+        let mut p = RetrievalPolicy::for_kind(EmbedderKind::Lexical);
+        p.signals = Signals::OFF;
+        set(&mut p.signals);
+        p
+    }
+
+    const DAY_MS: i64 = 86_400_000;
+    /// 2024-01-01 00:00 UTC: the searches' "now".
+    const NOW: i64 = 1_704_067_200_000;
+    /// 2023-06-10 and 2023-09-10, 12:00 UTC.
+    const JUNE_10: i64 = 1_686_398_400_000;
+    const SEPT_10: i64 = JUNE_10 + 92 * DAY_MS;
+
+    #[test]
+    fn a_date_named_in_the_query_ranks_the_memory_in_its_window_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v, ids) = vault_of(
+            dir.path(),
+            &[
+                ("a", Role::User, "we went camping at the lake", JUNE_10),
+                ("b", Role::User, "we went camping at the lake", SEPT_10),
+            ],
+        );
+        let off = ranked(
+            &v,
+            "When did we go camping?",
+            &only(|_| {}),
+            Filter::default(),
+        );
+        assert_eq!(
+            off[0], ids[1],
+            "without a date the newer wins (recency prior)"
+        );
+        let dates = only(|g| {
+            g.date_boost_day = 0.6;
+            g.date_boost_month = 0.3;
+            g.date_boost_year = 0.1;
+        });
+        for query in [
+            "When did we go camping in June?",
+            "Did we go camping on 3 June, 2023?",
+            "camping in June 2023",
+        ] {
+            let on = ranked(&v, query, &dates, Filter::default());
+            assert_eq!(on[0], ids[0], "{query}");
+        }
+        // Past the window (June 3 + 14 days < June 10 is false; May 20 + 14 is), and a year
+        // both lie in: the newer wins again.
+        for query in ["camping on May 20, 2023", "camping in 2023"] {
+            let on = ranked(&v, query, &dates, Filter::default());
+            assert_eq!(on[0], ids[1], "{query}");
+        }
+        // The defaults carry the date signal.
+        let defaults = RetrievalPolicy::for_kind(EmbedderKind::Lexical);
+        assert_eq!(
+            ranked(
+                &v,
+                "When did we go camping in June?",
+                &defaults,
+                Filter::default()
+            )[0],
+            ids[0]
+        );
+    }
+
+    #[test]
+    fn a_memory_ending_in_a_question_mark_is_demoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let filler = "the class schedule for the whole week is long and boring today";
+        let (v, ids) = vault_of(
+            dir.path(),
+            &[
+                ("a", Role::User, "pottery class?", 1),
+                ("b", Role::User, "I loved the pottery class", 1),
+                ("c", Role::User, filler, 1),
+                ("d", Role::User, filler, 1),
+            ],
+        );
+        let q = "pottery class";
+        assert_eq!(
+            ranked(&v, q, &only(|_| {}), Filter::default())[..2],
+            ids[..2]
+        );
+        let demoted = ranked(
+            &v,
+            q,
+            &only(|g| g.question_penalty = 0.2),
+            Filter::default(),
+        );
+        assert_eq!(demoted[..2], [ids[1], ids[0]], "demoted, not dropped");
+    }
+
+    #[test]
+    fn a_neighbour_of_a_match_is_lifted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut turns = vec![
+            ("a", Role::User, "the zebra crossing story", 1),
+            ("a", Role::Assistant, "what happened next", 2),
+            ("a", Role::User, "it ended well, we laughed", 3),
+            ("a", Role::User, "unrelated chatter later on", 4),
+            (
+                "b",
+                Role::User,
+                "a zebra at the zoo among many other animals in a long row of cages",
+                5,
+            ),
+            ("c", Role::User, "a zebu at the fair", 6),
+        ];
+        let fillers: Vec<String> = (0..20).map(|i| format!("filler note number {i}")).collect();
+        turns.extend(fillers.iter().map(|f| ("f", Role::User, f.as_str(), 7)));
+        let (v, ids) = vault_of(dir.path(), &turns);
+        let top3 = |p: &RetrievalPolicy, filter| {
+            let mut r = ranked(&v, "zebra", p, filter);
+            r.truncate(3);
+            r
+        };
+        // Turn 2 matches through its context (the turn before it); turn 3 does not match.
+        let off = top3(&only(|_| {}), Filter::default());
+        assert!(!off.contains(&ids[2]), "{off:?}");
+        for (candidates_min, seal) in [(40, false), (1, false), (40, true)] {
+            if seal {
+                v.seal().unwrap();
+            }
+            let mut smooth = only(|g| g.neighbour_weight = 1.0);
+            smooth.candidates_min = candidates_min;
+            let on = top3(&smooth, Filter::default());
+            assert!(on.contains(&ids[2]), "the next turn is lifted: {on:?}");
+            // A neighbour the filter rejects never joins.
+            let users = Filter {
+                roles: Some(vec![Role::User]),
+                ..Filter::default()
+            };
+            let filtered = ranked(&v, "zebra", &smooth, users);
+            assert!(!filtered.contains(&ids[1]), "{filtered:?}");
+        }
+    }
+
+    #[test]
+    fn a_session_about_the_query_lifts_its_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v, ids) = vault_of(
+            dir.path(),
+            &[
+                ("b", Role::User, "weather is cold", 1),
+                ("b", Role::User, "music tonight", 1),
+                ("b", Role::User, "I like tomato", 1),
+                ("a", Role::User, "garden plans for spring", 1),
+                ("a", Role::User, "the garden beds are dug", 1),
+                ("a", Role::User, "compost pile", 1),
+                ("a", Role::User, "I like tomato and peppers", 1),
+            ],
+        );
+        let q = "tomato garden";
+        let at = |r: &[u64], id| r.iter().position(|&x| x == id).unwrap();
+        // In the memtable (sessions found by walking its docs), then in a segment (found by
+        // its session index).
+        for sealed in [false, true] {
+            if sealed {
+                v.seal().unwrap();
+            }
+            let off = ranked(&v, q, &only(|_| {}), Filter::default());
+            assert!(at(&off, ids[2]) < at(&off, ids[6]), "{sealed}: {off:?}");
+            let on = ranked(&v, q, &only(|g| g.session_weight = 1.0), Filter::default());
+            assert!(at(&on, ids[6]) < at(&on, ids[2]), "{sealed}: {on:?}");
+        }
+    }
+
+    #[test]
+    fn scores_stay_in_the_unit_interval_and_sorted_with_every_signal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v, _) = vault_of(
+            dir.path(),
+            &[
+                ("a", Role::User, "camping in June?", JUNE_10),
+                ("a", Role::User, "camping trip was great", JUNE_10 + 1),
+                ("b", Role::User, "camping", SEPT_10),
+            ],
+        );
+        let mut p = RetrievalPolicy::for_kind(EmbedderKind::Lexical);
+        p.signals = Signals {
+            date_boost_day: 1.0,
+            date_boost_month: 1.0,
+            date_boost_year: 1.0,
+            date_window_days: 366,
+            session_weight: 1.0,
+            neighbour_weight: 1.0,
+            question_penalty: 1.0,
+        };
+        let hits = v
+            .search_with(
+                &SearchQuery {
+                    text: "camping in June 2023".into(),
+                    k: 10,
+                    filter: Filter::default(),
+                    boost_session: None,
+                    now_ms: SEPT_10,
+                },
+                &p,
+            )
+            .unwrap();
+        assert_eq!(hits.len(), 3);
+        assert!(hits.iter().all(|h| (0.0..=1.0).contains(&h.score)));
+        assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
     }
 
     /// Regression (fuzz target `wal_payload`): a memory created at `i64::MIN` (or a query at
