@@ -20,15 +20,15 @@
 //! `open.rs`, `write.rs`, `read.rs`, `search.rs`, `seal.rs`, `compaction.rs`, and
 //! `layout.rs`, the one place the segment list changes), `memtable`, `segment` (files of a
 //! sealed segment), `hnsw` (graph build via `hnsw_rs`, in-place search), `distance`
-//! (simsimd), `manifest`, `file` (common header, durable writes), `storage` (the file-system seam every write goes
-//! through; owner-only modes), `guard` (a vault's storage, poisoned by its first failed
-//! fsync), `powerloss` (hidden: the recorder the power-loss tests put behind that seam),
-//! `mmap` (the only
-//! `unsafe`), `record` (types, WAL payloads, `encoded_len`), `query`, `chunk`, `limits`
-//! (shared sizes), `crash` (test fault points), `registry` ([`Engine`]), `footprint` (heap
-//! estimate of open vaults), `error`; retrieval quality: `policy` ([`RetrievalPolicy`]: every
-//! ranking knob), `embedder` (the fallible, batched [`Embedder`] trait), `local_model`,
-//! `analyzer`, `lexical`, `fusion`. File formats: `docs/format.md`.
+//! (simsimd), `manifest`, `file` (common header, durable writes), `storage` (the file-system
+//! seam every write goes through; owner-only modes), `guard` (a vault's storage, poisoned by
+//! its first failed fsync), `powerloss` (hidden: the recorder the power-loss tests put behind
+//! that seam), `mmap` (the only `unsafe`), `record` (types, WAL payloads, `encoded_len`),
+//! `query`, `chunk`, `limits` (shared sizes), `crash` (test fault points), `registry`
+//! ([`Engine`]), `background` (the lowest-priority threads seals and compactions run on),
+//! `footprint` (heap estimate of open vaults), `error`; retrieval quality: `policy`
+//! ([`RetrievalPolicy`]: every ranking knob), `embedder` (the fallible, batched [`Embedder`]
+//! trait), `local_model`, `analyzer`, `lexical`, `fusion`. File formats: `docs/format.md`.
 //!
 //! ```
 //! use engine::{Engine, EngineConfig, Filter, NewMemory, Role, SearchQuery};
@@ -63,6 +63,7 @@ pub mod lexical;
 pub mod local_model;
 mod stem;
 
+mod background;
 mod chunk;
 mod crash;
 mod distance;

@@ -12,8 +12,12 @@
 //!
 //! Each phase runs once per connection count, so the latency at low concurrency (the
 //! service time) and under saturation (queueing on the cores) come from the same vault.
-//! ```text
-//! ```
+//!
+//! Right after seeding, while the vault still seals and compacts what it was sent, `prepare`
+//! is measured too (windows of each connection count in turn until the vault settles): that
+//! is what a user who imports a history and starts chatting meets. The settle time is counted
+//! from the end of the import; with `--server-pid` the server's CPU time for the import and
+//! for settling, and its resident memory once settled, are read from `/proc`.
 
 use std::time::{Duration, Instant};
 
@@ -25,9 +29,9 @@ use hyper::Request;
 use hyper::client::conn::http1;
 use tokio::net::TcpStream;
 
-/// Messages per ingest request while seeding: big enough to amortise the request, small
-/// enough to stay well inside the server's default per-request message limit.
-const SEED_BATCH_MESSAGES: usize = 50;
+/// Messages per ingest request while seeding (`--seed-batch`): an import's batch size, well
+/// inside the server's default per-request message limit (1000).
+const SEED_BATCH_MESSAGES: usize = 500;
 /// Concurrent seeding connections; the WAL's group commit shares fsyncs between them.
 const SEED_CONNECTIONS: usize = 8;
 
@@ -42,6 +46,10 @@ struct Args {
     key: Option<String>,
     /// Which endpoints to drive: `prepare`, `ingest` or both (comma-separated).
     phases: Vec<String>,
+    /// Messages per seeding request.
+    seed_batch: usize,
+    /// The server's process id, for its CPU time and resident memory (`/proc/PID/…`).
+    server_pid: Option<u32>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -53,6 +61,8 @@ fn parse_args() -> Result<Args> {
         seconds: 10,
         key: None,
         phases: vec!["prepare".into(), "ingest".into()],
+        seed_batch: SEED_BATCH_MESSAGES,
+        server_pid: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -70,6 +80,8 @@ fn parse_args() -> Result<Args> {
             "--seconds" => args.seconds = value.parse()?,
             "--key" => args.key = Some(value),
             "--phases" => args.phases = value.split(',').map(|p| p.trim().to_string()).collect(),
+            "--seed-batch" => args.seed_batch = value.parse::<usize>()?.max(1),
+            "--server-pid" => args.server_pid = Some(value.parse()?),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -82,7 +94,7 @@ fn parse_args() -> Result<Args> {
     }
     if args.base_url.is_empty() || args.admin_key.is_empty() {
         bail!(
-            "usage: loadgen --base-url URL --admin-key KEY [--memories N] [--connections N] [--seconds N] [--key MEMORY_KEY] [--phases prepare,ingest]"
+            "usage: loadgen --base-url URL --admin-key KEY [--memories N] [--connections N] [--seconds N] [--key MEMORY_KEY] [--phases prepare,ingest] [--seed-batch N] [--server-pid PID]"
         );
     }
     Ok(args)
@@ -185,7 +197,8 @@ async fn mint_key(base_url: &str, admin_key: &str) -> Result<String> {
 
 async fn seed(args: &Args, key: &str) -> Result<()> {
     let started = Instant::now();
-    let batches = args.memories.div_ceil(SEED_BATCH_MESSAGES);
+    let per_batch = args.seed_batch;
+    let batches = args.memories.div_ceil(per_batch);
     let mut tasks = Vec::new();
     for worker in 0..SEED_CONNECTIONS {
         let base = args.base_url.clone();
@@ -195,15 +208,15 @@ async fn seed(args: &Args, key: &str) -> Result<()> {
             let mut conn = Conn::open(&base).await?;
             let mut rng = Rng::new(0x5eed_0000 + worker as u64);
             for batch in (worker..batches).step_by(SEED_CONNECTIONS) {
-                let first = batch * SEED_BATCH_MESSAGES;
-                let last = (first + SEED_BATCH_MESSAGES).min(total);
+                let first = batch * per_batch;
+                let last = (first + per_batch).min(total);
                 let messages: Vec<_> = (first..last)
                     .map(|i| {
                         let role = if i % 2 == 0 { "user" } else { "assistant" };
                         serde_json::json!({"role": role, "content": format!("{} (#{i})", sentence(&mut rng, 14))})
                     })
                     .collect();
-                let body = serde_json::json!({"session_id": format!("s{}", batch % 200), "messages": messages});
+                let body = serde_json::json!({"session_id": format!("s{}", first / 50 % 200), "messages": messages});
                 let (status, resp) = conn.post("/v1/memory/ingest", &key, &body).await?;
                 if status != 202 {
                     bail!("seed ingest failed: {status} {}", String::from_utf8_lossy(&resp));
@@ -225,35 +238,31 @@ async fn seed(args: &Args, key: &str) -> Result<()> {
     Ok(())
 }
 
-/// Waits until background sealing and compaction have caught up with the seeding (the
-/// memtable is below the seal threshold, no seal or compaction is queued or running, and the
-/// segment count stopped changing), so the
+/// The vault has settled: the memtable is below the seal threshold and no seal or compaction
+/// is queued or running.
+async fn settled(conn: &mut Conn, key: &str) -> Result<Option<u64>> {
+    const MEMTABLE_SETTLED_MAX: u64 = 4096;
+    let (status, body) = conn.get("/v1/memory/stats", key).await?;
+    if status != 200 {
+        bail!("stats failed: {status} {}", String::from_utf8_lossy(&body));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    let memtable = v["memtable"].as_u64().unwrap_or(u64::MAX);
+    let compacting = v["compacting"].as_bool().unwrap_or(true);
+    Ok((memtable <= MEMTABLE_SETTLED_MAX && !compacting)
+        .then(|| v["segments"].as_u64().unwrap_or(0)))
+}
+
+/// Waits until background sealing and compaction have caught up with the seeding, so the
 /// measured vault is the settled one a user would have; gives up after `SETTLE_SECS_MAX`.
 async fn settle(base_url: &str, key: &str) -> Result<()> {
     const SETTLE_SECS_MAX: u64 = 600;
-    const MEMTABLE_SETTLED_MAX: u64 = 4096;
     let started = Instant::now();
     let mut conn = Conn::open(base_url).await?;
-    let mut last_segments = u64::MAX;
-    let mut stable_polls = 0;
     while started.elapsed() < Duration::from_secs(SETTLE_SECS_MAX) {
-        let (status, body) = conn.get("/v1/memory/stats", key).await?;
-        if status != 200 {
-            bail!("stats failed: {status} {}", String::from_utf8_lossy(&body));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&body)?;
-        let memtable = v["memtable"].as_u64().unwrap_or(u64::MAX);
-        let segments = v["segments"].as_u64().unwrap_or(0);
-        let compacting = v["compacting"].as_bool().unwrap_or(true);
-        stable_polls = if segments == last_segments {
-            stable_polls + 1
-        } else {
-            0
-        };
-        last_segments = segments;
-        if memtable <= MEMTABLE_SETTLED_MAX && !compacting && stable_polls >= 4 {
+        if let Some(segments) = settled(&mut conn, key).await? {
             println!(
-                "settled after {:.1} s: {segments} segments, {memtable} records in the memtable",
+                "settled after {:.1} s more: {segments} segments",
                 started.elapsed().as_secs_f64()
             );
             return Ok(());
@@ -262,6 +271,99 @@ async fn settle(base_url: &str, key: &str) -> Result<()> {
     }
     println!("not settled after {SETTLE_SECS_MAX} s; measuring anyway");
     Ok(())
+}
+
+/// `prepare` while the just-imported vault seals and compacts: windows of each connection
+/// count in turn until the vault settles. Prints each count's latencies, the settle time
+/// (from `import_end`) and, given the server's pid, its CPU time and resident memory.
+async fn during_settle(
+    args: &Args,
+    key: &str,
+    import_end: Instant,
+    cpu_at_import_end: Option<Duration>,
+) -> Result<()> {
+    const WINDOW: Duration = Duration::from_secs(2);
+    const SETTLE_SECS_MAX: u64 = 1800;
+    let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); args.connections.len()];
+    let mut busy: Vec<Duration> = vec![Duration::ZERO; args.connections.len()];
+    let mut conn = Conn::open(&args.base_url).await?;
+    let segments = 'settle: loop {
+        for (i, &connections) in args.connections.iter().enumerate() {
+            if let Some(segments) = settled(&mut conn, key).await? {
+                break 'settle segments;
+            }
+            if import_end.elapsed() > Duration::from_secs(SETTLE_SECS_MAX) {
+                bail!("not settled {SETTLE_SECS_MAX} s after the import");
+            }
+            let (l, elapsed) = drive_for(
+                &args.base_url,
+                connections,
+                key,
+                WINDOW,
+                "/v1/memory/prepare",
+                200,
+                prepare_body,
+            )
+            .await?;
+            lat[i].extend(l);
+            busy[i] += elapsed;
+        }
+    };
+    let settle = import_end.elapsed();
+    println!(
+        "settled {:.1} s after the import: {segments} segments",
+        settle.as_secs_f64()
+    );
+    if let (Some(pid), Some(before)) = (args.server_pid, cpu_at_import_end) {
+        let cpu = proc_cpu(pid).unwrap_or_default().saturating_sub(before);
+        println!(
+            "server CPU while settling: {:.1} s (includes serving the prepare load above)",
+            cpu.as_secs_f64()
+        );
+    }
+    for (i, &connections) in args.connections.iter().enumerate() {
+        report(
+            &format!("prepare c={connections} while compacting"),
+            std::mem::take(&mut lat[i]),
+            busy[i],
+        );
+    }
+    if let Some(pid) = args.server_pid {
+        print_rss(pid, "settled");
+    }
+    Ok(())
+}
+
+/// CPU time (user + system) of process `pid`, from `/proc/PID/stat` (100 Hz ticks).
+fn proc_cpu(pid: u32) -> Option<Duration> {
+    const TICKS_PER_SEC: u64 = 100;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = text.rsplit_once(')')?.1;
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    Some(Duration::from_millis(ticks * 1000 / TICKS_PER_SEC))
+}
+
+/// Prints `VmRSS` and `RssAnon` of process `pid`.
+fn print_rss(pid: u32, when: &str) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    println!(
+        "server resident memory ({when}): {:.0} MiB ({:.0} MiB anonymous)",
+        field("VmRSS:"),
+        field("RssAnon:")
+    );
 }
 
 /// Runs `connections` workers for `seconds`, each sending requests made by `make` in a loop;
@@ -274,11 +376,25 @@ async fn drive(
     expect: u16,
     make: fn(&mut Rng, u64) -> serde_json::Value,
 ) -> Result<(Vec<Duration>, Duration)> {
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let length = Duration::from_secs(args.seconds);
+    drive_for(&args.base_url, connections, key, length, path, expect, make).await
+}
+
+/// [`drive`] for `length`.
+async fn drive_for(
+    base_url: &str,
+    connections: usize,
+    key: &str,
+    length: Duration,
+    path: &'static str,
+    expect: u16,
+    make: fn(&mut Rng, u64) -> serde_json::Value,
+) -> Result<(Vec<Duration>, Duration)> {
+    let deadline = Instant::now() + length;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..connections {
-        let base = args.base_url.clone();
+        let base = base_url.to_string();
         let key = key.to_string();
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::open(&base).await?;
@@ -327,12 +443,27 @@ async fn main() -> Result<()> {
         Some(key) => key.clone(),
         None => {
             let key = mint_key(&args.base_url, &args.admin_key).await?;
+            let cpu_before = args.server_pid.and_then(proc_cpu);
             seed(&args, &key).await?;
+            let import_end = Instant::now();
+            let cpu_at_import_end = args.server_pid.and_then(proc_cpu);
+            if let (Some(before), Some(after)) = (cpu_before, cpu_at_import_end) {
+                println!(
+                    "server CPU during the import: {:.1} s",
+                    after.saturating_sub(before).as_secs_f64()
+                );
+            }
             println!("seeded vault's key: {key}");
+            if args.phases.iter().any(|p| p == "prepare") {
+                during_settle(&args, &key, import_end, cpu_at_import_end).await?;
+            }
             key
         }
     };
     settle(&args.base_url, &key).await?;
+    if let (Some(_), Some(pid)) = (&args.key, args.server_pid) {
+        print_rss(pid, "reopened, before the load");
+    }
     println!(
         "load: {} s per phase, vault of {} memories",
         args.seconds, args.memories
@@ -362,6 +493,9 @@ async fn main() -> Result<()> {
         )
         .await?;
         report(&format!("ingest c={connections}"), lat, elapsed);
+    }
+    if let Some(pid) = args.server_pid {
+        print_rss(pid, "after the load");
     }
     Ok(())
 }

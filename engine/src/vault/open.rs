@@ -99,7 +99,7 @@ impl Vault {
             // the open path, so neither the open nor the first search pays for them; a search
             // that arrives first builds them itself (the other waits on the same OnceLock).
             let warm = segments.clone();
-            rayon::spawn(move || warm.iter().for_each(|s| s.warm_codes()));
+            crate::background::spawn(move || warm.iter().for_each(|s| s.warm_codes()));
         }
         let wal_options = WalOptions {
             segment_bytes_max: options.wal_segment_bytes_max,

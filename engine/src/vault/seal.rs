@@ -111,7 +111,7 @@ impl Vault {
         Ok(true)
     }
 
-    /// Queues a seal (and then any compaction it enables) on the rayon pool, once.
+    /// Queues a seal (and then any compaction it enables) on the background threads, once.
     pub(crate) fn schedule_seal(&self) {
         let inner = &self.inner;
         if inner.seal_scheduled.swap(true, Ordering::AcqRel) {
@@ -121,7 +121,7 @@ impl Vault {
         let vault = Vault {
             inner: Arc::clone(inner),
         };
-        rayon::spawn(move || {
+        crate::background::spawn(move || {
             vault.inner.seal_scheduled.store(false, Ordering::Release);
             let result = vault.seal().and_then(|_| vault.compact_while_planned());
             if let Err(e) = result {
