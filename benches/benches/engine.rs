@@ -9,6 +9,7 @@
 //! cargo bench -p benches --bench engine -- hnsw          # one group
 //! ENGINE_BENCH_N=20000 cargo bench -p benches --bench engine   # smaller data (quick look)
 //! ENGINE_BENCH_HNSW_QUICK=1 cargo bench -p benches --bench engine -- hnsw   # int8 sweep only
+//! cargo bench -p benches --bench engine -- race          # searches racing a compaction
 //! ```
 //! Generated data (vectors, ground truth, graphs, the 100k-memory vault, the 100k empty
 //! vaults) is cached under `target/bench-data/engine/` so only the first run pays for it.
@@ -16,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -549,6 +550,70 @@ fn bench_vault(c: &mut Criterion) {
     g.finish();
 }
 
+/// A search racing a compaction (issue 15), same run: the 100k vault's hybrid search at rest,
+/// then beside graph builds (a compaction's CPU: `hnsw_rs`'s parallel insert keeps every core
+/// busy) run on the engine's background threads, as compactions are, and beside the same
+/// builds at normal priority (where compactions ran before they had threads of their own).
+fn bench_race(c: &mut Criterion) {
+    let dir = big_vault_dir();
+    let v = Vault::open(&dir, vault_options(Arc::new(BuiltinEmbedder::new()))).expect("open");
+    let n = n_vectors();
+    let mut rng = Rng(78);
+    let queries: Vec<String> = (0..200)
+        .map(|_| {
+            let s = sentence(&mut rng);
+            s.split(' ').take(6).collect::<Vec<_>>().join(" ")
+        })
+        .collect();
+    // Small enough that a build stops within a second of being asked to.
+    let vectors = Arc::new(clustered(5_000, 3));
+    let i = AtomicUsize::new(0);
+    let search = |g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+                  name: &str| {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let k = i.fetch_add(1, Ordering::Relaxed) % queries.len();
+                v.search(&SearchQuery {
+                    text: queries[k].clone(),
+                    k: 10,
+                    filter: Filter::default(),
+                    boost_session: Some("s7".into()),
+                    now_ms: n as i64 * 60_000,
+                })
+                .expect("search")
+            })
+        });
+    };
+    let mut g = c.benchmark_group("race");
+    g.sample_size(30);
+    search(&mut g, &format!("hybrid_search_k10_{n}_at_rest"));
+    for (label, background) in [("background", true), ("equal_priority", false)] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let builds = {
+            let (stop, vectors) = (Arc::clone(&stop), Arc::clone(&vectors));
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::black_box(hnsw::build(&vectors, DIM, &HnswParams::default()));
+                }
+                let _ = done_tx.send(());
+            }
+        };
+        if background {
+            engine::spawn_background(builds);
+        } else {
+            std::thread::spawn(builds);
+        }
+        search(
+            &mut g,
+            &format!("hybrid_search_k10_{n}_beside_{label}_graph_builds"),
+        );
+        stop.store(true, Ordering::Relaxed);
+        done_rx.recv().expect("the builds stop");
+    }
+    g.finish();
+}
+
 /// Durable (fsync) ingest with concurrent writers: each writer sends batches of 16 new
 /// memories, like a chat exchange plus a little history; group commit shares the fsyncs.
 fn bench_ingest(c: &mut Criterion) {
@@ -683,6 +748,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 criterion_group!(
     benches,
+    bench_race,
     bench_exact,
     bench_hnsw,
     bench_vault,

@@ -23,9 +23,11 @@
 //! (simsimd), `manifest`, `file` (common header, durable writes), `storage` (the file-system
 //! seam every write goes through; owner-only modes), `guard` (a vault's storage, poisoned by
 //! its first failed fsync), `powerloss` (hidden: the recorder the power-loss tests put behind
-//! that seam), `mmap` (the only `unsafe`), `record` (types, WAL payloads, `encoded_len`),
+//! that seam), `mmap` (the only `unsafe` besides `background`'s one
+//! `malloc_trim` call), `record` (types, WAL payloads, `encoded_len`),
 //! `query`, `chunk`, `limits` (shared sizes), `crash` (test fault points), `registry`
-//! ([`Engine`]), `background` (the lowest-priority threads seals and compactions run on),
+//! ([`Engine`]), `background` (the lowest-priority threads seals and compactions run on; the heap they
+//! freed is given back to the OS when they run out of work),
 //! `footprint` (heap estimate of open vaults), `error`; retrieval quality: `policy`
 //! ([`RetrievalPolicy`]: every ranking knob), `embedder` (the fallible, batched [`Embedder`]
 //! trait), `local_model`, `analyzer`, `lexical`, `fusion`. File formats: `docs/format.md`.
@@ -88,6 +90,8 @@ mod segment;
 pub mod storage;
 mod vault;
 
+#[doc(hidden)]
+pub use background::spawn as spawn_background;
 pub use embedder::{BuiltinEmbedder, Embedder, EmbedderKind};
 pub use local_model::{LocalModelEmbedder, LocalModelKind};
 
