@@ -74,6 +74,7 @@ pub(crate) async fn begin(
     let auth = authenticate(state, &parts.headers).await?;
     let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
     let mut body: Map<String, Value> = parse_json(&bytes)?;
+    spend_proxy_budget(state, &auth, bytes.len(), &body)?;
     let plan = options::resolve(&mut body, parts.uri.query(), &parts.headers, auth.mode)?;
     Ok(ProxyRequest {
         started,
@@ -82,6 +83,44 @@ pub(crate) async fn begin(
         body,
         plan,
     })
+}
+
+/// The per-key proxy budget (`[limits] proxy_requests_per_minute`, `proxy_tokens_per_minute`):
+/// a leaked key cannot spend the account's provider keys faster than this. Tokens are
+/// estimated before the call as the body's bytes / 4 plus the answer's declared maximum
+/// (`max_tokens`, `max_completion_tokens`).
+fn spend_proxy_budget(
+    state: &AppState,
+    auth: &AuthContext,
+    body_bytes: usize,
+    body: &Map<String, Value>,
+) -> Result<(), ApiError> {
+    let now = Instant::now();
+    let limits = &state.limiter;
+    limits
+        .proxy_requests
+        .check(&auth.key_id, now)
+        .map_err(|secs| {
+            ApiError::rate_limited_as(
+                secs,
+                "Too many proxied calls for this key (`proxy_requests_per_minute`)",
+            )
+        })?;
+    let answer_max = ["max_tokens", "max_completion_tokens"]
+        .iter()
+        .filter_map(|field| body.get(*field).and_then(Value::as_u64))
+        .max()
+        .unwrap_or(0);
+    let tokens = (body_bytes as u64).div_ceil(4).saturating_add(answer_max);
+    limits
+        .proxy_tokens
+        .take(&auth.key_id, tokens, now)
+        .map_err(|secs| {
+            ApiError::rate_limited_as(
+                secs,
+                "This key's proxy token budget is spent (`proxy_tokens_per_minute`)",
+            )
+        })
 }
 
 /// Parses `messages` for the memory paths and strips the `"memory"` flags from the raw
