@@ -72,10 +72,23 @@ struct KeyBook {
     in_flight: Option<String>,
 }
 
-/// Checks the image as it is, then with every file of one copy damaged (a byte flipped in
-/// its middle), for each copy: power loss and one damaged copy together lose nothing either.
+/// Every this-many-th image is also checked with one copy damaged (see [`check_catalog`]);
+/// every image would triple the run's time for little more coverage.
+const DAMAGE_EVERY_IMAGES: u64 = 3;
+
+/// Checks the image as it is, then (every [`DAMAGE_EVERY_IMAGES`]-th image, by its number)
+/// with every file of one copy damaged — a byte flipped in its middle — for each copy: power
+/// loss and one damaged copy together lose nothing either.
 fn check_catalog(image: &Path, book: &KeyBook, account: &str) -> Result<(), String> {
     check_catalog_image(image, book, account)?;
+    let number: u64 = image
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if number % DAMAGE_EVERY_IMAGES != 0 {
+        return Ok(());
+    }
     for copy in ["catalog", "catalog-mirror"] {
         let files: Vec<PathBuf> = std::fs::read_dir(image.join(copy))
             .into_iter()
