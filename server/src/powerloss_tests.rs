@@ -86,7 +86,7 @@ fn check_catalog(image: &Path, book: &KeyBook, account: &str) -> Result<(), Stri
         .and_then(|n| n.to_str())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    if number % DAMAGE_EVERY_IMAGES != 0 {
+    if !number.is_multiple_of(DAMAGE_EVERY_IMAGES) {
         return Ok(());
     }
     for copy in ["catalog", "catalog-mirror"] {
