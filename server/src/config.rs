@@ -149,7 +149,8 @@ pub struct Limits {
     /// of `requests_per_minute`: they spend the account's provider keys. 0 = unlimited.
     pub proxy_requests_per_minute: u32,
     /// Estimated tokens per key per minute through the proxy (request bytes / 4 plus the
-    /// answer's `max_tokens`); a call is refused while the key's budget is spent. 0 = unlimited.
+    /// answer's `max_tokens`, and what the answer's bytes / 4 exceed that once it is in); a
+    /// call is refused while the key's budget is spent. 0 = unlimited.
     pub proxy_tokens_per_minute: u32,
     /// Vaults kept open at once; idle ones beyond are closed (LRU) by the engine.
     pub open_vaults_max: usize,

@@ -73,6 +73,26 @@ impl RateLimiter {
             Err((wait as u64).max(1))
         }
     }
+
+    /// Charges `cost` more to `id` without asking for admission (what a proxied answer
+    /// turned out to cost beyond its estimate), at most a minute's allowance, and never
+    /// below one minute's debt.
+    pub(crate) fn charge(&self, id: &str, cost: u64, now: Instant) {
+        if self.per_minute == 0 || cost == 0 {
+            return;
+        }
+        let capacity = f64::from(self.per_minute);
+        let per_second = capacity / 60.0;
+        let mut buckets = self.buckets.lock();
+        let bucket = buckets.entry(id.to_owned()).or_insert(Bucket {
+            tokens: capacity,
+            updated: now,
+        });
+        let refill = now.saturating_duration_since(bucket.updated).as_secs_f64() * per_second;
+        bucket.tokens =
+            ((bucket.tokens + refill).min(capacity) - (cost as f64).min(capacity)).max(-capacity);
+        bucket.updated = now;
+    }
 }
 
 /// Every limit `[limits]` configures.
@@ -139,5 +159,21 @@ mod tests {
         let big = RateLimiter::new(600);
         assert!(big.take("k", u64::MAX, t0).is_ok());
         assert_eq!(big.take("k", 1, t0), Err(1));
+        // An answer longer than estimated is charged afterwards, down to a minute's debt.
+        let after = RateLimiter::new(6_000);
+        assert!(after.take("k", 100, t0).is_ok());
+        after.charge("k", 5_900, t0);
+        assert_eq!(
+            after.take("k", 1, t0),
+            Err(1),
+            "0 left: 1 token is 0.01 s away"
+        );
+        after.charge("k", u64::MAX, t0);
+        after.charge("k", u64::MAX, t0);
+        assert_eq!(
+            after.take("k", 1, t0),
+            Err(61),
+            "never more than a minute's debt"
+        );
     }
 }

@@ -247,6 +247,76 @@ fn a_key_s_proxy_budget_bounds_requests_and_tokens() {
     assert!(works(&binary, &other));
 }
 
+/// A fake OpenAI-format provider on a loopback port that answers every call with an
+/// assistant message of `answer_chars` characters; returns its base URL.
+fn long_winded_provider(answer_chars: usize) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            // Read the head and the body its Content-Length announces.
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            let body = serde_json::json!({
+                "id": "c1", "object": "chat.completion", "model": "m",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "a".repeat(answer_chars)}}]
+            })
+            .to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+/// An answer longer than the call declared is charged after the fact: a key that asks for
+/// no `max_tokens` cannot get unbounded answers on a small estimate.
+#[test]
+fn a_long_answer_is_charged_to_the_key_s_token_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[limits]\nproxy_tokens_per_minute = 1000\n[providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\nkey_required = false\n",
+            long_winded_provider(8_000)
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let binary = Binary::serve(&data, &["--config", config.to_str().unwrap()]);
+    let (_, key) = mint(&binary, &admin_key(&data), "user");
+    let body = r#"{"model":"fake/m","messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, _, answer) = raw(&binary.addr, "POST", "/v1/chat/completions", &key, body);
+    assert_eq!(status, 200, "{answer}");
+    // About 40 tokens estimated; the 8,000-character answer costs about 2,000 more.
+    let (status, head, answer) = raw(&binary.addr, "POST", "/v1/chat/completions", &key, body);
+    assert_eq!(status, 429, "{}", &answer[..answer.len().min(300)]);
+    assert!(head.contains("retry-after: "), "{head}");
+}
+
 /// Every account action leaves one JSON line, retrievable by the admin key only, and no
 /// secret ever reaches the file: no key text, no key hash, no provider key.
 #[test]
