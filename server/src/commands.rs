@@ -320,9 +320,12 @@ pub fn export(flags: &Flags, key_id: &str, out: Option<&Path>) -> Result<(), Err
 pub fn import(flags: &Flags, key_id: &str, file: &Path) -> Result<(), Error> {
     let config = load(flags)?;
     let (_lock, catalog) = open_catalog(&config)?;
-    catalog.key(key_id).ok_or_else(|| Error::KeyNotFound {
-        id: key_id.to_owned(),
-    })?;
+    let account_id = catalog
+        .key(key_id)
+        .ok_or_else(|| Error::KeyNotFound {
+            id: key_id.to_owned(),
+        })?
+        .account_id;
     let engine = open_engine(&config)?;
     let vault = engine.vault(key_id)?;
     let reader =
@@ -365,6 +368,14 @@ pub fn import(flags: &Flags, key_id: &str, file: &Path) -> Result<(), Error> {
         skipped += outcome.skipped;
     }
     engine.flush()?;
+    crate::audit::AuditLog::open(&config.data_dir)?.record(&crate::audit::AuditEntry {
+        at_ms: now_ms(),
+        account_id,
+        actor: "cli".into(),
+        action: "memory.import".into(),
+        target: key_id.to_owned(),
+        detail: serde_json::json!({"imported": stored, "failed": 0}),
+    })?;
     eprintln!("imported into {key_id}: {stored} stored, {skipped} already present");
     Ok(())
 }

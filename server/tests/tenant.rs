@@ -511,6 +511,60 @@ fn the_server_starts_with_every_key_whichever_catalog_file_is_damaged() {
     }
 }
 
+/// The operator's offline commands leave audit lines too (actor `cli`), and no key text.
+#[test]
+fn offline_key_commands_and_imports_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (ok, stdout, stderr) =
+        common::cli(&["keys", "create", "--name", "ops", "--data-dir", data]);
+    assert!(ok, "{stderr}");
+    let key = stdout
+        .lines()
+        .map(str::trim)
+        .rfind(|l| l.starts_with("mk_"))
+        .unwrap()
+        .to_owned();
+    let id = stderr
+        .split_whitespace()
+        .find(|w| w.starts_with("key_"))
+        .unwrap()
+        .to_owned();
+    let lines = dir.path().join("memories.jsonl");
+    std::fs::write(
+        &lines,
+        "{\"content\":\"an imported fact\",\"role\":\"user\"}\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = common::cli(&[
+        "import",
+        "--key-id",
+        &id,
+        lines.to_str().unwrap(),
+        "--data-dir",
+        data,
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = common::cli(&["keys", "revoke", &id, "--data-dir", data]);
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    let entries: Vec<serde_json::Value> = text.lines().map(json).collect();
+    let actions: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("cli", "key.create"),
+            ("cli", "memory.import"),
+            ("cli", "key.revoke")
+        ]
+    );
+    assert!(entries.iter().all(|e| e["target"] == id.as_str()));
+    assert!(!text.contains(&key) && !text.contains(&key[..16]));
+}
+
 fn sha256_hex(text: &str) -> String {
     ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
         .as_ref()
