@@ -125,6 +125,73 @@ fn revoking_a_key_revokes_every_key_it_minted() {
     assert!(works(&binary, &sibling));
 }
 
+/// A data directory written before key lineage and the catalog's second copy (key records
+/// without `parent_id`, no `catalog-mirror/`) serves as before: its keys work, list with no
+/// parent, mint children and revoke; the mirror is written at the first start.
+#[test]
+fn a_data_directory_from_before_lineage_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    // Keys of 43 random digits (before checksums) stay valid, so a test can write them.
+    let admin = format!("mk_{}", &"Ad9m".repeat(11)[..43]);
+    let user = format!("mk_{}", &"Us3r".repeat(11)[..43]);
+    {
+        let options = wal::WalOptions {
+            durability: wal::Durability::Fsync,
+            ..wal::WalOptions::default()
+        };
+        let (log, _) = wal::Wal::open(&dir.path().join("catalog"), options).unwrap();
+        log.append(1, br#"{"id":"acct_old","created_at_ms":1}"#)
+            .unwrap();
+        for (id, key, is_admin) in [("key_admin", &admin, true), ("key_user", &user, false)] {
+            let record = format!(
+                r#"{{"id":"{id}","account_id":"acct_old","name":null,"hash":"{}","hint":"{}","is_admin":{is_admin},"created_at_ms":2}}"#,
+                sha256_hex(key),
+                &key[..7]
+            );
+            log.append(2, record.as_bytes()).unwrap();
+        }
+    }
+    assert!(!dir.path().join("catalog-mirror").exists());
+    let binary = Binary::serve(dir.path(), &[]);
+    assert!(
+        !dir.path().join("admin.key").exists(),
+        "no new admin key was minted"
+    );
+    assert!(works(&binary, &admin) && works(&binary, &user));
+    let (_, list) = binary.request("GET", "/v1/keys", Some(&admin), "").unwrap();
+    let list = json(&list);
+    assert_eq!(list["keys"].as_array().unwrap().len(), 2, "{list}");
+    assert!(
+        list["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["parent_id"].is_null())
+    );
+    let (status, child) = mint_with(&binary, &user, "child");
+    assert_eq!(
+        (status, &child["parent_id"]),
+        (201, &serde_json::json!("key_user"))
+    );
+    let child_key = child["key"].as_str().unwrap().to_owned();
+    let (status, body) = binary
+        .request("DELETE", "/v1/keys/key_user", Some(&admin), "")
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["revoked_keys"], 2);
+    assert!(!works(&binary, &user) && !works(&binary, &child_key));
+    let (status, _) = binary.terminate();
+    assert!(status.success());
+    assert!(dir.path().join("catalog-mirror").is_dir());
+    let binary = Binary::serve(dir.path(), &[]);
+    assert!(works(&binary, &admin) && !works(&binary, &user));
+    let (_, metrics) = binary.request("GET", "/metrics", None, "").unwrap();
+    assert!(
+        metrics.contains("memoryrouter_catalog_repairs 0"),
+        "writing the mirror is no repair"
+    );
+}
+
 /// `[keys] mint = "admin"`: a user key's mint is a 403 in the error shape; the admin key
 /// still mints. And `[keys] active_max`: past it a 409, and revoking makes room.
 #[test]
