@@ -1049,6 +1049,51 @@ mod tests {
         }
     }
 
+    /// Copies that disagree (neither a prefix of the other: nothing the catalog writes, but
+    /// a hand-edited or mixed-up directory) open with the longer history; the other copy is
+    /// kept aside and rebuilt.
+    #[test]
+    fn copies_that_disagree_open_with_the_longer_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog_dir = dir.path().join("catalog");
+        drop(open(&catalog_dir));
+        let options = wal::WalOptions {
+            durability: wal::Durability::Fsync,
+            ..wal::WalOptions::default()
+        };
+        let account = |id: &str| format!(r#"{{"id":"{id}","created_at_ms":1}}"#);
+        {
+            let (a, _) = wal::Wal::open(&catalog_dir, options.clone()).unwrap();
+            a.append(kind::ACCOUNT_CREATED, account("acct_a1").as_bytes())
+                .unwrap();
+            a.append(kind::ACCOUNT_CREATED, account("acct_a2").as_bytes())
+                .unwrap();
+            let (b, _) = wal::Wal::open(&mirror_dir(&catalog_dir), options).unwrap();
+            b.append(kind::ACCOUNT_CREATED, account("acct_b1").as_bytes())
+                .unwrap();
+        }
+        let catalog = open(&catalog_dir);
+        let ids: Vec<String> = catalog.accounts().into_iter().map(|a| a.id).collect();
+        assert_eq!(ids, ["acct_a1", "acct_a2"]);
+        assert!(
+            catalog.repairs()[0].contains("disagreed"),
+            "{:?}",
+            catalog.repairs()
+        );
+        drop(catalog);
+        let again = open(&catalog_dir);
+        assert!(again.repairs().is_empty(), "{:?}", again.repairs());
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy()
+                    .starts_with("catalog-mirror.damaged-")
+            })
+            .count();
+        assert_eq!(aside, 1, "the disagreeing copy is kept for the operator");
+    }
+
     fn copy_tree(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).unwrap();
         for entry in std::fs::read_dir(from).unwrap() {
