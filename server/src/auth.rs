@@ -106,7 +106,8 @@ impl AuthContext {
     }
 }
 
-/// Authenticates a request, applies the per-key rate limit and records the key's use.
+/// Authenticates a request, applies the per-key and per-account rate limits and records
+/// the key's use.
 pub(crate) async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
@@ -129,10 +130,22 @@ pub(crate) async fn authenticate(
         .catalog
         .lookup(key)
         .ok_or_else(ApiError::invalid_key)?;
+    let now = Instant::now();
     state
         .limiter
-        .check(&record.id, Instant::now())
+        .key
+        .check(&record.id, now)
         .map_err(ApiError::rate_limited)?;
+    state
+        .limiter
+        .account
+        .check(&record.account_id, now)
+        .map_err(|secs| {
+            ApiError::rate_limited_as(
+                secs,
+                "Too many requests for this account (`account_requests_per_minute`)",
+            )
+        })?;
     state.catalog.touch(&record.id, crate::time::now_ms());
     Ok(AuthContext {
         key_id: record.id,

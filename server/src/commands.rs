@@ -74,6 +74,14 @@ pub fn keys_create(flags: &Flags, name: Option<String>, admin: bool) -> Result<(
             id: "account".into(),
         })?;
     let (record, key) = catalog.create_key(&account.id, name, admin, now_ms())?;
+    crate::audit::AuditLog::open(&config.data_dir)?.record(&crate::audit::AuditEntry {
+        at_ms: record.created_at_ms,
+        account_id: account.id,
+        actor: "cli".into(),
+        action: "key.create".into(),
+        target: record.id.clone(),
+        detail: serde_json::json!({"name": record.name, "prefix": record.hint, "admin": admin}),
+    })?;
     println!("{key}");
     eprintln!(
         "created {} (shown once; only its hash is stored)",
@@ -108,21 +116,36 @@ pub fn keys_list(flags: &Flags) -> Result<(), Error> {
 pub fn keys_revoke(flags: &Flags, id: &str, purge: bool) -> Result<(), Error> {
     let config = load(flags)?;
     let (lock, catalog) = open_catalog(&config)?;
+    let account_id = catalog
+        .key(id)
+        .map(|k| k.account_id)
+        .ok_or_else(|| Error::KeyNotFound { id: id.to_owned() })?;
     let revoked = catalog.revoke_key(id, now_ms())?;
     catalog.sync()?;
+    let audit = crate::audit::AuditLog::open(&config.data_dir)?;
+    let entry = |action: &str, detail| crate::audit::AuditEntry {
+        at_ms: now_ms(),
+        account_id: account_id.clone(),
+        actor: "cli".into(),
+        action: action.into(),
+        target: id.to_owned(),
+        detail,
+    };
+    audit.record(&entry(
+        "key.revoke",
+        serde_json::json!({"revoked_keys": revoked}),
+    ))?;
     if purge {
         let engine = open_engine(&config)?;
         engine.purge_vault(id)?;
+        audit.record(&entry("vault.purge", serde_json::Value::Null))?;
     }
     drop(lock);
-    println!(
-        "{id} {}",
-        if revoked {
-            "revoked"
-        } else {
-            "was already revoked"
-        }
-    );
+    match revoked {
+        0 => println!("{id} was already revoked"),
+        1 => println!("{id} revoked"),
+        n => println!("{id} revoked with the {} keys it minted", n - 1),
+    }
     Ok(())
 }
 
@@ -135,12 +158,23 @@ fn open_engine(config: &Config) -> Result<engine::Engine, Error> {
 /// Checks the catalog WAL, every vault WAL (read-only), then opens each vault and checks
 /// every segment file's checksums. Prints one line per part; fails on the first fault.
 pub fn verify(dir: &Path) -> Result<(), Error> {
-    let catalog = wal::verify(&dir.join(datadir::CATALOG_DIR))?;
-    println!(
-        "catalog: {} records in {} segment(s): ok",
-        catalog.records,
-        catalog.segments.len()
-    );
+    // Both copies: serving survives one damaged copy (and repairs it), verify reports it.
+    let catalog_dir = dir.join(datadir::CATALOG_DIR);
+    for (name, copy) in [
+        ("catalog", catalog_dir.clone()),
+        ("catalog mirror", crate::catalog::mirror_dir(&catalog_dir)),
+    ] {
+        if !copy.is_dir() && name == "catalog mirror" {
+            println!("{name}: not written yet (the next start writes it)");
+            continue;
+        }
+        let report = wal::verify(&copy)?;
+        println!(
+            "{name}: {} records in {} segment(s): ok",
+            report.records,
+            report.segments.len()
+        );
+    }
     let vaults_dir = dir.join(datadir::VAULTS_DIR);
     if !vaults_dir.exists() {
         println!("no vaults");
@@ -190,6 +224,10 @@ pub fn repair(dir: &Path) -> Result<(), Error> {
     let backup_root = dir.join(format!("repair-{stamp}"));
     let mut logs: Vec<(String, std::path::PathBuf)> = vec![
         ("catalog".into(), dir.join(datadir::CATALOG_DIR)),
+        (
+            "catalog mirror".into(),
+            crate::catalog::mirror_dir(&dir.join(datadir::CATALOG_DIR)),
+        ),
         (
             "proxy outbox".into(),
             dir.join(crate::proxy::state::OUTBOX_DIR),
@@ -282,9 +320,12 @@ pub fn export(flags: &Flags, key_id: &str, out: Option<&Path>) -> Result<(), Err
 pub fn import(flags: &Flags, key_id: &str, file: &Path) -> Result<(), Error> {
     let config = load(flags)?;
     let (_lock, catalog) = open_catalog(&config)?;
-    catalog.key(key_id).ok_or_else(|| Error::KeyNotFound {
-        id: key_id.to_owned(),
-    })?;
+    let account_id = catalog
+        .key(key_id)
+        .ok_or_else(|| Error::KeyNotFound {
+            id: key_id.to_owned(),
+        })?
+        .account_id;
     let engine = open_engine(&config)?;
     let vault = engine.vault(key_id)?;
     let reader =
@@ -327,6 +368,14 @@ pub fn import(flags: &Flags, key_id: &str, file: &Path) -> Result<(), Error> {
         skipped += outcome.skipped;
     }
     engine.flush()?;
+    crate::audit::AuditLog::open(&config.data_dir)?.record(&crate::audit::AuditEntry {
+        at_ms: now_ms(),
+        account_id,
+        actor: "cli".into(),
+        action: "memory.import".into(),
+        target: key_id.to_owned(),
+        detail: serde_json::json!({"imported": stored, "failed": 0}),
+    })?;
     eprintln!("imported into {key_id}: {stored} stored, {skipped} already present");
     Ok(())
 }

@@ -16,6 +16,9 @@
 //! messages_per_request_max = 1000
 //! message_chars_max = 200000
 //! requests_per_minute = 1200        # per key; 0 = unlimited
+//! account_requests_per_minute = 0   # every key of the account together; 0 = unlimited
+//! proxy_requests_per_minute = 600   # proxied calls per key (spends provider keys); 0 = unlimited
+//! proxy_tokens_per_minute = 2000000 # estimated tokens of proxied calls per key; 0 = unlimited
 //! open_vaults_max = 1024
 //! open_vaults_memory_mb = 1024      # heap the open vaults may hold; idle ones beyond are closed
 //! connections_max = 1024
@@ -44,6 +47,10 @@
 //!
 //! [embedder]
 //! model_dir = "/models/all-MiniLM-L6-v2"  # a local model (docs/format.md); unset = built-in
+//!
+//! [keys]
+//! mint = "any"                      # or "admin": only the admin key mints (POST /v1/keys)
+//! active_max = 100000               # active keys per account; minting beyond is a 409
 //!
 //! [ingest]
 //! store_system = false              # system messages are instructions, not memories
@@ -76,6 +83,18 @@ pub(crate) const BODY_BYTES_MAX_CEILING: usize = 1024 * 1024 * 1024;
 pub(crate) const MESSAGES_PER_REQUEST_MAX_DEFAULT: usize = 1000;
 pub(crate) const MESSAGE_CHARS_MAX_DEFAULT: usize = 200_000;
 pub(crate) const REQUESTS_PER_MINUTE_DEFAULT: u32 = 1200;
+/// Off by default: a self-hosted server usually has one account, so this would be a cap on
+/// the whole server; operators who host several accounts set it.
+pub(crate) const ACCOUNT_REQUESTS_PER_MINUTE_DEFAULT: u32 = 0;
+/// Proxied calls per key per minute: ten a second is far above a person chatting and far
+/// below what a script with a leaked key would spend.
+pub(crate) const PROXY_REQUESTS_PER_MINUTE_DEFAULT: u32 = 600;
+/// Estimated tokens (request and requested answer) per key per minute through the proxy.
+pub(crate) const PROXY_TOKENS_PER_MINUTE_DEFAULT: u32 = 2_000_000;
+/// Active keys an account may hold by default.
+pub(crate) const KEYS_ACTIVE_MAX_DEFAULT: usize = 100_000;
+/// Largest accepted `[keys] active_max`: the key list is held in memory.
+pub(crate) const KEYS_ACTIVE_MAX_CEILING: usize = 10_000_000;
 pub(crate) const OPEN_VAULTS_MAX_DEFAULT: usize = 1024;
 /// The engine's default bound on the open vaults' heap estimate, in MiB (see
 /// `engine::OPEN_VAULTS_MEMORY_BYTES_MAX_DEFAULT` for why 1 GiB).
@@ -124,6 +143,15 @@ pub struct Limits {
     pub message_chars_max: usize,
     /// Requests per minute per key (429 with `Retry-After` above); 0 = unlimited.
     pub requests_per_minute: u32,
+    /// Requests per minute of all the account's keys together (429 above); 0 = unlimited.
+    pub account_requests_per_minute: u32,
+    /// Proxied calls (`/v1/chat/completions`, `/v1/messages`) per key per minute, on top
+    /// of `requests_per_minute`: they spend the account's provider keys. 0 = unlimited.
+    pub proxy_requests_per_minute: u32,
+    /// Estimated tokens per key per minute through the proxy (request bytes / 4 plus the
+    /// answer's `max_tokens`, and what the answer's bytes / 4 exceed that once it is in); a
+    /// call is refused while the key's budget is spent. 0 = unlimited.
+    pub proxy_tokens_per_minute: u32,
     /// Vaults kept open at once; idle ones beyond are closed (LRU) by the engine.
     pub open_vaults_max: usize,
     /// Heap the open vaults may hold together, in MiB, by the engine's estimate (mapped
@@ -150,6 +178,9 @@ impl Default for Limits {
             messages_per_request_max: MESSAGES_PER_REQUEST_MAX_DEFAULT,
             message_chars_max: MESSAGE_CHARS_MAX_DEFAULT,
             requests_per_minute: REQUESTS_PER_MINUTE_DEFAULT,
+            account_requests_per_minute: ACCOUNT_REQUESTS_PER_MINUTE_DEFAULT,
+            proxy_requests_per_minute: PROXY_REQUESTS_PER_MINUTE_DEFAULT,
+            proxy_tokens_per_minute: PROXY_TOKENS_PER_MINUTE_DEFAULT,
             open_vaults_max: OPEN_VAULTS_MAX_DEFAULT,
             open_vaults_memory_mb: OPEN_VAULTS_MEMORY_MB_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
@@ -285,6 +316,37 @@ pub struct EmbedderSetting {
     pub model_dir: Option<PathBuf>,
 }
 
+/// `[keys] mint`: which keys may mint keys with `POST /v1/keys`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MintPolicy {
+    /// Any active key of the account (the hosted contract); minted keys record their
+    /// parent and fall with it.
+    #[default]
+    Any,
+    /// Only the account's admin key: for deployments where end users hold their own keys.
+    Admin,
+}
+
+/// `[keys]`: who mints keys and how many an account may hold.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Keys {
+    pub mint: MintPolicy,
+    /// Active (not revoked) keys per account, the admin key included; minting beyond is a
+    /// 409 `active_keys_max`.
+    pub active_max: usize,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self {
+            mint: MintPolicy::default(),
+            active_max: KEYS_ACTIVE_MAX_DEFAULT,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Ingest {
@@ -302,6 +364,7 @@ pub struct Config {
     pub retrieval: Retrieval,
     pub embedder: EmbedderSetting,
     pub ingest: Ingest,
+    pub keys: Keys,
     /// Proxy providers beyond (or overriding) the built-ins: `[providers.NAME]` with
     /// `kind`, `base_url`, `models`, `key_required` (see `proxy::providers`).
     pub providers: std::collections::BTreeMap<String, crate::proxy::ProviderConfig>,
@@ -327,6 +390,7 @@ impl Default for Config {
             retrieval: Retrieval::default(),
             embedder: EmbedderSetting::default(),
             ingest: Ingest::default(),
+            keys: Keys::default(),
             providers: std::collections::BTreeMap::new(),
             proxy_timeout_ms: crate::proxy::client::TIMEOUT_MS_DEFAULT,
             proxy_connect_timeout_ms: crate::proxy::client::CONNECT_TIMEOUT_MS_DEFAULT,
@@ -346,6 +410,7 @@ impl std::fmt::Debug for Config {
             .field("retrieval", &self.retrieval)
             .field("embedder", &self.embedder)
             .field("ingest", &self.ingest)
+            .field("keys", &self.keys)
             .field("providers", &self.providers)
             .field("proxy_timeout_ms", &self.proxy_timeout_ms)
             .field("proxy_connect_timeout_ms", &self.proxy_connect_timeout_ms)
@@ -431,6 +496,28 @@ impl Config {
                 "REQUESTS_PER_MINUTE" => {
                     self.limits.requests_per_minute = parse_number(name, value)?
                 }
+                "ACCOUNT_REQUESTS_PER_MINUTE" => {
+                    self.limits.account_requests_per_minute = parse_number(name, value)?
+                }
+                "PROXY_REQUESTS_PER_MINUTE" => {
+                    self.limits.proxy_requests_per_minute = parse_number(name, value)?
+                }
+                "PROXY_TOKENS_PER_MINUTE" => {
+                    self.limits.proxy_tokens_per_minute = parse_number(name, value)?
+                }
+                "KEYS_MINT" => {
+                    self.keys.mint = match value.as_str() {
+                        "any" => MintPolicy::Any,
+                        "admin" => MintPolicy::Admin,
+                        _ => {
+                            return Err(invalid(
+                                name,
+                                format!("`{value}` is not `any` or `admin`"),
+                            ));
+                        }
+                    }
+                }
+                "KEYS_ACTIVE_MAX" => self.keys.active_max = parse_number(name, value)?,
                 "OPEN_VAULTS_MAX" => self.limits.open_vaults_max = parse_number(name, value)?,
                 "OPEN_VAULTS_MEMORY_MB" => {
                     self.limits.open_vaults_memory_mb = parse_number(name, value)?
@@ -512,6 +599,15 @@ impl Config {
                 format!(
                     "{} is outside 1..={OPEN_VAULTS_MEMORY_MB_CEILING}",
                     limits.open_vaults_memory_mb
+                ),
+            ));
+        }
+        if !(1..=KEYS_ACTIVE_MAX_CEILING).contains(&self.keys.active_max) {
+            return Err(invalid(
+                "keys.active_max",
+                format!(
+                    "{} is outside 1..={KEYS_ACTIVE_MAX_CEILING}",
+                    self.keys.active_max
                 ),
             ));
         }
@@ -741,6 +837,43 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("--listen"), "{err}");
+    }
+
+    #[test]
+    fn keys_and_account_limits_load_from_file_and_env() {
+        let config = Config::from_toml(
+            "[keys]\nmint = \"admin\"\nactive_max = 3\n[limits]\naccount_requests_per_minute = 50\nproxy_tokens_per_minute = 9\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.keys.mint, MintPolicy::Admin);
+        assert_eq!(config.keys.active_max, 3);
+        assert_eq!(config.limits.account_requests_per_minute, 50);
+        assert_eq!(config.limits.proxy_tokens_per_minute, 9);
+        assert_eq!(
+            config.limits.proxy_requests_per_minute,
+            PROXY_REQUESTS_PER_MINUTE_DEFAULT
+        );
+        let defaults = Config::default();
+        assert_eq!(defaults.keys.mint, MintPolicy::Any, "compatible default");
+        let from_env = Config::load(
+            &Flags::default(),
+            &env(&[
+                ("MEMORYROUTER_KEYS_MINT", "admin"),
+                ("MEMORYROUTER_PROXY_REQUESTS_PER_MINUTE", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(from_env.keys.mint, MintPolicy::Admin);
+        assert_eq!(from_env.limits.proxy_requests_per_minute, 7);
+        for (key, value, field) in [
+            ("MEMORYROUTER_KEYS_MINT", "some", "KEYS_MINT"),
+            ("MEMORYROUTER_KEYS_ACTIVE_MAX", "0", "keys.active_max"),
+        ] {
+            let err = Config::load(&Flags::default(), &env(&[(key, value)])).unwrap_err();
+            assert!(err.to_string().contains(field), "{err}");
+        }
+        assert!(Config::from_toml("[keys]\nmint = \"users\"\n").is_err());
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub enum Error {
     Wal(#[from] wal::WalError),
     #[error("storage engine: {0}")]
     Engine(#[from] engine::Error),
+    #[error("the key catalog refuses changes until a restart (a write to it failed)")]
+    CatalogPoisoned,
     #[error("catalog record {lsn} (kind {kind}) is corrupt: {reason}")]
     CorruptCatalog { lsn: u64, kind: u8, reason: String },
     #[error("secret key: {reason}")]
@@ -39,6 +41,8 @@ pub enum Error {
     Decrypt { provider: String },
     #[error("no key with id {id}")]
     KeyNotFound { id: String },
+    #[error("the account already holds {max} active keys (`[keys] active_max`)")]
+    ActiveKeysMax { max: usize },
     #[error("the system random number generator failed")]
     Random,
     #[error("{what} failed checksum verification: {reason}")]
@@ -149,11 +153,16 @@ impl ApiError {
     }
 
     pub(crate) fn rate_limited(retry_after_secs: u64) -> Self {
+        Self::rate_limited_as(retry_after_secs, "Too many requests for this key")
+    }
+
+    /// A 429 whose message says which limit (`what`) was reached.
+    pub(crate) fn rate_limited_as(retry_after_secs: u64, what: &str) -> Self {
         let mut error = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
             "rate_limit_exceeded",
-            format!("Too many requests for this key; retry in {retry_after_secs} s."),
+            format!("{what}; retry in {retry_after_secs} s."),
         );
         error.retry_after_secs = Some(retry_after_secs);
         error
@@ -213,6 +222,15 @@ impl From<Error> for ApiError {
         match error {
             Error::Engine(inner) => inner.into(),
             Error::KeyNotFound { id } => ApiError::not_found(format!("No key with id {id}.")),
+            Error::ActiveKeysMax { max } => ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                "active_keys_max",
+                format!(
+                    "The account already holds {max} active keys, the most `[keys] active_max` \
+                     allows; revoke one first."
+                ),
+            ),
             Error::Decrypt { provider } => ApiError::unavailable(format!(
                 "The stored {provider} provider key cannot be decrypted with this server's secret key."
             )),

@@ -38,6 +38,7 @@
 #![warn(unreachable_pub)]
 
 mod api;
+mod audit;
 mod auth;
 mod catalog;
 mod cli;
@@ -88,7 +89,10 @@ pub struct AppState {
     pub catalog: catalog::Catalog,
     pub(crate) engine: engine::Engine,
     pub(crate) metrics: metrics::Metrics,
-    pub(crate) limiter: ratelimit::RateLimiter,
+    /// Per-key, per-account and per-key proxy budgets (`[limits]`).
+    pub(crate) limiter: ratelimit::Limits,
+    /// Account actions, one JSON line each (`DATA_DIR/audit.jsonl`).
+    pub(crate) audit: audit::AuditLog,
     /// Providers, the upstream client and the outbox of exchanges awaiting ingest. Public
     /// for the tests and benches, which wait for it to settle and read the outbox.
     pub proxy: proxy::ProxyState,
@@ -130,6 +134,7 @@ impl AppState {
             std::sync::Arc::clone(&storage),
         )?;
         let new_admin_key = commands::bootstrap(&catalog, &dir)?;
+        let audit = audit::AuditLog::open(&dir)?;
         let mut engine_config = engine::EngineConfig::new(dir.join(datadir::VAULTS_DIR));
         engine_config.durability = config.durability.to_wal();
         engine_config.storage = storage;
@@ -165,7 +170,8 @@ impl AppState {
             reason: e.to_string(),
         })?;
         let state = AppState {
-            limiter: ratelimit::RateLimiter::new(config.limits.requests_per_minute),
+            limiter: ratelimit::Limits::new(&config.limits),
+            audit,
             config,
             catalog,
             engine,
@@ -175,6 +181,10 @@ impl AppState {
             proxy,
             _lock: lock,
         };
+        state.metrics.catalog_repairs.store(
+            state.catalog.repairs().len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         // Exchanges a crash left unstored are stored before the first request is served.
         state.proxy.replay(&state);
         Ok(Opened {

@@ -112,6 +112,10 @@ pub(crate) struct Metrics {
     /// Time an ingest spends until the engine acknowledges (includes the WAL fsync).
     pub ingest_durable: Histogram,
     pub memories_stored: AtomicU64,
+    /// Audit lines that could not be written (the action itself was done; see `audit`).
+    pub audit_write_failures: AtomicU64,
+    /// Catalog copies found damaged and rebuilt from the other copy at start.
+    pub catalog_repairs: AtomicU64,
 }
 
 /// Values read at scrape time.
@@ -149,6 +153,10 @@ impl Metrics {
             _ => &metrics.status_2xx,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn audit_write_failed(&self) {
+        self.audit_write_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn route_summaries(&self) -> BTreeMap<String, RouteSummary> {
@@ -218,6 +226,24 @@ impl Metrics {
         );
         out.push_str("# TYPE memoryrouter_memories_stored_total counter\n");
         let _ = writeln!(out, "memoryrouter_memories_stored_total {stored}");
+        out.push_str(
+            "# HELP memoryrouter_audit_write_failures_total Account actions whose audit line could not be written.\n",
+        );
+        out.push_str("# TYPE memoryrouter_audit_write_failures_total counter\n");
+        let _ = writeln!(
+            out,
+            "memoryrouter_audit_write_failures_total {}",
+            self.audit_write_failures.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP memoryrouter_catalog_repairs Damaged catalog copies rebuilt from the other copy at start (the log says which).\n",
+        );
+        out.push_str("# TYPE memoryrouter_catalog_repairs gauge\n");
+        let _ = writeln!(
+            out,
+            "memoryrouter_catalog_repairs {}",
+            self.catalog_repairs.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP memoryrouter_open_vaults Vaults currently open.\n");
         out.push_str("# TYPE memoryrouter_open_vaults gauge\n");
         let _ = writeln!(out, "memoryrouter_open_vaults {open_vaults}");

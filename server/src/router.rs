@@ -8,7 +8,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::AppState;
-use crate::api::{admin, ingest, keys, memories, ops, prepare, provider_keys, transfer};
+use crate::api::{admin, audit, ingest, keys, memories, ops, prepare, provider_keys, transfer};
 use crate::error::ApiError;
 use crate::http::{Body, error_response};
 use crate::proxy;
@@ -88,6 +88,7 @@ pub(crate) async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Respo
                 "DELETE /v1/memory/{id}",
                 memories::delete(state, req, id).await,
             ),
+            (&Method::GET, ["v1", "audit"]) => ("GET /v1/audit", audit::list(state, req).await),
             (&Method::GET, ["v1", "admin", "overview"]) => {
                 ("GET /v1/admin/overview", admin::overview(state, req).await)
             }
@@ -143,6 +144,7 @@ const KNOWN_PATHS: &[&[&str]] = &[
     &["v1", "memory"],
     &["v1", "memory", "*"],
     &["v1", "admin", "overview"],
+    &["v1", "audit"],
     &["v1", "chat", "completions"],
     &["v1", "messages"],
     &["v1", "models"],

@@ -56,6 +56,10 @@ async fn main() -> Result<()> {
         ..Config::default()
     };
     config.limits.requests_per_minute = 0;
+    // The per-key proxy budgets would throttle a benchmark that sends thousands of calls
+    // through one key.
+    config.limits.proxy_requests_per_minute = 0;
+    config.limits.proxy_tokens_per_minute = 0;
     config.providers.insert(
         "local".into(),
         ProviderConfig {

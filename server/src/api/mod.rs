@@ -14,9 +14,11 @@
 //! | [`keys`] | `/v1/keys`: mint, list, revoke Memory Keys |
 //! | [`provider_keys`] | `/v1/provider-keys/{provider}`: the account's stored provider keys |
 //! | [`admin`] | `GET /v1/admin/overview` (the dashboard's summary) |
+//! | [`audit`] | `GET /v1/audit` (the account's audit log, admin key) |
 //! | [`ops`] | `/healthz`, `/readyz`, `/metrics` |
 
 pub(crate) mod admin;
+pub(crate) mod audit;
 pub(crate) mod ingest;
 pub(crate) mod keys;
 pub(crate) mod memories;

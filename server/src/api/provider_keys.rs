@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::AppState;
+use crate::audit::{self, AuditEntry};
 use crate::auth::authenticate;
 use crate::catalog::{PROVIDER_VALUE_CHARS_MAX, ProviderKeyInfo, valid_provider_name};
 use crate::error::ApiError;
@@ -105,9 +106,10 @@ pub(crate) async fn put(
     }
     let st = state.clone();
     let provider = provider.to_owned();
+    let account_id = auth.account_id.clone();
     let info = blocking(move || {
         Ok(st.catalog.set_provider_key(
-            &auth.account_id,
+            &account_id,
             &provider,
             request.api_key.trim(),
             None,
@@ -115,6 +117,18 @@ pub(crate) async fn put(
         )?)
     })
     .await?;
+    // The provider's name only: never the key, nor its masked hint.
+    audit::record(
+        state,
+        AuditEntry {
+            at_ms: now_ms(),
+            account_id: auth.account_id,
+            actor: auth.key_id,
+            action: "provider_key.put".into(),
+            target: info.provider.clone(),
+            detail: serde_json::Value::Null,
+        },
+    );
     Ok(json_response(StatusCode::OK, &info_json(&info)))
 }
 
@@ -129,13 +143,24 @@ pub(crate) async fn delete(
     check_provider(provider)?;
     let st = state.clone();
     let name = provider.to_owned();
-    let deleted =
-        blocking(move || Ok(st.catalog.delete_provider_key(&auth.account_id, &name)?)).await?;
+    let account_id = auth.account_id.clone();
+    let deleted = blocking(move || Ok(st.catalog.delete_provider_key(&account_id, &name)?)).await?;
     if !deleted {
         return Err(ApiError::not_found(format!(
             "No stored key for provider {provider}."
         )));
     }
+    audit::record(
+        state,
+        AuditEntry {
+            at_ms: now_ms(),
+            account_id: auth.account_id,
+            actor: auth.key_id,
+            action: "provider_key.delete".into(),
+            target: provider.to_owned(),
+            detail: serde_json::Value::Null,
+        },
+    );
     Ok(json_response(
         StatusCode::OK,
         &json!({"provider": provider, "deleted": true}),

@@ -22,6 +22,8 @@ use serde_json::{Value, json};
 
 use super::memories::{caller, memory_json};
 use crate::AppState;
+use crate::audit::{self, AuditEntry};
+use crate::auth::AuthContext;
 use crate::error::{ApiError, Error};
 use crate::http::{Body, blocking, json_response, read_body, text_response};
 use crate::request::{check_text_length, parse_role, session_id, to_new_memory};
@@ -221,13 +223,13 @@ async fn bulk_store(
 async fn jsonl_request(
     state: &Arc<AppState>,
     req: Request<Incoming>,
-) -> Result<(http::request::Parts, String, String), ApiError> {
+) -> Result<(http::request::Parts, AuthContext, String, String), ApiError> {
     let (parts, body) = req.into_parts();
-    let (_auth, _query, vault_id) = caller(state, &parts).await?;
+    let (auth, _query, vault_id) = caller(state, &parts).await?;
     let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
     let text = String::from_utf8(bytes.to_vec())
         .map_err(|_| ApiError::bad_request("invalid_utf8", "The body must be UTF-8 JSON Lines."))?;
-    Ok((parts, vault_id, text))
+    Ok((parts, auth, vault_id, text))
 }
 
 /// `POST /v1/memory/import` (JSON Lines as exported) → `{imported, skipped, failed, errors}`.
@@ -235,13 +237,24 @@ pub(crate) async fn import(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let (_parts, vault_id, text) = jsonl_request(state, req).await?;
+    let (_parts, auth, vault_id, text) = jsonl_request(state, req).await?;
     let chars_max = state
         .config
         .limits
         .message_chars_max
         .max(engine::CHUNK_CHARS_MAX);
-    let outcome = bulk_store(state, vault_id, text, String::new(), chars_max).await?;
+    let outcome = bulk_store(state, vault_id.clone(), text, String::new(), chars_max).await?;
+    audit::record(
+        state,
+        AuditEntry {
+            at_ms: now_ms(),
+            account_id: auth.account_id,
+            actor: auth.key_id,
+            action: "memory.import".into(),
+            target: vault_id,
+            detail: json!({"imported": outcome.stored_messages, "failed": outcome.failed}),
+        },
+    );
     Ok(json_response(
         StatusCode::OK,
         &json!({"imported": outcome.stored_messages, "skipped": outcome.skipped, "failed": outcome.failed, "errors": outcome.errors}),
@@ -254,7 +267,7 @@ pub(crate) async fn upload(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let (parts, vault_id, text) = jsonl_request(state, req).await?;
+    let (parts, _auth, vault_id, text) = jsonl_request(state, req).await?;
     // The header is held to the same bound as in every other request that names a session.
     let session = session_id(None, &parts.headers)?;
     let chars_max = state.config.limits.message_chars_max;

@@ -89,7 +89,10 @@ pub(crate) async fn handle(
     // than feed it through the SSE relay.
     if stream && is_event_stream(&response) {
         let provider_ms = ms(sent.elapsed());
-        let on_complete: OnComplete = Box::new(move |answer| draft.finish(answer));
+        let on_complete: OnComplete = Box::new(move |answer| {
+            draft.charge_answer(answer.len());
+            draft.finish(answer)
+        });
         let idle = state.proxy.client.timeout();
         let upstream = response.into_body();
         let body: Body = match provider.kind {
@@ -129,6 +132,7 @@ pub(crate) async fn handle(
         .read_body(&provider.name, response.into_body(), deadline)
         .await?;
     let provider_ms = ms(sent.elapsed());
+    draft.charge_answer(bytes.len());
     let (bytes, answer, content_type) = match provider.kind {
         ProviderKind::Openai => {
             let answer = if draft.stores_anything() {

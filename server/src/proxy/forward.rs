@@ -61,6 +61,9 @@ pub(crate) struct ProxyRequest {
     pub auth: AuthContext,
     pub body: Map<String, Value>,
     pub plan: MemoryPlan,
+    /// The answer's tokens charged to the key's proxy budget before the call (its declared
+    /// maximum); a longer answer is charged the rest ([`ExchangeDraft::charge_answer`]).
+    pub answer_tokens_charged: u64,
 }
 
 /// Authenticates, reads the JSON object body and resolves the memory plan (removing
@@ -74,6 +77,7 @@ pub(crate) async fn begin(
     let auth = authenticate(state, &parts.headers).await?;
     let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
     let mut body: Map<String, Value> = parse_json(&bytes)?;
+    let answer_tokens_charged = spend_proxy_budget(state, &auth, bytes.len(), &body)?;
     let plan = options::resolve(&mut body, parts.uri.query(), &parts.headers, auth.mode)?;
     Ok(ProxyRequest {
         started,
@@ -81,7 +85,48 @@ pub(crate) async fn begin(
         auth,
         body,
         plan,
+        answer_tokens_charged,
     })
+}
+
+/// The per-key proxy budget (`[limits] proxy_requests_per_minute`, `proxy_tokens_per_minute`):
+/// a leaked key cannot spend the account's provider keys faster than this. Tokens are
+/// estimated before the call as the body's bytes / 4 plus the answer's declared maximum
+/// (`max_tokens`, `max_completion_tokens`), which is returned; once the answer is known, what
+/// it has beyond that maximum (its bytes / 4) is charged too.
+fn spend_proxy_budget(
+    state: &AppState,
+    auth: &AuthContext,
+    body_bytes: usize,
+    body: &Map<String, Value>,
+) -> Result<u64, ApiError> {
+    let now = Instant::now();
+    let limits = &state.limiter;
+    limits
+        .proxy_requests
+        .check(&auth.key_id, now)
+        .map_err(|secs| {
+            ApiError::rate_limited_as(
+                secs,
+                "Too many proxied calls for this key (`proxy_requests_per_minute`)",
+            )
+        })?;
+    let answer_max = ["max_tokens", "max_completion_tokens"]
+        .iter()
+        .filter_map(|field| body.get(*field).and_then(Value::as_u64))
+        .max()
+        .unwrap_or(0);
+    let tokens = (body_bytes as u64).div_ceil(4).saturating_add(answer_max);
+    limits
+        .proxy_tokens
+        .take(&auth.key_id, tokens, now)
+        .map_err(|secs| {
+            ApiError::rate_limited_as(
+                secs,
+                "This key's proxy token budget is spent (`proxy_tokens_per_minute`)",
+            )
+        })?;
+    Ok(answer_max)
 }
 
 /// Parses `messages` for the memory paths and strips the `"memory"` flags from the raw
@@ -301,6 +346,8 @@ pub(crate) struct ExchangeDraft {
     /// The user's turn, if it is to be stored.
     pub user_turn: Option<String>,
     pub store_response: bool,
+    /// See [`ProxyRequest::answer_tokens_charged`].
+    pub answer_tokens_charged: u64,
 }
 
 impl ExchangeDraft {
@@ -318,7 +365,19 @@ impl ExchangeDraft {
             model: model.to_owned(),
             user_turn: user_turn.filter(|_| req.plan.store_input),
             store_response: req.plan.store_response,
+            answer_tokens_charged: req.answer_tokens_charged,
         }
+    }
+
+    /// Charges the key's proxy token budget for an answer of `answer_bytes` (estimated at
+    /// 4 bytes a token) beyond what was charged for it before the call.
+    pub(crate) fn charge_answer(&self, answer_bytes: usize) {
+        let tokens = (answer_bytes as u64).div_ceil(4);
+        let extra = tokens.saturating_sub(self.answer_tokens_charged);
+        self.state
+            .limiter
+            .proxy_tokens
+            .charge(&self.key_id, extra, Instant::now());
     }
 
     /// Whether anything would be stored at all (saves the work of assembling the answer).

@@ -88,7 +88,10 @@ pub(crate) async fn handle(
 
     if status.is_success() && stream && is_event_stream(&response) {
         let provider_ms = ms(sent.elapsed());
-        let on_complete: OnComplete = Box::new(move |answer| draft.finish(answer));
+        let on_complete: OnComplete = Box::new(move |answer| {
+            draft.charge_answer(answer.len());
+            draft.finish(answer)
+        });
         let (upstream, idle) = (response.into_body(), state.proxy.client.timeout());
         let body: Body = if translated {
             let transform = anthropic_to_openai::OpenAiToAnthropic::default();
@@ -126,6 +129,9 @@ pub(crate) async fn handle(
         .read_body(&provider.name, response.into_body(), deadline)
         .await?;
     let provider_ms = ms(sent.elapsed());
+    if status.is_success() {
+        draft.charge_answer(bytes.len());
+    }
     let bytes = match (translated, status.is_success()) {
         (false, true) => {
             let answer = if draft.stores_anything() {
