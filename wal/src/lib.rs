@@ -85,7 +85,7 @@ pub use error::WalError;
 pub use file::{FILE_MODE, LogFile, OsStorage, Storage, truncate_file};
 pub use recovery::{SegmentReport, VerifyReport, verify};
 pub use repair::{Cut, RepairReport, repair};
-pub use writer::Wal;
+pub use writer::{SPACE_PROBE_BYTES, Wal};
 
 impl Wal {
     /// [`Wal::open`] with every write, sync, rename and delete going through `storage`

@@ -156,6 +156,7 @@ fn remove_tmp_files(storage: &dyn Storage, dir: &Path) -> Result<(), WalError> {
         let is_ours = entry.file_name().to_str().is_some_and(|name| {
             name.ends_with(TMP_SUFFIX)
                 && (name == checkpoint::CHECKPOINT_TMP_FILE
+                    || name == crate::writer::SPACE_PROBE_FILE
                     || segment::parse_segment_name(
                         &name.replace(TMP_SUFFIX, segment::SEGMENT_SUFFIX),
                     )
