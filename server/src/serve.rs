@@ -203,3 +203,60 @@ async fn flush_last_used_periodically(state: Arc<AppState>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn said(text: &str) -> engine::NewMemory {
+        engine::NewMemory {
+            session_id: "s".into(),
+            role: engine::Role::User,
+            text: text.into(),
+            created_at_ms: 1,
+            model: None,
+            metadata: None,
+        }
+    }
+
+    /// Issue 12: after a failed fsync (the vault poisoned, refusing writes) a SIGTERM exited
+    /// 1, because shutdown's flush asked the poisoned WAL to sync. In fsync durability every
+    /// acknowledged write was synced already: shutdown succeeds, and what was acknowledged
+    /// before the failure is there after a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_after_a_failed_fsync_succeeds_and_keeps_the_acknowledged_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::from_toml("").unwrap();
+        config.data_dir = dir.path().to_path_buf();
+        let disk = engine::powerloss::PowerLoss::attach(dir.path()).unwrap();
+        let state = Arc::new(
+            AppState::open_with(config.clone(), Arc::new(disk.clone()))
+                .unwrap()
+                .state,
+        );
+        let vault = state.engine.vault("key_sick").unwrap();
+        vault.ingest(vec![said("acknowledged before")]).unwrap();
+        disk.fail_syncs(true);
+        assert!(vault.ingest(vec![said("never acknowledged")]).is_err());
+        disk.fail_syncs(false);
+        assert!(vault.is_poisoned());
+        drop(vault);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let served = serve(listener, Arc::clone(&state), async {}).await;
+        assert!(served.is_ok(), "shutdown failed: {served:?}");
+        drop(state);
+
+        let state = AppState::open(config).unwrap().state;
+        let vault = state.engine.vault("key_sick").unwrap();
+        let texts: Vec<String> = vault
+            .list(None, 100, None)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert!(
+            texts.contains(&"acknowledged before".to_owned()),
+            "{texts:?}"
+        );
+    }
+}
