@@ -4,6 +4,7 @@ mod basic;
 mod common;
 mod context;
 mod crash;
+mod failfrom;
 mod memory;
 mod missing;
 mod model;
