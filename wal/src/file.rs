@@ -51,7 +51,7 @@ pub trait Storage: Send + Sync {
 /// write a temp name, fsync it, rename it into place, fsync the directory. Returns the open
 /// file, positioned at its end, for callers that go on appending (segments).
 ///
-/// If writing or syncing the temp file fails, it is deleted (best effort: it was never renamed,
+/// If writing, syncing or renaming the temp file fails, it is deleted (best effort: it was never renamed,
 /// so it is garbage either way, and `Wal::open` deletes leftovers), so a log that keeps running
 /// out of space does not collect them.
 pub(crate) fn create_durably(
@@ -77,9 +77,14 @@ pub(crate) fn create_durably(
         let _ = storage.remove(tmp);
         return Err(err);
     }
-    storage
-        .rename(tmp, path)
-        .map_err(|e| WalError::io("rename", tmp, e))?;
+    // A rename can fail for lack of space too (the directory needs a new block): nothing
+    // was renamed, so like a failed write that is retryable, not a reason to poison (found
+    // by the outbox's "every write fails from operation N" test).
+    if let Err(e) = storage.rename(tmp, path) {
+        drop(file);
+        let _ = storage.remove(tmp);
+        return Err(WalError::write("rename", tmp, e));
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     storage
         .sync_dir(dir)

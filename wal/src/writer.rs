@@ -708,6 +708,12 @@ impl Wal {
         &self.dir
     }
 
+    /// The durability the log was opened with.
+    #[cfg(test)]
+    pub(crate) fn durability(&self) -> Durability {
+        self.options.durability
+    }
+
     /// Records waiting for a leader (tests use it to stage a group deterministically).
     #[cfg(test)]
     pub(crate) fn queued_records(&self) -> usize {
