@@ -128,13 +128,31 @@ struct FileNode {
     /// file was truncated (and not synced since).
     synced: usize,
     durable_old: Option<Vec<u8>>,
+    /// Byte ranges of `data` an fsync failed to write ("fsyncgate"): the kernel marked those
+    /// pages clean without writing them, so no later fsync writes them either. The process
+    /// still reads them; the disk holds zeros there (once a later sync extends the file past
+    /// them) and never their bytes.
+    lost: Vec<(usize, usize)>,
 }
 
 impl FileNode {
-    fn durable(&self) -> &[u8] {
-        match &self.durable_old {
-            Some(old) => old,
-            None => &self.data[..self.synced],
+    fn durable(&self) -> Vec<u8> {
+        let mut bytes = match &self.durable_old {
+            Some(old) => old.clone(),
+            None => self.data[..self.synced].to_vec(),
+        };
+        self.zero_lost(&mut bytes);
+        bytes
+    }
+
+    /// Zeroes what a failed fsync never wrote, in `bytes` (a prefix of the file as the disk
+    /// would show it).
+    fn zero_lost(&self, bytes: &mut [u8]) {
+        for &(start, end) in &self.lost {
+            let end = end.min(bytes.len());
+            if start < end {
+                bytes[start..end].fill(0);
+            }
         }
     }
 }
@@ -417,6 +435,7 @@ impl Model {
                 data,
                 synced,
                 durable_old: None,
+                lost: Vec::new(),
             })))
         }
     }
@@ -488,7 +507,7 @@ impl Model {
                     self.materialize(child, &path, rng, depth + 1)?;
                 }
                 Node::File(file) => {
-                    let durable = file.durable();
+                    let mut durable = file.durable();
                     let tail = file.data.len().saturating_sub(durable.len());
                     let keep = match rng.as_mut() {
                         Some(rng) if file.durable_old.is_none() && tail > 0 => match rng.below(3) {
@@ -498,11 +517,12 @@ impl Model {
                         },
                         _ => 0,
                     };
-                    let bytes = if keep > 0 {
-                        &file.data[..durable.len() + keep]
-                    } else {
-                        durable
-                    };
+                    if keep > 0 {
+                        let from = durable.len();
+                        durable.extend_from_slice(&file.data[from..from + keep]);
+                        file.zero_lost(&mut durable);
+                    }
+                    let bytes = &durable;
                     std::fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
@@ -536,6 +556,11 @@ impl LogFile for PlFile {
             let file = model.file(node);
             file.data.truncate(len as usize);
             file.synced = file.synced.min(file.data.len());
+            let len = file.data.len();
+            file.lost.retain_mut(|(start, end)| {
+                *end = (*end).min(len);
+                start < end
+            });
         }
         Ok(was)
     }
@@ -565,7 +590,19 @@ impl LogFile for PlFile {
     fn sync_data(&mut self) -> io::Result<()> {
         self.storage.before(OpKind::SyncFile, &self.path)?;
         // No real fsync: the model is the disk.
-        if self.storage.skips(OpKind::SyncFile, &self.path)? {
+        let skipped = self.storage.skips(OpKind::SyncFile, &self.path);
+        if skipped.is_err()
+            && let Some(node) = self.node
+        {
+            // A failed fsync: what it should have written is lost for good (see `lost`).
+            let mut model = self.storage.0.model.lock();
+            let file = model.file(node);
+            if file.data.len() > file.synced {
+                let range = (file.synced, file.data.len());
+                file.lost.push(range);
+            }
+        }
+        if skipped? {
             return Ok(());
         }
         if let Some(node) = self.node {
@@ -599,6 +636,7 @@ impl PowerLoss {
             data: Vec::new(),
             synced: 0,
             durable_old: None,
+            lost: Vec::new(),
         }));
         model.dir(parent).live.insert(name, node);
         Ok(Some(node))
@@ -700,6 +738,32 @@ impl wal::Storage for PowerLoss {
         }
         Ok(())
     }
+
+    /// An fsync of the file (a sync like any other: it can be skipped or failed), then the
+    /// page cache dropped: the real file is rewritten with what the modelled disk holds, so
+    /// the next read shows the disk (zeros where a failed fsync lost bytes), as reading
+    /// after `POSIX_FADV_DONTNEED` does.
+    fn drop_cache(&self, path: &Path) -> io::Result<()> {
+        self.before(OpKind::SyncFile, path)?;
+        if self.skips(OpKind::SyncFile, path)? {
+            return Ok(());
+        }
+        let mut model = self.0.model.lock();
+        let Some(node) = model.resolve(path)? else {
+            return Ok(());
+        };
+        model.durable_version += 1;
+        let file = model.file(node);
+        file.synced = file.data.len();
+        file.durable_old = None;
+        let disk = file.durable();
+        if disk != file.data {
+            std::fs::write(path, &disk)?;
+            file.data = disk;
+        }
+        file.lost.clear();
+        Ok(())
+    }
 }
 
 impl Storage for PowerLoss {
@@ -786,6 +850,11 @@ impl wal::Storage for NoSync {
     }
 
     fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Images are scratch copies whose cache holds exactly what was written to them.
+    fn drop_cache(&self, _path: &Path) -> io::Result<()> {
         Ok(())
     }
 }

@@ -45,6 +45,29 @@ pub trait Storage: Send + Sync {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creations, renames, deletions) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Makes reads of `path` show what the disk holds, not the page cache: fsyncs it (what a
+    /// process that died left dirty is written now), then drops its cached pages (see
+    /// [`drop_cache_of`]). Recovery calls it on the last segment before reading it.
+    fn drop_cache(&self, path: &Path) -> io::Result<()>;
+}
+
+/// [`Storage::drop_cache`] on the real file system: `fsync`, then
+/// `posix_fadvise(POSIX_FADV_DONTNEED)` over the whole file.
+///
+/// Why: after a failed fsync Linux marks the pages that could not be written clean, keeps
+/// them readable and never retries them ("fsyncgate"), and a later fsync reports success. A
+/// process that reopened the log would replay records that never reached the disk, answer a
+/// client's retry of them as a duplicate, and append after them — and after a power cut its
+/// own acknowledged records would follow a hole, to be cut off by the next recovery. Dropping
+/// the cached pages after the fsync makes the next read come from the disk, so recovery cuts
+/// at what is really there (clean pages are dropped; the fsync just made every page clean).
+/// On a file system without a backing device (tmpfs) the advice does nothing, and there is
+/// nothing to distrust.
+#[doc(hidden)]
+pub fn drop_cache_of(path: &Path) -> io::Result<()> {
+    let file = File::open(path)?;
+    file.sync_all()?;
+    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).map_err(io::Error::from)
 }
 
 /// Creates `path` holding `bytes` so that a crash leaves either no file or the whole one:
@@ -128,6 +151,10 @@ impl LogFile for OsFile {
 }
 
 impl Storage for OsStorage {
+    fn drop_cache(&self, path: &Path) -> io::Result<()> {
+        drop_cache_of(path)
+    }
+
     fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
         let file = OpenOptions::new()
             .write(true)
@@ -391,6 +418,15 @@ mod fault {
                 return Ok(());
             }
             OsStorage.sync_dir(dir)
+        }
+
+        /// Not counted among the syncs (nor failed by the plan): the plans count the syncs
+        /// of appends, and opens of logs with segments would shift them.
+        fn drop_cache(&self, path: &Path) -> io::Result<()> {
+            if self.plan.skip_real_sync {
+                return Ok(());
+            }
+            OsStorage.drop_cache(path)
         }
     }
 }

@@ -5,6 +5,7 @@ mod common;
 mod context;
 mod crash;
 mod failfrom;
+mod fsyncgate;
 mod memory;
 mod missing;
 mod model;
