@@ -43,7 +43,9 @@
 //! undoing a stalled group. The state of the file is then unknown (a failed fsync may have
 //! dropped dirty pages and cleared the error, "fsyncgate"), so retrying could acknowledge data
 //! that is not on disk. Every later call returns [`WalError::Poisoned`] until the log is
-//! reopened, which re-reads the truth from disk.
+//! reopened (except `sync` in Fsync mode, which has nothing acknowledged left to sync), and
+//! the reopen re-reads the truth from the disk, not from the page cache (recovery drops the
+//! last segment's cached pages first; see `file::drop_cache_of`).
 //!
 //! Why poison rather than rotate to a fresh segment when the cut itself fails: after a failed
 //! write the old segment's tail is unknown (half a frame, whole unacknowledged batches), and a
