@@ -244,6 +244,14 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let served = serve(listener, Arc::clone(&state), async {}).await;
         assert!(served.is_ok(), "shutdown failed: {served:?}");
+        // The aborted flusher task lets its handle go a moment later; the data-dir lock
+        // goes with the last one.
+        for _ in 0..500 {
+            if Arc::strong_count(&state) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         drop(state);
 
         let state = AppState::open(config).unwrap().state;
