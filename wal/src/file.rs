@@ -62,21 +62,30 @@ pub trait Storage: Send + Sync {
 /// the cached pages after the fsync makes the next read come from the disk, so recovery cuts
 /// at what is really there (clean pages are dropped; the fsync just made every page clean).
 /// On a file system without a backing device (tmpfs) the advice does nothing, and there is
-/// nothing to distrust.
+/// nothing to distrust. A file system that refuses the advice is logged and read as it is
+/// (refusing to open would turn a missing safeguard into an outage); a failed
+/// fsync is an error.
 #[doc(hidden)]
 pub fn drop_cache_of(path: &Path) -> io::Result<()> {
     let file = File::open(path)?;
     file.sync_all()?;
-    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).map_err(io::Error::from)
+    if let Err(error) = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed) {
+        tracing::warn!(
+            file = %path.display(),
+            %error,
+            "wal: could not drop the cached pages of the last segment; recovery reads them as cached"
+        );
+    }
+    Ok(())
 }
 
 /// Creates `path` holding `bytes` so that a crash leaves either no file or the whole one:
 /// write a temp name, fsync it, rename it into place, fsync the directory. Returns the open
 /// file, positioned at its end, for callers that go on appending (segments).
 ///
-/// If writing, syncing or renaming the temp file fails, it is deleted (best effort: it was never renamed,
-/// so it is garbage either way, and `Wal::open` deletes leftovers), so a log that keeps running
-/// out of space does not collect them.
+/// If writing, syncing or renaming the temp file fails, it is deleted (best effort: it was
+/// never renamed, so it is garbage either way, and `Wal::open` deletes leftovers), so a log
+/// that keeps running out of space does not collect them.
 pub(crate) fn create_durably(
     storage: &dyn Storage,
     tmp: &Path,
