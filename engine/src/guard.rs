@@ -120,6 +120,12 @@ impl wal::Storage for Guarded {
         let result = self.inner.sync_dir(dir);
         Guarded::watch(&self.poisoned, &self.name, result)
     }
+
+    fn drop_cache(&self, path: &Path) -> io::Result<()> {
+        Guarded::check(&self.poisoned)?;
+        let result = self.inner.drop_cache(path);
+        Guarded::watch(&self.poisoned, &self.name, result)
+    }
 }
 
 impl Storage for Guarded {

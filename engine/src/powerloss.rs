@@ -66,6 +66,38 @@ pub enum OpKind {
     SyncDir,
 }
 
+/// "Every write fails from operation N" ([`PowerLoss::fail_writes_from`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailFrom {
+    /// The first operation (1-based, as [`Op::index`] counts) that fails.
+    pub op: u64,
+    /// The errno every failing operation returns. `ENOSPC` (28) is a full disk: creations,
+    /// renames and writes fail (a write after writing half its buffer, as a real one may),
+    /// while removals, syncs and opens keep working. Anything else (e.g. `EIO`, 5) is a
+    /// dying disk: every operation fails, syncs and removals included.
+    pub errno: i32,
+}
+
+impl FailFrom {
+    /// The errno of a full disk.
+    pub const ENOSPC: i32 = 28;
+    /// The errno of an I/O error.
+    pub const EIO: i32 = 5;
+
+    fn fails(&self, index: u64, kind: OpKind) -> bool {
+        if index < self.op {
+            return false;
+        }
+        if self.errno != Self::ENOSPC {
+            return true;
+        }
+        matches!(
+            kind,
+            OpKind::Create | OpKind::CreateNew | OpKind::CreateDir | OpKind::Rename | OpKind::Write
+        )
+    }
+}
+
 /// Which durable image to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Crash {
@@ -96,13 +128,31 @@ struct FileNode {
     /// file was truncated (and not synced since).
     synced: usize,
     durable_old: Option<Vec<u8>>,
+    /// Byte ranges of `data` an fsync failed to write ("fsyncgate"): the kernel marked those
+    /// pages clean without writing them, so no later fsync writes them either. The process
+    /// still reads them; the disk holds zeros there (once a later sync extends the file past
+    /// them) and never their bytes.
+    lost: Vec<(usize, usize)>,
 }
 
 impl FileNode {
-    fn durable(&self) -> &[u8] {
-        match &self.durable_old {
-            Some(old) => old,
-            None => &self.data[..self.synced],
+    fn durable(&self) -> Vec<u8> {
+        let mut bytes = match &self.durable_old {
+            Some(old) => old.clone(),
+            None => self.data[..self.synced].to_vec(),
+        };
+        self.zero_lost(&mut bytes);
+        bytes
+    }
+
+    /// Zeroes what a failed fsync never wrote, in `bytes` (a prefix of the file as the disk
+    /// would show it).
+    fn zero_lost(&self, bytes: &mut [u8]) {
+        for &(start, end) in &self.lost {
+            let end = end.min(bytes.len());
+            if start < end {
+                bytes[start..end].fill(0);
+            }
         }
     }
 }
@@ -127,6 +177,8 @@ struct Model {
     skipped: u64,
     /// Every sync fails (and syncs nothing) while set: a disk that reports an fsync error.
     fail_syncs: bool,
+    /// Every write from an operation on fails while set ([`PowerLoss::fail_writes_from`]).
+    fail_from: Option<FailFrom>,
     /// Bumped whenever the durable state changes (an effective sync).
     durable_version: u64,
 }
@@ -162,6 +214,7 @@ impl PowerLoss {
             skip: None,
             skipped: 0,
             fail_syncs: false,
+            fail_from: None,
             durable_version: 0,
         };
         model.import_tree(ROOT, root, true)?;
@@ -191,6 +244,15 @@ impl PowerLoss {
     /// looks like to the code above.
     pub fn fail_syncs(&self, on: bool) {
         self.0.model.lock().fail_syncs = on;
+    }
+
+    /// From operation `fail.op` on (counted as [`Op::index`] counts, so from the next one if
+    /// it is already past), every write fails with `fail.errno` ([`FailFrom`] says which
+    /// operations a full disk fails); `None` stops failing (space freed, disk replaced).
+    /// A failed operation changes nothing on disk or in the model, except that a failed
+    /// write first writes half its buffer.
+    pub fn fail_writes_from(&self, fail: Option<FailFrom>) {
+        self.0.model.lock().fail_from = fail;
     }
 
     /// How many syncs the skipped site issued (a teeth check whose site never syncs proves
@@ -226,7 +288,8 @@ impl PowerLoss {
         model.materialize(ROOT, out, &mut rng, 0)
     }
 
-    fn before(&self, kind: OpKind, path: &Path) {
+    /// Counts the operation, runs the hook, then fails it if writes are set to fail.
+    fn before(&self, kind: OpKind, path: &Path) -> io::Result<()> {
         let index = {
             let mut model = self.0.model.lock();
             model.ops += 1;
@@ -248,6 +311,10 @@ impl PowerLoss {
             if slot.is_none() {
                 *slot = Some(hook);
             }
+        }
+        match self.0.model.lock().fail_from {
+            Some(fail) if fail.fails(index, kind) => Err(io::Error::from_raw_os_error(fail.errno)),
+            _ => Ok(()),
         }
     }
 
@@ -368,6 +435,7 @@ impl Model {
                 data,
                 synced,
                 durable_old: None,
+                lost: Vec::new(),
             })))
         }
     }
@@ -439,7 +507,7 @@ impl Model {
                     self.materialize(child, &path, rng, depth + 1)?;
                 }
                 Node::File(file) => {
-                    let durable = file.durable();
+                    let mut durable = file.durable();
                     let tail = file.data.len().saturating_sub(durable.len());
                     let keep = match rng.as_mut() {
                         Some(rng) if file.durable_old.is_none() && tail > 0 => match rng.below(3) {
@@ -449,11 +517,12 @@ impl Model {
                         },
                         _ => 0,
                     };
-                    let bytes = if keep > 0 {
-                        &file.data[..durable.len() + keep]
-                    } else {
-                        durable
-                    };
+                    if keep > 0 {
+                        let from = durable.len();
+                        durable.extend_from_slice(&file.data[from..from + keep]);
+                        file.zero_lost(&mut durable);
+                    }
+                    let bytes = &durable;
                     std::fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
@@ -476,9 +545,10 @@ struct PlFile {
 }
 
 impl LogFile for PlFile {
-    /// Only the WAL's undo after a full disk truncates, and the power-loss workloads never
-    /// fill the disk: modelled as an immediate cut of the file's data (its synced prefix
-    /// shrinks with it), made durable by the next `sync_all`, which syncs like `sync_data`.
+    /// Only the WAL's undo after a full disk truncates (`fail_writes_from`), and only what was
+    /// never acknowledged, so never below the synced prefix in fsync durability: modelled as
+    /// an immediate cut of the file's data (its synced prefix shrinks with it), made durable
+    /// by the next `sync_all`, which syncs like `sync_data`.
     fn truncate(&mut self, len: u64) -> io::Result<u64> {
         let was = wal::truncate_file(&mut self.file, len)?;
         if let Some(node) = self.node {
@@ -486,6 +556,11 @@ impl LogFile for PlFile {
             let file = model.file(node);
             file.data.truncate(len as usize);
             file.synced = file.synced.min(file.data.len());
+            let len = file.data.len();
+            file.lost.retain_mut(|(start, end)| {
+                *end = (*end).min(len);
+                start < end
+            });
         }
         Ok(was)
     }
@@ -495,7 +570,10 @@ impl LogFile for PlFile {
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.storage.before(OpKind::Write, &self.path);
+        let (buf, failed) = match self.storage.before(OpKind::Write, &self.path) {
+            Ok(()) => (buf, None),
+            Err(e) => (&buf[..buf.len() / 2], Some(e)),
+        };
         io::Write::write_all(&mut self.file, buf)?;
         if let Some(node) = self.node {
             self.storage
@@ -506,13 +584,25 @@ impl LogFile for PlFile {
                 .data
                 .extend_from_slice(buf);
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
-        self.storage.before(OpKind::SyncFile, &self.path);
+        self.storage.before(OpKind::SyncFile, &self.path)?;
         // No real fsync: the model is the disk.
-        if self.storage.skips(OpKind::SyncFile, &self.path)? {
+        let skipped = self.storage.skips(OpKind::SyncFile, &self.path);
+        if skipped.is_err()
+            && let Some(node) = self.node
+        {
+            // A failed fsync: what it should have written is lost for good (see `lost`).
+            let mut model = self.storage.0.model.lock();
+            let file = model.file(node);
+            if file.data.len() > file.synced {
+                let range = (file.synced, file.data.len());
+                file.lost.push(range);
+            }
+        }
+        if skipped? {
             return Ok(());
         }
         if let Some(node) = self.node {
@@ -546,6 +636,7 @@ impl PowerLoss {
             data: Vec::new(),
             synced: 0,
             durable_old: None,
+            lost: Vec::new(),
         }));
         model.dir(parent).live.insert(name, node);
         Ok(Some(node))
@@ -554,7 +645,7 @@ impl PowerLoss {
 
 impl wal::Storage for PowerLoss {
     fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
-        self.before(OpKind::Create, path);
+        self.before(OpKind::Create, path)?;
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -585,7 +676,7 @@ impl wal::Storage for PowerLoss {
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
-        self.before(OpKind::OpenAppend, path);
+        self.before(OpKind::OpenAppend, path)?;
         let file = std::fs::OpenOptions::new().append(true).open(path)?;
         let real = std::fs::read(path)?;
         let node = {
@@ -607,7 +698,7 @@ impl wal::Storage for PowerLoss {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.before(OpKind::Rename, from);
+        self.before(OpKind::Rename, from)?;
         std::fs::rename(from, to)?;
         let mut model = self.0.model.lock();
         let (Some((from_dir, from_name)), Some((to_dir, to_name))) =
@@ -622,7 +713,7 @@ impl wal::Storage for PowerLoss {
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
-        self.before(OpKind::Remove, path);
+        self.before(OpKind::Remove, path)?;
         std::fs::remove_file(path)?;
         let mut model = self.0.model.lock();
         if let Some((parent, name)) = model.parent_of(path)? {
@@ -632,7 +723,7 @@ impl wal::Storage for PowerLoss {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.before(OpKind::SyncDir, dir);
+        self.before(OpKind::SyncDir, dir)?;
         if !dir.is_dir() {
             return Err(io::Error::new(io::ErrorKind::NotFound, "no such directory"));
         }
@@ -647,11 +738,37 @@ impl wal::Storage for PowerLoss {
         }
         Ok(())
     }
+
+    /// An fsync of the file (a sync like any other: it can be skipped or failed), then the
+    /// page cache dropped: the real file is rewritten with what the modelled disk holds, so
+    /// the next read shows the disk (zeros where a failed fsync lost bytes), as reading
+    /// after `POSIX_FADV_DONTNEED` does.
+    fn drop_cache(&self, path: &Path) -> io::Result<()> {
+        self.before(OpKind::SyncFile, path)?;
+        if self.skips(OpKind::SyncFile, path)? {
+            return Ok(());
+        }
+        let mut model = self.0.model.lock();
+        let Some(node) = model.resolve(path)? else {
+            return Ok(());
+        };
+        model.durable_version += 1;
+        let file = model.file(node);
+        file.synced = file.data.len();
+        file.durable_old = None;
+        let disk = file.durable();
+        if disk != file.data {
+            std::fs::write(path, &disk)?;
+            file.data = disk;
+        }
+        file.lost.clear();
+        Ok(())
+    }
 }
 
 impl Storage for PowerLoss {
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
-        self.before(OpKind::CreateNew, path);
+        self.before(OpKind::CreateNew, path)?;
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -662,7 +779,7 @@ impl Storage for PowerLoss {
     }
 
     fn create_dir(&self, path: &Path) -> io::Result<()> {
-        self.before(OpKind::CreateDir, path);
+        self.before(OpKind::CreateDir, path)?;
         std::fs::DirBuilder::new().mode(DIR_MODE).create(path)?;
         let mut model = self.0.model.lock();
         if let Some((parent, name)) = model.parent_of(path)? {
@@ -673,7 +790,7 @@ impl Storage for PowerLoss {
     }
 
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.before(OpKind::RemoveDirAll, path);
+        self.before(OpKind::RemoveDirAll, path)?;
         std::fs::remove_dir_all(path)?;
         let mut model = self.0.model.lock();
         if let Some((parent, name)) = model.parent_of(path)? {
@@ -733,6 +850,11 @@ impl wal::Storage for NoSync {
     }
 
     fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Images are scratch copies whose cache holds exactly what was written to them.
+    fn drop_cache(&self, _path: &Path) -> io::Result<()> {
         Ok(())
     }
 }

@@ -247,6 +247,27 @@ impl Engine {
         ids
     }
 
+    /// Ids of the open vaults whose last write ran out of disk space and that still find no
+    /// room ([`Vault::is_write_stalled`]), sorted: readiness reports them until space is
+    /// freed. Unlike poisoning this clears by itself.
+    pub fn write_stalled_vaults(&self) -> Vec<String> {
+        let vaults: Vec<(String, Arc<Vault>)> = self
+            .open
+            .lock()
+            .0
+            .iter()
+            .map(|(id, s)| (id.clone(), Arc::clone(&s.vault)))
+            .collect();
+        // Probed outside the registry lock: a probe writes a file.
+        let mut ids: Vec<String> = vaults
+            .into_iter()
+            .filter(|(_, v)| v.is_write_stalled())
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// Summed heap estimate of the open vaults, in bytes (what `open_vaults_memory_bytes_max`
     /// bounds). It includes vaults purged or closed while a caller still holds them, until
     /// the last handle drops: their memory is still in use.
@@ -287,15 +308,25 @@ impl Engine {
         crate::storage::sync_dir(storage, &self.config.root)
     }
 
-    /// Syncs every open vault's WAL (shutdown, `Buffered` durability).
+    /// Syncs every open vault's WAL (shutdown, `Buffered` durability). Every vault is synced
+    /// even when one fails (each failure is logged); the first error is returned. A vault
+    /// poisoned by a failed fsync fails here only in `Buffered` durability, where acknowledged
+    /// writes may be lost (see `wal::Wal::sync`).
     pub fn flush(&self) -> Result<()> {
-        let vaults: Vec<Arc<Vault>> = self
+        let vaults: Vec<(String, Arc<Vault>)> = self
             .open
             .lock()
             .0
-            .values()
-            .map(|s| Arc::clone(&s.vault))
+            .iter()
+            .map(|(id, s)| (id.clone(), Arc::clone(&s.vault)))
             .collect();
-        vaults.iter().try_for_each(|v| v.sync())
+        let mut first = None;
+        for (id, vault) in vaults {
+            if let Err(e) = vault.sync() {
+                tracing::error!(vault = %id, error = %e, "sync at shutdown failed");
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 }

@@ -63,6 +63,10 @@ impl wal::Storage for OsStorage {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         wal::OsStorage.sync_dir(dir)
     }
+
+    fn drop_cache(&self, path: &Path) -> io::Result<()> {
+        wal::drop_cache_of(path)
+    }
 }
 
 struct OsFile(std::fs::File);

@@ -491,6 +491,12 @@ impl Catalog {
         self.poisoned.load(Ordering::Acquire)
     }
 
+    /// True while the catalog's last change ran out of disk space and there is still no room
+    /// (probes first, see `wal::Wal::probe_space`); readiness reports it.
+    pub(crate) fn is_write_stalled(&self) -> bool {
+        self.wal.probe_space() == wal::Health::WriteStalled
+    }
+
     /// Appends one record durably, then applies it.
     fn commit<T: Serialize>(&self, kind: u8, value: &T) -> Result<(), Error> {
         self.commit_with(kind, |_| Ok(Some(value))).map(|_| ())

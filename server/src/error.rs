@@ -10,6 +10,10 @@ use std::path::PathBuf;
 use http::StatusCode;
 use serde_json::json;
 
+/// `Retry-After` of a write refused because the disk is full: freeing space takes an
+/// operator, so clients need not come back every second.
+pub(crate) const STORAGE_FULL_RETRY_AFTER_SECS: u64 = 5;
+
 /// Everything the server library can fail with outside an HTTP request.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -179,6 +183,16 @@ impl ApiError {
         error
     }
 
+    /// The disk is full (`ENOSPC`/`EDQUOT`): nothing was stored, and the same request may be
+    /// retried once space is freed (no restart needed). 503 like every storage fault, with
+    /// its own code so clients and operators can tell it from a broken disk.
+    pub(crate) fn storage_full(message: impl Into<String>) -> Self {
+        let mut error = Self::unavailable(message);
+        error.code = "storage_full";
+        error.retry_after_secs = Some(STORAGE_FULL_RETRY_AFTER_SECS);
+        error
+    }
+
     /// Last resort for a panicked handler; the plan is that this never happens.
     pub(crate) fn internal() -> Self {
         Self::new(
@@ -208,6 +222,11 @@ impl From<engine::Error> for ApiError {
             ));
             api.code = "embedder_unavailable";
             api
+        } else if engine_out_of_space(&error) {
+            tracing::warn!(%error, "disk full: write refused, nothing stored");
+            ApiError::storage_full(
+                "The disk holding the memory store is full; nothing was stored. Retry once space is freed.",
+            )
         } else {
             // Storage faults are logged here, once, and hidden from the client: the message
             // may name paths on the server.
@@ -231,6 +250,12 @@ impl From<Error> for ApiError {
                      allows; revoke one first."
                 ),
             ),
+            Error::Wal(inner) if inner.is_retryable() => {
+                tracing::warn!(error = %inner, "disk full: key catalog change refused");
+                ApiError::storage_full(
+                    "The disk holding the key catalog is full; nothing was changed. Retry once space is freed.",
+                )
+            }
             Error::Decrypt { provider } => ApiError::unavailable(format!(
                 "The stored {provider} provider key cannot be decrypted with this server's secret key."
             )),
@@ -239,6 +264,20 @@ impl From<Error> for ApiError {
                 ApiError::unavailable("The key catalog is unavailable.")
             }
         }
+    }
+}
+
+/// A write refused because the disk is full, with nothing kept: the WAL's retryable
+/// [`wal::WalError::NoSpace`], or an engine file write (a manifest) failing with `ENOSPC` or
+/// `EDQUOT` before anything was renamed into place.
+fn engine_out_of_space(error: &engine::Error) -> bool {
+    match error {
+        engine::Error::Wal(wal) => wal.is_retryable(),
+        engine::Error::Io { source, .. } => matches!(
+            source.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ),
+        _ => false,
     }
 }
 
@@ -261,6 +300,19 @@ mod tests {
         );
         let user: ApiError = engine::Error::InvalidVaultId { id: "../x".into() }.into();
         assert!(user.status.is_client_error());
+        let full: ApiError = engine::Error::Io {
+            path: "/data/vaults/x/MANIFEST.tmp".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        }
+        .into();
+        assert_eq!(
+            (full.status, full.code, full.retry_after_secs),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_full",
+                Some(STORAGE_FULL_RETRY_AFTER_SECS)
+            )
+        );
         let body = ApiError::invalid_key().body();
         assert_eq!(body["error"]["type"], "authentication_error");
         assert!(body["error"]["param"].is_null());

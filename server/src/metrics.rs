@@ -125,6 +125,9 @@ pub(crate) struct Gauges {
     /// Open vaults that saw a failed fsync (they refuse writes until a restart).
     pub poisoned_vaults: usize,
     pub catalog_poisoned: bool,
+    /// Open vaults whose last write ran out of disk space, still without room (clears by
+    /// itself once space is freed).
+    pub write_stalled_vaults: usize,
     pub uptime: Duration,
 }
 
@@ -181,6 +184,7 @@ impl Metrics {
             open_vaults_bytes,
             poisoned_vaults,
             catalog_poisoned,
+            write_stalled_vaults,
             uptime,
         } = *gauges;
         let mut out = String::with_capacity(8 * 1024);
@@ -269,6 +273,14 @@ impl Metrics {
             "memoryrouter_catalog_poisoned {}",
             u8::from(catalog_poisoned)
         );
+        out.push_str(
+            "# HELP memoryrouter_vaults_write_stalled Open vaults whose last write ran out of disk space (writes answer 503 storage_full until space is freed).\n",
+        );
+        out.push_str("# TYPE memoryrouter_vaults_write_stalled gauge\n");
+        let _ = writeln!(
+            out,
+            "memoryrouter_vaults_write_stalled {write_stalled_vaults}"
+        );
         out.push_str("# HELP memoryrouter_uptime_seconds Seconds since start.\n");
         out.push_str("# TYPE memoryrouter_uptime_seconds gauge\n");
         let _ = writeln!(out, "memoryrouter_uptime_seconds {}", uptime.as_secs());
@@ -303,6 +315,7 @@ mod tests {
             open_vaults_bytes: 4096,
             poisoned_vaults: 1,
             catalog_poisoned: false,
+            write_stalled_vaults: 2,
             uptime: Duration::from_secs(5),
         });
         assert!(
@@ -316,5 +329,6 @@ mod tests {
         assert!(text.contains("memoryrouter_open_vaults_memory_bytes 4096"));
         assert!(text.contains("memoryrouter_vaults_poisoned 1"));
         assert!(text.contains("memoryrouter_catalog_poisoned 0"));
+        assert!(text.contains("memoryrouter_vaults_write_stalled 2"));
     }
 }

@@ -45,15 +45,47 @@ pub trait Storage: Send + Sync {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creations, renames, deletions) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Makes reads of `path` show what the disk holds, not the page cache: fsyncs it (what a
+    /// process that died left dirty is written now), then drops its cached pages (see
+    /// [`drop_cache_of`]). Recovery calls it on the last segment before reading it.
+    fn drop_cache(&self, path: &Path) -> io::Result<()>;
+}
+
+/// [`Storage::drop_cache`] on the real file system: `fsync`, then
+/// `posix_fadvise(POSIX_FADV_DONTNEED)` over the whole file.
+///
+/// Why: after a failed fsync Linux marks the pages that could not be written clean, keeps
+/// them readable and never retries them ("fsyncgate"), and a later fsync reports success. A
+/// process that reopened the log would replay records that never reached the disk, answer a
+/// client's retry of them as a duplicate, and append after them — and after a power cut its
+/// own acknowledged records would follow a hole, to be cut off by the next recovery. Dropping
+/// the cached pages after the fsync makes the next read come from the disk, so recovery cuts
+/// at what is really there (clean pages are dropped; the fsync just made every page clean).
+/// On a file system without a backing device (tmpfs) the advice does nothing, and there is
+/// nothing to distrust. A file system that refuses the advice is logged and read as it is
+/// (refusing to open would turn a missing safeguard into an outage); a failed
+/// fsync is an error.
+#[doc(hidden)]
+pub fn drop_cache_of(path: &Path) -> io::Result<()> {
+    let file = File::open(path)?;
+    file.sync_all()?;
+    if let Err(error) = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed) {
+        tracing::warn!(
+            file = %path.display(),
+            %error,
+            "wal: could not drop the cached pages of the last segment; recovery reads them as cached"
+        );
+    }
+    Ok(())
 }
 
 /// Creates `path` holding `bytes` so that a crash leaves either no file or the whole one:
 /// write a temp name, fsync it, rename it into place, fsync the directory. Returns the open
 /// file, positioned at its end, for callers that go on appending (segments).
 ///
-/// If writing or syncing the temp file fails, it is deleted (best effort: it was never renamed,
-/// so it is garbage either way, and `Wal::open` deletes leftovers), so a log that keeps running
-/// out of space does not collect them.
+/// If writing, syncing or renaming the temp file fails, it is deleted (best effort: it was
+/// never renamed, so it is garbage either way, and `Wal::open` deletes leftovers), so a log
+/// that keeps running out of space does not collect them.
 pub(crate) fn create_durably(
     storage: &dyn Storage,
     tmp: &Path,
@@ -77,9 +109,14 @@ pub(crate) fn create_durably(
         let _ = storage.remove(tmp);
         return Err(err);
     }
-    storage
-        .rename(tmp, path)
-        .map_err(|e| WalError::io("rename", tmp, e))?;
+    // A rename can fail for lack of space too (the directory needs a new block): nothing
+    // was renamed, so like a failed write that is retryable, not a reason to poison (found
+    // by the outbox's "every write fails from operation N" test).
+    if let Err(e) = storage.rename(tmp, path) {
+        drop(file);
+        let _ = storage.remove(tmp);
+        return Err(WalError::write("rename", tmp, e));
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     storage
         .sync_dir(dir)
@@ -123,6 +160,10 @@ impl LogFile for OsFile {
 }
 
 impl Storage for OsStorage {
+    fn drop_cache(&self, path: &Path) -> io::Result<()> {
+        drop_cache_of(path)
+    }
+
     fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
         let file = OpenOptions::new()
             .write(true)
@@ -386,6 +427,15 @@ mod fault {
                 return Ok(());
             }
             OsStorage.sync_dir(dir)
+        }
+
+        /// Not counted among the syncs (nor failed by the plan): the plans count the syncs
+        /// of appends, and opens of logs with segments would shift them.
+        fn drop_cache(&self, path: &Path) -> io::Result<()> {
+            if self.plan.skip_real_sync {
+                return Ok(());
+            }
+            OsStorage.drop_cache(path)
         }
     }
 }

@@ -78,6 +78,10 @@ impl Storage for GatedStorage {
         OsStorage.remove(path)
     }
 
+    fn drop_cache(&self, path: &Path) -> io::Result<()> {
+        OsStorage.drop_cache(path)
+    }
+
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         OsStorage.sync_dir(dir)
     }

@@ -82,10 +82,10 @@ use std::str::FromStr;
 pub use error::WalError;
 // The I/O seam, for the engine's power-loss harness (see `file.rs`); not a stable API.
 #[doc(hidden)]
-pub use file::{FILE_MODE, LogFile, OsStorage, Storage, truncate_file};
+pub use file::{FILE_MODE, LogFile, OsStorage, Storage, drop_cache_of, truncate_file};
 pub use recovery::{SegmentReport, VerifyReport, verify};
 pub use repair::{Cut, RepairReport, repair};
-pub use writer::Wal;
+pub use writer::{SPACE_PROBE_BYTES, Wal};
 
 impl Wal {
     /// [`Wal::open`] with every write, sync, rename and delete going through `storage`

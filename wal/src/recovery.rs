@@ -156,6 +156,7 @@ fn remove_tmp_files(storage: &dyn Storage, dir: &Path) -> Result<(), WalError> {
         let is_ours = entry.file_name().to_str().is_some_and(|name| {
             name.ends_with(TMP_SUFFIX)
                 && (name == checkpoint::CHECKPOINT_TMP_FILE
+                    || name == crate::writer::SPACE_PROBE_FILE
                     || segment::parse_segment_name(
                         &name.replace(TMP_SUFFIX, segment::SEGMENT_SUFFIX),
                     )
@@ -221,6 +222,13 @@ pub(crate) fn replay(storage: &dyn Storage, dir: &Path) -> Result<Replayed, WalE
     remove_tmp_files(storage, dir)?;
     let checkpoint = checkpoint::read(dir)?;
     let mut sealed = list_segments(dir)?;
+    // Trust the disk, not the page cache (see `file::drop_cache_of`): only the last segment
+    // can hold bytes that were never synced (a rotation syncs the segment it leaves).
+    if let Some(last) = sealed.last() {
+        storage
+            .drop_cache(&last.path)
+            .map_err(|e| WalError::io("fsync", &last.path, e))?;
+    }
     let mut records = Vec::new();
     let mut truncated_bytes = 0;
     let mut tail_cuts = 0;

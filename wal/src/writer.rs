@@ -43,7 +43,9 @@
 //! undoing a stalled group. The state of the file is then unknown (a failed fsync may have
 //! dropped dirty pages and cleared the error, "fsyncgate"), so retrying could acknowledge data
 //! that is not on disk. Every later call returns [`WalError::Poisoned`] until the log is
-//! reopened, which re-reads the truth from disk.
+//! reopened (except `sync` in Fsync mode, which has nothing acknowledged left to sync), and
+//! the reopen re-reads the truth from the disk, not from the page cache (recovery drops the
+//! last segment's cached pages first; see `file::drop_cache_of`).
 //!
 //! Why poison rather than rotate to a fresh segment when the cut itself fails: after a failed
 //! write the old segment's tail is unknown (half a frame, whole unacknowledged batches), and a
@@ -69,6 +71,12 @@ use crate::{
     BATCH_BYTES_MAX, BATCH_RECORDS_MAX, Durability, Health, Lsn, RECORD_BYTES_LIMIT, Recovery,
     SEGMENT_BYTES_MIN, WalOptions,
 };
+
+/// What [`Wal::probe_space`] writes to tell whether a stalled log has room again: a few
+/// ingest batches' worth.
+pub const SPACE_PROBE_BYTES: usize = 64 << 10;
+/// The scratch file of [`Wal::probe_space`]; a `*.tmp` name, so `open` removes a leftover.
+pub(crate) const SPACE_PROBE_FILE: &str = "space-probe.tmp";
 
 /// A reused encode buffer larger than this is dropped after its group, so one huge batch
 /// does not pin memory for the life of the log.
@@ -646,6 +654,34 @@ impl Wal {
         }
     }
 
+    /// While the log is `WriteStalled`, checks whether a write of [`SPACE_PROBE_BYTES`] fits
+    /// now, by writing and deleting a scratch file (`space-probe.tmp`, never synced, so it
+    /// proves nothing durable and risks no poisoning) next to the segments; if it fits the
+    /// log is `Healthy` again. Returns the health after the check. Readiness calls it so that
+    /// freeing space shows without waiting for a client to retry a write (a probe that
+    /// answers "full" would otherwise keep clients away for good). Holds the files' lock, so
+    /// it never runs beside a group's write.
+    pub fn probe_space(&self) -> Health {
+        if self.health() != Health::WriteStalled {
+            return self.health();
+        }
+        let path = self.dir.join(SPACE_PROBE_FILE);
+        let fits = {
+            let _log = self.log.lock();
+            let written = self
+                .storage
+                .create(&path)
+                .and_then(|mut file| file.write_all(&[0; SPACE_PROBE_BYTES]));
+            // Removed whatever happened (a leftover is also removed as `*.tmp` at open).
+            let _ = self.storage.remove(&path);
+            written.is_ok()
+        };
+        if fits {
+            self.clear_stall();
+        }
+        self.health()
+    }
+
     /// The highest acknowledged LSN (0 for an empty log).
     pub fn last_lsn(&self) -> Lsn {
         self.commit.lock().acked_lsn
@@ -653,9 +689,17 @@ impl Wal {
 
     /// Flushes and fsyncs the active segment: makes Buffered-mode acknowledgements durable
     /// (call it at shutdown). Cheap in Fsync mode.
+    ///
+    /// On a poisoned log: `Ok` in Fsync mode, where every acknowledged record was covered by
+    /// an fsync that succeeded, so nothing acknowledged waits for this one (a clean shutdown
+    /// after a failed fsync is still clean: issue 12 saw it exit 1); `Poisoned` in Buffered
+    /// mode, where acknowledged records may never reach the disk.
     pub fn sync(&self) -> Result<(), WalError> {
         if self.commit.lock().poisoned {
-            return Err(WalError::Poisoned);
+            return match self.options.durability {
+                Durability::Fsync => Ok(()),
+                Durability::Buffered => Err(WalError::Poisoned),
+            };
         }
         let result = sync_data(&mut self.log.lock().active);
         self.poison_on_error(result)
@@ -664,6 +708,12 @@ impl Wal {
     /// The directory this log lives in.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The durability the log was opened with.
+    #[cfg(test)]
+    pub(crate) fn durability(&self) -> Durability {
+        self.options.durability
     }
 
     /// Records waiting for a leader (tests use it to stage a group deterministically).

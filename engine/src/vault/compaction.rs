@@ -158,28 +158,39 @@ impl Vault {
                 context: c,
             })
             .collect();
-        let output = if inputs.is_empty() {
-            None
-        } else {
-            let name = segment::dir_name(inner.next_segment.fetch_add(1, Ordering::SeqCst));
-            let path = segment::write(
-                &inner.dir,
-                &name,
-                inner.dim,
-                &inputs,
-                &inner.options.hnsw,
-                GraphBuild::WhenLarge,
-                &|| inner.options.reach(CrashPoint::CompactAfterTempDir),
-            )?;
-            inner.options.reach(CrashPoint::CompactAfterRename)?;
-            Some(Arc::new(Segment::open(&path, inner.dim)?.warmed()))
-        };
+        let mut names = Vec::new();
+        let installed = (|| {
+            let output = if inputs.is_empty() {
+                None
+            } else {
+                let name = segment::dir_name(inner.next_segment.fetch_add(1, Ordering::SeqCst));
+                names.push(name.clone());
+                let path = segment::write(
+                    &inner.dir,
+                    &name,
+                    inner.dim,
+                    &inputs,
+                    &inner.options.hnsw,
+                    GraphBuild::WhenLarge,
+                    &|| inner.options.reach(CrashPoint::CompactAfterTempDir),
+                )?;
+                inner.options.reach(CrashPoint::CompactAfterRename)?;
+                Some(Arc::new(Segment::open(&path, inner.dim)?.warmed()))
+            };
+            self.install(Change::Merge {
+                inputs: chosen,
+                output,
+            })
+        })();
         drop(inputs);
         drop(memories);
-        let removed = self.install(Change::Merge {
-            inputs: chosen,
-            output,
-        })?;
+        let removed = match installed {
+            Ok(removed) => removed,
+            Err(e) => {
+                self.discard_uninstalled(&names, &e);
+                return Err(e);
+            }
+        };
         inner.options.reach(CrashPoint::CompactAfterManifest)?;
         segment::remove_dirs(&removed)
     }

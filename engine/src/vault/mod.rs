@@ -211,6 +211,14 @@ impl Vault {
         self.inner.poisoned.load(Ordering::Acquire)
     }
 
+    /// True while the vault's last write ran out of disk space (`ENOSPC`/`EDQUOT`) and no
+    /// write has succeeded since: writes answer an error that may be retried, reads work.
+    /// Checks first whether space came back (`wal::Wal::probe_space`), so it turns false as
+    /// soon as space is freed, without waiting for a write.
+    pub fn is_write_stalled(&self) -> bool {
+        self.inner.wal.probe_space() == wal::Health::WriteStalled
+    }
+
     /// Estimated heap bytes this vault holds while open: memtables, dedupe and tombstone
     /// sets, segments' in-memory side. Mapped segment files are page cache and not counted
     /// (`footprint.rs` says why). Recomputed from lengths and capacities under the read lock

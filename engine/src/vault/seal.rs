@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::crash::CrashPoint;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::memtable::Memtable;
 use crate::segment::{self, GraphBuild, Segment, SegmentInput};
+use crate::storage::InDir as _;
 
 use super::Vault;
 use super::layout::Change;
@@ -76,39 +77,87 @@ impl Vault {
         // grew while an earlier seal ran is still sealed quickly, and compaction (tiered)
         // merges these small segments into graph-backed ones.
         let per_segment = inner.options.memtable_records_max.max(1);
-        let mut paths = Vec::new();
-        for chunk in inputs.chunks(per_segment) {
-            let name = segment::dir_name(inner.next_segment.fetch_add(1, Ordering::SeqCst));
-            paths.push(segment::write(
-                &inner.dir,
-                &name,
-                inner.dim,
-                chunk,
-                &inner.options.hnsw,
-                GraphBuild::Never,
-                &|| inner.options.reach(CrashPoint::SealAfterTempDir),
-            )?);
-        }
-        inner.options.reach(CrashPoint::SealAfterRename)?;
-        let segments = paths
-            .iter()
-            .map(|path| {
-                Segment::open(path, inner.dim)
-                    .map(Segment::warmed)
-                    .map(Arc::new)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        drop(inputs);
+        let mut names = Vec::new();
+        let installed = (|| {
+            let mut paths = Vec::new();
+            for chunk in inputs.chunks(per_segment) {
+                let name = segment::dir_name(inner.next_segment.fetch_add(1, Ordering::SeqCst));
+                names.push(name.clone());
+                paths.push(segment::write(
+                    &inner.dir,
+                    &name,
+                    inner.dim,
+                    chunk,
+                    &inner.options.hnsw,
+                    GraphBuild::Never,
+                    &|| inner.options.reach(CrashPoint::SealAfterTempDir),
+                )?);
+            }
+            inner.options.reach(CrashPoint::SealAfterRename)?;
+            let segments = paths
+                .iter()
+                .map(|path| {
+                    Segment::open(path, inner.dim)
+                        .map(Segment::warmed)
+                        .map(Arc::new)
+                })
+                .collect::<Result<Vec<_>>>()?;
 
-        // Swap in, then let the WAL forget what the segments hold.
-        self.install(Change::Seal {
-            frozen: &frozen,
-            lsn,
-            segments,
-        })?;
+            // Swap in, then let the WAL forget what the segments hold.
+            self.install(Change::Seal {
+                frozen: &frozen,
+                lsn,
+                segments,
+            })
+            .map(drop)
+        })();
+        drop(inputs);
+        if let Err(e) = installed {
+            self.discard_uninstalled(&names, &e);
+            return Err(e);
+        }
         inner.options.reach(CrashPoint::SealAfterManifest)?;
         inner.wal.checkpoint(lsn)?;
         Ok(true)
+    }
+
+    /// Removes the directories (temp or renamed) of segments a failed seal or merge wrote but
+    /// never installed, so a full disk gets that space back now rather than at the next
+    /// open: before this, every seal that ran out of space left its `seg-….tmp` behind, and
+    /// freeing space gave it to them instead of to the writes. Safe because `install` failed
+    /// before the manifest named them (a manifest stored but not synced poisons the vault,
+    /// whose storage then refuses every removal). Best effort (the next open removes what is
+    /// left); skipped after an injected crash, which must leave the disk as a crash would.
+    pub(super) fn discard_uninstalled(&self, names: &[String], error: &Error) {
+        if matches!(error, Error::InjectedCrash { .. }) || names.is_empty() {
+            return;
+        }
+        let dir = &self.inner.dir;
+        let storage = dir.storage();
+        let mut removed = 0;
+        for name in names {
+            for path in [dir.join(format!("{name}.tmp")), dir.join(name)] {
+                match storage.remove_dir_all(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!(
+                        vault = %self.inner.name,
+                        dir = %path.display(),
+                        error = %e,
+                        "could not remove a segment a failed seal or merge left; the next open will"
+                    ),
+                }
+            }
+        }
+        if removed > 0 {
+            let _ = crate::file::sync_dir(storage, dir);
+            tracing::warn!(
+                vault = %self.inner.name,
+                removed,
+                %error,
+                "removed the segments of a seal or merge that failed"
+            );
+        }
     }
 
     /// Queues a seal (and then any compaction it enables) on the background threads, once.

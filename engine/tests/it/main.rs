@@ -4,6 +4,8 @@ mod basic;
 mod common;
 mod context;
 mod crash;
+mod failfrom;
+mod fsyncgate;
 mod memory;
 mod missing;
 mod model;

@@ -219,6 +219,10 @@ impl wal::Storage for Failing {
         self.0.check()?;
         engine::storage::OsStorage.sync_dir(dir)
     }
+    fn drop_cache(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.0.check()?;
+        engine::storage::OsStorage.drop_cache(path)
+    }
 }
 
 impl engine::storage::Storage for Failing {

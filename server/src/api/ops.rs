@@ -1,6 +1,6 @@
 //! Operations endpoints: `/healthz` (the process answers), `/readyz` (it accepts work: not
-//! shutting down, and no vault or the catalog saw a failed fsync), `/metrics` (Prometheus
-//! text).
+//! shutting down, no vault or the catalog saw a failed fsync, and the disk has room for the
+//! writes that last ran out of it), `/metrics` (Prometheus text).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -34,6 +34,20 @@ pub(crate) fn readyz(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> 
             "An fsync failed for {what}; writes there are refused until the server restarts."
         )));
     }
+    // A full disk: writes fail (retryably) until space is freed, reads work. Each check
+    // probes for room first, so this clears as soon as space is back, without a write.
+    let stalled = state.engine.write_stalled_vaults().len();
+    let catalog_stalled = state.catalog.is_write_stalled();
+    if stalled > 0 || catalog_stalled {
+        let what = match (stalled, catalog_stalled) {
+            (0, _) => "the key catalog".to_owned(),
+            (n, false) => format!("{n} vault(s)"),
+            (n, true) => format!("{n} vault(s) and the key catalog"),
+        };
+        return Err(ApiError::storage_full(format!(
+            "The disk is full: writes to {what} fail until space is freed; reads keep working."
+        )));
+    }
     Ok(json_response(StatusCode::OK, &json!({"status": "ready"})))
 }
 
@@ -43,6 +57,7 @@ pub(crate) fn metrics(state: &Arc<AppState>) -> Result<Response<Body>, ApiError>
         open_vaults_bytes: state.engine.memory_bytes(),
         poisoned_vaults: state.engine.poisoned_vaults().len(),
         catalog_poisoned: state.catalog.is_poisoned(),
+        write_stalled_vaults: state.engine.write_stalled_vaults().len(),
         uptime: state.started.elapsed(),
     });
     Ok(text_response(

@@ -117,6 +117,17 @@ pub fn request(
     key: Option<&str>,
     body: &str,
 ) -> std::io::Result<(u16, String)> {
+    request_with_head(addr, method, path, key, body).map(|(status, _, body)| (status, body))
+}
+
+/// [`request`], also returning the response head (status line and headers) as text.
+pub fn request_with_head(
+    addr: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> std::io::Result<(u16, String, String)> {
     let mut stream = TcpStream::connect(addr)?;
     let auth = key
         .map(|k| format!("Authorization: Bearer {k}\r\n"))
@@ -134,11 +145,11 @@ pub fn request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response: {response:?}")))?;
-    let body = response
+    let (head, body) = response
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
         .unwrap_or_default();
-    Ok((status, body))
+    Ok((status, head, body))
 }
 
 pub fn json(body: &str) -> serde_json::Value {
