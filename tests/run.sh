@@ -4,7 +4,8 @@
 #   bash tests/run.sh
 #
 # 1. the Rust suites of every crate (unit, property, crash and end-to-end tests);
-# 2. the Python client tests (official `openai` SDK, `httpx`) against the real binary;
+# 2. the Python client tests (official `openai` and `mcp` SDKs, `httpx`, Schemathesis from the
+#    OpenAPI document) against the real binary;
 # 3. the dashboard test in headless Chromium driven by playwright-core.
 # It installs what the last two need if it is missing (pip, npm, apt-get as root) so it
 # works on a fresh machine.
@@ -39,7 +40,7 @@ cargo test --locked --workspace
 
 step "Python client tests"
 python3 - <<'PY' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-import openai, httpx, pytest  # noqa: F401
+import openai, httpx, pytest, schemathesis, mcp  # noqa: F401
 PY
 python3 -m pytest -q tests/python
 

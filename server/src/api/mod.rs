@@ -15,11 +15,15 @@
 //! | [`provider_keys`] | `/v1/provider-keys/{provider}`: the account's stored provider keys |
 //! | [`admin`] | `GET /v1/admin/overview` (the dashboard's summary) |
 //! | [`ops`] | `/healthz`, `/readyz`, `/metrics` |
+//! | [`openapi`] | `GET /openapi.json` (the OpenAPI 3.1 document, checked against the router) |
+//! | [`mcp`] | `POST /mcp` (Model Context Protocol tools over the caller's vault) |
 
 pub(crate) mod admin;
 pub(crate) mod ingest;
 pub(crate) mod keys;
+pub(crate) mod mcp;
 pub(crate) mod memories;
+pub(crate) mod openapi;
 pub(crate) mod ops;
 pub(crate) mod prepare;
 pub(crate) mod provider_keys;
