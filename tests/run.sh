@@ -40,7 +40,7 @@ cargo test --locked --workspace
 
 step "Python client tests"
 python3 - <<'PY' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-import openai, httpx, pytest, schemathesis, mcp  # noqa: F401
+import openai, httpx, pytest, schemathesis, mcp, yaml  # noqa: F401
 PY
 python3 -m pytest -q tests/python
 
