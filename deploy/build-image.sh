@@ -6,7 +6,8 @@
 # STATIC_BINARY defaults to the one .ci/build-static writes (built first when missing);
 # TAG defaults to memoryrouter:latest. Uses docker when its daemon answers, else podman,
 # else buildah. The build context is a temporary directory holding only the binary, an
-# /etc/passwd line for the unprivileged user (65532) and the empty /data directory.
+# /etc/passwd line for the unprivileged user (65532) and the empty /data directory (0700;
+# staged as volume/data because COPY of a directory copies its contents, not its mode).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 binary="${1:-$root/target/x86_64-unknown-linux-gnu/release/memoryrouter}"
@@ -23,8 +24,13 @@ fi
 
 context="$(mktemp -d)"
 trap 'rm -rf "$context"' EXIT
-cp "$binary" "$context/memoryrouter"
-mkdir "$context/data"
+# Debug line tables make backtraces readable but triple the image; the image ships without.
+if command -v strip >/dev/null; then
+  strip -o "$context/memoryrouter" "$binary"
+else
+  cp "$binary" "$context/memoryrouter"
+fi
+mkdir -p "$context/volume" && mkdir -m 0700 "$context/volume/data"
 printf 'memoryrouter:x:65532:65532:MemoryRouter:/data:/sbin/nologin\n' > "$context/passwd"
 
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
