@@ -227,6 +227,13 @@ def test_http_level_answers(server: Server) -> None:
     unknown = httpx.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "resources/list"}, headers=headers)
     assert unknown.json()["error"]["code"] == -32601
 
+    host = server.base_url.removeprefix("http://")
+    foreign = httpx.post(url, json={"jsonrpc": "2.0", "id": 3, "method": "ping"},
+                         headers={**headers, "origin": "http://attacker.example"})
+    assert foreign.status_code == 403 and foreign.json()["error"]["code"] == "origin_not_allowed"
+    own = httpx.post(url, json={"jsonrpc": "2.0", "id": 4, "method": "ping"}, headers={**headers, "origin": f"http://{host}"})
+    assert own.status_code == 200 and own.json()["result"] == {}
+
     assert httpx.get(url, headers=headers).status_code == 405
     assert httpx.delete(url, headers=headers).status_code == 405
 

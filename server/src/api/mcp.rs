@@ -12,6 +12,9 @@
 //! and nothing else; the key's mode suffix holds: `:read` may search, list, get and prepare
 //! but not add or delete, `:write` the reverse, `:off` nothing.
 //!
+//! **Origin.** A request with an `Origin` header other than the server's own (a browser
+//! page elsewhere, e.g. after DNS rebinding) is `403 origin_not_allowed`.
+//!
 //! **Errors.** Bad tool arguments, a refused mode, an unknown memory id: a tool result with
 //! `isError: true` and a message the model can act on (MCP's "tool execution error"). An
 //! unknown tool or malformed request is a JSON-RPC error. A storage fault is JSON-RPC
@@ -64,6 +67,7 @@ pub(crate) async fn handle(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    check_origin(req.headers())?;
     let (_parts, auth, bytes) = authenticated_body(state, req).await?;
     let message: Value = match serde_json::from_slice(&bytes) {
         Ok(value) => value,
@@ -134,6 +138,30 @@ pub(crate) async fn handle(
         Err((code, message)) => rpc_error(id, code, &message),
     };
     Ok(json_response(StatusCode::OK, &body))
+}
+
+/// DNS-rebinding guard (the transport's "servers MUST validate the Origin header"): a
+/// browser page may call `/mcp` only from the server's own origin. Clients that are not
+/// browsers send no `Origin` and pass.
+fn check_origin(headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(http::header::ORIGIN) else {
+        return Ok(());
+    };
+    let authority = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    let host = crate::http::header(headers, "host");
+    if authority.is_some() && authority == host {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "permission_error",
+        "origin_not_allowed",
+        "A browser page may call /mcp only from this server's own origin.",
+    ))
 }
 
 fn rpc_error(id: Value, code: i64, message: &str) -> Value {
@@ -572,6 +600,33 @@ mod tests {
         let unknown = initialize(&json!({"protocolVersion": "1999-01-01"}));
         assert_eq!(unknown["protocolVersion"], PROTOCOL_VERSIONS[0]);
         assert!(known["capabilities"]["tools"].is_object());
+    }
+
+    #[test]
+    fn only_the_servers_own_origin_or_none_passes() {
+        let headers = |origin: Option<&str>| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("host", "127.0.0.1:8787".parse().unwrap());
+            if let Some(origin) = origin {
+                headers.insert("origin", origin.parse().unwrap());
+            }
+            headers
+        };
+        assert!(check_origin(&headers(None)).is_ok());
+        assert!(check_origin(&headers(Some("http://127.0.0.1:8787"))).is_ok());
+        for bad in [
+            "http://evil.example",
+            "http://127.0.0.1:8788",
+            "null",
+            "127.0.0.1:8787",
+        ] {
+            let refused = check_origin(&headers(Some(bad))).unwrap_err();
+            assert_eq!(
+                (refused.status, refused.code),
+                (StatusCode::FORBIDDEN, "origin_not_allowed"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
