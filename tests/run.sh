@@ -4,7 +4,8 @@
 #   bash tests/run.sh
 #
 # 1. the Rust suites of every crate (unit, property, crash and end-to-end tests);
-# 2. the Python client tests (official `openai` SDK, `httpx`) against the real binary;
+# 2. the Python client tests (official `openai` and `mcp` SDKs, `httpx`, Schemathesis from the
+#    OpenAPI document) against the real binary;
 # 3. the dashboard test in headless Chromium driven by playwright-core.
 # It installs what the last two need if it is missing (pip, npm, apt-get as root) so it
 # works on a fresh machine.
@@ -39,8 +40,13 @@ cargo test --locked --workspace
 
 step "Python client tests"
 python3 - <<'PY' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-import openai, httpx, pytest  # noqa: F401
+import openai, anthropic, httpx, pytest, schemathesis, mcp, yaml  # noqa: F401
 PY
+# The README's Node snippet (tests/python/test_integrations.py) runs with the `openai` npm
+# package installed beside the dashboard test; without npm that one test skips, saying why.
+if command -v npm >/dev/null; then
+  (cd tests/browser && { { [ -d node_modules/openai ] && [ -d node_modules/playwright-core ]; } || npm ci --no-audit --no-fund --silent; })
+fi
 python3 -m pytest -q tests/python
 
 if [ -d tests/browser ]; then

@@ -57,6 +57,9 @@ pub enum Command {
     Verify {
         /// The data directory to check.
         dir: PathBuf,
+        /// No progress bar (there is none anyway when stderr is not a terminal).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Repair damaged write-ahead logs offline (the server must be stopped): each log that
     /// `verify` refuses — the catalog's, the proxy outbox's, each vault's — is copied to
@@ -65,6 +68,9 @@ pub enum Command {
     Repair {
         /// The data directory to repair.
         dir: PathBuf,
+        /// No progress bar (there is none anyway when stderr is not a terminal).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Write one vault as JSON Lines (offline).
     Export {
@@ -74,6 +80,9 @@ pub enum Command {
         /// Output file (default: stdout).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// No progress bar and no summary line on stderr.
+        #[arg(long, short)]
+        quiet: bool,
         #[command(flatten)]
         location: Location,
     },
@@ -84,8 +93,18 @@ pub enum Command {
         key_id: String,
         /// JSON Lines file.
         file: PathBuf,
+        /// No progress bar and no summary line on stderr.
+        #[arg(long, short)]
+        quiet: bool,
         #[command(flatten)]
         location: Location,
+    },
+    /// Ask a running server whether it is ready (`GET /readyz`); exit status 0 when it
+    /// answers 200. For container health checks: the image has no curl.
+    Health {
+        /// The URL to ask (plain http).
+        #[arg(long, default_value = "http://127.0.0.1:8787/readyz")]
+        url: String,
     },
 }
 
@@ -104,6 +123,9 @@ pub enum KeysCommand {
     },
     /// List the account's keys (never the keys themselves).
     List {
+        /// One JSON array (the fields of `GET /v1/keys`) instead of the table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         location: Location,
     },

@@ -11,6 +11,7 @@ use crate::catalog::Catalog;
 use crate::config::{Config, Flags};
 use crate::datadir;
 use crate::error::Error;
+use crate::progress::{Progress, Unit};
 use crate::time::{format_ms, now_ms};
 
 /// First start: creates the account if there is none, and its admin key if it has none.
@@ -90,9 +91,19 @@ pub fn keys_create(flags: &Flags, name: Option<String>, admin: bool) -> Result<(
     Ok(())
 }
 
-pub fn keys_list(flags: &Flags) -> Result<(), Error> {
+pub fn keys_list(flags: &Flags, json: bool) -> Result<(), Error> {
     let config = load(flags)?;
     let (_lock, catalog) = open_catalog(&config)?;
+    if json {
+        let keys: Vec<serde_json::Value> = catalog
+            .accounts()
+            .iter()
+            .flat_map(|account| catalog.keys(&account.id))
+            .map(|key| crate::api::keys::key_json(&key))
+            .collect();
+        println!("{}", serde_json::Value::Array(keys));
+        return Ok(());
+    }
     println!(
         "{:<22} {:<8} {:<6} {:<25} {:<8} NAME",
         "ID", "PREFIX", "ADMIN", "CREATED", "REVOKED"
@@ -157,7 +168,7 @@ fn open_engine(config: &Config) -> Result<engine::Engine, Error> {
 
 /// Checks the catalog WAL, every vault WAL (read-only), then opens each vault and checks
 /// every segment file's checksums. Prints one line per part; fails on the first fault.
-pub fn verify(dir: &Path) -> Result<(), Error> {
+pub fn verify(dir: &Path, quiet: bool) -> Result<(), Error> {
     // Both copies: serving survives one damaged copy (and repairs it), verify reports it.
     let catalog_dir = dir.join(datadir::CATALOG_DIR);
     for (name, copy) in [
@@ -182,6 +193,7 @@ pub fn verify(dir: &Path) -> Result<(), Error> {
     }
     let engine = engine::Engine::open(engine::EngineConfig::new(vaults_dir.clone()))?;
     let ids = engine.vault_ids()?;
+    let progress = Progress::new("verifying vaults", ids.len() as u64, Unit::Items, quiet);
     for id in &ids {
         let wal_dir = vaults_dir.join(id).join("wal");
         let report = if wal_dir.exists() {
@@ -197,18 +209,22 @@ pub fn verify(dir: &Path) -> Result<(), Error> {
         let vault = engine.vault(id)?;
         vault.verify()?;
         let stats = vault.stats()?;
-        println!(
-            "vault {id}: {} memories, {} segment(s), wal {} records{}: ok",
-            stats.memories,
-            stats.segments,
-            report.map(|r| r.records).unwrap_or(0),
-            if torn > 0 {
-                format!(" (cut a torn tail of {torn} bytes)")
-            } else {
-                String::new()
-            }
-        );
+        progress.suspend(|| {
+            println!(
+                "vault {id}: {} memories, {} segment(s), wal {} records{}: ok",
+                stats.memories,
+                stats.segments,
+                report.map(|r| r.records).unwrap_or(0),
+                if torn > 0 {
+                    format!(" (cut a torn tail of {torn} bytes)")
+                } else {
+                    String::new()
+                }
+            )
+        });
+        progress.inc(1);
     }
+    progress.finish();
     println!("verified {} vault(s): every checksum matches", ids.len());
     Ok(())
 }
@@ -216,7 +232,7 @@ pub fn verify(dir: &Path) -> Result<(), Error> {
 /// `memoryrouter repair DIR`: every log `verify` refuses is backed up and cut at its first
 /// damage (`wal::repair`); clean logs are left alone. Holds the data-directory lock, so it
 /// refuses to run beside a server.
-pub fn repair(dir: &Path) -> Result<(), Error> {
+pub fn repair(dir: &Path, quiet: bool) -> Result<(), Error> {
     let _lock = datadir::lock(dir)?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -247,7 +263,9 @@ pub fn repair(dir: &Path) -> Result<(), Error> {
         );
     }
     let mut repaired = 0;
+    let progress = Progress::new("checking logs", logs.len() as u64, Unit::Items, quiet);
     for (name, wal_dir) in logs {
+        progress.inc(1);
         if !wal_dir.is_dir() || wal::verify(&wal_dir).is_ok() {
             continue;
         }
@@ -255,7 +273,7 @@ pub fn repair(dir: &Path) -> Result<(), Error> {
         let report = wal::repair(&wal_dir, &backup_root.join(relative))?;
         let Some(cut) = report.cut else { continue };
         repaired += 1;
-        println!(
+        progress.suspend(|| println!(
             "{name}: {} at byte {}: {}
   cut from lsn {} on: {} intact record(s) after the damage lost, {} bytes and {} whole segment file(s) removed
   backup: {}",
@@ -267,8 +285,9 @@ pub fn repair(dir: &Path) -> Result<(), Error> {
             cut.bytes_removed,
             cut.segments_removed.len(),
             report.backup.display()
-        );
+        ));
     }
+    progress.finish();
     if repaired == 0 {
         println!("no damaged log: nothing changed");
     } else {
@@ -277,7 +296,7 @@ pub fn repair(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-pub fn export(flags: &Flags, key_id: &str, out: Option<&Path>) -> Result<(), Error> {
+pub fn export(flags: &Flags, key_id: &str, out: Option<&Path>, quiet: bool) -> Result<(), Error> {
     let config = load(flags)?;
     let (_lock, catalog) = open_catalog(&config)?;
     catalog.key(key_id).ok_or_else(|| Error::KeyNotFound {
@@ -307,17 +326,23 @@ pub fn export(flags: &Flags, key_id: &str, out: Option<&Path>) -> Result<(), Err
         path: out.map(Path::to_owned).unwrap_or_else(|| "stdout".into()),
         source,
     };
+    let total = vault.stats()?.memories;
+    let progress = Progress::new("exporting", total, Unit::Items, quiet);
     let mut count = 0usize;
     crate::api::transfer::for_each_memory(&vault, |memory| {
         count += 1;
+        progress.inc(1);
         writeln!(sink, "{}", crate::api::transfer::export_line(memory)).map_err(io)
     })?;
     sink.flush().map_err(io)?;
-    eprintln!("exported {count} memories from {key_id}");
+    progress.finish();
+    if !quiet {
+        eprintln!("exported {count} memories from {key_id}");
+    }
     Ok(())
 }
 
-pub fn import(flags: &Flags, key_id: &str, file: &Path) -> Result<(), Error> {
+pub fn import(flags: &Flags, key_id: &str, file: &Path, quiet: bool) -> Result<(), Error> {
     let config = load(flags)?;
     let (_lock, catalog) = open_catalog(&config)?;
     let account_id = catalog
@@ -328,11 +353,14 @@ pub fn import(flags: &Flags, key_id: &str, file: &Path) -> Result<(), Error> {
         .account_id;
     let engine = open_engine(&config)?;
     let vault = engine.vault(key_id)?;
-    let reader =
-        std::io::BufReader::new(std::fs::File::open(file).map_err(|source| Error::Io {
-            path: file.to_owned(),
-            source,
-        })?);
+    let opened = std::fs::File::open(file).map_err(|source| Error::Io {
+        path: file.to_owned(),
+        source,
+    })?;
+    let total_bytes = opened.metadata().map_or(0, |m| m.len());
+    let progress = Progress::new("importing", total_bytes, Unit::Bytes, quiet);
+    let mut bytes_read = 0u64;
+    let reader = std::io::BufReader::new(opened);
     let (mut stored, mut skipped) = (0usize, 0usize);
     let mut batch = Vec::new();
     for (index, line) in reader.lines().enumerate() {
@@ -340,6 +368,9 @@ pub fn import(flags: &Flags, key_id: &str, file: &Path) -> Result<(), Error> {
             path: file.to_owned(),
             source,
         })?;
+        // The line and its newline: the bar counts bytes of the file.
+        bytes_read += line.len() as u64 + 1;
+        progress.set_position(bytes_read.min(total_bytes));
         if line.trim().is_empty() {
             continue;
         }
@@ -376,6 +407,57 @@ pub fn import(flags: &Flags, key_id: &str, file: &Path) -> Result<(), Error> {
         target: key_id.to_owned(),
         detail: serde_json::json!({"imported": stored, "failed": 0}),
     })?;
-    eprintln!("imported into {key_id}: {stored} stored, {skipped} already present");
+    progress.finish();
+    if !quiet {
+        eprintln!("imported into {key_id}: {stored} stored, {skipped} already present");
+    }
     Ok(())
+}
+
+/// `memoryrouter health`: one `GET` over plain HTTP/1.1 with a short timeout; `Ok` only for
+/// a `200`. Hand-rolled on `std::net` so the container image needs no curl and the command
+/// no runtime.
+pub fn health(url: &str) -> Result<(), Error> {
+    use std::io::Read as _;
+    use std::net::ToSocketAddrs as _;
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+    const ANSWER_BYTES_MAX: u64 = 64 * 1024;
+    let failed = |reason: String| Error::Health {
+        url: url.to_owned(),
+        reason,
+    };
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| failed("only http:// URLs are supported".into()))?;
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => rest.split_at(slash),
+        None => (rest, "/"),
+    };
+    let address = authority
+        .to_socket_addrs()
+        .map_err(|e| failed(format!("cannot resolve {authority}: {e}")))?
+        .next()
+        .ok_or_else(|| failed(format!("{authority} has no address")))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, TIMEOUT)
+        .map_err(|e| failed(e.to_string()))?;
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
+        .map_err(|e| failed(e.to_string()))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| failed(e.to_string()))?;
+    let mut answer = String::new();
+    stream
+        .take(ANSWER_BYTES_MAX)
+        .read_to_string(&mut answer)
+        .map_err(|e| failed(e.to_string()))?;
+    let status = answer.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) == Some("200") {
+        Ok(())
+    } else {
+        Err(failed(format!("answered {status:?}")))
+    }
 }

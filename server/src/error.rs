@@ -53,6 +53,8 @@ pub enum Error {
     Verify { what: String, reason: String },
     #[error("import line {line}: {reason}")]
     ImportLine { line: usize, reason: String },
+    #[error("health check of {url} failed: {reason}")]
+    Health { url: String, reason: String },
 }
 
 /// An error answered to an HTTP client as

@@ -16,7 +16,7 @@
 //!   `datadir` (layout, lock, secret file), `config` (layered, validated settings), `error`,
 //!   `metrics`, `time`, `request` (message, session and option parsing, shared by the API
 //!   and the proxy, and `to_new_memory`, the one place a stored memory is built and
-//!   bounded), `cli` and `commands` (the command line), `dashboard` (the embedded web UI);
+//!   bounded), `cli` and `commands` (the command line) with `progress` (their bars), `dashboard` (the embedded web UI);
 //! - `api`: the HTTP handlers of the memory API, one module per resource (`prepare`,
 //!   `ingest`, `memories`, `transfer`, `keys`, `provider_keys`, `admin`, `ops`);
 //! - `proxy`: the OpenAI- and Anthropic-compatible proxy endpoints.
@@ -51,6 +51,7 @@ mod http;
 mod metrics;
 #[cfg(test)]
 mod powerloss_tests;
+mod progress;
 mod proxy;
 mod ratelimit;
 mod request;
@@ -65,7 +66,7 @@ use std::time::Instant;
 // What the binary (`main.rs`) needs to parse the command line and serve; the provider
 // types are those of `Config::providers`, which the tests and benches fill in.
 pub use cli::{Cli, Command, KeysCommand};
-pub use commands::{export, import, keys_create, keys_list, keys_revoke, repair, verify};
+pub use commands::{export, health, import, keys_create, keys_list, keys_revoke, repair, verify};
 pub use config::{Config, Flags};
 pub use error::Error;
 pub use proxy::providers::{ProviderConfig, ProviderKind};

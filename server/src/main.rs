@@ -33,8 +33,8 @@ fn main() -> anyhow::Result<()> {
                 },
         } => Ok(server::keys_create(&location.flags(None), name, admin)?),
         Command::Keys {
-            command: KeysCommand::List { location },
-        } => Ok(server::keys_list(&location.flags(None))?),
+            command: KeysCommand::List { json, location },
+        } => Ok(server::keys_list(&location.flags(None), json)?),
         Command::Keys {
             command:
                 KeysCommand::Revoke {
@@ -43,22 +43,31 @@ fn main() -> anyhow::Result<()> {
                     location,
                 },
         } => Ok(server::keys_revoke(&location.flags(None), &id, purge)?),
-        Command::Verify { dir } => Ok(server::verify(&dir)?),
-        Command::Repair { dir } => Ok(server::repair(&dir)?),
+        Command::Verify { dir, quiet } => Ok(server::verify(&dir, quiet)?),
+        Command::Repair { dir, quiet } => Ok(server::repair(&dir, quiet)?),
         Command::Export {
             key_id,
             out,
+            quiet,
             location,
         } => Ok(server::export(
             &location.flags(None),
             &key_id,
             out.as_deref(),
+            quiet,
         )?),
         Command::Import {
             key_id,
             file,
+            quiet,
             location,
-        } => Ok(server::import(&location.flags(None), &key_id, &file)?),
+        } => Ok(server::import(
+            &location.flags(None),
+            &key_id,
+            &file,
+            quiet,
+        )?),
+        Command::Health { url } => Ok(server::health(&url)?),
     }
 }
 

@@ -8,7 +8,9 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::AppState;
-use crate::api::{admin, audit, ingest, keys, memories, ops, prepare, provider_keys, transfer};
+use crate::api::{
+    admin, audit, ingest, keys, mcp, memories, openapi, ops, prepare, provider_keys, transfer,
+};
 use crate::error::ApiError;
 use crate::http::{Body, error_response};
 use crate::proxy;
@@ -30,6 +32,7 @@ pub(crate) async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Respo
             (&Method::GET, ["healthz"]) => ("GET /healthz", ops::healthz(state)),
             (&Method::GET, ["readyz"]) => ("GET /readyz", ops::readyz(state)),
             (&Method::GET, ["metrics"]) => ("GET /metrics", ops::metrics(state)),
+            (&Method::GET, ["openapi.json"]) => ("GET /openapi.json", openapi::handle()),
             (&Method::GET, [] | ["index.html"] | ["assets", _]) => (
                 "GET /",
                 Ok(crate::dashboard::response(&path, req.headers())),
@@ -103,13 +106,21 @@ pub(crate) async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Respo
             (&Method::GET, ["v1", "models"]) => {
                 ("GET /v1/models", proxy::chat::models(state, req).await)
             }
+            (&Method::POST, ["mcp"]) => ("POST /mcp", mcp::handle(state, req).await),
             _ => ("unmatched", Err(unmatched(&method, &segments))),
         };
 
-    let response = match result {
+    let mut response = match result {
         Ok(response) => response,
         Err(error) => error_response(&error),
     };
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED
+        && let Some(methods) = allowed_methods(&segments)
+    {
+        response
+            .headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static(methods));
+    }
     state
         .metrics
         .record_request(label, response.status().as_u16(), started.elapsed());
@@ -132,33 +143,56 @@ pub(crate) async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Respo
     response
 }
 
-/// Paths that exist (with `*` for a parameter): a known path with another method is 405.
-const KNOWN_PATHS: &[&[&str]] = &[
-    &["healthz"],
-    &["readyz"],
-    &["metrics"],
-    &["v1", "keys"],
-    &["v1", "keys", "*"],
-    &["v1", "provider-keys"],
-    &["v1", "provider-keys", "*"],
-    &["v1", "memory"],
-    &["v1", "memory", "*"],
-    &["v1", "admin", "overview"],
-    &["v1", "audit"],
-    &["v1", "chat", "completions"],
-    &["v1", "messages"],
-    &["v1", "models"],
+/// Paths that exist (with `*` for a parameter) and the methods they answer: a known path
+/// with another method is 405 with this `Allow` header (RFC 9110). The first pattern that
+/// matches wins, so literal paths come before the `*` that would also match them. A test
+/// in `api/openapi.rs` holds this table to the OpenAPI document.
+pub(crate) const KNOWN_PATHS: &[(&[&str], &str)] = &[
+    (&[], "GET"),
+    (&["index.html"], "GET"),
+    (&["assets", "*"], "GET"),
+    (&["healthz"], "GET"),
+    (&["readyz"], "GET"),
+    (&["metrics"], "GET"),
+    (&["openapi.json"], "GET"),
+    (&["mcp"], "POST"),
+    (&["v1", "keys"], "GET, POST"),
+    (&["v1", "keys", "*"], "DELETE"),
+    (&["v1", "provider-keys"], "GET"),
+    (&["v1", "provider-keys", "*"], "DELETE, PUT"),
+    (&["v1", "memory"], "DELETE, GET"),
+    (&["v1", "memory", "prepare"], "POST"),
+    (&["v1", "memory", "ingest"], "POST"),
+    (&["v1", "memory", "search"], "POST"),
+    (&["v1", "memory", "export"], "GET"),
+    (&["v1", "memory", "import"], "POST"),
+    (&["v1", "memory", "upload"], "POST"),
+    (&["v1", "memory", "warmup"], "POST"),
+    (&["v1", "memory", "stats"], "GET"),
+    (&["v1", "memory", "*"], "DELETE, GET"),
+    (&["v1", "admin", "overview"], "GET"),
+    (&["v1", "audit"], "GET"),
+    (&["v1", "chat", "completions"], "POST"),
+    (&["v1", "messages"], "POST"),
+    (&["v1", "models"], "GET"),
 ];
 
+/// The methods a known path answers, for a 405's `Allow` header.
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    KNOWN_PATHS
+        .iter()
+        .find(|(pattern, _)| {
+            pattern.len() == segments.len()
+                && pattern
+                    .iter()
+                    .zip(segments)
+                    .all(|(p, s)| *p == "*" || p == s)
+        })
+        .map(|(_, methods)| *methods)
+}
+
 fn unmatched(method: &Method, segments: &[&str]) -> ApiError {
-    let known = KNOWN_PATHS.iter().any(|pattern| {
-        pattern.len() == segments.len()
-            && pattern
-                .iter()
-                .zip(segments)
-                .all(|(p, s)| *p == "*" || p == s)
-    });
-    if known {
+    if allowed_methods(segments).is_some() {
         ApiError::method_not_allowed(format!(
             "Method {method} is not allowed on /{}.",
             segments.join("/")

@@ -16,12 +16,16 @@
 //! | [`admin`] | `GET /v1/admin/overview` (the dashboard's summary) |
 //! | [`audit`] | `GET /v1/audit` (the account's audit log, admin key) |
 //! | [`ops`] | `/healthz`, `/readyz`, `/metrics` |
+//! | [`openapi`] | `GET /openapi.json` (the OpenAPI 3.1 document, checked against the router) |
+//! | [`mcp`] | `POST /mcp` (Model Context Protocol tools over the caller's vault) |
 
 pub(crate) mod admin;
 pub(crate) mod audit;
 pub(crate) mod ingest;
 pub(crate) mod keys;
+pub(crate) mod mcp;
 pub(crate) mod memories;
+pub(crate) mod openapi;
 pub(crate) mod ops;
 pub(crate) mod prepare;
 pub(crate) mod provider_keys;
