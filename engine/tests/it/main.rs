@@ -12,3 +12,4 @@ mod powerloss;
 mod race;
 mod registry;
 mod seal;
+mod unreadable;
