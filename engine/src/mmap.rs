@@ -277,7 +277,7 @@ mod slots {
                         if i >= SLOTS_MAX {
                             return None;
                         }
-                        if i % CHUNK_SLOTS == 0 {
+                        if i.is_multiple_of(CHUNK_SLOTS) {
                             let chunk: Box<[Slot; CHUNK_SLOTS]> =
                                 Box::new(std::array::from_fn(|_| Slot::default()));
                             CHUNKS[i / CHUNK_SLOTS].store(Box::into_raw(chunk), SeqCst);
