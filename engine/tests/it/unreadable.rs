@@ -131,3 +131,49 @@ fn compaction_refuses_a_segment_that_could_not_be_read() {
         "no segment list was stored from zeros"
     );
 }
+
+/// A segment with an HNSW graph (the path large vaults search: int8 codes, graph walk, f32
+/// rescoring) read from zeros after its files were truncated: contained the same way.
+#[test]
+fn a_graph_segment_that_cannot_be_read_is_contained_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = EngineConfig::new(dir.path().to_path_buf());
+    c.embedder = WordHash::shared(16);
+    c.hnsw = engine::HnswParams {
+        min_records: 64,
+        ..engine::HnswParams::default()
+    };
+    let e = Engine::open(c).unwrap();
+    let v = e.vault("sick").unwrap();
+    for round in 0..2 {
+        let batch = (0..100)
+            .map(|i| {
+                msg(
+                    "s",
+                    Role::User,
+                    &format!("round {round} memo {i} trains"),
+                    1,
+                )
+            })
+            .collect();
+        v.ingest(batch).unwrap();
+        assert!(v.seal().unwrap());
+    }
+    assert!(v.compact_all().unwrap());
+    assert_eq!(v.search(&query("trains", 5)).unwrap().len(), 5);
+    assert!(
+        std::fs::read_dir(v.dir())
+            .unwrap()
+            .flatten()
+            .any(|d| d.path().join("graph.bin").exists()),
+        "the merged segment has a graph"
+    );
+    truncate_segments(v.dir());
+    assert!(unreadable(v.search(&query("trains", 5))));
+    assert!(unreadable(v.search_vectors(
+        &[0.25; 16],
+        5,
+        &Default::default()
+    )));
+    assert_eq!(e.unreadable_vaults(), vec!["sick".to_string()]);
+}
