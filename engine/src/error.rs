@@ -54,6 +54,14 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Reading a mapped segment file failed: the kernel raised SIGBUS on one of its pages (an
+    /// I/O error under the map, or the file truncated while mapped). The map now reads zeros
+    /// and nothing read from it is served: the vault answers this error (503 for that vault
+    /// only) until the process restarts and the next open reads the files again
+    /// (`mmap.rs`, "SIGBUS containment").
+    #[error("segment file {path} could not be read (I/O error on a mapped page)")]
+    SegmentUnreadable { path: PathBuf },
+
     /// A file whose bytes do not match what `docs/format.md` says they must be.
     #[error("corrupt file {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },

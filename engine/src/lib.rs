@@ -117,7 +117,7 @@ pub use registry::{
 #[doc(hidden)]
 pub use segment::Segment;
 pub use vault::{
-    COMPACTION_DELETED_SHARE_MIN, COMPACTION_FANIN, IngestOutcome, SEARCH_K_MAX, Vault,
+    COMPACTION_DELETED_SHARE_MIN, COMPACTION_FANIN, IngestOutcome, Leftover, SEARCH_K_MAX, Vault,
     VaultOptions, VaultStats,
 };
 pub use wal::Durability;

@@ -195,10 +195,40 @@ impl Engine {
         Ok(vault)
     }
 
+    /// Audits how vault `id`'s segments are accounted for, before anything opens it normally
+    /// (a normal open deletes unlisted `seg-*` directories as leftovers): the names its
+    /// MANIFEST lists whose directory is missing, and its unlisted directories
+    /// ([`Vault::audit_leftovers`], on a vault opened with those kept). The vault must not be
+    /// open in this engine; the audit closes it again. For `memoryrouter verify`.
+    #[doc(hidden)]
+    pub fn audit_segments(&self, id: &str) -> Result<(Vec<String>, Vec<crate::vault::Leftover>)> {
+        validate_vault_id(id)?;
+        let dir = self.config.root.join(id);
+        let Some(manifest) = crate::manifest::Manifest::load(&dir)? else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let missing: Vec<String> = manifest
+            .segments
+            .iter()
+            .filter(|name| !dir.join(name).is_dir())
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            // The vault cannot open without them; nothing more to compare.
+            return Ok((missing, Vec::new()));
+        }
+        let mut options = self.options();
+        options.keep_leftovers = true;
+        options.background = false;
+        let vault = Vault::open(&dir, options)?;
+        Ok((missing, vault.audit_leftovers()?))
+    }
+
     /// Closes least recently used vaults while more than `open_vaults_max` are open or their
     /// heap estimate is above `open_vaults_memory_bytes_max`, skipping vaults that someone
     /// still holds (the one just handed out included) or that have background work in flight
-    /// (closing those would let a second instance open the same directory), and poisoned ones
+    /// (closing those would let a second instance open the same directory), unreadable ones (kept
+    /// open so readiness and metrics keep reporting them), and poisoned ones
     /// (reopening would read back a page cache that may hold what a failed fsync never
     /// wrote: a poisoned vault stays open, refusing writes, until the process ends). When only such
     /// vaults are left it stops over the bound: a vault bigger than the bound stays open
@@ -214,7 +244,10 @@ impl Engine {
             let victim = map
                 .iter()
                 .filter(|(_, s)| {
-                    Arc::strong_count(&s.vault) == 1 && !s.vault.is_busy() && !s.vault.is_poisoned()
+                    Arc::strong_count(&s.vault) == 1
+                        && !s.vault.is_busy()
+                        && !s.vault.is_poisoned()
+                        && !s.vault.is_unreadable()
                 })
                 .min_by_key(|(_, s)| s.last_used)
                 .map(|(k, _)| k.clone());
@@ -263,6 +296,22 @@ impl Engine {
             .into_iter()
             .filter(|(_, v)| v.is_write_stalled())
             .map(|(id, _)| id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Ids of the open vaults with a segment file that could not be read (an I/O error on a
+    /// mapped page, contained: [`Vault::is_unreadable`]), sorted: they answer 503 until the
+    /// process restarts and are never closed meanwhile (readiness and metrics report them).
+    pub fn unreadable_vaults(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .open
+            .lock()
+            .0
+            .iter()
+            .filter(|(_, s)| s.vault.is_unreadable())
+            .map(|(id, _)| id.clone())
             .collect();
         ids.sort();
         ids

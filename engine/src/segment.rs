@@ -436,11 +436,31 @@ impl Segment {
             + seg.lexical.file_bytes()
             + seg.graph.as_ref().map_or(0, |g| g.0.bytes().len()))
             as u64;
+        // A page that failed while the rows were validated reads zeros now (`mmap.rs`).
+        seg.check()?;
         Ok(seg)
+    }
+
+    /// [`Error::SegmentUnreadable`] once reading a page of any of the segment's files failed
+    /// (SIGBUS contained by `mmap.rs`): anything read from the segment since may be zeros.
+    /// One atomic load per file; the search path calls it once per request.
+    pub fn check(&self) -> Result<()> {
+        self.vectors.check()?;
+        self.records.check()?;
+        self.lexical.check()?;
+        self.graph.as_ref().map_or(Ok(()), |(map, _)| map.check())
     }
 
     /// Checks every payload checksum (the vectors and graph too).
     pub fn verify(&self) -> Result<()> {
+        // A page that fails while checksumming reads zeros: report the I/O error, not a
+        // checksum mismatch.
+        let verified = self.verify_checksums();
+        self.check()?;
+        verified
+    }
+
+    fn verify_checksums(&self) -> Result<()> {
         for (map, magic) in [
             (&self.vectors, VECTORS_MAGIC),
             (&self.records, RECORDS_MAGIC),

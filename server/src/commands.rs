@@ -193,6 +193,53 @@ pub fn verify(dir: &Path, quiet: bool) -> Result<(), Error> {
     }
     let engine = engine::Engine::open(engine::EngineConfig::new(vaults_dir.clone()))?;
     let ids = engine.vault_ids()?;
+    // Segments the MANIFEST lost, before any normal open: it would delete them as leftovers.
+    let mut lost: Vec<String> = Vec::new();
+    for id in &ids {
+        let (missing, leftovers) = engine.audit_segments(id)?;
+        for name in missing {
+            println!(
+                "vault {id}: LOST: MANIFEST lists segment {name} but its directory is missing; \
+                 the memories it held are gone"
+            );
+            lost.push(format!("{id}/{name}"));
+        }
+        for leftover in leftovers {
+            let engine::Leftover {
+                name,
+                records,
+                accounted,
+                id_range: (first, last),
+                unopenable,
+            } = &leftover;
+            if leftover.is_lost() {
+                println!(
+                    "vault {id}: LOST: segment {name} ({records} memories, ids {first}..={last}) \
+                     is not in the MANIFEST and neither the listed segments nor the WAL hold \
+                     any of them; the next start would delete it (copy it aside first)"
+                );
+                lost.push(format!("{id}/{name}"));
+            } else if let Some(why) = unopenable {
+                println!("vault {id}: leftover {name} (removed at the next start): {why}");
+            } else {
+                println!(
+                    "vault {id}: leftover {name} ({accounted} of {records} memories held \
+                     elsewhere; removed at the next start)"
+                );
+            }
+        }
+    }
+    if !lost.is_empty() {
+        return Err(engine::Error::Corrupt {
+            path: vaults_dir,
+            reason: format!(
+                "{} segment(s) lost from their vault's MANIFEST: {}",
+                lost.len(),
+                lost.join(", ")
+            ),
+        }
+        .into());
+    }
     let progress = Progress::new("verifying vaults", ids.len() as u64, Unit::Items, quiet);
     for id in &ids {
         let wal_dir = vaults_dir.join(id).join("wal");

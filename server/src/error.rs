@@ -224,6 +224,16 @@ impl From<engine::Error> for ApiError {
             ));
             api.code = "embedder_unavailable";
             api
+        } else if let engine::Error::SegmentUnreadable { .. } = error {
+            // A read of this vault's files failed (contained in the engine): this vault
+            // only is unavailable, until the operator restores its disk and restarts.
+            tracing::error!(%error, "vault unreadable");
+            let mut api = ApiError::unavailable(
+                "This vault's stored memories cannot be read (an I/O error on the server's disk); \
+                 nothing was read or written. Other vaults are unaffected.",
+            );
+            api.code = "vault_unavailable";
+            api
         } else if engine_out_of_space(&error) {
             tracing::warn!(%error, "disk full: write refused, nothing stored");
             ApiError::storage_full(
@@ -300,6 +310,14 @@ mod tests {
             !api.message.contains("/data"),
             "paths are not shown to clients"
         );
+        let unreadable: ApiError = engine::Error::SegmentUnreadable {
+            path: "/data/vaults/x/seg-1/vectors.bin".into(),
+        }
+        .into();
+        assert_eq!(unreadable.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(unreadable.code, "vault_unavailable");
+        assert!(unreadable.retry_after_secs.is_some());
+        assert!(!unreadable.message.contains("/data"));
         let user: ApiError = engine::Error::InvalidVaultId { id: "../x".into() }.into();
         assert!(user.status.is_client_error());
         let full: ApiError = engine::Error::Io {

@@ -124,6 +124,8 @@ pub(crate) struct Gauges {
     pub open_vaults_bytes: u64,
     /// Open vaults that saw a failed fsync (they refuse writes until a restart).
     pub poisoned_vaults: usize,
+    /// Open vaults with a segment file that could not be read (503 until a restart).
+    pub unreadable_vaults: usize,
     pub catalog_poisoned: bool,
     /// Open vaults whose last write ran out of disk space, still without room (clears by
     /// itself once space is freed).
@@ -183,6 +185,7 @@ impl Metrics {
             open_vaults,
             open_vaults_bytes,
             poisoned_vaults,
+            unreadable_vaults,
             catalog_poisoned,
             write_stalled_vaults,
             uptime,
@@ -265,6 +268,11 @@ impl Metrics {
         out.push_str("# TYPE memoryrouter_vaults_poisoned gauge\n");
         let _ = writeln!(out, "memoryrouter_vaults_poisoned {poisoned_vaults}");
         out.push_str(
+            "# HELP memoryrouter_vaults_unreadable Open vaults answering 503 since a segment page could not be read (until a restart).\n",
+        );
+        out.push_str("# TYPE memoryrouter_vaults_unreadable gauge\n");
+        let _ = writeln!(out, "memoryrouter_vaults_unreadable {unreadable_vaults}");
+        out.push_str(
             "# HELP memoryrouter_catalog_poisoned 1 when the key catalog refuses changes since an fsync failed.\n",
         );
         out.push_str("# TYPE memoryrouter_catalog_poisoned gauge\n");
@@ -314,6 +322,7 @@ mod tests {
             open_vaults: 3,
             open_vaults_bytes: 4096,
             poisoned_vaults: 1,
+            unreadable_vaults: 0,
             catalog_poisoned: false,
             write_stalled_vaults: 2,
             uptime: Duration::from_secs(5),

@@ -1,6 +1,9 @@
-//! Smoke tests of the real binary: first start, restart, SIGTERM, the CLI commands.
+//! Smoke tests of the real binary: first start, restart, SIGTERM, the CLI commands, an I/O
+//! error on one vault's segment, `verify` finding a lost segment.
 
 mod common;
+
+use std::path::{Path, PathBuf};
 
 use common::{Binary, admin_key, cli, json, mint};
 
@@ -318,4 +321,157 @@ fn the_data_dir_is_owner_only_under_umask_022() {
     }
     assert!(seen.iter().any(|p| p.ends_with("MANIFEST")), "{seen:?}");
     assert!(seen.iter().any(|p| p.ends_with(".wal")), "{seen:?}");
+}
+
+/// A server that seals every 8 records, and two keys whose vaults each hold 16 memories, all
+/// in sealed segments (nothing unsealed). Returns the server, then (id, key) pairs.
+fn two_sealed_vaults(dir: &Path) -> (Binary, Vec<(String, String)>) {
+    let server = Binary::serve_with_env(dir, &[], &[("MEMORYROUTER_MEMTABLE_RECORDS_MAX", "8")]);
+    let admin = admin_key(dir);
+    let mut keys = Vec::new();
+    for user in ["user:sick", "user:well"] {
+        let (id, key) = mint(&server, &admin, user);
+        let messages: Vec<String> = (0..16)
+            .map(|i| format!(r#"{{"role":"user","content":"memo {i}: the trains to Lyon leave at {i} o'clock"}}"#))
+            .collect();
+        let body = format!(
+            r#"{{"session_id":"s","messages":[{}]}}"#,
+            messages.join(",")
+        );
+        let (status, body) = server
+            .request("POST", "/v1/memory/ingest", Some(&key), &body)
+            .unwrap();
+        assert_eq!(status, 202, "{body}");
+        // The seal runs in the background: wait (bounded) until the vault is settled.
+        let mut last = String::new();
+        let settled = (0..600).any(|_| {
+            let (_, body) = server
+                .request("GET", "/v1/memory/stats", Some(&key), "")
+                .unwrap();
+            let stats = json(&body);
+            last = body;
+            let done = stats["segments"].as_u64() >= Some(1)
+                && stats["memtable"] == 0
+                && stats["compacting"] == false;
+            if !done {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            done
+        });
+        assert!(settled, "the vault of {user} never sealed: {last}");
+        keys.push((id, key));
+    }
+    (server, keys)
+}
+
+fn segment_dirs(vault: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(vault)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Issue 12, item 7. Truncating a mapped segment file under the running server is the
+/// classic reproducible I/O error on a mapped page (SIGBUS). Without containment the first
+/// search of that vault kills the process; with it, that vault answers 503
+/// `vault_unavailable` on every route while the other vault, `/healthz` and the process keep
+/// going, and `/readyz` and `/metrics` report it.
+#[test]
+fn an_io_error_on_one_vaults_segment_is_a_503_for_that_vault_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, keys) = two_sealed_vaults(dir.path());
+    let [(sick_id, sick), (_, well)] = [keys[0].clone(), keys[1].clone()];
+    let vault = dir.path().join("vaults").join(&sick_id);
+    for seg in segment_dirs(&vault) {
+        for file in std::fs::read_dir(seg).unwrap().flatten() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(file.path())
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+        }
+    }
+    let search = r#"{"query":"trains to Lyon","limit":5}"#;
+    let prepare = r#"{"messages":[{"role":"user","content":"when do the trains to Lyon leave?"}]}"#;
+    let calls: [(&str, &str, &str); 6] = [
+        ("POST", "/v1/memory/search", search),
+        ("POST", "/v1/memory/prepare", prepare),
+        ("GET", "/v1/memory", ""),
+        ("GET", "/v1/memory/export", ""),
+        ("GET", "/v1/memory/1", ""),
+        ("POST", "/v1/memory/search", search),
+    ];
+    for (method, path, body) in calls {
+        let (status, answer) = server.request(method, path, Some(&sick), body).unwrap();
+        assert_eq!(status, 503, "{method} {path}: {answer}");
+        let error = &json(&answer)["error"];
+        assert_eq!(error["code"], "vault_unavailable", "{answer}");
+        assert_eq!(error["type"], "server_error", "{answer}");
+        assert!(error["message"].is_string() && error.get("param").is_some());
+        assert!(
+            !answer.contains(dir.path().to_str().unwrap()),
+            "no paths: {answer}"
+        );
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "the process lives"
+        );
+    }
+    for (method, path, body) in [
+        ("POST", "/v1/memory/search", search),
+        ("POST", "/v1/memory/prepare", prepare),
+        ("GET", "/v1/memory", ""),
+    ] {
+        let (status, answer) = server.request(method, path, Some(&well), body).unwrap();
+        assert_eq!(status, 200, "other vault, {method} {path}: {answer}");
+    }
+    let (_, answer) = server
+        .request("POST", "/v1/memory/search", Some(&well), search)
+        .unwrap();
+    assert_eq!(json(&answer)["memories"].as_array().unwrap().len(), 5);
+    assert_eq!(server.request("GET", "/healthz", None, "").unwrap().0, 200);
+    let (status, answer) = server.request("GET", "/readyz", None, "").unwrap();
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer.contains("1 vault(s) cannot be read"), "{answer}");
+    let (_, metrics) = server.request("GET", "/metrics", None, "").unwrap();
+    assert!(
+        metrics.contains("memoryrouter_vaults_unreadable 1"),
+        "{metrics}"
+    );
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the process lives"
+    );
+    let (status, _) = server.terminate();
+    assert!(
+        status.success(),
+        "a clean shutdown still exits 0: {status:?}"
+    );
+}
+
+/// A segment directory the MANIFEST lists but that is gone (a bad disk, an operator's
+/// mistake) is lost data: `verify` fails and names it.
+#[test]
+fn verify_fails_naming_a_lost_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (server, keys) = two_sealed_vaults(dir.path());
+    let (status, _) = server.terminate();
+    assert!(status.success());
+    let (ok, report, stderr) = cli(&["verify", data]);
+    assert!(ok, "{report}{stderr}");
+    let vault = dir.path().join("vaults").join(&keys[0].0);
+    let seg = segment_dirs(&vault).pop().unwrap();
+    let name = seg.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::remove_dir_all(&seg).unwrap();
+    let (ok, report, stderr) = cli(&["verify", data]);
+    assert!(!ok, "verify must fail: {report}");
+    let line = format!("vault {}: LOST: MANIFEST lists segment {name}", keys[0].0);
+    assert!(report.contains(&line), "{report}");
+    assert!(stderr.contains(&name), "the error names it: {stderr}");
 }

@@ -150,6 +150,11 @@ impl Vault {
             v.dedup_by_key(|(m, _, _)| m.id);
             v
         };
+        // An input whose page read failed read zeros (`mmap.rs`): merging them would make
+        // the garbage durable and delete the only copy of the records.
+        for s in chosen {
+            s.check()?;
+        }
         let inputs: Vec<SegmentInput<'_>> = memories
             .iter()
             .map(|(m, v, c)| SegmentInput {

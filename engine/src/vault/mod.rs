@@ -35,6 +35,7 @@ use parking_lot::{Mutex, RwLock};
 use wal::{Durability, Wal};
 
 pub use compaction::{COMPACTION_DELETED_SHARE_MIN, COMPACTION_FANIN};
+pub use read::Leftover;
 pub use search::SEARCH_K_MAX;
 
 use crate::crash::{CrashPoint, PauseHook};
@@ -81,6 +82,12 @@ pub struct VaultOptions {
     /// rotation and the deletion of checkpointed segments).
     #[doc(hidden)]
     pub wal_segment_bytes_max: u64,
+    /// Leave `seg-*` directories the manifest does not list in place instead of removing
+    /// them as leftovers at open: `memoryrouter verify` audits them first
+    /// ([`Vault::audit_leftovers`]), since a segment lost from the list is the only copy of
+    /// its records.
+    #[doc(hidden)]
+    pub keep_leftovers: bool,
 }
 
 impl VaultOptions {
@@ -97,6 +104,7 @@ impl VaultOptions {
             memory_total: Arc::new(AtomicU64::new(0)),
             storage: crate::storage::os(),
             wal_segment_bytes_max: WAL_SEGMENT_BYTES_MAX,
+            keep_leftovers: false,
         }
     }
 
@@ -171,6 +179,11 @@ pub(crate) struct Inner {
     /// the vault, so it is never reopened in this process from a page cache that may differ
     /// from the disk.
     pub poisoned: Arc<AtomicBool>,
+    /// Set for good, with the file's path, by the first call that finds a segment map
+    /// damaged (a page read failed with SIGBUS, contained by `mmap.rs`): every later call
+    /// answers [`Error::SegmentUnreadable`] (503 for this vault only), and the registry never
+    /// closes the vault, so it stays reported until a restart reads the files again.
+    pub unreadable: std::sync::OnceLock<std::path::PathBuf>,
     /// The same gauge as `State::memory`, readable without the state lock: the registry
     /// reads it under its own lock, where waiting for a vault's lock would stall every vault.
     pub memory: Arc<MemoryGauge>,
@@ -200,7 +213,47 @@ impl Vault {
                 id: self.inner.name.clone(),
             });
         }
+        if let Some(path) = self.inner.unreadable.get() {
+            return Err(Error::SegmentUnreadable { path: path.clone() });
+        }
         Ok(())
+    }
+
+    /// Runs a call that reads segments and answers [`Error::SegmentUnreadable`] instead of
+    /// its result if a segment map of the vault turned out damaged before or during it: a
+    /// failed page read was contained (`mmap.rs`) and reads zeros, so what the call computed
+    /// may be garbage. A panic the zeros may have caused is answered the same way; any other
+    /// panic goes on. Costs a read lock and one atomic load per segment file.
+    pub(crate) fn contained<T>(&self, call: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check_open()?;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call));
+        self.check_readable()?;
+        match outcome {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// Checks the segments' maps; the first damage found marks the vault unreadable.
+    pub(crate) fn check_readable(&self) -> Result<()> {
+        let checked = self.inner.state.read().check_segments();
+        if let Err(Error::SegmentUnreadable { path }) = &checked
+            && self.inner.unreadable.set(path.clone()).is_ok()
+        {
+            tracing::error!(
+                vault = %self.inner.name,
+                path = %path.display(),
+                "a segment page could not be read (SIGBUS contained): the vault answers 503 until a restart"
+            );
+        }
+        checked
+    }
+
+    /// True once a read found one of the vault's segment files unreadable (an I/O error on a
+    /// mapped page, `mmap.rs`): every call answers [`Error::SegmentUnreadable`] until the
+    /// process restarts; other vaults are unaffected.
+    pub fn is_unreadable(&self) -> bool {
+        self.inner.unreadable.get().is_some()
     }
 
     /// True once an fsync of this vault (a WAL append's, a segment's, the manifest's or a

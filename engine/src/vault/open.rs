@@ -119,7 +119,9 @@ impl Vault {
                 ),
             ));
         }
-        remove_leftovers(storage, dir, &manifest)?;
+        if !options.keep_leftovers {
+            remove_leftovers(storage, dir, &manifest)?;
+        }
 
         let mut state = State::new(
             dim,
@@ -202,6 +204,7 @@ impl Vault {
                 jobs: AtomicUsize::new(0),
                 seal_scheduled: AtomicBool::new(false),
                 poisoned,
+                unreadable: std::sync::OnceLock::new(),
             }),
         })
     }

@@ -71,7 +71,15 @@ impl Vault {
         k: usize,
         filter: &Filter,
     ) -> Result<Vec<(MemoryId, f32)>> {
-        self.check_open()?;
+        self.contained(|| self.search_vectors_in(query, k, filter))
+    }
+
+    fn search_vectors_in(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<(MemoryId, f32)>> {
         let inner = &*self.inner;
         if query.len() != inner.dim {
             return Err(Error::InvalidArgument {
@@ -108,7 +116,12 @@ impl Vault {
     /// compares policies on one vault with it).
     #[doc(hidden)]
     pub fn search_with(&self, q: &SearchQuery, policy: &RetrievalPolicy) -> Result<Vec<Hit>> {
-        self.check_open()?;
+        // Segments read zeros after a contained I/O error (`mmap.rs`): such a search answers
+        // `Error::SegmentUnreadable`, never hits computed from them.
+        self.contained(|| self.search_in(q, policy))
+    }
+
+    fn search_in(&self, q: &SearchQuery, policy: &RetrievalPolicy) -> Result<Vec<Hit>> {
         policy.validate().map_err(|reason| Error::InvalidArgument {
             name: "policy",
             reason,

@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::analyzer::TermCounts;
+use crate::error::Result;
 use crate::footprint::{self, MemoryGauge};
 use crate::lexical::LexicalSource;
 use crate::memtable::Memtable;
@@ -227,6 +228,12 @@ impl State {
     }
 
     /// Records in every source, tombstoned ones included.
+    /// [`Error::SegmentUnreadable`] if reading one of the segments failed (`mmap.rs`):
+    /// whatever was read from it may be zeros and must not be served or acted on.
+    pub fn check_segments(&self) -> Result<()> {
+        self.segments.iter().try_for_each(|s| s.check())
+    }
+
     pub fn records(&self) -> usize {
         self.sources().map(|s| s.len() as usize).sum()
     }

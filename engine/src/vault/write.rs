@@ -267,7 +267,14 @@ impl Vault {
         let inner = &*self.inner;
         let _serial = inner.delete_lock.lock();
         let _gate = inner.gate.read();
-        let ids = resolve(&inner.state.read());
+        let ids = {
+            let state = inner.state.read();
+            let ids = resolve(&state);
+            // Ids resolved from a segment whose page read failed (zeros, `mmap.rs`) are
+            // not what the vault holds: write no tombstone from them.
+            state.check_segments()?;
+            ids
+        };
         if ids.is_empty() {
             return Ok(0);
         }

@@ -14,3 +14,4 @@ mod powerloss;
 mod race;
 mod registry;
 mod seal;
+mod unreadable;

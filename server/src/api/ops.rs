@@ -1,6 +1,7 @@
 //! Operations endpoints: `/healthz` (the process answers), `/readyz` (it accepts work: not
-//! shutting down, no vault or the catalog saw a failed fsync, and the disk has room for the
-//! writes that last ran out of it), `/metrics` (Prometheus text).
+//! shutting down, no vault or the catalog saw a failed fsync, the disk has room for the
+//! writes that last ran out of it, and no vault has a segment file that could not be
+//! read), `/metrics` (Prometheus text).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -34,6 +35,15 @@ pub(crate) fn readyz(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> 
             "An fsync failed for {what}; writes there are refused until the server restarts."
         )));
     }
+    // A vault whose segment file could not be read (an I/O error on a mapped page, contained)
+    // answers 503 until the operator restores the disk and restarts.
+    let unreadable = state.engine.unreadable_vaults().len();
+    if unreadable > 0 {
+        return Err(ApiError::unavailable(format!(
+            "{unreadable} vault(s) cannot be read (an I/O error on a segment file); they answer \
+             503 until the server restarts."
+        )));
+    }
     // A full disk: writes fail (retryably) until space is freed, reads work. Each check
     // probes for room first, so this clears as soon as space is back, without a write.
     let stalled = state.engine.write_stalled_vaults().len();
@@ -56,6 +66,7 @@ pub(crate) fn metrics(state: &Arc<AppState>) -> Result<Response<Body>, ApiError>
         open_vaults: state.engine.open_vault_count(),
         open_vaults_bytes: state.engine.memory_bytes(),
         poisoned_vaults: state.engine.poisoned_vaults().len(),
+        unreadable_vaults: state.engine.unreadable_vaults().len(),
         catalog_poisoned: state.catalog.is_poisoned(),
         write_stalled_vaults: state.engine.write_stalled_vaults().len(),
         uptime: state.started.elapsed(),
