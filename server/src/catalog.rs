@@ -491,10 +491,12 @@ impl Catalog {
         self.poisoned.load(Ordering::Acquire)
     }
 
-    /// True while the catalog's last change ran out of disk space and there is still no room
-    /// (probes first, see `wal::Wal::probe_space`); readiness reports it.
+    /// True while the catalog's last change ran out of disk space (in either copy) and there
+    /// is still no room (probes first, see `wal::Wal::probe_space`); readiness reports it.
     pub(crate) fn is_write_stalled(&self) -> bool {
-        self.wal.probe_space() == wal::Health::WriteStalled
+        self.wals
+            .iter()
+            .any(|wal| wal.probe_space() == wal::Health::WriteStalled)
     }
 
     /// Appends one record durably, then applies it.
@@ -1152,6 +1154,9 @@ mod tests {
         }
         fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
             wal::Storage::sync_dir(&engine::storage::OsStorage, dir)
+        }
+        fn drop_cache(&self, path: &Path) -> std::io::Result<()> {
+            wal::Storage::drop_cache(&engine::storage::OsStorage, path)
         }
     }
 
