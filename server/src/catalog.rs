@@ -286,8 +286,13 @@ pub struct Catalog {
     /// `last_used_at` updates not yet written to the WAL (see the module docs).
     used: Mutex<HashMap<String, i64>>,
     /// An fsync of the catalog's log failed, or the second copy missed a change the first
-    /// has: it refuses changes until the process restarts.
+    /// has for another reason than a full disk: it refuses changes until the process restarts.
     poisoned: AtomicBool,
+    /// Records the first copy holds and the second missed because the disk was full, oldest
+    /// first: appended to the second copy before any later change (`commit_with`), so the
+    /// copies keep the same records at the same lsns; a restart before that rebuilds the
+    /// short copy from the long one as for any damage.
+    mirror_backlog: Mutex<Vec<(u8, Vec<u8>)>>,
     /// What opening found damaged and repaired, one sentence each (also logged).
     repairs: Vec<String>,
 }
@@ -476,6 +481,7 @@ impl Catalog {
             cipher: Cipher::new(secret)?,
             used: Mutex::new(HashMap::new()),
             poisoned: AtomicBool::new(false),
+            mirror_backlog: Mutex::new(Vec::new()),
             repairs,
         })
     }
@@ -524,6 +530,20 @@ impl Catalog {
             reason: e.to_string(),
         })?;
         let [first, second] = &self.wals;
+        // A second copy that missed changes on a full disk catches up first (a failure here
+        // is again a full disk: nothing new was written anywhere).
+        {
+            let mut backlog = self.mirror_backlog.lock();
+            while let Some((missed_kind, missed)) = backlog.first() {
+                if let Err(e) = second.append(*missed_kind, missed) {
+                    if !e.is_retryable() {
+                        self.poisoned.store(true, Ordering::Release);
+                    }
+                    return Err(e.into());
+                }
+                backlog.remove(0);
+            }
+        }
         let lsn = first.append(kind, &payload).inspect_err(|e| {
             if matches!(e, wal::WalError::Io { op, .. } if op.starts_with("fsync")) {
                 self.poisoned.store(true, Ordering::Release);
@@ -531,9 +551,14 @@ impl Catalog {
         })?;
         if let Err(e) = second.append(kind, &payload) {
             // Durable in the first copy, so the next open applies it: apply it now too, so
-            // this process agrees with what a restart would show, and refuse further
-            // changes until that restart brings the copies back together.
-            self.poisoned.store(true, Ordering::Release);
+            // this process agrees with what a restart would show. On a full disk the second
+            // copy catches up before the next change; any other failure refuses further
+            // changes until a restart brings the copies back together.
+            if e.is_retryable() {
+                self.mirror_backlog.lock().push((kind, payload.clone()));
+            } else {
+                self.poisoned.store(true, Ordering::Release);
+            }
             self.state.write().apply(kind, &payload, lsn)?;
             return Err(e.into());
         }
