@@ -26,7 +26,7 @@
 //! that seam), `mmap` (the only `unsafe` besides `background`'s one
 //! `malloc_trim` call), `record` (types, WAL payloads, `encoded_len`),
 //! `query`, `chunk`, `limits` (shared sizes), `crash` (test fault points), `registry`
-//! ([`Engine`]), `background` (the lowest-priority threads seals and compactions run on; the heap they
+//! ([`Engine`]), `background` (the low-priority threads seals and compactions run on; the heap they
 //! freed is given back to the OS when they run out of work),
 //! `footprint` (heap estimate of open vaults), `error`; retrieval quality: `policy`
 //! ([`RetrievalPolicy`]: every ranking knob), `embedder` (the fallible, batched [`Embedder`]

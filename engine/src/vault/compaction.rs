@@ -1,7 +1,7 @@
 //! Compaction: merging segments while dropping deleted records. A merge writes its new
 //! segment directory first and then swaps it in (`layout.rs`), so a crash at any point
 //! leaves the old or the new set of segments, never a mix; it runs on the background threads
-//! (`background.rs`, lowest CPU priority), off the request path, after a background seal.
+//! (`background.rs`, low CPU priority), off the request path, after a background seal.
 //!
 //! Policy (tiered): segments fall into size tiers of factor [`COMPACTION_FANIN`]; when a tier
 //! holds `COMPACTION_FANIN` segments they merge into one of the next tier, so a record is
