@@ -28,6 +28,10 @@ pub enum EmbedderKind {
     Static,
     /// A transformer sentence encoder (BERT family, or a remote model).
     Transformer,
+    /// A retrieval-trained transformer (multilingual-e5): questions and stored texts are
+    /// embedded differently ([`Embedder::embed_query_batch`]) and its cosines carry meaning
+    /// strongly enough to weigh as much as BM25.
+    Retrieval,
 }
 
 /// Turns texts into vectors of `dim()` floats with unit L2 norm.
@@ -45,6 +49,13 @@ pub trait Embedder: Send + Sync {
 
     /// One vector per text, in order.
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
+
+    /// The vectors of search queries. A retrieval-trained model embeds a question unlike a
+    /// stored text (e5's `query: ` prefix); every other embedder returns
+    /// [`Embedder::embed_batch`].
+    fn embed_query_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.embed_batch(texts)
+    }
 
     /// [`Embedder::embed_batch`] of one text.
     fn embed(&self, text: &str) -> Result<Vec<f32>> {

@@ -129,6 +129,14 @@ pub const SIMILARITY_MIN_LEXICAL: f32 = 0.3;
 /// turn of another conversation.
 pub const SIMILARITY_MIN_TRANSFORMER: f32 = 0.4;
 
+/// `similarity_min` of a retrieval model (multilingual-e5-small): e5's cosines are high
+/// for everything (unrelated texts ~0.75), so the gate sits far above a BERT model's.
+pub const SIMILARITY_MIN_RETRIEVAL: f32 = 0.8;
+
+/// Fusion for a retrieval model: its cosine ranks about as well as BM25 on its own, so the
+/// vector list weighs as much as the lexical one.
+pub const RETRIEVAL_FUSION: FusionParams = DEFAULT_FUSION;
+
 impl RetrievalPolicy {
     /// The measured defaults for an embedder kind. The fusion weights were chosen with the
     /// built-in (lexical) embedder, where the vector list mostly repeats BM25 with more
@@ -139,6 +147,7 @@ impl RetrievalPolicy {
             fusion: match kind {
                 EmbedderKind::Lexical => LEXICAL_EMBEDDER_FUSION,
                 EmbedderKind::Static | EmbedderKind::Transformer => DEFAULT_FUSION,
+                EmbedderKind::Retrieval => RETRIEVAL_FUSION,
             },
             recency_prior_max: 0.03,
             recency_half_life_days: 30.0,
@@ -148,6 +157,7 @@ impl RetrievalPolicy {
             similarity_min: match kind {
                 EmbedderKind::Lexical => Some(SIMILARITY_MIN_LEXICAL),
                 EmbedderKind::Transformer => Some(SIMILARITY_MIN_TRANSFORMER),
+                EmbedderKind::Retrieval => Some(SIMILARITY_MIN_RETRIEVAL),
                 EmbedderKind::Static => None,
             },
             signals: DEFAULT_SIGNALS,
