@@ -70,11 +70,11 @@ struct Indexed<'a> {
 impl<'a> Indexed<'a> {
     fn new(embedder: &'a dyn Embedder, texts: &[String]) -> Self {
         let mut lexical = MemLexical::new();
-        let mut vectors = Vec::with_capacity(texts.len());
         for (i, text) in texts.iter().enumerate() {
             lexical.add(i as u32, text);
-            vectors.push(embedder.embed(text).expect("embed a turn"));
         }
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let vectors = embedder.embed_batch(&refs).expect("embed the turns");
         Self {
             embedder,
             vectors,
@@ -91,7 +91,7 @@ impl<'a> Indexed<'a> {
     }
 
     fn vector(&self, query: &str, k: usize) -> Vec<(u64, f32)> {
-        let q = self.embedder.embed(query).expect("embed a query");
+        let q = embed_query(self.embedder, query);
         let mut hits: Vec<(u64, f32)> = self
             .vectors
             .iter()
@@ -319,6 +319,28 @@ enum Method {
     /// Pseudo-relevance feedback over the previous-turn context index, or over the
     /// `PRF_VARIANT` index when the flag is set.
     Prf(Prf, bool),
+    /// Two vectors per turn (its text with the previous turn, and its own text) and BM25
+    /// over the context: each list min-max normalised, summed with these weights
+    /// (lexical, context vector, own vector). What issue 13's Python replica found best for
+    /// multilingual-e5.
+    TwoVectors([f32; 3]),
+}
+
+/// [`Method::TwoVectors`]: the weighted sum of the min-max normalised lists.
+fn fuse_three(lists: [&[(u64, f32)]; 3], weights: [f32; 3], k: usize) -> Vec<(u64, f32)> {
+    let mut fused: HashMap<u64, f32> = HashMap::new();
+    for (list, w) in lists.iter().zip(weights) {
+        let hi = list.iter().map(|h| h.1).fold(f32::NEG_INFINITY, f32::max);
+        let lo = list.iter().map(|h| h.1).fold(f32::INFINITY, f32::min);
+        for &(id, score) in *list {
+            let norm = if hi > lo { (score - lo) / (hi - lo) } else { 1.0 };
+            *fused.entry(id).or_default() += w * norm;
+        }
+    }
+    let mut out: Vec<(u64, f32)> = fused.into_iter().collect();
+    out.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    out.truncate(k);
+    out
 }
 
 /// How each turn is indexed in an `--explore` variant.
@@ -466,6 +488,30 @@ fn methods(policy: RetrievalPolicy, sweep: bool, explore: bool) -> Vec<(String, 
             },
         ),
     ];
+    // The semantic-model rows: more vector weight, and two vectors per turn.
+    let weighted = |v: f32| FusionParams {
+        method: FusionMethod::Weighted {
+            vector_weight: v,
+            lexical_weight: 1.0 - v,
+        },
+        ..DEFAULT_FUSION
+    };
+    for v in [0.4, 0.5, 0.6] {
+        out.push((
+            format!("fused+ctx v{v}"),
+            Method::Fused {
+                params: weighted(v),
+                context: true,
+            },
+        ));
+        out.push((format!("split v{v}"), Method::FusedSplit(weighted(v))));
+    }
+    for w in [[0.4, 0.3, 0.3], [0.5, 0.25, 0.25], [0.4, 0.4, 0.2], [0.4, 0.2, 0.4]] {
+        out.push((
+            format!("two vectors {}/{}/{}", w[0], w[1], w[2]),
+            Method::TwoVectors(w),
+        ));
+    }
     if explore {
         for (i, (name, _)) in VARIANTS.iter().enumerate() {
             out.push((name.to_string(), Method::Bm25Variant(i)));
@@ -646,6 +692,15 @@ fn main() -> Result<()> {
                         K_MAX,
                     ),
                     Method::Bm25Variant(v) => variants[v].lexical(q, K_MAX),
+                    Method::TwoVectors(w) => fuse_three(
+                        [
+                            &context.lexical(q, FUSION_CANDIDATES),
+                            &context.vector(q, FUSION_CANDIDATES),
+                            &plain.vector(q, FUSION_CANDIDATES),
+                        ],
+                        w,
+                        K_MAX,
+                    ),
                     Method::Prf(prf, false) => context.prf(&context_texts, prf, q, K_MAX),
                     Method::Prf(prf, true) => {
                         variants[PRF_VARIANT].prf(&variant_texts[PRF_VARIANT], prf, q, K_MAX)
@@ -718,7 +773,7 @@ type Knob = (&'static str, &'static [f32], fn(&mut RetrievalPolicy, f32));
 /// The knobs `--loco` tunes, by coordinate ascent: the fusion's vector weight (BM25 gets
 /// the rest), the candidate pool (`candidates_min`) and every recall signal.
 const KNOBS: [Knob; 9] = [
-    ("vector_weight", &[0.05, 0.1, 0.2, 0.3], |p, v| {
+    ("vector_weight", &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6], |p, v| {
         p.fusion.method = FusionMethod::Weighted {
             vector_weight: v,
             lexical_weight: 1.0 - v,
@@ -1090,7 +1145,7 @@ fn print_cosines(embedder: &dyn Embedder, conversations: &[Conversation], turns:
             .iter()
             .filter(|q| (1..=4).contains(&q.category))
         {
-            let q = embedder.embed(&qa.question).expect("embed a question");
+            let q = embed_query(embedder, &qa.question);
             evidence.extend(qa.evidence.iter().map(|&e| cos(&q, &turns[c][e])));
             unrelated.extend(other.iter().map(|t| cos(&q, t)));
         }
@@ -1155,6 +1210,36 @@ struct Cached {
     vectors: Mutex<HashMap<String, Vec<f32>>>,
 }
 
+impl Cached {
+    /// The vectors of `texts`, embedding the ones not yet cached in one batch; `query`
+    /// selects the embedder's query side (kept apart in the cache).
+    fn get(&self, texts: &[&str], query: bool) -> engine::Result<Vec<Vec<f32>>> {
+        let key = |t: &str| format!("{}{t}", if query { "q\0" } else { "p\0" });
+        let missing: Vec<&str> = {
+            let cache = self.vectors.lock();
+            let mut seen = HashSet::new();
+            texts
+                .iter()
+                .copied()
+                .filter(|t| !cache.contains_key(&key(t)) && seen.insert(*t))
+                .collect()
+        };
+        if !missing.is_empty() {
+            let fresh = if query {
+                self.inner.embed_query_batch(&missing)?
+            } else {
+                self.inner.embed_batch(&missing)?
+            };
+            let mut cache = self.vectors.lock();
+            for (t, v) in missing.iter().zip(fresh) {
+                cache.insert(key(t), v);
+            }
+        }
+        let cache = self.vectors.lock();
+        Ok(texts.iter().map(|t| cache[&key(t)].clone()).collect())
+    }
+}
+
 impl Embedder for Cached {
     fn id(&self) -> &str {
         self.inner.id()
@@ -1169,18 +1254,21 @@ impl Embedder for Cached {
     }
 
     fn embed_batch(&self, texts: &[&str]) -> engine::Result<Vec<Vec<f32>>> {
-        texts
-            .iter()
-            .map(|text| {
-                if let Some(v) = self.vectors.lock().get(*text) {
-                    return Ok(v.clone());
-                }
-                let v = self.inner.embed(text)?;
-                self.vectors.lock().insert((*text).to_owned(), v.clone());
-                Ok(v)
-            })
-            .collect()
+        self.get(texts, false)
     }
+
+    fn embed_query_batch(&self, texts: &[&str]) -> engine::Result<Vec<Vec<f32>>> {
+        self.get(texts, true)
+    }
+}
+
+/// The query-side vector of one question.
+fn embed_query(embedder: &dyn Embedder, text: &str) -> Vec<f32> {
+    embedder
+        .embed_query_batch(&[text])
+        .expect("embed a question")
+        .pop()
+        .expect("one vector")
 }
 
 fn print_miss(conv: &Conversation, qa: &benches::locomo::Question, ids: &[u64]) {
