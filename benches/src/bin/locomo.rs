@@ -36,6 +36,11 @@
 //! turns) and pseudo-relevance feedback (RM3-style expansion from the top BM25 docs);
 //! `--misses` prints the questions BM25 misses.
 //! `--cosines` prints how the embedder's cosine separates evidence from unrelated turns.
+//! `--vector-cache DIR` keeps a model's vectors in `DIR` between runs (one file per embedder
+//! id; a model takes minutes to embed the dev split on a loaded machine).
+//! `--one-vector` (with a retrieval model such as multilingual-e5) has the vault store the
+//! vector of each turn's text with context alone instead of the mean direction of that and
+//! the own text's vector (`Embedder::embed_memories`).
 //! `--model DIR` runs every row (the vault included) with `engine::LocalModelEmbedder` loaded
 //! from `DIR` (model2vec or BERT, e.g. all-MiniLM-L6-v2) instead of the built-in embedder.
 
@@ -333,7 +338,11 @@ fn fuse_three(lists: [&[(u64, f32)]; 3], weights: [f32; 3], k: usize) -> Vec<(u6
         let hi = list.iter().map(|h| h.1).fold(f32::NEG_INFINITY, f32::max);
         let lo = list.iter().map(|h| h.1).fold(f32::INFINITY, f32::min);
         for &(id, score) in *list {
-            let norm = if hi > lo { (score - lo) / (hi - lo) } else { 1.0 };
+            let norm = if hi > lo {
+                (score - lo) / (hi - lo)
+            } else {
+                1.0
+            };
             *fused.entry(id).or_default() += w * norm;
         }
     }
@@ -506,7 +515,12 @@ fn methods(policy: RetrievalPolicy, sweep: bool, explore: bool) -> Vec<(String, 
         ));
         out.push((format!("split v{v}"), Method::FusedSplit(weighted(v))));
     }
-    for w in [[0.4, 0.3, 0.3], [0.5, 0.25, 0.25], [0.4, 0.4, 0.2], [0.4, 0.2, 0.4]] {
+    for w in [
+        [0.4, 0.3, 0.3],
+        [0.5, 0.25, 0.25],
+        [0.4, 0.4, 0.2],
+        [0.4, 0.2, 0.4],
+    ] {
         out.push((
             format!("two vectors {}/{}/{}", w[0], w[1], w[2]),
             Method::TwoVectors(w),
@@ -626,15 +640,26 @@ fn main() -> Result<()> {
     let loco = args.iter().any(|a| a == "--loco");
     let defaults = RetrievalPolicy::for_kind(raw.kind());
     let methods = methods(defaults, sweep, explore);
+    let vector_cache = args
+        .iter()
+        .position(|a| a == "--vector-cache")
+        .and_then(|i| args.get(i + 1));
     let embed_us = embed_micros_per_turn(raw.as_ref(), &conversations);
     // Every row embeds the same turns and questions again; a model embeds in milliseconds,
     // so with one all rows share a cache (embedders are deterministic: recall is unchanged,
     // but only the first row, the vault, pays for embedding a question in its latency).
+    let mut cache_handle: Option<Arc<Cached>> = None;
     let cached: Arc<dyn Embedder> = if model_dir.is_some() {
-        Arc::new(Cached {
+        let cached = Arc::new(Cached {
             inner: raw,
             vectors: Mutex::new(HashMap::new()),
-        })
+            two_vectors: !args.iter().any(|a| a == "--one-vector"),
+        });
+        if let Some(dir) = vector_cache {
+            cached.load(&Cached::file(dir, cached.id()))?;
+        }
+        cache_handle = Some(Arc::clone(&cached));
+        cached
     } else {
         raw
     };
@@ -721,7 +746,7 @@ fn main() -> Result<()> {
         tallies[0].questions[0],
     );
     println!(
-        "embedder {}: {embed_us:.1} µs per turn (mean over all turns, one thread)",
+        "embedder {}: {embed_us:.1} µs per turn (mean over every 8th turn, one thread)",
         embedder.id()
     );
     println!(
@@ -754,6 +779,9 @@ fn main() -> Result<()> {
             );
         }
     }
+    if let (Some(dir), Some(cache)) = (vector_cache, &cache_handle) {
+        cache.save(&Cached::file(dir, cache.id()))?;
+    }
     if cosines {
         print_cosines(embedder, &conversations, &turn_vectors);
     }
@@ -773,12 +801,16 @@ type Knob = (&'static str, &'static [f32], fn(&mut RetrievalPolicy, f32));
 /// The knobs `--loco` tunes, by coordinate ascent: the fusion's vector weight (BM25 gets
 /// the rest), the candidate pool (`candidates_min`) and every recall signal.
 const KNOBS: [Knob; 9] = [
-    ("vector_weight", &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6], |p, v| {
-        p.fusion.method = FusionMethod::Weighted {
-            vector_weight: v,
-            lexical_weight: 1.0 - v,
-        }
-    }),
+    (
+        "vector_weight",
+        &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+        |p, v| {
+            p.fusion.method = FusionMethod::Weighted {
+                vector_weight: v,
+                lexical_weight: 1.0 - v,
+            }
+        },
+    ),
     ("candidates_min", &[40.0, 60.0, 80.0], |p, v| {
         p.candidates_min = v as usize
     }),
@@ -1189,9 +1221,11 @@ fn print_cosines(embedder: &dyn Embedder, conversations: &[Conversation], turns:
 
 /// Mean time to embed one turn, over every turn of the file.
 fn embed_micros_per_turn(embedder: &dyn Embedder, conversations: &[Conversation]) -> f64 {
+    // Every 8th turn: a model takes milliseconds per turn, and the mean settles well before.
     let texts: Vec<&str> = conversations
         .iter()
         .flat_map(|c| c.turns.iter().map(|t| t.text.as_str()))
+        .step_by(8)
         .collect();
     let start = Instant::now();
     let dims: usize = texts
@@ -1208,9 +1242,59 @@ fn embed_micros_per_turn(embedder: &dyn Embedder, conversations: &[Conversation]
 struct Cached {
     inner: Arc<dyn Embedder>,
     vectors: Mutex<HashMap<String, Vec<f32>>>,
+    /// Whether the vault stores a retrieval model's two-text vector
+    /// (`Embedder::embed_memories`); off with `--one-vector`: the vector of the text with
+    /// context alone.
+    two_vectors: bool,
 }
 
 impl Cached {
+    /// Where `--vector-cache` keeps a model's vectors between runs: one file per embedder id.
+    fn file(dir: &str, id: &str) -> std::path::PathBuf {
+        let name: String = id
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        std::path::Path::new(dir).join(format!("{name}.vectors"))
+    }
+
+    /// Loads the vectors a previous run saved (`key`, then `dim` floats, per entry).
+    fn load(&self, path: &std::path::Path) -> Result<()> {
+        let Ok(bytes) = std::fs::read(path) else {
+            return Ok(());
+        };
+        let dim = self.inner.dim();
+        let mut at = 0;
+        let mut cache = self.vectors.lock();
+        while at < bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into()?) as usize;
+            let key = String::from_utf8(bytes[at + 4..at + 4 + len].to_vec())?;
+            at += 4 + len;
+            let v = bytes[at..at + 4 * dim]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            at += 4 * dim;
+            cache.insert(key, v);
+        }
+        eprintln!("{} vectors from {}", cache.len(), path.display());
+        Ok(())
+    }
+
+    fn save(&self, path: &std::path::Path) -> Result<()> {
+        let mut out = Vec::new();
+        for (key, v) in self.vectors.lock().iter() {
+            out.extend((key.len() as u32).to_le_bytes());
+            out.extend(key.as_bytes());
+            v.iter().for_each(|x| out.extend(x.to_le_bytes()));
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, out)?;
+        Ok(())
+    }
+
     /// The vectors of `texts`, embedding the ones not yet cached in one batch; `query`
     /// selects the embedder's query side (kept apart in the cache).
     fn get(&self, texts: &[&str], query: bool) -> engine::Result<Vec<Vec<f32>>> {
@@ -1259,6 +1343,32 @@ impl Embedder for Cached {
 
     fn embed_query_batch(&self, texts: &[&str]) -> engine::Result<Vec<Vec<f32>>> {
         self.get(texts, true)
+    }
+
+    /// What the model's own `embed_memories` returns, from the cache.
+    fn embed_memories(
+        &self,
+        own: &[&str],
+        indexed: &[&str],
+        _analyses: &[&engine::analyzer::Analysis],
+    ) -> engine::Result<Vec<Vec<f32>>> {
+        let with_context = self.get(indexed, false)?;
+        if !self.two_vectors || self.inner.kind() != engine::EmbedderKind::Retrieval {
+            return Ok(with_context);
+        }
+        let alone = self.get(own, false)?;
+        Ok(with_context
+            .iter()
+            .zip(&alone)
+            .zip(own.iter().zip(indexed))
+            .map(|((c, a), (o, i))| {
+                if o == i {
+                    c.clone()
+                } else {
+                    engine::embedder::mean_direction(c, a)
+                }
+            })
+            .collect())
     }
 }
 

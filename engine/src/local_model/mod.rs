@@ -49,8 +49,8 @@ mod wordpiece;
 mod xlmr;
 
 pub use bert::{BATCH_TOKENS_MAX, BERT_TOKENS_MAX};
-pub use xlmr::{XLMR_BATCH_TOKENS_MAX, XLMR_TOKENS_MAX};
 pub use static_model::STATIC_TOKENS_MAX;
+pub use xlmr::{XLMR_BATCH_TOKENS_MAX, XLMR_TOKENS_MAX};
 
 use crate::embedder::{Embedder, EmbedderKind};
 use crate::error::{Error, Result};
@@ -253,6 +253,28 @@ impl LocalModelEmbedder {
         raw.into_iter().map(normalized).collect()
     }
 
+    /// The stored vectors of memories (see [`Embedder::embed_memories`]): for a retrieval
+    /// model the mean direction of the vectors of the own text and of the text with its
+    /// context (two passes; one where they are the same text), for the other models the
+    /// vector of `indexed`.
+    pub fn memory_vectors(&self, own: &[&str], indexed: &[&str]) -> Vec<Vec<f32>> {
+        let with_context = self.vectors(indexed);
+        if !matches!(self.model, Model::Xlmr(_)) {
+            return with_context;
+        }
+        // Embed only the own texts that differ from their indexed text.
+        let differ: Vec<usize> = (0..own.len()).filter(|&i| own[i] != indexed[i]).collect();
+        let texts: Vec<&str> = differ.iter().map(|&i| own[i]).collect();
+        let mut alone = self.vectors(&texts).into_iter();
+        let mut out = with_context;
+        for i in differ {
+            if let Some(v) = alone.next() {
+                out[i] = crate::embedder::mean_direction(&out[i], &v);
+            }
+        }
+        out
+    }
+
     /// The vectors of `texts` as questions: a retrieval model's query prompt (`query: `) in
     /// place of its passage prompt; the same as [`LocalModelEmbedder::vectors`] for the
     /// symmetric models.
@@ -291,6 +313,15 @@ impl Embedder for LocalModelEmbedder {
 
     fn embed_query_batch(&self, texts: &[&str]) -> crate::error::Result<Vec<Vec<f32>>> {
         Ok(self.query_vectors(texts))
+    }
+
+    fn embed_memories(
+        &self,
+        own: &[&str],
+        indexed: &[&str],
+        _analyses: &[&crate::analyzer::Analysis],
+    ) -> crate::error::Result<Vec<Vec<f32>>> {
+        Ok(self.memory_vectors(own, indexed))
     }
 }
 

@@ -20,7 +20,7 @@
 
 use super::kernel::{BLOCK, Q4_BLOCK_BYTES, QMatrix};
 use super::unigram::{CharMap, Unigram};
-use super::xlmr::{Layer, LayerNorm, Pooling, Prompts, Xlmr, XlmrConfig, fits_blocks};
+use super::xlmr::{Layer, LayerNorm, Prompts, Xlmr, XlmrConfig, fits_blocks};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -117,7 +117,6 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Loaded> {
     }
     let config = XlmrConfig {
         hidden,
-        layers,
         heads,
         intermediate,
         eps,
@@ -269,7 +268,6 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Loaded> {
             token_type,
             embedding_norm,
             layers: stack,
-            pooling: Pooling::Mean,
             prompts: Prompts::e5(),
         },
         header_crc32,

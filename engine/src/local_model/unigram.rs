@@ -114,11 +114,6 @@ impl Unigram {
         self.scores.len()
     }
 
-    /// The id of a piece, if in the vocabulary.
-    pub(crate) fn piece_id(&self, piece: &str) -> Option<u32> {
-        self.ids.get(piece.as_bytes()).copied()
-    }
-
     /// Appends the ids of `text`'s pieces to `out` until `out` holds `len_max` ids.
     pub(crate) fn encode(&self, text: &str, len_max: usize, s: &mut Scratch, out: &mut Vec<u32>) {
         self.normalize(text, &mut s.text);

@@ -1,11 +1,10 @@
 //! An XLM-RoBERTa encoder (multilingual-e5-small and its kin) on 4-bit weights: `<s> pieces
 //! </s>` (at most [`XLMR_TOKENS_MAX`] tokens, longer texts truncated as sentence-transformers
-//! does), post-LayerNorm layers with exact GELU, then mean pooling over every token
-//! (e5) or the `<s>` token (bge), L2-normalised by the caller.
+//! does), post-LayerNorm layers with exact GELU, then mean pooling over every token,
+//! L2-normalised by the caller.
 //!
 //! Retrieval-trained models embed a question and a passage differently: e5 puts
-//! `query: ` / `passage: ` in front of the text, bge an instruction in front of the query
-//! ([`Prompts`]). Every matrix product runs on [`kernel`](super::kernel)'s quantised weights
+//! `query: ` / `passage: ` in front of the text ([`Prompts`]). Every matrix product runs on [`kernel`](super::kernel)'s quantised weights
 //! and activations; one pass allocates its buffers once for the whole batch, never per token.
 
 use super::kernel::{self, BLOCK, QActs, QMatrix};
@@ -22,15 +21,6 @@ pub const XLMR_TOKENS_MAX: usize = 512;
 /// once for many tokens.
 pub const XLMR_BATCH_TOKENS_MAX: usize = 4096;
 const _: () = assert!(XLMR_BATCH_TOKENS_MAX >= XLMR_TOKENS_MAX);
-
-/// How the token states become one vector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Pooling {
-    /// Mean over every token, `<s>` and `</s>` included (e5).
-    Mean,
-    /// The `<s>` token's state (bge).
-    Cls,
-}
 
 /// What goes in front of a query and of a stored text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +44,6 @@ impl Prompts {
 #[derive(Debug, Clone)]
 pub(crate) struct XlmrConfig {
     pub(crate) hidden: usize,
-    pub(crate) layers: usize,
     pub(crate) heads: usize,
     pub(crate) intermediate: usize,
     pub(crate) eps: f32,
@@ -120,7 +109,6 @@ pub(crate) struct Xlmr {
     pub(crate) token_type: Vec<f32>,
     pub(crate) embedding_norm: LayerNorm,
     pub(crate) layers: Vec<Layer>,
-    pub(crate) pooling: Pooling,
     pub(crate) prompts: Prompts,
 }
 
@@ -229,23 +217,22 @@ impl Xlmr {
                 }
             }
         }
-        self.embedding_norm.add_apply(&mut b.x, None, self.config.eps);
+        self.embedding_norm
+            .add_apply(&mut b.x, None, self.config.eps);
         for layer in &self.layers {
             self.layer(layer, &spans, &mut b);
         }
+        // Mean pooling over every token, `<s>` and `</s>` included (e5).
         spans
             .iter()
-            .map(|span| match self.pooling {
-                Pooling::Cls => b.x[span.start * h..(span.start + 1) * h].to_vec(),
-                Pooling::Mean => {
-                    let mut mean = vec![0.0f32; h];
-                    for row in b.x[span.start * h..span.end * h].chunks_exact(h) {
-                        mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
-                    }
-                    let n = span.len().max(1) as f32;
-                    mean.iter_mut().for_each(|m| *m /= n);
-                    mean
+            .map(|span| {
+                let mut mean = vec![0.0f32; h];
+                for row in b.x[span.start * h..span.end * h].chunks_exact(h) {
+                    mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
                 }
+                let n = span.len().max(1) as f32;
+                mean.iter_mut().for_each(|m| *m /= n);
+                mean
             })
             .collect()
     }
@@ -276,7 +263,9 @@ impl Xlmr {
         kernel::gelu_in_place(&mut b.inner);
         b.acts.quantize(&b.inner, self.config.intermediate);
         kernel::matmul(&layer.output, &layer.output_bias, &b.acts, &mut b.projected);
-        layer.output_norm.add_apply(&mut b.x, Some(&b.projected), eps);
+        layer
+            .output_norm
+            .add_apply(&mut b.x, Some(&b.projected), eps);
     }
 
     /// Scaled dot-product attention of every head, each text attending to its own tokens.
