@@ -209,6 +209,11 @@ mod avx2 {
 
     /// Tokens whose products share one load of a weight block.
     const TOKENS: usize = 4;
+    /// Tokens whose activations one pass over the weight rows reuses: 64 × 1536 bytes at
+    /// most (the intermediate layer), within L2, where a whole batch's (thousands of tokens)
+    /// would stream from memory once per weight row.
+    const CHUNK: usize = 64;
+    const _: () = assert!(CHUNK.is_multiple_of(TOKENS));
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -258,24 +263,28 @@ mod avx2 {
         sums
     }
 
-    /// The AVX2 body of [`super::matmul`]: each weight row against [`TOKENS`] tokens at a
-    /// time, then the remaining tokens one by one.
+    /// The AVX2 body of [`super::matmul`]: for each chunk of [`CHUNK`] tokens (whose
+    /// activations stay in L1/L2 while every weight row passes), each weight row against
+    /// [`TOKENS`] tokens at a time, then the chunk's remaining tokens one by one.
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn matmul(w: &QMatrix, bias: &[f32], x: &QActs, out: &mut [f32]) {
         let blocks = w.cols / BLOCK;
-        for r in 0..w.rows {
-            let wr = &w.w[r * w.cols..(r + 1) * w.cols];
-            let ws = &w.scale[r * blocks..(r + 1) * blocks];
-            let mut t0 = 0;
-            while t0 + TOKENS <= x.rows {
-                for (i, v) in tile::<TOKENS>(wr, ws, x, t0).into_iter().enumerate() {
-                    out[(t0 + i) * w.rows + r] = bias[r] + v;
+        for c0 in (0..x.rows).step_by(CHUNK) {
+            let c1 = (c0 + CHUNK).min(x.rows);
+            for r in 0..w.rows {
+                let wr = &w.w[r * w.cols..(r + 1) * w.cols];
+                let ws = &w.scale[r * blocks..(r + 1) * blocks];
+                let mut t0 = c0;
+                while t0 + TOKENS <= c1 {
+                    for (i, v) in tile::<TOKENS>(wr, ws, x, t0).into_iter().enumerate() {
+                        out[(t0 + i) * w.rows + r] = bias[r] + v;
+                    }
+                    t0 += TOKENS;
                 }
-                t0 += TOKENS;
-            }
-            for t in t0..x.rows {
-                let [v] = tile::<1>(wr, ws, x, t);
-                out[t * w.rows + r] = bias[r] + v;
+                for t in t0..c1 {
+                    let [v] = tile::<1>(wr, ws, x, t);
+                    out[t * w.rows + r] = bias[r] + v;
+                }
             }
         }
     }
