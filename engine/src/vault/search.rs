@@ -137,7 +137,7 @@ impl Vault {
         }
         let inner = &*self.inner;
         let embedder = &*inner.options.embedder;
-        let query = embedder::checked(embedder, 1, embedder.embed_batch(&[q.text.as_str()]))?
+        let query = embedder::checked(embedder, 1, embedder.embed_query_batch(&[q.text.as_str()]))?
             .pop()
             .unwrap_or_default();
         // Every ranking knob comes from the policy (`policy.rs`).

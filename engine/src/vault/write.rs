@@ -120,10 +120,14 @@ impl Vault {
             .iter()
             .flat_map(|(_, _, chunks)| chunks.iter().map(|c| (c.indexed.as_str(), &c.analysis)))
             .unzip();
+        let own: Vec<&str> = messages
+            .iter()
+            .flat_map(|(_, _, chunks)| chunks.iter().map(|c| c.text.as_str()))
+            .collect();
         let mut vectors = embedder::checked(
             embedder,
             texts.len(),
-            embedder.embed_analyzed_batch(&texts, &analyses),
+            embedder.embed_memories(&own, &texts, &analyses),
         )?
         .into_iter();
         let embedded: Vec<Embedded> = messages
