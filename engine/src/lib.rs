@@ -23,8 +23,8 @@
 //! (simsimd), `manifest`, `file` (common header, durable writes), `storage` (the file-system
 //! seam every write goes through; owner-only modes), `guard` (a vault's storage, poisoned by
 //! its first failed fsync), `powerloss` (hidden: the recorder the power-loss tests put behind
-//! that seam), `mmap` (the only `unsafe` besides `background`'s one
-//! `malloc_trim` call), `record` (types, WAL payloads, `encoded_len`),
+//! that seam), `mmap` (`unsafe` is there, in `background`'s one
+//! `malloc_trim` call and in `local_model/kernel.rs`'s AVX2 calls only), `record` (types, WAL payloads, `encoded_len`),
 //! `query`, `chunk`, `limits` (shared sizes), `crash` (test fault points), `registry`
 //! ([`Engine`]), `background` (the low-priority threads seals and compactions run on; the heap they
 //! freed is given back to the OS when they run out of work),
