@@ -265,25 +265,9 @@ impl Engine {
         self.open.lock().0.len()
     }
 
-    /// Ids of the open vaults that saw a failed fsync ([`Vault::is_poisoned`]), sorted: they
-    /// refuse writes until the process restarts (readiness and metrics report them).
-    pub fn poisoned_vaults(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .open
-            .lock()
-            .0
-            .iter()
-            .filter(|(_, s)| s.vault.is_poisoned())
-            .map(|(id, _)| id.clone())
-            .collect();
-        ids.sort();
-        ids
-    }
-
-    /// Ids of the open vaults whose last write ran out of disk space and that still find no
-    /// room ([`Vault::is_write_stalled`]), sorted: readiness reports them until space is
-    /// freed. Unlike poisoning this clears by itself.
-    pub fn write_stalled_vaults(&self) -> Vec<String> {
+    /// Ids of the open vaults for which `test` holds, sorted. `test` runs outside the
+    /// registry lock (a write-stall probe writes a file).
+    fn open_vaults_where(&self, test: impl Fn(&Vault) -> bool) -> Vec<String> {
         let vaults: Vec<(String, Arc<Vault>)> = self
             .open
             .lock()
@@ -291,30 +275,33 @@ impl Engine {
             .iter()
             .map(|(id, s)| (id.clone(), Arc::clone(&s.vault)))
             .collect();
-        // Probed outside the registry lock: a probe writes a file.
         let mut ids: Vec<String> = vaults
             .into_iter()
-            .filter(|(_, v)| v.is_write_stalled())
+            .filter(|(_, v)| test(v))
             .map(|(id, _)| id)
             .collect();
         ids.sort();
         ids
     }
 
+    /// Ids of the open vaults that saw a failed fsync ([`Vault::is_poisoned`]), sorted: they
+    /// refuse writes until the process restarts (readiness and metrics report them).
+    pub fn poisoned_vaults(&self) -> Vec<String> {
+        self.open_vaults_where(Vault::is_poisoned)
+    }
+
+    /// Ids of the open vaults whose last write ran out of disk space and that still find no
+    /// room ([`Vault::is_write_stalled`]), sorted: readiness reports them until space is
+    /// freed. Unlike poisoning this clears by itself.
+    pub fn write_stalled_vaults(&self) -> Vec<String> {
+        self.open_vaults_where(Vault::is_write_stalled)
+    }
+
     /// Ids of the open vaults with a segment file that could not be read (an I/O error on a
     /// mapped page, contained: [`Vault::is_unreadable`]), sorted: they answer 503 until the
     /// process restarts and are never closed meanwhile (readiness and metrics report them).
     pub fn unreadable_vaults(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .open
-            .lock()
-            .0
-            .iter()
-            .filter(|(_, s)| s.vault.is_unreadable())
-            .map(|(id, _)| id.clone())
-            .collect();
-        ids.sort();
-        ids
+        self.open_vaults_where(Vault::is_unreadable)
     }
 
     /// Summed heap estimate of the open vaults, in bytes (what `open_vaults_memory_bytes_max`
