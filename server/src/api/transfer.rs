@@ -226,7 +226,7 @@ async fn jsonl_request(
 ) -> Result<(http::request::Parts, AuthContext, String, String), ApiError> {
     let (parts, body) = req.into_parts();
     let (auth, _query, vault_id) = caller(state, &parts).await?;
-    let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
+    let bytes = read_body(state, body, &parts.headers).await?;
     let text = String::from_utf8(bytes.to_vec())
         .map_err(|_| ApiError::bad_request("invalid_utf8", "The body must be UTF-8 JSON Lines."))?;
     Ok((parts, auth, vault_id, text))

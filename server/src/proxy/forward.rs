@@ -75,7 +75,7 @@ pub(crate) async fn begin(
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let auth = authenticate(state, &parts.headers).await?;
-    let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
+    let bytes = read_body(state, body, &parts.headers).await?;
     let mut body: Map<String, Value> = parse_json(&bytes)?;
     let answer_tokens_charged = spend_proxy_budget(state, &auth, bytes.len(), &body)?;
     let plan = options::resolve(&mut body, parts.uri.query(), &parts.headers, auth.mode)?;
@@ -394,7 +394,7 @@ impl ExchangeDraft {
             turns.push(("user".to_owned(), user));
         }
         if self.store_response && !answer.trim().is_empty() {
-            turns.push(("assistant".to_owned(), answer));
+            turns.push(("assistant".to_owned(), super::answer::bounded(answer)));
         }
         let exchange = PendingExchange {
             key_id: self.key_id,
