@@ -132,6 +132,7 @@ test('dashboard: stored payloads show as text and run nothing', async (t) => {
   await page.getByLabel('Memory Key', { exact: true }).selectOption(minted.json.id);
   const list = page.locator('#mem-list');
   await list.locator('li').nth(PAYLOADS.length - 1).waitFor();
+  await nothingRan('memory list', '#mem-list');
   const shown = await list.locator('.memory-content').allTextContents();
   for (const payload of PAYLOADS) {
     assert.ok(shown.includes(payload), `memory shown as text: ${payload}`);
@@ -139,7 +140,6 @@ test('dashboard: stored payloads show as text and run nothing', async (t) => {
   const listed = await list.textContent();
   assert.ok(listed.includes(SESSION), 'the session id shows as text');
   assert.ok(listed.includes(MODEL), 'the model shows as text');
-  await nothingRan('memory list', '#mem-list');
 
   // A search echoes the query and shows hits: the same payloads again.
   await page.getByLabel('Search', { exact: true }).fill(PAYLOADS[0]);
