@@ -388,13 +388,20 @@ impl ExchangeDraft {
     /// Queues the exchange with the assistant's `answer`. The receiver fires once it is in
     /// the durable outbox: the caller holds the answer's last frame (or whole body) until
     /// then, so an answer a client has read fully is never lost to a crash.
+    /// [`finish`](Self::finish) for an answer read whole (not streamed): stores at most
+    /// what a stream would keep ([`super::answer::bounded`]); a streamed answer is bounded
+    /// as it streams.
+    pub(crate) fn finish_whole(self, answer: String) -> Durable {
+        self.finish(super::answer::bounded(answer))
+    }
+
     pub(crate) fn finish(self, answer: String) -> Durable {
         let mut turns = Vec::with_capacity(2);
         if let Some(user) = self.user_turn {
             turns.push(("user".to_owned(), user));
         }
         if self.store_response && !answer.trim().is_empty() {
-            turns.push(("assistant".to_owned(), super::answer::bounded(answer)));
+            turns.push(("assistant".to_owned(), answer));
         }
         let exchange = PendingExchange {
             key_id: self.key_id,
