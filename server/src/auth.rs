@@ -8,7 +8,6 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::HeaderMap;
 use http::request::Parts;
 use hyper::Request;
@@ -16,7 +15,7 @@ use hyper::body::Incoming;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::http::{header, query_params, read_body};
+use crate::http::{Buffered, header, query_params, read_body};
 use crate::request::MemoryMode;
 use crate::secret;
 
@@ -76,15 +75,16 @@ fn split_suffix(presented: &str) -> Option<(&str, MemoryMode)> {
 }
 
 /// What every JSON endpoint starts with: the request's head, its authenticated caller, and
-/// its body read under the configured size limit. Authentication comes first, so a caller
+/// its body read under the configured size limit and the server's body budget (held
+/// until the returned [`Buffered`] is dropped). Authentication comes first, so a caller
 /// without a valid key never gets a body read (or a 413 instead of the uniform 401).
 pub(crate) async fn authenticated_body(
     state: &AppState,
     req: Request<Incoming>,
-) -> Result<(Parts, AuthContext, Bytes), ApiError> {
+) -> Result<(Parts, AuthContext, Buffered), ApiError> {
     let (parts, body) = req.into_parts();
     let auth = authenticate(state, &parts.headers).await?;
-    let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
+    let bytes = read_body(state, body, &parts.headers).await?;
     Ok((parts, auth, bytes))
 }
 

@@ -22,6 +22,11 @@
 //! open_vaults_max = 1024
 //! open_vaults_memory_mb = 1024      # heap the open vaults may hold; idle ones beyond are closed
 //! connections_max = 1024
+//! connections_per_address_max = 256 # one client address; behind a reverse proxy every
+//!                                   # client is its address: raise it to connections_max
+//! first_byte_timeout_ms = 2000      # a new connection's first byte, else it is closed
+//! body_buffer_bytes_max = 268435456 # request bodies buffered at once (503 server_busy above;
+//!                                   # default the larger of 256 MiB and body_bytes_max)
 //! memtable_records_max = 4096       # records a vault holds in memory before sealing a segment
 //!
 //! [retrieval]                       # every field optional: defaults follow the embedder
@@ -103,6 +108,18 @@ pub(crate) const OPEN_VAULTS_MEMORY_MB_DEFAULT: u64 =
 /// Largest accepted memory bound, in MiB (1 PiB): keeps the conversion to bytes exact.
 pub(crate) const OPEN_VAULTS_MEMORY_MB_CEILING: u64 = 1 << 30;
 pub(crate) const CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// A quarter of the connections for one client address: a flood of idle or trickling
+/// connections from one place leaves three quarters to everyone else.
+pub(crate) const CONNECTIONS_PER_ADDRESS_MAX_DEFAULT: usize = CONNECTIONS_MAX_DEFAULT / 4;
+/// Time a new connection has to send its first byte. Clients send their request at once;
+/// hyper's header timeout (10 s) still bounds a head that trickles in after it.
+pub(crate) const FIRST_BYTE_TIMEOUT_MS_DEFAULT: u64 = 2_000;
+/// Longest accepted first-byte timeout.
+pub(crate) const FIRST_BYTE_TIMEOUT_MS_CEILING: u64 = 600_000;
+/// Request bodies buffered at once across all connections: 32 bodies of the default
+/// maximum (issue 14: 1,024 connections × 8 MiB could otherwise hold 8 GiB).
+pub(crate) const BODY_BUFFER_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
+const _: () = assert!(BODY_BUFFER_BYTES_MAX_DEFAULT >= BODY_BYTES_MAX_DEFAULT);
 /// Cosine similarity (of the configured embedder) at which a memory that shares no word
 /// with the query still counts as relevant for prepare. 0.3 sits above the built-in
 /// embedder's noise between unrelated sentences (measured up to ~0.18) and below its score
@@ -159,12 +176,30 @@ pub struct Limits {
     pub open_vaults_memory_mb: u64,
     /// Simultaneous client connections; more wait in the kernel's accept queue.
     pub connections_max: usize,
+    /// Simultaneous connections from one client address; more are answered
+    /// `503 too_many_connections` and closed.
+    pub connections_per_address_max: usize,
+    /// Milliseconds a new connection has to send its first byte before it is closed.
+    pub first_byte_timeout_ms: u64,
+    /// Bytes of request bodies buffered at once across all connections; a body that does
+    /// not fit is refused with `503 server_busy` and `Retry-After`. At least
+    /// `body_bytes_max`; unset = the larger of 256 MiB and `body_bytes_max`
+    /// ([`Limits::body_buffer_bytes`]).
+    pub body_buffer_bytes_max: Option<usize>,
     /// A vault's memtable is sealed into a segment past this many records. The default suits
     /// production; crash campaigns set it small so seals and compactions race the kill.
     pub memtable_records_max: usize,
 }
 
 impl Limits {
+    /// The bytes of request bodies buffered at once: `body_buffer_bytes_max`, or by
+    /// default the larger of [`BODY_BUFFER_BYTES_MAX_DEFAULT`] and `body_bytes_max` (so a
+    /// configuration that raised `body_bytes_max` keeps starting).
+    pub fn body_buffer_bytes(&self) -> usize {
+        self.body_buffer_bytes_max
+            .unwrap_or(BODY_BUFFER_BYTES_MAX_DEFAULT.max(self.body_bytes_max))
+    }
+
     /// `open_vaults_memory_mb` in bytes, for `engine::EngineConfig`.
     pub fn open_vaults_memory_bytes(&self) -> u64 {
         self.open_vaults_memory_mb.saturating_mul(1 << 20)
@@ -184,6 +219,9 @@ impl Default for Limits {
             open_vaults_max: OPEN_VAULTS_MAX_DEFAULT,
             open_vaults_memory_mb: OPEN_VAULTS_MEMORY_MB_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
+            connections_per_address_max: CONNECTIONS_PER_ADDRESS_MAX_DEFAULT,
+            first_byte_timeout_ms: FIRST_BYTE_TIMEOUT_MS_DEFAULT,
+            body_buffer_bytes_max: None,
             memtable_records_max: engine::MEMTABLE_RECORDS_MAX_DEFAULT,
         }
     }
@@ -523,6 +561,15 @@ impl Config {
                     self.limits.open_vaults_memory_mb = parse_number(name, value)?
                 }
                 "CONNECTIONS_MAX" => self.limits.connections_max = parse_number(name, value)?,
+                "CONNECTIONS_PER_ADDRESS_MAX" => {
+                    self.limits.connections_per_address_max = parse_number(name, value)?
+                }
+                "FIRST_BYTE_TIMEOUT_MS" => {
+                    self.limits.first_byte_timeout_ms = parse_number(name, value)?
+                }
+                "BODY_BUFFER_BYTES_MAX" => {
+                    self.limits.body_buffer_bytes_max = Some(parse_number(name, value)?)
+                }
                 "MEMTABLE_RECORDS_MAX" => {
                     self.limits.memtable_records_max = parse_number(name, value)?
                 }
@@ -587,11 +634,36 @@ impl Config {
             ("limits.message_chars_max", limits.message_chars_max),
             ("limits.open_vaults_max", limits.open_vaults_max),
             ("limits.connections_max", limits.connections_max),
+            (
+                "limits.connections_per_address_max",
+                limits.connections_per_address_max,
+            ),
             ("limits.memtable_records_max", limits.memtable_records_max),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be at least 1".to_owned()));
             }
+        }
+        if let Some(buffered) = limits.body_buffer_bytes_max
+            && buffered < limits.body_bytes_max
+        {
+            return Err(invalid(
+                "limits.body_buffer_bytes_max",
+                format!(
+                    "{buffered} is below limits.body_bytes_max ({}): a body of the largest \
+                     size could never be read",
+                    limits.body_bytes_max
+                ),
+            ));
+        }
+        if !(1..=FIRST_BYTE_TIMEOUT_MS_CEILING).contains(&limits.first_byte_timeout_ms) {
+            return Err(invalid(
+                "limits.first_byte_timeout_ms",
+                format!(
+                    "{} is outside 1..={FIRST_BYTE_TIMEOUT_MS_CEILING}",
+                    limits.first_byte_timeout_ms
+                ),
+            ));
         }
         if !(1..=OPEN_VAULTS_MEMORY_MB_CEILING).contains(&limits.open_vaults_memory_mb) {
             return Err(invalid(
@@ -773,6 +845,46 @@ mod tests {
             ),
         ] {
             let err = Config::from_toml(&format!("[retrieval]\n{toml}\n"))
+                .and_then(|c| c.validate().map(|_| c).map_err(|e| e.to_string()))
+                .unwrap_err();
+            assert!(err.contains(field), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn abuse_limits_have_defaults_env_names_and_ranges() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.limits.body_buffer_bytes(), 256 << 20);
+        assert_eq!(config.limits.connections_per_address_max, 256);
+        assert_eq!(config.limits.first_byte_timeout_ms, 2_000);
+        // A raised body limit raises the default buffer budget with it.
+        let big = Config::from_toml("[limits]\nbody_bytes_max = 536870912\n").unwrap();
+        assert!(big.validate().is_ok());
+        assert_eq!(big.limits.body_buffer_bytes(), 512 << 20);
+        let config = Config::load(
+            &Flags::default(),
+            &env(&[
+                ("MEMORYROUTER_BODY_BUFFER_BYTES_MAX", "9000000"),
+                ("MEMORYROUTER_CONNECTIONS_PER_ADDRESS_MAX", "3"),
+                ("MEMORYROUTER_FIRST_BYTE_TIMEOUT_MS", "250"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.limits.body_buffer_bytes(), 9_000_000);
+        assert_eq!(config.limits.connections_per_address_max, 3);
+        assert_eq!(config.limits.first_byte_timeout_ms, 250);
+        for (toml, field) in [
+            (
+                "body_buffer_bytes_max = 1000",
+                "limits.body_buffer_bytes_max",
+            ),
+            (
+                "connections_per_address_max = 0",
+                "limits.connections_per_address_max",
+            ),
+            ("first_byte_timeout_ms = 0", "limits.first_byte_timeout_ms"),
+        ] {
+            let err = Config::from_toml(&format!("[limits]\n{toml}\n"))
                 .and_then(|c| c.validate().map(|_| c).map_err(|e| e.to_string()))
                 .unwrap_err();
             assert!(err.contains(field), "{toml}: {err}");

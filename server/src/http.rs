@@ -8,11 +8,13 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde::Serialize;
 
+use crate::AppState;
 use crate::error::ApiError;
+use crate::serve::budget::Reservation;
 
 /// Error type of streamed response bodies (proxy SSE relays can fail mid-stream).
 pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -71,13 +73,44 @@ pub(crate) fn error_response(error: &ApiError) -> Response<Body> {
     response
 }
 
-/// Reads the whole body, refusing more than `limit` bytes with 413 (checked against
-/// `Content-Length` first, then while streaming for chunked bodies).
+/// A request body read whole, and its share of the server's body budget: the share is
+/// given back when this is dropped, so a handler that holds its body (or what it parsed
+/// from it) counts against the budget until it ends.
+#[derive(Debug)]
+pub(crate) struct Buffered {
+    bytes: Bytes,
+    reservation: Reservation,
+}
+
+impl Buffered {
+    /// The bytes and the reservation apart: a handler that has parsed the body drops the
+    /// bytes and keeps the reservation while it works on what it parsed.
+    pub(crate) fn into_parts(self) -> (Bytes, Reservation) {
+        (self.bytes, self.reservation)
+    }
+}
+
+impl std::ops::Deref for Buffered {
+    type Target = Bytes;
+
+    fn deref(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+/// Reads the whole body, refusing more than `body_bytes_max` bytes with 413 (checked
+/// against `Content-Length` first, then while streaming for chunked bodies), and a body
+/// the server's body budget has no room for with `503 server_busy` (`Retry-After`): a
+/// declared length is reserved before the first byte is read, a chunked body frame by
+/// frame. A refused body is read to its end and dropped (bounded by the size limit and the
+/// body timeout), so the client, still sending, gets the 503 instead of a reset.
 pub(crate) async fn read_body(
+    state: &AppState,
     body: Incoming,
     headers: &HeaderMap,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
+) -> Result<Buffered, ApiError> {
+    let limit = state.config.limits.body_bytes_max;
+    let budget = &state.body_budget;
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -85,20 +118,61 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit));
     }
-    let collect = Limited::new(body, limit).collect();
-    match tokio::time::timeout(Duration::from_secs(BODY_READ_TIMEOUT_SECS), collect).await {
+    let declared = declared.map(|n| n as usize);
+    let read = async {
+        let mut body = body;
+        let mut refused = None;
+        let mut reservation = match declared {
+            Some(n) => budget.reserve(n).unwrap_or_else(|error| {
+                refused = Some(error);
+                budget.empty()
+            }),
+            None => budget.empty(),
+        };
+        let mut buffer = Vec::with_capacity(if refused.is_some() {
+            0
+        } else {
+            declared.unwrap_or(0)
+        });
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map(|f| f.into_data()) else {
+                return Err(ApiError::bad_request(
+                    "body_read_error",
+                    "The request body could not be read.",
+                ));
+            };
+            let Ok(data) = data else { continue };
+            seen += data.len();
+            if seen > limit {
+                return Err(too_large(limit));
+            }
+            if refused.is_some() {
+                continue;
+            }
+            if declared.is_none()
+                && let Err(error) = budget.grow(&mut reservation, data.len())
+            {
+                refused = Some(error);
+                buffer = Vec::new();
+                continue;
+            }
+            buffer.extend_from_slice(&data);
+        }
+        match refused {
+            Some(error) => Err(error),
+            None => Ok(Buffered {
+                bytes: Bytes::from(buffer),
+                reservation,
+            }),
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(BODY_READ_TIMEOUT_SECS), read).await {
         Err(_) => Err(ApiError::bad_request(
             "body_timeout",
             "The request body was not received in time.",
         )),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(too_large(limit))
-        }
-        Ok(Err(_)) => Err(ApiError::bad_request(
-            "body_read_error",
-            "The request body could not be read.",
-        )),
+        Ok(result) => result,
     }
 }
 

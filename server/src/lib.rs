@@ -98,6 +98,10 @@ pub struct AppState {
     /// for the tests and benches, which wait for it to settle and read the outbox.
     pub proxy: proxy::ProxyState,
     pub(crate) started: Instant,
+    /// Request bodies buffered at once (`[limits] body_buffer_bytes_max`).
+    pub(crate) body_budget: serve::budget::BodyBudget,
+    /// Message text the engine ingests at once (one largest body's worth).
+    pub(crate) ingest_budget: serve::budget::IngestBudget,
     /// Set when shutdown begins: `/readyz` turns 503 so load balancers stop sending.
     pub(crate) shutting_down: AtomicBool,
     /// Held for the process's life so no second process opens the same data directory.
@@ -172,6 +176,8 @@ impl AppState {
         })?;
         let state = AppState {
             limiter: ratelimit::Limits::new(&config.limits),
+            body_budget: serve::budget::BodyBudget::new(config.limits.body_buffer_bytes()),
+            ingest_budget: serve::budget::IngestBudget::new(config.limits.body_bytes_max),
             audit,
             config,
             catalog,

@@ -216,6 +216,42 @@ pub(crate) fn parse_role(text: &str) -> Option<Role> {
 
 /// Parses and validates `messages`. `allow_empty` is false for prepare/ingest.
 pub(crate) fn parse_messages(value: &Value, limits: &Limits) -> Result<Vec<ChatMessage>, ApiError> {
+    let items = message_items(value, limits)?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Value::Object(fields) => parse_message(i, fields, limits, || {
+                content_text(fields.get("content").unwrap_or(&Value::Null))
+            }),
+            _ => Err(not_an_object(i)),
+        })
+        .collect()
+}
+
+/// [`parse_messages`] taking `messages` by value: each message's text is moved out of the
+/// parsed body, not copied, so a large ingest holds its text once (issue 14 item 3). Each
+/// message's JSON is dropped as soon as it has been read.
+pub(crate) fn take_messages(value: Value, limits: &Limits) -> Result<Vec<ChatMessage>, ApiError> {
+    message_items(&value, limits)?;
+    let Value::Array(items) = value else {
+        return Ok(Vec::new());
+    };
+    let mut messages = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let Value::Object(mut fields) = item else {
+            return Err(not_an_object(i));
+        };
+        let content = fields.remove("content").unwrap_or(Value::Null);
+        messages.push(parse_message(i, &fields, limits, move || {
+            content_into_text(content)
+        })?);
+    }
+    Ok(messages)
+}
+
+/// The items of `messages`, checked to be a non-empty array within the count limit.
+fn message_items<'a>(value: &'a Value, limits: &Limits) -> Result<&'a [Value], ApiError> {
     let Value::Array(items) = value else {
         return Err(ApiError::bad_request(
             "invalid_type",
@@ -240,21 +276,23 @@ pub(crate) fn parse_messages(value: &Value, limits: &Limits) -> Result<Vec<ChatM
         )
         .with_param("messages"));
     }
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| parse_message(i, item, limits))
-        .collect()
+    Ok(items)
 }
 
-fn parse_message(index: usize, item: &Value, limits: &Limits) -> Result<ChatMessage, ApiError> {
+fn not_an_object(index: usize) -> ApiError {
+    ApiError::bad_request("invalid_type", "Each message must be an object.")
+        .with_param(format!("messages[{index}]"))
+}
+
+/// One message's fields; `text` reads its `content` (after the role is checked, so the
+/// first error reported is the same whichever way the content is read).
+fn parse_message(
+    index: usize,
+    fields: &serde_json::Map<String, Value>,
+    limits: &Limits,
+    text: impl FnOnce() -> Result<String, ApiError>,
+) -> Result<ChatMessage, ApiError> {
     let at = |field: &str| format!("messages[{index}]{field}");
-    let Value::Object(fields) = item else {
-        return Err(
-            ApiError::bad_request("invalid_type", "Each message must be an object.")
-                .with_param(at("")),
-        );
-    };
     let role = match fields.get("role") {
         Some(Value::String(role)) => parse_role(role).ok_or_else(|| {
             ApiError::bad_request(
@@ -279,8 +317,7 @@ fn parse_message(index: usize, item: &Value, limits: &Limits) -> Result<ChatMess
             );
         }
     };
-    let text = content_text(fields.get("content").unwrap_or(&Value::Null))
-        .map_err(|e| e.with_param(at(".content")))?;
+    let text = text().map_err(|e| e.with_param(at(".content")))?;
     check_text_length(&text, limits.message_chars_max)
         .map_err(|e| e.api_error().with_param(at(".content")))?;
     let created_at_ms = match fields.get("created_at") {
@@ -313,6 +350,14 @@ fn parse_message(index: usize, item: &Value, limits: &Limits) -> Result<ChatMess
         created_at_ms,
         remember,
     })
+}
+
+/// [`content_text`] of a `content` taken by value: a string is moved, not copied.
+fn content_into_text(content: Value) -> Result<String, ApiError> {
+    match content {
+        Value::String(text) => Ok(text),
+        other => content_text(&other),
+    }
 }
 
 /// The text of a `content`: a string, `null` (assistant tool calls), or an array of content
@@ -524,6 +569,39 @@ mod tests {
         assert_eq!(messages[1].role, Role::System);
         assert_eq!(messages[1].text, "a\nb");
         assert_eq!(messages[2].text, "");
+    }
+
+    /// Ingest's by-value parse accepts and refuses exactly what the borrowing one does.
+    #[test]
+    fn taking_messages_by_value_agrees_with_parsing_them() {
+        let cases = [
+            json!([
+                {"role": "user", "content": "hi", "created_at": 5, "memory": false},
+                {"role": "developer", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": null},
+            ]),
+            json!({}),
+            json!([]),
+            json!([3]),
+            json!([{"role": "wizard", "content": 7}]),
+            json!([{"role": "user", "content": 7}]),
+            json!([{"role": "user", "content": "more than ten chars"}]),
+            json!([{"role": "user", "content": "x", "created_at": "soon"}]),
+            json!([{"role": "user"}, {"role": "user"}, {"role": "user"}, {"role": "user"}]),
+        ];
+        for case in cases {
+            let borrowed = parse_messages(&case, &limits());
+            let owned = take_messages(case.clone(), &limits());
+            match (borrowed, owned) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{case}"),
+                (Err(a), Err(b)) => assert_eq!(
+                    (a.status, a.code, a.param),
+                    (b.status, b.code, b.param),
+                    "{case}"
+                ),
+                (a, b) => panic!("{case}: {:?} vs {:?}", a.is_ok(), b.is_ok()),
+            }
+        }
     }
 
     #[test]

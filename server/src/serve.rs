@@ -8,7 +8,14 @@
 //!
 //! Requests hyper cannot parse are answered by hyper itself; [`protocol_errors`] gives
 //! those answers the API's JSON error body too.
+//!
+//! Abuse bounds (issue 14 item 3): [`admission`] caps the connections of one client
+//! address and closes a connection that sends no byte within the first-byte timeout;
+//! [`budget`] bounds the request bodies buffered at once and the text the engine ingests
+//! at once.
 
+mod admission;
+pub(crate) mod budget;
 mod protocol_errors;
 
 use std::convert::Infallible;
@@ -21,6 +28,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+
+use self::admission::{AddressCounts, AddressSlot};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::AppState;
@@ -75,6 +84,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let permits = Arc::new(Semaphore::new(state.config.limits.connections_max));
+    let addresses = AddressCounts::new(state.config.limits.connections_per_address_max);
     let flusher = tokio::spawn(flush_last_used_periodically(state.clone()));
     tracing::info!(address = ?listener.local_addr().ok(), "serving");
 
@@ -87,10 +97,10 @@ pub async fn serve(
                 Err(_) => break,
             },
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
@@ -98,12 +108,22 @@ pub async fn serve(
                 }
             },
         };
+        let Some(slot) = addresses.admit(peer.ip()) else {
+            // Refused at once, without a task: the answer fits any fresh socket's send
+            // buffer, and a client that is not reading loses nothing it asked for.
+            let _ = stream.try_write(&admission::refusal(
+                state.config.limits.connections_per_address_max,
+            ));
+            drop(stream);
+            drop(permit);
+            continue;
+        };
         tokio::spawn(connection(
             stream,
             state.clone(),
             stop_rx.clone(),
             done_tx.clone(),
-            permit,
+            (permit, slot),
         ));
     }
 
@@ -157,9 +177,21 @@ async fn connection(
     state: Arc<AppState>,
     mut stop: watch::Receiver<bool>,
     _done: mpsc::Sender<()>,
-    _permit: OwnedSemaphorePermit,
+    _held: (OwnedSemaphorePermit, AddressSlot),
 ) {
     let _ = stream.set_nodelay(true);
+    // A client gets `first_byte_timeout_ms` to start its request; one that sends nothing
+    // (or has gone: EOF, error) gives its slot back now, not after the header timeout.
+    let first_byte = Duration::from_millis(state.config.limits.first_byte_timeout_ms);
+    let mut byte = [0u8; 1];
+    tokio::select! {
+        peeked = tokio::time::timeout(first_byte, stream.peek(&mut byte)) => {
+            if !matches!(peeked, Ok(Ok(n)) if n > 0) {
+                return;
+            }
+        }
+        _ = stop.changed() => return,
+    }
     let service = service_fn(move |req| {
         let state = state.clone();
         async move {

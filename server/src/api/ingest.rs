@@ -3,6 +3,12 @@
 //! crash. Resending the whole history is safe: the engine skips messages already stored
 //! for the session. `system` messages (instructions, not memories) and messages sent with
 //! `"memory": false` are not stored, and count as skipped.
+//!
+//! Memory: the body counts against the server's body budget until the write is done; its
+//! bytes are dropped once parsed, each message's text is moved (never copied) from the
+//! parsed JSON into the memory stored, and the engine is handed the text only when the
+//! ingest budget has room for it (`serve::budget`), since its working memory while it
+//! ingests is a multiple of the text (issue 14 item 3).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,7 +25,7 @@ use crate::auth::{AuthContext, authenticated_body};
 use crate::error::ApiError;
 use crate::http::{Body, blocking, json_response, parse_json};
 use crate::request::{
-    ChatMessage, Invalid, check_memory_fields, parse_messages, session_id, to_new_memory,
+    ChatMessage, Invalid, check_memory_fields, session_id, take_messages, to_new_memory,
 };
 use crate::time::now_ms;
 
@@ -36,20 +42,21 @@ pub(crate) fn should_store(state: &AppState, message: &ChatMessage) -> bool {
 pub(crate) fn store(
     state: &AppState,
     auth: &AuthContext,
-    messages: &[ChatMessage],
+    messages: Vec<ChatMessage>,
     session_id: &str,
     model: Option<&str>,
     metadata: Option<Metadata>,
 ) -> Result<IngestOutcome, ApiError> {
     let now = now_ms();
+    let total = messages.len();
     let batch: Vec<NewMemory> = messages
-        .iter()
+        .into_iter()
         .filter(|m| should_store(state, m))
         .map(|m| {
             to_new_memory(
                 session_id,
                 m.role,
-                m.text.clone(),
+                m.text,
                 m.created_at_ms.unwrap_or(now),
                 model,
                 metadata.clone(),
@@ -57,7 +64,7 @@ pub(crate) fn store(
         })
         .collect::<Result<_, Invalid>>()
         .map_err(Invalid::api_error)?;
-    let filtered = messages.len() - batch.len();
+    let filtered = total - batch.len();
     if batch.is_empty() {
         return Ok(IngestOutcome {
             stored: Vec::new(),
@@ -91,19 +98,25 @@ pub(crate) async fn handle(
     state: &Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let (parts, auth, bytes) = authenticated_body(state, req).await?;
-    let request: IngestBody = parse_json(&bytes)?;
-    let messages = parse_messages(&request.messages, &state.config.limits)?;
-    let mode = auth.request_mode(&parts, request.memory_mode.as_deref())?;
-    let session = session_id(request.session_id.as_deref(), &parts.headers)?;
+    let (parts, auth, body) = authenticated_body(state, req).await?;
+    // The reservation stays until the write is done: what is parsed from the body takes
+    // about as much memory as the body did.
+    let (bytes, reservation) = body.into_parts();
+    let IngestBody {
+        messages,
+        session_id: body_session,
+        model,
+        metadata,
+        memory_mode,
+    } = parse_json(&bytes)?;
+    drop(bytes);
+    let messages = take_messages(messages, &state.config.limits)?;
+    let mode = auth.request_mode(&parts, memory_mode.as_deref())?;
+    let session = session_id(body_session.as_deref(), &parts.headers)?;
     // Checked here too, not only as each memory is built: a request whose model or
     // metadata is too large is refused even when nothing in it would be stored.
-    check_memory_fields(
-        &session,
-        request.model.as_deref(),
-        request.metadata.as_ref(),
-    )
-    .map_err(Invalid::api_error)?;
+    check_memory_fields(&session, model.as_deref(), metadata.as_ref())
+        .map_err(Invalid::api_error)?;
     if !mode.stores() {
         return Ok(json_response(
             StatusCode::ACCEPTED,
@@ -112,15 +125,15 @@ pub(crate) async fn handle(
     }
     let st = state.clone();
     let total = messages.len();
+    let text_bytes = messages
+        .iter()
+        .filter(|m| should_store(state, m))
+        .map(|m| m.text.len())
+        .sum();
+    let working = state.ingest_budget.acquire(text_bytes).await;
     let outcome = blocking(move || {
-        store(
-            &st,
-            &auth,
-            &messages,
-            &session,
-            request.model.as_deref(),
-            request.metadata,
-        )
+        let _held = (reservation, working);
+        store(&st, &auth, messages, &session, model.as_deref(), metadata)
     })
     .await?;
     let ids: Vec<String> = outcome.stored.iter().map(u64::to_string).collect();

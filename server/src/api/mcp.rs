@@ -482,7 +482,7 @@ async fn add(state: &Arc<AppState>, auth: &AuthContext, value: Value) -> ToolRes
     crate::request::check_memory_fields(&session, None, args.metadata.as_ref())?;
     let (st, caller) = (state.clone(), auth.clone());
     let outcome = blocking(move || {
-        super::ingest::store(&st, &caller, &messages, &session, None, args.metadata)
+        super::ingest::store(&st, &caller, messages, &session, None, args.metadata)
     })
     .await?;
     let ids: Vec<String> = outcome.stored.iter().map(u64::to_string).collect();

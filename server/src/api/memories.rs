@@ -97,7 +97,7 @@ pub(crate) async fn search(
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let (_auth, _query, vault_id) = caller(state, &parts).await?;
-    let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
+    let bytes = read_body(state, body, &parts.headers).await?;
     let request: SearchBody = parse_json(&bytes)?;
     if request.query.trim().is_empty() {
         return Err(

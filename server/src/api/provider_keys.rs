@@ -86,7 +86,7 @@ pub(crate) async fn put(
     let auth = authenticate(state, &parts.headers).await?;
     auth.require_admin()?;
     check_provider(provider)?;
-    let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
+    let bytes = read_body(state, body, &parts.headers).await?;
     let request: PutBody = parse_json(&bytes)?;
     if request.base_url.as_ref().is_some_and(|v| !v.is_null()) {
         return Err(base_url_refused());

@@ -27,6 +27,7 @@ use crate::auth::AuthContext;
 use crate::error::{ApiError, Error};
 use crate::http::{Body, blocking, json_response, read_body, text_response};
 use crate::request::{check_text_length, parse_role, session_id, to_new_memory};
+use crate::serve::budget::Reservation;
 use crate::time::now_ms;
 
 /// Lines accepted by one upload (413 above), as the hosted API documents.
@@ -158,33 +159,36 @@ struct BulkOutcome {
 
 /// `chars_max` bounds each line's text (the configured `message_chars_max`, or for an import
 /// at least the engine's chunk size, which bounds every exported record).
+///
+/// Memory: the lines are read in place from the body's text (no copy of each line), each
+/// batch of memories is handed to the engine by value, and the body's share of the body
+/// budget (`body`) is held until the last batch is stored.
 async fn bulk_store(
     state: &Arc<AppState>,
     vault_id: String,
-    text: String,
+    body: JsonlBody,
     default_session: String,
     chars_max: usize,
 ) -> Result<BulkOutcome, ApiError> {
-    let lines: Vec<(usize, String)> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| (i + 1, l.to_owned()))
-        .collect();
-    if lines.len() > UPLOAD_LINES_MAX {
+    let JsonlBody { text, reservation } = body;
+    let line_count = text.lines().filter(|l| !l.trim().is_empty()).count();
+    if line_count > UPLOAD_LINES_MAX {
         return Err(ApiError::too_large(
             "too_many_lines",
-            format!(
-                "{} lines exceed the limit of {UPLOAD_LINES_MAX}.",
-                lines.len()
-            ),
+            format!("{line_count} lines exceed the limit of {UPLOAD_LINES_MAX}."),
         ));
     }
     let st = state.clone();
     blocking(move || {
+        let _reservation = reservation;
+        let lines = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| (i + 1, l));
         let now = now_ms();
         let mut outcome = BulkOutcome {
-            lines: lines.len(),
+            lines: line_count,
             stored_messages: 0,
             chunks: 0,
             skipped: 0,
@@ -192,7 +196,7 @@ async fn bulk_store(
             errors: Vec::new(),
         };
         let mut batch = Vec::new();
-        for (number, line) in &lines {
+        for (number, line) in lines {
             match import_line(line, now, &default_session, Some(chars_max)) {
                 Ok(Some(memory)) => batch.push(memory),
                 Ok(None) => outcome.skipped += 1,
@@ -207,29 +211,39 @@ async fn bulk_store(
             }
         }
         let vault = st.engine.vault(&vault_id)?;
-        for chunk in batch.chunks(IMPORT_BATCH_MAX) {
-            let result = vault.ingest(chunk.to_vec())?;
+        while !batch.is_empty() {
+            let rest = batch.split_off(batch.len().min(IMPORT_BATCH_MAX));
+            let chunk = std::mem::replace(&mut batch, rest);
+            let sent = chunk.len();
+            let result = vault.ingest(chunk)?;
             outcome.chunks += result.stored.len();
             outcome.skipped += result.skipped;
-            outcome.stored_messages += chunk.len() - result.skipped;
+            outcome.stored_messages += sent - result.skipped;
         }
         Ok(outcome)
     })
     .await
 }
 
+/// A JSON Lines body as text, and its share of the server's body budget.
+struct JsonlBody {
+    text: String,
+    reservation: Reservation,
+}
+
 /// The common start of the JSON Lines endpoints: the caller's vault and the body as UTF-8
-/// text (read within the body limit).
+/// text (read within the body limit and the body budget; the bytes become the text without
+/// a copy).
 async fn jsonl_request(
     state: &Arc<AppState>,
     req: Request<Incoming>,
-) -> Result<(http::request::Parts, AuthContext, String, String), ApiError> {
+) -> Result<(http::request::Parts, AuthContext, String, JsonlBody), ApiError> {
     let (parts, body) = req.into_parts();
     let (auth, _query, vault_id) = caller(state, &parts).await?;
-    let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
-    let text = String::from_utf8(bytes.to_vec())
+    let (bytes, reservation) = read_body(state, body, &parts.headers).await?.into_parts();
+    let text = String::from_utf8(Vec::from(bytes))
         .map_err(|_| ApiError::bad_request("invalid_utf8", "The body must be UTF-8 JSON Lines."))?;
-    Ok((parts, auth, vault_id, text))
+    Ok((parts, auth, vault_id, JsonlBody { text, reservation }))
 }
 
 /// `POST /v1/memory/import` (JSON Lines as exported) → `{imported, skipped, failed, errors}`.

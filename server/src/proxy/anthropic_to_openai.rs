@@ -197,7 +197,8 @@ pub(crate) struct OpenAiToAnthropic {
     started: bool,
     finish: Option<String>,
     usage: (u64, u64),
-    text: String,
+    /// The answer to store (bounded: [`super::answer`]).
+    text: super::answer::AnswerText,
     closed: bool,
     saw_error: bool,
 }
@@ -323,7 +324,7 @@ impl StreamTransform for OpenAiToAnthropic {
     }
 
     fn take_answer(&mut self) -> String {
-        std::mem::take(&mut self.text)
+        self.text.take()
     }
 }
 

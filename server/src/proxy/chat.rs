@@ -160,7 +160,7 @@ pub(crate) async fn handle(
         }
     };
     // The body goes out only once the exchange is in the durable outbox (see `relay.rs`).
-    let _ = draft.finish(answer.unwrap_or_default()).await;
+    let _ = draft.finish_whole(answer.unwrap_or_default()).await;
     let mut out = Response::new(full(bytes));
     out.headers_mut().insert(CONTENT_TYPE, content_type);
     timing_headers(out.headers_mut(), request.started, provider_ms, &retrieved);

@@ -75,7 +75,7 @@ pub(crate) async fn begin(
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let auth = authenticate(state, &parts.headers).await?;
-    let bytes = read_body(body, &parts.headers, state.config.limits.body_bytes_max).await?;
+    let bytes = read_body(state, body, &parts.headers).await?;
     let mut body: Map<String, Value> = parse_json(&bytes)?;
     let answer_tokens_charged = spend_proxy_budget(state, &auth, bytes.len(), &body)?;
     let plan = options::resolve(&mut body, parts.uri.query(), &parts.headers, auth.mode)?;
@@ -388,6 +388,13 @@ impl ExchangeDraft {
     /// Queues the exchange with the assistant's `answer`. The receiver fires once it is in
     /// the durable outbox: the caller holds the answer's last frame (or whole body) until
     /// then, so an answer a client has read fully is never lost to a crash.
+    /// [`finish`](Self::finish) for an answer read whole (not streamed): stores at most
+    /// what a stream would keep ([`super::answer::bounded`]); a streamed answer is bounded
+    /// as it streams.
+    pub(crate) fn finish_whole(self, answer: String) -> Durable {
+        self.finish(super::answer::bounded(answer))
+    }
+
     pub(crate) fn finish(self, answer: String) -> Durable {
         let mut turns = Vec::with_capacity(2);
         if let Some(user) = self.user_turn {

@@ -140,7 +140,7 @@ pub(crate) async fn handle(
                 None
             };
             // Released only once the exchange is durable (see `relay.rs`).
-            let _ = draft.finish(answer.unwrap_or_default()).await;
+            let _ = draft.finish_whole(answer.unwrap_or_default()).await;
             bytes
         }
         (false, false) => bytes,
@@ -151,7 +151,7 @@ pub(crate) async fn handle(
                     reason,
                 }
             })?;
-            let _ = draft.finish(answer).await;
+            let _ = draft.finish_whole(answer).await;
             content_type = HeaderValue::from_static("application/json");
             bytes
         }

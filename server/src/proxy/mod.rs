@@ -27,6 +27,7 @@
 //! read the answer's last frame has an exchange that is already in the outbox (unless the
 //! outbox append itself failed, which is logged).
 
+pub(crate) mod answer;
 pub(crate) mod anthropic_to_openai;
 pub(crate) mod chat;
 pub(crate) mod client;

@@ -191,7 +191,8 @@ pub(crate) fn error_type_for(status: u16) -> &'static str {
 pub(crate) struct OpenAiRelay {
     parser: SseParser,
     events: Vec<SseEvent>,
-    text: String,
+    /// The answer to store (bounded: [`super::answer`]).
+    text: super::answer::AnswerText,
     saw_done: bool,
     /// A `finish_reason` arrived: the answer ended, even if `[DONE]` never comes.
     saw_finish: bool,
@@ -288,7 +289,7 @@ impl StreamTransform for OpenAiRelay {
     }
 
     fn take_answer(&mut self) -> String {
-        std::mem::take(&mut self.text)
+        self.text.take()
     }
 }
 

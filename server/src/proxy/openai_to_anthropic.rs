@@ -251,7 +251,8 @@ pub(crate) struct AnthropicToOpenAi {
     created: u64,
     prompt_tokens: u64,
     completion_tokens: u64,
-    text: String,
+    /// The answer to store (bounded: [`super::answer`]).
+    text: super::answer::AnswerText,
     saw_stop: bool,
     saw_error: bool,
 }
@@ -394,7 +395,7 @@ impl StreamTransform for AnthropicToOpenAi {
     }
 
     fn take_answer(&mut self) -> String {
-        std::mem::take(&mut self.text)
+        self.text.take()
     }
 }
 
@@ -403,7 +404,8 @@ impl StreamTransform for AnthropicToOpenAi {
 pub(crate) struct AnthropicRelay {
     parser: SseParser,
     events: Vec<SseEvent>,
-    text: String,
+    /// The answer to store (bounded: [`super::answer`]).
+    text: super::answer::AnswerText,
     saw_stop: bool,
     saw_error: bool,
 }
@@ -475,7 +477,7 @@ impl StreamTransform for AnthropicRelay {
     }
 
     fn take_answer(&mut self) -> String {
-        std::mem::take(&mut self.text)
+        self.text.take()
     }
 }
 

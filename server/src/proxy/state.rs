@@ -255,7 +255,7 @@ fn store_exchange(
     crate::api::ingest::store(
         state,
         &auth,
-        &messages,
+        messages,
         &exchange.session_id,
         exchange.model.as_deref(),
         None,

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Peak RSS of memoryrouter under N concurrent ingests (issue 14 item 3).
+
+Usage: python3 benches/scripts/ingest_memory.py BINARY N MESSAGES MESSAGE_BYTES [MEMORYROUTER_X=value ...]
+e.g. `python3 benches/scripts/ingest_memory.py target/release/memoryrouter 16 1000 8000` (the
+issue's 16 concurrent ingests of 1,000 x 8 KB messages). Starts the binary on 127.0.0.1 with a
+temporary data directory, mints one key per client (one vault each), sends the bodies at
+once and samples /proc/PID/status every 10 ms; prints the peak (VmHWM) and the RSS a second
+after the last answer, and the peak over the bodies' bytes. WRAP="heaptrack -o FILE" runs
+the server under heaptrack to see where the peak is.
+"""
+import json, os, socket, subprocess, sys, tempfile, threading, time, urllib.request
+BIN = sys.argv[1]; N = int(sys.argv[2]); MSGS = int(sys.argv[3]); MSG_BYTES = int(sys.argv[4])
+extra_env = dict(a.split("=",1) for a in sys.argv[5:])
+d = tempfile.mkdtemp()
+env = dict(os.environ, MEMORYROUTER_LOG="warn", **extra_env)
+p = subprocess.Popen(os.environ.get("WRAP","").split() + [BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", d], stdout=subprocess.PIPE, env=env, text=True)
+addr = None
+for line in p.stdout:
+    if line.strip().startswith("listening on http://"):
+        addr = line.strip()[len("listening on http://"):]; break
+threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
+for _ in range(500):
+    if os.path.exists(os.path.join(d, "admin.key")): break
+    time.sleep(0.02)
+time.sleep(0.2)
+admin = open(os.path.join(d, "admin.key")).read().strip()
+def req(method, path, key, body, timeout=600):
+    r = urllib.request.Request(f"http://{addr}{path}", data=body, method=method, headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(r, timeout=timeout) as resp: return resp.status, resp.read()
+    except urllib.error.HTTPError as e: return e.code, e.read()
+keys = []
+for i in range(N):
+    s, b = req("POST", "/v1/keys", admin, json.dumps({"name": f"k{i}"}).encode()); keys.append(json.loads(b)["key"])
+def status(field):
+    for l in open(f"/proc/{p.pid}/status"):
+        if l.startswith(field): return int(l.split()[1]) // 1024
+base = status("VmRSS:")
+import random
+words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon".split()
+def body(seed):
+    rnd = random.Random(seed)
+    msgs = []
+    for j in range(MSGS):
+        t = []
+        n = 0
+        while n < MSG_BYTES:
+            w = rnd.choice(words) + str(rnd.randrange(100000)); t.append(w); n += len(w) + 1
+        msgs.append({"role": "user" if j % 2 == 0 else "assistant", "content": " ".join(t)})
+    return json.dumps({"session_id": f"s{seed}", "messages": msgs}).encode()
+bodies = [body(i) for i in range(N)]
+total = sum(len(b) for b in bodies)
+results = []
+def go(i):
+    t = time.time(); s, b = req("POST", "/v1/memory/ingest", keys[i], bodies[i]); results.append((s, time.time() - t, b[:200]))
+peak = [0]; stop = [False]
+def watch():
+    while not stop[0]:
+        peak[0] = max(peak[0], status("VmRSS:")); time.sleep(0.01)
+w = threading.Thread(target=watch); w.start()
+t0 = time.time()
+ts = [threading.Thread(target=go, args=(i,)) for i in range(N)]
+[t.start() for t in ts]; [t.join() for t in ts]
+el = time.time() - t0
+time.sleep(1); after = status("VmRSS:"); stop[0] = True; w.join()
+codes = {}
+for s, _, b in results: codes[s] = codes.get(s, 0) + 1
+print(f"bodies {N} x {len(bodies[0])/2**20:.2f} MiB = {total/2**20:.0f} MiB; codes {codes}; elapsed {el:.1f}s")
+print(f"rss base {base} MiB, peak(sampled) {peak[0]} MiB, VmHWM {status('VmHWM:')} MiB, after {after} MiB; peak-base per body byte {(peak[0]-base)*2**20/total:.1f}x")
+for s, _, b in results:
+    if s != 202: print(s, b); break
+p.terminate(); p.wait()
+import shutil; shutil.rmtree(d, ignore_errors=True)
