@@ -14,6 +14,8 @@
 //!   (one match on method and path), `http` (bodies, JSON, responses), `auth` and `secret`
 //!   (keys, hashing, provider-key encryption), `ratelimit`, `catalog` (accounts and keys),
 //!   `datadir` (layout, lock, secret file), `config` (layered, validated settings), `error`,
+//!   `embedder` (the configured embedder, timed; `embedder::remote`, an OpenAI-compatible
+//!   endpoint),
 //!   `metrics`, `time`, `request` (message, session and option parsing, shared by the API
 //!   and the proxy, and `to_new_memory`, the one place a stored memory is built and
 //!   bounded), `cli` and `commands` (the command line) with `progress` (their bars), `dashboard` (the embedded web UI);
@@ -46,6 +48,7 @@ mod commands;
 mod config;
 mod dashboard;
 mod datadir;
+mod embedder;
 mod error;
 mod http;
 mod metrics;
@@ -142,15 +145,12 @@ impl AppState {
         engine_config.open_vaults_max = config.limits.open_vaults_max;
         engine_config.open_vaults_memory_bytes_max = config.limits.open_vaults_memory_bytes();
         engine_config.memtable_records_max = config.limits.memtable_records_max;
-        if let Some(model_dir) = &config.embedder.model_dir {
-            let model =
-                engine::LocalModelEmbedder::open(model_dir).map_err(|e| error::Error::Config {
-                    field: "embedder.model_dir".into(),
-                    reason: e.to_string(),
-                })?;
-            tracing::info!(embedder = %engine::Embedder::id(&model), "local embedding model loaded");
-            engine_config.embedder = std::sync::Arc::new(model);
-        }
+        let mut metrics = metrics::Metrics::default();
+        engine_config.embedder = embedder::open(
+            &config.embedder,
+            &|name| std::env::var(name).ok(),
+            &mut metrics.embedder,
+        )?;
         let policy = config.retrieval.policy(engine_config.embedder.kind())?;
         // A static model's cosines sit high for unrelated texts too (a model2vec model
         // distilled from MiniLM scored ~0.9 between unrelated LoCoMo turns), so its kind has
@@ -176,7 +176,7 @@ impl AppState {
             config,
             catalog,
             engine,
-            metrics: metrics::Metrics::default(),
+            metrics,
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             proxy,
