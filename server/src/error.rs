@@ -55,6 +55,8 @@ pub enum Error {
     ImportLine { line: usize, reason: String },
     #[error("health check of {url} failed: {reason}")]
     Health { url: String, reason: String },
+    #[error("models fetch: {reason}")]
+    Fetch { reason: String },
 }
 
 /// An error answered to an HTTP client as

@@ -18,7 +18,8 @@
 //!   endpoint),
 //!   `metrics`, `time`, `request` (message, session and option parsing, shared by the API
 //!   and the proxy, and `to_new_memory`, the one place a stored memory is built and
-//!   bounded), `cli` and `commands` (the command line) with `progress` (their bars), `dashboard` (the embedded web UI);
+//!   bounded), `cli` and `commands` (the command line) with `progress` (their bars), `models`
+//!   (`models fetch`: pinned, verified, resumable downloads from the hub), `dashboard` (the embedded web UI);
 //! - `api`: the HTTP handlers of the memory API, one module per resource (`prepare`,
 //!   `ingest`, `memories`, `transfer`, `keys`, `provider_keys`, `admin`, `ops`);
 //! - `proxy`: the OpenAI- and Anthropic-compatible proxy endpoints.
@@ -52,6 +53,7 @@ mod embedder;
 mod error;
 mod http;
 mod metrics;
+mod models;
 #[cfg(test)]
 mod powerloss_tests;
 mod progress;
@@ -68,10 +70,11 @@ use std::time::Instant;
 
 // What the binary (`main.rs`) needs to parse the command line and serve; the provider
 // types are those of `Config::providers`, which the tests and benches fill in.
-pub use cli::{Cli, Command, KeysCommand};
+pub use cli::{Cli, Command, KeysCommand, ModelsCommand};
 pub use commands::{export, health, import, keys_create, keys_list, keys_revoke, repair, verify};
 pub use config::{Config, Flags};
 pub use error::Error;
+pub use models::{models_fetch, models_list};
 pub use proxy::providers::{ProviderConfig, ProviderKind};
 pub use serve::run;
 
