@@ -99,6 +99,22 @@ pub enum Command {
         #[command(flatten)]
         location: Location,
     },
+    /// Rebuild vaults' vectors with the configured embedder after `[embedder]` changed
+    /// (offline): each vault pinned to another embedder is copied into a new vault from its
+    /// stored texts, then swapped in atomically; the old one is kept under DATA_DIR/reembed.
+    Reembed {
+        /// The key whose vault to rebuild.
+        #[arg(long, conflicts_with = "all")]
+        key_id: Option<String>,
+        /// Every key's vault.
+        #[arg(long)]
+        all: bool,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+        #[command(flatten)]
+        location: Location,
+    },
     /// Embedding models the server can run, fetched from the Hugging Face hub.
     Models {
         #[command(subcommand)]

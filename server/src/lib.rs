@@ -19,7 +19,8 @@
 //!   `metrics`, `time`, `request` (message, session and option parsing, shared by the API
 //!   and the proxy, and `to_new_memory`, the one place a stored memory is built and
 //!   bounded), `cli` and `commands` (the command line) with `progress` (their bars), `models`
-//!   (`models fetch`: pinned, verified, resumable downloads from the hub), `dashboard` (the embedded web UI);
+//!   (`models fetch`: pinned, verified, resumable downloads from the hub), `reembed`
+//!   (rebuilds a vault's vectors with a new embedder, swapped in atomically), `dashboard` (the embedded web UI);
 //! - `api`: the HTTP handlers of the memory API, one module per resource (`prepare`,
 //!   `ingest`, `memories`, `transfer`, `keys`, `provider_keys`, `admin`, `ops`);
 //! - `proxy`: the OpenAI- and Anthropic-compatible proxy endpoints.
@@ -59,6 +60,7 @@ mod powerloss_tests;
 mod progress;
 mod proxy;
 mod ratelimit;
+mod reembed;
 mod request;
 mod router;
 mod secret;
@@ -76,6 +78,7 @@ pub use config::{Config, Flags};
 pub use error::Error;
 pub use models::{models_fetch, models_list};
 pub use proxy::providers::{ProviderConfig, ProviderKind};
+pub use reembed::reembed;
 pub use serve::run;
 
 // For the tests and benches only: serving an already opened state, and the proxy outbox

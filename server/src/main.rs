@@ -68,6 +68,17 @@ fn main() -> anyhow::Result<()> {
             quiet,
         )?),
         Command::Health { url } => Ok(server::health(&url)?),
+        Command::Reembed {
+            key_id,
+            all,
+            quiet,
+            location,
+        } => Ok(server::reembed(
+            &location.flags(None),
+            key_id.as_deref(),
+            all,
+            quiet,
+        )?),
         Command::Models {
             command: ModelsCommand::List,
         } => Ok(server::models_list()?),

@@ -532,3 +532,91 @@ fn a_missing_key_variable_is_a_clear_start_error() {
     assert!(!ok);
     assert!(stderr.contains("embedder.dimensions"), "{stderr}");
 }
+
+/// Runs `memoryrouter reembed --key-id ID` with the `[embedder]` of `dir/config.toml`.
+fn reembed(dir: &Path, id: &str) -> (bool, String) {
+    let output = std::process::Command::new(common::BIN)
+        .args(["reembed", "--key-id", id, "--quiet", "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .env("MEMORYROUTER_LOG", "warn")
+        .env("MR_TEST_EMBED_KEY", "sk-test-123")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn reembed_rebuilds_a_builtin_vault_for_the_endpoint_and_keeps_it_whole_on_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Written by the built-in embedder.
+    let binary = Binary::serve(&data, &[]);
+    let key = admin_key(&data);
+    let (status, body) = ingest(
+        &binary,
+        &key,
+        &[
+            "My dog is called Rex",
+            "I grow tomatoes",
+            "My sister lives in Lisbon",
+        ],
+    );
+    assert_eq!(status, 202, "{body}");
+    let (_, keys) = binary.request("GET", "/v1/keys", Some(&key), "").unwrap();
+    let id = json(&keys)["keys"][0]["id"].as_str().unwrap().to_owned();
+    binary.terminate();
+
+    // The endpoint fails: reembed stops before its swap, and the vault is untouched.
+    let fake = Fake::start();
+    let binary = serve(dir.path(), &fake, "retries_max = 0");
+    let (status, _) = ingest(&binary, &key, &["another fact"]);
+    assert_eq!(
+        status, 422,
+        "a builtin vault must refuse the endpoint's vectors"
+    );
+    binary.terminate();
+    fake.script(&[Act::Status(500, None)]);
+    let (ok, stderr) = reembed(dir.path(), &id);
+    assert!(!ok, "{stderr}");
+    let binary = Binary::serve(&data, &[]);
+    assert_eq!(stored(&binary, &key), 3);
+    let (status, _, body) = search(&binary, &key, "dog Rex");
+    assert_eq!(status, 200);
+    assert_eq!(body["memories"][0]["content"], "My dog is called Rex");
+    binary.terminate();
+
+    // Then it works: every stored text embedded by the endpoint, swapped in.
+    let before = fake.requests().len();
+    let (ok, stderr) = reembed(dir.path(), &id);
+    assert!(ok, "{stderr}");
+    let texts: usize = fake.requests()[before..].iter().map(|r| r.2).sum();
+    assert_eq!(texts, 3, "{stderr}");
+    assert!(
+        std::fs::read_dir(data.join("reembed")).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{id}.old-"))),
+        "the old vault is kept for the operator"
+    );
+    let binary = serve(dir.path(), &fake, "");
+    assert_eq!(stored(&binary, &key), 3);
+    let (status, head, body) = search(&binary, &key, "what is my dog called");
+    assert_eq!(status, 200, "{body}");
+    assert!(!head.contains("x-memoryrouter-degraded"), "{head}");
+    assert_eq!(
+        body["memories"][0]["content"], "My dog is called Rex",
+        "{body}"
+    );
+    let (status, body) = ingest(&binary, &key, &["Rex is three"]);
+    assert_eq!(status, 202, "{body}");
+    binary.terminate();
+    // A second run has nothing to do.
+    let (ok, stderr) = reembed(dir.path(), &id);
+    assert!(ok && stderr.contains("reembedded 0 of 1"), "{stderr}");
+}
