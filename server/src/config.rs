@@ -52,6 +52,7 @@
 //! # model = "nomic-embed-text"
 //! # dimensions = 768                # pinned by every vault; answers of another length refused
 //! # api_key_env = "OPENAI_API_KEY"  # unset = no Authorization header
+//! # api_key_provider = "openai"     # or: the first account's stored provider key of that name
 //! # send_dimensions = false         # also send `dimensions` (OpenAI text-embedding-3)
 //! # batch_size_max = 32             # texts per request; a larger ingest is split
 //! # timeout_ms = 30000              # per request, ingest
@@ -374,6 +375,10 @@ pub struct EmbedderSetting {
     /// unset = no `Authorization` header (a local Ollama or TEI needs none). The key is
     /// read once at start and never written anywhere.
     pub api_key_env: Option<String>,
+    /// `openai`: instead of `api_key_env`, the provider key stored (`PUT
+    /// /v1/provider-keys/NAME`) under this name by the server's first account (the one
+    /// made at first start), read at start.
+    pub api_key_provider: Option<String>,
     pub batch_size_max: usize,
     pub timeout_ms: u64,
     pub query_timeout_ms: u64,
@@ -390,6 +395,7 @@ impl Default for EmbedderSetting {
             dimensions: None,
             send_dimensions: false,
             api_key_env: None,
+            api_key_provider: None,
             batch_size_max: EMBEDDER_BATCH_SIZE_MAX_DEFAULT,
             timeout_ms: EMBEDDER_TIMEOUT_MS_DEFAULT,
             query_timeout_ms: EMBEDDER_QUERY_TIMEOUT_MS_DEFAULT,
@@ -419,6 +425,7 @@ impl EmbedderSetting {
             ("model", self.model.is_some()),
             ("dimensions", self.dimensions.is_some()),
             ("api_key_env", self.api_key_env.is_some()),
+            ("api_key_provider", self.api_key_provider.is_some()),
         ];
         if choice != EmbedderChoice::Openai
             && let Some((name, _)) = remote_fields.iter().find(|(_, set)| *set)
@@ -458,6 +465,12 @@ impl EmbedderSetting {
             .base_url
             .as_deref()
             .ok_or_else(|| needs("base_url", "the endpoint's base URL"))?;
+        if self.api_key_env.is_some() && self.api_key_provider.is_some() {
+            return Err(invalid(
+                "embedder.api_key_provider",
+                "set api_key_env or api_key_provider, not both".to_owned(),
+            ));
+        }
         if !(base_url.starts_with("http://") || base_url.starts_with("https://"))
             || base_url.parse::<http::Uri>().is_err()
         {

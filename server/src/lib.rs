@@ -155,6 +155,7 @@ impl AppState {
         engine_config.embedder = embedder::open(
             &config.embedder,
             &|name| std::env::var(name).ok(),
+            &|provider| embedder::first_account_key(&catalog, provider),
             &mut metrics.embedder,
         )?;
         let policy = config.retrieval.policy(engine_config.embedder.kind())?;

@@ -90,7 +90,12 @@ pub fn reembed(flags: &Flags, key_id: Option<&str>, all: bool, quiet: bool) -> R
         }
     };
     let mut metrics = crate::metrics::EmbedderMetrics::default();
-    let embedder = crate::embedder::open(&config.embedder, &|n| env.get(n).cloned(), &mut metrics)?;
+    let embedder = crate::embedder::open(
+        &config.embedder,
+        &|n| env.get(n).cloned(),
+        &|provider| crate::embedder::first_account_key(&catalog, provider),
+        &mut metrics,
+    )?;
     let vaults = config.data_dir.join(crate::datadir::VAULTS_DIR);
     let work = config.data_dir.join(REEMBED_DIR);
     let mut done = 0usize;

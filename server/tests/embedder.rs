@@ -620,3 +620,36 @@ fn reembed_rebuilds_a_builtin_vault_for_the_endpoint_and_keeps_it_whole_on_failu
     let (ok, stderr) = reembed(dir.path(), &id);
     assert!(ok && stderr.contains("reembedded 0 of 1"), "{stderr}");
 }
+
+#[test]
+fn the_key_can_be_a_stored_provider_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let binary = Binary::serve(&data, &[]);
+    let key = admin_key(&data);
+    let (status, body) = binary
+        .request(
+            "PUT",
+            "/v1/provider-keys/embedhost",
+            Some(&key),
+            r#"{"api_key":"sk-stored-9"}"#,
+        )
+        .unwrap();
+    assert!(status == 200 || status == 201, "{status} {body}");
+    binary.terminate();
+    let fake = Fake::start();
+    let config = dir.path().join("stored.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[embedder]\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\nmodel = \"fake-embed\"\n\
+             dimensions = {DIM}\napi_key_provider = \"embedhost\"\n",
+            fake.addr
+        ),
+    )
+    .unwrap();
+    let binary = Binary::serve(&data, &["--config", config.to_str().unwrap()]);
+    let (status, body) = ingest(&binary, &key, &["a fact"]);
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(fake.requests()[0].0.as_deref(), Some("Bearer sk-stored-9"));
+}

@@ -21,9 +21,12 @@ use crate::error::Error;
 use crate::metrics::EmbedderMetrics;
 
 /// The configured embedder, timed into `metrics` (whose `kind` label it sets).
+/// `env` looks up `api_key_env`, `stored_key` the first account's stored provider key
+/// (`api_key_provider`).
 pub(crate) fn open(
     setting: &EmbedderSetting,
     env: &dyn Fn(&str) -> Option<String>,
+    stored_key: &dyn Fn(&str) -> Result<Option<String>, Error>,
     metrics: &mut EmbedderMetrics,
 ) -> Result<Arc<dyn Embedder>, Error> {
     let config_error = |field: &str, reason: String| Error::Config {
@@ -43,7 +46,8 @@ pub(crate) fn open(
             Arc::new(model)
         }
         EmbedderChoice::Openai => {
-            let remote = remote::RemoteEmbedder::open(setting, env, metrics.remote.clone())?;
+            let remote =
+                remote::RemoteEmbedder::open(setting, env, stored_key, metrics.remote.clone())?;
             tracing::info!(embedder = %remote.id(), "OpenAI-compatible embedder configured");
             Arc::new(remote)
         }
@@ -53,6 +57,20 @@ pub(crate) fn open(
         inner,
         metrics: metrics.timing.clone(),
     }))
+}
+
+/// The provider key `provider` stored by the catalog's first account (the one the admin key
+/// of the first start belongs to): what `api_key_provider` names.
+pub(crate) fn first_account_key(
+    catalog: &crate::catalog::Catalog,
+    provider: &str,
+) -> Result<Option<String>, Error> {
+    match catalog.accounts().into_iter().next() {
+        Some(account) => Ok(catalog
+            .provider_key(&account.id, provider)?
+            .map(|k| k.api_key)),
+        None => Ok(None),
+    }
 }
 
 /// The `kind` label of the embedding histograms.
@@ -129,7 +147,13 @@ mod tests {
     #[test]
     fn timed_builtin_is_the_builtin_and_counts_its_calls() {
         let mut metrics = EmbedderMetrics::default();
-        let e = open(&EmbedderSetting::default(), &|_| None, &mut metrics).unwrap();
+        let e = open(
+            &EmbedderSetting::default(),
+            &|_| None,
+            &|_| Ok(None),
+            &mut metrics,
+        )
+        .unwrap();
         let builtin = engine::BuiltinEmbedder::new();
         assert_eq!(e.id(), builtin.id());
         assert_eq!(

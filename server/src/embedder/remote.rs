@@ -130,10 +130,12 @@ pub(crate) struct RemoteEmbedder {
 }
 
 impl RemoteEmbedder {
-    /// Builds the client from a validated `[embedder]`; `env` looks up `api_key_env`.
+    /// Builds the client from a validated `[embedder]`; `env` looks up `api_key_env`,
+    /// `stored_key` the stored provider key `api_key_provider` names.
     pub(crate) fn open(
         setting: &EmbedderSetting,
         env: &dyn Fn(&str) -> Option<String>,
+        stored_key: &dyn Fn(&str) -> Result<Option<String>, Error>,
         metrics: Arc<RemoteMetrics>,
     ) -> Result<Self, Error> {
         let config = |field: &str, reason: String| Error::Config {
@@ -154,20 +156,43 @@ impl RemoteEmbedder {
         let dim = setting
             .dimensions
             .ok_or_else(|| config("dimensions", "is required".into()))?;
-        let authorization = match setting.api_key_env.as_deref() {
-            None => None,
-            Some(var) => {
+        let key = match (
+            setting.api_key_env.as_deref(),
+            setting.api_key_provider.as_deref(),
+        ) {
+            (Some(var), _) => {
                 let key = env(var).filter(|k| !k.trim().is_empty()).ok_or_else(|| {
                     config(
                         "api_key_env",
                         format!("the environment variable {var} is not set"),
                     )
                 })?;
+                Some(("api_key_env", var, key))
+            }
+            (None, Some(provider)) => {
+                let key = stored_key(provider)?
+                    .filter(|k| !k.trim().is_empty())
+                    .ok_or_else(|| {
+                        config(
+                            "api_key_provider",
+                            format!(
+                                "the first account stores no provider key {provider:?} \
+                                 (PUT /v1/provider-keys/{provider})"
+                            ),
+                        )
+                    })?;
+                Some(("api_key_provider", provider, key))
+            }
+            (None, None) => None,
+        };
+        let authorization = match key {
+            None => None,
+            Some((field, source, key)) => {
                 let mut value =
                     HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
                         config(
-                            "api_key_env",
-                            format!("{var} holds characters a header cannot carry"),
+                            field,
+                            format!("{source} holds characters a header cannot carry"),
                         )
                     })?;
                 value.set_sensitive(true);
