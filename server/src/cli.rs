@@ -99,12 +99,56 @@ pub enum Command {
         #[command(flatten)]
         location: Location,
     },
+    /// Rebuild vaults' vectors with the configured embedder after `[embedder]` changed
+    /// (offline): each vault pinned to another embedder is copied into a new vault from its
+    /// stored texts, then swapped in atomically; the old one is kept under DATA_DIR/reembed.
+    Reembed {
+        /// The key whose vault to rebuild.
+        #[arg(long, conflicts_with = "all")]
+        key_id: Option<String>,
+        /// Every key's vault.
+        #[arg(long)]
+        all: bool,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Embedding models the server can run, fetched from the Hugging Face hub.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// Ask a running server whether it is ready (`GET /readyz`); exit status 0 when it
     /// answers 200. For container health checks: the image has no curl.
     Health {
         /// The URL to ask (plain http).
         #[arg(long, default_value = "http://127.0.0.1:8787/readyz")]
         url: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// The models `fetch` knows (name, repository and pinned revision).
+    List,
+    /// Download NAME into DATA_DIR/models/NAME: pinned revision, every file checked against
+    /// its pinned SHA-256, an interrupted download resumed; prints the `[embedder]` lines.
+    Fetch {
+        /// A name from `models list`, e.g. all-MiniLM-L6-v2.
+        name: String,
+        /// Hub base URL, for a mirror (default https://huggingface.co; env HF_ENDPOINT).
+        #[arg(long)]
+        hub: Option<String>,
+        /// Replaces the pinned table with a JSON file (tests, private mirrors).
+        #[arg(long, hide = true)]
+        manifest: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+        #[command(flatten)]
+        location: Location,
     },
 }
 

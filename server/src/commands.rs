@@ -49,7 +49,7 @@ fn load(flags: &Flags) -> Result<Config, Error> {
 }
 
 /// Opens the catalog alone (keys commands do not need the engine).
-fn open_catalog(config: &Config) -> Result<(datadir::DirLock, Catalog), Error> {
+pub(crate) fn open_catalog_for(config: &Config) -> Result<(datadir::DirLock, Catalog), Error> {
     datadir::ensure(&config.data_dir)?;
     let lock = datadir::lock(&config.data_dir)?;
     let secret =
@@ -66,7 +66,7 @@ fn open_catalog(config: &Config) -> Result<(datadir::DirLock, Catalog), Error> {
 
 pub fn keys_create(flags: &Flags, name: Option<String>, admin: bool) -> Result<(), Error> {
     let config = load(flags)?;
-    let (_lock, catalog) = open_catalog(&config)?;
+    let (_lock, catalog) = open_catalog_for(&config)?;
     let account = catalog
         .accounts()
         .into_iter()
@@ -93,7 +93,7 @@ pub fn keys_create(flags: &Flags, name: Option<String>, admin: bool) -> Result<(
 
 pub fn keys_list(flags: &Flags, json: bool) -> Result<(), Error> {
     let config = load(flags)?;
-    let (_lock, catalog) = open_catalog(&config)?;
+    let (_lock, catalog) = open_catalog_for(&config)?;
     if json {
         let keys: Vec<serde_json::Value> = catalog
             .accounts()
@@ -126,7 +126,7 @@ pub fn keys_list(flags: &Flags, json: bool) -> Result<(), Error> {
 
 pub fn keys_revoke(flags: &Flags, id: &str, purge: bool) -> Result<(), Error> {
     let config = load(flags)?;
-    let (lock, catalog) = open_catalog(&config)?;
+    let (lock, catalog) = open_catalog_for(&config)?;
     let account_id = catalog
         .key(id)
         .map(|k| k.account_id)
@@ -345,7 +345,7 @@ pub fn repair(dir: &Path, quiet: bool) -> Result<(), Error> {
 
 pub fn export(flags: &Flags, key_id: &str, out: Option<&Path>, quiet: bool) -> Result<(), Error> {
     let config = load(flags)?;
-    let (_lock, catalog) = open_catalog(&config)?;
+    let (_lock, catalog) = open_catalog_for(&config)?;
     catalog.key(key_id).ok_or_else(|| Error::KeyNotFound {
         id: key_id.to_owned(),
     })?;
@@ -391,7 +391,7 @@ pub fn export(flags: &Flags, key_id: &str, out: Option<&Path>, quiet: bool) -> R
 
 pub fn import(flags: &Flags, key_id: &str, file: &Path, quiet: bool) -> Result<(), Error> {
     let config = load(flags)?;
-    let (_lock, catalog) = open_catalog(&config)?;
+    let (_lock, catalog) = open_catalog_for(&config)?;
     let account_id = catalog
         .key(key_id)
         .ok_or_else(|| Error::KeyNotFound {

@@ -50,8 +50,19 @@
 //! question_penalty = 0.3            # taken from memories ending in "?"
 //!                                   # (0 turns a signal off; engine::Signals documents each)
 //!
-//! [embedder]
-//! model_dir = "/models/all-MiniLM-L6-v2"  # a local model (docs/format.md); unset = built-in
+//! [embedder]                        # unset = the built-in lexical embedder
+//! model_dir = "/models/all-MiniLM-L6-v2"  # kind = "local": a model directory (docs/format.md)
+//! # or kind = "openai": an OpenAI-compatible endpoint (see `embedder::remote`)
+//! # base_url = "http://127.0.0.1:11434/v1"
+//! # model = "nomic-embed-text"
+//! # dimensions = 768                # pinned by every vault; answers of another length refused
+//! # api_key_env = "OPENAI_API_KEY"  # unset = no Authorization header
+//! # api_key_provider = "openai"     # or: the first account's stored provider key of that name
+//! # send_dimensions = false         # also send `dimensions` (OpenAI text-embedding-3)
+//! # batch_size_max = 32             # texts per request; a larger ingest is split
+//! # timeout_ms = 30000              # per request, ingest
+//! # query_timeout_ms = 3000         # per request, search (then lexical-only, flagged)
+//! # retries_max = 3                 # on 429 (Retry-After honoured), 5xx, timeout, refused
 //!
 //! [keys]
 //! mint = "any"                      # or "admin": only the admin key mints (POST /v1/keys)
@@ -343,15 +354,220 @@ impl Retrieval {
     }
 }
 
+/// `[embedder] kind`: where vectors come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbedderChoice {
+    /// The built-in lexical embedder (no file, no network).
+    Builtin,
+    /// A model directory run in-process (`model_dir`).
+    Local,
+    /// An OpenAI-compatible `POST {base_url}/embeddings` endpoint (OpenAI, Ollama, vLLM,
+    /// llama.cpp server, Hugging Face TEI).
+    Openai,
+}
+
+/// Default `[embedder] batch_size_max`: texts per request to a remote endpoint. 32 is
+/// Hugging Face TEI's default `max_client_batch_size`, the smallest limit among the common
+/// servers (OpenAI takes 2,048); a larger ingest is split into several requests.
+pub(crate) const EMBEDDER_BATCH_SIZE_MAX_DEFAULT: usize = 32;
+/// Largest accepted `batch_size_max` (OpenAI's own limit on inputs per request).
+pub(crate) const EMBEDDER_BATCH_SIZE_MAX_CEILING: usize = 2048;
+/// Default `[embedder] timeout_ms`: one remote request for an ingest's batch.
+pub(crate) const EMBEDDER_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Default `[embedder] query_timeout_ms`: one remote request for a search query. Short,
+/// because a chat waits on it and falls back to lexical retrieval past it.
+pub(crate) const EMBEDDER_QUERY_TIMEOUT_MS_DEFAULT: u64 = 3_000;
+/// Default `[embedder] retries_max`: retries after a 429, a 5xx, a timeout or a refused
+/// connection (ingest; a query retries at most once, within its timeout).
+pub(crate) const EMBEDDER_RETRIES_MAX_DEFAULT: u32 = 3;
+/// Largest accepted `retries_max`.
+pub(crate) const EMBEDDER_RETRIES_MAX_CEILING: u32 = 10;
+/// Largest accepted `dimensions` (OpenAI's largest model has 3,072).
+pub(crate) const EMBEDDER_DIMENSIONS_MAX: usize = 16_384;
+
 /// Which embedder new vaults use. Each vault records the embedder that wrote it and refuses
-/// another one (a clear 422 naming both), so change this only for a fresh data directory.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// another one (a clear 422 naming both), so change this only for a fresh data directory
+/// (or run `memoryrouter reembed`).
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EmbedderSetting {
+    /// Unset = `local` when `model_dir` is set, `openai` when `base_url` is, else `builtin`.
+    pub kind: Option<EmbedderChoice>,
     /// A local model directory: a model2vec static model or a BERT sentence-transformer
     /// such as all-MiniLM-L6-v2 (`tokenizer.json`, `model.safetensors`, `config.json`).
     /// Unset = the built-in embedder, which needs no file at all.
     pub model_dir: Option<PathBuf>,
+    /// `openai`: the API base, e.g. `https://api.openai.com/v1` or
+    /// `http://127.0.0.1:11434/v1` (Ollama); requests go to `{base_url}/embeddings`.
+    pub base_url: Option<String>,
+    /// `openai`: the model name sent with every request; pinned by every vault.
+    pub model: Option<String>,
+    /// `openai`: the length of the vectors the model returns; pinned by every vault, and
+    /// an answer of another length is refused.
+    pub dimensions: Option<usize>,
+    /// `openai`: also send `dimensions` in the request (OpenAI's text-embedding-3 models
+    /// shorten their vectors on request; other servers may refuse the field).
+    pub send_dimensions: bool,
+    /// `openai`: the environment variable holding the API key (e.g. `OPENAI_API_KEY`);
+    /// unset = no `Authorization` header (a local Ollama or TEI needs none). The key is
+    /// read once at start and never written anywhere.
+    pub api_key_env: Option<String>,
+    /// `openai`: instead of `api_key_env`, the provider key stored (`PUT
+    /// /v1/provider-keys/NAME`) under this name by the server's first account (the one
+    /// made at first start), read at start.
+    pub api_key_provider: Option<String>,
+    pub batch_size_max: usize,
+    pub timeout_ms: u64,
+    pub query_timeout_ms: u64,
+    pub retries_max: u32,
+}
+
+impl Default for EmbedderSetting {
+    fn default() -> Self {
+        Self {
+            kind: None,
+            model_dir: None,
+            base_url: None,
+            model: None,
+            dimensions: None,
+            send_dimensions: false,
+            api_key_env: None,
+            api_key_provider: None,
+            batch_size_max: EMBEDDER_BATCH_SIZE_MAX_DEFAULT,
+            timeout_ms: EMBEDDER_TIMEOUT_MS_DEFAULT,
+            query_timeout_ms: EMBEDDER_QUERY_TIMEOUT_MS_DEFAULT,
+            retries_max: EMBEDDER_RETRIES_MAX_DEFAULT,
+        }
+    }
+}
+
+impl EmbedderSetting {
+    /// The kind in effect: the configured one, else the one the other fields imply.
+    pub fn choice(&self) -> EmbedderChoice {
+        self.kind.unwrap_or(if self.model_dir.is_some() {
+            EmbedderChoice::Local
+        } else if self.base_url.is_some() {
+            EmbedderChoice::Openai
+        } else {
+            EmbedderChoice::Builtin
+        })
+    }
+
+    /// Checks that the fields the kind needs are set, and only those.
+    fn validate(&self) -> Result<(), Error> {
+        let field = |name: &str| format!("embedder.{name}");
+        let choice = self.choice();
+        let remote_fields = [
+            ("base_url", self.base_url.is_some()),
+            ("model", self.model.is_some()),
+            ("dimensions", self.dimensions.is_some()),
+            ("api_key_env", self.api_key_env.is_some()),
+            ("api_key_provider", self.api_key_provider.is_some()),
+        ];
+        if choice != EmbedderChoice::Openai
+            && let Some((name, _)) = remote_fields.iter().find(|(_, set)| *set)
+        {
+            return Err(invalid(
+                &field(name),
+                "is a setting of kind = \"openai\"".to_owned(),
+            ));
+        }
+        if choice != EmbedderChoice::Local && self.model_dir.is_some() {
+            return Err(invalid(
+                "embedder.model_dir",
+                "is a setting of kind = \"local\"".to_owned(),
+            ));
+        }
+        match choice {
+            EmbedderChoice::Builtin => Ok(()),
+            EmbedderChoice::Local => match self.model_dir {
+                Some(_) => Ok(()),
+                None => Err(invalid(
+                    "embedder.model_dir",
+                    "kind = \"local\" needs a model directory".to_owned(),
+                )),
+            },
+            EmbedderChoice::Openai => self.validate_remote(),
+        }
+    }
+
+    fn validate_remote(&self) -> Result<(), Error> {
+        let needs = |name: &str, what: &str| {
+            invalid(
+                &format!("embedder.{name}"),
+                format!("kind = \"openai\" needs {what}"),
+            )
+        };
+        let base_url = self
+            .base_url
+            .as_deref()
+            .ok_or_else(|| needs("base_url", "the endpoint's base URL"))?;
+        if self.api_key_env.is_some() && self.api_key_provider.is_some() {
+            return Err(invalid(
+                "embedder.api_key_provider",
+                "set api_key_env or api_key_provider, not both".to_owned(),
+            ));
+        }
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://"))
+            || base_url.parse::<http::Uri>().is_err()
+        {
+            return Err(invalid(
+                "embedder.base_url",
+                format!("{base_url:?} is not an http:// or https:// URL"),
+            ));
+        }
+        match self.model.as_deref() {
+            None => return Err(needs("model", "the model name")),
+            Some(m) if m.trim().is_empty() || m.len() > 256 || m.chars().any(char::is_control) => {
+                return Err(invalid(
+                    "embedder.model",
+                    "must be 1..=256 characters, without control characters".to_owned(),
+                ));
+            }
+            Some(_) => {}
+        }
+        match self.dimensions {
+            None => return Err(needs("dimensions", "the model's vector length")),
+            Some(d) if !(1..=EMBEDDER_DIMENSIONS_MAX).contains(&d) => {
+                return Err(invalid(
+                    "embedder.dimensions",
+                    format!("{d} is outside 1..={EMBEDDER_DIMENSIONS_MAX}"),
+                ));
+            }
+            Some(_) => {}
+        }
+        if !(1..=EMBEDDER_BATCH_SIZE_MAX_CEILING).contains(&self.batch_size_max) {
+            return Err(invalid(
+                "embedder.batch_size_max",
+                format!(
+                    "{} is outside 1..={EMBEDDER_BATCH_SIZE_MAX_CEILING}",
+                    self.batch_size_max
+                ),
+            ));
+        }
+        for (name, value) in [
+            ("timeout_ms", self.timeout_ms),
+            ("query_timeout_ms", self.query_timeout_ms),
+        ] {
+            if !(1..=3_600_000).contains(&value) {
+                return Err(invalid(
+                    &format!("embedder.{name}"),
+                    format!("{value} is outside 1..=3600000"),
+                ));
+            }
+        }
+        if self.retries_max > EMBEDDER_RETRIES_MAX_CEILING {
+            return Err(invalid(
+                "embedder.retries_max",
+                format!(
+                    "{} is above {EMBEDDER_RETRIES_MAX_CEILING}",
+                    self.retries_max
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[keys] mint`: which keys may mint keys with `POST /v1/keys`.
@@ -577,6 +793,25 @@ impl Config {
                     self.retrieval.similarity_min = Some(parse_number(name, value)?)
                 }
                 "EMBEDDER_MODEL_DIR" => self.embedder.model_dir = Some(PathBuf::from(value)),
+                "EMBEDDER_KIND" => {
+                    self.embedder.kind = Some(match value.as_str() {
+                        "builtin" => EmbedderChoice::Builtin,
+                        "local" => EmbedderChoice::Local,
+                        "openai" => EmbedderChoice::Openai,
+                        _ => {
+                            return Err(invalid(
+                                name,
+                                format!("`{value}` is not `builtin`, `local` or `openai`"),
+                            ));
+                        }
+                    })
+                }
+                "EMBEDDER_BASE_URL" => self.embedder.base_url = Some(value.clone()),
+                "EMBEDDER_MODEL" => self.embedder.model = Some(value.clone()),
+                "EMBEDDER_DIMENSIONS" => {
+                    self.embedder.dimensions = Some(parse_number(name, value)?)
+                }
+                "EMBEDDER_API_KEY_ENV" => self.embedder.api_key_env = Some(value.clone()),
                 "STORE_SYSTEM" => self.ingest.store_system = parse_number(name, value)?,
                 "PROXY_TIMEOUT_MS" => self.proxy_timeout_ms = parse_number(name, value)?,
                 "PROXY_CONNECT_TIMEOUT_MS" => {
@@ -595,22 +830,21 @@ impl Config {
     /// names (the built-in one, or a model directory — a transformer unless the model turns
     /// out static at start, which then needs an explicit value).
     pub fn similarity_min(&self) -> f32 {
-        self.retrieval
-            .similarity_min
-            .unwrap_or(if self.embedder.model_dir.is_some() {
-                SIMILARITY_MIN_LOCAL_MODEL_DEFAULT
-            } else {
+        self.retrieval.similarity_min.unwrap_or(
+            if self.embedder.choice() == EmbedderChoice::Builtin {
                 SIMILARITY_MIN_DEFAULT
-            })
+            } else {
+                SIMILARITY_MIN_LOCAL_MODEL_DEFAULT
+            },
+        )
     }
 
     /// The embedder kind the file implies before any model is opened (ranges are checked
     /// against its defaults at load; the real kind's policy is built at start).
     fn embedder_kind_hint(&self) -> engine::EmbedderKind {
-        if self.embedder.model_dir.is_some() {
-            engine::EmbedderKind::Transformer
-        } else {
-            engine::EmbedderKind::Lexical
+        match self.embedder.choice() {
+            EmbedderChoice::Builtin => engine::EmbedderKind::Lexical,
+            EmbedderChoice::Local | EmbedderChoice::Openai => engine::EmbedderKind::Transformer,
         }
     }
 
@@ -683,6 +917,7 @@ impl Config {
                 ),
             ));
         }
+        self.embedder.validate()?;
         self.retrieval.policy(self.embedder_kind_hint())?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty".to_owned()));
@@ -788,9 +1023,9 @@ mod tests {
         );
         assert_eq!(env_model.similarity_min(), 0.55);
         assert!(
-            Config::from_toml("[embedder]\nmodel = \"x\"\n")
+            Config::from_toml("[embedder]\nmodel_path = \"x\"\n")
                 .unwrap_err()
-                .contains("model")
+                .contains("model_path")
         );
         let err = Config::load(
             &Flags::default(),

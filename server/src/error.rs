@@ -55,6 +55,8 @@ pub enum Error {
     ImportLine { line: usize, reason: String },
     #[error("health check of {url} failed: {reason}")]
     Health { url: String, reason: String },
+    #[error("models fetch: {reason}")]
+    Fetch { reason: String },
 }
 
 /// An error answered to an HTTP client as
@@ -223,6 +225,15 @@ impl From<engine::Error> for ApiError {
                 "The embedder failed, so nothing was stored or searched: {error}"
             ));
             api.code = "embedder_unavailable";
+            // A remote endpoint that answered, but not with embeddings, misbehaves rather
+            // than being away: 502, as a proxy reports a bad upstream.
+            if let engine::Error::Embedder { reason, .. } = &error
+                && reason.starts_with(crate::embedder::remote::BAD_ANSWER)
+            {
+                api.status = StatusCode::BAD_GATEWAY;
+                api.code = "embedder_bad_response";
+                api.retry_after_secs = None;
+            }
             api
         } else if let engine::Error::SegmentUnreadable { .. } = error {
             // A read of this vault's files failed (contained in the engine): this vault

@@ -14,9 +14,13 @@
 //!   (one match on method and path), `http` (bodies, JSON, responses), `auth` and `secret`
 //!   (keys, hashing, provider-key encryption), `ratelimit`, `catalog` (accounts and keys),
 //!   `datadir` (layout, lock, secret file), `config` (layered, validated settings), `error`,
+//!   `embedder` (the configured embedder, timed; `embedder::remote`, an OpenAI-compatible
+//!   endpoint),
 //!   `metrics`, `time`, `request` (message, session and option parsing, shared by the API
 //!   and the proxy, and `to_new_memory`, the one place a stored memory is built and
-//!   bounded), `cli` and `commands` (the command line) with `progress` (their bars), `dashboard` (the embedded web UI);
+//!   bounded), `cli` and `commands` (the command line) with `progress` (their bars), `models`
+//!   (`models fetch`: pinned, verified, resumable downloads from the hub), `reembed`
+//!   (rebuilds a vault's vectors with a new embedder, swapped in atomically), `dashboard` (the embedded web UI);
 //! - `api`: the HTTP handlers of the memory API, one module per resource (`prepare`,
 //!   `ingest`, `memories`, `transfer`, `keys`, `provider_keys`, `admin`, `ops`);
 //! - `proxy`: the OpenAI- and Anthropic-compatible proxy endpoints.
@@ -46,14 +50,17 @@ mod commands;
 mod config;
 mod dashboard;
 mod datadir;
+mod embedder;
 mod error;
 mod http;
 mod metrics;
+mod models;
 #[cfg(test)]
 mod powerloss_tests;
 mod progress;
 mod proxy;
 mod ratelimit;
+mod reembed;
 mod request;
 mod router;
 mod secret;
@@ -65,11 +72,13 @@ use std::time::Instant;
 
 // What the binary (`main.rs`) needs to parse the command line and serve; the provider
 // types are those of `Config::providers`, which the tests and benches fill in.
-pub use cli::{Cli, Command, KeysCommand};
+pub use cli::{Cli, Command, KeysCommand, ModelsCommand};
 pub use commands::{export, health, import, keys_create, keys_list, keys_revoke, repair, verify};
 pub use config::{Config, Flags};
 pub use error::Error;
+pub use models::{models_fetch, models_list};
 pub use proxy::providers::{ProviderConfig, ProviderKind};
+pub use reembed::reembed;
 pub use serve::run;
 
 // For the tests and benches only: serving an already opened state, and the proxy outbox
@@ -146,15 +155,13 @@ impl AppState {
         engine_config.open_vaults_max = config.limits.open_vaults_max;
         engine_config.open_vaults_memory_bytes_max = config.limits.open_vaults_memory_bytes();
         engine_config.memtable_records_max = config.limits.memtable_records_max;
-        if let Some(model_dir) = &config.embedder.model_dir {
-            let model =
-                engine::LocalModelEmbedder::open(model_dir).map_err(|e| error::Error::Config {
-                    field: "embedder.model_dir".into(),
-                    reason: e.to_string(),
-                })?;
-            tracing::info!(embedder = %engine::Embedder::id(&model), "local embedding model loaded");
-            engine_config.embedder = std::sync::Arc::new(model);
-        }
+        let mut metrics = metrics::Metrics::default();
+        engine_config.embedder = embedder::open(
+            &config.embedder,
+            &|name| std::env::var(name).ok(),
+            &|provider| embedder::first_account_key(&catalog, provider),
+            &mut metrics.embedder,
+        )?;
         let policy = config.retrieval.policy(engine_config.embedder.kind())?;
         // A static model's cosines sit high for unrelated texts too (a model2vec model
         // distilled from MiniLM scored ~0.9 between unrelated LoCoMo turns), so its kind has
@@ -182,7 +189,7 @@ impl AppState {
             config,
             catalog,
             engine,
-            metrics: metrics::Metrics::default(),
+            metrics,
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             proxy,

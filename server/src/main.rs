@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use anyhow::Context as _;
 use clap::Parser as _;
 use server::Config;
-use server::{Cli, Command, KeysCommand};
+use server::{Cli, Command, KeysCommand, ModelsCommand};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -68,6 +68,36 @@ fn main() -> anyhow::Result<()> {
             quiet,
         )?),
         Command::Health { url } => Ok(server::health(&url)?),
+        Command::Reembed {
+            key_id,
+            all,
+            quiet,
+            location,
+        } => Ok(server::reembed(
+            &location.flags(None),
+            key_id.as_deref(),
+            all,
+            quiet,
+        )?),
+        Command::Models {
+            command: ModelsCommand::List,
+        } => Ok(server::models_list()?),
+        Command::Models {
+            command:
+                ModelsCommand::Fetch {
+                    name,
+                    hub,
+                    manifest,
+                    quiet,
+                    location,
+                },
+        } => Ok(server::models_fetch(
+            &location.flags(None),
+            &name,
+            hub.as_deref(),
+            manifest.as_deref(),
+            quiet,
+        )?),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Prometheus metrics: per-route request latency histograms, retrieval latency, request
-//! counts by status class, and gauges read at scrape time (open vaults and their heap estimate, uptime).
+//! counts by status class, embedding time by embedder kind and remote embedding requests
+//! by outcome, and gauges read at scrape time (open vaults and their heap estimate, uptime).
 //!
 //! Hand-rolled rather than a metrics crate: a fixed bucket layout of atomics is all that
 //! Prometheus needs, costs a few nanoseconds per request, and keeps the dependency list
@@ -93,6 +94,128 @@ impl Histogram {
     }
 }
 
+/// Embedding time, by what it was for: storing memories (ingest, import) or a query
+/// (prepare, search, the proxy).
+#[derive(Default)]
+pub(crate) struct EmbeddingTiming {
+    pub store: Histogram,
+    pub query: Histogram,
+}
+
+/// How one request to a remote embedding endpoint ended: the `outcome` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RemoteOutcome {
+    Ok,
+    /// No answer within the timeout.
+    Timeout,
+    /// Connection refused, reset or dropped.
+    Unreachable,
+    /// 429.
+    RateLimited,
+    /// 5xx.
+    ServerError,
+    /// Another non-2xx status (a wrong key, an unknown model): not retried.
+    Refused,
+    /// 2xx with an answer that is not what was asked for (not JSON, wrong count or length,
+    /// NaN): not retried.
+    BadAnswer,
+}
+
+impl RemoteOutcome {
+    pub(crate) const ALL: [RemoteOutcome; 7] = [
+        RemoteOutcome::Ok,
+        RemoteOutcome::Timeout,
+        RemoteOutcome::Unreachable,
+        RemoteOutcome::RateLimited,
+        RemoteOutcome::ServerError,
+        RemoteOutcome::Refused,
+        RemoteOutcome::BadAnswer,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            RemoteOutcome::Ok => "ok",
+            RemoteOutcome::Timeout => "timeout",
+            RemoteOutcome::Unreachable => "unreachable",
+            RemoteOutcome::RateLimited => "rate_limited",
+            RemoteOutcome::ServerError => "server_error",
+            RemoteOutcome::Refused => "refused",
+            RemoteOutcome::BadAnswer => "bad_answer",
+        }
+    }
+}
+
+/// Every request to the remote embedding endpoint (retries included), by outcome.
+#[derive(Default)]
+pub(crate) struct RemoteMetrics {
+    requests: [Histogram; RemoteOutcome::ALL.len()],
+}
+
+impl RemoteMetrics {
+    pub(crate) fn observe(&self, outcome: RemoteOutcome, elapsed: Duration) {
+        self.requests[outcome as usize].observe(elapsed);
+    }
+}
+
+/// The embedder's cost: time per embedding call by purpose, labelled with the embedder's
+/// kind, the remote endpoint's requests, and the searches answered without vectors.
+pub(crate) struct EmbedderMetrics {
+    /// `builtin`, `local` or `openai` (set when the embedder is built).
+    pub kind: &'static str,
+    pub timing: Arc<EmbeddingTiming>,
+    pub remote: Arc<RemoteMetrics>,
+    /// Searches (prepare, search, proxy) answered lexical-only because the embedder failed.
+    pub degraded_searches: AtomicU64,
+}
+
+impl Default for EmbedderMetrics {
+    fn default() -> Self {
+        Self {
+            kind: "builtin",
+            timing: Arc::default(),
+            remote: Arc::default(),
+            degraded_searches: AtomicU64::new(0),
+        }
+    }
+}
+
+impl EmbedderMetrics {
+    fn render(&self, out: &mut String) {
+        let kind = self.kind;
+        out.push_str(
+            "# HELP memoryrouter_embedding_duration_seconds Time to embed one batch, by embedder kind and purpose (store: ingest; query: search).\n",
+        );
+        out.push_str("# TYPE memoryrouter_embedding_duration_seconds histogram\n");
+        for (purpose, h) in [("store", &self.timing.store), ("query", &self.timing.query)] {
+            h.render(
+                out,
+                "memoryrouter_embedding_duration_seconds",
+                &format!("kind=\"{kind}\",purpose=\"{purpose}\""),
+            );
+        }
+        out.push_str(
+            "# HELP memoryrouter_embedder_remote_request_duration_seconds Requests to the remote embedding endpoint (each retry counts), by outcome.\n",
+        );
+        out.push_str("# TYPE memoryrouter_embedder_remote_request_duration_seconds histogram\n");
+        for outcome in RemoteOutcome::ALL {
+            self.remote.requests[outcome as usize].render(
+                out,
+                "memoryrouter_embedder_remote_request_duration_seconds",
+                &format!("outcome=\"{}\"", outcome.label()),
+            );
+        }
+        out.push_str(
+            "# HELP memoryrouter_searches_degraded_total Searches answered lexical-only because the embedder failed.\n",
+        );
+        out.push_str("# TYPE memoryrouter_searches_degraded_total counter\n");
+        let _ = writeln!(
+            out,
+            "memoryrouter_searches_degraded_total {}",
+            self.degraded_searches.load(Ordering::Relaxed)
+        );
+    }
+}
+
 /// Counters per route and status class.
 #[derive(Default)]
 struct RouteMetrics {
@@ -116,6 +239,8 @@ pub(crate) struct Metrics {
     pub audit_write_failures: AtomicU64,
     /// Catalog copies found damaged and rebuilt from the other copy at start.
     pub catalog_repairs: AtomicU64,
+    /// The embedder's time and the remote endpoint's requests.
+    pub embedder: EmbedderMetrics,
 }
 
 /// Values read at scrape time.
@@ -289,6 +414,7 @@ impl Metrics {
             out,
             "memoryrouter_vaults_write_stalled {write_stalled_vaults}"
         );
+        self.embedder.render(&mut out);
         out.push_str("# HELP memoryrouter_uptime_seconds Seconds since start.\n");
         out.push_str("# TYPE memoryrouter_uptime_seconds gauge\n");
         let _ = writeln!(out, "memoryrouter_uptime_seconds {}", uptime.as_secs());
@@ -339,5 +465,39 @@ mod tests {
         assert!(text.contains("memoryrouter_vaults_poisoned 1"));
         assert!(text.contains("memoryrouter_catalog_poisoned 0"));
         assert!(text.contains("memoryrouter_vaults_write_stalled 2"));
+        assert!(text.contains(
+            "memoryrouter_embedding_duration_seconds_count{kind=\"builtin\",purpose=\"query\"} 0"
+        ));
+    }
+
+    #[test]
+    fn renders_remote_requests_by_outcome() {
+        let m = Metrics::default();
+        m.embedder
+            .remote
+            .observe(RemoteOutcome::RateLimited, Duration::from_millis(3));
+        m.embedder
+            .remote
+            .observe(RemoteOutcome::Ok, Duration::from_millis(20));
+        m.embedder
+            .remote
+            .observe(RemoteOutcome::Ok, Duration::from_millis(20));
+        let text = m.render(&Gauges {
+            open_vaults: 0,
+            open_vaults_bytes: 0,
+            poisoned_vaults: 0,
+            unreadable_vaults: 0,
+            catalog_poisoned: false,
+            write_stalled_vaults: 0,
+            uptime: Duration::from_secs(1),
+        });
+        for line in [
+            "memoryrouter_embedder_remote_request_duration_seconds_count{outcome=\"ok\"} 2",
+            "memoryrouter_embedder_remote_request_duration_seconds_count{outcome=\"rate_limited\"} 1",
+            "memoryrouter_embedder_remote_request_duration_seconds_count{outcome=\"bad_answer\"} 0",
+            "memoryrouter_searches_degraded_total 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

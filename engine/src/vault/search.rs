@@ -121,7 +121,34 @@ impl Vault {
         self.contained(|| self.search_in(q, policy))
     }
 
+    /// [`Vault::search`] without the query's embedding: BM25 and the priors only, every
+    /// hit's `similarity` 0. For a caller whose embedder failed (a remote endpoint down),
+    /// which would rather answer from the words than not at all, and says so.
+    pub fn search_lexical(&self, q: &SearchQuery) -> Result<Vec<Hit>> {
+        let policy = &self.inner.options.policy;
+        self.contained(|| self.search_in_with(q, policy, None))
+    }
+
     fn search_in(&self, q: &SearchQuery, policy: &RetrievalPolicy) -> Result<Vec<Hit>> {
+        if q.k == 0 || q.k > SEARCH_K_MAX {
+            // Checked (with a clear error) before the embedder is asked for anything.
+            return self.search_in_with(q, policy, None);
+        }
+        let embedder = &*self.inner.options.embedder;
+        let query = embedder::checked(embedder, 1, embedder.embed_query_batch(&[q.text.as_str()]))?
+            .pop()
+            .unwrap_or_default();
+        self.search_in_with(q, policy, Some(query))
+    }
+
+    /// The search proper; `query` is the query's vector, `None` for a lexical-only search
+    /// (no vector candidates, similarity 0).
+    fn search_in_with(
+        &self,
+        q: &SearchQuery,
+        policy: &RetrievalPolicy,
+        query: Option<Vec<f32>>,
+    ) -> Result<Vec<Hit>> {
         policy.validate().map_err(|reason| Error::InvalidArgument {
             name: "policy",
             reason,
@@ -136,10 +163,6 @@ impl Vault {
             return Ok(Vec::new());
         }
         let inner = &*self.inner;
-        let embedder = &*inner.options.embedder;
-        let query = embedder::checked(embedder, 1, embedder.embed_query_batch(&[q.text.as_str()]))?
-            .pop()
-            .unwrap_or_default();
         // Every ranking knob comes from the policy (`policy.rs`).
         let pool = policy.candidates(q.k);
         let ef = inner.options.hnsw.ef_search.max(pool);
@@ -193,7 +216,10 @@ impl Vault {
         // Vector candidates from every source, and lexical candidates over all of them as one
         // corpus (corpus statistics summed), each as (source, doc, score).
         let vector_of = |src: usize| -> Vec<(u32, f32)> {
-            sources[src].vector_search(&query, pool, ef, filter.session_id.as_deref(), &|d| {
+            let Some(query) = query.as_deref() else {
+                return Vec::new();
+            };
+            sources[src].vector_search(query, pool, ef, filter.session_id.as_deref(), &|d| {
                 accept(src, d)
             })
         };
@@ -359,7 +385,9 @@ impl Vault {
                             .any(|t| query_terms.contains(t)),
                         memory,
                         score: score.clamp(0.0, 1.0),
-                        similarity: crate::distance::dot(&query, source.vector(c.loc.doc)),
+                        similarity: query.as_deref().map_or(0.0, |query| {
+                            crate::distance::dot(query, source.vector(c.loc.doc))
+                        }),
                     }
                 })
             })
@@ -429,6 +457,70 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "session {session}");
         }
+    }
+
+    /// An embedder that stores like the built-in one but cannot embed a query, as a remote
+    /// endpoint that went down after the ingest.
+    struct QueryFails(BuiltinEmbedder);
+
+    impl crate::Embedder for QueryFails {
+        fn id(&self) -> &str {
+            self.0.id()
+        }
+        fn dim(&self) -> usize {
+            self.0.dim()
+        }
+        fn kind(&self) -> EmbedderKind {
+            EmbedderKind::Lexical
+        }
+        fn embed_batch(&self, texts: &[&str]) -> crate::Result<Vec<Vec<f32>>> {
+            self.0.embed_batch(texts)
+        }
+        fn embed_query_batch(&self, _texts: &[&str]) -> crate::Result<Vec<Vec<f32>>> {
+            Err(crate::Error::embedder(self.id(), "endpoint down"))
+        }
+    }
+
+    /// With the query's embedding unavailable, `search` fails and `search_lexical` still
+    /// finds by words, sealed segments and memtable alike, with similarity 0.
+    #[test]
+    fn lexical_search_answers_without_the_embedder() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = VaultOptions::new(Arc::new(QueryFails(BuiltinEmbedder::new())));
+        options.background = false;
+        let v = Vault::open(dir.path(), options).unwrap();
+        let sealed = v
+            .ingest(vec![NewMemory::new(
+                "s",
+                Role::User,
+                "my dog is called Rex",
+                1,
+            )])
+            .unwrap()
+            .stored;
+        v.seal().unwrap();
+        let fresh = v
+            .ingest(vec![
+                NewMemory::new("s", Role::User, "Rex likes the park", 2),
+                NewMemory::new("t", Role::User, "tomatoes grow in summer", 3),
+            ])
+            .unwrap()
+            .stored;
+        let q = SearchQuery {
+            text: "what does Rex like".into(),
+            k: 5,
+            filter: Filter::default(),
+            boost_session: None,
+            now_ms: 10,
+        };
+        assert!(matches!(v.search(&q), Err(crate::Error::Embedder { .. })));
+        let hits = v.search_lexical(&q).unwrap();
+        // The two memories naming Rex first (the other session's memory may follow as a
+        // neighbour: the signals still run), none with a cosine.
+        let top: BTreeSet<u64> = hits.iter().take(2).map(|h| h.memory.id).collect();
+        assert_eq!(top, BTreeSet::from([sealed[0], fresh[0]]));
+        assert!(hits.iter().take(2).all(|h| h.shares_query_term));
+        assert!(hits.iter().all(|h| h.similarity == 0.0));
     }
 
     /// A vault (no background work) holding `turns` as (session, role, text, created_at),

@@ -397,12 +397,15 @@ async fn get_context(state: &Arc<AppState>, auth: &AuthContext, value: Value) ->
     let (st, caller) = (state.clone(), auth.clone());
     let prepared = blocking(move || retrieve(&st, &caller, &messages, &opts)).await?;
     let memories: Vec<Value> = prepared.memories.iter().map(hit_json).collect();
-    let structured = json!({
+    let mut structured = json!({
         "context": prepared.context,
         "memories_found": memories.len(),
         "memories": memories,
         "tokens": prepared.tokens,
     });
+    if prepared.degraded {
+        structured["degraded"] = json!(super::prepare::DEGRADED_EMBEDDER);
+    }
     let text = if prepared.context.is_empty() {
         "No relevant memories.".to_owned()
     } else {
@@ -443,13 +446,20 @@ async fn search(state: &Arc<AppState>, auth: &AuthContext, value: Value) -> Tool
         now_ms: now_ms(),
     };
     let (st, vault_id) = (state.clone(), auth.key_id.clone());
-    let hits = blocking(move || Ok(st.engine.vault(&vault_id)?.search(&query)?)).await?;
+    let (hits, degraded) = blocking(move || {
+        let vault = st.engine.vault(&vault_id)?;
+        super::prepare::search_or_lexical(&st, &vault, &query)
+    })
+    .await?;
     let memories: Vec<Value> = hits
         .iter()
         .filter(|h| h.score > 0.0)
         .map(hit_json)
         .collect();
-    let structured = json!({"memories": memories});
+    let mut structured = json!({"memories": memories});
+    if degraded {
+        structured["degraded"] = json!(super::prepare::DEGRADED_EMBEDDER);
+    }
     Ok((pretty(&structured), structured))
 }
 

@@ -132,12 +132,9 @@ pub(crate) async fn search(
         now_ms: now_ms(),
     };
     let st = state.clone();
-    let hits = blocking(move || {
+    let (hits, degraded) = blocking(move || {
         let vault = st.engine.vault(&vault_id)?;
-        let started = Instant::now();
-        let hits = vault.search(&search)?;
-        st.metrics.retrieval.observe(started.elapsed());
-        Ok(hits)
+        super::prepare::search_or_lexical(&st, &vault, &search)
     })
     .await?;
     let memories: Vec<Value> = hits
@@ -145,10 +142,9 @@ pub(crate) async fn search(
         .filter(|h| h.score > 0.0)
         .map(super::prepare::hit_json)
         .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"memories": memories}),
-    ))
+    let mut response = json_response(StatusCode::OK, &json!({"memories": memories}));
+    super::prepare::mark_degraded(response.headers_mut(), degraded);
+    Ok(response)
 }
 
 /// `GET /v1/memory?cursor=&limit=&session_id=` → `{"memories": [...], "next_cursor"}`,

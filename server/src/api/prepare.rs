@@ -120,6 +120,49 @@ pub(crate) struct Prepared {
     pub memories: Vec<Hit>,
     /// Estimated tokens of `context`.
     pub tokens: usize,
+    /// The embedder failed, so this was retrieved lexical-only ([`search_or_lexical`]).
+    pub degraded: bool,
+}
+
+/// Response header set when a search was answered lexical-only because the embedder
+/// failed (a remote endpoint down or answering garbage), with [`DEGRADED_EMBEDDER`].
+pub(crate) const DEGRADED_HEADER: &str = "x-memoryrouter-degraded";
+pub(crate) const DEGRADED_EMBEDDER: &str = "embedder_unavailable";
+
+/// `vault.search(q)`, or, when the embedder fails, the same search by words alone
+/// (`Vault::search_lexical`) and `true`: a chat gets the memories BM25 finds rather than an
+/// error. Every other error is returned.
+pub(crate) fn search_or_lexical(
+    state: &AppState,
+    vault: &engine::Vault,
+    q: &SearchQuery,
+) -> Result<(Vec<Hit>, bool), ApiError> {
+    let started = Instant::now();
+    let outcome = match vault.search(q) {
+        Ok(hits) => (hits, false),
+        Err(engine::Error::Embedder { embedder, reason }) => {
+            tracing::warn!(%embedder, %reason, "embedder failed; searching by words alone");
+            state
+                .metrics
+                .embedder
+                .degraded_searches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (vault.search_lexical(q)?, true)
+        }
+        Err(other) => return Err(other.into()),
+    };
+    state.metrics.retrieval.observe(started.elapsed());
+    Ok(outcome)
+}
+
+/// Marks `response` as answered lexical-only when `degraded`.
+pub(crate) fn mark_degraded(headers: &mut http::HeaderMap, degraded: bool) {
+    if degraded {
+        headers.insert(
+            DEGRADED_HEADER,
+            http::HeaderValue::from_static(DEGRADED_EMBEDDER),
+        );
+    }
 }
 
 pub(crate) fn estimate_tokens(text: &str) -> usize {
@@ -149,6 +192,7 @@ pub(crate) fn retrieve(
         context: String::new(),
         memories: Vec::new(),
         tokens: 0,
+        degraded: false,
     };
     let Some(query) = query_text(messages) else {
         return Ok(empty);
@@ -171,9 +215,7 @@ pub(crate) fn retrieve(
         now_ms: now_ms(),
     };
     let vault = state.engine.vault(&auth.key_id)?;
-    let started = Instant::now();
-    let hits = vault.search(&search)?;
-    state.metrics.retrieval.observe(started.elapsed());
+    let (hits, degraded) = search_or_lexical(state, &vault, &search)?;
 
     let relevance = Relevance::new(state);
     let mut relevant: Vec<Hit> = Vec::new();
@@ -217,7 +259,9 @@ pub(crate) fn retrieve(
             relevant.extend(recent);
         }
     }
-    Ok(format_context(relevant, opts.density.budget_tokens()))
+    let mut prepared = format_context(relevant, opts.density.budget_tokens());
+    prepared.degraded = degraded;
+    Ok(prepared)
 }
 
 /// Decides whether a memory is relevant to the query at all (see the module docs). Both
@@ -268,6 +312,7 @@ pub(crate) fn format_context(hits: Vec<Hit>, budget_tokens: usize) -> Prepared {
             context: String::new(),
             memories: Vec::new(),
             tokens: 0,
+            degraded: false,
         };
     }
     let mut timeline: Vec<&(Hit, String)> = kept.iter().collect();
@@ -282,6 +327,7 @@ pub(crate) fn format_context(hits: Vec<Hit>, budget_tokens: usize) -> Prepared {
         context,
         memories: kept.into_iter().map(|(hit, _)| hit).collect(),
         tokens,
+        degraded: false,
     }
 }
 
@@ -402,7 +448,7 @@ pub(crate) async fn handle(
     let st = state.clone();
     let prepared = blocking(move || retrieve(&st, &auth, &messages, &opts)).await?;
     let memories: Vec<Value> = prepared.memories.iter().map(hit_json).collect();
-    Ok(json_response(
+    let mut response = json_response(
         StatusCode::OK,
         &json!({
             "context": prepared.context,
@@ -410,7 +456,9 @@ pub(crate) async fn handle(
             "memories": memories,
             "tokens": prepared.tokens,
         }),
-    ))
+    );
+    mark_degraded(response.headers_mut(), prepared.degraded);
+    Ok(response)
 }
 
 #[cfg(test)]

@@ -152,6 +152,8 @@ pub(crate) struct Retrieved {
     pub memories: usize,
     pub tokens: usize,
     pub latency_ms: f64,
+    /// Retrieved lexical-only because the embedder failed (`X-MemoryRouter-Degraded`).
+    pub degraded: bool,
 }
 
 /// Retrieves memories for `messages` unless the plan says not to.
@@ -178,6 +180,7 @@ pub(crate) async fn retrieve_for(
         tokens: prepared.tokens,
         context: prepared.context,
         latency_ms: ms(started.elapsed()),
+        degraded: prepared.degraded,
     })
 }
 
@@ -302,6 +305,7 @@ pub(crate) async fn call(
 /// | `X-Provider-Response-Ms` | provider time: to the whole body, or to the response head when streaming |
 /// | `X-MR-Processing-Ms` | request received → response head ready, provider time included |
 /// | `X-MR-Overhead-Ms` | processing minus provider time: what MemoryRouter added |
+/// | `X-MemoryRouter-Degraded` | `embedder_unavailable` when retrieval ran by words alone |
 pub(crate) fn timing_headers(
     headers: &mut HeaderMap,
     started: Instant,
@@ -329,6 +333,7 @@ pub(crate) fn timing_headers(
             headers.insert(name, value);
         }
     }
+    crate::api::prepare::mark_degraded(headers, retrieved.degraded);
 }
 
 /// Milliseconds as a float.
