@@ -106,6 +106,22 @@ impl AuthContext {
     }
 }
 
+/// The valid key a request presents, without rate limiting or recording its use (cluster
+/// mode reads it to find the request's vault before deciding where to serve it).
+pub(crate) fn presented_record(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Option<crate::catalog::KeyRecord> {
+    let presented = match header(headers, "x-memory-key") {
+        Some(memory_key) => Some(memory_key),
+        None => bearer(headers).or_else(|| header(headers, "x-api-key")),
+    };
+    let (key, _) = presented.and_then(split_suffix)?;
+    (secret::looks_like_key(key) && secret::passes_checksum(key))
+        .then(|| state.catalog.lookup(key))
+        .flatten()
+}
+
 /// Authenticates a request, applies the per-key and per-account rate limits and records
 /// the key's use.
 pub(crate) async fn authenticate(

@@ -34,6 +34,7 @@ impl Location {
             config: self.config.clone(),
             listen,
             data_dir: self.data_dir.clone(),
+            cluster: None,
         }
     }
 }
@@ -45,6 +46,10 @@ pub enum Command {
         /// Address to listen on (default 127.0.0.1:8787; port 0 picks a free port).
         #[arg(long)]
         listen: Option<String>,
+        /// Cluster mode: keep the catalog and the vaults' placement in this etcd
+        /// (`etcd://HOST:PORT`; see docs/scaling.md). Needs `[cluster] node_id`.
+        #[arg(long)]
+        cluster: Option<String>,
         #[command(flatten)]
         location: Location,
     },

@@ -42,6 +42,7 @@ mod audit;
 mod auth;
 mod catalog;
 mod cli;
+mod cluster;
 mod commands;
 mod config;
 mod dashboard;
@@ -100,6 +101,9 @@ pub struct AppState {
     pub(crate) started: Instant,
     /// Set when shutdown begins: `/readyz` turns 503 so load balancers stop sending.
     pub(crate) shutting_down: AtomicBool,
+    /// Cluster mode (`--cluster`): this node's registry entry, the placement of vaults and
+    /// forwarding; `None` on a single node.
+    pub(crate) cluster: Option<std::sync::Arc<cluster::Node>>,
     /// Held for the process's life so no second process opens the same data directory.
     _lock: datadir::DirLock,
 }
@@ -129,11 +133,25 @@ impl AppState {
         datadir::ensure(&dir)?;
         let lock = datadir::lock(&dir)?;
         let secret = datadir::load_or_create_secret(&dir, config.secret_key_hex.as_deref())?;
-        let catalog = catalog::Catalog::open_with(
-            &dir.join(datadir::CATALOG_DIR),
-            &secret,
-            std::sync::Arc::clone(&storage),
-        )?;
+        let (catalog, cluster) = match &config.cluster.etcd {
+            None => (
+                catalog::Catalog::open_with(
+                    &dir.join(datadir::CATALOG_DIR),
+                    &secret,
+                    std::sync::Arc::clone(&storage),
+                )?,
+                None,
+            ),
+            // Cluster mode: the catalog is the log shared in etcd (docs/scaling.md).
+            Some(endpoint) => {
+                let etcd = cluster::etcd::Etcd::new(endpoint)?;
+                let catalog =
+                    catalog::Catalog::open_shared(cluster::SharedLog::new(etcd.clone())?, &secret)?;
+                let id = config.cluster.node_id.clone().unwrap_or_default();
+                let node = cluster::Node::new(etcd, id, config.cluster.advertise.clone());
+                (catalog, Some(std::sync::Arc::new(node)))
+            }
+        };
         let new_admin_key = commands::bootstrap(&catalog, &dir)?;
         let audit = audit::AuditLog::open(&dir)?;
         let mut engine_config = engine::EngineConfig::new(dir.join(datadir::VAULTS_DIR));
@@ -180,6 +198,7 @@ impl AppState {
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             proxy,
+            cluster,
             _lock: lock,
         };
         state.metrics.catalog_repairs.store(

@@ -23,7 +23,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve { listen, location } => serve(location.flags(listen)),
+        Command::Serve {
+            listen,
+            cluster,
+            location,
+        } => serve(server::Flags {
+            cluster,
+            ..location.flags(listen)
+        }),
         Command::Keys {
             command:
                 KeysCommand::Create {
