@@ -531,6 +531,21 @@ impl Catalog {
     }
 
     /// What opening found damaged in one of the two copies and repaired from the other.
+    /// Cluster mode: applies every record of the shared log this node has not applied yet
+    /// (one linearizable read). Called before a key lookup answers "unknown", so a key
+    /// minted through one node works at once through any other. `Ok(false)` on a single
+    /// node, where there is nothing to catch up.
+    pub(crate) async fn catch_up(&self) -> Result<bool, Error> {
+        let Log::Shared { log, .. } = &self.log else {
+            return Ok(false);
+        };
+        let applied = self.state.read().applied_seq;
+        let (records, _) = log.read_after(applied).await?;
+        let found = !records.is_empty();
+        apply_shared(&self.state, records)?;
+        Ok(found)
+    }
+
     pub(crate) fn repairs(&self) -> &[String] {
         &self.repairs
     }
@@ -624,9 +639,9 @@ impl Catalog {
         Ok(Some(value))
     }
 
-    /// [`Catalog::commit_with`] on the shared log: append at one past the last record
-    /// applied, with a compare that the slot is free; when another node took it, apply what
-    /// was missed and build the change again against the new state. Answered only once etcd
+    /// [`Catalog::commit_with`] on the shared log: catch up, build, append at one past the
+    /// last record applied with a compare that the slot is free; when another node took it,
+    /// start again. Answered only once etcd
     /// acknowledged the append (committed to a quorum), and applied here first, so this
     /// node reads its own writes.
     fn commit_shared<T: Serialize, F>(
@@ -639,6 +654,13 @@ impl Catalog {
         F: FnMut(&State) -> Result<Option<T>, Error>,
     {
         for _ in 0..crate::cluster::APPEND_ATTEMPTS_MAX {
+            // Catch up first: the change is checked against every record appended so far,
+            // wherever it was made (a key minted through another node a moment ago can be
+            // revoked here at once).
+            let reader = log.clone();
+            let applied = self.state.read().applied_seq;
+            let (missed, _) = log.block(async move { reader.read_after(applied).await })??;
+            apply_shared(&self.state, missed)?;
             let (value, seq) = {
                 let state = self.state.read();
                 (build(&state)?, state.applied_seq + 1)
@@ -657,10 +679,7 @@ impl Catalog {
                 apply_shared(&self.state, vec![(seq, kind, payload)])?;
                 return Ok(Some(value));
             }
-            let reader = log.clone();
-            let applied = self.state.read().applied_seq;
-            let (missed, _) = log.block(async move { reader.read_after(applied).await })??;
-            apply_shared(&self.state, missed)?;
+            // Another node appended `seq` first: catch up and build the change again.
         }
         Err(crate::cluster::ClusterError::Contended {
             attempts: crate::cluster::APPEND_ATTEMPTS_MAX,

@@ -27,7 +27,11 @@ pub(crate) async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Respo
         .collect();
     let state = &state;
     // Cluster mode: a request for a vault another node owns is forwarded there whole.
-    let req = match (&state.cluster, crate::cluster::vault_of(state, &segments, &req)) {
+    let vault = match &state.cluster {
+        Some(_) => crate::cluster::vault_of(state, &segments, &req).await,
+        None => None,
+    };
+    let req = match (&state.cluster, vault) {
         (Some(node), Some(vault)) => match node.route(&vault, req).await {
             crate::cluster::Route::Local(req) => req,
             crate::cluster::Route::Answered(response) => {

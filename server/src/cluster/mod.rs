@@ -21,8 +21,8 @@ pub(crate) use node::{Node, Route};
 /// The vault a request addresses, when its path is one that reads or writes a vault and its
 /// key is valid (the memory API, the proxy, MCP); `None` = serve it here (keys, provider
 /// keys, admin, health and static paths live in the shared catalog, and a bad key gets its
-/// 401 here as anywhere).
-pub(crate) fn vault_of(
+/// 401 here as anywhere). Only called in cluster mode.
+pub(crate) async fn vault_of(
     state: &crate::AppState,
     segments: &[&str],
     req: &http::Request<hyper::body::Incoming>,
@@ -34,7 +34,7 @@ pub(crate) fn vault_of(
     if !scoped {
         return None;
     }
-    let record = crate::auth::presented_record(state, req.headers())?;
+    let record = crate::auth::presented_record(state, req.headers()).await?;
     let query = crate::http::query_params(req.uri().query());
     match query.get("key_id").filter(|k| !k.is_empty()) {
         Some(target) if record.is_admin => state

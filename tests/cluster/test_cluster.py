@@ -1,0 +1,158 @@
+"""Cluster mode end to end (issue 18): etcd, three nodes and nginx on loopback.
+
+Through nginx: mint keys, ingest and search across many vaults, each vault on exactly one
+node's disk; a streamed proxy answer passes through a node that forwards it; a revocation
+made on one node is refused by every node within 1 s; a stopped node fails only its own
+vaults, with a 503 naming it, while the others keep serving.
+
+The tests share one cluster and run in file order (the last one stops a node).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+
+from fake_provider import FakeProvider  # noqa: E402
+from harness import Cluster, start_cluster  # noqa: E402
+
+VAULTS = 24
+# The issue's bound: a revocation reaches every node within a second.
+REVOCATION_BOUND_S = 1.0
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeProvider]:
+    provider = FakeProvider().start()
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, fake: FakeProvider) -> Iterator[Cluster]:
+    providers = f'[providers.local]\nkind = "openai"\nbase_url = "{fake.openai_base}"\nmodels = ["fake-model"]\n'
+    running = start_cluster(tmp_path_factory.mktemp("cluster"), nodes=3, extra_toml=providers)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def users(cluster: Cluster) -> list[dict[str, Any]]:
+    """VAULTS keys minted through nginx, each with a fact of its own ingested through nginx."""
+    out = []
+    with httpx.Client(base_url=cluster.base_url, timeout=30) as http:
+        for i in range(VAULTS):
+            minted = http.post("/v1/keys", headers=bearer(cluster.admin_key), json={"name": f"user:{i}"})
+            assert minted.status_code == 201, minted.text
+            fact = f"user {i} keeps a pet called zorblax{i}"
+            stored = http.post("/v1/memory/ingest", headers=bearer(minted.json()["key"]),
+                               json={"messages": [{"role": "user", "content": fact}]})
+            assert stored.status_code == 202, stored.text
+            out.append({"id": minted.json()["id"], "key": minted.json()["key"], "fact": fact, "i": i})
+    return out
+
+
+def search(base_url: str, key: str, query: str) -> httpx.Response:
+    return httpx.post(f"{base_url}/v1/memory/search", headers=bearer(key), json={"query": query}, timeout=30)
+
+
+def test_many_vaults_through_nginx_each_on_exactly_one_node(cluster: Cluster, users: list[dict[str, Any]]) -> None:
+    placements = cluster.placements()
+    for user in users:
+        found = search(cluster.base_url, user["key"], f"zorblax{user['i']}")
+        assert found.status_code == 200, found.text
+        texts = [m["content"] for m in found.json()["memories"]]
+        assert texts == [user["fact"]], "a vault sees exactly its own memory"
+        # The same answer from every node: two of them forward to the owner.
+        for node in cluster.nodes:
+            again = search(node.base_url, user["key"], f"zorblax{user['i']}")
+            assert [m["content"] for m in again.json()["memories"]] == [user["fact"]]
+        owner = placements[user["id"]]
+        holders = [n.node_id for n in cluster.nodes if user["id"] in n.vaults()]
+        assert holders == [owner], f"vault {user['id']} placed on {owner}, on disk at {holders}"
+    owners = {placements[u["id"]] for u in users}
+    assert owners == {"n1", "n2", "n3"}, f"{VAULTS} vaults should land on every node: {owners}"
+
+
+def test_a_streamed_answer_passes_through_a_forwarding_node(
+        cluster: Cluster, users: list[dict[str, Any]], fake: FakeProvider) -> None:
+    placements = cluster.placements()
+    user = next(u for u in users if placements[u["id"]] == "n2")
+    body = {"model": "local/fake-model", "stream": True,
+            "messages": [{"role": "user", "content": "what is my pet called?"}]}
+    events = []
+    with httpx.stream("POST", f"{cluster.node('n1').base_url}/v1/chat/completions",
+                      headers=bearer(user["key"]), json=body, timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert len(events) > 3, "relayed event by event"
+    assert events[-1] == "data: [DONE]"
+    # The owner (n2) injected the vault's memory into the provider's prompt.
+    assert user["fact"] in fake.last().system_text()
+
+
+def test_a_revocation_reaches_every_node_within_a_second(cluster: Cluster) -> None:
+    admin = bearer(cluster.admin_key)
+    minted = httpx.post(f"{cluster.node('n1').base_url}/v1/keys", headers=admin, json={"name": "revoked"}).json()
+    key = minted["key"]
+    # The key works on every node (each has applied the key's record from etcd).
+    for node in cluster.nodes:
+        httpx_wait(lambda n=node: search(n.base_url, key, "x").status_code == 200, f"key on {node.node_id}")
+    revoked = httpx.delete(f"{cluster.node('n2').base_url}/v1/keys/{minted['id']}", headers=admin)
+    assert revoked.status_code == 200, revoked.text
+    answered = time.monotonic()
+    refused_after = {}
+    pending = {n.node_id: n for n in cluster.nodes}
+    while pending and time.monotonic() - answered < 5 * REVOCATION_BOUND_S:
+        for node_id, node in list(pending.items()):
+            if search(node.base_url, key, "x").status_code == 401:
+                refused_after[node_id] = time.monotonic() - answered
+                del pending[node_id]
+        time.sleep(0.01)
+    assert not pending, f"still accepted after 5 s on {sorted(pending)}"
+    slow = {n: round(s, 3) for n, s in refused_after.items() if s > REVOCATION_BOUND_S}
+    assert not slow, f"refused only after more than {REVOCATION_BOUND_S} s: {slow}"
+    print(f"revocation refused after (s): { {n: round(s, 3) for n, s in refused_after.items()} }")
+
+
+def test_a_stopped_node_fails_only_its_vaults(cluster: Cluster, users: list[dict[str, Any]]) -> None:
+    placements = cluster.placements()
+    assert cluster.node("n3").stop() == 0
+    lost = [u for u in users if placements[u["id"]] == "n3"]
+    assert lost, "n3 owned vaults"
+    for user in users:
+        answer = search(cluster.base_url, user["key"], f"zorblax{user['i']}")
+        if placements[user["id"]] == "n3":
+            assert answer.status_code == 503, answer.text
+            error = answer.json()["error"]
+            assert error["code"] == "vault_unavailable"
+            assert "node n3" in error["message"], error["message"]
+            assert int(answer.headers["retry-after"]) > 0
+        else:
+            assert answer.status_code == 200, answer.text
+            # (the streamed test added a chat exchange to one of these vaults)
+            assert user["fact"] in [m["content"] for m in answer.json()["memories"]]
+    # Once n3's lease has expired the refusal says it is not registered; still only its vaults.
+    httpx_wait(lambda: "not registered" in search(cluster.base_url, lost[0]["key"], "x").text,
+               "n3's lease to expire", timeout=15)
+
+
+def httpx_wait(check: Any, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
