@@ -283,8 +283,9 @@ impl State {
 enum Log {
     /// One node: two local fsynced copies of the log (see the module docs).
     Local {
-        /// The two copies of the log, written in this order.
-        wals: [wal::Wal; 2],
+        /// The two copies of the log, written in this order (boxed: a `Wal` is large and
+        /// the enum would otherwise be as large for the shared log too).
+        wals: Box<[wal::Wal; 2]>,
         /// Records the first copy holds and the second missed because the disk was full,
         /// oldest first: appended to the second copy before any later change
         /// (`commit_with`), so the copies keep the same records at the same lsns; a restart
@@ -495,7 +496,7 @@ impl Catalog {
         }
         Ok(Self {
             log: Log::Local {
-                wals,
+                wals: Box::new(wals),
                 mirror_backlog: Mutex::new(Vec::new()),
             },
             state: Arc::new(RwLock::new(state)),
@@ -602,7 +603,7 @@ impl Catalog {
             kind,
             reason: e.to_string(),
         })?;
-        let [first, second] = wals;
+        let [first, second] = &**wals;
         // A second copy that missed changes on a full disk catches up first (a failure here
         // is again a full disk: nothing new was written anywhere).
         {
@@ -963,7 +964,7 @@ impl Catalog {
     pub(crate) fn sync(&self) -> Result<(), Error> {
         self.flush_last_used()?;
         if let Log::Local { wals, .. } = &self.log {
-            for wal in wals {
+            for wal in wals.iter() {
                 wal.sync()?;
             }
         }

@@ -35,9 +35,11 @@ pub(crate) async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Respo
         (Some(node), Some(vault)) => match node.route(&vault, req).await {
             crate::cluster::Route::Local(req) => req,
             crate::cluster::Route::Answered(response) => {
-                state
-                    .metrics
-                    .record_request("forwarded", response.status().as_u16(), started.elapsed());
+                state.metrics.record_request(
+                    "forwarded",
+                    response.status().as_u16(),
+                    started.elapsed(),
+                );
                 return response;
             }
         },

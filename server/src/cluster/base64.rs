@@ -26,12 +26,10 @@ pub(crate) fn encode(bytes: &[u8]) -> String {
 /// `None` when `text` is not canonical padded base64.
 pub(crate) fn decode(text: &str) -> Option<Vec<u8>> {
     let text = text.as_bytes();
-    if text.len() % 4 != 0 {
+    if !text.len().is_multiple_of(4) {
         return None;
     }
-    let value = |c: u8| -> Option<u32> {
-        ALPHABET.iter().position(|&a| a == c).map(|p| p as u32)
-    };
+    let value = |c: u8| -> Option<u32> { ALPHABET.iter().position(|&a| a == c).map(|p| p as u32) };
     let mut out = Vec::with_capacity(text.len() / 4 * 3);
     for (index, quad) in text.chunks(4).enumerate() {
         let last = index + 1 == text.len() / 4;

@@ -88,7 +88,10 @@ impl SharedLog {
         let mut from = record_key(applied + 1);
         let mut records = Vec::new();
         loop {
-            let range = self.etcd.range(&from, Some(&end), READ_BATCH_RECORDS).await?;
+            let range = self
+                .etcd
+                .range(&from, Some(&end), READ_BATCH_RECORDS)
+                .await?;
             for kv in &range.kvs {
                 records.push(parse(&kv.key, &kv.value)?);
             }
@@ -127,8 +130,15 @@ impl SharedLog {
             let end = prefix_end(prefix);
             loop {
                 let result = etcd.watch(prefix, &end, 0, |_| wake.notify_one()).await;
-                if let Err(error) = result {
-                    tracing::debug!(%error, "catalog: watch ended");
+                match result {
+                    Ok(super::etcd::WatchEnd::Compacted { compact_revision }) => {
+                        tracing::debug!(
+                            compact_revision,
+                            "catalog: watch compacted; watching again"
+                        );
+                    }
+                    Ok(super::etcd::WatchEnd::Closed) => {}
+                    Err(error) => tracing::debug!(%error, "catalog: watch ended"),
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(REWATCH_PAUSE_MS)).await;
             }

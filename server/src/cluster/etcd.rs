@@ -97,8 +97,6 @@ pub(crate) enum WatchEnd {
 pub(crate) enum Compare<'a> {
     /// The key's version equals this (0 = the key does not exist).
     Version(&'a [u8], i64),
-    /// The key's last modification revision equals this.
-    ModRevision(&'a [u8], i64),
 }
 
 /// The client: one pooled plain-HTTP hyper client to one etcd endpoint. Cheap to clone.
@@ -151,10 +149,6 @@ impl Etcd {
             client,
             base: format!("http://{host}"),
         })
-    }
-
-    pub(crate) fn endpoint(&self) -> &str {
-        &self.base
     }
 
     fn unreachable(&self, reason: impl Into<String>) -> ClusterError {
@@ -252,10 +246,6 @@ impl Etcd {
                 Compare::Version(key, version) => json!({
                     "key": base64::encode(key), "target": "VERSION", "result": "EQUAL",
                     "version": version.to_string(),
-                }),
-                Compare::ModRevision(key, revision) => json!({
-                    "key": base64::encode(key), "target": "MOD", "result": "EQUAL",
-                    "mod_revision": revision.to_string(),
                 }),
             })
             .collect();
@@ -385,12 +375,14 @@ impl Etcd {
                     .into_iter()
                     .flatten()
                 {
-                    let kv = event.get("kv").map(Kv::from_json).transpose().map_err(|reason| {
-                        ClusterError::Protocol {
+                    let kv = event
+                        .get("kv")
+                        .map(Kv::from_json)
+                        .transpose()
+                        .map_err(|reason| ClusterError::Protocol {
                             path: "/v3/watch".into(),
                             reason,
-                        }
-                    })?;
+                        })?;
                     let Some(kv) = kv else { continue };
                     if event.get("type").and_then(Value::as_str) == Some("DELETE") {
                         events.push(Event::Delete(kv));

@@ -149,7 +149,9 @@ impl Node {
 
     async fn register(&self, value: &[u8]) -> Result<i64, ClusterError> {
         let lease = self.etcd.grant(LEASE_TTL_SECS).await?;
-        self.etcd.put(&node_key(&self.id), value, Some(lease)).await?;
+        self.etcd
+            .put(&node_key(&self.id), value, Some(lease))
+            .await?;
         Ok(lease)
     }
 
@@ -174,7 +176,10 @@ impl Node {
 
     async fn refresh_nodes(&self) -> Result<(), ClusterError> {
         let prefix = NODES_PREFIX.as_bytes();
-        let range = self.etcd.range(prefix, Some(&prefix_end(prefix)), 0).await?;
+        let range = self
+            .etcd
+            .range(prefix, Some(&prefix_end(prefix)), 0)
+            .await?;
         let mut nodes = HashMap::new();
         for kv in range.kvs {
             let id = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
@@ -213,8 +218,12 @@ impl Node {
                     }
                 })
                 .await;
-            if let Err(error) = result {
-                tracing::debug!(%error, "cluster: placement watch ended");
+            match result {
+                Ok(super::etcd::WatchEnd::Compacted { compact_revision }) => {
+                    tracing::debug!(compact_revision, "cluster: placement watch compacted");
+                }
+                Ok(super::etcd::WatchEnd::Closed) => {}
+                Err(error) => tracing::debug!(%error, "cluster: placement watch ended"),
             }
             self.placements.write().clear();
             tokio::time::sleep(Duration::from_millis(super::catalog_log::REWATCH_PAUSE_MS)).await;
@@ -260,7 +269,9 @@ impl Node {
             })?;
             if self.etcd.create(&key, &value, None).await? {
                 tracing::debug!(vault, node = %chosen, "cluster: placed a vault");
-                self.placements.write().insert(vault.to_owned(), chosen.clone());
+                self.placements
+                    .write()
+                    .insert(vault.to_owned(), chosen.clone());
                 return Ok(chosen);
             }
         }
@@ -299,9 +310,9 @@ impl Node {
         };
         match self.forward(&address, req).await {
             Ok(response) => Route::Answered(response),
-            Err(reason) => {
-                Route::Answered(crate::http::error_response(&vault_unavailable(&owner, &reason)))
-            }
+            Err(reason) => Route::Answered(crate::http::error_response(&vault_unavailable(
+                &owner, &reason,
+            ))),
         }
     }
 
@@ -319,7 +330,13 @@ impl Node {
             .parse()
             .map_err(|e: http::uri::InvalidUri| e.to_string())?;
         // Hop-by-hop headers belong to this connection, not the forwarded one.
-        for name in ["connection", "keep-alive", "transfer-encoding", "upgrade", "host"] {
+        for name in [
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+            "upgrade",
+            "host",
+        ] {
             parts.headers.remove(name);
         }
         parts
@@ -348,7 +365,9 @@ pub(crate) fn vault_unavailable(node: &str, reason: &str) -> ApiError {
         StatusCode::SERVICE_UNAVAILABLE,
         "service_unavailable",
         "vault_unavailable",
-        format!("This vault lives on node {node}, which cannot serve it now: {reason}. Retry later."),
+        format!(
+            "This vault lives on node {node}, which cannot serve it now: {reason}. Retry later."
+        ),
     );
     error.retry_after_secs = Some(VAULT_UNAVAILABLE_RETRY_AFTER_SECS);
     error
@@ -368,7 +387,10 @@ mod tests {
             let vault = format!("key_{v}");
             let before = rendezvous(&vault, three.iter().copied()).unwrap();
             let after = rendezvous(&vault, four.iter().copied()).unwrap();
-            assert_eq!(before, rendezvous(&vault, three.iter().rev().copied()).unwrap());
+            assert_eq!(
+                before,
+                rendezvous(&vault, three.iter().rev().copied()).unwrap()
+            );
             if before != after {
                 assert_eq!(after, "n4", "a vault moved between two old nodes");
                 moved += 1;
@@ -389,6 +411,9 @@ mod tests {
         assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(error.code, "vault_unavailable");
         assert!(error.message.contains("node n2"), "{}", error.message);
-        assert_eq!(error.retry_after_secs, Some(VAULT_UNAVAILABLE_RETRY_AFTER_SECS));
+        assert_eq!(
+            error.retry_after_secs,
+            Some(VAULT_UNAVAILABLE_RETRY_AFTER_SECS)
+        );
     }
 }
