@@ -2,7 +2,8 @@
 
 Through nginx: mint keys, ingest and search across many vaults, each vault on exactly one
 node's disk; a streamed proxy answer passes through a node that forwards it; a revocation
-made on one node is refused by every node within 1 s; a stopped node fails only its own
+made on one node is refused by every node within 1 s; a purge deletes the vault on its
+owner whichever node receives it; a stopped node fails only its own
 vaults, with a 503 naming it, while the others keep serving.
 
 The tests share one cluster and run in file order (the last one stops a node).
@@ -132,6 +133,22 @@ def test_a_revocation_reaches_every_node_within_a_second(cluster: Cluster) -> No
     slow = {n: round(s, 3) for n, s in refused_after.items() if s > REVOCATION_BOUND_S}
     assert not slow, f"refused only after more than {REVOCATION_BOUND_S} s: {slow}"
     print(f"revocation refused after (s): { {n: round(s, 3) for n, s in refused_after.items()} }")
+
+
+def test_a_purge_deletes_the_vault_on_its_owner(cluster: Cluster) -> None:
+    admin = bearer(cluster.admin_key)
+    minted = httpx.post(f"{cluster.base_url}/v1/keys", headers=admin, json={"name": "purged"}).json()
+    stored = httpx.post(f"{cluster.base_url}/v1/memory/ingest", headers=bearer(minted["key"]),
+                        json={"messages": [{"role": "user", "content": "soon gone"}]})
+    assert stored.status_code == 202, stored.text
+    owner = cluster.placements()[minted["id"]]
+    assert minted["id"] in cluster.node(owner).vaults()
+    elsewhere = next(n for n in cluster.nodes if n.node_id != owner)
+    purged = httpx.delete(f"{elsewhere.base_url}/v1/keys/{minted['id']}?purge=true", headers=admin)
+    assert purged.status_code == 200, purged.text
+    assert purged.json()["purged"] is True
+    assert minted["id"] not in cluster.node(owner).vaults(), "the owner's copy is deleted"
+    assert all(minted["id"] not in n.vaults() for n in cluster.nodes)
 
 
 def test_a_stopped_node_fails_only_its_vaults(cluster: Cluster, users: list[dict[str, Any]]) -> None:

@@ -19,7 +19,8 @@ pub(crate) use catalog_log::SharedLog;
 pub(crate) use node::{Node, Route};
 
 /// The vault a request addresses, when its path is one that reads or writes a vault and its
-/// key is valid (the memory API, the proxy, MCP); `None` = serve it here (keys, provider
+/// key is valid (the memory API, the proxy, MCP, and a revocation with `?purge=true`, whose
+/// vault is the revoked key's); `None` = serve it here (keys, provider
 /// keys, admin, health and static paths live in the shared catalog, and a bad key gets its
 /// 401 here as anywhere). Only called in cluster mode.
 pub(crate) async fn vault_of(
@@ -27,6 +28,20 @@ pub(crate) async fn vault_of(
     segments: &[&str],
     req: &http::Request<hyper::body::Incoming>,
 ) -> Option<String> {
+    let query = crate::http::query_params(req.uri().query());
+    // Revoking with `?purge=true` deletes the revoked key's vault: served by its owner.
+    if let (&http::Method::DELETE, ["v1", "keys", id]) = (req.method(), segments)
+        && query.get("purge").is_some_and(|p| p == "true")
+    {
+        // Only a key of the caller's account names a vault (no placement is ever made for
+        // an id a caller invents); anything else gets its 404 or 403 here.
+        let record = crate::auth::presented_record(state, req.headers()).await?;
+        return state
+            .catalog
+            .key(id)
+            .filter(|k| k.account_id == record.account_id)
+            .map(|k| k.id);
+    }
     let scoped = matches!(
         segments,
         ["v1", "memory", ..] | ["v1", "chat", "completions"] | ["v1", "messages"] | ["mcp"]
@@ -35,7 +50,6 @@ pub(crate) async fn vault_of(
         return None;
     }
     let record = crate::auth::presented_record(state, req.headers()).await?;
-    let query = crate::http::query_params(req.uri().query());
     match query.get("key_id").filter(|k| !k.is_empty()) {
         Some(target) if record.is_admin => state
             .catalog
