@@ -2,8 +2,8 @@
 
 Starts etcd and two nodes on loopback (tests/cluster/harness.py), fills one vault owned by
 n2 with MEMORIES memories, then times `POST /v1/memory/prepare` for that vault sent to the
-owner (n2) and to the other node (n1, which forwards it), interleaved in the same run, and
-prints the p50 and p99 of each and their ratio.
+owner (n2) and to the other node (n1, which forwards it), interleaved in the same run (a
+distinct question per request, alternating which goes first), and prints the p50 and p99 of each and their ratio.
 
     python3 benches/scripts/cluster_forwarding.py [ROUNDS] [MEMORIES]
 
@@ -50,10 +50,15 @@ def main() -> None:
                     r = http.post(f"{owner.base_url}/v1/memory/ingest", headers=auth,
                                   json={"messages": messages, "session_id": f"s{start}"})
                     assert r.status_code == 202, r.text
-                body = {"messages": [{"role": "user", "content": "what do I do with my friends on weekends?"}]}
                 timings: dict[str, list[float]] = {"owner": [], "forwarded": []}
                 for round_ in range(ROUNDS + 20):
-                    for name, node in (("owner", owner), ("forwarded", other)):
+                    # Each request asks its own question (no cache helps either side) and
+                    # the order alternates (neither side always runs second).
+                    order = [("owner", owner), ("forwarded", other)]
+                    for name, node in order if round_ % 2 else order[::-1]:
+                        topic = TOPICS[(round_ * 3 + len(name)) % 8]
+                        question = f"what did I do with friend {round_ * 7 % MEMORIES} when {topic} ({name} {round_})?"
+                        body = {"messages": [{"role": "user", "content": question}]}
                         t0 = time.perf_counter()
                         r = http.post(f"{node.base_url}/v1/memory/prepare", headers=auth, json=body)
                         elapsed = time.perf_counter() - t0

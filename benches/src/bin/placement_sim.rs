@@ -132,7 +132,7 @@ fn main() {
         let drained = bytes.iter().copied().fold(f64::MIN, f64::max);
         let drain_secs = drained / (disk_mb_per_s * 1e6);
         println!(
-            "| {n} | {:.3} | {:.3} | {:.3} | {:.2} % | {:.2} % ({:.2} %) | {:.2} | {:.1} h |",
+            "| {n} | {:.3} | {:.3} | {:.3} | {:.2} % | {:.2} % ({:.2} %) | {:.2} | {:.0} min |",
             c.max_over_mean,
             b.max_over_mean,
             b.min_over_mean,
@@ -140,7 +140,7 @@ fn main() {
             100.0 * moved_bytes / total,
             100.0 / (n + 1) as f64,
             drained / (1u64 << 40) as f64,
-            drain_secs / 3600.0
+            drain_secs / 60.0
         );
     }
     eprintln!("simulated in {:.1} s", started.elapsed().as_secs_f64());
