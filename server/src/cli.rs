@@ -104,12 +104,34 @@ pub enum Command {
         #[command(flatten)]
         location: Location,
     },
+    /// Cluster mode: status (move and drain are not built yet; see docs/scaling.md).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Ask a running server whether it is ready (`GET /readyz`); exit status 0 when it
     /// answers 200. For container health checks: the image has no curl.
     Health {
         /// The URL to ask (plain http).
         #[arg(long, default_value = "http://127.0.0.1:8787/readyz")]
         url: String,
+    },
+}
+
+/// Cluster mode (`serve --cluster`): what etcd says about the nodes and vaults.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The nodes in the registry (live or not) and how many vaults each owns.
+    Status {
+        /// The cluster's etcd (`etcd://HOST:PORT`).
+        #[arg(long)]
+        etcd: String,
+        /// One JSON array instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// No progress bar (there is none anyway when stderr is not a terminal).
+        #[arg(long, short)]
+        quiet: bool,
     },
 }
 

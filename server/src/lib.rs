@@ -66,7 +66,8 @@ use std::time::Instant;
 
 // What the binary (`main.rs`) needs to parse the command line and serve; the provider
 // types are those of `Config::providers`, which the tests and benches fill in.
-pub use cli::{Cli, Command, KeysCommand};
+pub use cli::{Cli, ClusterCommand, Command, KeysCommand};
+pub use cluster::status as cluster_status;
 pub use commands::{export, health, import, keys_create, keys_list, keys_revoke, repair, verify};
 pub use config::{Config, Flags};
 pub use error::Error;

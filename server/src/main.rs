@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use anyhow::Context as _;
 use clap::Parser as _;
 use server::Config;
-use server::{Cli, Command, KeysCommand};
+use server::{Cli, ClusterCommand, Command, KeysCommand};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -75,6 +75,9 @@ fn main() -> anyhow::Result<()> {
             quiet,
         )?),
         Command::Health { url } => Ok(server::health(&url)?),
+        Command::Cluster {
+            command: ClusterCommand::Status { etcd, json, quiet },
+        } => Ok(server::cluster_status(&etcd, json, quiet)?),
     }
 }
 

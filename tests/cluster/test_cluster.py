@@ -11,6 +11,8 @@ The tests share one cluster and run in file order (the last one stops a node).
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
 from fake_provider import FakeProvider  # noqa: E402
-from harness import Cluster, start_cluster  # noqa: E402
+from harness import BINARY, Cluster, start_cluster  # noqa: E402
 
 VAULTS = 24
 # The bound: a revocation reaches every node within a second.
@@ -178,3 +180,18 @@ def httpx_wait(check: Any, what: str, timeout: float = 10) -> None:
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+def test_cluster_status_counts_each_nodes_vaults_and_says_which_are_down(cluster: Cluster) -> None:
+    # Runs after the stop test: n3 is down and its lease has expired.
+    etcd = cluster.etcd_url.replace("http://", "etcd://")
+    out = subprocess.run([str(BINARY), "cluster", "status", "--etcd", etcd, "--json"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    status = {n["node"]: n for n in json.loads(out)}
+    placements = cluster.placements()
+    for node in ("n1", "n2", "n3"):
+        assert status[node]["vaults"] == sum(1 for owner in placements.values() if owner == node)
+    assert status["n1"]["live"] and status["n2"]["live"] and not status["n3"]["live"]
+    table = subprocess.run([str(BINARY), "cluster", "status", "--etcd", etcd],
+                           capture_output=True, text=True, timeout=60, check=True).stdout
+    assert f"{len(placements)} vault(s); {status['n3']['vaults']} on nodes that are down" in table

@@ -75,6 +75,8 @@ pub(crate) struct Range {
     pub revision: i64,
     /// More keys matched than `limit`.
     pub more: bool,
+    /// How many keys matched in all (whatever `limit` returned).
+    pub count: i64,
 }
 
 /// One change seen by a watch.
@@ -229,6 +231,7 @@ impl Etcd {
             kvs,
             revision: num(answer.pointer("/header/revision")),
             more: answer.get("more").and_then(Value::as_bool).unwrap_or(false),
+            count: num(answer.get("count")),
         })
     }
 

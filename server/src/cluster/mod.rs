@@ -5,7 +5,8 @@
 //! - `etcd`: a small etcd v3 client over its JSON gateway (hyper, no gRPC);
 //! - `base64`: the gateway's encoding of keys and values;
 //! - `catalog_log`: the catalog's records as a dense sequence of etcd keys;
-//! - `node`: this node's registry entry, the placement of vaults, forwarding.
+//! - `node`: this node's registry entry, the placement of vaults, forwarding;
+//! - `status`: `memoryrouter cluster status`.
 //!
 //! **Invariant**: without `--cluster` none of this runs; a single node's catalog is its
 //! two local WAL copies, exactly as before.
@@ -14,9 +15,11 @@ mod base64;
 mod catalog_log;
 pub(crate) mod etcd;
 mod node;
+mod status;
 
 pub(crate) use catalog_log::SharedLog;
 pub(crate) use node::{Node, Route};
+pub use status::status;
 
 /// The vault a request addresses, when its path is one that reads or writes a vault and its
 /// key is valid (the memory API, the proxy, MCP, and a revocation with `?purge=true`, whose
