@@ -312,7 +312,7 @@ pub struct Catalog {
     used: Mutex<HashMap<String, i64>>,
     /// An fsync of the catalog's log failed, or the second copy missed a change the first
     /// has for another reason than a full disk: it refuses changes until the process restarts.
-    poisoned: AtomicBool,
+    poisoned: Arc<AtomicBool>,
     /// What opening found damaged and repaired, one sentence each (also logged).
     repairs: Vec<String>,
 }
@@ -503,7 +503,7 @@ impl Catalog {
             write_lock: Mutex::new(()),
             cipher: Cipher::new(secret)?,
             used: Mutex::new(HashMap::new()),
-            poisoned: AtomicBool::new(false),
+            poisoned: Arc::new(AtomicBool::new(false)),
             repairs,
         })
     }
@@ -519,14 +519,19 @@ impl Catalog {
         let reader = log.clone();
         let (records, _) = log.block(async move { reader.read_after(0).await })??;
         apply_shared(&state, records)?;
-        let follower = log.spawn(follow(log.clone(), Arc::clone(&state)));
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let follower = log.spawn(follow(
+            log.clone(),
+            Arc::clone(&state),
+            Arc::clone(&poisoned),
+        ));
         Ok(Self {
             log: Log::Shared { log, follower },
             state,
             write_lock: Mutex::new(()),
             cipher: Cipher::new(secret)?,
             used: Mutex::new(HashMap::new()),
-            poisoned: AtomicBool::new(false),
+            poisoned,
             repairs: Vec::new(),
         })
     }
@@ -654,6 +659,9 @@ impl Catalog {
     where
         F: FnMut(&State) -> Result<Option<T>, Error>,
     {
+        if self.is_poisoned() {
+            return Err(Error::CatalogPoisoned);
+        }
         for _ in 0..crate::cluster::APPEND_ATTEMPTS_MAX {
             // Catch up first: the change is checked against every record appended so far,
             // wherever it was made (a key minted through another node a moment ago can be
@@ -1001,7 +1009,13 @@ fn apply_shared(state: &RwLock<State>, records: Vec<(u64, u8, Vec<u8>)>) -> Resu
 /// The follower task of a shared catalog: reads the records after the last applied one,
 /// applies them, and waits for the log's next change (a watch) or the poll interval,
 /// whichever comes first. An error (etcd away) is logged once per outage and retried.
-async fn follow(log: crate::cluster::SharedLog, state: Arc<RwLock<State>>) {
+/// A record it cannot apply stops it and poisons the catalog (`/readyz` 503, changes
+/// refused): a node that cannot follow must say so rather than serve a stale catalog.
+async fn follow(
+    log: crate::cluster::SharedLog,
+    state: Arc<RwLock<State>>,
+    poisoned: Arc<AtomicBool>,
+) {
     let changed = log.watch_changes();
     let mut failing = false;
     loop {
@@ -1016,6 +1030,7 @@ async fn follow(log: crate::cluster::SharedLog, state: Arc<RwLock<State>>) {
                     // A record this version cannot apply (a newer writer): stop following
                     // rather than skip it, so no revocation is ever skipped silently.
                     tracing::error!(%error, "catalog: cannot apply a shared record; following stopped");
+                    poisoned.store(true, Ordering::Release);
                     return;
                 }
             }
