@@ -359,11 +359,13 @@ impl Node {
     }
 }
 
-/// The 503 of a vault whose owner cannot serve it, naming the node.
+/// The 503 of a vault whose owner cannot serve it, naming the node: the API's
+/// `vault_unavailable` (as for a vault whose files cannot be read), with a longer
+/// `Retry-After` since a node restart takes seconds.
 pub(crate) fn vault_unavailable(node: &str, reason: &str) -> ApiError {
     let mut error = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "service_unavailable",
+        "server_error",
         "vault_unavailable",
         format!(
             "This vault lives on node {node}, which cannot serve it now: {reason}. Retry later."
