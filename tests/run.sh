@@ -6,8 +6,9 @@
 # 1. the Rust suites of every crate (unit, property, crash and end-to-end tests);
 # 2. the Python client tests (official `openai` and `mcp` SDKs, `httpx`, Schemathesis from the
 #    OpenAPI document) against the real binary;
-# 3. the dashboard test in headless Chromium driven by playwright-core.
-# It installs what the last two need if it is missing (pip, npm, apt-get as root) so it
+# 3. the dashboard test in headless Chromium driven by playwright-core;
+# 4. the cluster end-to-end test (tests/cluster: etcd, three nodes, nginx).
+# It installs what the last three need if it is missing (pip, npm, apt-get as root) so it
 # works on a fresh machine.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -68,6 +69,18 @@ if command -v npm >/dev/null; then
   (cd tests/browser && { { [ -d node_modules/openai ] && [ -d node_modules/playwright-core ]; } || npm ci --no-audit --no-fund --silent; })
 fi
 python3 -m pytest -q tests/python
+
+step "Cluster end-to-end test (etcd, three nodes, nginx on loopback)"
+# nginx lives in /usr/sbin, which a non-root PATH may lack.
+if ! command -v etcd >/dev/null || { ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; }; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server nginx >/dev/null
+  else
+    echo "the cluster test needs etcd and nginx (Debian packages 'etcd-server' and 'nginx')" >&2
+    exit 1
+  fi
+fi
+python3 -m pytest -q tests/cluster
 
 if [ -d tests/browser ]; then
   step "Dashboard test in headless Chromium"

@@ -106,6 +106,29 @@ impl AuthContext {
     }
 }
 
+/// The valid key a request presents, without rate limiting or recording its use (cluster
+/// mode reads it to find the request's vault before deciding where to serve it). A
+/// well-formed key this node does not know yet is looked up again after catching up with
+/// the shared catalog, as [`authenticate`] does.
+pub(crate) async fn presented_record(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Option<crate::catalog::KeyRecord> {
+    let presented = match header(headers, "x-memory-key") {
+        Some(memory_key) => Some(memory_key),
+        None => bearer(headers).or_else(|| header(headers, "x-api-key")),
+    };
+    let (key, _) = presented.and_then(split_suffix)?;
+    if !secret::looks_like_key(key) || !secret::passes_checksum(key) {
+        return None;
+    }
+    if let Some(record) = state.catalog.lookup(key) {
+        return Some(record);
+    }
+    let _ = state.catalog.catch_up().await;
+    state.catalog.lookup(key)
+}
+
 /// Authenticates a request, applies the per-key and per-account rate limits and records
 /// the key's use.
 pub(crate) async fn authenticate(
@@ -126,10 +149,18 @@ pub(crate) async fn authenticate(
     if !secret::looks_like_key(key) || !secret::passes_checksum(key) {
         return Err(ApiError::invalid_key());
     }
-    let record = state
-        .catalog
-        .lookup(key)
-        .ok_or_else(ApiError::invalid_key)?;
+    let record = match state.catalog.lookup(key) {
+        Some(record) => record,
+        // Cluster mode: the key may have been minted through another node a moment ago.
+        None if state.cluster.is_some() => {
+            let _ = state.catalog.catch_up().await;
+            state
+                .catalog
+                .lookup(key)
+                .ok_or_else(ApiError::invalid_key)?
+        }
+        None => return Err(ApiError::invalid_key()),
+    };
     let now = Instant::now();
     state
         .limiter

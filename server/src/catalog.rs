@@ -166,6 +166,9 @@ struct State {
     /// Active (not revoked) keys by hash: the lookup path of every request.
     by_hash: HashMap<KeyHash, String>,
     provider_keys: BTreeMap<(String, String), StoredProviderKey>,
+    /// Cluster mode: the sequence number of the last record of the shared log applied
+    /// (records are applied strictly in order, once). Unused by the local log.
+    applied_seq: u64,
 }
 
 impl State {
@@ -275,10 +278,32 @@ impl State {
     }
 }
 
+/// Where the catalog's records go: the storage seam between the catalog's logic (records,
+/// `apply`, validation) and its log.
+enum Log {
+    /// One node: two local fsynced copies of the log (see the module docs).
+    Local {
+        /// The two copies of the log, written in this order (boxed: a `Wal` is large and
+        /// the enum would otherwise be as large for the shared log too).
+        wals: Box<[wal::Wal; 2]>,
+        /// Records the first copy holds and the second missed because the disk was full,
+        /// oldest first: appended to the second copy before any later change
+        /// (`commit_with`), so the copies keep the same records at the same lsns; a restart
+        /// before that rebuilds the short copy from the long one as for any damage.
+        mirror_backlog: Mutex<Vec<(u8, Vec<u8>)>>,
+    },
+    /// Cluster mode: the log shared by every node in etcd (see `docs/scaling.md`), followed
+    /// by `follower`, a task that applies other nodes' records as they appear.
+    Shared {
+        log: crate::cluster::SharedLog,
+        follower: tokio::task::JoinHandle<()>,
+    },
+}
+
 pub struct Catalog {
-    /// The two copies of the log, written in this order (see the module docs).
-    wals: [wal::Wal; 2],
-    state: RwLock<State>,
+    log: Log,
+    /// Shared with the cluster follower task, which applies other nodes' changes.
+    state: Arc<RwLock<State>>,
     /// Held across "append to the WAL, then apply" so the in-memory order of changes is the
     /// WAL's order (two racing revocations/creations replay exactly as they were applied).
     write_lock: Mutex<()>,
@@ -287,12 +312,7 @@ pub struct Catalog {
     used: Mutex<HashMap<String, i64>>,
     /// An fsync of the catalog's log failed, or the second copy missed a change the first
     /// has for another reason than a full disk: it refuses changes until the process restarts.
-    poisoned: AtomicBool,
-    /// Records the first copy holds and the second missed because the disk was full, oldest
-    /// first: appended to the second copy before any later change (`commit_with`), so the
-    /// copies keep the same records at the same lsns; a restart before that rebuilds the
-    /// short copy from the long one as for any damage.
-    mirror_backlog: Mutex<Vec<(u8, Vec<u8>)>>,
+    poisoned: Arc<AtomicBool>,
     /// What opening found damaged and repaired, one sentence each (also logged).
     repairs: Vec<String>,
 }
@@ -475,18 +495,63 @@ impl Catalog {
             state.apply(record.kind, &record.payload, record.lsn)?;
         }
         Ok(Self {
-            wals,
-            state: RwLock::new(state),
+            log: Log::Local {
+                wals: Box::new(wals),
+                mirror_backlog: Mutex::new(Vec::new()),
+            },
+            state: Arc::new(RwLock::new(state)),
             write_lock: Mutex::new(()),
             cipher: Cipher::new(secret)?,
             used: Mutex::new(HashMap::new()),
-            poisoned: AtomicBool::new(false),
-            mirror_backlog: Mutex::new(Vec::new()),
+            poisoned: Arc::new(AtomicBool::new(false)),
             repairs,
         })
     }
 
+    /// Cluster mode: opens the catalog on the log `log` shares in etcd, replays every record
+    /// and starts following it (other nodes' changes are applied within the follower's
+    /// poll interval at worst, normally as soon as etcd's watch reports them).
+    pub(crate) fn open_shared(
+        log: crate::cluster::SharedLog,
+        secret: &[u8; secret::SECRET_KEY_BYTES],
+    ) -> Result<Self, Error> {
+        let state = Arc::new(RwLock::new(State::default()));
+        let reader = log.clone();
+        let (records, _) = log.block(async move { reader.read_after(0).await })??;
+        apply_shared(&state, records)?;
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let follower = log.spawn(follow(
+            log.clone(),
+            Arc::clone(&state),
+            Arc::clone(&poisoned),
+        ));
+        Ok(Self {
+            log: Log::Shared { log, follower },
+            state,
+            write_lock: Mutex::new(()),
+            cipher: Cipher::new(secret)?,
+            used: Mutex::new(HashMap::new()),
+            poisoned,
+            repairs: Vec::new(),
+        })
+    }
+
     /// What opening found damaged in one of the two copies and repaired from the other.
+    /// Cluster mode: applies every record of the shared log this node has not applied yet
+    /// (one linearizable read). Called before a key lookup answers "unknown", so a key
+    /// minted through one node works at once through any other. `Ok(false)` on a single
+    /// node, where there is nothing to catch up.
+    pub(crate) async fn catch_up(&self) -> Result<bool, Error> {
+        let Log::Shared { log, .. } = &self.log else {
+            return Ok(false);
+        };
+        let applied = self.state.read().applied_seq;
+        let (records, _) = log.read_after(applied).await?;
+        let found = !records.is_empty();
+        apply_shared(&self.state, records)?;
+        Ok(found)
+    }
+
     pub(crate) fn repairs(&self) -> &[String] {
         &self.repairs
     }
@@ -500,9 +565,12 @@ impl Catalog {
     /// True while the catalog's last change ran out of disk space (in either copy) and there
     /// is still no room (probes first, see `wal::Wal::probe_space`); readiness reports it.
     pub(crate) fn is_write_stalled(&self) -> bool {
-        self.wals
-            .iter()
-            .any(|wal| wal.probe_space() == wal::Health::WriteStalled)
+        match &self.log {
+            Log::Local { wals, .. } => wals
+                .iter()
+                .any(|wal| wal.probe_space() == wal::Health::WriteStalled),
+            Log::Shared { .. } => false,
+        }
     }
 
     /// Appends one record durably, then applies it.
@@ -513,11 +581,22 @@ impl Catalog {
     /// Builds the record from the current state under the write lock (so a check such as
     /// the active-key cap, or the subtree a revocation covers, cannot race another change),
     /// then appends it durably and applies it. `Ok(None)` from `build`: nothing to write.
+    /// Builds a change from the current state (`build` may refuse it, or find nothing to
+    /// do), writes it to the log and applies it. In cluster mode `build` runs again after
+    /// another node's change won the race for the next sequence number.
     fn commit_with<T: Serialize, F>(&self, kind: u8, build: F) -> Result<Option<T>, Error>
     where
-        F: FnOnce(&State) -> Result<Option<T>, Error>,
+        F: FnMut(&State) -> Result<Option<T>, Error>,
     {
         let _guard = self.write_lock.lock();
+        let (wals, mirror_backlog) = match &self.log {
+            Log::Local {
+                wals,
+                mirror_backlog,
+            } => (wals, mirror_backlog),
+            Log::Shared { log, .. } => return self.commit_shared(log, kind, build),
+        };
+        let mut build = build;
         let Some(value) = build(&self.state.read())? else {
             return Ok(None);
         };
@@ -529,11 +608,11 @@ impl Catalog {
             kind,
             reason: e.to_string(),
         })?;
-        let [first, second] = &self.wals;
+        let [first, second] = &**wals;
         // A second copy that missed changes on a full disk catches up first (a failure here
         // is again a full disk: nothing new was written anywhere).
         {
-            let mut backlog = self.mirror_backlog.lock();
+            let mut backlog = mirror_backlog.lock();
             while let Some((missed_kind, missed)) = backlog.first() {
                 if let Err(e) = second.append(*missed_kind, missed) {
                     if !e.is_retryable() {
@@ -555,7 +634,7 @@ impl Catalog {
             // copy catches up before the next change; any other failure refuses further
             // changes until a restart brings the copies back together.
             if e.is_retryable() {
-                self.mirror_backlog.lock().push((kind, payload.clone()));
+                mirror_backlog.lock().push((kind, payload.clone()));
             } else {
                 self.poisoned.store(true, Ordering::Release);
             }
@@ -564,6 +643,57 @@ impl Catalog {
         }
         self.state.write().apply(kind, &payload, lsn)?;
         Ok(Some(value))
+    }
+
+    /// [`Catalog::commit_with`] on the shared log: catch up, build, append at one past the
+    /// last record applied with a compare that the slot is free; when another node took it,
+    /// start again. Answered only once etcd
+    /// acknowledged the append (committed to a quorum), and applied here first, so this
+    /// node reads its own writes.
+    fn commit_shared<T: Serialize, F>(
+        &self,
+        log: &crate::cluster::SharedLog,
+        kind: u8,
+        mut build: F,
+    ) -> Result<Option<T>, Error>
+    where
+        F: FnMut(&State) -> Result<Option<T>, Error>,
+    {
+        if self.is_poisoned() {
+            return Err(Error::CatalogPoisoned);
+        }
+        for _ in 0..crate::cluster::APPEND_ATTEMPTS_MAX {
+            // Catch up first: the change is checked against every record appended so far,
+            // wherever it was made (a key minted through another node a moment ago can be
+            // revoked here at once).
+            let reader = log.clone();
+            let applied = self.state.read().applied_seq;
+            let (missed, _) = log.block(async move { reader.read_after(applied).await })??;
+            apply_shared(&self.state, missed)?;
+            let (value, seq) = {
+                let state = self.state.read();
+                (build(&state)?, state.applied_seq + 1)
+            };
+            let Some(value) = value else {
+                return Ok(None);
+            };
+            let payload = serde_json::to_vec(&value).map_err(|e| Error::CorruptCatalog {
+                lsn: 0,
+                kind,
+                reason: e.to_string(),
+            })?;
+            let writer = log.clone();
+            let record = payload.clone();
+            if log.block(async move { writer.append(seq, kind, &record).await })?? {
+                apply_shared(&self.state, vec![(seq, kind, payload)])?;
+                return Ok(Some(value));
+            }
+            // Another node appended `seq` first: catch up and build the change again.
+        }
+        Err(crate::cluster::ClusterError::Contended {
+            attempts: crate::cluster::APPEND_ATTEMPTS_MAX,
+        }
+        .into())
     }
 
     pub(crate) fn accounts(&self) -> Vec<Account> {
@@ -657,7 +787,7 @@ impl Catalog {
                     id: parent.to_owned(),
                 });
             }
-            Ok(Some(record))
+            Ok(Some(record.clone()))
         })?;
         Ok(out)
     }
@@ -841,10 +971,81 @@ impl Catalog {
     /// Flushes `last_used_at` and syncs the WAL (shutdown, buffered durability).
     pub(crate) fn sync(&self) -> Result<(), Error> {
         self.flush_last_used()?;
-        for wal in &self.wals {
-            wal.sync()?;
+        if let Log::Local { wals, .. } = &self.log {
+            for wal in wals.iter() {
+                wal.sync()?;
+            }
         }
         Ok(())
+    }
+}
+
+impl Drop for Catalog {
+    fn drop(&mut self) {
+        if let Log::Shared { follower, .. } = &self.log {
+            follower.abort();
+        }
+    }
+}
+
+/// Applies records of the shared log in sequence order, each once: records at or below
+/// the last applied one are skipped (the writer and the follower may both see a record),
+/// and a gap stops the batch (the next read starts again after the last applied record).
+fn apply_shared(state: &RwLock<State>, records: Vec<(u64, u8, Vec<u8>)>) -> Result<(), Error> {
+    let mut state = state.write();
+    for (seq, kind, payload) in records {
+        if seq <= state.applied_seq {
+            continue;
+        }
+        if seq != state.applied_seq + 1 {
+            break;
+        }
+        state.apply(kind, &payload, seq)?;
+        state.applied_seq = seq;
+    }
+    Ok(())
+}
+
+/// The follower task of a shared catalog: reads the records after the last applied one,
+/// applies them, and waits for the log's next change (a watch) or the poll interval,
+/// whichever comes first. An error (etcd away) is logged once per outage and retried.
+/// A record it cannot apply stops it and poisons the catalog (`/readyz` 503, changes
+/// refused): a node that cannot follow must say so rather than serve a stale catalog.
+async fn follow(
+    log: crate::cluster::SharedLog,
+    state: Arc<RwLock<State>>,
+    poisoned: Arc<AtomicBool>,
+) {
+    let changed = log.watch_changes();
+    let mut failing = false;
+    loop {
+        let applied = state.read().applied_seq;
+        match log.read_after(applied).await {
+            Ok((records, _)) => {
+                if failing {
+                    tracing::info!("catalog: following the shared log again");
+                    failing = false;
+                }
+                if let Err(error) = apply_shared(&state, records) {
+                    // A record this version cannot apply (a newer writer): stop following
+                    // rather than skip it, so no revocation is ever skipped silently.
+                    tracing::error!(%error, "catalog: cannot apply a shared record; following stopped");
+                    poisoned.store(true, Ordering::Release);
+                    return;
+                }
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(%error, "catalog: cannot read the shared log; retrying");
+                    failing = true;
+                }
+            }
+        }
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(crate::cluster::FOLLOW_POLL_MS),
+            changed.notified(),
+        )
+        .await;
     }
 }
 

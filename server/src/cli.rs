@@ -34,6 +34,7 @@ impl Location {
             config: self.config.clone(),
             listen,
             data_dir: self.data_dir.clone(),
+            cluster: None,
         }
     }
 }
@@ -45,6 +46,10 @@ pub enum Command {
         /// Address to listen on (default 127.0.0.1:8787; port 0 picks a free port).
         #[arg(long)]
         listen: Option<String>,
+        /// Cluster mode: keep the catalog and the vaults' placement in this etcd
+        /// (`etcd://HOST:PORT`; see docs/scaling.md). Needs `[cluster] node_id`.
+        #[arg(long)]
+        cluster: Option<String>,
         #[command(flatten)]
         location: Location,
     },
@@ -120,12 +125,34 @@ pub enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Cluster mode: status (move and drain are not built yet; see docs/scaling.md).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Ask a running server whether it is ready (`GET /readyz`); exit status 0 when it
     /// answers 200. For container health checks: the image has no curl.
     Health {
         /// The URL to ask (plain http).
         #[arg(long, default_value = "http://127.0.0.1:8787/readyz")]
         url: String,
+    },
+}
+
+/// Cluster mode (`serve --cluster`): what etcd says about the nodes and vaults.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The nodes in the registry (live or not) and how many vaults each owns.
+    Status {
+        /// The cluster's etcd (`etcd://HOST:PORT`).
+        #[arg(long)]
+        etcd: String,
+        /// One JSON array instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// No progress bar (there is none anyway when stderr is not a terminal).
+        #[arg(long, short)]
+        quiet: bool,
     },
 }
 

@@ -601,6 +601,21 @@ impl Default for Keys {
     }
 }
 
+/// `[cluster]`: cluster mode on etcd (see `docs/scaling.md`). Off unless `etcd` is set.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSetting {
+    /// `etcd://HOST:PORT` of the etcd holding the shared catalog and the placement
+    /// (`--cluster`, env `MEMORYROUTER_CLUSTER`).
+    pub etcd: Option<String>,
+    /// This node's name in the registry and in placements; must stay the same across
+    /// restarts, since the vaults placed here are found by it (env `MEMORYROUTER_NODE_ID`).
+    pub node_id: Option<String>,
+    /// `HOST:PORT` other nodes forward this node's vaults' requests to (default: the
+    /// bound listen address; env `MEMORYROUTER_ADVERTISE`).
+    pub advertise: Option<String>,
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Ingest {
@@ -619,6 +634,7 @@ pub struct Config {
     pub embedder: EmbedderSetting,
     pub ingest: Ingest,
     pub keys: Keys,
+    pub cluster: ClusterSetting,
     /// Proxy providers beyond (or overriding) the built-ins: `[providers.NAME]` with
     /// `kind`, `base_url`, `models`, `key_required` (see `proxy::providers`).
     pub providers: std::collections::BTreeMap<String, crate::proxy::ProviderConfig>,
@@ -645,6 +661,7 @@ impl Default for Config {
             embedder: EmbedderSetting::default(),
             ingest: Ingest::default(),
             keys: Keys::default(),
+            cluster: ClusterSetting::default(),
             providers: std::collections::BTreeMap::new(),
             proxy_timeout_ms: crate::proxy::client::TIMEOUT_MS_DEFAULT,
             proxy_connect_timeout_ms: crate::proxy::client::CONNECT_TIMEOUT_MS_DEFAULT,
@@ -665,6 +682,7 @@ impl std::fmt::Debug for Config {
             .field("embedder", &self.embedder)
             .field("ingest", &self.ingest)
             .field("keys", &self.keys)
+            .field("cluster", &self.cluster)
             .field("providers", &self.providers)
             .field("proxy_timeout_ms", &self.proxy_timeout_ms)
             .field("proxy_connect_timeout_ms", &self.proxy_connect_timeout_ms)
@@ -682,6 +700,8 @@ pub struct Flags {
     pub config: Option<PathBuf>,
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// `serve --cluster etcd://HOST:PORT`.
+    pub cluster: Option<String>,
 }
 
 impl Config {
@@ -702,6 +722,9 @@ impl Config {
         }
         if let Some(dir) = &flags.data_dir {
             config.data_dir = dir.clone();
+        }
+        if let Some(etcd) = &flags.cluster {
+            config.cluster.etcd = Some(etcd.clone());
         }
         config.validate()?;
         Ok(config)
@@ -818,6 +841,9 @@ impl Config {
                     self.proxy_connect_timeout_ms = parse_number(name, value)?
                 }
                 "SECRET_KEY" => self.secret_key_hex = Some(value.clone()),
+                "CLUSTER" => self.cluster.etcd = Some(value.clone()),
+                "NODE_ID" => self.cluster.node_id = Some(value.clone()),
+                "ADVERTISE" => self.cluster.advertise = Some(value.clone()),
                 // Read by `load` itself, by the logger, or by other components.
                 _ => {}
             }
@@ -850,6 +876,32 @@ impl Config {
 
     /// Checks every setting once; the message names the setting and the accepted range.
     pub fn validate(&self) -> Result<(), Error> {
+        if self.cluster.etcd.is_some() {
+            let valid_id = |id: &str| {
+                !id.is_empty()
+                    && id.len() <= 64
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            match &self.cluster.node_id {
+                None => {
+                    return Err(invalid(
+                        "cluster.node_id",
+                        "cluster mode needs a node id that stays the same across restarts \
+                         (`[cluster] node_id` or MEMORYROUTER_NODE_ID)"
+                            .to_owned(),
+                    ));
+                }
+                Some(id) if !valid_id(id) => {
+                    return Err(invalid(
+                        "cluster.node_id",
+                        format!("`{id}` is not 1 to 64 of [A-Za-z0-9_-]"),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
         let limits = &self.limits;
         if !(BODY_BYTES_MAX_FLOOR..=BODY_BYTES_MAX_CEILING).contains(&limits.body_bytes_max) {
             return Err(invalid(
@@ -978,6 +1030,7 @@ mod tests {
             config: Some(file),
             listen: Some("127.0.0.1:3000".into()),
             data_dir: None,
+            cluster: None,
         };
         let config = Config::load(
             &flags,

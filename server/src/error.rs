@@ -57,6 +57,8 @@ pub enum Error {
     Health { url: String, reason: String },
     #[error("models fetch: {reason}")]
     Fetch { reason: String },
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// An error answered to an HTTP client as
@@ -282,6 +284,12 @@ impl From<Error> for ApiError {
             Error::Decrypt { provider } => ApiError::unavailable(format!(
                 "The stored {provider} provider key cannot be decrypted with this server's secret key."
             )),
+            Error::Cluster(inner) => {
+                tracing::error!(error = %inner, "cluster fault");
+                ApiError::unavailable(
+                    "The cluster's shared catalog (etcd) did not answer; a change may or may not have been made. Retry shortly.",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "service fault");
                 ApiError::unavailable("The key catalog is unavailable.")

@@ -46,6 +46,7 @@ mod audit;
 mod auth;
 mod catalog;
 mod cli;
+mod cluster;
 mod commands;
 mod config;
 mod dashboard;
@@ -72,7 +73,8 @@ use std::time::Instant;
 
 // What the binary (`main.rs`) needs to parse the command line and serve; the provider
 // types are those of `Config::providers`, which the tests and benches fill in.
-pub use cli::{Cli, Command, KeysCommand, ModelsCommand};
+pub use cli::{Cli, ClusterCommand, Command, KeysCommand, ModelsCommand};
+pub use cluster::status as cluster_status;
 pub use commands::{export, health, import, keys_create, keys_list, keys_revoke, repair, verify};
 pub use config::{Config, Flags};
 pub use error::Error;
@@ -113,6 +115,9 @@ pub struct AppState {
     pub(crate) ingest_budget: serve::budget::IngestBudget,
     /// Set when shutdown begins: `/readyz` turns 503 so load balancers stop sending.
     pub(crate) shutting_down: AtomicBool,
+    /// Cluster mode (`--cluster`): this node's registry entry, the placement of vaults and
+    /// forwarding; `None` on a single node.
+    pub(crate) cluster: Option<std::sync::Arc<cluster::Node>>,
     /// Held for the process's life so no second process opens the same data directory.
     _lock: datadir::DirLock,
 }
@@ -142,11 +147,25 @@ impl AppState {
         datadir::ensure(&dir)?;
         let lock = datadir::lock(&dir)?;
         let secret = datadir::load_or_create_secret(&dir, config.secret_key_hex.as_deref())?;
-        let catalog = catalog::Catalog::open_with(
-            &dir.join(datadir::CATALOG_DIR),
-            &secret,
-            std::sync::Arc::clone(&storage),
-        )?;
+        let (catalog, cluster) = match &config.cluster.etcd {
+            None => (
+                catalog::Catalog::open_with(
+                    &dir.join(datadir::CATALOG_DIR),
+                    &secret,
+                    std::sync::Arc::clone(&storage),
+                )?,
+                None,
+            ),
+            // Cluster mode: the catalog is the log shared in etcd (docs/scaling.md).
+            Some(endpoint) => {
+                let etcd = cluster::etcd::Etcd::new(endpoint)?;
+                let catalog =
+                    catalog::Catalog::open_shared(cluster::SharedLog::new(etcd.clone())?, &secret)?;
+                let id = config.cluster.node_id.clone().unwrap_or_default();
+                let node = cluster::Node::new(etcd, id, config.cluster.advertise.clone());
+                (catalog, Some(std::sync::Arc::new(node)))
+            }
+        };
         let new_admin_key = commands::bootstrap(&catalog, &dir)?;
         let audit = audit::AuditLog::open(&dir)?;
         let mut engine_config = engine::EngineConfig::new(dir.join(datadir::VAULTS_DIR));
@@ -193,6 +212,7 @@ impl AppState {
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             proxy,
+            cluster,
             _lock: lock,
         };
         state.metrics.catalog_repairs.store(

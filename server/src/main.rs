@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use anyhow::Context as _;
 use clap::Parser as _;
 use server::Config;
-use server::{Cli, Command, KeysCommand, ModelsCommand};
+use server::{Cli, ClusterCommand, Command, KeysCommand, ModelsCommand};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -23,7 +23,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve { listen, location } => serve(location.flags(listen)),
+        Command::Serve {
+            listen,
+            cluster,
+            location,
+        } => serve(server::Flags {
+            cluster,
+            ..location.flags(listen)
+        }),
         Command::Keys {
             command:
                 KeysCommand::Create {
@@ -98,6 +105,9 @@ fn main() -> anyhow::Result<()> {
             manifest.as_deref(),
             quiet,
         )?),
+        Command::Cluster {
+            command: ClusterCommand::Status { etcd, json, quiet },
+        } => Ok(server::cluster_status(&etcd, json, quiet)?),
     }
 }
 

@@ -26,6 +26,25 @@ pub(crate) async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Respo
         .filter(|s| !s.is_empty())
         .collect();
     let state = &state;
+    // Cluster mode: a request for a vault another node owns is forwarded there whole.
+    let vault = match &state.cluster {
+        Some(_) => crate::cluster::vault_of(state, &segments, &req).await,
+        None => None,
+    };
+    let req = match (&state.cluster, vault) {
+        (Some(node), Some(vault)) => match node.route(&vault, req).await {
+            crate::cluster::Route::Local(req) => req,
+            crate::cluster::Route::Answered(response) => {
+                state.metrics.record_request(
+                    "forwarded",
+                    response.status().as_u16(),
+                    started.elapsed(),
+                );
+                return response;
+            }
+        },
+        _ => req,
+    };
 
     let (label, result): (&'static str, Result<Response<Body>, ApiError>) =
         match (&method, segments.as_slice()) {

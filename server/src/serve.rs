@@ -83,6 +83,13 @@ pub async fn serve(
     // so `done_rx.recv()` returns `None` exactly when the last one has ended.
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    if let Some(node) = &state.cluster {
+        let bound = listener.local_addr().map_err(|source| Error::Io {
+            path: "listener".into(),
+            source,
+        })?;
+        node.start(bound).await?;
+    }
     let permits = Arc::new(Semaphore::new(state.config.limits.connections_max));
     let addresses = AddressCounts::new(state.config.limits.connections_per_address_max);
     let flusher = tokio::spawn(flush_last_used_periodically(state.clone()));
