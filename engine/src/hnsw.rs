@@ -31,6 +31,8 @@ use crate::distance::{Quantized, UnitDistance, dot};
 use crate::error::{Error, Result};
 use crate::mmap::prefetch;
 
+mod insert;
+
 pub const MAGIC: &[u8; 8] = b"MRSEGHNS";
 pub const VERSION: u32 = 1;
 const SUBHEADER_WORDS: usize = 8;
@@ -94,12 +96,8 @@ pub fn build(vectors: &[f32], dim: usize, params: &HnswParams) -> Vec<u8> {
     let n = vectors.len().checked_div(dim).unwrap_or(0);
     let m = params.m.clamp(2, 128);
     let m0 = 2 * m;
-    let mut words: Vec<u32> = vec![0; SUBHEADER_WORDS];
-    words[0] = n as u32;
-    words[1] = m0 as u32;
-    words[2] = m as u32;
     if n == 0 {
-        return bytemuck::cast_slice(&words).to_vec();
+        return encode(&[], Vec::new(), m, m0);
     }
     let hnsw: Hnsw<f32, UnitDistance> = Hnsw::new(
         m,
@@ -139,6 +137,85 @@ pub fn build(vectors: &[f32], dim: usize, params: &HnswParams) -> Vec<u8> {
             .collect();
     }
     drop(hnsw);
+    encode(&level, lists, m, m0)
+}
+
+/// Builds the graph of `vectors` with our own single-threaded builder (`insert.rs`), from
+/// scratch. Bench and test entry point, to compare it with [`build`].
+#[doc(hidden)]
+pub fn build_single(vectors: &[f32], dim: usize, params: &HnswParams) -> Vec<u8> {
+    let mut b = insert::Builder::new(vectors, dim, params);
+    let n = vectors.len().checked_div(dim).unwrap_or(0);
+    for d in 0..n as u32 {
+        b.insert(d);
+    }
+    finish(b, params)
+}
+
+/// Builds the graph of `vectors` starting from an existing one: `payload` is the
+/// `graph.bin` payload of a segment whose doc `d` is doc `docs[d]` of `vectors`; every other
+/// doc of `vectors` is inserted. What a compaction merge does instead of rebuilding its
+/// largest input's graph. `docs` must be strictly increasing and below `vectors`' count.
+pub fn extend(
+    vectors: &[f32],
+    dim: usize,
+    params: &HnswParams,
+    base: &Graph,
+    payload: &[u8],
+    docs: &[u32],
+) -> Vec<u8> {
+    extend_counted(vectors, dim, params, base, payload, docs).0
+}
+
+/// [`extend`], also returning how many docs it inserted (a test checks it is only the new
+/// ones).
+fn extend_counted(
+    vectors: &[f32],
+    dim: usize,
+    params: &HnswParams,
+    base: &Graph,
+    payload: &[u8],
+    docs: &[u32],
+) -> (Vec<u8>, usize) {
+    let n = vectors.len().checked_div(dim).unwrap_or(0);
+    let mut b = insert::Builder::new(vectors, dim, params);
+    let fits = docs.len() == base.n as usize
+        && docs.windows(2).all(|w| w[0] < w[1])
+        && docs.last().is_none_or(|&d| (d as usize) < n);
+    if fits && let Some(lists) = base.lists(payload) {
+        b.seed(lists, base.entry, docs);
+    }
+    let mut inserted = 0;
+    for d in 0..n as u32 {
+        if !b.contains(d) {
+            b.insert(d);
+            inserted += 1;
+        }
+    }
+    (finish(b, params), inserted)
+}
+
+fn finish(b: insert::Builder<'_>, params: &HnswParams) -> Vec<u8> {
+    let m = params.m.clamp(2, 128);
+    let lists = b.lists;
+    let level: Vec<u8> = lists
+        .iter()
+        .map(|l| l.len().saturating_sub(1) as u8)
+        .collect();
+    encode(&level, lists, m, 2 * m)
+}
+
+/// The `graph.bin` payload of a graph given as each doc's level and per-level neighbour
+/// lists (lists longer than the row width are cut).
+fn encode(level: &[u8], mut lists: Vec<Vec<Vec<u32>>>, m: usize, m0: usize) -> Vec<u8> {
+    let n = level.len();
+    let mut words: Vec<u32> = vec![0; SUBHEADER_WORDS];
+    words[0] = n as u32;
+    words[1] = m0 as u32;
+    words[2] = m as u32;
+    if n == 0 {
+        return bytemuck::cast_slice(&words).to_vec();
+    }
     symmetrize_layer0(&mut lists, m0);
     let levels = level.iter().copied().max().unwrap_or(0) as usize;
     let entry = level
@@ -270,6 +347,31 @@ impl Graph {
             }
             Err(_) => &[],
         }
+    }
+
+    /// Every doc's per-level neighbour lists (what [`extend`] starts from); `None` if the
+    /// payload is not the one this graph was parsed from.
+    fn lists(&self, payload: &[u8]) -> Option<Vec<Vec<Vec<u32>>>> {
+        let w = bytemuck::try_cast_slice::<u8, u32>(payload).ok()?;
+        if w.first() != Some(&self.n) {
+            return None;
+        }
+        let mut lists: Vec<Vec<Vec<u32>>> = (0..self.n)
+            .map(|d| vec![self.neighbours(w, 0, d).to_vec()])
+            .collect();
+        // Level l's nodes are a subset of level l - 1's, so pushing level by level appends
+        // each node's lists in level order.
+        for (i, &(nodes, count, _)) in self.levels.iter().enumerate() {
+            for &d in &w[nodes..nodes + count] {
+                let row = self.neighbours(w, i + 1, d).to_vec();
+                let l = lists.get_mut(d as usize)?;
+                if l.len() != i + 1 {
+                    return None;
+                }
+                l.push(row);
+            }
+        }
+        Some(lists)
     }
 
     /// The whole layer-0 row of `doc` (count and padding included), found without reading
@@ -573,8 +675,25 @@ mod tests {
         dim: usize,
         accept: &dyn Fn(u32) -> bool,
     ) -> (f64, f64) {
+        recall_of(
+            &build(vectors, dim, &HnswParams::default()),
+            vectors,
+            queries,
+            dim,
+            accept,
+        )
+    }
+
+    /// [`recall`] of a given graph payload over `vectors`.
+    fn recall_of(
+        payload: &[u8],
+        vectors: &[f32],
+        queries: &[f32],
+        dim: usize,
+        accept: &dyn Fn(u32) -> bool,
+    ) -> (f64, f64) {
         let params = HnswParams::default();
-        let payload = build(vectors, dim, &params);
+        let payload = payload.to_vec();
         let n = (vectors.len() / dim) as u32;
         let graph = Graph::parse(Path::new("test"), &payload, n).unwrap();
         let quantized = Quantized::new(vectors, dim);
@@ -631,6 +750,66 @@ mod tests {
         assert!(
             r >= 0.95 && rq >= 0.95,
             "filtered recall@10 {r}, int8 walk {rq}"
+        );
+    }
+
+    #[test]
+    fn single_threaded_builder_reaches_the_same_recall() {
+        let dim = 48;
+        for data in [random(4000, dim, 7), clustered(4000, dim, 40, 3)] {
+            let queries = data[..100 * dim].to_vec();
+            let payload = build_single(&data, dim, &HnswParams::default());
+            let (r, rq) = recall_of(&payload, &data, &queries, dim, &|_| true);
+            assert!(r >= 0.95 && rq >= 0.95, "recall@10 {r}, int8 walk {rq}");
+            let (r, rq) = recall_of(&payload, &data, &queries, dim, &|d| d % 2 == 0);
+            assert!(r >= 0.95 && rq >= 0.95, "filtered {r}, int8 walk {rq}");
+        }
+    }
+
+    /// A merge's graph: the base graph covers every third doc (renumbered: its doc i is doc
+    /// 3i here), the rest is inserted into it. The result must search as well as a fresh
+    /// build, keep the base's edges where pruning left them, and insert only the new docs.
+    #[test]
+    fn extending_a_graph_inserts_only_the_new_docs_and_keeps_recall() {
+        let dim = 48;
+        let data = clustered(4500, dim, 40, 11);
+        let n = data.len() / dim;
+        let docs: Vec<u32> = (0..n as u32).filter(|d| d % 3 == 0).collect();
+        let base_vectors: Vec<f32> = docs
+            .iter()
+            .flat_map(|&d| data[d as usize * dim..(d as usize + 1) * dim].to_vec())
+            .collect();
+        let params = HnswParams::default();
+        let base_payload = build(&base_vectors, dim, &params);
+        let base = Graph::parse(Path::new("b"), &base_payload, docs.len() as u32).unwrap();
+        let (payload, inserted) = extend_counted(&data, dim, &params, &base, &base_payload, &docs);
+        assert_eq!(
+            inserted,
+            n - docs.len(),
+            "the base's docs were inserted again"
+        );
+        let queries = clustered(100, dim, 40, 77);
+        let (r, rq) = recall_of(&payload, &data, &queries, dim, &|_| true);
+        assert!(r >= 0.95 && rq >= 0.95, "recall@10 {r}, int8 walk {rq}");
+        // The base's upper levels survive, renumbered: its entry is still on the top level.
+        let g = Graph::parse(Path::new("e"), &payload, n as u32).unwrap();
+        assert!(g.levels.len() >= base.levels.len());
+        let w: &[u32] = bytemuck::cast_slice(&payload);
+        let bw: &[u32] = bytemuck::cast_slice(&base_payload);
+        let kept = (0..docs.len() as u32)
+            .map(|d| {
+                let before: Vec<u32> = base
+                    .neighbours(bw, 0, d)
+                    .iter()
+                    .map(|&x| docs[x as usize])
+                    .collect();
+                let after = g.neighbours(w, 0, docs[d as usize]);
+                before.iter().filter(|x| after.contains(x)).count()
+            })
+            .sum::<usize>();
+        assert!(
+            kept > 0,
+            "no edge of the base graph survived: it was rebuilt"
         );
     }
 
