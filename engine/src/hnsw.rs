@@ -155,7 +155,8 @@ pub fn build_single(vectors: &[f32], dim: usize, params: &HnswParams) -> Vec<u8>
 /// Builds the graph of `vectors` starting from an existing one: `payload` is the
 /// `graph.bin` payload of a segment whose doc `d` is doc `docs[d]` of `vectors`; every other
 /// doc of `vectors` is inserted. What a compaction merge does instead of rebuilding its
-/// largest input's graph. `docs` must be strictly increasing and below `vectors`' count.
+/// largest input's graph. Unless `docs` are distinct and below `vectors`' count (then the
+/// base is ignored and every doc inserted).
 pub fn extend(
     vectors: &[f32],
     dim: usize,
@@ -179,9 +180,12 @@ fn extend_counted(
 ) -> (Vec<u8>, usize) {
     let n = vectors.len().checked_div(dim).unwrap_or(0);
     let mut b = insert::Builder::new(vectors, dim, params);
+    let mut seen = vec![false; n];
     let fits = docs.len() == base.n as usize
-        && docs.windows(2).all(|w| w[0] < w[1])
-        && docs.last().is_none_or(|&d| (d as usize) < n);
+        && docs.iter().all(|&d| {
+            seen.get_mut(d as usize)
+                .is_some_and(|s| !std::mem::replace(s, true))
+        });
     if fits && let Some(lists) = base.lists(payload) {
         b.seed(lists, base.entry, docs);
     }
