@@ -1,13 +1,14 @@
-//! HNSW graphs for large segments: built with `hnsw_rs`, stored as flat neighbour lists in
-//! `graph.bin`, searched in place over the mapped file.
+//! HNSW graphs for large segments: built by our own insert (`hnsw/insert.rs`), stored as
+//! flat neighbour lists in `graph.bin`, searched in place over the mapped file.
 //!
-//! Long (~680 lines, 160 of them tests): build, on-disk layout and the in-place walk
-//! share the neighbour-list format and stay together.
+//! Long (~800 lines, 230 of them tests): build, on-disk layout and the in-place walk
+//! share the neighbour-list format and stay together; the insert lives in `hnsw/insert.rs`.
 //!
-//! Why not reload `hnsw_rs`'s own dump: reloading allocates one `Arc<Point>` and one lock per
-//! vector (hundreds of milliseconds for 100k points), while a vault must open in
-//! milliseconds. So `hnsw_rs` does what it is good at — building the graph in parallel —
-//! and we copy its neighbour lists into a fixed-stride array that search walks directly from
+//! Graphs were built with `hnsw_rs` until issue 15: it cannot start from an existing graph
+//! (so every compaction rebuilt its output's graph from scratch), and its parallel insert
+//! spent ~2.5× the CPU of our single-threaded one per vector at equal recall. Its dump was
+//! never what we load either: reloading allocates one `Arc<Point>` and one lock per vector,
+//! while a vault must open in milliseconds. Search walks a fixed-stride array directly from
 //! the map, with filters and tombstones applied during the walk.
 //!
 //! `graph.bin` payload (after the common 64-byte header, magic `MRSEGHNS`), all `u32` LE:
@@ -67,7 +68,9 @@ pub struct HnswParams {
     /// Neighbours per node on upper levels (layer 0 keeps twice as many). 16 is the usual
     /// sweet spot for 100-1000 dimensions.
     pub m: usize,
-    /// Beam width while building; 200 buys recall ≥ 0.99 at modest search beams.
+    /// Beam width while building. 100: on the bench's 30k × 384 vectors our builder reached
+    /// the same recall@10 with 100 as with 200 (0.9965 at search beam 32, 1.0 at 64) for half
+    /// the CPU (8.3 against 16.0 CPU-s; `graph_build` bench, `docs/benchmarks.md`).
     pub ef_construction: usize,
     /// Beam width while searching (raised to k when k is larger).
     pub ef_search: usize,
@@ -83,7 +86,7 @@ impl Default for HnswParams {
     fn default() -> Self {
         HnswParams {
             m: 16,
-            ef_construction: 200,
+            ef_construction: 100,
             ef_search: 64,
             min_records: HNSW_MIN_RECORDS_DEFAULT,
         }
