@@ -284,6 +284,37 @@ mod tests {
     use crate::record::Role;
     use crate::vault::VaultOptions;
 
+    /// Seals are absorbed into the graph-backed segment (its graph extended), not merged into
+    /// a second graph-backed one: after two rounds of import the vault holds one segment,
+    /// with a graph, holding every record.
+    #[test]
+    fn seals_are_absorbed_into_the_graph_backed_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = VaultOptions::new(Arc::new(BuiltinEmbedder::new()));
+        options.background = false;
+        options.memtable_records_max = 50;
+        options.hnsw.min_records = 100;
+        let vault = Vault::open(dir.path(), options).unwrap();
+        let mut next = 0;
+        for _round in 0..2 {
+            for _ in 0..2 {
+                let batch = (next..next + 50)
+                    .map(|i| {
+                        crate::NewMemory::new("s", Role::User, format!("memory number {i}"), i)
+                    })
+                    .collect();
+                next += 50;
+                vault.ingest(batch).unwrap();
+                vault.seal().unwrap();
+            }
+            vault.compact_while_planned().unwrap();
+            let state = vault.inner.state.read();
+            assert_eq!(state.segments.len(), 1, "after {next} records");
+            assert!(state.segments[0].has_graph());
+            assert_eq!(state.segments[0].len() as i64, next);
+        }
+    }
+
     /// Regression (fuzz target `vault_files`): a resealed records.bin repeating an id of
     /// another segment made compaction write that id twice (a debug assertion; without it, a
     /// segment its own open refuses, so every later compaction failed).
