@@ -85,13 +85,17 @@ pub(crate) struct SegmentInput<'a> {
 }
 
 /// Whether a new segment may carry an HNSW graph.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum GraphBuild {
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum GraphBuild<'a> {
     /// Seals: a seal must stay quick so frozen memtables (searched by exact scan) do not pile
     /// up under bulk ingest; compaction builds the graph once segments merge.
     Never,
     /// Compaction merges: a graph when the segment holds at least `HnswParams::min_records`.
     WhenLarge,
+    /// A compaction merge whose largest input has a graph and keeps all its records: a graph
+    /// when large, starting from that one (`base`'s doc `d` is the new segment's doc
+    /// `docs[d]`), so only the other inputs' records are inserted (`hnsw::extend`).
+    Extend { base: &'a Segment, docs: &'a [u32] },
 }
 
 /// Prefix of every segment directory in a vault (`seg-` then 16 hex digits of a sequence
@@ -142,7 +146,7 @@ pub(crate) fn write<D: InDir + ?Sized>(
     dim: usize,
     inputs: &[SegmentInput<'_>],
     hnsw: &HnswParams,
-    graph: GraphBuild,
+    graph: GraphBuild<'_>,
     after_temp_dir: &dyn Fn() -> Result<()>,
 ) -> Result<PathBuf> {
     debug_assert!(inputs.windows(2).all(|w| w[0].memory.id < w[1].memory.id));
@@ -250,8 +254,16 @@ pub(crate) fn write<D: InDir + ?Sized>(
     file::write_raw(storage, &tmp.join(LEXICAL_FILE), &lex.finish())?;
 
     // Graph, only where it beats a scan (and never on the seal path).
-    if graph == GraphBuild::WhenLarge && n >= hnsw.min_records {
-        let graph = hnsw::build(&flat, dim, hnsw);
+    let graph = match graph {
+        _ if n < hnsw.min_records => None,
+        GraphBuild::Never => None,
+        GraphBuild::WhenLarge => Some(hnsw::build(&flat, dim, hnsw)),
+        GraphBuild::Extend { base, docs } => Some(match &base.graph {
+            Some((map, g)) => hnsw::extend(&flat, dim, hnsw, g, &map.bytes()[HEADER_BYTES..], docs),
+            None => hnsw::build(&flat, dim, hnsw),
+        }),
+    };
+    if let Some(graph) = graph {
         file::write_new(
             storage,
             &tmp.join(GRAPH_FILE),

@@ -1,0 +1,133 @@
+//! HNSW graph build: `hnsw_rs` (parallel, what builds used before) against our own
+//! single-threaded builder (`engine/src/hnsw/insert.rs`, what builds and merges use now),
+//! and a merge's extend (a base graph over 3/4 of the vectors, the last 1/4 inserted),
+//! on the engine bench's vectors: wall time, process CPU time, and recall@10 against the
+//! exact neighbours at a few search beams. hnswlib on the same vectors:
+//! `benches/scripts/hnswlib_compare.py --dir DIR` (delete its cached index to rebuild).
+//!
+//! ```text
+//! cargo bench -p benches --bench engine -- hnsw     # once: writes the vectors and truth
+//! cargo run --release -p benches --bin graph_build -- --dir target/bench-data/engine/n100000/latent32-sym1 \
+//!     [--m 16] [--ef-construction 200] [--builders rs,single,extend]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use engine::hnsw::{self, Graph, HnswParams};
+
+const DIM: usize = 384;
+const K: usize = 10;
+const EFS: [usize; 5] = [24, 32, 48, 64, 96];
+
+fn read_u32s(path: &Path) -> Result<Vec<u32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+fn read_f32s(path: &Path) -> Result<Vec<f32>> {
+    Ok(read_u32s(path)?.into_iter().map(f32::from_bits).collect())
+}
+
+/// CPU time (user + system) of the whole process, at the kernel's 100 Hz tick.
+fn process_cpu() -> Duration {
+    let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+fn main() -> Result<()> {
+    let mut dir = None;
+    let mut params = HnswParams::default();
+    let mut builders = "rs,single,extend".to_string();
+    let mut limit = usize::MAX;
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--dir" => dir = Some(PathBuf::from(value)),
+            "--m" => params.m = value.parse()?,
+            "--ef-construction" => params.ef_construction = value.parse()?,
+            "--builders" => builders = value,
+            "--n" => limit = value.parse()?,
+            other => bail!(
+                "unknown flag {other} (--dir D --m M --ef-construction E --builders rs,single,extend)"
+            ),
+        }
+    }
+    let dir = dir.context("--dir is required")?;
+    let mut base = read_f32s(&dir.join("base.f32"))?;
+    let mut queries = read_f32s(&dir.join("queries.f32"))?;
+    let mut truth = read_u32s(&dir.join("truth.u32"))?;
+    if limit < base.len() / DIM {
+        // A prefix of the vectors: 200 queries, their exact neighbours recomputed.
+        base.truncate(limit * DIM);
+        queries.truncate(200 * DIM);
+        truth = queries
+            .chunks_exact(DIM)
+            .flat_map(|q| {
+                engine::exact_top_k(&base, DIM, q, K, &|_| true)
+                    .into_iter()
+                    .map(|r| r.0)
+            })
+            .collect();
+    }
+    let n = base.len() / DIM;
+    println!(
+        "{n} x {DIM}, M={} ef_construction={}, {} cores",
+        params.m,
+        params.ef_construction,
+        std::thread::available_parallelism().map_or(0, |c| c.get())
+    );
+    for builder in builders.split(',') {
+        let (cpu0, t0) = (process_cpu(), Instant::now());
+        let payload = match builder {
+            "rs" => hnsw::build_hnsw_rs(&base, DIM, &params),
+            "single" => hnsw::build(&base, DIM, &params),
+            "extend" => {
+                // Base graph over the first 3/4 (not timed), then the merge.
+                let keep = n * 3 / 4;
+                let first = hnsw::build(&base[..keep * DIM], DIM, &params);
+                let g = Graph::parse(Path::new("base"), &first, keep as u32)?;
+                let docs: Vec<u32> = (0..keep as u32).collect();
+                let (cpu1, t1) = (process_cpu(), Instant::now());
+                let p = hnsw::extend(&base, DIM, &params, &g, &first, &docs);
+                println!(
+                    "  extend inserts {} into a graph of {keep}: {:.1} s wall, {:.1} CPU-s",
+                    n - keep,
+                    t1.elapsed().as_secs_f64(),
+                    (process_cpu() - cpu1).as_secs_f64()
+                );
+                p
+            }
+            other => bail!("unknown builder {other}"),
+        };
+        let (wall, cpu) = (t0.elapsed(), process_cpu() - cpu0);
+        let graph = Graph::parse(Path::new(builder), &payload, n as u32)?;
+        print!(
+            "{builder:<7} build {:>6.1} s wall {:>6.1} CPU-s ",
+            wall.as_secs_f64(),
+            cpu.as_secs_f64()
+        );
+        for ef in EFS {
+            let mut hits = 0;
+            for (q, t) in queries.chunks_exact(DIM).zip(truth.chunks_exact(K)) {
+                let found = graph.search(&payload, &base, DIM, q, K, ef, &|_| true);
+                hits += found.iter().filter(|r| t.contains(&r.0)).count();
+            }
+            print!(" ef{ef}={:.4}", hits as f64 / (truth.len().max(1)) as f64);
+        }
+        println!();
+    }
+    Ok(())
+}
