@@ -117,6 +117,47 @@ fn unsupported_or_broken_tokenizers_are_refused() {
     assert!(err.to_string().contains("not valid JSON"), "{err}");
 }
 
+#[test]
+fn unigram_tokenizer_json_steps_we_do_not_reproduce_are_refused() {
+    use super::unigram::{Scratch, Unigram};
+    let base = json!({
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]},
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}",
+            "prepend_scheme": "always", "split": true},
+        "model": {"type": "Unigram", "unk_id": 1,
+            "vocab": [["<s>", 0.0], ["<unk>", 0.0], ["</s>", 0.0], ["\u{2581}hi", -1.0]]},
+    });
+    let parse = |v: &serde_json::Value| Unigram::parse_json(Path::new("dir/tokenizer.json"), v);
+    let u = parse(&base).unwrap();
+    let mut ids = Vec::new();
+    u.encode("  hi   hi", usize::MAX, &mut Scratch::default(), &mut ids);
+    assert_eq!(ids, vec![3, 3]);
+    assert_eq!((u.token_id("<s>"), u.token_id("</s>")), (Some(0), Some(2)));
+    let refused = |path: &str, value: serde_json::Value, says: &str| {
+        let mut t = base.clone();
+        *t.pointer_mut(path).unwrap() = value;
+        let err = parse(&t).unwrap_err().to_string();
+        assert!(
+            err.contains("dir/tokenizer.json") && err.contains(says),
+            "{err}"
+        );
+    };
+    refused("/pre_tokenizer/type", json!("Whitespace"), "\"Whitespace\"");
+    refused(
+        "/normalizer/normalizers/0/type",
+        json!("Lowercase"),
+        "\"Lowercase\"",
+    );
+    refused("/model/unk_id", json!(9), "unk_id 9");
+    refused("/model/vocab/3", json!(["x"]), "[piece, score]");
+    refused(
+        "/normalizer",
+        json!({"type": "Precompiled", "precompiled_charsmap": "!!"}),
+        "precompiled_charsmap",
+    );
+}
+
 /// Writes `files` (name, bytes) into a fresh temp dir named `name`.
 fn model_dir(name: &str, files: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
