@@ -54,6 +54,21 @@ if [ ! -f "$e5/reference.json" ]; then
 fi
 export MEMORYROUTER_TEST_E5_DIR="$e5"
 
+step "Test models: tiny Hugging Face e5 / bge directories (engine reference test)"
+# engine/src/local_model/tests.rs opens two small random models in Hugging Face's layout (an
+# XLM-R with a SentencePiece Unigram tokenizer and its real Precompiled charsmap, a BERT with
+# CLS pooling) and compares ids and vectors with Python `tokenizers` and numpy; it fails under
+# CI when this variable is not set. The script trains the tokenizer, so it needs these four.
+hf_tiny="$models/hf-tiny"
+if [ ! -f "$hf_tiny/reference.json" ]; then
+  python3 -c 'import tokenizers, sentencepiece, numpy, google.protobuf' 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check \
+      tokenizers==0.23.3 sentencepiece==0.2.3 numpy protobuf
+  python3 benches/scripts/hf_tiny_models.py "$hf_tiny.tmp"
+  rm -rf "$hf_tiny" && mv "$hf_tiny.tmp" "$hf_tiny"
+fi
+export MEMORYROUTER_TEST_HF_TINY_DIR="$hf_tiny"
+
 step "cargo test (all crates)"
 # The Python and browser tests drive target/debug/memoryrouter, which this builds too.
 cargo build --locked -p server --bin memoryrouter

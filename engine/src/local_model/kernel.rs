@@ -127,41 +127,131 @@ impl QMatrix {
 /// Bytes of one Q4_0 block: an `f16` scale and 32 nibbles.
 pub(crate) const Q4_BLOCK_BYTES: usize = 2 + BLOCK / 2;
 
-/// Activations `[rows, cols]` quantised per block of 32; buffers reused across calls.
+/// Weight rows interleaved by [`Packed`]: one 32-bit lane of a 256-bit register per row.
+pub(crate) const ROWS: usize = 8;
+/// Bytes of one block of [`ROWS`] rows in a [`Packed`] matrix.
+const GROUP_BLOCK_BYTES: usize = ROWS * BLOCK;
+/// Activations are stored offset by this, as unsigned bytes (`a + 128`), because
+/// `vpmaddubsw` multiplies an unsigned byte by a signed one.
+const ACT_OFFSET: i32 = 128;
+
+/// A weight matrix in the kernel's layout: [`ROWS`] rows interleaved per block, so that one
+/// 32-byte load holds 4 consecutive inputs of 8 rows, and a product with one token's 4
+/// activations (broadcast) gives 8 rows' partial sums in the 8 lanes at once — no horizontal
+/// sums, and the output of 8 rows is one contiguous store.
+///
+/// Layout: group `g` (rows `8g..8g+8`), block `b`, step `k` (inputs `32b + 4k .. +4`), row
+/// `j`: `w[((g · blocks + b) · 8 + k) · 32 + 4j ..][..4]`. `scale` and `offset` are
+/// `[g][b][j]`; `offset` = [`ACT_OFFSET`] × the block's weight sum, what the unsigned
+/// activations add to each dot product.
+#[derive(Debug)]
+pub(crate) struct Packed {
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    w: Vec<i8>,
+    scale: Vec<f32>,
+    offset: Vec<i32>,
+}
+
+impl QMatrix {
+    /// The same values in the kernel's layout; `None` unless the rows are a multiple of
+    /// [`ROWS`] (the encoder's 384, 1152 and 1536 are).
+    pub(crate) fn pack(&self) -> Option<Packed> {
+        if !self.rows.is_multiple_of(ROWS) {
+            return None;
+        }
+        let blocks = self.cols / BLOCK;
+        let mut w = Vec::with_capacity(self.w.len());
+        let mut scale = Vec::with_capacity(self.scale.len());
+        let mut offset = Vec::with_capacity(self.scale.len());
+        for g in 0..self.rows / ROWS {
+            for b in 0..blocks {
+                let at = |j: usize, c: usize| self.w[(g * ROWS + j) * self.cols + b * BLOCK + c];
+                for k in 0..BLOCK / 4 {
+                    for j in 0..ROWS {
+                        w.extend((0..4).map(|c| at(j, 4 * k + c)));
+                    }
+                }
+                for j in 0..ROWS {
+                    scale.push(self.scale[(g * ROWS + j) * blocks + b]);
+                    let sum: i32 = (0..BLOCK).map(|c| i32::from(at(j, c))).sum();
+                    offset.push(ACT_OFFSET * sum);
+                }
+            }
+        }
+        Some(Packed {
+            rows: self.rows,
+            cols: self.cols,
+            w,
+            scale,
+            offset,
+        })
+    }
+}
+
+impl Packed {
+    /// Bytes held (weights, scales and offsets).
+    pub(crate) fn bytes(&self) -> usize {
+        self.w.len() + 4 * self.scale.len() + 4 * self.offset.len()
+    }
+}
+
+/// Activations `[rows, cols]` quantised per block of 32 (`d = |x|max / 127`,
+/// `a = round(x / d)`, ties to even), stored as `a + 128` in bytes, four to a `u32` (the
+/// unit the kernel broadcasts); buffers reused across calls.
 #[derive(Debug, Default)]
 pub(crate) struct QActs {
     rows: usize,
     cols: usize,
-    a: Vec<i8>,
+    a: Vec<u32>,
     scale: Vec<f32>,
 }
 
 impl QActs {
-    /// Quantises `x` (`rows × cols`, `cols` a multiple of 32): `d = |x|max / 127`,
-    /// `a = round(x / d)`.
+    /// Quantises `x` (`rows × cols`, `cols` a multiple of 32).
     pub(crate) fn quantize(&mut self, x: &[f32], cols: usize) {
         debug_assert!(cols.is_multiple_of(BLOCK) && x.len().is_multiple_of(cols));
         self.rows = x.len() / cols;
         self.cols = cols;
         self.a.clear();
+        self.a.resize(x.len() / 4, 0);
         self.scale.clear();
-        for block in x.chunks_exact(BLOCK) {
-            let max = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let d = max / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            self.scale.push(d);
-            self.a.extend(
-                block
-                    .iter()
-                    .map(|&v| (v * inv).round().clamp(-127.0, 127.0) as i8),
-            );
+        self.scale.resize(x.len() / BLOCK, 0.0);
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: both target features of `avx2::quantize` were detected just above.
+            unsafe { avx2::quantize(x, &mut self.a, &mut self.scale) };
+            return;
+        }
+        quantize_portable(x, &mut self.a, &mut self.scale);
+    }
+}
+
+fn quantize_portable(x: &[f32], a: &mut [u32], scale: &mut [f32]) {
+    for ((block, words), s) in x
+        .chunks_exact(BLOCK)
+        .zip(a.chunks_exact_mut(BLOCK / 4))
+        .zip(scale.iter_mut())
+    {
+        let max = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        *s = max / 127.0;
+        let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
+        for (word, four) in words.iter_mut().zip(block.chunks_exact(4)) {
+            let byte = |v: f32| {
+                let q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i32;
+                (q + ACT_OFFSET) as u32
+            };
+            *word = byte(four[0])
+                | (byte(four[1]) << 8)
+                | (byte(four[2]) << 16)
+                | (byte(four[3]) << 24);
         }
     }
 }
 
 /// `out[t][r] = bias[r] + Σ_c x[t][c] · w[r][c]` for every row `t` of `x` and `r` of `w`;
 /// `out` is `x.rows × w.rows`, row-major.
-pub(crate) fn matmul(w: &QMatrix, bias: &[f32], x: &QActs, out: &mut [f32]) {
+pub(crate) fn matmul(w: &Packed, bias: &[f32], x: &QActs, out: &mut [f32]) {
     assert_eq!(w.cols, x.cols, "matmul: inner dimensions differ");
     assert_eq!(out.len(), x.rows * w.rows, "matmul: output size");
     assert_eq!(bias.len(), w.rows, "matmul: bias size");
@@ -174,118 +264,226 @@ pub(crate) fn matmul(w: &QMatrix, bias: &[f32], x: &QActs, out: &mut [f32]) {
     matmul_portable(w, bias, x, out);
 }
 
-fn matmul_portable(w: &QMatrix, bias: &[f32], x: &QActs, out: &mut [f32]) {
+fn matmul_portable(w: &Packed, bias: &[f32], x: &QActs, out: &mut [f32]) {
     let blocks = w.cols / BLOCK;
-    for r in 0..w.rows {
-        let wr = &w.w[r * w.cols..(r + 1) * w.cols];
-        let ws = &w.scale[r * blocks..(r + 1) * blocks];
+    let words = x.cols / 4;
+    for g in 0..w.rows / ROWS {
         for t in 0..x.rows {
-            let at = &x.a[t * x.cols..(t + 1) * x.cols];
-            let xs = &x.scale[t * blocks..(t + 1) * blocks];
-            let mut acc = 0.0f32;
+            let mut acc = [0.0f32; ROWS];
             for b in 0..blocks {
-                let span = b * BLOCK..(b + 1) * BLOCK;
-                let dot: i32 = wr[span.clone()]
-                    .iter()
-                    .zip(&at[span])
-                    .map(|(&w, &a)| i32::from(w) * i32::from(a))
-                    .sum();
-                acc += ws[b] * xs[b] * dot as f32;
+                let wb = &w.w[(g * blocks + b) * GROUP_BLOCK_BYTES..][..GROUP_BLOCK_BYTES];
+                let ab = &x.a[t * words + b * BLOCK / 4..][..BLOCK / 4];
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let mut dot = 0i32;
+                    for (k, &word) in ab.iter().enumerate() {
+                        let wk = &wb[k * 4 * ROWS + 4 * j..][..4];
+                        for (c, &wv) in wk.iter().enumerate() {
+                            dot += i32::from(wv) * ((word >> (8 * c)) & 0xff) as i32;
+                        }
+                    }
+                    let gb = (g * blocks + b) * ROWS + j;
+                    let dot = dot - w.offset[gb];
+                    *acc += dot as f32 * (w.scale[gb] * x.scale[t * blocks + b]);
+                }
             }
-            out[t * w.rows + r] = bias[r] + acc;
+            for (j, acc) in acc.into_iter().enumerate() {
+                out[t * w.rows + g * ROWS + j] = bias[g * ROWS + j] + acc;
+            }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{BLOCK, QActs, QMatrix};
+    use super::{BLOCK, GROUP_BLOCK_BYTES, Packed, QActs, ROWS};
     use std::arch::x86_64::{
-        __m256, __m256i, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32, _mm_movehl_ps, _mm_shuffle_ps,
-        _mm256_castps256_ps128, _mm256_cvtepi32_ps, _mm256_extractf128_ps, _mm256_fmadd_ps,
-        _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_set1_epi16, _mm256_set1_ps,
-        _mm256_setzero_ps, _mm256_sign_epi8,
+        __m256, __m256i, _mm_cvtss_f32, _mm_max_ps, _mm_max_ss, _mm_movehl_ps, _mm_shuffle_ps,
+        _mm256_add_epi16, _mm256_and_ps, _mm256_castps256_ps128, _mm256_castsi256_ps,
+        _mm256_cvtepi32_ps, _mm256_cvtps_epi32, _mm256_extractf128_ps, _mm256_fmadd_ps,
+        _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_max_ps, _mm256_mul_ps, _mm256_packs_epi16,
+        _mm256_packs_epi32, _mm256_permutevar8x32_epi32, _mm256_set1_epi8, _mm256_set1_epi16,
+        _mm256_set1_epi32, _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps,
+        _mm256_setzero_si256, _mm256_sub_epi32, _mm256_xor_si256,
     };
 
-    /// Tokens whose products share one load of a weight block.
+    /// Tokens whose products share one load of a weight register (4 `i16` and 4 `f32`
+    /// accumulators, within the 16 registers).
     const TOKENS: usize = 4;
     /// Tokens whose activations one pass over the weight rows reuses: 64 × 1536 bytes at
     /// most (the intermediate layer), within L2, where a whole batch's (thousands of tokens)
     /// would stream from memory once per weight row.
     const CHUNK: usize = 64;
     const _: () = assert!(CHUNK.is_multiple_of(TOKENS));
+    /// Steps of 4 inputs per block.
+    const STEPS: usize = BLOCK / 4;
+    // Eight steps' `vpmaddubsw` pairs (each at most 2 × 255 × 8 = 4080 in magnitude for 4-bit
+    // weights) add up in `i16` without overflow: 8 × 4080 = 32640 < 32768.
+    const _: () = assert!(STEPS * 2 * 255 * 8 < 32768);
 
-    #[inline]
+    /// The AVX2 body of [`super::matmul`]: per chunk of [`CHUNK`] tokens, per group of
+    /// [`ROWS`] weight rows (whose blocks stay in L1 while the chunk's tokens pass),
+    /// [`TOKENS`] tokens at a time.
     #[target_feature(enable = "avx2,fma")]
-    fn load(bytes: &[i8]) -> __m256i {
-        bytemuck::pod_read_unaligned(bytemuck::cast_slice::<i8, u8>(&bytes[..BLOCK]))
+    pub(super) fn matmul(w: &Packed, bias: &[f32], x: &QActs, out: &mut [f32]) {
+        let blocks = w.cols / BLOCK;
+        let words = x.cols / 4;
+        let (bias, _) = bias.as_chunks::<ROWS>();
+        for c0 in (0..x.rows).step_by(CHUNK) {
+            let c1 = (c0 + CHUNK).min(x.rows);
+            for (g, bias) in bias.iter().enumerate() {
+                let group = Group {
+                    w: &w.w[g * blocks * GROUP_BLOCK_BYTES..][..blocks * GROUP_BLOCK_BYTES],
+                    scale: &w.scale[g * blocks * ROWS..][..blocks * ROWS],
+                    offset: &w.offset[g * blocks * ROWS..][..blocks * ROWS],
+                };
+                let mut t = c0;
+                while t + TOKENS <= c1 {
+                    let sums = tile::<TOKENS>(&group, x, t, words, blocks);
+                    store(&sums, bias, out, t, w.rows, g);
+                    t += TOKENS;
+                }
+                match c1 - t {
+                    3 => store(
+                        &tile::<3>(&group, x, t, words, blocks),
+                        bias,
+                        out,
+                        t,
+                        w.rows,
+                        g,
+                    ),
+                    2 => store(
+                        &tile::<2>(&group, x, t, words, blocks),
+                        bias,
+                        out,
+                        t,
+                        w.rows,
+                        g,
+                    ),
+                    1 => store(
+                        &tile::<1>(&group, x, t, words, blocks),
+                        bias,
+                        out,
+                        t,
+                        w.rows,
+                        g,
+                    ),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// One group of [`ROWS`] rows of a [`Packed`] matrix.
+    struct Group<'a> {
+        w: &'a [i8],
+        scale: &'a [f32],
+        offset: &'a [i32],
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps::<1>(v);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-        _mm_cvtss_f32(s)
+    fn store(
+        sums: &[__m256],
+        bias: &[f32; ROWS],
+        out: &mut [f32],
+        t0: usize,
+        rows: usize,
+        g: usize,
+    ) {
+        for (i, &s) in sums.iter().enumerate() {
+            let s: [f32; ROWS] = bytemuck::cast(s);
+            let o = &mut out[(t0 + i) * rows + g * ROWS..][..ROWS];
+            for ((o, s), b) in o.iter_mut().zip(s).zip(bias) {
+                *o = s + b;
+            }
+        }
     }
 
-    /// `N` tokens' dot products with one weight row: each weight block is loaded once for
-    /// the `N` tokens; `N` is a constant, so the loop over tokens unrolls into registers.
-    /// Per block, `|w|` (unsigned) times `a` signed by `w` in `vpmaddubsw` (no saturation:
-    /// |w| ≤ 8, |a| ≤ 127, so pairs stay ≤ 2032), pairs summed to `i32` by `vpmaddwd`,
-    /// scaled into an `f32` accumulator by FMA.
+    /// `N` tokens' dot products with the group's 8 rows, lane `j` = row `j`. Per block and
+    /// step: one 32-byte weight load for the `N` tokens; per token, its 4 activation bytes
+    /// broadcast and `vpmaddubsw` (32 multiply-adds), the 8 steps summed in `i16`; per block,
+    /// `vpmaddwd` to `i32`, the offset of the unsigned activations taken off, and the scales
+    /// applied by FMA into an `f32` accumulator. `N` is a constant, so the token loops
+    /// unroll into registers.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn tile<const N: usize>(wr: &[i8], ws: &[f32], x: &QActs, t0: usize) -> [f32; N] {
-        let blocks = ws.len();
+    fn tile<const N: usize>(
+        group: &Group<'_>,
+        x: &QActs,
+        t0: usize,
+        words: usize,
+        blocks: usize,
+    ) -> [__m256; N] {
         let ones = _mm256_set1_epi16(1);
-        let a = &x.a[t0 * x.cols..(t0 + N) * x.cols];
-        let xs = &x.scale[t0 * blocks..(t0 + N) * blocks];
+        // Plain loops, not `array::from_fn`: a closure does not inherit the target features,
+        // so it would not be inlined here (it cost 5 % of a query in a profile).
+        let mut acts: [&[[u32; STEPS]]; N] = [&[]; N];
+        let mut act_scales: [&[f32]; N] = [&[]; N];
+        for i in 0..N {
+            acts[i] = x.a[(t0 + i) * words..][..words].as_chunks::<STEPS>().0;
+            act_scales[i] = &x.scale[(t0 + i) * blocks..][..blocks];
+        }
         let mut acc = [_mm256_setzero_ps(); N];
-        for b in 0..blocks {
-            let wv = load(&wr[b * BLOCK..]);
-            let wabs = _mm256_sign_epi8(wv, wv);
+        let (wblocks, _) = group.w.as_chunks::<GROUP_BLOCK_BYTES>();
+        let (scales, _) = group.scale.as_chunks::<ROWS>();
+        let (offsets, _) = group.offset.as_chunks::<ROWS>();
+        for (b, ((wb, ws), off)) in wblocks.iter().zip(scales).zip(offsets).enumerate() {
+            let mut s16 = [_mm256_setzero_si256(); N];
+            let mut ab = [[0u32; STEPS]; N];
             for i in 0..N {
-                let av = load(&a[i * x.cols + b * BLOCK..]);
-                let p16 = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(av, wv));
-                let p32 = _mm256_madd_epi16(p16, ones);
-                let scale = _mm256_set1_ps(ws[b] * xs[i * blocks + b]);
+                ab[i] = acts[i][b];
+            }
+            for k in 0..STEPS {
+                let wv: __m256i = bytemuck::pod_read_unaligned(bytemuck::cast_slice::<i8, u8>(
+                    &wb[k * 32..k * 32 + 32],
+                ));
+                for i in 0..N {
+                    let av = _mm256_set1_epi32(ab[i][k] as i32);
+                    s16[i] = _mm256_add_epi16(s16[i], _mm256_maddubs_epi16(av, wv));
+                }
+            }
+            let ws: __m256 = bytemuck::cast(*ws);
+            let off: __m256i = bytemuck::cast(*off);
+            for i in 0..N {
+                let p32 = _mm256_sub_epi32(_mm256_madd_epi16(s16[i], ones), off);
+                let scale = _mm256_mul_ps(ws, _mm256_set1_ps(act_scales[i][b]));
                 acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), scale, acc[i]);
             }
         }
-        let mut sums = [0.0; N];
-        for (s, &v) in sums.iter_mut().zip(&acc) {
-            *s = hsum(v);
-        }
-        sums
+        acc
     }
 
-    /// The AVX2 body of [`super::matmul`]: for each chunk of [`CHUNK`] tokens (whose
-    /// activations stay in L1/L2 while every weight row passes), each weight row against
-    /// [`TOKENS`] tokens at a time, then the chunk's remaining tokens one by one.
+    /// [`super::quantize_portable`] on 32 floats at a time: the block's largest magnitude
+    /// by `vmaxps`, the scaled values rounded (ties to even) by `vcvtps2dq`, packed to bytes
+    /// with saturation and offset by 128 (`xor 0x80`).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn matmul(w: &QMatrix, bias: &[f32], x: &QActs, out: &mut [f32]) {
-        let blocks = w.cols / BLOCK;
-        for c0 in (0..x.rows).step_by(CHUNK) {
-            let c1 = (c0 + CHUNK).min(x.rows);
-            for r in 0..w.rows {
-                let wr = &w.w[r * w.cols..(r + 1) * w.cols];
-                let ws = &w.scale[r * blocks..(r + 1) * blocks];
-                let mut t0 = c0;
-                while t0 + TOKENS <= c1 {
-                    for (i, v) in tile::<TOKENS>(wr, ws, x, t0).into_iter().enumerate() {
-                        out[(t0 + i) * w.rows + r] = bias[r] + v;
-                    }
-                    t0 += TOKENS;
-                }
-                for t in t0..c1 {
-                    let [v] = tile::<1>(wr, ws, x, t);
-                    out[t * w.rows + r] = bias[r] + v;
-                }
+    pub(super) fn quantize(x: &[f32], a: &mut [u32], scale: &mut [f32]) {
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let flip = _mm256_set1_epi8(-128);
+        let (xs, _) = x.as_chunks::<BLOCK>();
+        let (words, _) = a.as_chunks_mut::<{ BLOCK / 4 }>();
+        for ((xb, word), s) in xs.iter().zip(words).zip(scale.iter_mut()) {
+            let v: [__m256; 4] = bytemuck::cast(*xb);
+            let m = _mm256_max_ps(
+                _mm256_max_ps(_mm256_and_ps(v[0], abs), _mm256_and_ps(v[1], abs)),
+                _mm256_max_ps(_mm256_and_ps(v[2], abs), _mm256_and_ps(v[3], abs)),
+            );
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let max = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)));
+            *s = max / 127.0;
+            let inv = _mm256_set1_ps(if max > 0.0 { 127.0 / max } else { 0.0 });
+            let mut q = [_mm256_setzero_si256(); 4];
+            for (q, v) in q.iter_mut().zip(v) {
+                *q = _mm256_cvtps_epi32(_mm256_mul_ps(v, inv));
             }
+            let bytes = _mm256_packs_epi16(
+                _mm256_packs_epi32(q[0], q[1]),
+                _mm256_packs_epi32(q[2], q[3]),
+            );
+            let bytes = _mm256_xor_si256(_mm256_permutevar8x32_epi32(bytes, order), flip);
+            *word = bytemuck::cast(bytes);
         }
     }
 
@@ -296,6 +494,50 @@ mod avx2 {
             *v = super::gelu(*v);
         }
     }
+}
+
+/// Lanes of the partial sums below: eight independent accumulators let the compiler keep
+/// them in one vector register (a plain `iter().sum()` must add in order, one at a time).
+const LANES: usize = 8;
+
+/// `Σ a[i] b[i]`.
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ac, at) = a.as_chunks::<LANES>();
+    let (bc, bt) = b.as_chunks::<LANES>();
+    for (x, y) in ac.iter().zip(bc) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + at.iter().zip(bt).map(|(x, y)| x * y).sum::<f32>()
+}
+
+/// `Σ x[i]`.
+#[inline]
+pub(crate) fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (xc, xt) = x.as_chunks::<LANES>();
+    for c in xc {
+        for i in 0..LANES {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + xt.iter().sum::<f32>()
+}
+
+/// `Σ (x[i] - mean)²`.
+#[inline]
+pub(crate) fn sum_squared_deviations(x: &[f32], mean: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (xc, xt) = x.as_chunks::<LANES>();
+    for c in xc {
+        for i in 0..LANES {
+            acc[i] += (c[i] - mean) * (c[i] - mean);
+        }
+    }
+    acc.iter().sum::<f32>() + xt.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()
 }
 
 /// GELU of every element (exact form, with [`erf`]).
@@ -388,34 +630,80 @@ mod tests {
 
     #[test]
     fn matmul_matches_the_float_product_of_the_quantised_values() {
-        let (rows, cols, tokens) = (13, 96, 7);
-        let w = QMatrix::quantize(&random(rows * cols, 1, 2.0), rows, cols).unwrap();
-        let x = random(tokens * cols, 2, 6.0);
-        let mut q = QActs::default();
-        q.quantize(&x, cols);
-        let bias = random(rows, 3, 1.0);
-        let mut fast = vec![0.0; tokens * rows];
-        matmul(&w, &bias, &q, &mut fast);
-        let mut slow = vec![0.0; tokens * rows];
-        matmul_portable(&w, &bias, &q, &mut slow);
-        let mut row = vec![0.0; cols];
-        for r in 0..rows {
-            w.row_into(r, &mut row);
-            for t in 0..tokens {
-                let exact: f32 = bias[r]
-                    + row
+        // 70 tokens: more than one chunk of 64, and tiles of 4, 3, 2 and 1 tokens.
+        for (rows, cols, tokens) in [(16, 96, 7), (8, 32, 70), (24, 64, 6), (8, 64, 5)] {
+            let q = QMatrix::quantize(&random(rows * cols, 1, 2.0), rows, cols).unwrap();
+            let w = q.pack().unwrap();
+            let mut x = random(tokens * cols, 2, 6.0);
+            // An outlier feature, as transformer activations have.
+            x[3] = 40.0;
+            let mut acts = QActs::default();
+            acts.quantize(&x, cols);
+            let bias = random(rows, 3, 1.0);
+            let mut fast = vec![0.0; tokens * rows];
+            matmul(&w, &bias, &acts, &mut fast);
+            let mut slow = vec![0.0; tokens * rows];
+            matmul_portable(&w, &bias, &acts, &mut slow);
+            let mut row = vec![0.0; cols];
+            for r in 0..rows {
+                q.row_into(r, &mut row);
+                for t in 0..tokens {
+                    let xt = &x[t * cols..(t + 1) * cols];
+                    let exact: f32 = bias[r] + row.iter().zip(xt).map(|(a, b)| a * b).sum::<f32>();
+                    let got = fast[t * rows + r];
+                    let portable = slow[t * rows + r];
+                    assert!(
+                        (got - portable).abs() < 1e-3,
+                        "simd {got} vs portable {portable}"
+                    );
+                    // Rounding an activation moves it by at most half its block's step
+                    // (|x|max / 127): the bound of the product's error.
+                    let bound: f32 = row
                         .iter()
-                        .zip(&x[t * cols..])
-                        .map(|(a, b)| a * b)
-                        .sum::<f32>();
-                let got = fast[t * rows + r];
-                assert!((got - slow[t * rows + r]).abs() < 1e-3, "simd vs portable");
-                // Activation quantisation costs about 0.4% of |x| per element.
-                assert!(
-                    (got - exact).abs() < 0.05 * (1.0 + exact.abs()),
-                    "{got} vs {exact}"
-                );
+                        .zip(xt)
+                        .enumerate()
+                        .map(|(c, (w, _))| {
+                            let block = &xt[c / BLOCK * BLOCK..][..BLOCK];
+                            let step = block.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+                            0.5 * step * w.abs()
+                        })
+                        .sum();
+                    assert!(
+                        (got - exact).abs() <= bound * 1.01 + 1e-3,
+                        "{got} vs {exact}, bound {bound} (row {r}, token {t})"
+                    );
+                }
             }
+        }
+        assert!(
+            QMatrix::quantize(&random(12 * 32, 1, 1.0), 12, 32)
+                .unwrap()
+                .pack()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn simd_and_portable_quantisation_agree() {
+        let mut x = random(40 * 64, 7, 10.0);
+        x[5] = 0.0;
+        x[64..96].fill(0.0); // a block of zeros: scale 0, bytes 128
+        let mut simd = QActs::default();
+        simd.quantize(&x, 64);
+        let mut a = vec![0; x.len() / 4];
+        let mut scale = vec![0.0; x.len() / BLOCK];
+        quantize_portable(&x, &mut a, &mut scale);
+        assert_eq!(simd.a, a);
+        assert_eq!(simd.scale, scale);
+        assert_eq!(a[16], 0x8080_8080);
+        // Round trip: within half a step of the block's scale.
+        for (i, &v) in x.iter().enumerate() {
+            let byte = (a[i / 4] >> (8 * (i % 4))) & 0xff;
+            let back = (byte as i32 - ACT_OFFSET) as f32 * scale[i / BLOCK];
+            assert!(
+                (back - v).abs() <= 0.5 * scale[i / BLOCK] + 1e-6,
+                "{v} -> {back}"
+            );
         }
     }
 

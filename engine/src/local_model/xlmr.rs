@@ -4,10 +4,12 @@
 //! L2-normalised by the caller.
 //!
 //! Retrieval-trained models embed a question and a passage differently: e5 puts
-//! `query: ` / `passage: ` in front of the text ([`Prompts`]). Every matrix product runs on [`kernel`](super::kernel)'s quantised weights
-//! and activations; one pass allocates its buffers once for the whole batch, never per token.
+//! `query: ` / `passage: ` in front of the text ([`Prompts`]). Every matrix product runs on
+//! [`kernel`](super::kernel)'s quantised weights and activations; one pass allocates its
+//! buffers once for the whole batch, never per token.
 
-use super::kernel::{self, BLOCK, QActs, QMatrix};
+use super::encoding::{self, Pooling, Prompts};
+use super::kernel::{self, BLOCK, Packed, QActs, QMatrix};
 use super::unigram::{Scratch, Unigram};
 use std::ops::Range;
 
@@ -21,24 +23,6 @@ pub const XLMR_TOKENS_MAX: usize = 512;
 /// once for many tokens.
 pub const XLMR_BATCH_TOKENS_MAX: usize = 4096;
 const _: () = assert!(XLMR_BATCH_TOKENS_MAX >= XLMR_TOKENS_MAX);
-
-/// What goes in front of a query and of a stored text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Prompts {
-    pub(crate) query: String,
-    pub(crate) passage: String,
-}
-
-impl Prompts {
-    /// multilingual-e5's prefixes (model card: "query: " for questions, "passage: " for
-    /// what is searched).
-    pub(crate) fn e5() -> Self {
-        Self {
-            query: "query: ".into(),
-            passage: "passage: ".into(),
-        }
-    }
-}
 
 /// The hyper-parameters the forward pass needs.
 #[derive(Debug, Clone)]
@@ -68,8 +52,8 @@ impl LayerNorm {
                     .for_each(|(a, b)| *a += b);
             }
             let n = h as f32;
-            let mean = row.iter().sum::<f32>() / n;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+            let mean = kernel::sum(row) / n;
+            let var = kernel::sum_squared_deviations(row, mean) / n;
             let inv = 1.0 / (var + eps).sqrt();
             for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
                 *v = (*v - mean) * inv * w + b;
@@ -81,14 +65,14 @@ impl LayerNorm {
 #[derive(Debug)]
 pub(crate) struct Layer {
     /// Query, key and value stacked: `[3H, H]`, one product.
-    pub(crate) qkv: QMatrix,
+    pub(crate) qkv: Packed,
     pub(crate) qkv_bias: Vec<f32>,
-    pub(crate) attention_out: QMatrix,
+    pub(crate) attention_out: Packed,
     pub(crate) attention_out_bias: Vec<f32>,
     pub(crate) attention_norm: LayerNorm,
-    pub(crate) intermediate: QMatrix,
+    pub(crate) intermediate: Packed,
     pub(crate) intermediate_bias: Vec<f32>,
-    pub(crate) output: QMatrix,
+    pub(crate) output: Packed,
     pub(crate) output_bias: Vec<f32>,
     pub(crate) output_norm: LayerNorm,
 }
@@ -151,15 +135,8 @@ impl Xlmr {
 
     /// The token ids the model reads for `text` with its prompt.
     pub(crate) fn token_ids(&self, text: &str, query: bool, scratch: &mut Scratch) -> Vec<u32> {
-        let prompt = if query {
-            &self.prompts.query
-        } else {
-            &self.prompts.passage
-        };
         let mut ids = vec![self.bos];
-        let mut prompted = String::with_capacity(prompt.len() + text.len());
-        prompted.push_str(prompt);
-        prompted.push_str(text);
+        let prompted = self.prompts.apply(text, query);
         self.tokenizer
             .encode(&prompted, self.tokens_max() - 1, scratch, &mut ids);
         ids.push(self.eos);
@@ -170,33 +147,17 @@ impl Xlmr {
     /// texts run together, at most [`XLMR_BATCH_TOKENS_MAX`] tokens per pass.
     pub(crate) fn embed_batch(&self, texts: &[&str], query: bool) -> Vec<Vec<f32>> {
         let mut scratch = Scratch::default();
-        let mut out = Vec::with_capacity(texts.len());
-        let mut group: Vec<Vec<u32>> = Vec::new();
-        let mut group_tokens = 0;
-        for text in texts {
-            let ids = self.token_ids(text, query, &mut scratch);
-            if group_tokens + ids.len() > XLMR_BATCH_TOKENS_MAX && !group.is_empty() {
-                out.extend(self.forward(&group));
-                group.clear();
-                group_tokens = 0;
-            }
-            group_tokens += ids.len();
-            group.push(ids);
-        }
-        if !group.is_empty() {
-            out.extend(self.forward(&group));
-        }
-        out
+        let sequences = texts
+            .iter()
+            .map(|text| self.token_ids(text, query, &mut scratch));
+        encoding::in_groups(sequences, XLMR_BATCH_TOKENS_MAX, |group| {
+            self.forward(group)
+        })
     }
 
     fn forward(&self, sequences: &[Vec<u32>]) -> Vec<Vec<f32>> {
         let h = self.config.hidden;
-        let mut spans = Vec::with_capacity(sequences.len());
-        let mut rows = 0;
-        for ids in sequences {
-            spans.push(rows..rows + ids.len());
-            rows += ids.len();
-        }
+        let (spans, rows) = encoding::spans(sequences);
         let longest = sequences.iter().map(Vec::len).max().unwrap_or(0);
         let mut b = Buffers {
             x: vec![0.0; rows * h],
@@ -223,18 +184,7 @@ impl Xlmr {
             self.layer(layer, &spans, &mut b);
         }
         // Mean pooling over every token, `<s>` and `</s>` included (e5).
-        spans
-            .iter()
-            .map(|span| {
-                let mut mean = vec![0.0f32; h];
-                for row in b.x[span.start * h..span.end * h].chunks_exact(h) {
-                    mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
-                }
-                let n = span.len().max(1) as f32;
-                mean.iter_mut().for_each(|m| *m /= n);
-                mean
-            })
-            .collect()
+        encoding::pool(&b.x, h, &spans, Pooling::Mean)
     }
 
     fn layer(&self, layer: &Layer, spans: &[Range<usize>], b: &mut Buffers) {
@@ -283,7 +233,7 @@ impl Xlmr {
                     let mut max = f32::NEG_INFINITY;
                     for (s, score) in span.clone().zip(scores.iter_mut()) {
                         let k = &qkv[s * 3 * h + h + head * d..][..d];
-                        *score = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                        *score = kernel::dot(q, k) * scale;
                         max = max.max(*score);
                     }
                     let mut sum = 0.0;
