@@ -23,7 +23,8 @@ pub(crate) fn readyz(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> 
         return Err(ApiError::unavailable("Shutting down."));
     }
     // After a failed fsync nothing the process holds about the disk can be trusted: the
-    // vault (or the catalog) refuses writes until a restart, which recovers from the disk.
+    // vault (or the catalog) refuses writes until a restart, which recovers from the disk. A
+    // cluster node's catalog is poisoned the same way by a shared-log record it cannot apply.
     let poisoned = state.engine.poisoned_vaults().len();
     if poisoned > 0 || state.catalog.is_poisoned() {
         let what = match (poisoned, state.catalog.is_poisoned()) {
@@ -32,7 +33,8 @@ pub(crate) fn readyz(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> 
             (n, true) => format!("{n} vault(s) and the key catalog"),
         };
         return Err(ApiError::unavailable(format!(
-            "An fsync failed for {what}; writes there are refused until the server restarts."
+            "Writes to {what} are refused until the server restarts: an fsync failed (or, in \
+             cluster mode, the catalog log held a record this node could not apply)."
         )));
     }
     // A vault whose segment file could not be read (an I/O error on a mapped page, contained)
