@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{Binary, admin_key, mint};
+use common::{Binary, admin_key, mint, read_request};
 
 /// The tests of this file run one at a time: each loads the machine on purpose (512 MiB of
 /// bodies, 1,000 connections), and a latency bound must not measure another test's load.
@@ -303,26 +303,7 @@ fn streaming_provider(pieces: usize, piece_chars: usize) -> String {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
-            // Read the head and the body its Content-Length announces.
-            let mut request = Vec::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stream.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                request.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let length: usize = text
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if request.len() >= end + 4 + length {
-                        break;
-                    }
-                }
-            }
+            read_request(&mut stream);
             let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
                 format!(
                     "data: {}\n\n",

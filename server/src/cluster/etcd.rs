@@ -409,17 +409,7 @@ impl Etcd {
     }
 }
 
-/// The error chain in one line (hyper-util's top message alone says little).
-pub(crate) fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
-}
+pub(crate) use crate::proxy::client::describe;
 
 #[cfg(test)]
 mod tests {

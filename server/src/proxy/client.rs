@@ -120,8 +120,8 @@ impl UpstreamClient {
 }
 
 /// The error chain in one line: hyper-util's top-level message alone ("client error
-/// (Connect)") does not say what happened.
-fn describe(error: &dyn std::error::Error) -> String {
+/// (Connect)") does not say what happened. Also used for etcd and node-to-node calls.
+pub(crate) fn describe(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {

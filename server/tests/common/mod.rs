@@ -193,3 +193,28 @@ pub fn mint(binary: &Binary, admin: &str, name: &str) -> (String, String) {
         v["key"].as_str().unwrap().to_owned(),
     )
 }
+
+/// For loopback fakes: reads one HTTP/1.1 request from `stream` (the head and the body its
+/// Content-Length announces) and returns its bytes.
+pub fn read_request(stream: &mut TcpStream) -> Vec<u8> {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if request.len() >= end + 4 + length {
+                break;
+            }
+        }
+    }
+    request
+}
