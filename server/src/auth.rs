@@ -109,7 +109,7 @@ impl AuthContext {
 /// The valid key a request presents, without rate limiting or recording its use (cluster
 /// mode reads it to find the request's vault before deciding where to serve it). A
 /// well-formed key this node does not know yet is looked up again after catching up with
-/// the shared catalog, as [`authenticate`] does.
+/// the shared catalog ([`Catalog::lookup_fresh`](crate::catalog::Catalog::lookup_fresh)).
 pub(crate) async fn presented_record(
     state: &AppState,
     headers: &HeaderMap,
@@ -122,11 +122,7 @@ pub(crate) async fn presented_record(
     if !secret::looks_like_key(key) || !secret::passes_checksum(key) {
         return None;
     }
-    if let Some(record) = state.catalog.lookup(key) {
-        return Some(record);
-    }
-    let _ = state.catalog.catch_up().await;
-    state.catalog.lookup(key)
+    state.catalog.lookup_fresh(key).await
 }
 
 /// Authenticates a request, applies the per-key and per-account rate limits and records
@@ -149,18 +145,11 @@ pub(crate) async fn authenticate(
     if !secret::looks_like_key(key) || !secret::passes_checksum(key) {
         return Err(ApiError::invalid_key());
     }
-    let record = match state.catalog.lookup(key) {
-        Some(record) => record,
-        // Cluster mode: the key may have been minted through another node a moment ago.
-        None if state.cluster.is_some() => {
-            let _ = state.catalog.catch_up().await;
-            state
-                .catalog
-                .lookup(key)
-                .ok_or_else(ApiError::invalid_key)?
-        }
-        None => return Err(ApiError::invalid_key()),
-    };
+    let record = state
+        .catalog
+        .lookup_fresh(key)
+        .await
+        .ok_or_else(ApiError::invalid_key)?;
     let now = Instant::now();
     state
         .limiter

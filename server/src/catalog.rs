@@ -552,6 +552,20 @@ impl Catalog {
         Ok(found)
     }
 
+    /// The key record for `key`; in cluster mode a key this node does not know yet is looked
+    /// up again after [`Catalog::catch_up`] (it may have been minted through another node a
+    /// moment ago). A failed catch-up answers from what this node has.
+    pub(crate) async fn lookup_fresh(&self, key: &str) -> Option<KeyRecord> {
+        if let Some(record) = self.lookup(key) {
+            return Some(record);
+        }
+        if !matches!(self.log, Log::Shared { .. }) {
+            return None;
+        }
+        let _ = self.catch_up().await;
+        self.lookup(key)
+    }
+
     pub(crate) fn repairs(&self) -> &[String] {
         &self.repairs
     }
