@@ -244,6 +244,7 @@ pub(crate) struct Metrics {
 }
 
 /// Values read at scrape time.
+#[derive(Default)]
 pub(crate) struct Gauges {
     pub open_vaults: usize,
     pub open_vaults_bytes: u64,
@@ -255,6 +256,11 @@ pub(crate) struct Gauges {
     /// Open vaults whose last write ran out of disk space, still without room (clears by
     /// itself once space is freed).
     pub write_stalled_vaults: usize,
+    /// Request bodies buffered now across connections, the budget for them
+    /// (`[limits] body_buffer_bytes_max`) and the requests refused for want of room.
+    pub body_buffered_bytes: usize,
+    pub body_buffer_max_bytes: usize,
+    pub bodies_refused: u64,
     pub uptime: Duration,
 }
 
@@ -313,6 +319,9 @@ impl Metrics {
             unreadable_vaults,
             catalog_poisoned,
             write_stalled_vaults,
+            body_buffered_bytes,
+            body_buffer_max_bytes,
+            bodies_refused,
             uptime,
         } = *gauges;
         let mut out = String::with_capacity(8 * 1024);
@@ -414,6 +423,30 @@ impl Metrics {
             out,
             "memoryrouter_vaults_write_stalled {write_stalled_vaults}"
         );
+        out.push_str(
+            "# HELP memoryrouter_request_body_buffered_bytes Request bodies buffered now, across connections.\n",
+        );
+        out.push_str("# TYPE memoryrouter_request_body_buffered_bytes gauge\n");
+        let _ = writeln!(
+            out,
+            "memoryrouter_request_body_buffered_bytes {body_buffered_bytes}"
+        );
+        out.push_str(
+            "# HELP memoryrouter_request_body_buffer_limit_bytes The budget for buffered request bodies (limits.body_buffer_bytes_max).\n",
+        );
+        out.push_str("# TYPE memoryrouter_request_body_buffer_limit_bytes gauge\n");
+        let _ = writeln!(
+            out,
+            "memoryrouter_request_body_buffer_limit_bytes {body_buffer_max_bytes}"
+        );
+        out.push_str(
+            "# HELP memoryrouter_request_bodies_refused_total Requests answered 503 server_busy because the body budget was full.\n",
+        );
+        out.push_str("# TYPE memoryrouter_request_bodies_refused_total counter\n");
+        let _ = writeln!(
+            out,
+            "memoryrouter_request_bodies_refused_total {bodies_refused}"
+        );
         self.embedder.render(&mut out);
         out.push_str("# HELP memoryrouter_uptime_seconds Seconds since start.\n");
         out.push_str("# TYPE memoryrouter_uptime_seconds gauge\n");
@@ -451,6 +484,9 @@ mod tests {
             unreadable_vaults: 0,
             catalog_poisoned: false,
             write_stalled_vaults: 2,
+            body_buffered_bytes: 8192,
+            body_buffer_max_bytes: 1 << 28,
+            bodies_refused: 7,
             uptime: Duration::from_secs(5),
         });
         assert!(
@@ -465,6 +501,9 @@ mod tests {
         assert!(text.contains("memoryrouter_vaults_poisoned 1"));
         assert!(text.contains("memoryrouter_catalog_poisoned 0"));
         assert!(text.contains("memoryrouter_vaults_write_stalled 2"));
+        assert!(text.contains("memoryrouter_request_body_buffered_bytes 8192"));
+        assert!(text.contains("memoryrouter_request_body_buffer_limit_bytes 268435456"));
+        assert!(text.contains("memoryrouter_request_bodies_refused_total 7"));
         assert!(text.contains(
             "memoryrouter_embedding_duration_seconds_count{kind=\"builtin\",purpose=\"query\"} 0"
         ));
@@ -482,15 +521,7 @@ mod tests {
         m.embedder
             .remote
             .observe(RemoteOutcome::Ok, Duration::from_millis(20));
-        let text = m.render(&Gauges {
-            open_vaults: 0,
-            open_vaults_bytes: 0,
-            poisoned_vaults: 0,
-            unreadable_vaults: 0,
-            catalog_poisoned: false,
-            write_stalled_vaults: 0,
-            uptime: Duration::from_secs(1),
-        });
+        let text = m.render(&Gauges::default());
         for line in [
             "memoryrouter_embedder_remote_request_duration_seconds_count{outcome=\"ok\"} 2",
             "memoryrouter_embedder_remote_request_duration_seconds_count{outcome=\"rate_limited\"} 1",

@@ -135,6 +135,21 @@ fn sixty_four_concurrent_8_mib_bodies_stay_within_the_body_budget() {
         .request("POST", "/v1/memory/ingest", Some(&key), &body)
         .unwrap();
     assert_eq!(status, 202, "{text}");
+    // An operator sees it in /metrics: every refusal counted, nothing left buffered.
+    let (status, metrics) = binary.request("GET", "/metrics", None, "").unwrap();
+    assert_eq!(status, 200, "{metrics}");
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    };
+    assert_eq!(value("memoryrouter_request_bodies_refused_total"), refused);
+    assert_eq!(value("memoryrouter_request_body_buffered_bytes"), 0);
+    assert_eq!(
+        value("memoryrouter_request_body_buffer_limit_bytes"),
+        256 << 20
+    );
 }
 
 /// Opens `n` connections to `addr` from the loopback address `from` (Linux routes all of
@@ -437,6 +452,59 @@ fn a_long_streamed_answer_is_relayed_whole_and_stored_bounded() {
             .map(|t| &t[t.len().saturating_sub(120)..])
             .collect::<Vec<_>>()
     );
+}
+
+/// A streamed answer longer than the stored bound is charged to the key's proxy token budget
+/// for everything relayed, not for the 1 MiB the vault keeps of it: with a budget of
+/// 1,000,000 tokens a minute, two 3 MB answers (750,000 estimated tokens each) spend it and
+/// the third call waits. Charged at the stored 1 MiB (262,144 tokens) all three would pass.
+#[test]
+fn a_streamed_answer_beyond_the_stored_bound_is_charged_in_full() {
+    let _serial = ONE_AT_A_TIME.blocking_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[limits]\nproxy_tokens_per_minute = 1000000\n[providers.fake]\nkind = \"openai\"\nbase_url = \"{}\"\nkey_required = false\n",
+            streaming_provider(3000, 1000)
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let binary = Binary::serve(&data, &["--config", config.to_str().unwrap()]);
+    let (_, key) = mint(&binary, &admin_key(&data), "long answers");
+    let body =
+        r#"{"model":"fake/m","stream":true,"messages":[{"role":"user","content":"everything"}]}"#;
+    let call = || {
+        common::request_with_head(
+            &binary.addr,
+            "POST",
+            "/v1/chat/completions?store=false&store_response=false",
+            Some(&key),
+            body,
+        )
+        .unwrap()
+    };
+    for n in 1..=2 {
+        let (status, _, answer) = call();
+        assert_eq!(
+            status,
+            200,
+            "call {n}: {}",
+            &answer[..answer.len().min(300)]
+        );
+        assert!(answer.contains("[DONE]"), "call {n} was not relayed whole");
+    }
+    let (status, head, answer) = call();
+    assert_eq!(
+        status,
+        429,
+        "a third 3 MB answer within the minute: {}",
+        &answer[..answer.len().min(300)]
+    );
+    assert!(answer.contains("proxy_tokens_per_minute"), "{answer}");
+    assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
 }
 
 /// The body of a `Transfer-Encoding: chunked` response, unframed.

@@ -71,6 +71,9 @@ pub(crate) fn metrics(state: &Arc<AppState>) -> Result<Response<Body>, ApiError>
         unreadable_vaults: state.engine.unreadable_vaults().len(),
         catalog_poisoned: state.catalog.is_poisoned(),
         write_stalled_vaults: state.engine.write_stalled_vaults().len(),
+        body_buffered_bytes: state.body_budget.used(),
+        body_buffer_max_bytes: state.body_budget.max(),
+        bodies_refused: state.body_budget.refused(),
         uptime: state.started.elapsed(),
     });
     Ok(text_response(

@@ -25,16 +25,25 @@ impl AnswerText {
         self.kept.push_str(prefix(piece, room));
     }
 
-    /// The text to store (with the marker if the answer was longer than the bound); leaves
-    /// this empty.
-    pub(crate) fn take(&mut self) -> String {
+    /// The answer to store (with the marker if it was longer than the bound) and the size
+    /// of the whole answer; leaves this empty.
+    pub(crate) fn take(&mut self) -> Answer {
         let seen = std::mem::take(&mut self.seen);
         let mut text = std::mem::take(&mut self.kept);
         if seen > text.len() {
             text.push_str(&marker(text.len(), seen));
         }
-        text
+        Answer { text, bytes: seen }
     }
+}
+
+/// A finished answer: the text to store, bounded, and the bytes of the whole answer as it
+/// was relayed — what the key's proxy token budget is charged for, so an answer longer than
+/// the bound costs its full length, not the 1 MiB kept of it.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) text: String,
+    pub(crate) bytes: usize,
 }
 
 /// `text` bounded as [`AnswerText`] bounds a stream (for answers read whole).
@@ -44,7 +53,7 @@ pub(crate) fn bounded(text: String) -> String {
     }
     let mut answer = AnswerText::default();
     answer.push_str(&text);
-    answer.take()
+    answer.take().text
 }
 
 /// What follows a truncated answer in the vault.
@@ -73,7 +82,8 @@ mod tests {
         let mut answer = AnswerText::default();
         answer.push_str("short ");
         answer.push_str("answer");
-        assert_eq!(answer.take(), "short answer");
+        let short = answer.take();
+        assert_eq!((short.text.as_str(), short.bytes), ("short answer", 12));
 
         let piece = "é".repeat(1000); // 2,000 bytes of two-byte characters
         let mut answer = AnswerText::default();
@@ -82,7 +92,9 @@ mod tests {
             answer.push_str(&piece);
         }
         assert!(answer.kept.len() <= STORED_ANSWER_BYTES_MAX);
-        let stored = answer.take();
+        let whole = answer.take();
+        assert_eq!(whole.bytes, pieces * 2000);
+        let stored = whole.text;
         let (text, tail) = stored.split_once("\n[answer truncated").unwrap();
         assert_eq!(text.len(), STORED_ANSWER_BYTES_MAX);
         assert!(text.chars().all(|c| c == 'é'));

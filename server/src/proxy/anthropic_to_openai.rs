@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 
 use super::error::ProxyError;
 use super::openai::content_text;
-use super::relay::StreamTransform;
+use super::relay::{Answer, StreamTransform};
 use super::sse::{SseEvent, SseParser, named_event};
 
 /// Builds a Chat Completions request from an Anthropic request `body` (without `messages`,
@@ -323,7 +323,7 @@ impl StreamTransform for OpenAiToAnthropic {
         self.closed
     }
 
-    fn take_answer(&mut self) -> String {
+    fn take_answer(&mut self) -> Answer {
         self.text.take()
     }
 }
@@ -426,7 +426,7 @@ mod tests {
         assert_eq!(delta["delta"]["stop_reason"], "end_turn");
         assert_eq!(delta["usage"]["output_tokens"], 2);
         assert!(t.complete());
-        assert_eq!(t.take_answer(), "Hello");
+        assert_eq!(t.take_answer().text, "Hello");
 
         let mut cut = OpenAiToAnthropic::default();
         cut.on_chunk(Bytes::from_static(

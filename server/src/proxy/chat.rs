@@ -18,7 +18,7 @@ use super::inject::inject_openai;
 use super::openai::{OpenAiRelay, chat_roles, completion_text, take_messages, upstream_error_body};
 use super::openai_to_anthropic::{AnthropicToOpenAi, to_chat_completion, to_messages_request};
 use super::providers::ProviderKind;
-use super::relay::{OnComplete, RelayBody};
+use super::relay::{Answer, OnComplete, RelayBody};
 use crate::AppState;
 use crate::auth::authenticate;
 use crate::error::ApiError;
@@ -89,9 +89,9 @@ pub(crate) async fn handle(
     // than feed it through the SSE relay.
     if stream && is_event_stream(&response) {
         let provider_ms = ms(sent.elapsed());
-        let on_complete: OnComplete = Box::new(move |answer| {
-            draft.charge_answer(answer.len());
-            draft.finish(answer)
+        let on_complete: OnComplete = Box::new(move |answer: Answer| {
+            draft.charge_answer(answer.bytes);
+            draft.finish(answer.text)
         });
         let idle = state.proxy.client.timeout();
         let upstream = response.into_body();

@@ -25,7 +25,7 @@ use super::inject::inject_anthropic;
 use super::openai::take_messages;
 use super::openai_to_anthropic::{AnthropicRelay, message_text};
 use super::providers::ProviderKind;
-use super::relay::{OnComplete, RelayBody};
+use super::relay::{Answer, OnComplete, RelayBody};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::http::{Body, full};
@@ -88,9 +88,9 @@ pub(crate) async fn handle(
 
     if status.is_success() && stream && is_event_stream(&response) {
         let provider_ms = ms(sent.elapsed());
-        let on_complete: OnComplete = Box::new(move |answer| {
-            draft.charge_answer(answer.len());
-            draft.finish(answer)
+        let on_complete: OnComplete = Box::new(move |answer: Answer| {
+            draft.charge_answer(answer.bytes);
+            draft.finish(answer.text)
         });
         let (upstream, idle) = (response.into_body(), state.proxy.client.timeout());
         let body: Body = if translated {

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::error::ProxyError;
-use super::relay::StreamTransform;
+use super::relay::{Answer, StreamTransform};
 use super::sse::{DONE_EVENT, SseEvent, SseParser, data_event};
 
 /// Roles a Chat Completions request may carry.
@@ -288,7 +288,7 @@ impl StreamTransform for OpenAiRelay {
         self.saw_done
     }
 
-    fn take_answer(&mut self) -> String {
+    fn take_answer(&mut self) -> Answer {
         self.text.take()
     }
 }
@@ -459,7 +459,7 @@ mod tests {
             "missing terminator is added"
         );
         assert!(relay.complete());
-        assert_eq!(relay.take_answer(), "Hello");
+        assert_eq!(relay.take_answer().text, "Hello");
 
         let mut done = OpenAiRelay::default();
         done.on_chunk(Bytes::from_static(b"data: [DONE]\n\n"))

@@ -28,7 +28,7 @@ use serde_json::{Map, Value, json};
 
 use super::error::ProxyError;
 use super::openai::content_text;
-use super::relay::StreamTransform;
+use super::relay::{Answer, StreamTransform};
 use super::sse::{DONE_EVENT, SseEvent, SseParser, data_event, named_event};
 
 /// `max_tokens` is required by Anthropic and optional in OpenAI's format.
@@ -394,7 +394,7 @@ impl StreamTransform for AnthropicToOpenAi {
         self.saw_stop
     }
 
-    fn take_answer(&mut self) -> String {
+    fn take_answer(&mut self) -> Answer {
         self.text.take()
     }
 }
@@ -476,7 +476,7 @@ impl StreamTransform for AnthropicRelay {
         self.saw_stop
     }
 
-    fn take_answer(&mut self) -> String {
+    fn take_answer(&mut self) -> Answer {
         self.text.take()
     }
 }
@@ -649,7 +649,7 @@ mod tests {
         );
         assert_eq!(chunks[chunks.len() - 1]["usage"]["total_tokens"], 7);
         assert!(t.complete());
-        assert_eq!(t.take_answer(), "Hello");
+        assert_eq!(t.take_answer().text, "Hello");
     }
 
     #[test]
@@ -669,7 +669,7 @@ mod tests {
         assert_eq!(&relayed[..], STREAM.as_bytes());
         assert!(relay.on_end().is_empty());
         assert!(relay.complete());
-        assert_eq!(relay.take_answer(), "Hello");
+        assert_eq!(relay.take_answer().text, "Hello");
 
         let mut failed = AnthropicRelay::default();
         failed.on_chunk(Bytes::from_static(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"x\"}}\n\n")).unwrap();

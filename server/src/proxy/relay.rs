@@ -25,6 +25,8 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
+pub(crate) use super::answer::Answer;
+
 /// Turns upstream stream bytes into client stream bytes and remembers the answer text.
 pub(crate) trait StreamTransform: Send + Unpin + 'static {
     /// Raw upstream bytes in (split anywhere); bytes for the client out (may be empty).
@@ -40,16 +42,16 @@ pub(crate) trait StreamTransform: Send + Unpin + 'static {
     /// produced so far. From the chunk that produced it on, output is held until the
     /// exchange is durable.
     fn ended(&self) -> bool;
-    /// The assistant text assembled so far.
-    fn take_answer(&mut self) -> String;
+    /// The assistant text assembled so far (bounded for storing) and the whole answer's size.
+    fn take_answer(&mut self) -> Answer;
 }
 
 /// Fires once the exchange is in the durable outbox (or could not be put there, which is
 /// logged where it happens); either way the held frames may go.
 pub(crate) type Durable = oneshot::Receiver<()>;
 
-/// Called once with the answer text of a complete stream; returns when it is durable.
-pub(crate) type OnComplete = Box<dyn FnOnce(String) -> Durable + Send + Sync>;
+/// Called once with the answer of a complete stream; returns when it is durable.
+pub(crate) type OnComplete = Box<dyn FnOnce(Answer) -> Durable + Send + Sync>;
 
 /// A response body relaying a provider stream. `B` is the upstream body (hyper's
 /// `Incoming` in the server; a scripted body in tests).
@@ -287,8 +289,12 @@ pub(crate) mod tests {
         fn complete(&self) -> bool {
             !self.broken
         }
-        fn take_answer(&mut self) -> String {
-            std::mem::take(&mut self.text)
+        fn take_answer(&mut self) -> Answer {
+            let text = std::mem::take(&mut self.text);
+            Answer {
+                bytes: text.len(),
+                text,
+            }
         }
     }
 
@@ -317,8 +323,8 @@ pub(crate) mod tests {
             Upper::default(),
             "fake",
             Duration::from_secs(60),
-            Box::new(move |text| {
-                *sink.lock().unwrap() = Some(text);
+            Box::new(move |answer: Answer| {
+                *sink.lock().unwrap() = Some(answer.text);
                 durable_now()
             }),
         );
@@ -358,8 +364,8 @@ pub(crate) mod tests {
             Upper::default(),
             "fake",
             Duration::from_secs(60),
-            Box::new(move |text| {
-                *sink.lock().unwrap() = Some(text);
+            Box::new(move |answer: Answer| {
+                *sink.lock().unwrap() = Some(answer.text);
                 durable_now()
             }),
         );
@@ -391,8 +397,8 @@ pub(crate) mod tests {
             Upper::default(),
             "fake",
             Duration::from_secs(60),
-            Box::new(move |text| {
-                *sink.lock().unwrap() = Some(text);
+            Box::new(move |answer: Answer| {
+                *sink.lock().unwrap() = Some(answer.text);
                 durable.lock().unwrap().take().unwrap()
             }),
         );

@@ -12,7 +12,7 @@
 //! since its body has been paid for already.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -28,6 +28,8 @@ pub(crate) struct BodyBudget {
     used: Arc<AtomicUsize>,
     /// `[limits] body_buffer_bytes_max`.
     max: usize,
+    /// Requests refused for want of room, since start.
+    refused: AtomicU64,
 }
 
 /// Bytes of a [`BodyBudget`] held by one request; given back when dropped.
@@ -42,6 +44,7 @@ impl BodyBudget {
         Self {
             used: Arc::new(AtomicUsize::new(0)),
             max,
+            refused: AtomicU64::new(0),
         }
     }
 
@@ -70,15 +73,27 @@ impl BodyBudget {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(bytes).filter(|&total| total <= max)
             })
-            .map_err(|_| busy(max))?;
+            .map_err(|_| {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                busy(max)
+            })?;
         reservation.bytes += bytes;
         Ok(())
     }
 
-    /// Bytes reserved now.
-    #[cfg(test)]
+    /// Bytes reserved now (the `/metrics` gauge `memoryrouter_request_body_buffered_bytes`).
     pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
+    }
+
+    /// The budget, `[limits] body_buffer_bytes_max`.
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Requests refused with `503 server_busy` since start.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 }
 
