@@ -243,6 +243,10 @@ pub(crate) struct Metrics {
     pub embedder: EmbedderMetrics,
 }
 
+/// Prometheus types of the single-valued samples [`Metrics::render`] writes.
+const COUNTER: &str = "counter";
+const GAUGE: &str = "gauge";
+
 /// Values read at scrape time.
 #[derive(Default)]
 pub(crate) struct Gauges {
@@ -361,96 +365,94 @@ impl Metrics {
         out.push_str("# TYPE memoryrouter_ingest_durable_duration_seconds histogram\n");
         self.ingest_durable
             .render(&mut out, "memoryrouter_ingest_durable_duration_seconds", "");
-        let stored = self.memories_stored.load(Ordering::Relaxed);
-        out.push_str(
-            "# HELP memoryrouter_memories_stored_total Memory records written by ingest.\n",
-        );
-        out.push_str("# TYPE memoryrouter_memories_stored_total counter\n");
-        let _ = writeln!(out, "memoryrouter_memories_stored_total {stored}");
-        out.push_str(
-            "# HELP memoryrouter_audit_write_failures_total Account actions whose audit line could not be written.\n",
-        );
-        out.push_str("# TYPE memoryrouter_audit_write_failures_total counter\n");
-        let _ = writeln!(
-            out,
-            "memoryrouter_audit_write_failures_total {}",
-            self.audit_write_failures.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP memoryrouter_catalog_repairs Damaged catalog copies rebuilt from the other copy at start (the log says which).\n",
-        );
-        out.push_str("# TYPE memoryrouter_catalog_repairs gauge\n");
-        let _ = writeln!(
-            out,
-            "memoryrouter_catalog_repairs {}",
-            self.catalog_repairs.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP memoryrouter_open_vaults Vaults currently open.\n");
-        out.push_str("# TYPE memoryrouter_open_vaults gauge\n");
-        let _ = writeln!(out, "memoryrouter_open_vaults {open_vaults}");
-        out.push_str(
-            "# HELP memoryrouter_open_vaults_memory_bytes Heap estimate of the open vaults (idle ones are closed past limits.open_vaults_memory_mb).\n",
-        );
-        out.push_str("# TYPE memoryrouter_open_vaults_memory_bytes gauge\n");
-        let _ = writeln!(
-            out,
-            "memoryrouter_open_vaults_memory_bytes {open_vaults_bytes}"
-        );
-        out.push_str(
-            "# HELP memoryrouter_vaults_poisoned Open vaults refusing writes since an fsync failed (until a restart).\n",
-        );
-        out.push_str("# TYPE memoryrouter_vaults_poisoned gauge\n");
-        let _ = writeln!(out, "memoryrouter_vaults_poisoned {poisoned_vaults}");
-        out.push_str(
-            "# HELP memoryrouter_vaults_unreadable Open vaults answering 503 since a segment page could not be read (until a restart).\n",
-        );
-        out.push_str("# TYPE memoryrouter_vaults_unreadable gauge\n");
-        let _ = writeln!(out, "memoryrouter_vaults_unreadable {unreadable_vaults}");
-        out.push_str(
-            "# HELP memoryrouter_catalog_poisoned 1 when the key catalog refuses changes since an fsync failed.\n",
-        );
-        out.push_str("# TYPE memoryrouter_catalog_poisoned gauge\n");
-        let _ = writeln!(
-            out,
-            "memoryrouter_catalog_poisoned {}",
-            u8::from(catalog_poisoned)
-        );
-        out.push_str(
-            "# HELP memoryrouter_vaults_write_stalled Open vaults whose last write ran out of disk space (writes answer 503 storage_full until space is freed).\n",
-        );
-        out.push_str("# TYPE memoryrouter_vaults_write_stalled gauge\n");
-        let _ = writeln!(
-            out,
-            "memoryrouter_vaults_write_stalled {write_stalled_vaults}"
-        );
-        out.push_str(
-            "# HELP memoryrouter_request_body_buffered_bytes Request bodies buffered now, across connections.\n",
-        );
-        out.push_str("# TYPE memoryrouter_request_body_buffered_bytes gauge\n");
-        let _ = writeln!(
-            out,
-            "memoryrouter_request_body_buffered_bytes {body_buffered_bytes}"
-        );
-        out.push_str(
-            "# HELP memoryrouter_request_body_buffer_limit_bytes The budget for buffered request bodies (limits.body_buffer_bytes_max).\n",
-        );
-        out.push_str("# TYPE memoryrouter_request_body_buffer_limit_bytes gauge\n");
-        let _ = writeln!(
-            out,
-            "memoryrouter_request_body_buffer_limit_bytes {body_buffer_max_bytes}"
-        );
-        out.push_str(
-            "# HELP memoryrouter_request_bodies_refused_total Requests answered 503 server_busy because the body budget was full.\n",
-        );
-        out.push_str("# TYPE memoryrouter_request_bodies_refused_total counter\n");
-        let _ = writeln!(
-            out,
-            "memoryrouter_request_bodies_refused_total {bodies_refused}"
-        );
+        // One value each: (name, type, help, value).
+        let samples: [(&str, &str, &str, u64); 13] = [
+            (
+                "memoryrouter_memories_stored_total",
+                COUNTER,
+                "Memory records written by ingest.",
+                self.memories_stored.load(Ordering::Relaxed),
+            ),
+            (
+                "memoryrouter_audit_write_failures_total",
+                COUNTER,
+                "Account actions whose audit line could not be written.",
+                self.audit_write_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "memoryrouter_catalog_repairs",
+                GAUGE,
+                "Damaged catalog copies rebuilt from the other copy at start (the log says which).",
+                self.catalog_repairs.load(Ordering::Relaxed),
+            ),
+            (
+                "memoryrouter_open_vaults",
+                GAUGE,
+                "Vaults currently open.",
+                open_vaults as u64,
+            ),
+            (
+                "memoryrouter_open_vaults_memory_bytes",
+                GAUGE,
+                "Heap estimate of the open vaults (idle ones are closed past limits.open_vaults_memory_mb).",
+                open_vaults_bytes,
+            ),
+            (
+                "memoryrouter_vaults_poisoned",
+                GAUGE,
+                "Open vaults refusing writes since an fsync failed (until a restart).",
+                poisoned_vaults as u64,
+            ),
+            (
+                "memoryrouter_vaults_unreadable",
+                GAUGE,
+                "Open vaults answering 503 since a segment page could not be read (until a restart).",
+                unreadable_vaults as u64,
+            ),
+            (
+                "memoryrouter_catalog_poisoned",
+                GAUGE,
+                "1 when the key catalog refuses changes since an fsync failed.",
+                u64::from(catalog_poisoned),
+            ),
+            (
+                "memoryrouter_vaults_write_stalled",
+                GAUGE,
+                "Open vaults whose last write ran out of disk space (writes answer 503 storage_full until space is freed).",
+                write_stalled_vaults as u64,
+            ),
+            (
+                "memoryrouter_request_body_buffered_bytes",
+                GAUGE,
+                "Request bodies buffered now, across connections.",
+                body_buffered_bytes as u64,
+            ),
+            (
+                "memoryrouter_request_body_buffer_limit_bytes",
+                GAUGE,
+                "The budget for buffered request bodies (limits.body_buffer_bytes_max).",
+                body_buffer_max_bytes as u64,
+            ),
+            (
+                "memoryrouter_request_bodies_refused_total",
+                COUNTER,
+                "Requests answered 503 server_busy because the body budget was full.",
+                bodies_refused,
+            ),
+            (
+                "memoryrouter_uptime_seconds",
+                GAUGE,
+                "Seconds since start.",
+                uptime.as_secs(),
+            ),
+        ];
+        for (name, kind, help, value) in samples {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
         self.embedder.render(&mut out);
-        out.push_str("# HELP memoryrouter_uptime_seconds Seconds since start.\n");
-        out.push_str("# TYPE memoryrouter_uptime_seconds gauge\n");
-        let _ = writeln!(out, "memoryrouter_uptime_seconds {}", uptime.as_secs());
         out
     }
 }
