@@ -29,7 +29,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::memories::memory_json;
+use super::memories::{list_page, memory_json};
 use super::prepare::{Density, PrepareOptions, hit_json, retrieve};
 use crate::AppState;
 use crate::auth::{AuthContext, authenticated_body};
@@ -528,23 +528,7 @@ async fn list(state: &Arc<AppState>, auth: &AuthContext, value: Value) -> ToolRe
         })?),
     };
     let session = Some(session(args.session_id)?).filter(|s| !s.is_empty());
-    let (st, vault_id) = (state.clone(), auth.key_id.clone());
-    let mut page = blocking(move || {
-        Ok(st
-            .engine
-            .vault(&vault_id)?
-            .list(cursor, limit + 1, session.as_deref())?)
-    })
-    .await?;
-    let more = page.len() > limit;
-    page.truncate(limit);
-    let next_cursor = if more {
-        page.last().map(|m| m.id.to_string())
-    } else {
-        None
-    };
-    let memories: Vec<Value> = page.iter().map(memory_json).collect();
-    let structured = json!({"memories": memories, "next_cursor": next_cursor});
+    let structured = list_page(state, auth.key_id.clone(), cursor, limit, session).await?;
     Ok((pretty(&structured), structured))
 }
 

@@ -167,6 +167,19 @@ pub(crate) async fn list(
         })?),
     };
     let session = query.get("session_id").cloned().filter(|s| !s.is_empty());
+    let page = list_page(state, vault_id, cursor, limit, session).await?;
+    Ok(json_response(StatusCode::OK, &page))
+}
+
+/// One page of a vault's memories after `cursor`, oldest first, optionally of one session:
+/// `{"memories": [...], "next_cursor": ...}` (the list route and MCP's `list_memories`).
+pub(crate) async fn list_page(
+    state: &Arc<AppState>,
+    vault_id: String,
+    cursor: Option<u64>,
+    limit: usize,
+    session: Option<String>,
+) -> Result<Value, ApiError> {
     let st = state.clone();
     let mut page = blocking(move || {
         Ok(st
@@ -183,10 +196,7 @@ pub(crate) async fn list(
         None
     };
     let memories: Vec<Value> = page.iter().map(memory_json).collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"memories": memories, "next_cursor": next_cursor}),
-    ))
+    Ok(json!({"memories": memories, "next_cursor": next_cursor}))
 }
 
 pub(crate) async fn get(
