@@ -204,9 +204,34 @@ impl Vault {
         state.apply_analyzed(records, terms);
         state.refresh_memory();
         let memtable_len = state.memtable.len();
+        let unsealed_bytes = state.unsealed_bytes();
         drop(state);
         drop(_gate);
-        if inner.options.background && memtable_len >= inner.options.memtable_records_max {
+        // 6. Backpressure on memory: unsealed records past their byte bound are sealed by
+        //    the ingest that took them there, before it answers, so large bodies arriving
+        //    together cannot keep more unsealed memtables than the background seals away
+        //    (each 8 MiB body of long messages holds ~70 MiB until sealed). The records are
+        //    durable and applied already: a failed seal is logged, and retried by the next.
+        let bytes_max = inner
+            .options
+            .memtable_bytes_max
+            .min(crate::limits::MEMTABLE_BYTES_MAX_CEILING) as u64;
+        //    Only where seals run by themselves at all (`background`; tests that drive
+        //    seals by hand turn it off).
+        if !inner.options.background {
+            return Ok(IngestOutcome { stored, skipped });
+        }
+        if unsealed_bytes >= bytes_max {
+            if let Err(e) = self.seal() {
+                tracing::warn!(
+                    vault = %inner.name,
+                    error = %e,
+                    "seal past the memtable's byte bound failed"
+                );
+            }
+            // Compaction of the new segments, and whatever a concurrent ingest added.
+            self.schedule_seal();
+        } else if memtable_len >= inner.options.memtable_records_max {
             self.schedule_seal();
         }
         Ok(IngestOutcome { stored, skipped })
