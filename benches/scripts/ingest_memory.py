@@ -5,9 +5,13 @@ Usage: python3 benches/scripts/ingest_memory.py BINARY N MESSAGES MESSAGE_BYTES 
 e.g. `python3 benches/scripts/ingest_memory.py target/release/memoryrouter 16 1000 8000` (the
 issue's 16 concurrent ingests of 1,000 x 8 KB messages). Starts the binary on 127.0.0.1 with a
 temporary data directory, mints one key per client (one vault each), sends the bodies at
-once and samples /proc/PID/status every 10 ms; prints the peak (VmHWM) and the RSS a second
-after the last answer, and the peak over the bodies' bytes. WRAP="heaptrack -o FILE" runs
-the server under heaptrack to see where the peak is.
+once and samples /proc/PID/status every 10 ms; prints the peak (VmHWM, and its anonymous
+and file-backed parts at the sampled peak), the RSS 1 s and 5 s after the last answer, the
+server's CPU seconds, and the peak over the bodies' bytes. A body refused with 503 (the
+server's body budget, `Retry-After`) is sent again a second later, so every body ends up
+stored: `python3 benches/scripts/ingest_memory.py target/debug/memoryrouter 64 1000 8400` is
+issue 14's "64 concurrent 8 MiB bodies", all stored (`retries` counts the 503s).
+WRAP="heaptrack -o FILE" runs the server under heaptrack to see where the peak is.
 """
 import json, os, socket, subprocess, sys, tempfile, threading, time, urllib.request
 BIN = sys.argv[1]; N = int(sys.argv[2]); MSGS = int(sys.argv[3]); MSG_BYTES = int(sys.argv[4])
@@ -52,22 +56,37 @@ def body(seed):
 bodies = [body(i) for i in range(N)]
 total = sum(len(b) for b in bodies)
 results = []
+retries = [0]
 def go(i):
-    t = time.time(); s, b = req("POST", "/v1/memory/ingest", keys[i], bodies[i]); results.append((s, time.time() - t, b[:200]))
-peak = [0]; stop = [False]
+    t = time.time()
+    while True:
+        s, b = req("POST", "/v1/memory/ingest", keys[i], bodies[i])
+        if s != 503: break
+        retries[0] += 1; time.sleep(1.0)
+    results.append((s, time.time() - t, b[:200]))
+def cpu_s():
+    f = open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+peak = [0]; peak_parts = [0, 0]; stop = [False]
 def watch():
     while not stop[0]:
-        peak[0] = max(peak[0], status("VmRSS:")); time.sleep(0.01)
+        rss = status("VmRSS:")
+        if rss > peak[0]:
+            peak[0] = rss; peak_parts[:] = [status("RssAnon:"), status("RssFile:")]
+        time.sleep(0.01)
 w = threading.Thread(target=watch); w.start()
-t0 = time.time()
+cpu0 = cpu_s(); t0 = time.time()
 ts = [threading.Thread(target=go, args=(i,)) for i in range(N)]
 [t.start() for t in ts]; [t.join() for t in ts]
 el = time.time() - t0
-time.sleep(1); after = status("VmRSS:"); stop[0] = True; w.join()
+cpu = cpu_s() - cpu0
+time.sleep(1); after = (status("VmRSS:"), status("RssAnon:"))
+time.sleep(4); after5 = (status("VmRSS:"), status("RssAnon:")); stop[0] = True; w.join()
 codes = {}
 for s, _, b in results: codes[s] = codes.get(s, 0) + 1
-print(f"bodies {N} x {len(bodies[0])/2**20:.2f} MiB = {total/2**20:.0f} MiB; codes {codes}; elapsed {el:.1f}s")
-print(f"rss base {base} MiB, peak(sampled) {peak[0]} MiB, VmHWM {status('VmHWM:')} MiB, after {after} MiB; peak-base per body byte {(peak[0]-base)*2**20/total:.1f}x")
+print(f"bodies {N} x {len(bodies[0])/2**20:.2f} MiB = {total/2**20:.0f} MiB; codes {codes}; retries {retries[0]}; elapsed {el:.1f}s; server CPU {cpu:.1f}s")
+print(f"rss base {base} MiB, peak(sampled) {peak[0]} MiB (anon {peak_parts[0]}, file {peak_parts[1]}), VmHWM {status('VmHWM:')} MiB, "
+      f"after 1 s {after[0]} MiB (anon {after[1]}), after 5 s {after5[0]} MiB (anon {after5[1]}); peak-base per body byte {(peak[0]-base)*2**20/total:.1f}x")
 for s, _, b in results:
     if s != 202: print(s, b); break
 p.terminate(); p.wait()
