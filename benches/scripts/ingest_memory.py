@@ -9,8 +9,9 @@ once and samples /proc/PID/status every 10 ms; prints the peak (VmHWM, and its a
 and file-backed parts at the sampled peak), the RSS 1 s and 5 s after the last answer, the
 server's CPU seconds, and the peak over the bodies' bytes. A body refused with 503 (the
 server's body budget, `Retry-After`) is sent again a second later, so every body ends up
-stored: `python3 benches/scripts/ingest_memory.py target/debug/memoryrouter 64 1000 8400` is
-issue 14's "64 concurrent 8 MiB bodies", all stored (`retries` counts the 503s).
+stored: `python3 benches/scripts/ingest_memory.py target/debug/memoryrouter 64 1000 8300` is
+issue 14's "64 concurrent 8 MiB bodies" (7.96 MiB each, under the default 8 MiB
+`body_bytes_max`), all stored (`retries` counts the 503s).
 WRAP="heaptrack -o FILE" runs the server under heaptrack to see where the peak is.
 """
 import json, os, socket, subprocess, sys, tempfile, threading, time, urllib.request
@@ -34,6 +35,7 @@ def req(method, path, key, body, timeout=600):
     try:
         with urllib.request.urlopen(r, timeout=timeout) as resp: return resp.status, resp.read()
     except urllib.error.HTTPError as e: return e.code, e.read()
+    except (urllib.error.URLError, OSError) as e: return 0, str(e).encode()  # e.g. a body over body_bytes_max
 keys = []
 for i in range(N):
     s, b = req("POST", "/v1/keys", admin, json.dumps({"name": f"k{i}"}).encode()); keys.append(json.loads(b)["key"])

@@ -499,7 +499,21 @@ impl Segment {
             as u64;
         // A page that failed while the rows were validated reads zeros now (`mmap.rs`).
         seg.check()?;
+        // Validation read every lexical page and every row: searches fault back what they
+        // use (from the page cache), the rest no longer counts as this process's memory.
+        seg.release_pages();
         Ok(seg)
+    }
+
+    /// Unmaps from the process the pages of every file of the segment that a one-off pass
+    /// touched ([`MappedFile::release_pages`]); they stay in the page cache.
+    pub(crate) fn release_pages(&self) {
+        self.vectors.release_pages();
+        self.records.release_pages();
+        self.lexical.release_pages();
+        if let Some((map, _)) = &self.graph {
+            map.release_pages();
+        }
     }
 
     /// [`Error::SegmentUnreadable`] once reading a page of any of the segment's files failed
@@ -765,8 +779,13 @@ impl Segment {
 
     /// Builds the int8 codes now if searches will use them (a no-op once built).
     pub(crate) fn warm_codes(&self) {
-        if self.graph.is_some() || self.n as usize >= QUANTIZED_SCAN_MIN {
+        if (self.graph.is_some() || self.n as usize >= QUANTIZED_SCAN_MIN)
+            && self.quantized.get().is_none()
+        {
             let _ = self.quantized();
+            // Building the codes read every vector; searches read the codes (and rescore
+            // a few vectors, which they fault back).
+            self.vectors.release_pages();
         }
     }
 
