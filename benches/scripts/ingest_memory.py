@@ -44,6 +44,9 @@ def status(field):
         if l.startswith(field): return int(l.split()[1]) // 1024
 base = status("VmRSS:")
 import random
+# Distinct words: 20 x VOCAB (env VOCAB, default 100000: most words are new to a vault, the
+# worst case for a term dictionary; chat text repeats its words far more).
+VOCAB = int(os.environ.get("VOCAB", "100000"))
 words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon".split()
 def body(seed):
     rnd = random.Random(seed)
@@ -52,7 +55,7 @@ def body(seed):
         t = []
         n = 0
         while n < MSG_BYTES:
-            w = rnd.choice(words) + str(rnd.randrange(100000)); t.append(w); n += len(w) + 1
+            w = rnd.choice(words) + str(rnd.randrange(VOCAB)); t.append(w); n += len(w) + 1
         msgs.append({"role": "user" if j % 2 == 0 else "assistant", "content": " ".join(t)})
     return json.dumps({"session_id": f"s{seed}", "messages": msgs}).encode()
 bodies = [body(i) for i in range(N)]
@@ -83,10 +86,10 @@ ts = [threading.Thread(target=go, args=(i,)) for i in range(N)]
 el = time.time() - t0
 cpu = cpu_s() - cpu0
 time.sleep(1); after = (status("VmRSS:"), status("RssAnon:"))
-time.sleep(4); after5 = (status("VmRSS:"), status("RssAnon:")); stop[0] = True; w.join()
+time.sleep(4); after5 = (status("VmRSS:"), status("RssAnon:")); cpu5 = cpu_s() - cpu0; stop[0] = True; w.join()
 codes = {}
 for s, _, b in results: codes[s] = codes.get(s, 0) + 1
-print(f"bodies {N} x {len(bodies[0])/2**20:.2f} MiB = {total/2**20:.0f} MiB; codes {codes}; retries {retries[0]}; elapsed {el:.1f}s; server CPU {cpu:.1f}s")
+print(f"bodies {N} x {len(bodies[0])/2**20:.2f} MiB = {total/2**20:.0f} MiB; codes {codes}; retries {retries[0]}; elapsed {el:.1f}s; server CPU {cpu:.1f}s until the last answer, {cpu5:.1f}s 5 s later")
 print(f"rss base {base} MiB, peak(sampled) {peak[0]} MiB (anon {peak_parts[0]}, file {peak_parts[1]}), VmHWM {status('VmHWM:')} MiB, "
       f"after 1 s {after[0]} MiB (anon {after[1]}), after 5 s {after5[0]} MiB (anon {after5[1]}); peak-base per body byte {(peak[0]-base)*2**20/total:.1f}x")
 for s, _, b in results:

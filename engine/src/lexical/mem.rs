@@ -224,10 +224,19 @@ impl MemLexical {
     }
 
     /// Term ids in the byte order of their terms: the order of a segment file's dictionary.
+    /// Sorted by a key holding each term's first 16 bytes, so most comparisons read the
+    /// contiguous keys and only ties look the terms up: comparing through the arena was a
+    /// cache miss or two per comparison, and made a seal cost more than the analysis it
+    /// replaces (a third of a large ingest's CPU in the first version, against 8 %).
     pub(crate) fn sorted_terms(&self) -> Vec<u32> {
-        let mut order: Vec<u32> = (0..to_u32(self.terms.len())).collect();
-        order.sort_unstable_by(|&a, &b| self.term(a).as_bytes().cmp(self.term(b).as_bytes()));
-        order
+        let mut keyed: Vec<(u128, u32)> = (0..to_u32(self.terms.len()))
+            .map(|id| (prefix_key(self.term(id).as_bytes()), id))
+            .collect();
+        keyed.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| self.term(a.1).as_bytes().cmp(self.term(b.1).as_bytes()))
+        });
+        keyed.into_iter().map(|(_, id)| id).collect()
     }
 
     /// The lexical file of a segment whose doc `i` is this index's doc `docs[i]`, built from
@@ -243,8 +252,8 @@ impl MemLexical {
             }
         }
         let doc_lens: Vec<u32> = docs.iter().map(|&d| self.doc_len(d)).collect();
-        // Per term present in these docs: its id and its range in `postings`.
-        let mut entries: Vec<(u32, usize, usize)> = Vec::new();
+        // Per term present in these docs: the term and its range in `postings`.
+        let mut entries: Vec<(&str, usize, usize)> = Vec::new();
         let mut postings: Vec<(u32, u32)> = Vec::new();
         for &id in order {
             let from = postings.len();
@@ -261,16 +270,26 @@ impl MemLexical {
                 if !list.is_sorted_by_key(|p| p.0) {
                     list.sort_unstable_by_key(|p| p.0);
                 }
-                entries.push((id, from, postings.len()));
+                entries.push((self.term(id), from, postings.len()));
             }
         }
         encode(
             &doc_lens,
             entries
                 .iter()
-                .map(|&(id, from, to)| (self.term(id), &postings[from..to])),
+                .map(|&(term, from, to)| (term, &postings[from..to])),
         )
     }
+}
+
+/// The first 16 bytes of `term`, big-endian, zero-padded: keys compare as the terms' first
+/// 16 bytes do, a shorter term first among equal bytes (zero is the least byte); equal keys
+/// need the whole terms compared.
+fn prefix_key(term: &[u8]) -> u128 {
+    let mut key = [0u8; 16];
+    let n = term.len().min(16);
+    key[..n].copy_from_slice(&term[..n]);
+    u128::from_be_bytes(key)
 }
 
 /// Positions and counts in the index are `u32`: a memtable is sealed long before 4 G terms,
@@ -414,6 +433,34 @@ mod tests {
             index.free.iter().any(|f| !f.is_empty()),
             "some regions wait on free lists"
         );
+    }
+
+    #[test]
+    fn terms_sort_in_byte_order_past_their_16_byte_keys() {
+        let mut index = MemLexical::new();
+        let terms = [
+            "abcdefghijklmnopqrst",
+            "abcdefghijklmnopq",
+            "abcdefghijklmnopqz",
+            "abcdefghijklmnop",
+            "abc",
+            "b",
+            "abc\u{0}",
+            "zé",
+            "abcdefghijklmnopqrss",
+        ];
+        for t in terms {
+            let hash = index.hash(t);
+            index.intern(hash, t);
+        }
+        let got: Vec<&str> = index
+            .sorted_terms()
+            .into_iter()
+            .map(|id| index.term(id))
+            .collect();
+        let mut want = terms.to_vec();
+        want.sort_unstable();
+        assert_eq!(got, want);
     }
 
     #[test]
