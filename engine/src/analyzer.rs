@@ -380,12 +380,15 @@ impl Analysis {
                 Entry::Occupied(seen) => out.counts[*seen.get()].2 += 1,
                 Entry::Vacant(slot) => {
                     slot.insert(out.counts.len());
-                    let start = out.bytes.len();
+                    // Offsets fit: an analysed text is at most one request body (1 GiB).
+                    let start = out.bytes.len() as u32;
                     out.bytes.push_str(term);
-                    out.counts.push((start, out.bytes.len(), 1));
+                    out.counts.push((start, out.bytes.len() as u32, 1));
                 }
             }
         }
+        out.bytes.shrink_to_fit();
+        out.counts.shrink_to_fit();
         out
     }
 }
@@ -396,8 +399,10 @@ impl Analysis {
 pub struct TermCounts {
     /// The distinct terms, concatenated; `counts` index into it.
     bytes: String,
-    /// Per distinct term: its byte range in `bytes` and its frequency.
-    counts: Vec<(usize, usize, u32)>,
+    /// Per distinct term: its byte range in `bytes` and its frequency. `u32`s, and both
+    /// vectors shrunk to fit once counted: an ingest holds one `TermCounts` per chunk from
+    /// its analysis until the memtable takes the terms, ~20 bytes a distinct term.
+    counts: Vec<(u32, u32, u32)>,
     n_terms: u32,
 }
 
@@ -410,7 +415,7 @@ impl TermCounts {
     pub fn iter(&self) -> impl Iterator<Item = (&str, u32)> + '_ {
         self.counts
             .iter()
-            .map(|&(start, end, tf)| (&self.bytes[start..end], tf))
+            .map(|&(start, end, tf)| (&self.bytes[start as usize..end as usize], tf))
     }
 
     /// The document's length in terms (stopwords excluded, repeats included).

@@ -103,7 +103,7 @@ pub use distance::dot;
 pub use distance::{Quantized, UnitDistance, exact_top_k};
 pub use error::{Error, Result};
 pub use hnsw::HnswParams;
-pub use limits::MEMTABLE_RECORDS_MAX_DEFAULT;
+pub use limits::{MEMTABLE_BYTES_MAX_DEFAULT, MEMTABLE_RECORDS_MAX_DEFAULT};
 pub use policy::{
     DATE_WINDOW_DAYS, DEFAULT_SIGNALS, RetrievalPolicy, SIMILARITY_MIN_LEXICAL,
     SIMILARITY_MIN_TRANSFORMER, Signals,

@@ -7,26 +7,25 @@
 //! and sealing drops tombstoned records.
 //!
 //! The memtable also estimates its own heap footprint ([`Memtable::heap_bytes`]) for the
-//! registry's memory bound: the strings and postings each insert adds are summed as they
-//! arrive, and the arrays are counted from their capacities, so the estimate costs O(1).
+//! registry's memory bound and the vault's seal trigger (`VaultOptions::memtable_bytes_max`):
+//! the strings each insert adds are summed as they arrive, and the arrays and the lexical
+//! index's arenas are counted from their capacities, so the estimate costs O(1).
+//!
+//! Held compactly, as a memtable lives until its seal: the lexical index keeps its terms and
+//! postings in arenas (`lexical/mem.rs`), and a record whose indexing context is the text of
+//! the record before it — every chunk of a long message after the first, and a session's
+//! turns ingested together — does not keep a second copy of that text.
 
 use std::collections::BTreeMap;
 
 use crate::analyzer::TermCounts;
 use crate::distance::{QUANTIZED_SCAN_MIN, Quantized, exact_top_k, quantized_top_k};
-use crate::lexical::{LexicalSource, MemLexical};
+use crate::lexical::MemLexical;
 use crate::record::{Memory, MemoryId, StoredMemory, indexed_text};
 
 /// Heap bytes per entry of the id → doc `BTreeMap`: 12 bytes of key and value in nodes of
 /// 11 slots that are about two thirds full, plus node headers and child pointers.
 const ID_INDEX_ENTRY_BYTES: usize = 32;
-/// Heap bytes per posting of the in-memory lexical index: a `(doc, tf)` pair is 8 bytes and
-/// a posting list grown by doubling is on average about a third empty.
-const POSTING_BYTES: usize = 12;
-/// Heap bytes per distinct term of the in-memory lexical index: the key `String` and the
-/// posting `Vec` headers (48), a short stemmed term, the hash table's control byte and
-/// spare buckets, and the allocator's per-block overhead.
-const TERM_ENTRY_BYTES: usize = 96;
 /// Heap bytes per JSON object entry besides its key and value payloads: the key `String`
 /// header, the `Value` slot and the `BTreeMap` node share.
 const JSON_ENTRY_BYTES: usize = 24 + std::mem::size_of::<serde_json::Value>() + 16;
@@ -36,16 +35,23 @@ pub struct Memtable {
     dim: usize,
     records: Vec<Memory>,
     /// Each record's indexing context (`StoredMemory::context`), by doc.
-    contexts: Vec<String>,
+    contexts: Vec<Context>,
     /// `records.len() * dim` floats, doc-major.
     vectors: Vec<f32>,
     /// The same vectors' int8 codes: a scan of a full memtable reads 1.5 MB instead of 6 MB.
     codes: Quantized,
     by_id: BTreeMap<MemoryId, u32>,
     lexical: MemLexical,
-    /// Heap bytes owned by the records' strings (text, session, model, metadata, context)
-    /// and the postings their docs added, summed at insert; see [`Memtable::heap_bytes`].
+    /// Heap bytes owned by the records' strings (text, session, model, metadata, context),
+    /// summed at insert; see [`Memtable::heap_bytes`].
     payload_bytes: usize,
+}
+
+/// A record's indexing context.
+enum Context {
+    /// The text of the record right before it (doc − 1): not stored twice.
+    Previous,
+    Own(String),
 }
 
 impl Memtable {
@@ -81,16 +87,21 @@ impl Memtable {
         let doc = self.records.len() as u32;
         self.by_id.insert(record.memory.id, doc);
         self.lexical.add_counts(doc, terms);
-        // A doc adds at most one posting per word (fewer when words repeat): an upper
-        // estimate that needs no second pass over the text.
-        self.payload_bytes += self.lexical.doc_len(doc) as usize * POSTING_BYTES
-            + std::mem::size_of::<u32>()
-            + record_payload_bytes(&record.memory)
-            + record.context.capacity();
+        let context = match self.records.last() {
+            Some(previous) if !record.context.is_empty() && previous.text == record.context => {
+                Context::Previous
+            }
+            _ => Context::Own(record.context),
+        };
+        self.payload_bytes += record_payload_bytes(&record.memory)
+            + match &context {
+                Context::Previous => 0,
+                Context::Own(c) => c.capacity(),
+            };
         self.vectors.extend_from_slice(&record.vector);
         self.codes.push(&record.vector);
         self.records.push(record.memory);
-        self.contexts.push(record.context);
+        self.contexts.push(context);
     }
 
     pub fn len(&self) -> usize {
@@ -98,15 +109,14 @@ impl Memtable {
     }
 
     /// Estimated heap bytes held by this memtable: the record, context and vector arrays by
-    /// capacity (a grown `Vec` holds its spare room), the id index, the lexical terms, and
-    /// the strings and postings summed at insert. O(1).
+    /// capacity (a grown `Vec` holds its spare room), the id index, the lexical index's
+    /// tables and arenas by capacity, and the strings summed at insert. O(1).
     pub fn heap_bytes(&self) -> u64 {
         let arrays = self.records.capacity() * std::mem::size_of::<Memory>()
-            + self.contexts.capacity() * std::mem::size_of::<String>()
+            + self.contexts.capacity() * std::mem::size_of::<Context>()
             + self.vectors.capacity() * std::mem::size_of::<f32>()
             + self.codes.bytes();
-        let indexes =
-            self.by_id.len() * ID_INDEX_ENTRY_BYTES + self.lexical.n_terms() * TERM_ENTRY_BYTES;
+        let indexes = self.by_id.len() * ID_INDEX_ENTRY_BYTES + self.lexical.heap_bytes();
         (arrays + indexes + self.payload_bytes) as u64
     }
 
@@ -128,7 +138,10 @@ impl Memtable {
     }
 
     pub fn context(&self, doc: u32) -> &str {
-        &self.contexts[doc as usize]
+        match &self.contexts[doc as usize] {
+            Context::Previous => &self.records[doc as usize - 1].text,
+            Context::Own(c) => c,
+        }
     }
 
     pub fn vector(&self, doc: u32) -> &[f32] {
@@ -263,6 +276,28 @@ mod tests {
             assert_eq!(m.search(&q, 10, &odd), exact);
         }
         assert!(m.heap_bytes() as usize >= m.codes.bytes() + m.vectors.len() * 4);
+    }
+
+    #[test]
+    fn a_context_that_is_the_previous_text_is_held_once() {
+        let mut m = Memtable::new(2);
+        let mut a = rec(1, [1.0, 0.0]);
+        a.memory.text = "x".repeat(900);
+        m.insert(a);
+        let one = m.heap_bytes();
+        let mut b = rec(2, [0.0, 1.0]);
+        b.context = "x".repeat(900);
+        m.insert(b);
+        let mut c = rec(3, [0.0, 1.0]);
+        c.context = "another context".to_string();
+        m.insert(c);
+        assert_eq!(m.context(0), "");
+        assert_eq!(m.context(1), "x".repeat(900));
+        assert_eq!(m.context(2), "another context");
+        assert!(matches!(m.contexts[1], Context::Previous));
+        assert!(matches!(m.contexts[2], Context::Own(_)));
+        // The second record's context added no 900 bytes.
+        assert!(m.heap_bytes() < one + 900, "{one} -> {}", m.heap_bytes());
     }
 
     #[test]

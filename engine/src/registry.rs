@@ -56,6 +56,9 @@ pub struct EngineConfig {
     pub open_vaults_memory_bytes_max: u64,
     /// Seal threshold of each vault's memtable, in records.
     pub memtable_records_max: usize,
+    /// Heap bytes of a vault's unsealed records past which the ingest that got there seals
+    /// them before returning (`VaultOptions::memtable_bytes_max`).
+    pub memtable_bytes_max: usize,
     pub embedder: Arc<dyn Embedder>,
     /// Graph parameters for large segments.
     pub hnsw: HnswParams,
@@ -80,6 +83,7 @@ impl EngineConfig {
             open_vaults_max: OPEN_VAULTS_MAX_DEFAULT,
             open_vaults_memory_bytes_max: OPEN_VAULTS_MEMORY_BYTES_MAX_DEFAULT,
             memtable_records_max: MEMTABLE_RECORDS_MAX_DEFAULT,
+            memtable_bytes_max: crate::limits::MEMTABLE_BYTES_MAX_DEFAULT,
             embedder: Arc::new(BuiltinEmbedder::new()),
             hnsw: HnswParams::default(),
             policy: None,
@@ -155,6 +159,7 @@ impl Engine {
         let mut o = VaultOptions::new(Arc::clone(&self.config.embedder));
         o.durability = self.config.durability;
         o.memtable_records_max = self.config.memtable_records_max;
+        o.memtable_bytes_max = self.config.memtable_bytes_max;
         o.hnsw = self.config.hnsw.clone();
         o.policy = self.policy();
         o.memory_total = Arc::clone(&self.memory_total);

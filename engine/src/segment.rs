@@ -149,6 +149,51 @@ pub(crate) fn write<D: InDir + ?Sized>(
     graph: GraphBuild<'_>,
     after_temp_dir: &dyn Fn() -> Result<()>,
 ) -> Result<PathBuf> {
+    write_files(
+        vault,
+        name,
+        dim,
+        inputs,
+        None,
+        (hnsw, graph),
+        after_temp_dir,
+    )
+}
+
+/// [`write`] for a seal: no graph, and the lexical file already built from the memtable's
+/// postings (`MemLexical::segment_file`: the bytes analysing `inputs` again would give,
+/// without the analysis — it was ~20 % of ingest CPU).
+pub(crate) fn write_sealed<D: InDir + ?Sized>(
+    vault: &D,
+    name: &str,
+    dim: usize,
+    inputs: &[SegmentInput<'_>],
+    lexical: Vec<u8>,
+    after_temp_dir: &dyn Fn() -> Result<()>,
+) -> Result<PathBuf> {
+    let hnsw = HnswParams::default();
+    let graph = (&hnsw, GraphBuild::Never);
+    write_files(
+        vault,
+        name,
+        dim,
+        inputs,
+        Some(lexical),
+        graph,
+        after_temp_dir,
+    )
+}
+
+/// [`write`], with the lexical file given or (`None`) built by analysing the inputs.
+fn write_files<D: InDir + ?Sized>(
+    vault: &D,
+    name: &str,
+    dim: usize,
+    inputs: &[SegmentInput<'_>],
+    lexical: Option<Vec<u8>>,
+    (hnsw, graph): (&HnswParams, GraphBuild<'_>),
+    after_temp_dir: &dyn Fn() -> Result<()>,
+) -> Result<PathBuf> {
     debug_assert!(inputs.windows(2).all(|w| w[0].memory.id < w[1].memory.id));
     let (storage, vault_dir) = (vault.storage(), vault.path());
     let tmp = vault_dir.join(format!("{name}.tmp"));
@@ -243,15 +288,19 @@ pub(crate) fn write<D: InDir + ?Sized>(
     drop(records);
 
     // Lexical index (carries its own magic, version and crc).
-    let mut lex = LexicalBuilder::new();
-    for (doc, input) in inputs.iter().enumerate() {
-        let context = crate::record::context_of(input.context);
-        lex.add(
-            doc as u32,
-            &crate::record::indexed_text(context, &input.memory.text),
-        );
-    }
-    file::write_raw(storage, &tmp.join(LEXICAL_FILE), &lex.finish())?;
+    let lexical = lexical.unwrap_or_else(|| {
+        let mut lex = LexicalBuilder::new();
+        for (doc, input) in inputs.iter().enumerate() {
+            let context = crate::record::context_of(input.context);
+            lex.add(
+                doc as u32,
+                &crate::record::indexed_text(context, &input.memory.text),
+            );
+        }
+        lex.finish()
+    });
+    file::write_raw(storage, &tmp.join(LEXICAL_FILE), &lexical)?;
+    drop(lexical);
 
     // Graph, only where it beats a scan (and never on the seal path).
     let graph = match graph {
@@ -450,7 +499,21 @@ impl Segment {
             as u64;
         // A page that failed while the rows were validated reads zeros now (`mmap.rs`).
         seg.check()?;
+        // Validation read every lexical page and every row: searches fault back what they
+        // use (from the page cache), the rest no longer counts as this process's memory.
+        seg.release_pages();
         Ok(seg)
+    }
+
+    /// Unmaps from the process the pages of every file of the segment that a one-off pass
+    /// touched ([`MappedFile::release_pages`]); they stay in the page cache.
+    pub(crate) fn release_pages(&self) {
+        self.vectors.release_pages();
+        self.records.release_pages();
+        self.lexical.release_pages();
+        if let Some((map, _)) = &self.graph {
+            map.release_pages();
+        }
     }
 
     /// [`Error::SegmentUnreadable`] once reading a page of any of the segment's files failed
@@ -716,8 +779,13 @@ impl Segment {
 
     /// Builds the int8 codes now if searches will use them (a no-op once built).
     pub(crate) fn warm_codes(&self) {
-        if self.graph.is_some() || self.n as usize >= QUANTIZED_SCAN_MIN {
+        if (self.graph.is_some() || self.n as usize >= QUANTIZED_SCAN_MIN)
+            && self.quantized.get().is_none()
+        {
             let _ = self.quantized();
+            // Building the codes read every vector; searches read the codes (and rescore
+            // a few vectors, which they fault back).
+            self.vectors.release_pages();
         }
     }
 

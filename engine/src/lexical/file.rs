@@ -58,8 +58,7 @@ impl LexicalBuilder {
         }
     }
 
-    /// Serializes the index. Panics only if a single segment exceeds the format's 32-bit
-    /// counts (4 G documents, terms, term bytes or postings), far beyond any segment size.
+    /// Serializes the index (see [`encode`] for its one limit).
     pub fn finish(mut self) -> Vec<u8> {
         for list in self.postings.values_mut() {
             list.sort_unstable();
@@ -71,62 +70,81 @@ impl LexicalBuilder {
                 same
             });
         }
-        let n_postings: usize = self.postings.values().map(Vec::len).sum();
-        let term_bytes_len: usize = self.postings.keys().map(String::len).sum();
-        let fits = |n: usize| u32::try_from(n).is_ok();
-        assert!(
-            fits(self.doc_lens.len())
-                && fits(self.postings.len())
-                && fits(n_postings)
-                && fits(term_bytes_len),
-            "lexical segment exceeds the 32-bit limits of format version {FORMAT_VERSION}"
-        );
-        let total_len: u64 = self.doc_lens.iter().map(|&l| u64::from(l)).sum();
-        let size = HEADER_BYTES
-            + 4 * self.doc_lens.len()
-            + TERM_ENTRY_BYTES * self.postings.len()
-            + term_bytes_len
-            + POSTING_BYTES * n_postings
-            + FOOTER_BYTES;
-        let mut out = Vec::with_capacity(size);
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(self.doc_lens.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(self.postings.len() as u32).to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(&total_len.to_le_bytes());
-        out.extend_from_slice(&(n_postings as u64).to_le_bytes());
-        out.extend_from_slice(&(term_bytes_len as u64).to_le_bytes());
-        for len in &self.doc_lens {
-            out.extend_from_slice(&len.to_le_bytes());
-        }
-        let (mut bytes_off, mut postings_start) = (0u32, 0u32);
-        for (term, list) in &self.postings {
-            for v in [
-                bytes_off,
-                term.len() as u32,
-                postings_start,
-                list.len() as u32,
-            ] {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            bytes_off += term.len() as u32;
-            postings_start += list.len() as u32;
-        }
-        for term in self.postings.keys() {
-            out.extend_from_slice(term.as_bytes());
-        }
-        for list in self.postings.values() {
-            for &(doc, tf) in list {
-                out.extend_from_slice(&doc.to_le_bytes());
-                out.extend_from_slice(&tf.to_le_bytes());
-            }
-        }
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        debug_assert_eq!(out.len(), size);
-        out
+        encode(
+            &self.doc_lens,
+            self.postings
+                .iter()
+                .map(|(term, list)| (term.as_str(), list.as_slice())),
+        )
     }
+}
+
+/// Serializes a lexical file: `doc_lens` by doc, and `terms` strictly ascending by their
+/// bytes, each with its non-empty postings, docs strictly ascending. The one writer of the
+/// format: [`LexicalBuilder::finish`] and the seal's build from a memtable's postings
+/// (`MemLexical::segment_file`) both go through it. Panics only if a single segment exceeds
+/// the format's 32-bit counts (4 G documents, terms, term bytes or postings), far beyond any
+/// segment size.
+pub(super) fn encode<'t>(
+    doc_lens: &[u32],
+    terms: impl Iterator<Item = (&'t str, &'t [(u32, u32)])> + Clone,
+) -> Vec<u8> {
+    let (mut n_terms, mut n_postings, mut term_bytes_len) = (0usize, 0usize, 0usize);
+    for (term, list) in terms.clone() {
+        n_terms += 1;
+        n_postings += list.len();
+        term_bytes_len += term.len();
+    }
+    let fits = |n: usize| u32::try_from(n).is_ok();
+    assert!(
+        fits(doc_lens.len()) && fits(n_terms) && fits(n_postings) && fits(term_bytes_len),
+        "lexical segment exceeds the 32-bit limits of format version {FORMAT_VERSION}"
+    );
+    let total_len: u64 = doc_lens.iter().map(|&l| u64::from(l)).sum();
+    let size = HEADER_BYTES
+        + 4 * doc_lens.len()
+        + TERM_ENTRY_BYTES * n_terms
+        + term_bytes_len
+        + POSTING_BYTES * n_postings
+        + FOOTER_BYTES;
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(doc_lens.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(n_terms as u32).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&total_len.to_le_bytes());
+    out.extend_from_slice(&(n_postings as u64).to_le_bytes());
+    out.extend_from_slice(&(term_bytes_len as u64).to_le_bytes());
+    for len in doc_lens {
+        out.extend_from_slice(&len.to_le_bytes());
+    }
+    let (mut bytes_off, mut postings_start) = (0u32, 0u32);
+    for (term, list) in terms.clone() {
+        for v in [
+            bytes_off,
+            term.len() as u32,
+            postings_start,
+            list.len() as u32,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        bytes_off += term.len() as u32;
+        postings_start += list.len() as u32;
+    }
+    for (term, _) in terms.clone() {
+        out.extend_from_slice(term.as_bytes());
+    }
+    for (_, list) in terms {
+        for &(doc, tf) in list {
+            out.extend_from_slice(&doc.to_le_bytes());
+            out.extend_from_slice(&tf.to_le_bytes());
+        }
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!(out.len(), size);
+    out
 }
 
 /// A validated, zero-copy view of a serialized lexical index.

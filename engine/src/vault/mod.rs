@@ -43,7 +43,9 @@ use crate::embedder::Embedder;
 use crate::error::{Error, Result};
 use crate::footprint::MemoryGauge;
 use crate::hnsw::HnswParams;
-use crate::limits::{MEMTABLE_RECORDS_MAX_DEFAULT, WAL_SEGMENT_BYTES_MAX};
+use crate::limits::{
+    MEMTABLE_BYTES_MAX_DEFAULT, MEMTABLE_RECORDS_MAX_DEFAULT, WAL_SEGMENT_BYTES_MAX,
+};
 use crate::manifest::Manifest;
 use crate::policy::RetrievalPolicy;
 use crate::record::MemoryId;
@@ -56,6 +58,10 @@ pub struct VaultOptions {
     pub durability: Durability,
     /// Seal the memtable into a segment past this many records.
     pub memtable_records_max: usize,
+    /// An ingest that takes the unsealed records (memtable and frozen ones) past this many
+    /// heap bytes seals them before it returns (capped at
+    /// [`crate::limits::MEMTABLE_BYTES_MAX_CEILING`]).
+    pub memtable_bytes_max: usize,
     pub embedder: Arc<dyn Embedder>,
     pub hnsw: HnswParams,
     /// How searches rank (fusion, weights, priors, candidate pool); defaults follow the
@@ -95,6 +101,7 @@ impl VaultOptions {
         VaultOptions {
             durability: Durability::Fsync,
             memtable_records_max: MEMTABLE_RECORDS_MAX_DEFAULT,
+            memtable_bytes_max: MEMTABLE_BYTES_MAX_DEFAULT,
             policy: RetrievalPolicy::for_kind(embedder.kind()),
             embedder,
             hnsw: HnswParams::default(),

@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use crate::crash::CrashPoint;
 use crate::error::{Error, Result};
 use crate::memtable::Memtable;
+use crate::record::CONTEXT_BYTES_MAX;
 use crate::segment::{self, GraphBuild, Segment, SegmentInput};
 use crate::storage::InDir as _;
 
@@ -77,21 +78,38 @@ impl Vault {
         // grew while an earlier seal ran is still sealed quickly, and compaction (tiered)
         // merges these small segments into graph-backed ones.
         let per_segment = inner.options.memtable_records_max.max(1);
+        // The lexical files come from the memtable's postings (no second analysis of every
+        // text), unless a record carries a context longer than a segment stores (only a
+        // hand-made WAL can): the segment then indexes what it stores, as compaction will.
+        let from_postings = docs
+            .iter()
+            .all(|&d| frozen.context(d).len() <= CONTEXT_BYTES_MAX);
+        let order = if from_postings {
+            frozen.lexical().sorted_terms()
+        } else {
+            Vec::new()
+        };
         let mut names = Vec::new();
         let installed = (|| {
             let mut paths = Vec::new();
-            for chunk in inputs.chunks(per_segment) {
+            for (chunk, chunk_docs) in inputs.chunks(per_segment).zip(docs.chunks(per_segment)) {
                 let name = segment::dir_name(inner.next_segment.fetch_add(1, Ordering::SeqCst));
                 names.push(name.clone());
-                paths.push(segment::write(
-                    &inner.dir,
-                    &name,
-                    inner.dim,
-                    chunk,
-                    &inner.options.hnsw,
-                    GraphBuild::Never,
-                    &|| inner.options.reach(CrashPoint::SealAfterTempDir),
-                )?);
+                let after = || inner.options.reach(CrashPoint::SealAfterTempDir);
+                paths.push(if from_postings {
+                    let lexical = frozen.lexical().segment_file(&order, chunk_docs);
+                    segment::write_sealed(&inner.dir, &name, inner.dim, chunk, lexical, &after)?
+                } else {
+                    segment::write(
+                        &inner.dir,
+                        &name,
+                        inner.dim,
+                        chunk,
+                        &inner.options.hnsw,
+                        GraphBuild::Never,
+                        &after,
+                    )?
+                });
             }
             inner.options.reach(CrashPoint::SealAfterRename)?;
             let segments = paths
@@ -178,5 +196,60 @@ impl Vault {
             }
             vault.inner.jobs.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::lexical::LexicalBuilder;
+    use crate::record::{NewMemory, Role, context_of, indexed_text};
+    use crate::vault::Vault;
+    use crate::vault::testing::options;
+
+    /// A seal writes each segment's `lexical.bin` from the frozen memtable's postings. The
+    /// file must be byte for byte what analysing the segment's records writes (the path
+    /// compaction takes): over several segments per seal, deleted records, chunked messages
+    /// (contexts held once) and sessions interleaved.
+    #[test]
+    fn a_seal_writes_the_lexical_file_analysing_the_records_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = options();
+        o.memtable_records_max = 7;
+        let vault = Vault::open(dir.path(), o).unwrap();
+        let long = "Caroline adopted a dog named Bailey after the support group met, ".repeat(45);
+        let batch: Vec<NewMemory> = (0..30)
+            .map(|i| {
+                let text = match i % 9 {
+                    4 => format!("{i} {long}"),
+                    _ => format!("turn {i}: painted {} sunsets in Cañon city", i % 5),
+                };
+                NewMemory::new(format!("s{}", i % 3), Role::User, text, i)
+            })
+            .collect();
+        let stored = vault.ingest(batch).unwrap().stored;
+        assert!(
+            stored.len() > 36,
+            "long messages are chunked: {}",
+            stored.len()
+        );
+        for id in stored.iter().step_by(5) {
+            assert!(vault.delete(*id).unwrap());
+        }
+        assert!(vault.seal().unwrap());
+        let state = vault.inner.state.read();
+        assert!(
+            state.segments.len() >= 5,
+            "{} segments",
+            state.segments.len()
+        );
+        for seg in &state.segments {
+            let mut builder = LexicalBuilder::new();
+            for doc in 0..seg.len() {
+                let indexed = indexed_text(context_of(seg.context(doc)), seg.text(doc));
+                builder.add(doc, &indexed);
+            }
+            let written = std::fs::read(seg.dir().join("lexical.bin")).unwrap();
+            assert_eq!(written, builder.finish(), "segment {}", seg.name());
+        }
     }
 }

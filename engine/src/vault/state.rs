@@ -337,12 +337,7 @@ impl State {
 
     /// Estimated heap bytes of the state: O(1 + frozen + segments), see `footprint.rs`.
     fn heap_bytes(&self) -> u64 {
-        let memtables = self.memtable.heap_bytes()
-            + self
-                .frozen
-                .iter()
-                .map(|f| f.memtable.heap_bytes())
-                .sum::<u64>();
+        let memtables = self.unsealed_bytes();
         let segments = self
             .segments
             .iter()
@@ -370,6 +365,16 @@ impl State {
 
     pub fn live_count(&self) -> u64 {
         (self.records() as u64).saturating_sub(self.deleted.len() as u64)
+    }
+
+    /// Heap bytes of the records not yet in a segment (the memtable and frozen ones).
+    pub fn unsealed_bytes(&self) -> u64 {
+        self.memtable.heap_bytes()
+            + self
+                .frozen
+                .iter()
+                .map(|f| f.memtable.heap_bytes())
+                .sum::<u64>()
     }
 
     /// Records not yet in a segment (the memtable and frozen ones).

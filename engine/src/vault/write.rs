@@ -18,7 +18,8 @@ use super::layout::Change;
 use super::state::State;
 use super::{IngestOutcome, Vault, now_ms};
 
-/// A message ready to reserve: its hash, the message, and its chunks.
+/// A message ready to reserve: its hash, the message (its text moved into the chunks), and
+/// its chunks.
 type Embedded = (u64, NewMemory, Vec<EmbeddedChunk>);
 
 /// One chunk of a new message with everything computed outside the vault's locks.
@@ -31,14 +32,11 @@ struct EmbeddedChunk {
     terms: TermCounts,
 }
 
-/// One chunk of a new message before its vector: what the embedder is asked for, and the
-/// analysis that feeds both the BM25 index and (for the built-in embedder) the vector.
-struct Chunk {
-    text: String,
-    context: String,
-    indexed: String,
-    analysis: Analysis,
-}
+/// Chunks analysed and embedded at once by an ingest: large enough that an embedder batches
+/// well (a local model groups by tokens within it anyway), small enough that the analyses
+/// and texts with context of a group stay a few MiB whatever the body's size.
+/// Tests use 8 so their batches span several groups.
+const EMBED_GROUP_CHUNKS: usize = if cfg!(test) { 8 } else { 256 };
 
 impl Vault {
     /// Stores a batch of messages. `Ok` means durable (per the durability setting) and visible
@@ -88,63 +86,68 @@ impl Vault {
         }
         // 2. Chunk, analyse and embed outside every lock: the one analysis of each chunk
         //    feeds both the BM25 index and (for the built-in embedder) the vector. Every
-        //    chunk of the request goes to the embedder in one batch; if it fails, nothing
-        //    has been written and the ingest fails.
+        //    chunk of the request is embedded before anything is written; if one group
+        //    fails, nothing has been written and the ingest fails.
         //    On the caller's thread, whatever the batch size: rayon's global pool runs seals
         //    and compactions (graph builds that hold its threads for seconds), and a batch
         //    handed to it waited behind them: bulk import over HTTP fell from ~13k to ~1.5k
         //    memories/s.
-        let messages: Vec<(u64, NewMemory, Vec<Chunk>)> = fresh
-            .into_iter()
-            .map(|(h, m, context)| {
-                // Chunk i's context is chunk i - 1 (the message's first: the previous message).
-                let mut context = context;
-                let chunks = chunk_text(&m.text)
-                    .into_iter()
-                    .map(|c| {
-                        let indexed = record::indexed_text(&context, c).into_owned();
-                        let next = record::context_of(c).to_string();
-                        Chunk {
-                            text: c.to_string(),
-                            context: std::mem::replace(&mut context, next),
-                            analysis: Analysis::of(&indexed),
-                            indexed,
-                        }
-                    })
-                    .collect();
-                (h, m, chunks)
-            })
-            .collect();
+        //    Memory: a message's whole text is dropped once chunked, and chunks are analysed
+        //    and embedded [`EMBED_GROUP_CHUNKS`] at a time, so the analyses and the texts with
+        //    context — several times the text — exist for one group, not the whole body
+        //    (heaptrack: ~35× the text for one 8 MiB body when they all lived at once).
+        let mut heads: Vec<(u64, NewMemory, usize)> = Vec::with_capacity(fresh.len());
+        // Each chunk's text and indexing context (chunk i's is chunk i − 1; the message's
+        // first, the previous message's).
+        let mut pieces: Vec<(String, String)> = Vec::new();
+        for (h, mut m, mut context) in fresh {
+            let text = std::mem::take(&mut m.text);
+            let chunks = chunk_text(&text);
+            heads.push((h, m, chunks.len()));
+            for c in chunks {
+                let next = record::context_of(c).to_string();
+                pieces.push((c.to_string(), std::mem::replace(&mut context, next)));
+            }
+        }
         let embedder = &*inner.options.embedder;
-        let (texts, analyses): (Vec<&str>, Vec<&Analysis>) = messages
-            .iter()
-            .flat_map(|(_, _, chunks)| chunks.iter().map(|c| (c.indexed.as_str(), &c.analysis)))
-            .unzip();
-        let own: Vec<&str> = messages
-            .iter()
-            .flat_map(|(_, _, chunks)| chunks.iter().map(|c| c.text.as_str()))
-            .collect();
-        let mut vectors = embedder::checked(
-            embedder,
-            texts.len(),
-            embedder.embed_memories(&own, &texts, &analyses),
-        )?
-        .into_iter();
-        let embedded: Vec<Embedded> = messages
+        let mut done: Vec<EmbeddedChunk> = Vec::with_capacity(pieces.len());
+        let mut pieces = pieces.into_iter();
+        loop {
+            let group: Vec<(String, String)> = pieces.by_ref().take(EMBED_GROUP_CHUNKS).collect();
+            if group.is_empty() {
+                break;
+            }
+            let indexed: Vec<String> = group
+                .iter()
+                .map(|(text, context)| record::indexed_text(context, text).into_owned())
+                .collect();
+            let analyses: Vec<Analysis> = indexed.iter().map(|t| Analysis::of(t)).collect();
+            let vectors = {
+                let texts: Vec<&str> = indexed.iter().map(String::as_str).collect();
+                let own: Vec<&str> = group.iter().map(|(text, _)| text.as_str()).collect();
+                let refs: Vec<&Analysis> = analyses.iter().collect();
+                embedder::checked(
+                    embedder,
+                    texts.len(),
+                    embedder.embed_memories(&own, &texts, &refs),
+                )?
+            };
+            drop(indexed);
+            for (((text, context), analysis), vector) in
+                group.into_iter().zip(&analyses).zip(vectors)
+            {
+                done.push(EmbeddedChunk {
+                    terms: analysis.term_counts(),
+                    text,
+                    context,
+                    vector,
+                });
+            }
+        }
+        let mut done = done.into_iter();
+        let embedded: Vec<Embedded> = heads
             .into_iter()
-            .map(|(h, m, chunks)| {
-                let chunks = chunks
-                    .into_iter()
-                    .zip(vectors.by_ref())
-                    .map(|(c, vector)| EmbeddedChunk {
-                        terms: c.analysis.term_counts(),
-                        text: c.text,
-                        context: c.context,
-                        vector,
-                    })
-                    .collect();
-                (h, m, chunks)
-            })
+            .map(|(h, m, n)| (h, m, done.by_ref().take(n).collect()))
             .collect();
 
         // 3. Reserve: re-check dedupe under the lock, assign ids, mark hashes pending.
@@ -204,9 +207,34 @@ impl Vault {
         state.apply_analyzed(records, terms);
         state.refresh_memory();
         let memtable_len = state.memtable.len();
+        let unsealed_bytes = state.unsealed_bytes();
         drop(state);
         drop(_gate);
-        if inner.options.background && memtable_len >= inner.options.memtable_records_max {
+        // 6. Backpressure on memory: unsealed records past their byte bound are sealed by
+        //    the ingest that took them there, before it answers, so large bodies arriving
+        //    together cannot keep more unsealed memtables than the background seals away
+        //    (each 8 MiB body of long messages holds ~70 MiB until sealed). The records are
+        //    durable and applied already: a failed seal is logged, and retried by the next.
+        let bytes_max = inner
+            .options
+            .memtable_bytes_max
+            .min(crate::limits::MEMTABLE_BYTES_MAX_CEILING) as u64;
+        //    Only where seals run by themselves at all (`background`; tests that drive
+        //    seals by hand turn it off).
+        if !inner.options.background {
+            return Ok(IngestOutcome { stored, skipped });
+        }
+        if unsealed_bytes >= bytes_max {
+            if let Err(e) = self.seal() {
+                tracing::warn!(
+                    vault = %inner.name,
+                    error = %e,
+                    "seal past the memtable's byte bound failed"
+                );
+            }
+            // Compaction of the new segments, and whatever a concurrent ingest added.
+            self.schedule_seal();
+        } else if memtable_len >= inner.options.memtable_records_max {
             self.schedule_seal();
         }
         Ok(IngestOutcome { stored, skipped })

@@ -570,11 +570,12 @@ struct Site {
     expect: Teeth,
 }
 
-/// How `segment::write` reaches its two directory syncs.
+/// How `segment::write` (and `write_sealed`) reach their two directory syncs, both in
+/// `write_files`.
 const SEGMENT_WRITE_DIR: &[&str] = &[
     "engine/src/storage.rs:sync_dir",
     "engine/src/file.rs:sync_dir",
-    "engine/src/segment.rs:write",
+    "engine/src/segment.rs:write_files",
 ];
 
 fn sites() -> Vec<Site> {
