@@ -93,6 +93,12 @@ pub trait Embedder: Send + Sync {
     }
 }
 
+/// The stored vector of a retrieval model's memory, from the vector of its text with context
+/// and of its own text: [`mean_direction`] of the two.
+pub fn memory_vector(with_context: &[f32], alone: &[f32]) -> Vec<f32> {
+    mean_direction(with_context, alone)
+}
+
 /// The unit vector along `a + b` (`a` when the sum vanishes): a cosine against it is the
 /// mean of the cosines against `a` and `b`, scaled by `2 / |a + b|`, close to constant when
 /// `a` and `b` are near (a memory's own text and its text with context).

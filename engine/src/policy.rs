@@ -332,7 +332,7 @@ mod tests {
                     vector_weight: 0.0,
                     lexical_weight: 0.0,
                 },
-                prior_max: 0.1,
+                ..DEFAULT_FUSION
             },
             ..base
         };

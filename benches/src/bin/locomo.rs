@@ -47,7 +47,7 @@
 use anyhow::{Context, Result, bail};
 use benches::locomo::{Conversation, load};
 use engine::analyzer::analyze;
-use engine::fusion::{DEFAULT_FUSION, FusionMethod, FusionParams, fuse_with};
+use engine::fusion::{DEFAULT_FUSION, FusionMethod, FusionParams, VectorNorm, fuse_with};
 use engine::lexical::{LexicalSource, MemLexical, bm25};
 use engine::{
     BuiltinEmbedder, Durability, Embedder, Engine, EngineConfig, Filter, LocalModelEmbedder,
@@ -585,7 +585,7 @@ fn methods(policy: RetrievalPolicy, sweep: bool, explore: bool) -> Vec<(String, 
         for (name, method) in &variants {
             let params = FusionParams {
                 method: *method,
-                prior_max: DEFAULT_FUSION.prior_max,
+                ..DEFAULT_FUSION
             };
             out.push((
                 format!("{name} vec own+bm25 ctx"),
@@ -596,7 +596,7 @@ fn methods(policy: RetrievalPolicy, sweep: bool, explore: bool) -> Vec<(String, 
             for context in [false, true] {
                 let params = FusionParams {
                     method,
-                    prior_max: DEFAULT_FUSION.prior_max,
+                    ..DEFAULT_FUSION
                 };
                 let label = if context {
                     format!("{name} +ctx")
@@ -644,7 +644,13 @@ fn main() -> Result<()> {
         .iter()
         .position(|a| a == "--vector-cache")
         .and_then(|i| args.get(i + 1));
-    let embed_us = embed_micros_per_turn(raw.as_ref(), &conversations);
+    // `--skip-embed-timing`: a loaded machine takes a minute to time a model on every 8th
+    // turn, which runs that only compare recall do not need.
+    let embed_us = if args.iter().any(|a| a == "--skip-embed-timing") {
+        f64::NAN
+    } else {
+        embed_micros_per_turn(raw.as_ref(), &conversations)
+    };
     // Every row embeds the same turns and questions again; a model embeds in milliseconds,
     // so with one all rows share a cache (embedders are deterministic: recall is unchanged,
     // but only the first row, the vault, pays for embedding a question in its latency).
@@ -653,7 +659,7 @@ fn main() -> Result<()> {
         let cached = Arc::new(Cached {
             inner: raw,
             vectors: Mutex::new(HashMap::new()),
-            two_vectors: !args.iter().any(|a| a == "--one-vector"),
+            mix: vector_mix(&args)?,
         });
         if let Some(dir) = vector_cache {
             cached.load(&Cached::file(dir, cached.id()))?;
@@ -800,10 +806,10 @@ type Knob = (&'static str, &'static [f32], fn(&mut RetrievalPolicy, f32));
 
 /// The knobs `--loco` tunes, by coordinate ascent: the fusion's vector weight (BM25 gets
 /// the rest), the candidate pool (`candidates_min`) and every recall signal.
-const KNOBS: [Knob; 9] = [
+const KNOBS: [Knob; 10] = [
     (
         "vector_weight",
-        &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+        &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
         |p, v| {
             p.fusion.method = FusionMethod::Weighted {
                 vector_weight: v,
@@ -811,6 +817,13 @@ const KNOBS: [Knob; 9] = [
             }
         },
     ),
+    ("vector_norm", &[0.0, 1.0], |p, v| {
+        p.fusion.vector_norm = if v > 0.5 {
+            VectorNorm::ZScore
+        } else {
+            VectorNorm::MinMax
+        }
+    }),
     ("candidates_min", &[40.0, 60.0, 80.0], |p, v| {
         p.candidates_min = v as usize
     }),
@@ -830,12 +843,12 @@ const KNOBS: [Knob; 9] = [
     }),
     (
         "session_weight",
-        &[0.0, 0.1, 0.2, 0.3, 0.45, 0.6],
+        &[0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0],
         |p, v| p.signals.session_weight = v,
     ),
     (
         "neighbour_weight",
-        &[0.0, 0.1, 0.2, 0.3, 0.45, 0.6],
+        &[0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0],
         |p, v| p.signals.neighbour_weight = v,
     ),
     (
@@ -954,7 +967,11 @@ fn knobs_of(p: &RetrievalPolicy) -> String {
     };
     let g = &p.signals;
     format!(
-        "vector {wv} pool {} day {} month {} year {} window {} session {} neighbour {} question {}",
+        "vector {wv}{} pool {} day {} month {} year {} window {} session {} neighbour {} question {}",
+        match p.fusion.vector_norm {
+            VectorNorm::ZScore => " z",
+            VectorNorm::MinMax => "",
+        },
         p.candidates_min,
         g.date_boost_day,
         g.date_boost_month,
@@ -1242,10 +1259,45 @@ fn embed_micros_per_turn(embedder: &dyn Embedder, conversations: &[Conversation]
 struct Cached {
     inner: Arc<dyn Embedder>,
     vectors: Mutex<HashMap<String, Vec<f32>>>,
-    /// Whether the vault stores a retrieval model's two-text vector
-    /// (`Embedder::embed_memories`); off with `--one-vector`: the vector of the text with
-    /// context alone.
-    two_vectors: bool,
+    /// What the vault stores for a retrieval model's memory (`--vector-mix`).
+    mix: Mix,
+}
+
+/// The vector the vault stores for a memory of a retrieval model, from the vector `c` of
+/// its text with context and `o` of its own text (`--vector-mix`).
+#[derive(Clone, Copy, Debug)]
+enum Mix {
+    /// What a retrieval model's `embed_memories` returns (the product,
+    /// `engine::embedder::memory_vector`).
+    Product,
+    /// `c` alone (`--one-vector`, `--vector-mix context`).
+    Context,
+    /// The unit vector along `c + o` (`--vector-mix mean`).
+    MeanDirection,
+    /// `α·c + (1 − α)·o`, not rescaled (`--vector-mix average:α`): a cosine against it is
+    /// exactly that mix of the two texts' cosines, i.e. two vectors per memory fused with
+    /// weights α / 1 − α, in one stored vector.
+    Average(f32),
+}
+
+/// The `--vector-mix` (or `--one-vector`) setting.
+fn vector_mix(args: &[String]) -> Result<Mix> {
+    if args.iter().any(|a| a == "--one-vector") {
+        return Ok(Mix::Context);
+    }
+    let Some(i) = args.iter().position(|a| a == "--vector-mix") else {
+        return Ok(Mix::Product);
+    };
+    let v = args.get(i + 1).context("--vector-mix needs a value")?;
+    Ok(match v.as_str() {
+        "product" => Mix::Product,
+        "context" => Mix::Context,
+        "mean" => Mix::MeanDirection,
+        other => match other.strip_prefix("average:").map(str::parse::<f32>) {
+            Some(Ok(a)) if (0.0..=1.0).contains(&a) => Mix::Average(a),
+            _ => bail!("--vector-mix takes product, context, mean or average:α (0 ≤ α ≤ 1)"),
+        },
+    })
 }
 
 impl Cached {
@@ -1352,21 +1404,26 @@ impl Embedder for Cached {
         indexed: &[&str],
         _analyses: &[&engine::analyzer::Analysis],
     ) -> engine::Result<Vec<Vec<f32>>> {
-        let with_context = self.get(indexed, false)?;
-        if !self.two_vectors || self.inner.kind() != engine::EmbedderKind::Retrieval {
-            return Ok(with_context);
+        if self.inner.kind() != engine::EmbedderKind::Retrieval {
+            return self.get(indexed, false);
         }
+        let mix = self.mix;
+        let with_context = self.get(indexed, false)?;
         let alone = self.get(own, false)?;
         Ok(with_context
             .iter()
             .zip(&alone)
             .zip(own.iter().zip(indexed))
-            .map(|((c, a), (o, i))| {
-                if o == i {
-                    c.clone()
-                } else {
-                    engine::embedder::mean_direction(c, a)
-                }
+            .map(|((c, a), (o, i))| match mix {
+                _ if o == i => c.clone(),
+                Mix::Product => engine::embedder::memory_vector(c, a),
+                Mix::Context => c.clone(),
+                Mix::MeanDirection => engine::embedder::mean_direction(c, a),
+                Mix::Average(w) => c
+                    .iter()
+                    .zip(a)
+                    .map(|(x, y)| w * x + (1.0 - w) * y)
+                    .collect(),
             })
             .collect())
     }

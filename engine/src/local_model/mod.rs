@@ -298,7 +298,7 @@ impl LocalModelEmbedder {
         let mut out = with_context;
         for i in differ {
             if let Some(v) = alone.next() {
-                out[i] = crate::embedder::mean_direction(&out[i], &v);
+                out[i] = crate::embedder::memory_vector(&out[i], &v);
             }
         }
         out
