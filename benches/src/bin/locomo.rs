@@ -38,9 +38,12 @@
 //! `--cosines` prints how the embedder's cosine separates evidence from unrelated turns.
 //! `--vector-cache DIR` keeps a model's vectors in `DIR` between runs (one file per embedder
 //! id; a model takes minutes to embed the dev split on a loaded machine).
-//! `--one-vector` (with a retrieval model such as multilingual-e5) has the vault store the
-//! vector of each turn's text with context alone instead of the mean direction of that and
-//! the own text's vector (`Embedder::embed_memories`).
+//! `--vector-mix M` (with a retrieval model such as multilingual-e5) sets what the vault
+//! stores for a turn instead of the product's `Embedder::embed_memories`
+//! (`engine::embedder::memory_vector`): `context` (the vector of the text with context alone;
+//! also `--one-vector`), `mean` (the unit vector along the sum of that and the own text's
+//! vector, the product before), `average:α` (α × context vector + (1 − α) × own vector, not
+//! rescaled). `--skip-embed-timing` skips timing the embedder on every 8th turn.
 //! `--model DIR` runs every row (the vault included) with `engine::LocalModelEmbedder` loaded
 //! from `DIR` (model2vec or BERT, e.g. all-MiniLM-L6-v2) instead of the built-in embedder.
 

@@ -283,9 +283,9 @@ impl LocalModelEmbedder {
     }
 
     /// The stored vectors of memories (see [`Embedder::embed_memories`]): for a retrieval
-    /// model the mean direction of the vectors of the own text and of the text with its
-    /// context (two passes; one where they are the same text), for the other models the
-    /// vector of `indexed`.
+    /// model [`crate::embedder::memory_vector`], the fixed mix of the vectors of the own
+    /// text and of the text with its context (two passes; one where they are the same
+    /// text), for the other models the vector of `indexed`.
     pub fn memory_vectors(&self, own: &[&str], indexed: &[&str]) -> Vec<Vec<f32>> {
         let with_context = self.vectors(indexed);
         if Embedder::kind(self) != EmbedderKind::Retrieval {
