@@ -78,6 +78,14 @@ pub trait Embedder: Send + Sync {
         self.embed_batch(texts)
     }
 
+    /// The cosine (query vector · stored vector) at which a memory that shares no word with
+    /// the query still counts as relevant to a prepare, as measured for this embedder's
+    /// vectors; `None` when none was (the operator must set `retrieval.similarity_min`). By
+    /// default the measured value of its kind (`policy::similarity_min_of`).
+    fn similarity_min(&self) -> Option<f32> {
+        crate::policy::similarity_min_of(self.kind())
+    }
+
     /// The vectors of stored memories: `indexed[i]` is memory `i`'s text with its context
     /// (what BM25 indexes, analysed as `analyses[i]`) and `own[i]` its text alone. By default
     /// the vector of `indexed`; a retrieval model returns [`memory_vector`] of the two

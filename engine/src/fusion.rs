@@ -21,28 +21,9 @@ pub enum FusionMethod {
     },
 }
 
-/// How the weighted fusion scales the vector list's cosines into `[0, 1]` (the BM25 list is
-/// always min-max scaled).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VectorNorm {
-    /// The list's best cosine is 1, its worst 0.
-    MinMax,
-    /// Standard scores within the list, `(s − mean) / std`, divided by [`Z_SPAN`] and clamped
-    /// to `[0, 1]`: a cosine at or below the list's mean counts 0, one `Z_SPAN` deviations
-    /// above it 1. Unlike min-max it does not stretch a list whose cosines all lie close
-    /// together (a retrieval model's cosines span a few hundredths) to the full range, nor
-    /// let one outlying best cosine squash the rest.
-    ZScore,
-}
-
-/// Standard deviations above the list's mean that [`VectorNorm::ZScore`] maps to 1.
-pub const Z_SPAN: f32 = 3.0;
-
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FusionParams {
     pub method: FusionMethod,
-    /// How the weighted fusion scales cosines (unused by RRF, which reads ranks).
-    pub vector_norm: VectorNorm,
     /// The prior is clamped to `[0, prior_max]`; final score = `(fused + prior) / (1 +
     /// prior_max)` so it stays in `[0, 1]` and the prior can only nudge, never dominate.
     pub prior_max: f32,
@@ -58,7 +39,6 @@ pub const DEFAULT_FUSION: FusionParams = FusionParams {
         vector_weight: 0.2,
         lexical_weight: 0.8,
     },
-    vector_norm: VectorNorm::MinMax,
     prior_max: 0.1,
 };
 
@@ -71,7 +51,6 @@ pub const LEXICAL_EMBEDDER_FUSION: FusionParams = FusionParams {
         vector_weight: 0.1,
         lexical_weight: 0.9,
     },
-    vector_norm: VectorNorm::MinMax,
     prior_max: 0.1,
 };
 
@@ -122,17 +101,22 @@ pub fn fuse_with(
         } => {
             let (wv, wl) = (vector_weight.max(0.0), lexical_weight.max(0.0));
             let total = wv + wl;
-            for (list, w, norm) in [
-                (vector, wv, params.vector_norm),
-                (lexical, wl, VectorNorm::MinMax),
-            ] {
-                let scale = Scale::of(list, norm);
+            for (list, w) in [(vector, wv), (lexical, wl)] {
+                let (lo, hi) = list
+                    .iter()
+                    .filter(|(_, s)| s.is_finite())
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &(_, s)| {
+                        (lo.min(s), hi.max(s))
+                    });
                 for &(id, s) in first_occurrences(list) {
-                    let add = if total > 0.0 {
-                        w * scale.apply(s) / total
-                    } else {
+                    let norm = if !s.is_finite() {
                         0.0
+                    } else if hi > lo {
+                        (s - lo) / (hi - lo)
+                    } else {
+                        1.0
                     };
+                    let add = if total > 0.0 { w * norm / total } else { 0.0 };
                     *fused.entry(id).or_insert(0.0) += add;
                 }
             }
@@ -156,48 +140,6 @@ pub fn fuse_with(
     out
 }
 
-/// How one list's scores map into `[0, 1]` (see [`VectorNorm`]); non-finite scores map to 0.
-enum Scale {
-    MinMax { lo: f32, hi: f32 },
-    ZScore { mean: f32, std: f32 },
-}
-
-impl Scale {
-    fn of(list: &[(u64, f32)], norm: VectorNorm) -> Scale {
-        let finite = || list.iter().map(|h| h.1).filter(|s| s.is_finite());
-        match norm {
-            VectorNorm::MinMax => {
-                let (lo, hi) = finite().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), s| {
-                    (lo.min(s), hi.max(s))
-                });
-                Scale::MinMax { lo, hi }
-            }
-            VectorNorm::ZScore => {
-                let n = finite().count().max(1) as f32;
-                let mean = finite().sum::<f32>() / n;
-                let var = finite().map(|s| (s - mean) * (s - mean)).sum::<f32>() / n;
-                Scale::ZScore {
-                    mean,
-                    std: var.sqrt(),
-                }
-            }
-        }
-    }
-
-    fn apply(&self, s: f32) -> f32 {
-        if !s.is_finite() {
-            return 0.0;
-        }
-        match *self {
-            Scale::MinMax { lo, hi } if hi > lo => (s - lo) / (hi - lo),
-            Scale::MinMax { .. } => 1.0,
-            // A list of equal scores (or one score): all count as its best, as in min-max.
-            Scale::ZScore { std, .. } if !(std > f32::EPSILON) => 1.0,
-            Scale::ZScore { mean, std } => ((s - mean) / std / Z_SPAN).clamp(0.0, 1.0),
-        }
-    }
-}
-
 /// The list without repeated ids (a caller merging segments might repeat one); the first,
 /// best-ranked occurrence counts.
 fn first_occurrences(list: &[(u64, f32)]) -> impl Iterator<Item = &(u64, f32)> {
@@ -212,20 +154,15 @@ mod tests {
 
     const NO_PRIOR: &dyn Fn(u64) -> f32 = &|_| 0.0;
 
-    fn methods() -> [FusionParams; 3] {
+    fn methods() -> [FusionParams; 2] {
         [
             DEFAULT_FUSION,
-            FusionParams {
-                vector_norm: VectorNorm::ZScore,
-                ..DEFAULT_FUSION
-            },
             FusionParams {
                 method: FusionMethod::Rrf {
                     k0: 60.0,
                     vector_weight: 1.0,
                     lexical_weight: 1.0,
                 },
-                vector_norm: VectorNorm::MinMax,
                 prior_max: 0.1,
             },
         ]
@@ -275,47 +212,6 @@ mod tests {
         }
     }
 
-    /// Z-scored cosines: at or below the list's mean count 0, the rest rise with their
-    /// standard score, so a close runner-up stays close to the leader (min-max would put
-    /// the list's worst at 0 and spread the rest over the whole range).
-    #[test]
-    fn z_scored_cosines() {
-        let z = FusionParams {
-            vector_norm: VectorNorm::ZScore,
-            ..DEFAULT_FUSION
-        };
-        let v = [
-            (1, 0.86),
-            (2, 0.85),
-            (3, 0.80),
-            (4, 0.80),
-            (5, 0.79),
-            (6, 0.79),
-        ];
-        let only_vector = |p: &FusionParams| -> Vec<(u64, f32)> {
-            let p = FusionParams {
-                method: FusionMethod::Weighted {
-                    vector_weight: 1.0,
-                    lexical_weight: 0.0,
-                },
-                prior_max: 0.0,
-                ..*p
-            };
-            fuse_with(&p, &v, &[], NO_PRIOR, 10)
-        };
-        let out = only_vector(&z);
-        let score = |out: &[(u64, f32)], id| out.iter().find(|h| h.0 == id).expect("present").1;
-        // Mean 0.815, std ≈ 0.029: 0.86 is 1.55 deviations up, 0.80 below the mean.
-        assert!((score(&out, 1) - 1.55 / Z_SPAN).abs() < 0.02, "{out:?}");
-        assert!(score(&out, 2) > 0.75 * score(&out, 1), "{out:?}");
-        for id in 3..=6 {
-            assert_eq!(score(&out, id), 0.0, "{out:?}");
-        }
-        let min_max = only_vector(&DEFAULT_FUSION);
-        assert_eq!(score(&min_max, 1), 1.0);
-        assert!(score(&min_max, 3) > 0.0, "{min_max:?}");
-    }
-
     fn list() -> impl Strategy<Value = Vec<(u64, f32)>> {
         prop::collection::vec((0u64..40, -1.0f32..30.0), 0..30).prop_map(|mut v| {
             v.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -326,9 +222,9 @@ mod tests {
     proptest! {
         #[test]
         fn scores_in_unit_interval_sorted_unique_and_bounded(
-            v in list(), l in list(), k in 0usize..50, prior in 0.0f32..1.0, m in 0usize..3,
+            v in list(), l in list(), k in 0usize..50, prior in 0.0f32..1.0, rrf in any::<bool>(),
         ) {
-            let p = methods()[m];
+            let p = methods()[usize::from(!rrf)];
             let out = fuse_with(&p, &v, &l, &|id| prior * (id % 3) as f32, k);
             let mut ids: Vec<u64> = v.iter().chain(&l).map(|h| h.0).collect();
             ids.sort_unstable();
@@ -345,9 +241,9 @@ mod tests {
         }
 
         #[test]
-        fn the_top_of_both_lists_wins_without_prior(v in list(), m in 0usize..3) {
+        fn the_top_of_both_lists_wins_without_prior(v in list(), rrf in any::<bool>()) {
             prop_assume!(v.len() == 1 || (v.len() > 1 && v[0].1 > v[1].1));
-            let p = methods()[m];
+            let p = methods()[usize::from(!rrf)];
             let out = fuse_with(&p, &v, &v, NO_PRIOR, 1);
             prop_assert_eq!(out[0].0, v[0].0);
         }

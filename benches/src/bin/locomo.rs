@@ -43,14 +43,16 @@
 //! (`engine::embedder::memory_vector`): `context` (the vector of the text with context alone;
 //! also `--one-vector`), `mean` (the unit vector along the sum of that and the own text's
 //! vector, the product before), `average:α` (α × context vector + (1 − α) × own vector, not
-//! rescaled). `--skip-embed-timing` skips timing the embedder on every 8th turn.
+//! rescaled). `--loco-mixes M1,M2,…` runs leave-one-conversation-out with each fold also
+//! choosing among those mixes on its three training conversations.
+//! `--skip-embed-timing` skips timing the embedder on every 8th turn.
 //! `--model DIR` runs every row (the vault included) with `engine::LocalModelEmbedder` loaded
 //! from `DIR` (model2vec or BERT, e.g. all-MiniLM-L6-v2) instead of the built-in embedder.
 
 use anyhow::{Context, Result, bail};
 use benches::locomo::{Conversation, load};
 use engine::analyzer::analyze;
-use engine::fusion::{DEFAULT_FUSION, FusionMethod, FusionParams, VectorNorm, fuse_with};
+use engine::fusion::{DEFAULT_FUSION, FusionMethod, FusionParams, fuse_with};
 use engine::lexical::{LexicalSource, MemLexical, bm25};
 use engine::{
     BuiltinEmbedder, Durability, Embedder, Engine, EngineConfig, Filter, LocalModelEmbedder,
@@ -662,7 +664,8 @@ fn main() -> Result<()> {
         let cached = Arc::new(Cached {
             inner: raw,
             vectors: Mutex::new(HashMap::new()),
-            mix: vector_mix(&args)?,
+            mix: Mutex::new(vector_mix(&args)?),
+            stored: Mutex::new(HashMap::new()),
         });
         if let Some(dir) = vector_cache {
             cached.load(&Cached::file(dir, cached.id()))?;
@@ -679,9 +682,6 @@ fn main() -> Result<()> {
     for conv in &conversations {
         let plain_texts: Vec<String> = conv.turns.iter().map(|t| t.text.clone()).collect();
         let plain = Indexed::new(embedder, &plain_texts);
-        if cosines {
-            turn_vectors.push(plain.vectors.clone());
-        }
         let context_texts = with_previous_turn(conv);
         let context = Indexed::new(embedder, &context_texts);
         let variant_texts: Vec<Vec<String>> = if explore {
@@ -695,6 +695,18 @@ fn main() -> Result<()> {
             .collect();
         let vault = VaultIndex::new(conv, Arc::clone(&cached))
             .with_context(|| format!("vault for {}", conv.sample_id))?;
+        if cosines {
+            // The vectors the vault stored (a retrieval model's mix of two texts), else the
+            // own text's.
+            let stored = cache_handle.as_ref().map(|c| c.stored.lock());
+            turn_vectors.push(
+                plain_texts
+                    .iter()
+                    .zip(&plain.vectors)
+                    .map(|(t, v)| stored.as_ref().and_then(|s| s.get(t)).unwrap_or(v).clone())
+                    .collect(),
+            );
+        }
         turns += conv.turns.len();
         for qa in conv
             .questions
@@ -798,6 +810,13 @@ fn main() -> Result<()> {
         let ablate = args.iter().any(|a| a == "--ablate");
         leave_one_out(&conversations, &cached, defaults, ablate)?;
     }
+    let mixes = loco_mixes(&args)?;
+    if !mixes.is_empty() {
+        let cache = cache_handle
+            .as_ref()
+            .context("--loco-mixes needs --model")?;
+        leave_one_out_mixes(&conversations, cache, defaults, &mixes)?;
+    }
     if args.iter().any(|a| a == "--latency") {
         signal_latency(&conversations, &cached, defaults)?;
     }
@@ -809,10 +828,10 @@ type Knob = (&'static str, &'static [f32], fn(&mut RetrievalPolicy, f32));
 
 /// The knobs `--loco` tunes, by coordinate ascent: the fusion's vector weight (BM25 gets
 /// the rest), the candidate pool (`candidates_min`) and every recall signal.
-const KNOBS: [Knob; 10] = [
+const KNOBS: [Knob; 9] = [
     (
         "vector_weight",
-        &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
         |p, v| {
             p.fusion.method = FusionMethod::Weighted {
                 vector_weight: v,
@@ -820,13 +839,6 @@ const KNOBS: [Knob; 10] = [
             }
         },
     ),
-    ("vector_norm", &[0.0, 1.0], |p, v| {
-        p.fusion.vector_norm = if v > 0.5 {
-            VectorNorm::ZScore
-        } else {
-            VectorNorm::MinMax
-        }
-    }),
     ("candidates_min", &[40.0, 60.0, 80.0], |p, v| {
         p.candidates_min = v as usize
     }),
@@ -846,12 +858,12 @@ const KNOBS: [Knob; 10] = [
     }),
     (
         "session_weight",
-        &[0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0],
+        &[0.0, 0.1, 0.2, 0.3, 0.45, 0.6],
         |p, v| p.signals.session_weight = v,
     ),
     (
         "neighbour_weight",
-        &[0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0],
+        &[0.0, 0.1, 0.2, 0.3, 0.45, 0.6],
         |p, v| p.signals.neighbour_weight = v,
     ),
     (
@@ -970,11 +982,7 @@ fn knobs_of(p: &RetrievalPolicy) -> String {
     };
     let g = &p.signals;
     format!(
-        "vector {wv}{} pool {} day {} month {} year {} window {} session {} neighbour {} question {}",
-        match p.fusion.vector_norm {
-            VectorNorm::ZScore => " z",
-            VectorNorm::MinMax => "",
-        },
+        "vector {wv} pool {} day {} month {} year {} window {} session {} neighbour {} question {}",
         p.candidates_min,
         g.date_boost_day,
         g.date_boost_month,
@@ -1113,6 +1121,92 @@ fn leave_one_out(
     Ok(())
 }
 
+/// `--loco-mixes A,B,…`: leave-one-conversation-out where each fold also chooses what the
+/// vault stores for a memory (`Mix`) on its three training conversations: for each mix a
+/// vault per conversation, the knobs tuned on the three as in [`leave_one_out`], and the
+/// mix whose tuned policy scores best on them is the one the held-out conversation is scored
+/// with. So the stored-vector rule is chosen held out too.
+fn leave_one_out_mixes(
+    conversations: &[Conversation],
+    cached: &Arc<Cached>,
+    defaults: RetrievalPolicy,
+    mixes: &[Mix],
+) -> Result<()> {
+    let started = Instant::now();
+    let mut evals = Vec::with_capacity(mixes.len());
+    for &mix in mixes {
+        *cached.mix.lock() = mix;
+        let embedder: Arc<dyn Embedder> = Arc::clone(cached) as Arc<dyn Embedder>;
+        let indexes = conversations
+            .iter()
+            .map(|c| VaultIndex::new(c, Arc::clone(&embedder)))
+            .collect::<Result<Vec<_>>>()?;
+        evals.push(Evaluator {
+            conversations,
+            indexes,
+            cache: HashMap::new(),
+        });
+    }
+    let n = conversations.len();
+    println!("\nleave-one-conversation-out, the stored vector chosen per fold among {mixes:?}:");
+    println!(
+        "{:<12} {:>5} {:>7} {:>7} {:>7}   chosen on the others",
+        "held out", "n", "R@5", "R@10", "MRR"
+    );
+    let mut pooled = Tally::default();
+    let mut macro_sum = (0.0, 0.0, 0.0);
+    for (held, conv) in conversations.iter().enumerate() {
+        let train: Vec<usize> = (0..n).filter(|&c| c != held).collect();
+        let mut best: Option<(f64, usize, RetrievalPolicy)> = None;
+        for (m, eval) in evals.iter_mut().enumerate() {
+            let tuned = eval.tune(defaults, &train)?;
+            let score = objective(&eval.pooled(&tuned, &train)?);
+            if best.as_ref().is_none_or(|b| score > b.0 + 1e-9) {
+                best = Some((score, m, tuned));
+            }
+        }
+        let (_, m, tuned) = best.context("no mix given")?;
+        let t = evals[m].tallies(&tuned)?[held].clone();
+        let (r5, r10, mrr) = t.rates(0);
+        macro_sum = (macro_sum.0 + r5, macro_sum.1 + r10, macro_sum.2 + mrr);
+        println!(
+            "{:<12} {:>5} {r5:>7.3} {r10:>7.3} {mrr:>7.3}   {:?}, {}",
+            conv.sample_id,
+            t.questions[0],
+            mixes[m],
+            knobs_of(&tuned)
+        );
+        pooled.merge(&t);
+    }
+    let nf = n as f64;
+    println!(
+        "{:<12} {:>5} {:>7.3} {:>7.3} {:>7.3}",
+        "mean",
+        "",
+        macro_sum.0 / nf,
+        macro_sum.1 / nf,
+        macro_sum.2 / nf
+    );
+    for c in 0..5 {
+        let (r5, r10, mrr) = pooled.rates(c);
+        let label = if c == 0 {
+            "all".to_string()
+        } else {
+            c.to_string()
+        };
+        println!(
+            "{:<26} {label:>5} {r5:>7.3} {r10:>7.3} {mrr:>7.3}",
+            "held-out (pooled)"
+        );
+    }
+    println!(
+        "({} vaults, {:.0} s)",
+        mixes.len() * n,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// `--latency`: search p50/p95 of the vault with the signals off, each signal alone, and
 /// all of them (the defaults), interleaved per question so load from other jobs hits every
 /// variant alike; 5 runs of each question.
@@ -1184,9 +1278,10 @@ fn signal_latency(
     Ok(())
 }
 
-/// `--cosines`: how the embedder's cosine between a question and a turn separates the
-/// question's evidence turns from the turns of another conversation (unrelated by
-/// construction). Calibrates the server's prepare relevance gate (`similarity_min`).
+/// `--cosines`: how the embedder's cosine between a question and a turn's stored vector
+/// (`Hit::similarity`) separates the question's evidence turns from the turns of another
+/// conversation (unrelated by construction). Calibrates the server's prepare relevance gate
+/// (`similarity_min`).
 fn print_cosines(embedder: &dyn Embedder, conversations: &[Conversation], turns: &[Vec<Vec<f32>>]) {
     let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     let (mut evidence, mut unrelated) = (Vec::new(), Vec::new());
@@ -1226,7 +1321,7 @@ fn print_cosines(embedder: &dyn Embedder, conversations: &[Conversation], turns:
             shown.join(" ")
         );
     }
-    for threshold in [0.2f32, 0.25, 0.3, 0.35, 0.4, 0.5] {
+    for threshold in [0.2f32, 0.25, 0.3, 0.35, 0.4, 0.5, 0.75, 0.78, 0.8, 0.82] {
         let kept =
             evidence.iter().filter(|&&v| v >= threshold).count() as f64 / evidence.len() as f64;
         let leaked =
@@ -1262,8 +1357,12 @@ fn embed_micros_per_turn(embedder: &dyn Embedder, conversations: &[Conversation]
 struct Cached {
     inner: Arc<dyn Embedder>,
     vectors: Mutex<HashMap<String, Vec<f32>>>,
-    /// What the vault stores for a retrieval model's memory (`--vector-mix`).
-    mix: Mix,
+    /// What the vault stores for a retrieval model's memory (`--vector-mix`; `--loco-mixes`
+    /// changes it between the vaults it builds).
+    mix: Mutex<Mix>,
+    /// The vector `embed_memories` returned for each own text (what the vault stored, and
+    /// what prepare's relevance gate compares a query with): `--cosines` reads these.
+    stored: Mutex<HashMap<String, Vec<f32>>>,
 }
 
 /// The vector the vault stores for a memory of a retrieval model, from the vector `c` of
@@ -1291,8 +1390,23 @@ fn vector_mix(args: &[String]) -> Result<Mix> {
     let Some(i) = args.iter().position(|a| a == "--vector-mix") else {
         return Ok(Mix::Product);
     };
-    let v = args.get(i + 1).context("--vector-mix needs a value")?;
-    Ok(match v.as_str() {
+    parse_mix(args.get(i + 1).context("--vector-mix needs a value")?)
+}
+
+/// The `--loco-mixes` setting: mixes separated by commas, or none.
+fn loco_mixes(args: &[String]) -> Result<Vec<Mix>> {
+    let Some(i) = args.iter().position(|a| a == "--loco-mixes") else {
+        return Ok(Vec::new());
+    };
+    args.get(i + 1)
+        .context("--loco-mixes needs a list")?
+        .split(',')
+        .map(parse_mix)
+        .collect()
+}
+
+fn parse_mix(v: &str) -> Result<Mix> {
+    Ok(match v {
         "product" => Mix::Product,
         "context" => Mix::Context,
         "mean" => Mix::MeanDirection,
@@ -1410,10 +1524,10 @@ impl Embedder for Cached {
         if self.inner.kind() != engine::EmbedderKind::Retrieval {
             return self.get(indexed, false);
         }
-        let mix = self.mix;
+        let mix = *self.mix.lock();
         let with_context = self.get(indexed, false)?;
         let alone = self.get(own, false)?;
-        Ok(with_context
+        let out: Vec<Vec<f32>> = with_context
             .iter()
             .zip(&alone)
             .zip(own.iter().zip(indexed))
@@ -1428,7 +1542,12 @@ impl Embedder for Cached {
                     .map(|(x, y)| w * x + (1.0 - w) * y)
                     .collect(),
             })
-            .collect())
+            .collect();
+        let mut stored = self.stored.lock();
+        for (o, v) in own.iter().zip(&out) {
+            stored.insert((*o).to_owned(), v.clone());
+        }
+        Ok(out)
     }
 }
 

