@@ -121,6 +121,14 @@ pub const DEFAULT_SIGNALS: Signals = Signals {
     question_penalty: 0.3,
 };
 
+/// The signals' defaults with a retrieval model (multilingual-e5-small): those of
+/// [`DEFAULT_SIGNALS`] but the session weight, 0.45, which every leave-one-out fold chose
+/// with e5 and the stored vector of `embedder::memory_vector` (`docs/benchmarks.md`).
+pub const RETRIEVAL_SIGNALS: Signals = Signals {
+    session_weight: 0.45,
+    ..DEFAULT_SIGNALS
+};
+
 /// `similarity_min` of the built-in embedder: above its noise between unrelated sentences
 /// (measured up to ~0.18), below its score for a shared rare word.
 pub const SIMILARITY_MIN_LEXICAL: f32 = 0.3;
@@ -178,7 +186,10 @@ impl RetrievalPolicy {
             candidates_per_k: 2,
             candidates_min: 40,
             similarity_min: similarity_min_of(kind),
-            signals: DEFAULT_SIGNALS,
+            signals: match kind {
+                EmbedderKind::Retrieval => RETRIEVAL_SIGNALS,
+                _ => DEFAULT_SIGNALS,
+            },
         }
     }
 
