@@ -95,6 +95,7 @@ fn bench_local_model(c: &mut Criterion) {
     let e5 = LocalModelEmbedder::open(Path::new(&dir)).expect("loading multilingual-e5");
     eprintln!("opened {} in {:?}", e5.id(), start.elapsed());
     let long = long_text();
+    query_cpu_time(&e5);
     let mut g = c.benchmark_group("local_model");
     g.sample_size(30);
     g.measurement_time(Duration::from_secs(5));
@@ -108,6 +109,39 @@ fn bench_local_model(c: &mut Criterion) {
         b.iter(|| e5.vectors(black_box(&texts)))
     });
     g.finish();
+}
+
+/// Queries timed for [`query_cpu_time`].
+const CPU_TIMED_QUERIES: u32 = 200;
+
+/// Prints the CPU time one query embedding costs this thread (`/proc/thread-self/schedstat`,
+/// nanoseconds on a CPU), mean over [`CPU_TIMED_QUERIES`]: unlike wall time it does not count
+/// the time other jobs hold the cores, so it is the figure to compare on a shared machine.
+fn query_cpu_time(e5: &LocalModelEmbedder) {
+    let on_cpu_ns = || -> Option<u64> {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let Some(before) = on_cpu_ns() else {
+        eprintln!("no /proc/thread-self/schedstat: query CPU time not measured");
+        return;
+    };
+    let wall = std::time::Instant::now();
+    for _ in 0..CPU_TIMED_QUERIES {
+        black_box(e5.embed_query_batch(&[black_box(QUESTION)]).expect("embed"));
+    }
+    let wall = wall.elapsed();
+    if let Some(after) = on_cpu_ns() {
+        let per = (after - before) as f64 / f64::from(CPU_TIMED_QUERIES) / 1e6;
+        eprintln!(
+            "e5 query: {per:.2} ms of thread CPU time per query, {:.2} ms wall (mean of {CPU_TIMED_QUERIES})",
+            wall.as_secs_f64() * 1e3 / f64::from(CPU_TIMED_QUERIES)
+        );
+    }
 }
 
 criterion_group!(benches, bench_embed, bench_local_model);

@@ -2,7 +2,9 @@
 //! `hnsw_rs` uses while building graphs.
 //!
 //! Every stored vector is unit length (the embedder contract), so cosine similarity is the dot
-//! product and we never pay for the norms.
+//! product and we never pay for the norms. (A retrieval model's memory vector is a fixed mix
+//! of two unit vectors, norm ≤ 1: its dot product is that mix of two cosines, by design;
+//! `embedder::memory_vector`.)
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;

@@ -9,7 +9,7 @@
 //! `[retrieval]` fields, and measure with the LoCoMo harness (`benches/src/bin/locomo.rs`,
 //! `docs/benchmarks.md`); the search itself (`vault/search.rs`) reads only this struct.
 
-use crate::embedder::EmbedderKind;
+use crate::embedder::{Embedder, EmbedderKind};
 use crate::fusion::{DEFAULT_FUSION, FusionMethod, FusionParams, LEXICAL_EMBEDDER_FUSION};
 
 /// How a vault ranks.
@@ -121,6 +121,15 @@ pub const DEFAULT_SIGNALS: Signals = Signals {
     question_penalty: 0.3,
 };
 
+/// The signals' defaults with a retrieval model (multilingual-e5-small): those of
+/// [`DEFAULT_SIGNALS`] but the session weight: the leave-one-out folds chose 0.45, 0.45,
+/// 0.45 and 0.6 with e5 and the stored vector of `embedder::memory_vector`
+/// (`docs/benchmarks.md`); the other knobs stayed near the defaults.
+pub const RETRIEVAL_SIGNALS: Signals = Signals {
+    session_weight: 0.45,
+    ..DEFAULT_SIGNALS
+};
+
 /// `similarity_min` of the built-in embedder: above its noise between unrelated sentences
 /// (measured up to ~0.18), below its score for a shared rare word.
 pub const SIMILARITY_MIN_LEXICAL: f32 = 0.3;
@@ -129,14 +138,19 @@ pub const SIMILARITY_MIN_LEXICAL: f32 = 0.3;
 /// turn of another conversation.
 pub const SIMILARITY_MIN_TRANSFORMER: f32 = 0.4;
 
-/// `similarity_min` of a retrieval model (multilingual-e5-small), from `locomo --cosines`:
-/// e5's cosines sit high for everything (unrelated LoCoMo turns p50 0.744, p99 0.804;
-/// evidence p10 0.795, p50 0.835), so 0.8 keeps most evidence and admits ~1 % of unrelated
-/// turns.
+/// `similarity_min` of a retrieval model (multilingual-e5-small), from `locomo --cosines`
+/// on the vectors the vault stores (`embedder::memory_vector`): e5's cosines sit high for
+/// everything (unrelated LoCoMo turns p50 0.748, p99 0.805, p99.9 0.825; evidence p10 0.803,
+/// p50 0.839), so 0.8 keeps 92 % of evidence and admits 1.7 % of unrelated turns. Measured
+/// for e5 only: a BERT-architecture retrieval model read from a Hugging Face directory
+/// (bge-small, e5-base) reports no gate (`LocalModelEmbedder::similarity_min`) — no bge
+/// weights could be obtained to measure one — so the server asks for an explicit
+/// `retrieval.similarity_min` there.
 pub const SIMILARITY_MIN_RETRIEVAL: f32 = 0.8;
 
 /// Fusion for a retrieval model: vector 0.6, BM25 0.4, what LoCoMo leave-one-out tuning with
-/// multilingual-e5-small chose in three folds of four (`docs/benchmarks.md`).
+/// multilingual-e5-small chose in three folds of four, and in all four since the stored
+/// vector mixes the two texts' (`embedder::memory_vector`; `docs/benchmarks.md`).
 pub const RETRIEVAL_FUSION: FusionParams = FusionParams {
     method: crate::fusion::FusionMethod::Weighted {
         vector_weight: 0.6,
@@ -144,6 +158,17 @@ pub const RETRIEVAL_FUSION: FusionParams = FusionParams {
     },
     ..DEFAULT_FUSION
 };
+
+/// The measured `similarity_min` of an embedder kind: `None` where no default can be given
+/// (a static model's cosines sit on a scale of their own).
+pub(crate) fn similarity_min_of(kind: EmbedderKind) -> Option<f32> {
+    match kind {
+        EmbedderKind::Lexical => Some(SIMILARITY_MIN_LEXICAL),
+        EmbedderKind::Transformer => Some(SIMILARITY_MIN_TRANSFORMER),
+        EmbedderKind::Retrieval => Some(SIMILARITY_MIN_RETRIEVAL),
+        EmbedderKind::Static => None,
+    }
+}
 
 impl RetrievalPolicy {
     /// The measured defaults for an embedder kind. The fusion weights were chosen with the
@@ -162,13 +187,21 @@ impl RetrievalPolicy {
             session_boost: 0.05,
             candidates_per_k: 2,
             candidates_min: 40,
-            similarity_min: match kind {
-                EmbedderKind::Lexical => Some(SIMILARITY_MIN_LEXICAL),
-                EmbedderKind::Transformer => Some(SIMILARITY_MIN_TRANSFORMER),
-                EmbedderKind::Retrieval => Some(SIMILARITY_MIN_RETRIEVAL),
-                EmbedderKind::Static => None,
+            similarity_min: similarity_min_of(kind),
+            signals: match kind {
+                EmbedderKind::Retrieval => RETRIEVAL_SIGNALS,
+                _ => DEFAULT_SIGNALS,
             },
-            signals: DEFAULT_SIGNALS,
+        }
+    }
+
+    /// The measured defaults for `embedder`: those of its kind, with the relevance gate the
+    /// embedder reports for its own vectors ([`Embedder::similarity_min`]; a bge model's
+    /// cosines do not sit on e5's scale although both are retrieval models).
+    pub fn for_embedder(embedder: &dyn Embedder) -> RetrievalPolicy {
+        RetrievalPolicy {
+            similarity_min: embedder.similarity_min(),
+            ..RetrievalPolicy::for_kind(embedder.kind())
         }
     }
 
@@ -253,12 +286,52 @@ impl RetrievalPolicy {
 mod tests {
     use super::*;
 
+    /// An embedder that reports no gate of its own (as a bge model does).
+    struct Unmeasured;
+
+    impl Embedder for Unmeasured {
+        fn id(&self) -> &str {
+            "unmeasured"
+        }
+        fn dim(&self) -> usize {
+            2
+        }
+        fn kind(&self) -> EmbedderKind {
+            EmbedderKind::Retrieval
+        }
+        fn embed_batch(&self, texts: &[&str]) -> crate::Result<Vec<Vec<f32>>> {
+            Ok(texts.iter().map(|_| vec![1.0, 0.0]).collect())
+        }
+        fn similarity_min(&self) -> Option<f32> {
+            None
+        }
+    }
+
+    /// The gate comes from the embedder (its kind's measured value unless it says
+    /// otherwise); every other knob from its kind.
+    #[test]
+    fn the_gate_follows_the_embedder() {
+        let builtin = RetrievalPolicy::for_embedder(&crate::BuiltinEmbedder::new());
+        assert_eq!(builtin, RetrievalPolicy::for_kind(EmbedderKind::Lexical));
+        let unmeasured = RetrievalPolicy::for_embedder(&Unmeasured);
+        assert_eq!(unmeasured.similarity_min, None);
+        assert_eq!(
+            RetrievalPolicy::for_kind(EmbedderKind::Retrieval).similarity_min,
+            Some(SIMILARITY_MIN_RETRIEVAL)
+        );
+        assert_eq!(
+            unmeasured.fusion,
+            RetrievalPolicy::for_kind(EmbedderKind::Retrieval).fusion
+        );
+    }
+
     #[test]
     fn defaults_are_valid_and_follow_the_embedder_kind() {
         for kind in [
             EmbedderKind::Lexical,
             EmbedderKind::Static,
             EmbedderKind::Transformer,
+            EmbedderKind::Retrieval,
         ] {
             RetrievalPolicy::for_kind(kind).validate().unwrap();
         }

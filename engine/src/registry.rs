@@ -148,11 +148,11 @@ impl Engine {
     }
 
     /// The retrieval policy every vault searches with: the configured one, else the
-    /// defaults of the embedder's kind.
+    /// embedder's defaults.
     pub fn policy(&self) -> RetrievalPolicy {
         self.config
             .policy
-            .unwrap_or_else(|| RetrievalPolicy::for_kind(self.config.embedder.kind()))
+            .unwrap_or_else(|| RetrievalPolicy::for_embedder(self.config.embedder.as_ref()))
     }
 
     fn options(&self) -> VaultOptions {

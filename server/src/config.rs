@@ -31,7 +31,11 @@
 //!
 //! [retrieval]                       # every field optional: defaults follow the embedder
 //! similarity_min = 0.3              # prepare: embedding cosine that counts as relevant
-//!                                   # (default 0.3 built-in, 0.4 with a local model)
+//!                                   # (default 0.3 built-in, 0.4 with a local model, 0.8
+//!                                   # with multilingual-e5; none for a static model or a
+//!                                   # BERT retrieval model such as bge or e5-base, whose
+//!                                   # gate was not measured (no bge weights could be
+//!                                   # obtained): set it, from `locomo --cosines`)
 //! fusion = "weighted"               # or "rrf" (with rrf_k0 = 60)
 //! vector_weight = 0.2               # weights of the vector and BM25 lists in the fusion
 //! lexical_weight = 0.8

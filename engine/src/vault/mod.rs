@@ -102,7 +102,7 @@ impl VaultOptions {
             durability: Durability::Fsync,
             memtable_records_max: MEMTABLE_RECORDS_MAX_DEFAULT,
             memtable_bytes_max: MEMTABLE_BYTES_MAX_DEFAULT,
-            policy: RetrievalPolicy::for_kind(embedder.kind()),
+            policy: RetrievalPolicy::for_embedder(embedder.as_ref()),
             embedder,
             hnsw: HnswParams::default(),
             background: true,
