@@ -503,10 +503,11 @@ impl Engine {
             }
         }
         let _ = fence.release.send(true);
-        fence
-            .done
-            .recv()
-            .unwrap_or_else(|_| Err(Error::VaultClosed { id: fence.id.clone() }))
+        fence.done.recv().unwrap_or_else(|_| {
+            Err(Error::VaultClosed {
+                id: fence.id.clone(),
+            })
+        })
     }
 
     /// Installs `staged` (a vault directory received from another node, every file synced)

@@ -52,7 +52,10 @@ fn a_fence_holds_writes_and_lifting_it_lets_them_land() {
     let fence = e.fence("v").unwrap();
     let files = fence.files().unwrap();
     assert!(files.iter().any(|(n, _)| n == "MANIFEST"), "{files:?}");
-    assert!(files.iter().any(|(n, _)| n.starts_with("wal/")), "{files:?}");
+    assert!(
+        files.iter().any(|(n, _)| n.starts_with("wal/")),
+        "{files:?}"
+    );
     let held = ingest_later(&e, "during the fence");
     assert!(
         held.recv_timeout(Duration::from_millis(HELD_PROBE_MS))
@@ -105,7 +108,11 @@ fn a_vault_given_up_takes_no_waiting_write_and_its_copy_holds_every_acknowledged
     // Adopting a copy back on the first node lifts its refusal there.
     let fence = new.fence("v").unwrap();
     let back = dir.path().join("old").join(".incoming-v");
-    copy_files(&dir.path().join("new").join("v"), &fence.files().unwrap(), &back);
+    copy_files(
+        &dir.path().join("new").join("v"),
+        &fence.files().unwrap(),
+        &back,
+    );
     fence.lift();
     assert!(
         new.adopt("v", &back).is_err(),
