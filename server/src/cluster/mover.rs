@@ -307,7 +307,9 @@ async fn copy_and_flip(
         let v = vault.to_owned();
         async move {
             let _ = tokio::task::spawn_blocking(move || fence.lift()).await;
-            st.cluster.as_ref().map(|n| n.fences.lift(&v));
+            if let Some(node) = st.cluster.as_ref() {
+                node.fences.lift(&v);
+            }
         }
     };
 

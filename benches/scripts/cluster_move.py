@@ -1,0 +1,111 @@
+"""Vault move time in cluster mode (issue 18, docs/scaling.md).
+
+Starts etcd and two nodes on loopback (tests/cluster/harness.py), fills one vault with
+MEMORIES memories (ingest batches of 500, then waits until its seals and merges are done),
+then moves it back and forth MOVES times with `memoryrouter cluster move` while WRITERS
+threads write to it (through the node that does not own it at the start, so every write
+is forwarded, then served locally, as a client behind a balancer sees it). Prints for each
+move the CLI's summary (bytes, files, total ms, how long the fence held writes) and the
+writers' longest and median write latency during the move.
+
+    python3 benches/scripts/cluster_move.py [MEMORIES] [MOVES] [WRITERS]
+
+Uses target/debug/memoryrouter unless MEMORYROUTER_BIN names another.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "cluster"))
+from harness import BINARY, SECRET, start_cluster  # noqa: E402
+
+MEMORIES = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+MOVES = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+WRITERS = int(sys.argv[3]) if len(sys.argv) > 3 else 4
+BATCH = 500
+TOPICS = ["hiking", "cooking", "chess", "piano", "running", "gardening", "painting", "sailing"]
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = start_cluster(Path(tmp), nodes=2, nginx=False)
+        try:
+            admin = {"authorization": f"Bearer {cluster.admin_key}"}
+            n1, n2 = cluster.node("n1"), cluster.node("n2")
+            with httpx.Client(timeout=120) as http:
+                key = http.post(f"{n1.base_url}/v1/keys", headers=admin, json={}).json()
+                auth = {"authorization": f"Bearer {key['key']}"}
+                started = time.monotonic()
+                for start in range(0, MEMORIES, BATCH):
+                    messages = [{"role": "user", "content": f"memory {i}: I spent the day {TOPICS[i % 8]} with friend {i}"}
+                                for i in range(start, min(start + BATCH, MEMORIES))]
+                    r = http.post(f"{n1.base_url}/v1/memory/ingest", headers=auth,
+                                  json={"messages": messages, "session_id": f"s{start // 5000}"})
+                    assert r.status_code == 202, r.text
+                while http.get(f"{n1.base_url}/v1/memory/stats", headers=auth).json().get("busy"):
+                    time.sleep(0.5)
+                stats = http.get(f"{n1.base_url}/v1/memory/stats", headers=auth).json()
+                print(f"filled {stats['memories']} memories, {stats['bytes_on_disk'] / 2**20:.0f} MiB on disk, "
+                      f"{stats['segments']} segments in {time.monotonic() - started:.0f} s")
+            for move in range(MOVES):
+                owner = cluster.placements()[key["id"]]
+                target = "n2" if owner == "n1" else "n1"
+                front = cluster.node(target)  # forwards until the flip, then serves
+                stop = threading.Event()
+                latencies: list[float] = []
+                failures: list[str] = []
+                lock = threading.Lock()
+
+                def writer(w: int, front_url: str = front.base_url, stop: threading.Event = stop,
+                           latencies: list[float] = latencies, failures: list[str] = failures,
+                           lock: threading.Lock = lock, move: int = move) -> None:
+                    with httpx.Client(timeout=60) as http:
+                        n = 0
+                        while not stop.is_set():
+                            t = time.monotonic()
+                            r = http.post(f"{front_url}/v1/memory/ingest", headers=auth,
+                                          json={"messages": [{"role": "user", "content": f"move {move} writer {w} note {n}"}]})
+                            with lock:
+                                if r.status_code == 202:
+                                    latencies.append(time.monotonic() - t)
+                                else:
+                                    failures.append(str(r.status_code))
+                            n += 1
+
+                threads = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)]
+                for t in threads:
+                    t.start()
+                time.sleep(0.5)
+                with lock:
+                    latencies.clear()
+                t0 = time.monotonic()
+                result = subprocess.run(
+                    [str(BINARY), "cluster", "move", key["id"], target, "-q",
+                     "--etcd", cluster.etcd_url.replace("http://", "etcd://")],
+                    capture_output=True, text=True, env={**os.environ, "MEMORYROUTER_SECRET_KEY": SECRET})
+                wall = time.monotonic() - t0
+                with lock:
+                    during = list(latencies)
+                stop.set()
+                for t in threads:
+                    t.join()
+                assert result.returncode == 0, result.stdout + result.stderr
+                print(f"move {move + 1} {owner}->{target}: {result.stdout.strip()} (CLI wall {wall * 1000:.0f} ms); "
+                      f"{len(during)} writes during it, p50 {statistics.median(during) * 1000:.1f} ms, "
+                      f"max {max(during) * 1000:.0f} ms; {len(failures)} not acknowledged ({set(failures)})")
+        finally:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
