@@ -52,22 +52,23 @@ def main() -> None:
                     r = http.post(f"{n1.base_url}/v1/memory/ingest", headers=auth,
                                   json={"messages": messages, "session_id": f"s{start // 5000}"})
                     assert r.status_code == 202, r.text
-                while http.get(f"{n1.base_url}/v1/memory/stats", headers=auth).json().get("busy"):
+                while http.get(f"{n1.base_url}/v1/memory/stats", headers=auth).json().get("compacting"):
                     time.sleep(0.5)
                 stats = http.get(f"{n1.base_url}/v1/memory/stats", headers=auth).json()
-                print(f"filled {stats['memories']} memories, {stats['bytes_on_disk'] / 2**20:.0f} MiB on disk, "
+                print(f"filled {stats['memories']} memories, {stats['bytes'] / 2**20:.0f} MiB on disk, "
                       f"{stats['segments']} segments in {time.monotonic() - started:.0f} s")
             for move in range(MOVES):
                 owner = cluster.placements()[key["id"]]
                 target = "n2" if owner == "n1" else "n1"
-                front = cluster.node(target)  # forwards until the flip, then serves
+                front = cluster.node(os.environ.get("MOVE_FRONT", target))
                 stop = threading.Event()
                 latencies: list[float] = []
+                acks: list[float] = []
                 failures: list[str] = []
                 lock = threading.Lock()
 
                 def writer(w: int, front_url: str = front.base_url, stop: threading.Event = stop,
-                           latencies: list[float] = latencies, failures: list[str] = failures,
+                           latencies: list[float] = latencies, acks: list[float] = acks, failures: list[str] = failures,
                            lock: threading.Lock = lock, move: int = move) -> None:
                     with httpx.Client(timeout=60) as http:
                         n = 0
@@ -78,6 +79,7 @@ def main() -> None:
                             with lock:
                                 if r.status_code == 202:
                                     latencies.append(time.monotonic() - t)
+                                    acks.append(time.monotonic())
                                 else:
                                     failures.append(str(r.status_code))
                             n += 1
@@ -96,13 +98,15 @@ def main() -> None:
                 wall = time.monotonic() - t0
                 with lock:
                     during = list(latencies)
+                    stamps = sorted(a for a in acks if a >= t0)
+                gap = max((b - a for a, b in zip(stamps, stamps[1:])), default=0.0)
                 stop.set()
                 for t in threads:
                     t.join()
                 assert result.returncode == 0, result.stdout + result.stderr
                 print(f"move {move + 1} {owner}->{target}: {result.stdout.strip()} (CLI wall {wall * 1000:.0f} ms); "
                       f"{len(during)} writes during it, p50 {statistics.median(during) * 1000:.1f} ms, "
-                      f"max {max(during) * 1000:.0f} ms; {len(failures)} not acknowledged ({set(failures)})")
+                      f"max {max(during) * 1000:.0f} ms, longest gap between acknowledgments {gap * 1000:.0f} ms; {len(failures)} not acknowledged ({set(failures)})")
         finally:
             cluster.stop()
 

@@ -179,7 +179,7 @@ async fn ask_move(
 fn summary(done: &Value) -> String {
     let mib = done.get("bytes").and_then(Value::as_u64).unwrap_or(0) as f64 / (1024.0 * 1024.0);
     format!(
-        "moved vault {} from {} to {}: {:.1} MiB in {} files, {} ms; writes held {} ms",
+        "moved vault {} from {} to {}: {:.1} MiB in {} files, {} ms; writes held {} ms (flipped after {} ms)",
         done["vault"].as_str().unwrap_or("?"),
         done["from"].as_str().unwrap_or("?"),
         done["to"].as_str().unwrap_or("?"),
@@ -187,6 +187,7 @@ fn summary(done: &Value) -> String {
         done["files"],
         done["elapsed_ms"],
         done["fence_ms"],
+        done["flip_ms"],
     )
 }
 

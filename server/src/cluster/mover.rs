@@ -282,6 +282,10 @@ async fn copy_and_flip(
     // 3. The fence: requests first, then the engine.
     let fenced_at = Instant::now();
     report.send(json!({ "phase": "fencing", "bytes": copied }));
+    let mut phases = serde_json::Map::new();
+    let mut mark = |name: &str| {
+        phases.insert(name.to_owned(), json!(fenced_at.elapsed().as_millis() as u64));
+    };
     if !node.fences.fence(vault).await {
         node.fences.lift(vault);
         return Err(format!(
@@ -289,6 +293,7 @@ async fn copy_and_flip(
             super::fence::FENCE_DRAIN_MS
         ));
     }
+    mark("drained");
     let st = Arc::clone(state);
     let v = vault.to_owned();
     let fence = match tokio::task::spawn_blocking(move || st.engine.fence(&v)).await {
@@ -314,6 +319,7 @@ async fn copy_and_flip(
     };
 
     // 4. What changed since step 2, then the target installs its copy.
+    mark("engine_fenced");
     // A directory listing of a vault held still (a few dozen entries): done in place.
     let listed = fence.files().map_err(|e| e.to_string());
     let tail = async {
@@ -338,6 +344,7 @@ async fn copy_and_flip(
         }
     };
 
+    mark("copied_and_committed");
     // 5. The flip, compared against the revision read in step 1.
     report.send(json!({ "phase": "flipping", "bytes": copied }));
     let value = serde_json::to_vec(&Placement {
@@ -375,9 +382,11 @@ async fn copy_and_flip(
         ));
     }
     // 6. Ours no more: forward from now on, drop the copy, let the waiting requests go.
+    let flip_ms = fenced_at.elapsed().as_millis() as u64;
     node.placed(vault, to);
     let st = Arc::clone(state);
     let given_up = tokio::task::spawn_blocking(move || st.engine.give_up(fence)).await;
+    mark("given_up");
     node.fences.lift(vault);
     let fence_ms = fenced_at.elapsed().as_millis() as u64;
     match given_up {
@@ -387,9 +396,10 @@ async fn copy_and_flip(
         }
         Err(e) => tracing::error!(vault, error = %e, "cluster: giving the moved vault up failed"),
     }
-    Ok(
-        json!({ "vault": vault, "from": node.id, "to": to, "bytes": copied, "files": files, "fence_ms": fence_ms }),
-    )
+    Ok(json!({
+        "vault": vault, "from": node.id, "to": to, "bytes": copied, "files": files,
+        "fence_ms": fence_ms, "flip_ms": flip_ms, "phases_ms": phases,
+    }))
 }
 
 /// Whether a flip whose answer was lost committed: the placement names the target (yes) or
