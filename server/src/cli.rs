@@ -164,6 +164,9 @@ pub enum ClusterCommand {
         node: String,
         #[arg(long)]
         etcd: String,
+        /// The final report as one JSON line (bytes, files, fence and flip times, phases).
+        #[arg(long)]
+        json: bool,
         #[arg(long, short)]
         quiet: bool,
     },

@@ -114,9 +114,10 @@ fn main() -> anyhow::Result<()> {
                     vault,
                     node,
                     etcd,
+                    json,
                     quiet,
                 },
-        } => Ok(server::cluster_move(&etcd, &vault, &node, quiet)?),
+        } => Ok(server::cluster_move(&etcd, &vault, &node, json, quiet)?),
         Command::Cluster {
             command: ClusterCommand::Drain { node, etcd, quiet },
         } => Ok(server::cluster_drain(&etcd, &node, quiet)?),

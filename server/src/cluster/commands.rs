@@ -231,12 +231,17 @@ async fn move_one(
     done
 }
 
-/// `memoryrouter cluster move VAULT NODE`.
-pub fn move_vault(etcd: &str, vault: &str, to: &str, quiet: bool) -> Result<(), Error> {
+/// `memoryrouter cluster move VAULT NODE` (`json`: the owner's final report as one JSON
+/// line instead of the summary: bytes, files, fence and flip times, each fenced phase).
+pub fn move_vault(etcd: &str, vault: &str, to: &str, json: bool, quiet: bool) -> Result<(), Error> {
     let etcd = Etcd::new(etcd)?;
     let token = token_from_env()?;
     let done = runtime()?.block_on(move_one(&etcd, &token, vault, to, quiet))?;
-    println!("{}", summary(&done));
+    if json {
+        println!("{done}");
+    } else {
+        println!("{}", summary(&done));
+    }
     Ok(())
 }
 

@@ -281,10 +281,14 @@ async fn copy_and_flip(
 
     // 3. The fence: requests first, then the engine.
     let fenced_at = Instant::now();
+    let fenced_at_ms = crate::time::now_ms();
     report.send(json!({ "phase": "fencing", "bytes": copied }));
     let mut phases = serde_json::Map::new();
     let mut mark = |name: &str| {
-        phases.insert(name.to_owned(), json!(fenced_at.elapsed().as_millis() as u64));
+        phases.insert(
+            name.to_owned(),
+            json!(fenced_at.elapsed().as_millis() as u64),
+        );
     };
     if !node.fences.fence(vault).await {
         node.fences.lift(vault);
@@ -399,6 +403,7 @@ async fn copy_and_flip(
     Ok(json!({
         "vault": vault, "from": node.id, "to": to, "bytes": copied, "files": files,
         "fence_ms": fence_ms, "flip_ms": flip_ms, "phases_ms": phases,
+        "fenced_at_ms": fenced_at_ms,
     }))
 }
 
