@@ -3,6 +3,7 @@
 - `memoryrouter cluster move` moves a vault while 8 writers write to it through nginx: every
   acknowledged write is on the new owner, the old owner's copy is gone, reads keep working;
 - `memoryrouter cluster drain` moves every vault off a node, and each stays readable;
+  `cluster rebalance` then moves back exactly the vaults rendezvous hashing gives that node;
 - a move whose target dies mid-copy leaves the vault on its owner, serving, with all its data;
 - a burst of unknown (forged, well-formed) keys costs a node a few etcd reads, not one each.
 
@@ -12,6 +13,7 @@ memtables make the vaults seal segments (and compact) while they are being moved
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -198,6 +200,29 @@ def test_a_drained_node_keeps_no_vault_and_each_stays_readable(cluster: Cluster)
     assert not any(v in cluster.node(drained).vaults() for v in on_drained)
     for i, user in enumerate(users):
         assert f"drainfact{i}x" in exported(cluster.base_url, user["key"])
+
+
+def rendezvous(vault: str, nodes: list[str]) -> str:
+    """The server's placement rule (`cluster::node::rendezvous`)."""
+    def score(node: str) -> tuple[int, str]:
+        digest = hashlib.sha256(vault.encode() + b"\0" + node.encode()).digest()
+        return int.from_bytes(digest[:8], "little"), node
+    return max(nodes, key=score)
+
+
+def test_a_rebalance_moves_back_exactly_the_vaults_rendezvous_gives_each_node(cluster: Cluster) -> None:
+    live = [n.node_id for n in cluster.nodes if n.process.poll() is None]
+    before = cluster.placements()
+    expected = {vault: rendezvous(vault, live) for vault in before}
+    misplaced = [v for v in before if before[v] != expected[v]]
+    assert misplaced, "the drain left every vault where rendezvous puts it"
+    result = move(cluster, "rebalance")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(misplaced)} vault(s) moved, 0 failed" in result.stdout, result.stdout
+    assert cluster.placements() == expected
+    for vault, node in expected.items():
+        assert vault in cluster.node(node).vaults()
+        assert not any(vault in n.vaults() for n in cluster.nodes if n.node_id != node)
 
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

@@ -299,6 +299,16 @@ async fn commit(
                 .map_err(|e| io_error("sync a directory", dir, &e))?;
         }
         st.engine.adopt(&vault, &staging)?;
+        // Opened now, off the fence's clock (the owner flips while this runs), so the first
+        // requests after the flip do not wait for the open (a manifest read, maps, the WAL
+        // replay: hundreds of ms for a large vault). A flip that fails drops it again
+        // (`abort` purges it).
+        let warm = Arc::clone(&st);
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = warm.engine.vault(&vault) {
+                tracing::warn!(vault, %error, "cluster: a received vault does not open");
+            }
+        });
         Ok(json!({ "installed": true }))
     })
     .await
