@@ -107,8 +107,9 @@ pub struct Engine {
     gone: Mutex<HashSet<String>>,
 }
 
-/// Longest wait for a vault's seal or compaction to finish before [`Engine::fence`] holds it
-/// still (a merge of a large vault takes seconds).
+/// Longest a move waits, while the vault serves, for its seal or compaction to finish
+/// before fencing it (a merge of a large vault takes seconds; the fence would wait for it
+/// with the writes held).
 pub const FENCE_QUIET_WAIT_MS: u64 = 120_000;
 
 /// A vault held still for a move ([`Engine::fence`]): no write, seal or compaction runs
@@ -431,19 +432,14 @@ impl Engine {
         vault_files(&*self.vault(id)?, false)
     }
 
-    /// Holds vault `id` still for a move to another node. Waits (up to
-    /// [`FENCE_QUIET_WAIT_MS`]) for a running seal or compaction to finish, then, on a
-    /// thread of its own, takes the vault's compaction, seal and write locks in their
-    /// order and syncs its WAL: every ingest or delete already past its reservation has
+    /// Holds vault `id` still for a move to another node: on a thread of its own, takes the
+    /// vault's compaction, seal and write locks in their order (waiting for a seal or merge
+    /// that runs; one only queued runs after the fence, or fails if the vault is given up)
+    /// and syncs its WAL: every ingest or delete already past its reservation has
     /// reached the WAL, and every later one waits at the write gate. Searches and reads go
     /// on. Blocking; call it off the async workers.
     pub fn fence(&self, id: &str) -> Result<Fence> {
         let vault = self.vault(id)?;
-        let deadline =
-            std::time::Instant::now() + std::time::Duration::from_millis(FENCE_QUIET_WAIT_MS);
-        while vault.is_busy() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
         let (held_tx, held_rx) = std::sync::mpsc::channel::<Result<()>>();
         let (release, release_rx) = std::sync::mpsc::channel::<bool>();
         let (done_tx, done) = std::sync::mpsc::channel::<Result<()>>();

@@ -9,9 +9,9 @@
 //! 4. copy what changed: the manifest, the WAL, segments listed since step 2; the target
 //!    checks sizes, syncs and installs its copy;
 //! 5. flip the placement with `compare(mod_revision == R) → put({node: target})`;
-//! 6. on success, give the old copy up (`Engine::give_up`: closed, deleted, then the writes
-//!    waiting at the engine's gate fail) and lift the fence (waiting requests are forwarded
-//!    to the new owner); on failure, abort the target's copy and lift the fence here.
+//! 6. on success, lift the request fence (waiting requests are forwarded to the new owner),
+//!    then give the old copy up (`Engine::give_up`: closed, deleted, then the writes waiting
+//!    at the engine's gate fail); on failure, abort the target's copy and lift both here.
 //!
 //! No write is acknowledged here after step 3, so none after the flip; every write
 //! acknowledged before step 3 is in the WAL copied in step 4.
@@ -268,6 +268,11 @@ async fn copy_and_flip(
     let settled = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_millis(engine::FENCE_QUIET_WAIT_MS);
         let handle = st.engine.vault(&v)?;
+        // The memtable sealed now, while serving, checkpoints the WAL: what the fence copies
+        // is then only what was written since (the WAL of a full memtable is megabytes).
+        if let Err(error) = handle.seal() {
+            tracing::warn!(vault = %v, %error, "cluster: the pre-move seal failed; the fence copies the whole WAL");
+        }
         while handle.is_busy() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(SETTLE_POLL_MS));
         }
@@ -388,11 +393,14 @@ async fn copy_and_flip(
     // 6. Ours no more: forward from now on, drop the copy, let the waiting requests go.
     let flip_ms = fenced_at.elapsed().as_millis() as u64;
     node.placed(vault, to);
+    // Requests held here go on now: routed again, they find the new owner (the cache says
+    // so) and are forwarded; none reaches this engine. Writes that do not come through a
+    // request (the outbox) stay held by the engine's fence until the vault is closed.
+    node.fences.lift(vault);
+    let fence_ms = fenced_at.elapsed().as_millis() as u64;
     let st = Arc::clone(state);
     let given_up = tokio::task::spawn_blocking(move || st.engine.give_up(fence)).await;
     mark("given_up");
-    node.fences.lift(vault);
-    let fence_ms = fenced_at.elapsed().as_millis() as u64;
     match given_up {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {

@@ -146,7 +146,14 @@ async fn begin(state: &Arc<AppState>, node: &Node, vault: &str) -> Result<Value,
         ));
     }
     let staging = staging_dir(state, vault);
+    let st = Arc::clone(state);
+    let id = vault.to_owned();
     blocking(move || {
+        // A local copy of a vault this node does not own is stale (an earlier move that
+        // never flipped): dropped, closed too if something opened it.
+        if st.engine.config().root.join(&id).is_dir() {
+            st.engine.purge_vault(&id)?;
+        }
         match std::fs::remove_dir_all(&staging) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -305,6 +312,10 @@ async fn commit(
         // (`abort` purges it).
         let warm = Arc::clone(&st);
         tokio::task::spawn_blocking(move || {
+            // Not once an abort dropped it: opening would create an empty vault.
+            if !warm.engine.config().root.join(&vault).is_dir() {
+                return;
+            }
             if let Err(error) = warm.engine.vault(&vault) {
                 tracing::warn!(vault, %error, "cluster: a received vault does not open");
             }
