@@ -150,7 +150,8 @@ async fn copy(
         loop {
             let len = (size - offset).min(CHUNK_BYTES_MAX as u64) as usize;
             let chunk = read_chunk(dir.join(path), offset, len).await?;
-            peer.put_chunk(vault, path, offset, chunk).await?;
+            let last = offset + len as u64 >= *size;
+            peer.put_chunk(vault, path, offset, chunk, last).await?;
             offset += len as u64;
             *copied += len as u64;
             if *copied - last_report >= PROGRESS_EVERY_BYTES {

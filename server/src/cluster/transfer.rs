@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `POST /internal/cluster/move` `{vault, to}` | the owner | runs the move (`mover.rs`), progress as JSON lines |
 //! | `POST …/vaults/{v}/begin` | the target | an empty staging directory `vaults/.incoming-{v}` |
-//! | `PUT …/vaults/{v}/files?path=P&offset=N` | the target | appends one chunk (≤ 8 MiB, CRC-32 in `x-memoryrouter-crc32`) to `P` |
+//! | `PUT …/vaults/{v}/files?path=P&offset=N[&last=1]` | the target | appends one chunk (≤ 8 MiB, CRC-32 in `x-memoryrouter-crc32`) to `P`; syncs `P` after its last |
 //! | `POST …/vaults/{v}/commit` `{files: [[P, size]…]}` | the target | checks every size, syncs, installs the vault (`Engine::adopt`) |
 //! | `POST …/vaults/{v}/abort` | the target | drops the staged (or installed, never flipped) copy |
 //! | `POST /internal/cluster/exchange` | the new owner | takes over a proxy exchange the old owner's outbox held |
@@ -192,6 +192,7 @@ async fn file(
         .to_owned();
     let crc: Option<u32> =
         crate::http::header(req.headers(), CRC_HEADER).and_then(|c| c.parse().ok());
+    let last = query.get("last").is_some_and(|l| l == "1");
     let bytes = read_body(req, CHUNK_BYTES_MAX).await?;
     if crc != Some(crc32fast::hash(&bytes)) {
         return Err(ApiError::bad_request(
@@ -233,6 +234,12 @@ async fn file(
         }
         file.write_all_at(&bytes, parsed.offset)
             .map_err(|e| io_error("write a file", &target, &e))?;
+        // The last chunk of a file: synced now, so the commit (under the owner's fence)
+        // finds the segments' hundreds of megabytes already on disk.
+        if last {
+            file.sync_all()
+                .map_err(|e| io_error("sync a received file", &target, &e))?;
+        }
         Ok(json!({ "length": parsed.offset + bytes.len() as u64 }))
     })
     .await
@@ -457,17 +464,21 @@ impl Peer {
             .await
     }
 
-    /// Sends one chunk of `path` at `offset`.
+    /// Sends one chunk of `path` at `offset`; `last` = the file ends with it (the target
+    /// syncs the file).
     pub(crate) async fn put_chunk(
         &self,
         vault: &str,
         path: &str,
         offset: u64,
         chunk: Bytes,
+        last: bool,
     ) -> Result<(), String> {
         let crc = crc32fast::hash(&chunk).to_string();
         // Vault file paths are `[A-Za-z0-9._-]` and `/` (`checked_path`): nothing to escape.
-        let uri = format!("/internal/cluster/vaults/{vault}/files?path={path}&offset={offset}");
+        let last = if last { "&last=1" } else { "" };
+        let uri =
+            format!("/internal/cluster/vaults/{vault}/files?path={path}&offset={offset}{last}");
         self.call(Method::PUT, &uri, &[(CRC_HEADER, crc)], chunk)
             .await
             .map(|_| ())
