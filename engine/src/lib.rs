@@ -111,8 +111,8 @@ pub use policy::{
 pub use query::{Filter, Hit, SearchQuery};
 pub use record::{Memory, MemoryId, Metadata, NewMemory, Role, content_hash};
 pub use registry::{
-    Engine, EngineConfig, OPEN_VAULTS_MAX_DEFAULT, OPEN_VAULTS_MEMORY_BYTES_MAX_DEFAULT,
-    VAULT_ID_BYTES_MAX, validate_vault_id,
+    Engine, EngineConfig, FENCE_QUIET_WAIT_MS, Fence, OPEN_VAULTS_MAX_DEFAULT,
+    OPEN_VAULTS_MEMORY_BYTES_MAX_DEFAULT, VAULT_ID_BYTES_MAX, validate_vault_id,
 };
 #[doc(hidden)]
 pub use segment::Segment;

@@ -11,8 +11,8 @@
 //! request reaches its vault through this call: the total can overshoot the bound by at
 //! most what the requests in flight ingest before the next call closes something.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -105,6 +105,84 @@ pub struct Engine {
     /// Sum of the heap estimates of the vaults alive (each vault's gauge adds to it and takes
     /// its share out when its last handle drops).
     memory_total: Arc<AtomicU64>,
+    /// Vaults moved to another node by this process ([`Engine::give_up`]): [`Engine::vault`]
+    /// refuses them instead of creating an empty vault in their place, until
+    /// [`Engine::adopt`] brings one back.
+    gone: Mutex<HashSet<String>>,
+}
+
+/// Longest a move waits, while the vault serves, for its seal or compaction to finish
+/// before fencing it (a merge of a large vault takes seconds; the fence would wait for it
+/// with the writes held).
+pub const FENCE_QUIET_WAIT_MS: u64 = 120_000;
+
+/// A vault held still for a move ([`Engine::fence`]): no write, seal or compaction runs
+/// while it is held, so its files are final. Dropping it (or [`Fence::lift`]) lets the
+/// waiting writes go on here; [`Engine::give_up`] closes the vault for good instead.
+pub struct Fence {
+    id: String,
+    vault: Arc<Vault>,
+    /// `true` = give the vault up (close and delete it), `false`/dropped = lift.
+    release: std::sync::mpsc::Sender<bool>,
+    /// What the holding thread did on release.
+    done: std::sync::mpsc::Receiver<Result<()>>,
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fence").field("id", &self.id).finish()
+    }
+}
+
+impl Fence {
+    /// The vault's files relative to its directory, with their sizes, as they stand under
+    /// the fence: `MANIFEST`, every WAL file and the files of the segments the manifest
+    /// lists (leftovers of a failed seal are not part of the vault and are left out).
+    pub fn files(&self) -> Result<Vec<(String, u64)>> {
+        vault_files(&self.vault, true)
+    }
+
+    /// Lets the writes waiting on the vault go on here (the move did not happen).
+    pub fn lift(self) {
+        let _ = self.release.send(false);
+        let _ = self.done.recv();
+    }
+}
+
+/// Files of `vault` (see [`Fence::files`]); `everything` = false lists only the files of
+/// the segments its manifest lists now, which never change once listed.
+fn vault_files(vault: &Vault, everything: bool) -> Result<Vec<(String, u64)>> {
+    let dir = vault.dir().to_path_buf();
+    let segments = vault.inner.manifest.lock().segments.clone();
+    let mut files = Vec::new();
+    let add_dir = |sub: &str, files: &mut Vec<(String, u64)>| -> Result<()> {
+        let path = dir.join(sub);
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&path).map_err(Error::io(&path))? {
+            let entry = entry.map_err(Error::io(&path))?;
+            let meta = entry.metadata().map_err(Error::io(entry.path()))?;
+            if meta.is_file() {
+                names.push((
+                    format!("{sub}/{}", entry.file_name().to_string_lossy()),
+                    meta.len(),
+                ));
+            }
+        }
+        names.sort();
+        files.extend(names);
+        Ok(())
+    };
+    for segment in &segments {
+        add_dir(segment, &mut files)?;
+    }
+    if everything {
+        add_dir("wal", &mut files)?;
+        let manifest = dir.join(crate::manifest::FILE_NAME);
+        if let Ok(meta) = std::fs::metadata(&manifest) {
+            files.push((crate::manifest::FILE_NAME.to_string(), meta.len()));
+        }
+    }
+    Ok(files)
 }
 
 impl std::fmt::Debug for Engine {
@@ -140,6 +218,7 @@ impl Engine {
             config,
             open: Mutex::new((HashMap::new(), 0)),
             memory_total: Arc::new(AtomicU64::new(0)),
+            gone: Mutex::new(HashSet::new()),
         })
     }
 
@@ -172,6 +251,9 @@ impl Engine {
     pub fn vault(&self, id: &str) -> Result<Arc<Vault>> {
         validate_vault_id(id)?;
         let mut guard = self.open.lock();
+        if self.gone.lock().contains(id) {
+            return Err(Error::VaultClosed { id: id.to_string() });
+        }
         let (map, clock) = &mut *guard;
         *clock += 1;
         let vault = if let Some(slot) = map.get_mut(id) {
@@ -347,6 +429,112 @@ impl Engine {
             Err(e) => return Err(Error::io(&dir)(e)),
         }
         crate::storage::sync_dir(storage, &self.config.root)
+    }
+
+    /// Files of vault `id`'s listed segments, relative to its directory, with their sizes:
+    /// what a move copies while the vault keeps serving (listed segments never change).
+    pub fn segment_files(&self, id: &str) -> Result<Vec<(String, u64)>> {
+        vault_files(&*self.vault(id)?, false)
+    }
+
+    /// Holds vault `id` still for a move to another node: on a thread of its own, takes the
+    /// vault's compaction, seal and write locks in their order (waiting for a seal or merge
+    /// that runs; one only queued runs after the fence, or fails if the vault is given up)
+    /// and syncs its WAL: every ingest or delete already past its reservation has
+    /// reached the WAL, and every later one waits at the write gate. Searches and reads go
+    /// on. Blocking; call it off the async workers.
+    pub fn fence(&self, id: &str) -> Result<Fence> {
+        let vault = self.vault(id)?;
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let (release, release_rx) = std::sync::mpsc::channel::<bool>();
+        let (done_tx, done) = std::sync::mpsc::channel::<Result<()>>();
+        let inner = Arc::clone(&vault.inner);
+        let storage = Arc::clone(&self.config.storage);
+        let root = self.config.root.clone();
+        std::thread::Builder::new()
+            .name(format!("mr-fence-{id}"))
+            .spawn(move || {
+                let _compact = inner.compact_lock.lock();
+                let _seal = inner.seal_lock.lock();
+                let _gate = inner.gate.write();
+                let synced = inner.wal.sync().map_err(Error::from);
+                let failed = synced.is_err();
+                let _ = held_tx.send(synced);
+                // A sender dropped without a word lifts the fence, as `lift` does.
+                let give_up = !failed && release_rx.recv().unwrap_or(false);
+                let result = if give_up {
+                    // Closed before the gate opens: each write waiting there checks it
+                    // once through (`Vault::ingest`, `delete_ids`) and fails instead of
+                    // appending to a WAL that is no longer the vault's.
+                    inner.closed.store(true, Ordering::Release);
+                    let dir: &Path = &inner.dir;
+                    match storage.remove_dir_all(dir) {
+                        Ok(()) => crate::storage::sync_dir(&*storage, &root),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                        Err(e) => Err(Error::io(dir)(e)),
+                    }
+                } else {
+                    Ok(())
+                };
+                let _ = done_tx.send(result);
+            })
+            .map_err(Error::io(&self.config.root))?;
+        match held_rx.recv() {
+            Ok(Ok(())) => Ok(Fence {
+                id: id.to_string(),
+                vault,
+                release,
+                done,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::VaultClosed { id: id.to_string() }),
+        }
+    }
+
+    /// Gives up a fenced vault after it moved to another node: closes it for good in this
+    /// process (handles still held fail with [`Error::VaultClosed`], and so does
+    /// [`Engine::vault`] until [`Engine::adopt`]), deletes its directory, and only then
+    /// opens the write gate, so no write waiting there lands in this copy.
+    pub fn give_up(&self, fence: Fence) -> Result<()> {
+        {
+            let mut guard = self.open.lock();
+            self.gone.lock().insert(fence.id.clone());
+            if let Some(slot) = guard.0.remove(&fence.id) {
+                slot.vault.mark_closed();
+            }
+        }
+        let _ = fence.release.send(true);
+        fence.done.recv().unwrap_or_else(|_| {
+            Err(Error::VaultClosed {
+                id: fence.id.clone(),
+            })
+        })
+    }
+
+    /// Installs `staged` (a vault directory received from another node, every file synced)
+    /// as vault `id`: renamed into place and the rename synced. Refused while `id` is open
+    /// here; a stale directory of `id` is replaced. The vault opens on first use.
+    pub fn adopt(&self, id: &str, staged: &Path) -> Result<()> {
+        validate_vault_id(id)?;
+        let guard = self.open.lock();
+        if guard.0.contains_key(id) {
+            return Err(Error::InvalidArgument {
+                name: "vault",
+                reason: format!("vault {id} is open on this node"),
+            });
+        }
+        let dir = self.config.root.join(id);
+        let storage = &*self.config.storage;
+        match storage.remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&dir)(e)),
+        }
+        storage.rename(staged, &dir).map_err(Error::io(&dir))?;
+        crate::storage::sync_dir(storage, &self.config.root)?;
+        self.gone.lock().remove(id);
+        drop(guard);
+        Ok(())
     }
 
     /// Syncs every open vault's WAL (shutdown, `Buffered` durability). Every vault is synced

@@ -31,7 +31,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -315,7 +315,29 @@ pub struct Catalog {
     poisoned: Arc<AtomicBool>,
     /// What opening found damaged and repaired, one sentence each (also logged).
     repairs: Vec<String>,
+    /// Cluster mode: the catch-up reads of unknown keys, single-flight (see
+    /// [`Catalog::lookup_fresh`]).
+    catch_ups: CatchUps,
 }
+
+/// Single-flight for the catch-up reads unknown keys trigger: one read at a time, at most
+/// one per [`CATCH_UP_INTERVAL_MS`], and a request shares any read that *started after it
+/// arrived* (an earlier read may predate the mint of the key it presents, so it is not
+/// shared). A flood of forged keys with valid checksums thus costs a node at most
+/// 1000 / `CATCH_UP_INTERVAL_MS` etcd reads a second, whatever its rate.
+#[derive(Default)]
+struct CatchUps {
+    /// Catch-up reads started so far (each read's number is this after its start).
+    started: AtomicU64,
+    /// Held while a read runs (and while it waits for its slot): the number of the last
+    /// read that finished, and when the last read started.
+    finished: tokio::sync::Mutex<(u64, Option<std::time::Instant>)>,
+}
+
+/// Least time between two catch-up reads of unknown keys on one node. A key minted on
+/// another node a moment ago waits at most this long more to be known here (its node's
+/// follower usually applies it first anyway).
+pub(crate) const CATCH_UP_INTERVAL_MS: u64 = 20;
 
 /// The directory of the catalog's second copy, beside `dir`: `catalog` → `catalog-mirror`.
 pub(crate) fn mirror_dir(dir: &Path) -> PathBuf {
@@ -505,6 +527,7 @@ impl Catalog {
             used: Mutex::new(HashMap::new()),
             poisoned: Arc::new(AtomicBool::new(false)),
             repairs,
+            catch_ups: CatchUps::default(),
         })
     }
 
@@ -533,6 +556,7 @@ impl Catalog {
             used: Mutex::new(HashMap::new()),
             poisoned,
             repairs: Vec::new(),
+            catch_ups: CatchUps::default(),
         })
     }
 
@@ -562,7 +586,24 @@ impl Catalog {
         if !matches!(self.log, Log::Shared { .. }) {
             return None;
         }
-        let _ = self.catch_up().await;
+        let arrived = self.catch_ups.started.load(Ordering::Acquire);
+        let mut last = self.catch_ups.finished.lock().await;
+        // A read that started after this request arrived has finished meanwhile: it saw
+        // every key minted before the request (a client presents a key only once its mint
+        // was answered, i.e. committed), so this request needs no read of its own.
+        if last.0 <= arrived {
+            // Waiting for the read's slot holds the lock: the requests arriving meanwhile
+            // queue behind it and share the read.
+            if let Some(previous) = last.1 {
+                let slot = previous + std::time::Duration::from_millis(CATCH_UP_INTERVAL_MS);
+                tokio::time::sleep_until(slot.into()).await;
+            }
+            let number = self.catch_ups.started.fetch_add(1, Ordering::AcqRel) + 1;
+            last.1 = Some(std::time::Instant::now());
+            let _ = self.catch_up().await;
+            last.0 = number;
+        }
+        drop(last);
         self.lookup(key)
     }
 

@@ -125,7 +125,7 @@ pub enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
-    /// Cluster mode: status (move and drain are not built yet; see docs/scaling.md).
+    /// Cluster mode: status, move, drain, rebalance (see docs/scaling.md).
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
@@ -151,6 +151,39 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
         /// No progress bar (there is none anyway when stderr is not a terminal).
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Move one vault to another live node, without losing a write (its owner copies it
+    /// while serving, holds its writes for the last copy, and flips the placement).
+    /// Needs MEMORYROUTER_SECRET_KEY, the nodes' shared secret.
+    Move {
+        /// The vault (the id of its key).
+        vault: String,
+        /// The node to move it to.
+        node: String,
+        #[arg(long)]
+        etcd: String,
+        /// The final report as one JSON line (bytes, files, fence and flip times, phases).
+        #[arg(long)]
+        json: bool,
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Move every vault off NODE (each to the node rendezvous hashing picks among the
+    /// others), one at a time. Needs MEMORYROUTER_SECRET_KEY.
+    Drain {
+        node: String,
+        #[arg(long)]
+        etcd: String,
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Move each vault whose rendezvous owner among the live nodes is another node (after
+    /// a node joined). Needs MEMORYROUTER_SECRET_KEY.
+    Rebalance {
+        #[arg(long)]
+        etcd: String,
         #[arg(long, short)]
         quiet: bool,
     },

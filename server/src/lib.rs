@@ -75,6 +75,9 @@ use std::time::Instant;
 // types are those of `Config::providers`, which the tests and benches fill in.
 pub use cli::{Cli, ClusterCommand, Command, KeysCommand, ModelsCommand};
 pub use cluster::status as cluster_status;
+pub use cluster::{
+    drain as cluster_drain, move_vault as cluster_move, rebalance as cluster_rebalance,
+};
 pub use commands::{export, health, import, keys_create, keys_list, keys_revoke, repair, verify};
 pub use config::{Config, Flags};
 pub use error::Error;
@@ -162,7 +165,12 @@ impl AppState {
                 let catalog =
                     catalog::Catalog::open_shared(cluster::SharedLog::new(etcd.clone())?, &secret)?;
                 let id = config.cluster.node_id.clone().unwrap_or_default();
-                let node = cluster::Node::new(etcd, id, config.cluster.advertise.clone());
+                let node = cluster::Node::new(
+                    etcd,
+                    id,
+                    config.cluster.advertise.clone(),
+                    cluster::token(&secret),
+                );
                 (catalog, Some(std::sync::Arc::new(node)))
             }
         };

@@ -108,6 +108,22 @@ fn main() -> anyhow::Result<()> {
         Command::Cluster {
             command: ClusterCommand::Status { etcd, json, quiet },
         } => Ok(server::cluster_status(&etcd, json, quiet)?),
+        Command::Cluster {
+            command:
+                ClusterCommand::Move {
+                    vault,
+                    node,
+                    etcd,
+                    json,
+                    quiet,
+                },
+        } => Ok(server::cluster_move(&etcd, &vault, &node, json, quiet)?),
+        Command::Cluster {
+            command: ClusterCommand::Drain { node, etcd, quiet },
+        } => Ok(server::cluster_drain(&etcd, &node, quiet)?),
+        Command::Cluster {
+            command: ClusterCommand::Rebalance { etcd, quiet },
+        } => Ok(server::cluster_rebalance(&etcd, quiet)?),
     }
 }
 

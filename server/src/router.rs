@@ -26,14 +26,30 @@ pub(crate) async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Respo
         .filter(|s| !s.is_empty())
         .collect();
     let state = &state;
-    // Cluster mode: a request for a vault another node owns is forwarded there whole.
+    // Cluster mode: a request for a vault another node owns is forwarded there whole;
+    // `/internal/cluster/…` are the node-to-node routes of a vault move.
     let vault = match &state.cluster {
+        Some(node) if segments.first() == Some(&"internal") => {
+            let node = std::sync::Arc::clone(node);
+            let response = crate::cluster::internal(state, &node, &segments, req)
+                .await
+                .unwrap_or_else(|| error_response(&unmatched(&method, &segments)));
+            state
+                .metrics
+                .record_request("internal", response.status().as_u16(), started.elapsed());
+            return response;
+        }
         Some(_) => crate::cluster::vault_of(state, &segments, &req).await,
         None => None,
     };
+    // Counted in flight on its vault until the handler returns (a move waits for it).
+    let mut _in_flight = None;
     let req = match (&state.cluster, vault) {
         (Some(node), Some(vault)) => match node.route(&vault, req).await {
-            crate::cluster::Route::Local(req) => req,
+            crate::cluster::Route::Local(req, guard) => {
+                _in_flight = Some(guard);
+                req
+            }
             crate::cluster::Route::Answered(response) => {
                 state.metrics.record_request(
                     "forwarded",

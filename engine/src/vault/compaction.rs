@@ -128,6 +128,8 @@ impl Vault {
         self.check_open()?;
         let inner = &*self.inner;
         let _compact = inner.compact_lock.lock();
+        // Again under the lock: a vault given up while this merge waited for it is gone.
+        self.check_open()?;
         let (chosen, deleted): (Vec<Arc<Segment>>, HashSet<MemoryId>) = {
             let state = inner.state.read();
             match plan(

@@ -28,6 +28,8 @@ impl Vault {
         self.check_open()?;
         let inner = &*self.inner;
         let _seal = inner.seal_lock.lock();
+        // Again under the lock: a vault given up while this seal waited for it is gone.
+        self.check_open()?;
         // Freeze: with the gate closed no ingest or delete is between its WAL append and its
         // memtable apply, so `last_lsn` covers exactly what the frozen memtable and the
         // tombstone set hold. A frozen memtable left by a failed seal is retried first.

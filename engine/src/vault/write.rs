@@ -152,6 +152,9 @@ impl Vault {
 
         // 3. Reserve: re-check dedupe under the lock, assign ids, mark hashes pending.
         let _gate = inner.gate.read();
+        // Again under the gate: a vault given up to another node while this ingest waited
+        // here (`Engine::give_up`) must not take the write.
+        self.check_open()?;
         self.ensure_pinned()?;
         let mut records = Vec::new();
         let mut terms = Vec::new();
@@ -299,6 +302,8 @@ impl Vault {
         let inner = &*self.inner;
         let _serial = inner.delete_lock.lock();
         let _gate = inner.gate.read();
+        // Again under the gate (see `ingest`).
+        self.check_open()?;
         let ids = {
             let state = inner.state.read();
             let ids = resolve(&state);

@@ -5,6 +5,7 @@ mod common;
 mod context;
 mod crash;
 mod failfrom;
+mod fence;
 mod fsyncgate;
 mod memory;
 mod missing;

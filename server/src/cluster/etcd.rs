@@ -99,6 +99,8 @@ pub(crate) enum WatchEnd {
 pub(crate) enum Compare<'a> {
     /// The key's version equals this (0 = the key does not exist).
     Version(&'a [u8], i64),
+    /// The key's last change was at this revision: the fencing token of a placement.
+    ModRevision(&'a [u8], i64),
 }
 
 /// The client: one pooled plain-HTTP hyper client to one etcd endpoint. Cheap to clone.
@@ -250,6 +252,10 @@ impl Etcd {
                     "key": base64::encode(key), "target": "VERSION", "result": "EQUAL",
                     "version": version.to_string(),
                 }),
+                Compare::ModRevision(key, revision) => json!({
+                    "key": base64::encode(key), "target": "MOD", "result": "EQUAL",
+                    "mod_revision": revision.to_string(),
+                }),
             })
             .collect();
         let success: Vec<Value> = puts
@@ -297,6 +303,13 @@ impl Etcd {
             body["lease"] = json!(lease.to_string());
         }
         self.call("/v3/kv/put", body).await.map(|_| ())
+    }
+
+    /// Deletes `key` (absent is fine).
+    pub(crate) async fn delete(&self, key: &[u8]) -> Result<(), ClusterError> {
+        self.call("/v3/kv/deleterange", json!({ "key": base64::encode(key) }))
+            .await
+            .map(|_| ())
     }
 
     /// A lease of `ttl_secs`; keys written with it vanish when it is not kept alive.

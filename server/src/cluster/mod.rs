@@ -6,20 +6,48 @@
 //! - `base64`: the gateway's encoding of keys and values;
 //! - `catalog_log`: the catalog's records as a dense sequence of etcd keys;
 //! - `node`: this node's registry entry, the placement of vaults, forwarding;
-//! - `status`: `memoryrouter cluster status`.
+//! - `status`: `memoryrouter cluster status`;
+//! - `fence`: requests held while a vault is moved away, and those in flight on it;
+//! - `transfer`: the node-to-node routes of a move (`/internal/cluster/…`, token-checked);
+//! - `mover`: a vault move, run by its owner;
+//! - `commands`: `memoryrouter cluster move | drain | rebalance`.
 //!
 //! **Invariant**: without `--cluster` none of this runs; a single node's catalog is its
 //! two local WAL copies, exactly as before.
 
 mod base64;
 mod catalog_log;
+mod commands;
 pub(crate) mod etcd;
+mod fence;
+mod mover;
 mod node;
 mod status;
+mod transfer;
 
 pub(crate) use catalog_log::SharedLog;
+pub use commands::{drain, move_vault, rebalance};
 pub(crate) use node::{Node, Route};
 pub use status::status;
+pub(crate) use transfer::{hand_over_exchange, handle as internal};
+
+/// What the cluster token is an HMAC of (with the shared secret as the key).
+const TOKEN_CONTEXT: &[u8] = b"memoryrouter cluster internal routes v1";
+
+/// The token nodes (and `memoryrouter cluster move`) present on internal routes: an
+/// HMAC-SHA256 of a fixed context under the secret every node already shares
+/// (`MEMORYROUTER_SECRET_KEY`), so a client of the public port cannot call them and no
+/// second secret needs distributing.
+pub(crate) fn token(secret: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    crate::secret::to_hex(ring::hmac::sign(&key, TOKEN_CONTEXT).as_ref())
+}
+
+/// Compares a presented token with ours in constant time.
+pub(crate) fn token_matches(presented: &str, ours: &str) -> bool {
+    let (a, b) = (presented.as_bytes(), ours.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 /// The vault a request addresses, when its path is one that reads or writes a vault and its
 /// key is valid (the memory API, the proxy, MCP, and a revocation with `?purge=true`, whose
@@ -91,4 +119,11 @@ pub enum ClusterError {
     Contended { attempts: usize },
     #[error("cluster mode needs the server's async runtime")]
     NoRuntime,
+    #[error("moving vault {vault}: {reason}")]
+    Move { vault: String, reason: String },
+    #[error(
+        "MEMORYROUTER_SECRET_KEY must hold the cluster's shared secret (64 hex digits): the \
+         nodes' internal routes take a token derived from it"
+    )]
+    NoSecret,
 }

@@ -58,8 +58,8 @@ pub(crate) struct Placement {
 
 /// Where a request goes.
 pub(crate) enum Route {
-    /// Serve it here.
-    Local(Request<Incoming>),
+    /// Serve it here, holding the guard until the handler returns (a move waits for it).
+    Local(Request<Incoming>, super::fence::InFlight),
     /// Answered already (forwarded, or refused).
     Answered(Response<Body>),
 }
@@ -75,13 +75,17 @@ pub(crate) struct Node {
     /// prefix (emptied whenever that watch restarts, since it may have missed changes).
     placements: RwLock<HashMap<String, String>>,
     client: Client<HttpConnector, Incoming>,
+    /// Vaults being moved away from this node, and the requests in flight on each.
+    pub(crate) fences: super::fence::Fences,
+    /// The cluster token other nodes present on internal routes (`super::token`).
+    token: String,
 }
 
 fn node_key(id: &str) -> Vec<u8> {
     format!("{NODES_PREFIX}{id}").into_bytes()
 }
 
-fn placement_key(vault: &str) -> Vec<u8> {
+pub(crate) fn placement_key(vault: &str) -> Vec<u8> {
     format!("{PLACEMENT_PREFIX}{vault}").into_bytes()
 }
 
@@ -103,7 +107,7 @@ pub(crate) fn rendezvous<'a>(vault: &str, nodes: impl Iterator<Item = &'a str>) 
 }
 
 impl Node {
-    pub(crate) fn new(etcd: Etcd, id: String, advertise: Option<String>) -> Self {
+    pub(crate) fn new(etcd: Etcd, id: String, advertise: Option<String>, token: String) -> Self {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(Duration::from_millis(FORWARD_CONNECT_TIMEOUT_MS)));
         http.set_nodelay(true);
@@ -114,7 +118,49 @@ impl Node {
             nodes: RwLock::new(HashMap::new()),
             placements: RwLock::new(HashMap::new()),
             client: Client::builder(TokioExecutor::new()).build(http),
+            fences: super::fence::Fences::default(),
+            token,
         }
+    }
+
+    pub(crate) fn etcd(&self) -> &Etcd {
+        &self.etcd
+    }
+
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The request carries this cluster's token (compared in constant time).
+    pub(crate) fn token_ok(&self, headers: &http::HeaderMap) -> bool {
+        let presented = crate::http::header(headers, super::transfer::TOKEN_HEADER).unwrap_or("");
+        super::token_matches(presented, &self.token)
+    }
+
+    /// The advertised address of a live node.
+    pub(crate) fn address_of(&self, node: &str) -> Option<String> {
+        self.nodes.read().get(node).map(|n| n.advertise.clone())
+    }
+
+    /// Records a placement this node just wrote (a move's flip), before its watch tells it.
+    pub(crate) fn placed(&self, vault: &str, node: &str) {
+        self.placements
+            .write()
+            .insert(vault.to_owned(), node.to_owned());
+    }
+
+    /// The owner of `vault` as etcd says now (`None` = no placement), bypassing the cache.
+    pub(crate) async fn fresh_owner(&self, vault: &str) -> Result<Option<String>, ClusterError> {
+        let range = self.etcd.range(&placement_key(vault), None, 1).await?;
+        let owner = range
+            .kvs
+            .first()
+            .and_then(|kv| serde_json::from_slice::<Placement>(&kv.value).ok())
+            .map(|p| p.node);
+        if let Some(owner) = &owner {
+            self.placed(vault, owner);
+        }
+        Ok(owner)
     }
 
     /// Registers this node (a lease kept alive by a task) and starts following the registry
@@ -280,35 +326,57 @@ impl Node {
 
     /// Serves `req` here when this node owns `vault`, else forwards it whole to the owner
     /// (body and answer streamed, so SSE passes through), or refuses it with a 503 naming
-    /// the owner when that node is down.
+    /// the owner when that node is down. A request served here waits while a move holds
+    /// the vault (`fence.rs`), and is counted in flight until the router drops its guard.
     pub(crate) async fn route(&self, vault: &str, req: Request<Incoming>) -> Route {
-        let owner = match self.owner(vault).await {
+        let mut owner = match self.owner(vault).await {
             Ok(owner) => owner,
-            Err(error) => {
-                tracing::warn!(%error, "cluster: placement lookup failed");
-                return Route::Answered(crate::http::error_response(&ApiError::unavailable(
-                    "The cluster's placement store (etcd) did not answer; retry shortly.",
+            Err(error) => return Route::Answered(placement_unanswered(&error)),
+        };
+        let hop = req.headers().get(HOP_HEADER).map(|h| h.as_bytes().to_vec());
+        if owner != self.id && hop.is_some() {
+            // Forwarded here by a node whose view of the placement differs from ours: one
+            // of the two is behind a move. Ask etcd rather than trust either cache.
+            match self.fresh_owner(vault).await {
+                Ok(Some(fresh)) => owner = fresh,
+                Ok(None) => {}
+                Err(error) => return Route::Answered(placement_unanswered(&error)),
+            }
+        }
+        if owner == self.id {
+            let Some(in_flight) = self.fences.enter(vault).await else {
+                let mut error = vault_unavailable(
+                    &self.id,
+                    "the vault is being moved to another node and its writes are held",
+                );
+                error.retry_after_secs = Some(super::fence::FENCE_RETRY_AFTER_SECS);
+                return Route::Answered(crate::http::error_response(&error));
+            };
+            // A move may have taken the vault away while this request waited.
+            match self.placements.read().get(vault) {
+                Some(now) if *now != self.id => owner = now.clone(),
+                _ => return Route::Local(req, in_flight),
+            }
+        }
+        let next_hop = match hop.as_deref() {
+            None => "1",
+            // A second hop only for a node that was itself sent here by a stale view: a
+            // placement that just flipped (the old owner forwards once more to the new).
+            Some(b"1") => "2",
+            Some(_) => {
+                return Route::Answered(crate::http::error_response(&vault_unavailable(
+                    &owner,
+                    "the request reached a node that does not own this vault (its placement is changing)",
                 )));
             }
         };
-        if owner == self.id {
-            return Route::Local(req);
-        }
-        if req.headers().contains_key(HOP_HEADER) {
-            // Forwarded here by a node whose view of the placement differs from ours: a
-            // placement is changing. The client retries once the views agree.
-            return Route::Answered(crate::http::error_response(&vault_unavailable(
-                &owner,
-                "the request reached a node that does not own this vault (its placement is changing)",
-            )));
-        }
-        let Some(address) = self.nodes.read().get(&owner).map(|n| n.advertise.clone()) else {
+        let Some(address) = self.address_of(&owner) else {
             return Route::Answered(crate::http::error_response(&vault_unavailable(
                 &owner,
                 "that node is not registered (down or unreachable from etcd)",
             )));
         };
-        match self.forward(&address, req).await {
+        match self.forward(&address, req, next_hop).await {
             Ok(response) => Route::Answered(response),
             Err(reason) => Route::Answered(crate::http::error_response(&vault_unavailable(
                 &owner, &reason,
@@ -320,6 +388,7 @@ impl Node {
         &self,
         address: &str,
         req: Request<Incoming>,
+        hop: &'static str,
     ) -> Result<Response<Body>, String> {
         let (mut parts, body) = req.into_parts();
         let path = parts
@@ -341,7 +410,7 @@ impl Node {
         }
         parts
             .headers
-            .insert(HOP_HEADER, HeaderValue::from_static("1"));
+            .insert(HOP_HEADER, HeaderValue::from_static(hop));
         let response = self
             .client
             .request(Request::from_parts(parts, body))
@@ -357,6 +426,13 @@ impl Node {
                 .boxed(),
         ))
     }
+}
+
+fn placement_unanswered(error: &ClusterError) -> Response<Body> {
+    tracing::warn!(%error, "cluster: placement lookup failed");
+    crate::http::error_response(&ApiError::unavailable(
+        "The cluster's placement store (etcd) did not answer; retry shortly.",
+    ))
 }
 
 /// The 503 of a vault whose owner cannot serve it, naming the node: the API's

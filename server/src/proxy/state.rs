@@ -188,6 +188,27 @@ async fn store_with_retries(
     };
     let mut backoff = Duration::from_millis(INGEST_RETRY_BACKOFF_MS);
     for attempt in 1..=INGEST_ATTEMPTS_MAX {
+        // Cluster mode: a vault moved to another node meanwhile gets the exchange there
+        // (its outbox takes it over); it is never stored in the copy given up here.
+        if let Some(handed) = crate::cluster::hand_over_exchange(state, &exchange).await {
+            match handed {
+                Ok(()) => {
+                    if let Some(lsn) = lsn {
+                        let st = state.clone();
+                        let _ = tokio::task::spawn_blocking(move || st.proxy.mark_done(lsn)).await;
+                    }
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(?lsn, attempt, %error, "handing a proxy exchange to its vault's new owner failed; will retry")
+                }
+            }
+            if attempt < INGEST_ATTEMPTS_MAX {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            continue;
+        }
         let (st, ex) = (state.clone(), exchange.clone());
         let result = tokio::task::spawn_blocking(move || store_exchange(&st, &ex)).await;
         match result {
