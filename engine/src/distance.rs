@@ -308,6 +308,15 @@ impl Quantized {
     }
 }
 
+impl Quantized {
+    /// Approximate dot product of two of the set's own vectors (what a graph build compares).
+    #[inline]
+    pub fn score_docs(&self, a: u32, b: u32) -> f32 {
+        let scale = |d: u32| self.scales.get(d as usize).copied().unwrap_or(0.0);
+        raw_dot_i8(self.codes_of(a), self.codes_of(b)) * scale(a) * scale(b)
+    }
+}
+
 /// Integer dot product of two code vectors (SIMD through `simsimd`), as f32.
 #[inline]
 fn raw_dot_i8(a: &[i8], b: &[i8]) -> f32 {

@@ -154,15 +154,70 @@ pub fn build_hnsw_rs(vectors: &[f32], dim: usize, params: &HnswParams) -> Vec<u8
     encode(&level, lists, m, m0)
 }
 
+/// Which distances a build compares (the `graph_build` bench measures both).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildSpace {
+    /// The int8 codes of the vectors: what [`build`] and [`extend`] use.
+    Int8,
+    /// The f32 vectors (what builds used before issue 15's second round).
+    F32,
+}
+
 /// Builds the graph of `vectors` with our own single-threaded builder (`insert.rs`), from
 /// scratch.
 fn build_single(vectors: &[f32], dim: usize, params: &HnswParams) -> Vec<u8> {
-    let mut b = insert::Builder::new(vectors, dim, params);
+    build_in(vectors, dim, params, BuildSpace::Int8)
+}
+
+/// [`build`] on the given distances.
+#[doc(hidden)]
+pub fn build_in(vectors: &[f32], dim: usize, params: &HnswParams, space: BuildSpace) -> Vec<u8> {
     let n = vectors.len().checked_div(dim).unwrap_or(0);
-    for d in 0..n as u32 {
-        b.insert(d);
+    match space {
+        BuildSpace::Int8 => {
+            let b =
+                insert::Builder::new(insert::Int8Space(Quantized::new(vectors, dim)), n, params);
+            insert_all(b, params, |_| {})
+        }
+        BuildSpace::F32 => {
+            let b = insert::Builder::new(insert::F32Space { vectors, dim }, n, params);
+            insert_all(b, params, |_| {})
+        }
     }
-    finish(b, params)
+}
+
+/// Inserts every doc `b` does not hold yet, in doc order, and encodes the graph; `seed`
+/// prepares the builder first. Returns the payload.
+fn insert_all<S: insert::Space>(
+    b: insert::Builder<S>,
+    params: &HnswParams,
+    seed: impl FnOnce(&mut insert::Builder<S>),
+) -> Vec<u8> {
+    insert_all_counted(b, params, seed).0
+}
+
+/// [`insert_all`], also returning how many docs it inserted.
+fn insert_all_counted<S: insert::Space>(
+    mut b: insert::Builder<S>,
+    params: &HnswParams,
+    seed: impl FnOnce(&mut insert::Builder<S>),
+) -> (Vec<u8>, usize) {
+    seed(&mut b);
+    let mut inserted = 0;
+    for d in 0..b.len() as u32 {
+        if !b.contains(d) {
+            b.insert(d);
+            inserted += 1;
+        }
+    }
+    let m = params.m.clamp(2, 128);
+    let lists = b.into_lists();
+    let level: Vec<u8> = lists
+        .iter()
+        .map(|l| l.len().saturating_sub(1) as u8)
+        .collect();
+    (encode(&level, lists, m, 2 * m), inserted)
 }
 
 /// Builds the graph of `vectors` starting from an existing one: `payload` is the
@@ -192,34 +247,18 @@ fn extend_counted(
     docs: &[u32],
 ) -> (Vec<u8>, usize) {
     let n = vectors.len().checked_div(dim).unwrap_or(0);
-    let mut b = insert::Builder::new(vectors, dim, params);
     let mut seen = vec![false; n];
     let fits = docs.len() == base.n as usize
         && docs.iter().all(|&d| {
             seen.get_mut(d as usize)
                 .is_some_and(|s| !std::mem::replace(s, true))
         });
-    if fits && let Some(lists) = base.lists(payload) {
-        b.seed(lists, base.entry, docs);
-    }
-    let mut inserted = 0;
-    for d in 0..n as u32 {
-        if !b.contains(d) {
-            b.insert(d);
-            inserted += 1;
+    let b = insert::Builder::new(insert::Int8Space(Quantized::new(vectors, dim)), n, params);
+    insert_all_counted(b, params, |b| {
+        if fits && let Some(lists) = base.lists(payload) {
+            b.seed(lists, base.entry, docs);
         }
-    }
-    (finish(b, params), inserted)
-}
-
-fn finish(b: insert::Builder<'_>, params: &HnswParams) -> Vec<u8> {
-    let m = params.m.clamp(2, 128);
-    let lists = b.lists;
-    let level: Vec<u8> = lists
-        .iter()
-        .map(|l| l.len().saturating_sub(1) as u8)
-        .collect();
-    encode(&level, lists, m, 2 * m)
+    })
 }
 
 /// The `graph.bin` payload of a graph given as each doc's level and per-level neighbour

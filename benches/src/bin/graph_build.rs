@@ -1,21 +1,24 @@
 //! HNSW graph build: `hnsw_rs` (parallel, what builds used before) against our own
-//! single-threaded builder (`engine/src/hnsw/insert.rs`, what builds and merges use now),
+//! single-threaded builder (`engine/src/hnsw/insert.rs`, what builds and merges use now:
+//! `single` on int8 codes, `f32` on the f32 vectors as before issue 15's second round),
 //! and a merge's extend (a base graph over 3/4 of the vectors, the last 1/4 inserted),
 //! on the engine bench's vectors: wall time, process CPU time, and recall@10 against the
-//! exact neighbours at a few search beams. hnswlib on the same vectors:
+//! exact neighbours at a few search beams, for the f32 walk and the int8 walk (what vault
+//! searches use), printed `f32/int8`. hnswlib on the same vectors:
 //! `benches/scripts/hnswlib_compare.py --dir DIR` (delete its cached index to rebuild).
 //!
 //! ```text
 //! cargo bench -p benches --bench engine -- hnsw     # once: writes the vectors and truth
 //! cargo run --release -p benches --bin graph_build -- --dir target/bench-data/engine/n100000/latent32-sym1 \
-//!     [--m 16] [--ef-construction 200] [--builders rs,single,extend]
+//!     [--m 16] [--ef-construction 100] [--builders rs,single,f32,extend] [--n N]
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use engine::hnsw::{self, Graph, HnswParams};
+use engine::Quantized;
+use engine::hnsw::{self, BuildSpace, Graph, HnswParams};
 
 const DIM: usize = 384;
 const K: usize = 10;
@@ -61,7 +64,7 @@ fn main() -> Result<()> {
             "--builders" => builders = value,
             "--n" => limit = value.parse()?,
             other => bail!(
-                "unknown flag {other} (--dir D --m M --ef-construction E --builders rs,single,extend)"
+                "unknown flag {other} (--dir D --m M --ef-construction E --builders rs,single,f32,extend --n N)"
             ),
         }
     }
@@ -89,11 +92,13 @@ fn main() -> Result<()> {
         params.ef_construction,
         std::thread::available_parallelism().map_or(0, |c| c.get())
     );
+    let codes = Quantized::new(&base, DIM);
     for builder in builders.split(',') {
         let (cpu0, t0) = (process_cpu(), Instant::now());
         let payload = match builder {
             "rs" => hnsw::build_hnsw_rs(&base, DIM, &params),
             "single" => hnsw::build(&base, DIM, &params),
+            "f32" => hnsw::build_in(&base, DIM, &params, BuildSpace::F32),
             "extend" => {
                 // Base graph over the first 3/4 (not timed), then the merge.
                 let keep = n * 3 / 4;
@@ -120,12 +125,19 @@ fn main() -> Result<()> {
             cpu.as_secs_f64()
         );
         for ef in EFS {
-            let mut hits = 0;
+            let (mut hits, mut hits_q) = (0, 0);
             for (q, t) in queries.chunks_exact(DIM).zip(truth.chunks_exact(K)) {
                 let found = graph.search(&payload, &base, DIM, q, K, ef, &|_| true);
                 hits += found.iter().filter(|r| t.contains(&r.0)).count();
+                let found = graph.search_quantized(&payload, &codes, &base, q, K, ef, &|_| true);
+                hits_q += found.iter().filter(|r| t.contains(&r.0)).count();
             }
-            print!(" ef{ef}={:.4}", hits as f64 / (truth.len().max(1)) as f64);
+            let total = truth.len().max(1) as f64;
+            print!(
+                " ef{ef}={:.4}/{:.4}",
+                hits as f64 / total,
+                hits_q as f64 / total
+            );
         }
         println!();
     }
