@@ -11,7 +11,11 @@
 //! cargo bench -p benches --bench engine -- hnsw     # once: writes the vectors and truth
 //! cargo run --release -p benches --bin graph_build -- --dir target/bench-data/engine/n100000/latent32-sym1 \
 //!     [--m 16] [--ef-construction 100] [--builders rs,single,f32,extend] [--n N]
+//! cargo run --release -p benches --bin graph_build -- --vault-texts 100000 [...]
 //! ```
+//!
+//! `--vault-texts N` builds on a vault's own vectors instead: the built-in embedder's
+//! vectors of the `settle` bench's N memory texts, 200 query sentences, exact truth.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -49,8 +53,48 @@ fn process_cpu() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// The built-in embedder's vectors of the `settle` bench's memory texts (same generator,
+/// same seed), 200 query sentences, and each query's exact top K.
+fn vault_vectors(n: usize) -> Result<(Vec<f32>, Vec<f32>, Vec<u32>)> {
+    use benches::words::{Rng, sentence};
+    use engine::{BuiltinEmbedder, Embedder};
+    let embedder = BuiltinEmbedder::new();
+    if embedder.dim() != DIM {
+        bail!(
+            "the built-in embedder's vectors have {} dimensions, not {DIM}",
+            embedder.dim()
+        );
+    }
+    let mut rng = Rng::new(0x5e771e);
+    let texts: Vec<String> = (0..n)
+        .map(|i| format!("{} (#{i})", sentence(&mut rng, 14)))
+        .collect();
+    let mut base = Vec::with_capacity(n * DIM);
+    for chunk in texts.chunks(1000) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        base.extend(embedder.embed_batch(&refs)?.into_iter().flatten());
+    }
+    let questions: Vec<String> = (0..200).map(|_| sentence(&mut rng, 8)).collect();
+    let refs: Vec<&str> = questions.iter().map(String::as_str).collect();
+    let queries: Vec<f32> = embedder
+        .embed_query_batch(&refs)?
+        .into_iter()
+        .flatten()
+        .collect();
+    let truth = queries
+        .chunks_exact(DIM)
+        .flat_map(|q| {
+            engine::exact_top_k(&base, DIM, q, K, &|_| true)
+                .into_iter()
+                .map(|r| r.0)
+        })
+        .collect();
+    Ok((base, queries, truth))
+}
+
 fn main() -> Result<()> {
     let mut dir = None;
+    let mut vault_texts = 0usize;
     let mut params = HnswParams::default();
     let mut builders = "rs,single,extend".to_string();
     let mut limit = usize::MAX;
@@ -63,15 +107,22 @@ fn main() -> Result<()> {
             "--ef-construction" => params.ef_construction = value.parse()?,
             "--builders" => builders = value,
             "--n" => limit = value.parse()?,
+            "--vault-texts" => vault_texts = value.parse()?,
             other => bail!(
-                "unknown flag {other} (--dir D --m M --ef-construction E --builders rs,single,f32,extend --n N)"
+                "unknown flag {other} (--dir D | --vault-texts N, --m M --ef-construction E --builders rs,single,f32,extend --n N)"
             ),
         }
     }
-    let dir = dir.context("--dir is required")?;
-    let mut base = read_f32s(&dir.join("base.f32"))?;
-    let mut queries = read_f32s(&dir.join("queries.f32"))?;
-    let mut truth = read_u32s(&dir.join("truth.u32"))?;
+    let (mut base, mut queries, mut truth) = if vault_texts > 0 {
+        vault_vectors(vault_texts)?
+    } else {
+        let dir = dir.context("--dir or --vault-texts is required")?;
+        (
+            read_f32s(&dir.join("base.f32"))?,
+            read_f32s(&dir.join("queries.f32"))?,
+            read_u32s(&dir.join("truth.u32"))?,
+        )
+    };
     if limit < base.len() / DIM {
         // A prefix of the vectors: 200 queries, their exact neighbours recomputed.
         base.truncate(limit * DIM);
