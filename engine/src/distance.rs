@@ -466,6 +466,21 @@ mod tests {
     }
 
     #[test]
+    fn doc_to_doc_scores_approximate_the_dot_product() {
+        let dim = 384;
+        let vectors = unit(200, dim, 11);
+        let q = Quantized::new(&vectors, dim);
+        for a in 0..20u32 {
+            for b in 0..200u32 {
+                let (va, vb) = (a as usize * dim, b as usize * dim);
+                let exact = dot(&vectors[va..va + dim], &vectors[vb..vb + dim]);
+                assert!((q.score_docs(a, b) - exact).abs() < 0.01, "{a} {b}");
+            }
+        }
+        assert_eq!(q.score_docs(0, 200), 0.0, "past the end scores nothing");
+    }
+
+    #[test]
     fn quantize_handles_zero_and_non_finite_vectors() {
         let q = Quantized::new(&[0.0, 0.0, f32::NAN, 1.0], 2);
         assert_eq!(q.scales.len(), 2);
