@@ -4,6 +4,10 @@
 #
 #   bash benches/scripts/load.sh [MEMORIES=100000] [CONNECTIONS=1,8,32] [SECONDS=10]
 #
+# PROFILE=dev builds and runs the dev profile's binaries instead (optimized too, and far quicker
+# to build on a busy machine); SERVER_BIN=path runs that server binary instead of the one built
+# (a copy of main's, say, for a before/after in the same hour).
+#
 # Builds the release server and the load generator, starts the server on a free loopback port
 # with a temp data dir (per-key rate limit off: one key drives all the load), and runs
 # `loadgen`: it imports N memories in batches of 500, measures prepare while the vault seals
@@ -17,7 +21,11 @@ memories=${1:-100000}
 connections=${2:-1,8,32}
 seconds=${3:-10}
 
-cargo build --release --locked -p server --bin memoryrouter -p benches --bin loadgen
+profile=${PROFILE:-release}
+dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
+cargo build --profile "$profile" --locked -p server --bin memoryrouter -p benches --bin loadgen
+server_bin=${SERVER_BIN:-target/$dir/memoryrouter}
+loadgen=target/$dir/loadgen
 data=$(mktemp -d)
 log="$data.log"
 out="$data.out"
@@ -26,7 +34,7 @@ trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "
 
 start_server() {
   : >"$log"
-  MEMORYROUTER_REQUESTS_PER_MINUTE=0 target/release/memoryrouter serve \
+  MEMORYROUTER_REQUESTS_PER_MINUTE=0 "$server_bin" serve \
     --listen 127.0.0.1:0 --data-dir "$data" >"$log" 2>&1 &
   pid=$!
   for _ in $(seq 1 200); do
@@ -37,9 +45,10 @@ start_server() {
   [ -n "$base" ] || { cat "$log"; echo "server did not start" >&2; exit 1; }
 }
 
+echo "server: $server_bin"
 echo "machine: $(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 start_server
-target/release/loadgen --base-url "$base" --admin-key "$(cat "$data/admin.key")" \
+"$loadgen" --base-url "$base" --admin-key "$(cat "$data/admin.key")" \
   --memories "$memories" --connections "$connections" --seconds "$seconds" \
   --server-pid "$pid" | tee "$out"
 key=$(sed -n "s/^seeded vault's key: //p" "$out")
@@ -48,7 +57,7 @@ echo "--- restarted on the same data"
 kill -TERM "$pid"
 wait "$pid" || true
 start_server
-target/release/loadgen --base-url "$base" --admin-key "$(cat "$data/admin.key")" \
+"$loadgen" --base-url "$base" --admin-key "$(cat "$data/admin.key")" \
   --key "$key" --memories "$memories" --connections 1 --seconds "$seconds" \
   --phases prepare --server-pid "$pid"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

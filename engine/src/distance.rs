@@ -310,6 +310,15 @@ impl Quantized {
     }
 }
 
+impl Quantized {
+    /// Approximate dot product of two of the set's own vectors (what a graph build compares).
+    #[inline]
+    pub fn score_docs(&self, a: u32, b: u32) -> f32 {
+        let scale = |d: u32| self.scales.get(d as usize).copied().unwrap_or(0.0);
+        raw_dot_i8(self.codes_of(a), self.codes_of(b)) * scale(a) * scale(b)
+    }
+}
+
 /// Integer dot product of two code vectors (SIMD through `simsimd`), as f32.
 #[inline]
 fn raw_dot_i8(a: &[i8], b: &[i8]) -> f32 {
@@ -456,6 +465,21 @@ mod tests {
         assert_eq!(grown.codes_of(n as u32), small.codes_of(0));
         assert_eq!(grown.codes_of(99), small.codes_of(99));
         assert!(grown.codes_of(n as u32 + 1).is_empty());
+    }
+
+    #[test]
+    fn doc_to_doc_scores_approximate_the_dot_product() {
+        let dim = 384;
+        let vectors = unit(200, dim, 11);
+        let q = Quantized::new(&vectors, dim);
+        for a in 0..20u32 {
+            for b in 0..200u32 {
+                let (va, vb) = (a as usize * dim, b as usize * dim);
+                let exact = dot(&vectors[va..va + dim], &vectors[vb..vb + dim]);
+                assert!((q.score_docs(a, b) - exact).abs() < 0.01, "{a} {b}");
+            }
+        }
+        assert_eq!(q.score_docs(0, 200), 0.0, "past the end scores nothing");
     }
 
     #[test]

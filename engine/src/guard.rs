@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::storage::{LogFile, Storage};
+use crate::storage::{FileSync, LogFile, Storage};
 
 /// What a poisoned vault's storage answers to every write.
 const POISONED: &str = "the vault refuses writes since an fsync failed (what reached the disk is unknown); \
@@ -90,6 +90,30 @@ impl LogFile for GuardedFile {
     fn sync_all(&mut self) -> io::Result<()> {
         Guarded::check(&self.poisoned)?;
         let result = self.inner.sync_all();
+        Guarded::watch(&self.poisoned, &self.name, result)
+    }
+
+    fn syncer(&self) -> Option<Box<dyn FileSync>> {
+        Some(Box::new(GuardedSync {
+            inner: self.inner.syncer()?,
+            poisoned: Arc::clone(&self.poisoned),
+            name: self.name.clone(),
+        }))
+    }
+}
+
+/// A [`GuardedFile`]'s detached sync handle (`LogFile::syncer`): poisoned by, and poisoning,
+/// the same flag.
+struct GuardedSync {
+    inner: Box<dyn FileSync>,
+    poisoned: Arc<AtomicBool>,
+    name: String,
+}
+
+impl FileSync for GuardedSync {
+    fn sync_data(&mut self) -> io::Result<()> {
+        Guarded::check(&self.poisoned)?;
+        let result = self.inner.sync_data();
         Guarded::watch(&self.poisoned, &self.name, result)
     }
 }

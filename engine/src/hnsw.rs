@@ -95,10 +95,11 @@ impl Default for HnswParams {
 
 /// Builds the graph of `vectors` (`n × dim`, unit length) and returns the `graph.bin`
 /// payload, with our own builder (`insert.rs`) on the calling thread. It replaced
-/// `hnsw_rs`'s parallel insert ([`build_hnsw_rs`]) for every build: at equal recall it spends
+/// `hnsw_rs`'s parallel insert ([`build_hnsw_rs`]) for every build: at equal recall it spent
 /// ~0.4 ms of CPU per vector where `hnsw_rs` spent 1.1 ms alone and 2.7 ms on the busy 2-core
 /// machine (its threads contend on per-point locks), and one thread leaves the other core
-/// to the searches (`docs/benchmarks.md`, graph build).
+/// to the searches. Since it compares int8 codes, ~0.16 ms per vector at 100k, below
+/// hnswlib's single-threaded build at equal recall (`docs/benchmarks.md`, graph build).
 pub fn build(vectors: &[f32], dim: usize, params: &HnswParams) -> Vec<u8> {
     build_single(vectors, dim, params)
 }
@@ -154,15 +155,70 @@ pub fn build_hnsw_rs(vectors: &[f32], dim: usize, params: &HnswParams) -> Vec<u8
     encode(&level, lists, m, m0)
 }
 
+/// Which distances a build compares (the `graph_build` bench measures both).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildSpace {
+    /// The int8 codes of the vectors: what [`build`] and [`extend`] use.
+    Int8,
+    /// The f32 vectors (what builds used before issue 15's second round).
+    F32,
+}
+
 /// Builds the graph of `vectors` with our own single-threaded builder (`insert.rs`), from
 /// scratch.
 fn build_single(vectors: &[f32], dim: usize, params: &HnswParams) -> Vec<u8> {
-    let mut b = insert::Builder::new(vectors, dim, params);
+    build_in(vectors, dim, params, BuildSpace::Int8)
+}
+
+/// [`build`] on the given distances.
+#[doc(hidden)]
+pub fn build_in(vectors: &[f32], dim: usize, params: &HnswParams, space: BuildSpace) -> Vec<u8> {
     let n = vectors.len().checked_div(dim).unwrap_or(0);
-    for d in 0..n as u32 {
-        b.insert(d);
+    match space {
+        BuildSpace::Int8 => {
+            let b =
+                insert::Builder::new(insert::Int8Space(Quantized::new(vectors, dim)), n, params);
+            insert_all(b, params, |_| {})
+        }
+        BuildSpace::F32 => {
+            let b = insert::Builder::new(insert::F32Space { vectors, dim }, n, params);
+            insert_all(b, params, |_| {})
+        }
     }
-    finish(b, params)
+}
+
+/// Inserts every doc `b` does not hold yet, in doc order, and encodes the graph; `seed`
+/// prepares the builder first. Returns the payload.
+fn insert_all<S: insert::Space>(
+    b: insert::Builder<S>,
+    params: &HnswParams,
+    seed: impl FnOnce(&mut insert::Builder<S>),
+) -> Vec<u8> {
+    insert_all_counted(b, params, seed).0
+}
+
+/// [`insert_all`], also returning how many docs it inserted.
+fn insert_all_counted<S: insert::Space>(
+    mut b: insert::Builder<S>,
+    params: &HnswParams,
+    seed: impl FnOnce(&mut insert::Builder<S>),
+) -> (Vec<u8>, usize) {
+    seed(&mut b);
+    let mut inserted = 0;
+    for d in 0..b.len() as u32 {
+        if !b.contains(d) {
+            b.insert(d);
+            inserted += 1;
+        }
+    }
+    let m = params.m.clamp(2, 128);
+    let lists = b.into_lists();
+    let level: Vec<u8> = lists
+        .iter()
+        .map(|l| l.len().saturating_sub(1) as u8)
+        .collect();
+    (encode(&level, lists, m, 2 * m), inserted)
 }
 
 /// Builds the graph of `vectors` starting from an existing one: `payload` is the
@@ -192,34 +248,18 @@ fn extend_counted(
     docs: &[u32],
 ) -> (Vec<u8>, usize) {
     let n = vectors.len().checked_div(dim).unwrap_or(0);
-    let mut b = insert::Builder::new(vectors, dim, params);
     let mut seen = vec![false; n];
     let fits = docs.len() == base.n as usize
         && docs.iter().all(|&d| {
             seen.get_mut(d as usize)
                 .is_some_and(|s| !std::mem::replace(s, true))
         });
-    if fits && let Some(lists) = base.lists(payload) {
-        b.seed(lists, base.entry, docs);
-    }
-    let mut inserted = 0;
-    for d in 0..n as u32 {
-        if !b.contains(d) {
-            b.insert(d);
-            inserted += 1;
+    let b = insert::Builder::new(insert::Int8Space(Quantized::new(vectors, dim)), n, params);
+    insert_all_counted(b, params, |b| {
+        if fits && let Some(lists) = base.lists(payload) {
+            b.seed(lists, base.entry, docs);
         }
-    }
-    (finish(b, params), inserted)
-}
-
-fn finish(b: insert::Builder<'_>, params: &HnswParams) -> Vec<u8> {
-    let m = params.m.clamp(2, 128);
-    let lists = b.lists;
-    let level: Vec<u8> = lists
-        .iter()
-        .map(|l| l.len().saturating_sub(1) as u8)
-        .collect();
-    encode(&level, lists, m, 2 * m)
+    })
 }
 
 /// The `graph.bin` payload of a graph given as each doc's level and per-level neighbour
@@ -768,6 +808,29 @@ mod tests {
             r >= 0.95 && rq >= 0.95,
             "filtered recall@10 {r}, int8 walk {rq}"
         );
+    }
+
+    /// Builds compare int8 codes (issue 15): the graph must search as well as one built on
+    /// the f32 vectors.
+    #[test]
+    fn int8_builds_reach_the_recall_of_f32_builds() {
+        let dim = 48;
+        let params = HnswParams::default();
+        for data in [random(4000, dim, 21), clustered(4000, dim, 40, 23)] {
+            let queries = clustered(100, dim, 40, 4321);
+            let f32_build = build_in(&data, dim, &params, BuildSpace::F32);
+            let int8_build = build_in(&data, dim, &params, BuildSpace::Int8);
+            let (r, rq) = recall_of(&f32_build, &data, &queries, dim, &|_| true);
+            let (r8, rq8) = recall_of(&int8_build, &data, &queries, dim, &|_| true);
+            assert!(
+                r8 >= 0.95 && rq8 >= 0.95,
+                "int8 build: recall@10 {r8}, int8 walk {rq8}"
+            );
+            assert!(
+                r8 >= r - 0.01 && rq8 >= rq - 0.01,
+                "int8 build {r8}/{rq8} against f32 build {r}/{rq}"
+            );
+        }
     }
 
     #[test]

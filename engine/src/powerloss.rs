@@ -41,7 +41,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::storage::{DIR_MODE, FILE_MODE, LogFile, Storage};
+use crate::storage::{DIR_MODE, FILE_MODE, FileSync, LogFile, Storage};
 
 /// An operation through the seam, reported to the hook before it runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -588,14 +588,43 @@ impl LogFile for PlFile {
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
-        self.storage.before(OpKind::SyncFile, &self.path)?;
+        self.storage.sync_file(self.node, &self.path)
+    }
+
+    fn syncer(&self) -> Option<Box<dyn FileSync>> {
+        Some(Box::new(PlSync {
+            storage: self.storage.clone(),
+            node: self.node,
+            path: self.path.clone(),
+        }))
+    }
+}
+
+/// A [`PlFile`]'s detached sync handle (`LogFile::syncer`): recorded like the file's own
+/// syncs (no real fsync: the model is the disk).
+struct PlSync {
+    storage: PowerLoss,
+    node: Option<usize>,
+    path: PathBuf,
+}
+
+impl FileSync for PlSync {
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.storage.sync_file(self.node, &self.path)
+    }
+}
+
+impl PowerLoss {
+    /// An fdatasync of the file `node` at `path`, through its handle or a detached one.
+    fn sync_file(&self, node: Option<usize>, path: &Path) -> io::Result<()> {
+        self.before(OpKind::SyncFile, path)?;
         // No real fsync: the model is the disk.
-        let skipped = self.storage.skips(OpKind::SyncFile, &self.path);
+        let skipped = self.skips(OpKind::SyncFile, path);
         if skipped.is_err()
-            && let Some(node) = self.node
+            && let Some(node) = node
         {
             // A failed fsync: what it should have written is lost for good (see `lost`).
-            let mut model = self.storage.0.model.lock();
+            let mut model = self.0.model.lock();
             let file = model.file(node);
             if file.data.len() > file.synced {
                 let range = (file.synced, file.data.len());
@@ -605,8 +634,8 @@ impl LogFile for PlFile {
         if skipped? {
             return Ok(());
         }
-        if let Some(node) = self.node {
-            let mut model = self.storage.0.model.lock();
+        if let Some(node) = node {
+            let mut model = self.0.model.lock();
             model.durable_version += 1;
             let file = model.file(node);
             file.synced = file.data.len();

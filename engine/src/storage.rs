@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
-pub use wal::LogFile;
+pub use wal::{FileSync, LogFile};
 
 /// Mode of every directory the engine creates.
 pub const DIR_MODE: u32 = 0o700;
@@ -86,6 +86,11 @@ impl LogFile for OsFile {
 
     fn sync_all(&mut self) -> io::Result<()> {
         self.0.sync_all()
+    }
+
+    fn syncer(&self) -> Option<Box<dyn FileSync>> {
+        let dup = self.0.try_clone().ok()?;
+        Some(Box::new(wal::FdSync(dup)))
     }
 }
 

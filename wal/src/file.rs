@@ -31,6 +31,34 @@ pub trait LogFile: Send {
     fn truncate(&mut self, len: u64) -> io::Result<u64>;
     /// Makes the contents and the metadata, the size included, durable (`fsync`).
     fn sync_all(&mut self) -> io::Result<()>;
+    /// A second handle on this file that can only sync it, for `Wal::sync` to fsync in
+    /// Buffered mode without holding the log's lock, so appends go on writing meanwhile
+    /// (an outbox append used to wait behind the previous exchange's fsync: issue 15).
+    /// `None` (the default): `Wal::sync` syncs through this handle under the lock, as
+    /// before. A layer that counts, models or fails syncs must wrap the inner file's handle
+    /// the same way, or return `None`.
+    fn syncer(&self) -> Option<Box<dyn FileSync>> {
+        None
+    }
+}
+
+/// A handle that syncs an open [`LogFile`] (see [`LogFile::syncer`]).
+pub trait FileSync: Send {
+    /// Makes everything written to the file before the call durable (`fdatasync`), through
+    /// whichever handle it was written.
+    fn sync_data(&mut self) -> io::Result<()>;
+}
+
+/// [`FileSync`] over a duplicate of a real file's descriptor. A dup, not a second `open`:
+/// both descriptors share one open file description, so a writeback error is reported to
+/// whichever of them fsyncs first (a second `open` would not see errors from before it).
+#[doc(hidden)]
+pub struct FdSync(pub File);
+
+impl FileSync for FdSync {
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
 }
 
 /// The directory operations the log performs after `open`.
@@ -157,6 +185,12 @@ impl LogFile for OsFile {
     fn sync_all(&mut self) -> io::Result<()> {
         self.0.sync_all()
     }
+
+    fn syncer(&self) -> Option<Box<dyn FileSync>> {
+        // Out of descriptors: `Wal::sync` falls back to syncing under the lock.
+        let dup = self.0.try_clone().ok()?;
+        Some(Box::new(FdSync(dup)))
+    }
 }
 
 impl Storage for OsStorage {
@@ -198,7 +232,7 @@ pub(crate) use fault::{FaultPlan, FaultyStorage};
 
 #[cfg(test)]
 mod fault {
-    use super::{LogFile, OsStorage, Storage};
+    use super::{FileSync, LogFile, OsStorage, Storage};
     use std::io;
     use std::path::Path;
     use std::sync::Arc;
@@ -349,19 +383,15 @@ mod fault {
         }
 
         fn sync_data(&mut self) -> io::Result<()> {
-            let hold = self.counters.hold.lock().take();
-            if let Some(release) = hold {
-                self.counters.held.store(true, Ordering::SeqCst);
-                let _ = release.recv();
-                self.counters.held.store(false, Ordering::SeqCst);
-            }
-            if sync_fails(&self.plan, &self.counters) {
-                return Err(injected("fsync"));
-            }
-            if self.plan.skip_real_sync {
-                return Ok(());
-            }
-            self.inner.sync_data()
+            faulty_sync_data(&self.plan, &self.counters, || self.inner.sync_data())
+        }
+
+        fn syncer(&self) -> Option<Box<dyn FileSync>> {
+            Some(Box::new(FaultySync {
+                inner: self.inner.syncer()?,
+                plan: self.plan,
+                counters: Arc::clone(&self.counters),
+            }))
         }
 
         fn truncate(&mut self, len: u64) -> io::Result<u64> {
@@ -382,6 +412,40 @@ mod fault {
                 return Ok(());
             }
             self.inner.sync_all()
+        }
+    }
+
+    /// A fault-injected `sync_data`, through the file or its detached [`FileSync`]: the same
+    /// hold, counter and failure plan either way.
+    fn faulty_sync_data(
+        plan: &FaultPlan,
+        counters: &Counters,
+        sync: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<()> {
+        let hold = counters.hold.lock().take();
+        if let Some(release) = hold {
+            counters.held.store(true, Ordering::SeqCst);
+            let _ = release.recv();
+            counters.held.store(false, Ordering::SeqCst);
+        }
+        if sync_fails(plan, counters) {
+            return Err(injected("fsync"));
+        }
+        if plan.skip_real_sync {
+            return Ok(());
+        }
+        sync()
+    }
+
+    struct FaultySync {
+        inner: Box<dyn FileSync>,
+        plan: FaultPlan,
+        counters: Arc<Counters>,
+    }
+
+    impl FileSync for FaultySync {
+        fn sync_data(&mut self) -> io::Result<()> {
+            faulty_sync_data(&self.plan, &self.counters, || self.inner.sync_data())
         }
     }
 

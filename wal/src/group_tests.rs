@@ -1,6 +1,7 @@
 //! Group commit, staged deterministically: the first append's fsync is held at a gate while
 //! ten more appenders queue up behind it; once released, those ten must be acknowledged by a
-//! single shared fsync. No sleeps: the test waits on observable state.
+//! single shared fsync. And a Buffered-mode `sync` held at the gate must not block an append.
+//! No sleeps: the tests wait on observable state.
 
 use std::io;
 use std::path::Path;
@@ -8,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
-use crate::file::{LogFile, OsStorage, Storage};
-use crate::{Wal, WalOptions};
+use crate::file::{FileSync, LogFile, OsStorage, Storage};
+use crate::{Durability, Wal, WalOptions};
 
 /// Shared by the storage and its files.
 struct Gate {
@@ -34,14 +35,15 @@ impl LogFile for GatedFile {
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
-        self.gate.file_syncs.fetch_add(1, Ordering::SeqCst);
-        if self.gate.armed.swap(false, Ordering::SeqCst) {
-            self.gate.held.store(true, Ordering::SeqCst);
-            let release = self.gate.release.lock().expect("gate lock");
-            release.recv().map_err(io::Error::other)?;
-            self.gate.held.store(false, Ordering::SeqCst);
-        }
+        self.gate.pass()?;
         self.inner.sync_data()
+    }
+
+    fn syncer(&self) -> Option<Box<dyn FileSync>> {
+        Some(Box::new(GatedSync {
+            inner: self.inner.syncer()?,
+            gate: Arc::clone(&self.gate),
+        }))
     }
 
     fn truncate(&mut self, len: u64) -> io::Result<u64> {
@@ -50,6 +52,33 @@ impl LogFile for GatedFile {
 
     fn sync_all(&mut self) -> io::Result<()> {
         self.inner.sync_all()
+    }
+}
+
+/// A [`GatedFile`]'s detached sync handle: held at the same gate.
+struct GatedSync {
+    inner: Box<dyn FileSync>,
+    gate: Arc<Gate>,
+}
+
+impl FileSync for GatedSync {
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.gate.pass()?;
+        self.inner.sync_data()
+    }
+}
+
+impl Gate {
+    /// Counts a file fsync and, if armed, holds it until released.
+    fn pass(&self) -> io::Result<()> {
+        self.file_syncs.fetch_add(1, Ordering::SeqCst);
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.held.store(true, Ordering::SeqCst);
+            let release = self.release.lock().expect("gate lock");
+            release.recv().map_err(io::Error::other)?;
+            self.held.store(false, Ordering::SeqCst);
+        }
+        Ok(())
     }
 }
 
@@ -146,4 +175,56 @@ fn appenders_queued_behind_a_leader_share_one_fsync() {
         "{FOLLOWERS} queued appends must be covered by exactly one fsync"
     );
     assert_eq!(log.last_lsn(), FOLLOWERS as u64 + 1);
+}
+
+/// Issue 15: the proxy outbox appends each exchange (Buffered: a write) and then calls
+/// `Wal::sync`; the next exchange's append must not wait for that fsync. With the sync held
+/// in the disk, an append completes. Seen red with `Wal::sync` syncing under the `log` lock
+/// (the append stayed blocked until the gate opened).
+#[test]
+fn a_buffered_append_does_not_wait_for_a_concurrent_sync() {
+    /// How long the append may take before the test calls it blocked. Only the red case
+    /// waits this long; the green one returns as soon as the append does.
+    const BLOCKED_AFTER: std::time::Duration = std::time::Duration::from_secs(20);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (release, receiver): (Sender<()>, Receiver<()>) = channel();
+    let gate = Arc::new(Gate {
+        armed: AtomicBool::new(false),
+        held: AtomicBool::new(false),
+        release: Mutex::new(receiver),
+        file_syncs: AtomicU64::new(0),
+    });
+    let storage = Arc::new(GatedStorage(Arc::clone(&gate)));
+    let options = WalOptions {
+        durability: Durability::Buffered,
+        ..WalOptions::default()
+    };
+    let (log, _) = Wal::open_with(tmp.path(), options, storage).expect("open");
+    let log = Arc::new(log);
+    assert_eq!(log.append(0, b"first exchange").expect("append"), 1);
+    gate.armed.store(true, Ordering::SeqCst);
+    let syncer = {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || log.sync())
+    };
+    wait_until("the sync to reach the gate", || {
+        gate.held.load(Ordering::SeqCst)
+    });
+    let appender = {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || log.append(1, b"next exchange"))
+    };
+    let start = std::time::Instant::now();
+    while !appender.is_finished() && start.elapsed() < BLOCKED_AFTER {
+        std::thread::yield_now();
+    }
+    let finished_while_held = appender.is_finished() && gate.held.load(Ordering::SeqCst);
+    release.send(()).expect("release the gate");
+    syncer.join().expect("syncer").expect("sync");
+    assert_eq!(appender.join().expect("appender").expect("append"), 2);
+    assert!(
+        finished_while_held,
+        "the append waited for a concurrent fsync"
+    );
+    assert_eq!(log.last_lsn(), 2);
 }

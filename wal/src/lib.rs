@@ -82,7 +82,9 @@ use std::str::FromStr;
 pub use error::WalError;
 // The I/O seam, for the engine's power-loss harness (see `file.rs`); not a stable API.
 #[doc(hidden)]
-pub use file::{FILE_MODE, LogFile, OsStorage, Storage, drop_cache_of, truncate_file};
+pub use file::{
+    FILE_MODE, FdSync, FileSync, LogFile, OsStorage, Storage, drop_cache_of, truncate_file,
+};
 pub use recovery::{SegmentReport, VerifyReport, verify};
 pub use repair::{Cut, RepairReport, repair};
 pub use writer::{SPACE_PROBE_BYTES, Wal};

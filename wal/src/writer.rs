@@ -63,7 +63,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::checkpoint;
 use crate::error::WalError;
-use crate::file::{OsStorage, Storage};
+use crate::file::{FileSync, OsStorage, Storage};
 use crate::record::{self, FLAG_END_OF_BATCH, FRAME_OVERHEAD_BYTES};
 use crate::recovery::{self, SegmentFile};
 use crate::segment::{self, ActiveSegment, SegmentHeader};
@@ -554,7 +554,7 @@ impl Wal {
         }
         write_all(&mut log.active, &buf)?;
         if self.options.durability == Durability::Fsync {
-            sync_data(&mut log.active)?;
+            sync_data(Target::Active(&mut log.active))?;
         }
         if buf.capacity() <= SCRATCH_KEEP_BYTES_MAX {
             log.scratch = buf;
@@ -565,7 +565,7 @@ impl Wal {
     /// Seals the active segment (fsync, even in Buffered mode, so only the last segment can
     /// ever be torn) and starts a new one at `first_lsn`.
     fn rotate(&self, log: &mut Log, first_lsn: Lsn) -> Result<(), WalError> {
-        sync_data(&mut log.active)?;
+        sync_data(Target::Active(&mut log.active))?;
         let next = segment::create(&*self.storage, &self.dir, first_lsn)?;
         let old = std::mem::replace(&mut log.active, next);
         log.sealed.push(SegmentFile {
@@ -688,7 +688,16 @@ impl Wal {
     }
 
     /// Flushes and fsyncs the active segment: makes Buffered-mode acknowledgements durable
-    /// (call it at shutdown). Cheap in Fsync mode.
+    /// (call it at shutdown; the proxy outbox calls it after each exchange). Cheap in Fsync
+    /// mode.
+    ///
+    /// In Buffered mode the fdatasync runs without the `log` lock, through a second handle
+    /// on the active segment ([`crate::LogFile::syncer`]) taken under the lock: appends
+    /// (writes) go on meanwhile instead of queueing behind the fsync. Still covered: every
+    /// record acknowledged before the call is in the segment the handle syncs, or in an older
+    /// one that its rotation fsynced. Fsync mode keeps the sync under the lock: its groups
+    /// fsync every append anyway, and there a failed sync must poison the log before a
+    /// leader could write (and acknowledge) past it.
     ///
     /// On a poisoned log: `Ok` in Fsync mode, where every acknowledged record was covered by
     /// an fsync that succeeded, so nothing acknowledged waits for this one (a clean shutdown
@@ -701,7 +710,23 @@ impl Wal {
                 Durability::Buffered => Err(WalError::Poisoned),
             };
         }
-        let result = sync_data(&mut self.log.lock().active);
+        let result = {
+            let mut log = self.log.lock();
+            let detached = match self.options.durability {
+                Durability::Buffered => log.active.file.syncer().map(|syncer| Detached {
+                    syncer,
+                    path: log.active.path.clone(),
+                }),
+                Durability::Fsync => None,
+            };
+            match detached {
+                Some(mut detached) => {
+                    drop(log);
+                    sync_data(Target::Detached(&mut detached))
+                }
+                None => sync_data(Target::Active(&mut log.active)),
+            }
+        };
         self.poison_on_error(result)
     }
 
@@ -752,9 +777,25 @@ fn write_all(active: &mut ActiveSegment, buf: &[u8]) -> Result<(), WalError> {
         .map_err(|e| WalError::write("write", &active.path, e))
 }
 
-fn sync_data(active: &mut ActiveSegment) -> Result<(), WalError> {
-    active
-        .file
-        .sync_data()
-        .map_err(|e| WalError::io("fsync", &active.path, e))
+/// A sync-only handle on a segment, used by [`Wal::sync`] outside the `log` lock.
+struct Detached {
+    syncer: Box<dyn FileSync>,
+    path: PathBuf,
+}
+
+/// What [`sync_data`] syncs: the active segment through its own handle (under the `log`
+/// lock), or a [`Detached`] handle on it (without).
+enum Target<'a> {
+    Active(&'a mut ActiveSegment),
+    Detached(&'a mut Detached),
+}
+
+/// The one place the log fdatasyncs a segment. The file's sync is called from this frame
+/// directly: the power-loss teeth checks name their call sites by it and its caller.
+fn sync_data(target: Target<'_>) -> Result<(), WalError> {
+    let (result, path) = match target {
+        Target::Active(active) => (active.file.sync_data(), &active.path),
+        Target::Detached(detached) => (detached.syncer.sync_data(), &detached.path),
+    };
+    result.map_err(|e| WalError::io("fsync", path, e))
 }

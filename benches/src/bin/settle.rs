@@ -8,7 +8,8 @@
 //! (process CPU minus the searching thread's), and the resident memory after settling.
 //!
 //! ```text
-//! cargo run --release -p benches --bin settle -- [--memories 100000] [--batch 500] [--seconds 10]
+//! cargo run --release -p benches --bin settle -- [--memories 100000] [--batch 500] [--seconds 10] \
+//!     [--search-while-settling true] [--merge-residue false]
 //! ```
 //!
 //! `benches/scripts/load.sh` measures the same phases over HTTP; this one isolates the engine
@@ -31,6 +32,9 @@ struct Args {
     /// Search while the vault settles (the default); `--search-while-settling false` lets
     /// it settle alone, so the settle time and CPU are the background work's own.
     search_while_settling: bool,
+    /// After the reopen, merge every segment into one (`Vault::compact_all`) and search
+    /// again: what the graphless residue the absorb policy leaves costs a search at rest.
+    merge_residue: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -39,6 +43,7 @@ fn parse_args() -> Result<Args> {
         batch: 500,
         seconds: 10,
         search_while_settling: true,
+        merge_residue: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -48,8 +53,9 @@ fn parse_args() -> Result<Args> {
             "--batch" => args.batch = value.parse::<usize>()?.max(1),
             "--seconds" => args.seconds = value.parse()?,
             "--search-while-settling" => args.search_while_settling = value.parse()?,
+            "--merge-residue" => args.merge_residue = value.parse()?,
             other => bail!(
-                "unknown flag {other} (--memories N --batch N --seconds N --search-while-settling BOOL)"
+                "unknown flag {other} (--memories N --batch N --seconds N --search-while-settling BOOL --merge-residue BOOL)"
             ),
         }
     }
@@ -221,5 +227,24 @@ fn main() -> Result<()> {
     // (Resident memory after a reopen in this process says little: the allocator keeps what
     // the import freed. load.sh compares against a restarted server.)
     report("search reopened", reopened);
+    if args.merge_residue {
+        let before = vault.stats()?.segments;
+        let t = Instant::now();
+        vault.compact_all()?;
+        println!(
+            "merged {before} segments into {} in {:.1} s",
+            vault.stats()?.segments,
+            t.elapsed().as_secs_f64()
+        );
+        let mut merged = Vec::new();
+        let until = Instant::now() + Duration::from_secs(args.seconds);
+        while Instant::now() < until {
+            let q = query(&mut rng);
+            let t = Instant::now();
+            vault.search(&q)?;
+            merged.push(t.elapsed());
+        }
+        report("search all merged", merged);
+    }
     Ok(())
 }
