@@ -233,8 +233,11 @@ impl AppState {
             state.catalog.repairs().len() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
-        // Exchanges a crash left unstored are stored before the first request is served.
-        state.proxy.replay(&state);
+        // Exchanges a crash left unstored are stored before the first request is served (a
+        // cluster node replays them once it has joined: `serve`).
+        if state.cluster.is_none() {
+            state.proxy.replay(&state);
+        }
         Ok(Opened {
             state,
             new_admin_key,

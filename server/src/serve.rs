@@ -89,6 +89,7 @@ pub async fn serve(
             source,
         })?;
         node.start(bound).await?;
+        crate::proxy::ProxyState::replay_in_cluster(&state);
     }
     let permits = Arc::new(Semaphore::new(state.config.limits.connections_max));
     let addresses = AddressCounts::new(state.config.limits.connections_per_address_max);

@@ -90,7 +90,25 @@ impl ProxyState {
         })
     }
 
-    /// Stores the exchanges the last run left pending (blocking; called once at start).
+    /// Cluster mode's replay (called once the node has joined, so it knows the
+    /// placements): each exchange the last run left pending goes where a live one would —
+    /// stored here if this node owns its vault, handed to the owner otherwise. A replay
+    /// before joining would store an exchange of a vault that moved away meanwhile in a
+    /// stray copy here, out of its user's reach.
+    pub(crate) fn replay_in_cluster(state: &Arc<AppState>) {
+        let recovered = std::mem::take(&mut *state.proxy.recovered.lock());
+        for (lsn, exchange) in recovered {
+            state.proxy.in_flight.fetch_add(1, Ordering::SeqCst);
+            let state = state.clone();
+            tokio::spawn(async move {
+                deliver(&state, Arc::new(exchange), Some(lsn)).await;
+                state.proxy.finished_one();
+            });
+        }
+    }
+
+    /// Stores the exchanges the last run left pending (blocking; called once at start on a
+    /// single node; a cluster node uses [`replay_in_cluster`](Self::replay_in_cluster)).
     pub(crate) fn replay(&self, state: &AppState) {
         let recovered = std::mem::take(&mut *self.recovered.lock());
         for (lsn, exchange) in recovered {
@@ -186,6 +204,13 @@ async fn store_with_retries(
             None
         }
     };
+    deliver(state, exchange, lsn).await;
+}
+
+/// Stores a queued exchange in its vault — or, in cluster mode, hands it to the node that
+/// owns the vault now — retrying with backoff, then marks it done in the outbox (`lsn`:
+/// its outbox entry, if it has one).
+async fn deliver(state: &Arc<AppState>, exchange: Arc<PendingExchange>, lsn: Option<Lsn>) {
     let mut backoff = Duration::from_millis(INGEST_RETRY_BACKOFF_MS);
     for attempt in 1..=INGEST_ATTEMPTS_MAX {
         // Cluster mode: a vault moved to another node meanwhile gets the exchange there
