@@ -184,7 +184,7 @@ impl Vault {
         }
         let next_id = manifest.next_id.max(max_id + 1);
         let next_segment = manifest.next_segment;
-        Ok(Vault {
+        let vault = Vault {
             inner: Arc::new(Inner {
                 name,
                 dir: VaultDir::new(dir.to_path_buf(), guarded),
@@ -206,7 +206,11 @@ impl Vault {
                 poisoned,
                 unreadable: std::sync::OnceLock::new(),
             }),
-        })
+        };
+        if vault.inner.options.background {
+            vault.schedule_work_left_at_open();
+        }
+        Ok(vault)
     }
 }
 

@@ -180,6 +180,47 @@ impl Vault {
         }
     }
 
+    /// At open: queues the background work a vault reopened mid-settle still has — a seal
+    /// when the replayed memtable (or a frozen one) is due, else a compaction when the plan
+    /// finds one. Before, such a vault waited for its next write: a 100k import restarted
+    /// before it settled kept 6,906 memtable records and 11 segments for as long as nobody
+    /// wrote to it (issue 15, found by `load.sh`'s restart phase).
+    pub(crate) fn schedule_work_left_at_open(&self) {
+        let inner = &self.inner;
+        let (seal_due, compaction_due) = {
+            let state = inner.state.read();
+            let bytes_max = inner
+                .options
+                .memtable_bytes_max
+                .min(crate::limits::MEMTABLE_BYTES_MAX_CEILING) as u64;
+            (
+                !state.frozen.is_empty()
+                    || state.memtable.len() >= inner.options.memtable_records_max
+                    || state.unsealed_bytes() >= bytes_max,
+                super::compaction::plan(
+                    &state.segments,
+                    &state.deleted,
+                    inner.options.hnsw.min_records,
+                )
+                .is_some(),
+            )
+        };
+        if seal_due {
+            self.schedule_seal();
+        } else if compaction_due {
+            inner.jobs.fetch_add(1, Ordering::AcqRel);
+            let vault = Vault {
+                inner: Arc::clone(inner),
+            };
+            crate::background::spawn(move || {
+                if let Err(e) = vault.compact_while_planned() {
+                    tracing::error!(vault = %vault.inner.name, error = %e, "background compaction failed");
+                }
+                vault.inner.jobs.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+    }
+
     /// Queues a seal (and then any compaction it enables) on the background threads, once.
     pub(crate) fn schedule_seal(&self) {
         let inner = &self.inner;
@@ -207,6 +248,39 @@ mod tests {
     use crate::record::{NewMemory, Role, context_of, indexed_text};
     use crate::vault::Vault;
     use crate::vault::testing::options;
+
+    /// A vault reopened with a memtable past its seal threshold (a restart in the middle of
+    /// an import) seals it in the background at open, without waiting for a write.
+    #[test]
+    fn a_reopened_vault_seals_a_due_memtable_without_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = options();
+        o.memtable_records_max = 1 << 20;
+        let vault = Vault::open(dir.path(), o).unwrap();
+        let batch: Vec<NewMemory> = (0..40)
+            .map(|i| NewMemory::new("s", Role::User, format!("turn {i} about sunsets"), i))
+            .collect();
+        assert_eq!(vault.ingest(batch).unwrap().stored.len(), 40);
+        drop(vault);
+
+        let mut o = options();
+        o.background = true;
+        o.memtable_records_max = 16;
+        let vault = Vault::open(dir.path(), o).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while (vault.is_busy() || vault.inner.state.read().segments.is_empty())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let state = vault.inner.state.read();
+        assert!(
+            state.memtable.is_empty() && !state.segments.is_empty(),
+            "reopened without a write: {} memtable records, {} segments",
+            state.memtable.len(),
+            state.segments.len()
+        );
+    }
 
     /// A seal writes each segment's `lexical.bin` from the frozen memtable's postings. The
     /// file must be byte for byte what analysing the segment's records writes (the path

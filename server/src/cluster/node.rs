@@ -32,6 +32,9 @@ pub(crate) const LEASE_TTL_SECS: i64 = 5;
 pub(crate) const KEEPALIVE_INTERVAL_MS: u64 = 1_000;
 /// How often the registry is re-read (it is small: one entry per node).
 pub(crate) const NODES_POLL_MS: u64 = 500;
+/// A request for a vault on a node this one does not know re-reads the registry first (the
+/// owner may have joined since the last poll), at most this often.
+const NODES_REREAD_MIN_MS: u64 = 100;
 /// The header a forwarded request carries: its receiver serves it or refuses it, and never
 /// forwards it again, so a stale placement cannot make a loop.
 pub(crate) const HOP_HEADER: &str = "x-memoryrouter-hop";
@@ -71,6 +74,8 @@ pub(crate) struct Node {
     advertise: Option<String>,
     /// Live nodes by id, as last read from the registry.
     nodes: RwLock<HashMap<String, NodeInfo>>,
+    /// When the registry was last read.
+    nodes_read_at: parking_lot::Mutex<Option<std::time::Instant>>,
     /// Vault → owner node, filled on demand and kept current by a watch on the placement
     /// prefix (emptied whenever that watch restarts, since it may have missed changes).
     placements: RwLock<HashMap<String, String>>,
@@ -116,6 +121,7 @@ impl Node {
             id,
             advertise,
             nodes: RwLock::new(HashMap::new()),
+            nodes_read_at: parking_lot::Mutex::new(None),
             placements: RwLock::new(HashMap::new()),
             client: Client::builder(TokioExecutor::new()).build(http),
             fences: super::fence::Fences::default(),
@@ -234,7 +240,25 @@ impl Node {
             }
         }
         *self.nodes.write() = nodes;
+        *self.nodes_read_at.lock() = Some(std::time::Instant::now());
         Ok(())
+    }
+
+    /// The advertised address of `node`, re-reading the registry once (unless it was read
+    /// within [`NODES_REREAD_MIN_MS`]) when this node does not know it: a node that joined
+    /// after the last poll is not down.
+    async fn address_of_fresh(&self, node: &str) -> Option<String> {
+        if let Some(address) = self.address_of(node) {
+            return Some(address);
+        }
+        let stale = self
+            .nodes_read_at
+            .lock()
+            .is_none_or(|at| at.elapsed() >= Duration::from_millis(NODES_REREAD_MIN_MS));
+        if stale && let Err(error) = self.refresh_nodes().await {
+            tracing::debug!(%error, "cluster: cannot read the registry");
+        }
+        self.address_of(node)
     }
 
     /// Keeps the placement cache current: each watched change updates it; a watch that
@@ -370,7 +394,7 @@ impl Node {
                 )));
             }
         };
-        let Some(address) = self.address_of(&owner) else {
+        let Some(address) = self.address_of_fresh(&owner).await else {
             return Route::Answered(crate::http::error_response(&vault_unavailable(
                 &owner,
                 "that node is not registered (down or unreachable from etcd)",
