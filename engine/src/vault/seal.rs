@@ -180,44 +180,26 @@ impl Vault {
         }
     }
 
-    /// At open: queues the background work a vault reopened mid-settle still has — a seal
-    /// when the replayed memtable (or a frozen one) is due, else a compaction when the plan
-    /// finds one. Before, such a vault waited for its next write: a 100k import restarted
-    /// before it settled kept 6,906 memtable records and 11 segments for as long as nobody
-    /// wrote to it (issue 15, found by `load.sh`'s restart phase).
+    /// At open: a memtable replayed from the WAL past its seal threshold (or a frozen one a
+    /// failed seal left) is queued for sealing, and then the compaction it enables, instead
+    /// of waiting for the vault's next write: a 100k import restarted before it settled kept
+    /// 6,906 memtable records and 11 segments for as long as nobody wrote to it (issue 15,
+    /// found by `load.sh`'s restart phase). Segments alone waiting for a merge still wait
+    /// for the next seal.
     pub(crate) fn schedule_work_left_at_open(&self) {
         let inner = &self.inner;
-        let (seal_due, compaction_due) = {
+        let seal_due = {
             let state = inner.state.read();
             let bytes_max = inner
                 .options
                 .memtable_bytes_max
                 .min(crate::limits::MEMTABLE_BYTES_MAX_CEILING) as u64;
-            (
-                !state.frozen.is_empty()
-                    || state.memtable.len() >= inner.options.memtable_records_max
-                    || state.unsealed_bytes() >= bytes_max,
-                super::compaction::plan(
-                    &state.segments,
-                    &state.deleted,
-                    inner.options.hnsw.min_records,
-                )
-                .is_some(),
-            )
+            !state.frozen.is_empty()
+                || state.memtable.len() >= inner.options.memtable_records_max
+                || state.unsealed_bytes() >= bytes_max
         };
         if seal_due {
             self.schedule_seal();
-        } else if compaction_due {
-            inner.jobs.fetch_add(1, Ordering::AcqRel);
-            let vault = Vault {
-                inner: Arc::clone(inner),
-            };
-            crate::background::spawn(move || {
-                if let Err(e) = vault.compact_while_planned() {
-                    tracing::error!(vault = %vault.inner.name, error = %e, "background compaction failed");
-                }
-                vault.inner.jobs.fetch_sub(1, Ordering::AcqRel);
-            });
         }
     }
 
