@@ -423,11 +423,7 @@ impl Engine {
         }
         let dir = self.config.root.join(id);
         let storage = &*self.config.storage;
-        match storage.remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&dir)(e)),
-        }
+        remove_dir_if_present(storage, &dir)?;
         crate::storage::sync_dir(storage, &self.config.root)
     }
 
@@ -468,11 +464,8 @@ impl Engine {
                     // appending to a WAL that is no longer the vault's.
                     inner.closed.store(true, Ordering::Release);
                     let dir: &Path = &inner.dir;
-                    match storage.remove_dir_all(dir) {
-                        Ok(()) => crate::storage::sync_dir(&*storage, &root),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                        Err(e) => Err(Error::io(dir)(e)),
-                    }
+                    remove_dir_if_present(&*storage, dir)
+                        .and_then(|()| crate::storage::sync_dir(&*storage, &root))
                 } else {
                     Ok(())
                 };
@@ -525,11 +518,7 @@ impl Engine {
         }
         let dir = self.config.root.join(id);
         let storage = &*self.config.storage;
-        match storage.remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&dir)(e)),
-        }
+        remove_dir_if_present(storage, &dir)?;
         storage.rename(staged, &dir).map_err(Error::io(&dir))?;
         crate::storage::sync_dir(storage, &self.config.root)?;
         self.gone.lock().remove(id);
@@ -557,5 +546,15 @@ impl Engine {
             }
         }
         first.map_or(Ok(()), Err)
+    }
+}
+
+/// Removes vault directory `dir` and everything in it; one already gone is fine (purges and
+/// moves may repeat after a crash).
+fn remove_dir_if_present(storage: &dyn crate::storage::Storage, dir: &Path) -> Result<()> {
+    match storage.remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(dir)(e)),
     }
 }
