@@ -69,6 +69,18 @@ impl FileSync for GatedSync {
 }
 
 impl Gate {
+    /// An unarmed gate, and the sender that releases an fsync held at it.
+    fn new() -> (Arc<Gate>, Sender<()>) {
+        let (release, receiver) = channel();
+        let gate = Arc::new(Gate {
+            armed: AtomicBool::new(false),
+            held: AtomicBool::new(false),
+            release: Mutex::new(receiver),
+            file_syncs: AtomicU64::new(0),
+        });
+        (gate, release)
+    }
+
     /// Counts a file fsync and, if armed, holds it until released.
     fn pass(&self) -> io::Result<()> {
         self.file_syncs.fetch_add(1, Ordering::SeqCst);
@@ -131,13 +143,7 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 fn appenders_queued_behind_a_leader_share_one_fsync() {
     const FOLLOWERS: usize = 10;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (release, receiver): (Sender<()>, Receiver<()>) = channel();
-    let gate = Arc::new(Gate {
-        armed: AtomicBool::new(false),
-        held: AtomicBool::new(false),
-        release: Mutex::new(receiver),
-        file_syncs: AtomicU64::new(0),
-    });
+    let (gate, release) = Gate::new();
     let storage = Arc::new(GatedStorage(Arc::clone(&gate)));
     let (log, _) = Wal::open_with(tmp.path(), WalOptions::default(), storage).expect("open");
     let log = Arc::new(log);
@@ -187,13 +193,7 @@ fn a_buffered_append_does_not_wait_for_a_concurrent_sync() {
     /// waits this long; the green one returns as soon as the append does.
     const BLOCKED_AFTER: std::time::Duration = std::time::Duration::from_secs(20);
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (release, receiver): (Sender<()>, Receiver<()>) = channel();
-    let gate = Arc::new(Gate {
-        armed: AtomicBool::new(false),
-        held: AtomicBool::new(false),
-        release: Mutex::new(receiver),
-        file_syncs: AtomicU64::new(0),
-    });
+    let (gate, release) = Gate::new();
     let storage = Arc::new(GatedStorage(Arc::clone(&gate)));
     let options = WalOptions {
         durability: Durability::Buffered,
