@@ -40,17 +40,9 @@ fn read_f32s(path: &Path) -> Result<Vec<f32>> {
     Ok(read_u32s(path)?.into_iter().map(f32::from_bits).collect())
 }
 
-/// CPU time (user + system) of the whole process, at the kernel's 100 Hz tick.
+/// CPU time (user + system) of the whole process.
 fn process_cpu() -> Duration {
-    let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
+    benches::cpu_time("/proc/self/stat").unwrap_or_default()
 }
 
 /// The built-in embedder's vectors of the `settle` bench's memory texts (same generator,

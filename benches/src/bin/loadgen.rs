@@ -334,19 +334,9 @@ async fn during_settle(
     Ok(())
 }
 
-/// CPU time (user + system) of process `pid`, from `/proc/PID/stat` (100 Hz ticks).
+/// CPU time (user + system) of process `pid`.
 fn proc_cpu(pid: u32) -> Option<Duration> {
-    const TICKS_PER_SEC: u64 = 100;
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = text.rsplit_once(')')?.1;
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse::<u64>().ok())
-        .sum();
-    Some(Duration::from_millis(ticks * 1000 / TICKS_PER_SEC))
+    benches::cpu_time(&format!("/proc/{pid}/stat"))
 }
 
 /// Prints `VmRSS` and `RssAnon` of process `pid`.

@@ -63,19 +63,9 @@ fn parse_args() -> Result<Args> {
 }
 
 /// CPU time (user + system) of the whole process (`/proc/self/stat`) or of the calling thread
-/// (`/proc/thread-self/stat`), at the kernel's 100 Hz tick.
+/// (`/proc/thread-self/stat`).
 fn cpu(stat: &str) -> Duration {
-    const TICKS_PER_SEC: u64 = 100;
-    let text = std::fs::read_to_string(stat).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 1000 / TICKS_PER_SEC)
+    benches::cpu_time(stat).unwrap_or_default()
 }
 const PROCESS: &str = "/proc/self/stat";
 const THREAD: &str = "/proc/thread-self/stat";
