@@ -73,15 +73,20 @@ fn vault_vectors(n: usize) -> Result<(Vec<f32>, Vec<f32>, Vec<u32>)> {
         .into_iter()
         .flatten()
         .collect();
-    let truth = queries
+    let truth = exact_truth(&base, &queries);
+    Ok((base, queries, truth))
+}
+
+/// The exact top `K` of each query in `base`, concatenated.
+fn exact_truth(base: &[f32], queries: &[f32]) -> Vec<u32> {
+    queries
         .chunks_exact(DIM)
         .flat_map(|q| {
-            engine::exact_top_k(&base, DIM, q, K, &|_| true)
+            engine::exact_top_k(base, DIM, q, K, &|_| true)
                 .into_iter()
                 .map(|r| r.0)
         })
-        .collect();
-    Ok((base, queries, truth))
+        .collect()
 }
 
 fn main() -> Result<()> {
@@ -119,14 +124,7 @@ fn main() -> Result<()> {
         // A prefix of the vectors: 200 queries, their exact neighbours recomputed.
         base.truncate(limit * DIM);
         queries.truncate(200 * DIM);
-        truth = queries
-            .chunks_exact(DIM)
-            .flat_map(|q| {
-                engine::exact_top_k(&base, DIM, q, K, &|_| true)
-                    .into_iter()
-                    .map(|r| r.0)
-            })
-            .collect();
+        truth = exact_truth(&base, &queries);
     }
     let n = base.len() / DIM;
     println!(
